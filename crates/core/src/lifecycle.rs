@@ -1,0 +1,170 @@
+//! The worker lifecycle: one state machine that every component goes through to change a
+//! worker's state, so that no code path can invent a transition.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::worker::{ValidationError, Worker, WorkerId};
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// The provider is creating it.
+    Provisioning,
+    /// It exists; registration with the scheduler is in progress or pending a retry.
+    Registering,
+    /// Registered and waiting for work.
+    Idle,
+    /// Running a job.
+    Busy,
+    /// Cleaning up after a job before it is idle again.
+    Cleaning,
+    /// Finishing what it has, then terminating; gets no new work.
+    Draining,
+    /// Failed a health check or missed heartbeats; gets no new work.
+    Unhealthy,
+    /// Gone. Terminal.
+    Terminated,
+}
+
+impl WorkerState {
+    pub const ALL: [WorkerState; 8] = [
+        Self::Provisioning,
+        Self::Registering,
+        Self::Idle,
+        Self::Busy,
+        Self::Cleaning,
+        Self::Draining,
+        Self::Unhealthy,
+        Self::Terminated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "provisioning",
+            Self::Registering => "registering",
+            Self::Idle => "idle",
+            Self::Busy => "busy",
+            Self::Cleaning => "cleaning",
+            Self::Draining => "draining",
+            Self::Unhealthy => "unhealthy",
+            Self::Terminated => "terminated",
+        }
+    }
+
+    /// Whether `self -> to` is a legal transition. Any live state may end in `Terminated`
+    /// (a worker can die at any moment); nothing leaves `Terminated`.
+    pub fn can_transition_to(self, to: WorkerState) -> bool {
+        use WorkerState::*;
+        match (self, to) {
+            (Terminated, _) => false,
+            (_, Terminated) => true,
+            (Provisioning, Registering) => true,
+            (Registering, Idle | Unhealthy | Draining) => true,
+            (Idle, Busy | Draining | Unhealthy) => true,
+            (Busy, Cleaning | Draining | Unhealthy) => true,
+            (Cleaning, Idle | Draining | Unhealthy) => true,
+            (Draining, Idle) => true,
+            (Unhealthy, Idle | Draining) => true,
+            _ => false,
+        }
+    }
+
+    /// The state after `self -> to`, or the reason it is refused.
+    pub fn transition(self, to: WorkerState) -> Result<WorkerState, TransitionError> {
+        if self.can_transition_to(to) {
+            Ok(to)
+        } else {
+            Err(TransitionError { from: self, to })
+        }
+    }
+
+    /// Whether the worker still exists at its provider.
+    pub fn is_live(self) -> bool {
+        self != Self::Terminated
+    }
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WorkerState {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| ValidationError::new("state", format!("unknown worker state {s:?}")))
+    }
+}
+
+/// A refused lifecycle transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("illegal worker state transition from {from} to {to}")]
+pub struct TransitionError {
+    pub from: WorkerState,
+    pub to: WorkerState,
+}
+
+/// What happened to a worker, as told to the registration side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    /// The provider created it; it should be registered.
+    Provisioned(Worker),
+    /// It is registered and can take work.
+    Ready(WorkerId),
+    /// It is gone; it should be unregistered.
+    Terminated { worker_id: WorkerId, reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkerState::*;
+    use super::*;
+
+    #[test]
+    fn the_happy_path_is_legal() {
+        let path = [Provisioning, Registering, Idle, Busy, Cleaning, Idle, Draining, Terminated];
+        for pair in path.windows(2) {
+            assert_eq!(pair[0].transition(pair[1]), Ok(pair[1]), "{pair:?}");
+        }
+    }
+
+    #[test]
+    fn illegal_transitions_are_refused() {
+        for (from, to) in [
+            (Provisioning, Idle),
+            (Provisioning, Busy),
+            (Idle, Cleaning),
+            (Busy, Idle),
+            (Draining, Busy),
+            (Terminated, Idle),
+            (Terminated, Terminated),
+            (Idle, Idle),
+        ] {
+            assert_eq!(from.transition(to), Err(TransitionError { from, to }));
+        }
+    }
+
+    #[test]
+    fn every_live_state_can_terminate_and_nothing_leaves_terminated() {
+        for state in WorkerState::ALL {
+            assert_eq!(state.can_transition_to(Terminated), state != Terminated);
+            assert!(!Terminated.can_transition_to(state));
+        }
+    }
+
+    #[test]
+    fn states_round_trip_through_strings() {
+        for state in WorkerState::ALL {
+            assert_eq!(state.as_str().parse::<WorkerState>().unwrap(), state);
+        }
+        assert!("asleep".parse::<WorkerState>().is_err());
+    }
+}

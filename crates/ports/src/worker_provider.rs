@@ -1,0 +1,45 @@
+//! Worker providers: how workers come to exist (local processes, containers, pods).
+
+use async_trait::async_trait;
+use hodei_core::{ProviderKind, Worker, WorkerId, WorkerSpec};
+
+/// Provider failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The spec cannot be satisfied by this provider. Permanent.
+    #[error("invalid worker spec: {0}")]
+    InvalidSpec(String),
+    /// The provider's backend (Docker, Kubernetes, the OS) is unreachable or refused for
+    /// now. Retryable.
+    #[error("provider unavailable: {0}")]
+    Unavailable(String),
+    /// Creating or stopping the worker failed.
+    #[error("provider operation failed: {0}")]
+    Failed(String),
+}
+
+impl ProviderError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Creates, stops and lists workers at one backend.
+///
+/// Every worker a provider creates is marked as ours (a label, a pid file) so that
+/// [`WorkerProvider::list_workers`] finds it again after a server restart and the
+/// reconciler can tell our workers from strangers.
+#[async_trait]
+pub trait WorkerProvider: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+
+    /// Creates the worker `id` from `spec` and returns it once it exists. The worker runs
+    /// `hodei agent`, which connects back to the server on its own.
+    async fn create_worker(&self, id: &WorkerId, spec: &WorkerSpec) -> Result<Worker, ProviderError>;
+
+    /// Stops and removes the worker. A worker that is already gone is not an error.
+    async fn terminate_worker(&self, id: &WorkerId) -> Result<(), ProviderError>;
+
+    /// The workers this provider runs now, ours only, ordered by id.
+    async fn list_workers(&self) -> Result<Vec<WorkerId>, ProviderError>;
+}
