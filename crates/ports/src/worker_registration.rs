@@ -30,7 +30,10 @@ pub enum RegistrationError {
 
     /// Every attempt failed with a retryable error.
     #[error("max retries exceeded: {attempts} attempts, last error: {last_error}")]
-    MaxRetriesExceeded { attempts: u32, last_error: String },
+    MaxRetriesExceeded {
+        attempts: u32,
+        last_error: Box<RegistrationError>,
+    },
 
     /// Anything else, such as a panicked task.
     #[error("unexpected error: {0}")]

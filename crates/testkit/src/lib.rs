@@ -1,6 +1,12 @@
 //! Test support: in-memory fakes of every port and the contract suites that real adapters
 //! and fakes must both pass. Only tests depend on this crate.
 
+pub mod metrics;
+pub mod provider;
+pub mod scheduler;
 pub mod store;
 
+pub use metrics::metric_value;
+pub use provider::{FakeProvider, provider_contract};
+pub use scheduler::{FakeScheduler, Step};
 pub use store::{MemoryStore, store_contract};
