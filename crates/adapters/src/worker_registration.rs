@@ -290,6 +290,14 @@ impl WorkerRegistrationPort for WorkerRegistrationAdapter {
             .await
     }
 
+    async fn registered_workers(&self) -> Result<Vec<WorkerId>, RegistrationError> {
+        let timeout = self.config.registration_timeout;
+        match tokio::time::timeout(timeout, self.scheduler.get_registered_workers()).await {
+            Ok(result) => result.map_err(RegistrationError::from_scheduler),
+            Err(_) => Err(RegistrationError::Timeout(timeout)),
+        }
+    }
+
     async fn unregister_worker(&self, worker_id: &WorkerId) -> Result<(), RegistrationError> {
         let started = Instant::now();
         let (outcome, retries) = self

@@ -88,6 +88,9 @@ pub trait WorkerRegistrationPort: Send + Sync {
     /// Removes a worker's registration.
     async fn unregister_worker(&self, worker_id: &WorkerId) -> Result<(), RegistrationError>;
 
+    /// The ids the scheduler has registered, for reconciliation.
+    async fn registered_workers(&self) -> Result<Vec<WorkerId>, RegistrationError>;
+
     /// Reacts to a lifecycle event: `Provisioned` registers, `Terminated` unregisters
     /// (an already-unknown worker is fine), `Ready` needs nothing.
     async fn handle_lifecycle_event(&self, event: &LifecycleEvent) -> Result<(), RegistrationError> {

@@ -1,0 +1,12 @@
+//! Application services: the async shell around `hodei-core`'s decisions. They move data
+//! between the ports (provider, store, scheduler) and the pure functions, and own no IO of
+//! their own.
+
+pub mod scheduler_registry;
+pub mod worker_management;
+
+pub use scheduler_registry::{RegisteredWorker, SchedulerRegistry};
+pub use worker_management::{
+    PoolCreated, WorkerManagementConfig, WorkerManagementError, WorkerManagementMetrics,
+    WorkerManagementService, WorkerProvisioned, WorkerStatus,
+};

@@ -1,0 +1,687 @@
+//! US-08.1.3: worker management. Provisions workers through a [`WorkerProvider`], records
+//! them in the [`Store`], registers them with the scheduler through the
+//! [`WorkerRegistrationPort`], terminates them, and reconciles the three when they drift.
+//!
+//! Order of operations, which the reconciler relies on:
+//! - provisioning: record (`provisioning`) -> create at the provider -> `registering` ->
+//!   register -> `idle`. The record exists before the worker does, so a running worker
+//!   nobody recorded is a true orphan.
+//! - termination: unregister -> stop at the provider -> `terminated`.
+//! - while a worker is being provisioned or terminated its id is "in flight" and the
+//!   reconciler leaves it alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use hodei_core::reconcile::{self, Action, Views};
+use hodei_core::{
+    PoolSpec, ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId,
+    WorkerMetadata, WorkerSpec, WorkerState,
+};
+use hodei_ports::store::{self, WorkerFilter};
+use hodei_ports::{
+    ProviderError, RegistrationError, SchedulerError, Store, WorkerProvider,
+    WorkerRegistrationPort,
+};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Largest accepted `REGISTRATION_MAX_RETRIES`.
+pub const MAX_REGISTRATION_RETRIES: u32 = 20;
+
+/// How worker management behaves. Read from the config file, then overridden by the
+/// `REGISTRATION_ENABLED` and `REGISTRATION_MAX_RETRIES` environment variables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerManagementConfig {
+    /// Register provisioned workers with the scheduler.
+    pub registration_enabled: bool,
+    /// Retries after the first registration attempt.
+    pub registration_max_retries: u32,
+    /// Time one registration attempt may take.
+    pub registration_timeout: Duration,
+    /// Workers created at the provider at once when a pool is pre-warmed.
+    pub provisioning_concurrency: usize,
+    /// Terminations at once when everything is stopped.
+    pub termination_concurrency: usize,
+}
+
+impl Default for WorkerManagementConfig {
+    fn default() -> Self {
+        Self {
+            registration_enabled: true,
+            registration_max_retries: 3,
+            registration_timeout: Duration::from_secs(30),
+            provisioning_concurrency: 5,
+            termination_concurrency: 10,
+        }
+    }
+}
+
+impl WorkerManagementConfig {
+    /// Applies `REGISTRATION_ENABLED` (`true`/`false`/`1`/`0`) and
+    /// `REGISTRATION_MAX_RETRIES` (0 to 20) from `lookup`; an unparsable value is an error
+    /// naming the variable.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ValidationError> {
+        if let Some(value) = lookup("REGISTRATION_ENABLED") {
+            self.registration_enabled = match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(ValidationError::new(
+                        "REGISTRATION_ENABLED",
+                        format!("is {value:?}, expected true or false"),
+                    ));
+                }
+            };
+        }
+        if let Some(value) = lookup("REGISTRATION_MAX_RETRIES") {
+            self.registration_max_retries = value.trim().parse().map_err(|_| {
+                ValidationError::new(
+                    "REGISTRATION_MAX_RETRIES",
+                    format!("is {value:?}, expected a whole number from 0 to {MAX_REGISTRATION_RETRIES}"),
+                )
+            })?;
+            if self.registration_max_retries > MAX_REGISTRATION_RETRIES {
+                return Err(ValidationError::new(
+                    "REGISTRATION_MAX_RETRIES",
+                    format!("is {value}, at most {MAX_REGISTRATION_RETRIES} allowed"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.registration_max_retries > MAX_REGISTRATION_RETRIES {
+            return Err(ValidationError::new(
+                "registration.max_retries",
+                format!("at most {MAX_REGISTRATION_RETRIES} allowed"),
+            ));
+        }
+        if self.registration_timeout.is_zero() {
+            return Err(ValidationError::new("registration.timeout", "must be above zero"));
+        }
+        if self.provisioning_concurrency == 0 {
+            return Err(ValidationError::new(
+                "provisioning.max_concurrent_provisioning",
+                "must be at least 1",
+            ));
+        }
+        if self.termination_concurrency == 0 {
+            return Err(ValidationError::new(
+                "provisioning.termination_concurrency",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a newly provisioned worker stands with the scheduler. Honest by construction:
+/// `Registered` only when the scheduler confirmed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerStatus {
+    /// Created and registered; the scheduler can give it work.
+    Registered,
+    /// Created, but registration failed for a reason that may pass; the reconciler keeps
+    /// trying. The worker is not rolled back.
+    RegistrationPending,
+    /// Created; registration is disabled, so nothing was registered.
+    Ready,
+}
+
+/// What a provisioning call returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerProvisioned {
+    pub worker_id: WorkerId,
+    pub status: WorkerStatus,
+    pub capabilities: WorkerCapabilities,
+    pub metadata: WorkerMetadata,
+}
+
+/// What pre-warming a pool did.
+#[derive(Debug)]
+pub struct PoolCreated {
+    pub pool: String,
+    /// Live workers the pool already had before this call.
+    pub existing: usize,
+    pub provisioned: Vec<WorkerProvisioned>,
+    pub failures: Vec<WorkerManagementError>,
+}
+
+/// Worker management failures.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerManagementError {
+    #[error(transparent)]
+    InvalidSpec(#[from] ValidationError),
+    #[error("provider {provider} failed: {source}")]
+    Provider {
+        provider: ProviderKind,
+        #[source]
+        source: ProviderError,
+    },
+    #[error("store failed: {0}")]
+    Store(#[from] store::Error),
+    /// The scheduler refused the worker for good; the worker was torn down.
+    #[error("scheduler refused worker {worker_id}, it was terminated: {source}")]
+    RegistrationRejected {
+        worker_id: WorkerId,
+        #[source]
+        source: RegistrationError,
+    },
+    /// Talking to the scheduler failed (reconciliation only; provisioning reports a
+    /// failed registration as [`WorkerStatus::RegistrationPending`]).
+    #[error("scheduler: {0}")]
+    Registration(#[source] RegistrationError),
+    #[error("worker {0} not found")]
+    WorkerNotFound(WorkerId),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerTypeLabels {
+    worker_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: &'static str,
+    worker_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileLabels {
+    action: &'static str,
+    result: &'static str,
+}
+
+/// Worker management metrics: the seed's `worker_provisioning_registration_failed_total`
+/// and Hodei's own `hodei_*` counters.
+#[derive(Debug, Clone)]
+pub struct WorkerManagementMetrics {
+    registration_failed: Family<WorkerTypeLabels, Counter>,
+    provisioned: Family<ProviderLabels, Counter>,
+    provisioning_failed: Family<ProviderLabels, Counter>,
+    terminated: Family<ProviderLabels, Counter>,
+    reconcile_actions: Family<ReconcileLabels, Counter>,
+}
+
+impl WorkerManagementMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            registration_failed: Family::default(),
+            provisioned: Family::default(),
+            provisioning_failed: Family::default(),
+            terminated: Family::default(),
+            reconcile_actions: Family::default(),
+        };
+        registry.register(
+            "worker_provisioning_registration_failed",
+            "Workers provisioned whose registration with the scheduler failed",
+            metrics.registration_failed.clone(),
+        );
+        registry.register(
+            "hodei_workers_provisioned",
+            "Workers created at a provider",
+            metrics.provisioned.clone(),
+        );
+        registry.register(
+            "hodei_worker_provisioning_failures",
+            "Workers a provider failed to create",
+            metrics.provisioning_failed.clone(),
+        );
+        registry.register(
+            "hodei_workers_terminated",
+            "Workers stopped at a provider by worker management",
+            metrics.terminated.clone(),
+        );
+        registry.register(
+            "hodei_reconciler_actions",
+            "Drift fixed by the reconciler, by action and result",
+            metrics.reconcile_actions.clone(),
+        );
+        metrics
+    }
+}
+
+/// One reconciliation round: what was fixed and what could not be.
+#[derive(Debug, Default)]
+pub struct ReconcileReport {
+    pub applied: Vec<Action>,
+    pub failed: Vec<(Action, String)>,
+}
+
+/// Removes a worker id from the in-flight set when the operation ends, however it ends.
+struct InFlight<'a> {
+    set: &'a Mutex<BTreeSet<WorkerId>>,
+    id: WorkerId,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.id);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// See the module docs.
+pub struct WorkerManagementService {
+    provider: Arc<dyn WorkerProvider>,
+    registration: Option<Arc<dyn WorkerRegistrationPort>>,
+    store: Arc<dyn Store>,
+    config: WorkerManagementConfig,
+    metrics: WorkerManagementMetrics,
+    in_flight: Mutex<BTreeSet<WorkerId>>,
+}
+
+impl std::fmt::Debug for WorkerManagementService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerManagementService")
+            .field("provider", &self.provider.kind())
+            .field("registration", &self.registration.is_some())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerManagementService {
+    /// A service that does not register workers (registration disabled).
+    pub fn new(
+        provider: Arc<dyn WorkerProvider>,
+        store: Arc<dyn Store>,
+        config: WorkerManagementConfig,
+        metrics: WorkerManagementMetrics,
+    ) -> Self {
+        Self {
+            provider,
+            registration: None,
+            store,
+            config,
+            metrics,
+            in_flight: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// A service that registers every worker it provisions through `registration`, unless
+    /// `config.registration_enabled` is false.
+    pub fn new_with_registration(
+        provider: Arc<dyn WorkerProvider>,
+        registration: Arc<dyn WorkerRegistrationPort>,
+        store: Arc<dyn Store>,
+        config: WorkerManagementConfig,
+        metrics: WorkerManagementMetrics,
+    ) -> Self {
+        let registration = config.registration_enabled.then_some(registration);
+        Self {
+            registration,
+            ..Self::new(provider, store, config, metrics)
+        }
+    }
+
+    pub fn provider_kind(&self) -> ProviderKind {
+        self.provider.kind()
+    }
+
+    fn begin(&self, id: &WorkerId) -> InFlight<'_> {
+        lock(&self.in_flight).insert(id.clone());
+        InFlight {
+            set: &self.in_flight,
+            id: id.clone(),
+        }
+    }
+
+    fn new_worker_id(spec: &WorkerSpec) -> WorkerId {
+        let prefix = spec.pool.as_deref().unwrap_or("worker");
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let prefix: String = prefix.chars().take(hodei_core::worker::MAX_WORKER_ID_LEN - 9).collect();
+        WorkerId::new(format!("{prefix}-{suffix}"))
+            .or_else(|_| WorkerId::new(format!("worker-{suffix}")))
+            .unwrap_or_else(|_| unreachable!("worker-<hex> is a valid id"))
+    }
+
+    /// Provisions one dynamic worker with the default spec.
+    pub async fn provision_worker(&self) -> Result<WorkerProvisioned, WorkerManagementError> {
+        self.provision_worker_with_config(&WorkerSpec::default()).await
+    }
+
+    /// Provisions one worker from `spec` and registers it before returning.
+    ///
+    /// A registration that fails for a reason that may pass does not roll the worker back:
+    /// the result says [`WorkerStatus::RegistrationPending`] and the reconciler retries. A
+    /// worker the scheduler refuses is terminated and the error returned.
+    pub async fn provision_worker_with_config(
+        &self,
+        spec: &WorkerSpec,
+    ) -> Result<WorkerProvisioned, WorkerManagementError> {
+        let id = Self::new_worker_id(spec);
+        let _guard = self.begin(&id);
+        let worker = self.create(&id, spec).await?;
+        let outcome = match &self.registration {
+            Some(registration) => Some(registration.register_worker(&worker).await),
+            None => None,
+        };
+        self.finish_registration(worker, outcome).await
+    }
+
+    /// Saves `pool` and pre-warms it: provisions the workers it lacks (counting live ones
+    /// from earlier runs), `provisioning_concurrency` at a time, then registers them all
+    /// with one batch call.
+    pub async fn create_pool(&self, pool: &PoolSpec) -> Result<PoolCreated, WorkerManagementError> {
+        pool.validate()?;
+        self.store.put_pool(pool).await?;
+        let filter = WorkerFilter {
+            pool: Some(pool.name.clone()),
+            live_only: true,
+        };
+        let existing = self.store.list_workers(&filter).await?.len();
+        let missing = (pool.size as usize).saturating_sub(existing);
+        let spec = pool.worker_spec();
+        tracing::info!(pool = %pool.name, size = pool.size, existing, missing, "pre-warming pool");
+
+        let ids: Vec<WorkerId> = (0..missing).map(|_| Self::new_worker_id(&spec)).collect();
+        let _guards: Vec<_> = ids.iter().map(|id| self.begin(id)).collect();
+        let created: Vec<Result<Worker, WorkerManagementError>> = futures::stream::iter(&ids)
+            .map(|id| self.create(id, &spec))
+            .buffer_unordered(self.config.provisioning_concurrency.max(1))
+            .collect()
+            .await;
+
+        let mut failures = Vec::new();
+        let mut workers = Vec::new();
+        for result in created {
+            match result {
+                Ok(worker) => workers.push(worker),
+                Err(error) => failures.push(error),
+            }
+        }
+        let outcomes: Vec<Option<Result<(), RegistrationError>>> = match &self.registration {
+            Some(registration) => registration
+                .register_workers_batch(&workers)
+                .await
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => workers.iter().map(|_| None).collect(),
+        };
+        let mut provisioned = Vec::new();
+        for (worker, outcome) in workers.into_iter().zip(outcomes) {
+            match self.finish_registration(worker, outcome).await {
+                Ok(done) => provisioned.push(done),
+                Err(error) => failures.push(error),
+            }
+        }
+        tracing::info!(pool = %pool.name, provisioned = provisioned.len(), failed = failures.len(), "pool pre-warmed");
+        Ok(PoolCreated {
+            pool: pool.name.clone(),
+            existing,
+            provisioned,
+            failures,
+        })
+    }
+
+    /// Records the worker, creates it at the provider and moves it to `registering`.
+    async fn create(&self, id: &WorkerId, spec: &WorkerSpec) -> Result<Worker, WorkerManagementError> {
+        let provider = self.provider.kind();
+        let labels = ProviderLabels {
+            provider: provider.as_str(),
+            worker_type: spec.worker_type.as_str(),
+        };
+        let worker = Worker::from_spec(id.clone(), spec, provider, SystemTime::now());
+        worker.validate()?;
+        self.store.insert_worker(&worker, WorkerState::Provisioning).await?;
+        if let Err(source) = self.provider.create_worker(id, spec).await {
+            self.metrics.provisioning_failed.get_or_create(&labels).inc();
+            tracing::error!(worker_id = %id, %provider, error = %source, "provisioning failed");
+            self.store.transition_worker(id, WorkerState::Terminated).await?;
+            return Err(WorkerManagementError::Provider { provider, source });
+        }
+        self.metrics.provisioned.get_or_create(&labels).inc();
+        self.store.transition_worker(id, WorkerState::Registering).await?;
+        Ok(worker)
+    }
+
+    /// Acts on a registration outcome (`None`: registration disabled).
+    async fn finish_registration(
+        &self,
+        worker: Worker,
+        outcome: Option<Result<(), RegistrationError>>,
+    ) -> Result<WorkerProvisioned, WorkerManagementError> {
+        let status = match outcome {
+            None => {
+                self.store.transition_worker(&worker.id, WorkerState::Idle).await?;
+                WorkerStatus::Ready
+            }
+            Some(Ok(())) => {
+                self.store.set_registered(&worker.id, true).await?;
+                self.store.transition_worker(&worker.id, WorkerState::Idle).await?;
+                WorkerStatus::Registered
+            }
+            Some(Err(error)) => {
+                self.metrics
+                    .registration_failed
+                    .get_or_create(&WorkerTypeLabels {
+                        worker_type: worker.worker_type().as_str(),
+                    })
+                    .inc();
+                if error.is_permanent_rejection() {
+                    tracing::error!(worker_id = %worker.id, error_type = error.error_type(), %error, "scheduler refused the worker, terminating it");
+                    if let Err(stop) = self.stop(&worker.id).await {
+                        tracing::error!(worker_id = %worker.id, error = %stop, "could not terminate refused worker, the reconciler will");
+                    }
+                    return Err(WorkerManagementError::RegistrationRejected {
+                        worker_id: worker.id,
+                        source: error,
+                    });
+                }
+                tracing::warn!(worker_id = %worker.id, error_type = error.error_type(), %error, "worker provisioned but registration failed, the reconciler will retry");
+                WorkerStatus::RegistrationPending
+            }
+        };
+        Ok(WorkerProvisioned {
+            worker_id: worker.id,
+            status,
+            capabilities: worker.capabilities,
+            metadata: worker.metadata,
+        })
+    }
+
+    /// Terminates a worker: unregisters it, stops it at the provider, records it as
+    /// terminated.
+    pub async fn terminate_worker(&self, id: &WorkerId) -> Result<(), WorkerManagementError> {
+        let _guard = self.begin(id);
+        match self.store.get_worker(id).await? {
+            Some(record) if record.state.is_live() => {}
+            Some(_) => return Ok(()),
+            None => return Err(WorkerManagementError::WorkerNotFound(id.clone())),
+        }
+        if let Some(registration) = &self.registration {
+            match registration.unregister_worker(id).await {
+                Ok(()) | Err(RegistrationError::Rejected(SchedulerError::WorkerNotFound(_))) => {}
+                Err(error) => {
+                    // The worker is going away regardless; the reconciler removes a
+                    // registration whose worker is gone.
+                    tracing::warn!(worker_id = %id, %error, "could not unregister worker, stopping it anyway");
+                }
+            }
+        }
+        self.stop(id).await
+    }
+
+    /// Stops the worker at the provider and records it as terminated.
+    async fn stop(&self, id: &WorkerId) -> Result<(), WorkerManagementError> {
+        let provider = self.provider.kind();
+        self.provider
+            .terminate_worker(id)
+            .await
+            .map_err(|source| WorkerManagementError::Provider { provider, source })?;
+        let record = self.store.transition_worker(id, WorkerState::Terminated).await?;
+        self.store.set_registered(id, false).await?;
+        self.metrics
+            .terminated
+            .get_or_create(&ProviderLabels {
+                provider: provider.as_str(),
+                worker_type: record.worker.worker_type().as_str(),
+            })
+            .inc();
+        tracing::info!(worker_id = %id, %provider, "worker terminated");
+        Ok(())
+    }
+
+    /// Terminates every live worker, `termination_concurrency` at a time. Used at shutdown.
+    /// Returns the workers that could not be terminated.
+    pub async fn terminate_all(
+        &self,
+    ) -> Result<Vec<(WorkerId, WorkerManagementError)>, WorkerManagementError> {
+        let ids: Vec<WorkerId> = self
+            .store
+            .list_workers(&WorkerFilter::live())
+            .await?
+            .into_iter()
+            .map(|record| record.worker.id)
+            .collect();
+        let failures = futures::stream::iter(&ids)
+            .map(|id| async move { (id.clone(), self.terminate_worker(id).await) })
+            .buffer_unordered(self.config.termination_concurrency.max(1))
+            .filter_map(|(id, result)| async move { result.err().map(|e| (id, e)) })
+            .collect()
+            .await;
+        Ok(failures)
+    }
+
+    /// Compares provider, store and scheduler, and fixes each kind of drift (see
+    /// [`hodei_core::reconcile`]).
+    pub async fn reconcile(&self) -> Result<ReconcileReport, WorkerManagementError> {
+        let in_flight_before = lock(&self.in_flight).clone();
+        // Order matters: registered, then store, then provider. A worker is registered only
+        // after it runs, so a registration seen first whose worker is not running a moment
+        // later really lost its worker.
+        let registered: BTreeSet<WorkerId> = match &self.registration {
+            Some(registration) => registration
+                .registered_workers()
+                .await
+                .map_err(WorkerManagementError::Registration)?
+                .into_iter()
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let records = self.store.list_workers(&WorkerFilter::live()).await?;
+        let provider = self.provider.kind();
+        let running: BTreeSet<WorkerId> = self
+            .provider
+            .list_workers()
+            .await
+            .map_err(|source| WorkerManagementError::Provider { provider, source })?
+            .into_iter()
+            .collect();
+        let mut in_flight = lock(&self.in_flight).clone();
+        in_flight.extend(in_flight_before);
+
+        let known: BTreeMap<WorkerId, WorkerState> = records
+            .iter()
+            .map(|r| (r.worker.id.clone(), r.state))
+            .collect();
+        // Without registration, every known worker counts as registered: nothing to fix.
+        let registered = if self.registration.is_some() {
+            registered
+        } else {
+            known.keys().filter(|id| running.contains(*id)).cloned().collect()
+        };
+        let views = Views {
+            running,
+            known,
+            registered,
+            in_flight,
+        };
+        let records: BTreeMap<WorkerId, Worker> = records
+            .into_iter()
+            .map(|r| (r.worker.id.clone(), r.worker))
+            .collect();
+
+        let mut report = ReconcileReport::default();
+        for action in reconcile::plan(&views) {
+            let result = self.apply(&action, &records).await;
+            let outcome = if result.is_ok() { "success" } else { "failure" };
+            self.metrics
+                .reconcile_actions
+                .get_or_create(&ReconcileLabels {
+                    action: action.kind(),
+                    result: outcome,
+                })
+                .inc();
+            match result {
+                Ok(true) => {
+                    tracing::info!(worker_id = %action.worker_id(), action = action.kind(), "reconciler fixed drift");
+                    report.applied.push(action);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(worker_id = %action.worker_id(), action = action.kind(), %error, "reconciler could not fix drift");
+                    report.failed.push((action, error.to_string()));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Carries out one action. `Ok(false)` means it turned out unnecessary.
+    async fn apply(
+        &self,
+        action: &Action,
+        records: &BTreeMap<WorkerId, Worker>,
+    ) -> Result<bool, WorkerManagementError> {
+        match action {
+            Action::Register(id) => {
+                let (Some(registration), Some(worker)) = (&self.registration, records.get(id)) else {
+                    return Ok(false);
+                };
+                let _guard = self.begin(id);
+                registration
+                    .register_worker(worker)
+                    .await
+                    .map_err(WorkerManagementError::Registration)?;
+                self.store.set_registered(id, true).await?;
+                let record = self.store.get_worker(id).await?;
+                if record.is_some_and(|r| r.state == WorkerState::Registering) {
+                    self.store.transition_worker(id, WorkerState::Idle).await?;
+                }
+                Ok(true)
+            }
+            Action::Unregister(id) => {
+                let Some(registration) = &self.registration else {
+                    return Ok(false);
+                };
+                match registration.unregister_worker(id).await {
+                    Ok(()) => Ok(true),
+                    Err(RegistrationError::Rejected(SchedulerError::WorkerNotFound(_))) => Ok(false),
+                    Err(source) => Err(WorkerManagementError::Registration(source)),
+                }
+            }
+            Action::TerminateOrphan(id) => {
+                // Re-check: the worker may have been recorded since the store was read.
+                if self.store.get_worker(id).await?.is_some_and(|r| r.state.is_live()) {
+                    return Ok(false);
+                }
+                let provider = self.provider.kind();
+                self.provider
+                    .terminate_worker(id)
+                    .await
+                    .map_err(|source| WorkerManagementError::Provider { provider, source })?;
+                Ok(true)
+            }
+            Action::MarkTerminated(id) => {
+                self.store.transition_worker(id, WorkerState::Terminated).await?;
+                self.store.set_registered(id, false).await?;
+                Ok(true)
+            }
+        }
+    }
+}
