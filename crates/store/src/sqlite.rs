@@ -1,0 +1,426 @@
+//! The SQLite store: one file in WAL mode with `synchronous=FULL`, so that nothing the store
+//! acknowledged is lost on a crash, and lifecycle transitions as compare-and-set updates, so that
+//! two writers cannot both move a worker.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use hodei_core::{PoolSpec, Worker, WorkerId, WorkerState};
+use hodei_ports::store::{Error, Store, WorkerFilter, WorkerRecord};
+use sqlx::error::{DatabaseError, ErrorKind};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// How long a statement waits for another connection's write lock before giving up as
+/// [`Error::Unavailable`].
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections to a database file. WAL lets readers run beside the one writer; more than a few
+/// only wait on the write lock.
+const MAX_CONNECTIONS: u32 = 4;
+
+/// How often a transition re-reads and retries after losing a race before reporting the store
+/// as unavailable. Every lost race means another transition won, so this is only reached under
+/// a storm of writes to one worker.
+const MAX_TRANSITION_ATTEMPTS: usize = 64;
+
+/// A [`Store`] in a SQLite database.
+///
+/// Workers live in table `workers`: the [`Worker`] as JSON beside the columns that queries
+/// filter on (`pool`, `state`, `registered`); pools in table `pools` as JSON. Timestamps are
+/// kept in milliseconds since the Unix epoch. Cloning is cheap and shares the connections.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating the file and its parent directory if missing, and
+    /// brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, Error> {
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            tokio::fs::create_dir_all(parent).await.map_err(|err| {
+                Error::Unavailable(format!(
+                    "cannot create directory {}: {err}",
+                    parent.display()
+                ))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(map_sqlx_error)?;
+        Self::migrated(pool).await
+    }
+
+    /// A private in-memory database, for tests. It lives in a single connection that is never
+    /// closed, so everything is gone when the store is dropped.
+    pub async fn in_memory() -> Result<Self, Error> {
+        let options = SqliteConnectOptions::new()
+            .in_memory(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(map_sqlx_error)?;
+        Self::migrated(pool).await
+    }
+
+    async fn migrated(pool: SqlitePool) -> Result<Self, Error> {
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(map_migrate_error)?;
+        Ok(Self { pool })
+    }
+
+    /// Waits for running statements to finish and closes every connection. Later calls fail
+    /// with [`Error::Unavailable`].
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `(id, state, registered, worker_json, updated_at_ms)`, in that order in every `SELECT`.
+type WorkerRow = (String, String, bool, String, i64);
+
+/// `(name, spec_json)`.
+type PoolRow = (String, String);
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_worker(&self, worker: &Worker, state: WorkerState) -> Result<(), Error> {
+        let worker_json = serde_json::to_string(worker)
+            .map_err(|err| Error::Corrupt(format!("cannot encode worker {}: {err}", worker.id)))?;
+        let now = millis_since_epoch(SystemTime::now());
+        sqlx::query(
+            "INSERT INTO workers \
+             (id, pool, state, registered, worker_json, created_at_ms, updated_at_ms) \
+             VALUES (?1, ?2, ?3, 0, ?4, ?5, ?5)",
+        )
+        .bind(worker.id.as_str())
+        .bind(worker.metadata.pool.as_deref())
+        .bind(state.as_str())
+        .bind(worker_json)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| match &err {
+            sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => {
+                Error::WorkerExists(worker.id.clone())
+            }
+            _ => map_sqlx_error(err),
+        })?;
+        Ok(())
+    }
+
+    async fn get_worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>, Error> {
+        sqlx::query_as::<_, WorkerRow>(
+            "SELECT id, state, registered, worker_json, updated_at_ms \
+             FROM workers WHERE id = ?1",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx_error)?
+        .map(decode_worker)
+        .transpose()
+    }
+
+    async fn list_workers(&self, filter: &WorkerFilter) -> Result<Vec<WorkerRecord>, Error> {
+        // `ORDER BY id` uses SQLite's BINARY collation, which orders like `WorkerId`'s `Ord`.
+        sqlx::query_as::<_, WorkerRow>(
+            "SELECT id, state, registered, worker_json, updated_at_ms FROM workers \
+             WHERE (?1 IS NULL OR pool = ?1) AND (?2 = 0 OR state <> ?3) \
+             ORDER BY id",
+        )
+        .bind(filter.pool.as_deref())
+        .bind(filter.live_only)
+        .bind(WorkerState::Terminated.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx_error)?
+        .into_iter()
+        .map(decode_worker)
+        .collect()
+    }
+
+    async fn transition_worker(
+        &self,
+        id: &WorkerId,
+        to: WorkerState,
+    ) -> Result<WorkerRecord, Error> {
+        // Compare-and-set: decide on the state we read, write only if it is still that state.
+        // Losing the race means another writer moved the worker, so decide again on what it
+        // left; no lock is held while deciding.
+        for _ in 0..MAX_TRANSITION_ATTEMPTS {
+            let current = self
+                .get_worker(id)
+                .await?
+                .ok_or_else(|| Error::WorkerNotFound(id.clone()))?;
+            let next = current.state.transition(to)?;
+            let updated = sqlx::query_as::<_, WorkerRow>(
+                "UPDATE workers SET state = ?1, updated_at_ms = ?2 \
+                 WHERE id = ?3 AND state = ?4 \
+                 RETURNING id, state, registered, worker_json, updated_at_ms",
+            )
+            .bind(next.as_str())
+            .bind(millis_since_epoch(SystemTime::now()))
+            .bind(id.as_str())
+            .bind(current.state.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx_error)?;
+            if let Some(row) = updated {
+                return decode_worker(row);
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "worker {id} kept changing under concurrent transitions"
+        )))
+    }
+
+    async fn set_registered(&self, id: &WorkerId, registered: bool) -> Result<(), Error> {
+        let updated =
+            sqlx::query("UPDATE workers SET registered = ?1, updated_at_ms = ?2 WHERE id = ?3")
+                .bind(registered)
+                .bind(millis_since_epoch(SystemTime::now()))
+                .bind(id.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(map_sqlx_error)?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::WorkerNotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn put_pool(&self, pool: &PoolSpec) -> Result<(), Error> {
+        let spec_json = serde_json::to_string(pool)
+            .map_err(|err| Error::Corrupt(format!("cannot encode pool {}: {err}", pool.name)))?;
+        sqlx::query(
+            "INSERT INTO pools (name, spec_json, updated_at_ms) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE \
+             SET spec_json = excluded.spec_json, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&pool.name)
+        .bind(spec_json)
+        .bind(millis_since_epoch(SystemTime::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx_error)?;
+        Ok(())
+    }
+
+    async fn get_pool(&self, name: &str) -> Result<Option<PoolSpec>, Error> {
+        sqlx::query_as::<_, PoolRow>("SELECT name, spec_json FROM pools WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx_error)?
+            .map(decode_pool)
+            .transpose()
+    }
+
+    async fn list_pools(&self) -> Result<Vec<PoolSpec>, Error> {
+        sqlx::query_as::<_, PoolRow>("SELECT name, spec_json FROM pools ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx_error)?
+            .into_iter()
+            .map(decode_pool)
+            .collect()
+    }
+
+    async fn delete_pool(&self, name: &str) -> Result<bool, Error> {
+        let deleted = sqlx::query("DELETE FROM pools WHERE name = ?1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx_error)?;
+        Ok(deleted.rows_affected() > 0)
+    }
+}
+
+fn decode_worker(
+    (id, state, registered, worker_json, updated_at_ms): WorkerRow,
+) -> Result<WorkerRecord, Error> {
+    let worker: Worker = serde_json::from_str(&worker_json)
+        .map_err(|err| Error::Corrupt(format!("worker {id}: invalid worker json: {err}")))?;
+    if worker.id.as_str() != id {
+        return Err(Error::Corrupt(format!(
+            "row {id} holds worker {}",
+            worker.id
+        )));
+    }
+    let state = state
+        .parse::<WorkerState>()
+        .map_err(|err| Error::Corrupt(format!("worker {id}: {err}")))?;
+    Ok(WorkerRecord {
+        worker,
+        state,
+        registered,
+        updated_at: time_from_millis(updated_at_ms)?,
+    })
+}
+
+fn decode_pool((name, spec_json): PoolRow) -> Result<PoolSpec, Error> {
+    let pool: PoolSpec = serde_json::from_str(&spec_json)
+        .map_err(|err| Error::Corrupt(format!("pool {name}: invalid pool json: {err}")))?;
+    if pool.name != name {
+        return Err(Error::Corrupt(format!(
+            "row {name} holds pool {}",
+            pool.name
+        )));
+    }
+    Ok(pool)
+}
+
+/// Milliseconds since the Unix epoch; instants before it are stored as the epoch.
+fn millis_since_epoch(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn time_from_millis(millis: i64) -> Result<SystemTime, Error> {
+    u64::try_from(millis)
+        .ok()
+        .and_then(|millis| UNIX_EPOCH.checked_add(Duration::from_millis(millis)))
+        .ok_or_else(|| Error::Corrupt(format!("timestamp {millis} ms is out of range")))
+}
+
+/// Primary SQLite result codes (the low byte of an extended code) that mean the database could
+/// not be used right now, rather than that a statement or the data is wrong.
+/// <https://www.sqlite.org/rescode.html>
+const SQLITE_UNAVAILABLE: [i32; 9] = [
+    5,  // SQLITE_BUSY
+    6,  // SQLITE_LOCKED
+    7,  // SQLITE_NOMEM
+    8,  // SQLITE_READONLY
+    9,  // SQLITE_INTERRUPT
+    10, // SQLITE_IOERR
+    13, // SQLITE_FULL
+    14, // SQLITE_CANTOPEN
+    15, // SQLITE_PROTOCOL
+];
+
+/// Sorts sqlx failures into retryable ([`Error::Unavailable`]) and not ([`Error::Corrupt`]).
+fn map_sqlx_error(err: sqlx::Error) -> Error {
+    match err {
+        sqlx::Error::Database(db) => map_database_error(db.as_ref()),
+        sqlx::Error::Migrate(err) => map_migrate_error(*err),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Configuration(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => Error::Unavailable(err.to_string()),
+        // Decoding failures, missing columns, protocol errors: the data or our SQL is wrong,
+        // and retrying will not fix it.
+        other => Error::Corrupt(other.to_string()),
+    }
+}
+
+fn map_database_error(err: &dyn DatabaseError) -> Error {
+    let code = err.code().and_then(|code| code.parse::<i32>().ok());
+    let message = format!("sqlite error {}: {}", code.unwrap_or(-1), err.message());
+    match code {
+        Some(code) if SQLITE_UNAVAILABLE.contains(&(code & 0xff)) => Error::Unavailable(message),
+        _ => Error::Corrupt(message),
+    }
+}
+
+fn map_migrate_error(err: sqlx::migrate::MigrateError) -> Error {
+    use sqlx::migrate::MigrateError;
+    match err {
+        MigrateError::Execute(err) => map_sqlx_error(err),
+        MigrateError::ExecuteMigration(err, version) => match map_sqlx_error(err) {
+            Error::Unavailable(message) => {
+                Error::Unavailable(format!("migration {version}: {message}"))
+            }
+            other => Error::Corrupt(format!("migration {version}: {other}")),
+        },
+        // The database was migrated by another build of Hodei, or edited by hand.
+        other => Error::Corrupt(format!("database schema: {other}")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail by panicking.
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_databases_use_wal_and_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("nested/dir/hodei.db"))
+            .await
+            .unwrap();
+        let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(journal_mode, "wal");
+        // 2 is FULL; the pragma is per connection, so ask each one the pool may hand out.
+        for _ in 0..MAX_CONNECTIONS {
+            let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(synchronous, 2);
+        }
+        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(foreign_keys, 1);
+    }
+
+    #[test]
+    fn sqlite_busy_and_io_errors_are_retryable() {
+        for (code, retryable) in [
+            (5, true),
+            (517, true),
+            (6, true),
+            (10, true),
+            (266, true),
+            (11, false),
+            (1, false),
+            (2067, false),
+        ] {
+            assert_eq!(
+                SQLITE_UNAVAILABLE.contains(&(code & 0xff)),
+                retryable,
+                "code {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_round_trip_at_millisecond_precision() {
+        let time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(time_from_millis(millis_since_epoch(time)).unwrap(), time);
+        assert_eq!(millis_since_epoch(UNIX_EPOCH - Duration::from_secs(1)), 0);
+        assert!(matches!(time_from_millis(-1), Err(Error::Corrupt(_))));
+    }
+}
