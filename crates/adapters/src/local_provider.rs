@@ -56,10 +56,7 @@ pub struct LocalProvider {
 impl LocalProvider {
     pub fn new(config: LocalProviderConfig) -> Result<Self, ProviderError> {
         std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-            ProviderError::Unavailable(format!(
-                "cannot create {}: {e}",
-                config.state_dir.display()
-            ))
+            ProviderError::Unavailable(format!("cannot create {}: {e}", config.state_dir.display()))
         })?;
         Ok(Self {
             config,
@@ -68,7 +65,9 @@ impl LocalProvider {
     }
 
     fn children(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Child>> {
-        self.children.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.children
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn pid_path(&self, id: &WorkerId) -> PathBuf {
@@ -140,7 +139,10 @@ fn process_alive(record: PidFile) -> bool {
     // A zombie has exited; only its parent's wait would remove it.
     let zombie = std::fs::read_to_string(format!("/proc/{}/stat", record.pid))
         .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false);
     if zombie {
         return false;
@@ -153,10 +155,9 @@ fn process_alive(record: PidFile) -> bool {
 
 fn signal_group(pid: i32, signal: Signal) {
     // The agent leads its own process group: signal the group so its jobs stop too.
-    if let Err(errno) = killpg(Pid::from_raw(pid), signal) {
-        if errno != Errno::ESRCH {
-            tracing::warn!(pid, ?signal, %errno, "could not signal agent process group");
-        }
+    match killpg(Pid::from_raw(pid), signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(errno) => tracing::warn!(pid, ?signal, %errno, "could not signal agent process group"),
     }
 }
 
@@ -166,7 +167,11 @@ impl WorkerProvider for LocalProvider {
         ProviderKind::Local
     }
 
-    async fn create_worker(&self, id: &WorkerId, spec: &WorkerSpec) -> Result<Worker, ProviderError> {
+    async fn create_worker(
+        &self,
+        id: &WorkerId,
+        spec: &WorkerSpec,
+    ) -> Result<Worker, ProviderError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -214,10 +219,17 @@ impl WorkerProvider for LocalProvider {
             // Without a pid file the agent would be invisible after a restart: stop it now.
             signal_group(pid, Signal::SIGKILL);
             self.wait_for_exit(id, record, self.config.stop_grace).await;
-            return Err(ProviderError::Unavailable(format!("cannot write pid file: {e}")));
+            return Err(ProviderError::Unavailable(format!(
+                "cannot write pid file: {e}"
+            )));
         }
         tracing::info!(worker_id = %id, pid, "local agent started");
-        Ok(Worker::from_spec(id.clone(), spec, ProviderKind::Local, SystemTime::now()))
+        Ok(Worker::from_spec(
+            id.clone(),
+            spec,
+            ProviderKind::Local,
+            SystemTime::now(),
+        ))
     }
 
     async fn terminate_worker(&self, id: &WorkerId) -> Result<(), ProviderError> {
@@ -242,7 +254,11 @@ impl WorkerProvider for LocalProvider {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ProviderError::Failed(format!("cannot remove pid file: {e}"))),
+            Err(e) => {
+                return Err(ProviderError::Failed(format!(
+                    "cannot remove pid file: {e}"
+                )));
+            }
         }
         tracing::info!(worker_id = %id, pid = record.pid, "local agent stopped");
         Ok(())
@@ -250,7 +266,10 @@ impl WorkerProvider for LocalProvider {
 
     async fn list_workers(&self) -> Result<Vec<WorkerId>, ProviderError> {
         let entries = std::fs::read_dir(&self.config.state_dir).map_err(|e| {
-            ProviderError::Unavailable(format!("cannot read {}: {e}", self.config.state_dir.display()))
+            ProviderError::Unavailable(format!(
+                "cannot read {}: {e}",
+                self.config.state_dir.display()
+            ))
         })?;
         let mut running = Vec::new();
         for entry in entries.flatten() {

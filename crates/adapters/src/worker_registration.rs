@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use hodei_core::{ValidationError, Worker, WorkerId, backoff};
+use hodei_core::{ValidationError, Worker, WorkerId, WorkerType, backoff};
 use hodei_ports::SchedulerPort;
 pub use hodei_ports::worker_registration::{RegistrationError, WorkerRegistrationPort};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -56,11 +56,17 @@ impl RegistrationConfig {
         if self.max_retries > MAX_RETRIES_LIMIT {
             return Err(ValidationError::new(
                 "registration.max_retries",
-                format!("is {}, at most {MAX_RETRIES_LIMIT} allowed", self.max_retries),
+                format!(
+                    "is {}, at most {MAX_RETRIES_LIMIT} allowed",
+                    self.max_retries
+                ),
             ));
         }
         if self.registration_timeout.is_zero() {
-            return Err(ValidationError::new("registration.timeout", "must be above zero"));
+            return Err(ValidationError::new(
+                "registration.timeout",
+                "must be above zero",
+            ));
         }
         if self.batch_concurrency == 0 {
             return Err(ValidationError::new(
@@ -133,6 +139,22 @@ impl RegistrationMetrics {
             "Retries needed per worker registration",
             metrics.retry_count.clone(),
         );
+        // Series exist from the start, at zero, so that rates and alerts work before the
+        // first registration.
+        for worker_type in [WorkerType::Static, WorkerType::Dynamic] {
+            let worker_type = worker_type.as_str();
+            for (result, error_type) in [("success", "none"), ("failure", "max_retries")] {
+                let _ = metrics.operations_total.get_or_create(&OperationLabels {
+                    operation: "register",
+                    result,
+                    worker_type,
+                    error_type,
+                });
+            }
+            let labels = WorkerTypeLabels { worker_type };
+            let _ = metrics.duration_seconds.get_or_create(&labels);
+            let _ = metrics.retry_count.get_or_create(&labels);
+        }
         metrics
     }
 
@@ -258,7 +280,10 @@ impl WorkerRegistrationPort for WorkerRegistrationAdapter {
         let started = Instant::now();
         let worker_type = worker.worker_type().as_str();
         let (outcome, retries) = match worker.validate() {
-            Err(invalid) => (Err(RegistrationError::InvalidWorker(invalid.to_string())), 0),
+            Err(invalid) => (
+                Err(RegistrationError::InvalidWorker(invalid.to_string())),
+                0,
+            ),
             Ok(()) => {
                 self.with_retries("register", &worker.id, || {
                     self.scheduler.register_worker(worker.clone())
@@ -280,7 +305,10 @@ impl WorkerRegistrationPort for WorkerRegistrationAdapter {
         outcome
     }
 
-    async fn register_workers_batch(&self, workers: &[Worker]) -> Vec<Result<(), RegistrationError>> {
+    async fn register_workers_batch(
+        &self,
+        workers: &[Worker],
+    ) -> Vec<Result<(), RegistrationError>> {
         // `buffered` keeps at most `batch_concurrency` registrations in flight and yields
         // results in input order; each registration handles its own failure.
         let registrations: Vec<_> = workers.iter().map(|w| self.register_worker(w)).collect();
@@ -305,8 +333,13 @@ impl WorkerRegistrationPort for WorkerRegistrationAdapter {
                 self.scheduler.unregister_worker(worker_id)
             })
             .await;
-        self.metrics
-            .record("unregister", "unknown", &outcome, retries, started.elapsed());
+        self.metrics.record(
+            "unregister",
+            "unknown",
+            &outcome,
+            retries,
+            started.elapsed(),
+        );
         if outcome.is_ok() {
             tracing::info!(%worker_id, attempt = retries + 1, "worker unregistered");
         }

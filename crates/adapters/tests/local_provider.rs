@@ -1,6 +1,8 @@
 //! The local provider with real processes. A shell that ignores the agent arguments and
 //! sleeps stands in for `hodei agent`; the end-to-end test in `hodei-cli` uses the real one.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use hodei_adapters::{LocalProvider, LocalProviderConfig};
@@ -22,7 +24,9 @@ fn config(dir: &std::path::Path, script: &str) -> LocalProviderConfig {
 
 fn alive(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z")
 }
 
 #[tokio::test]
@@ -37,7 +41,10 @@ async fn a_restarted_provider_finds_running_agents_and_can_stop_them() {
     let dir = tempfile::tempdir().unwrap();
     let id = WorkerId::new("adopt-me").unwrap();
     let first = LocalProvider::new(config(dir.path(), "exec sleep 600")).unwrap();
-    first.create_worker(&id, &WorkerSpec::default()).await.unwrap();
+    first
+        .create_worker(&id, &WorkerSpec::default())
+        .await
+        .unwrap();
     let pid = first.pid(&id).unwrap();
     // The server "restarts": a new provider over the same state directory.
     drop(first);
@@ -55,11 +62,17 @@ async fn a_dead_agent_is_not_listed() {
     let dir = tempfile::tempdir().unwrap();
     let provider = LocalProvider::new(config(dir.path(), "exit 3")).unwrap();
     let id = WorkerId::new("short-lived").unwrap();
-    provider.create_worker(&id, &WorkerSpec::default()).await.unwrap();
+    provider
+        .create_worker(&id, &WorkerSpec::default())
+        .await
+        .unwrap();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !provider.list_workers().await.unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "dead agent still listed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead agent still listed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -72,7 +85,10 @@ async fn terminate_stops_the_whole_process_group_and_kills_what_ignores_sigterm(
     cfg.stop_grace = Duration::from_millis(300);
     let provider = LocalProvider::new(cfg).unwrap();
     let id = WorkerId::new("stubborn").unwrap();
-    provider.create_worker(&id, &WorkerSpec::default()).await.unwrap();
+    provider
+        .create_worker(&id, &WorkerSpec::default())
+        .await
+        .unwrap();
     let pid = provider.pid(&id).unwrap();
     // Wait until the job child exists, then find it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -82,7 +98,10 @@ async fn terminate_stops_the_whole_process_group_and_kills_what_ignores_sigterm(
         if let Some(first) = children.split_whitespace().next() {
             break first.parse().unwrap();
         }
-        assert!(tokio::time::Instant::now() < deadline, "job child never appeared");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job child never appeared"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
 
@@ -91,7 +110,10 @@ async fn terminate_stops_the_whole_process_group_and_kills_what_ignores_sigterm(
     assert!(!alive(pid), "agent is gone");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while alive(child_pid) {
-        assert!(tokio::time::Instant::now() < deadline, "job child {child_pid} survived");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job child {child_pid} survived"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

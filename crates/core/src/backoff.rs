@@ -21,7 +21,9 @@ mod tests {
 
     #[test]
     fn doubles_from_the_base() {
-        let delays: Vec<_> = (0..4).map(|a| exponential(MS(100), a, Duration::MAX)).collect();
+        let delays: Vec<_> = (0..4)
+            .map(|a| exponential(MS(100), a, Duration::MAX))
+            .collect();
         assert_eq!(delays, [MS(100), MS(200), MS(400), MS(800)]);
     }
 

@@ -130,7 +130,16 @@ mod tests {
 
     #[test]
     fn the_happy_path_is_legal() {
-        let path = [Provisioning, Registering, Idle, Busy, Cleaning, Idle, Draining, Terminated];
+        let path = [
+            Provisioning,
+            Registering,
+            Idle,
+            Busy,
+            Cleaning,
+            Idle,
+            Draining,
+            Terminated,
+        ];
         for pair in path.windows(2) {
             assert_eq!(pair[0].transition(pair[1]), Ok(pair[1]), "{pair:?}");
         }

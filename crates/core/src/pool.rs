@@ -11,6 +11,7 @@ pub const MAX_POOL_SIZE: u32 = 10_000;
 ///
 /// Only static pools exist so far: `size` workers are kept provisioned and registered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     pub name: String,
     pub provider: ProviderKind,
@@ -63,9 +64,15 @@ mod tests {
     #[test]
     fn pools_are_validated() {
         assert!(pool().validate().is_ok());
-        let bad = PoolSpec { name: "no spaces".into(), ..pool() };
+        let bad = PoolSpec {
+            name: "no spaces".into(),
+            ..pool()
+        };
         assert_eq!(bad.validate().unwrap_err().field, "pool.name");
-        let bad = PoolSpec { size: MAX_POOL_SIZE + 1, ..pool() };
+        let bad = PoolSpec {
+            size: MAX_POOL_SIZE + 1,
+            ..pool()
+        };
         assert_eq!(bad.validate().unwrap_err().field, "pool.size");
     }
 

@@ -154,7 +154,10 @@ mod tests {
         };
         assert_eq!(
             plan(&views),
-            vec![Action::Unregister(id("orphan")), Action::TerminateOrphan(id("orphan"))]
+            vec![
+                Action::Unregister(id("orphan")),
+                Action::TerminateOrphan(id("orphan"))
+            ]
         );
     }
 
@@ -184,7 +187,11 @@ mod tests {
         (ids.clone(), ids.clone(), ids.clone(), ids, any::<bool>()).prop_map(
             |(running, known, registered, in_flight, draining)| {
                 let to_ids = |s: BTreeSet<String>| s.into_iter().map(|s| id(&s)).collect();
-                let state = if draining { WorkerState::Draining } else { WorkerState::Idle };
+                let state = if draining {
+                    WorkerState::Draining
+                } else {
+                    WorkerState::Idle
+                };
                 Views {
                     running: to_ids(running),
                     known: known.into_iter().map(|s| (id(&s), state)).collect(),

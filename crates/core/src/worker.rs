@@ -120,7 +120,10 @@ fn validate_chars(
     if value.len() > max_len {
         return Err(ValidationError::new(
             field,
-            format!("is {} characters long, at most {max_len} allowed", value.len()),
+            format!(
+                "is {} characters long, at most {max_len} allowed",
+                value.len()
+            ),
         ));
     }
     if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
@@ -222,6 +225,7 @@ impl FromStr for ProviderKind {
 
 /// What a worker can run. The scheduler matches jobs against these.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct WorkerCapabilities {
     pub cpu_cores: u32,
     pub memory_mb: u64,
@@ -248,13 +252,19 @@ impl WorkerCapabilities {
         if self.cpu_cores == 0 || self.cpu_cores > MAX_CPU_CORES {
             return Err(ValidationError::new(
                 "capabilities.cpu_cores",
-                format!("is {}, must be between 1 and {MAX_CPU_CORES}", self.cpu_cores),
+                format!(
+                    "is {}, must be between 1 and {MAX_CPU_CORES}",
+                    self.cpu_cores
+                ),
             ));
         }
         if self.memory_mb == 0 || self.memory_mb > MAX_MEMORY_MB {
             return Err(ValidationError::new(
                 "capabilities.memory_mb",
-                format!("is {}, must be between 1 and {MAX_MEMORY_MB}", self.memory_mb),
+                format!(
+                    "is {}, must be between 1 and {MAX_MEMORY_MB}",
+                    self.memory_mb
+                ),
             ));
         }
         if self.custom_resources.len() > MAX_LABELS {
@@ -341,7 +351,9 @@ pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), ValidationErr
 /// What to provision: everything about a worker except its id, which the caller assigns.
 /// This is the seed's `DynamicWorkerConfig`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerSpec {
+    #[serde(default = "default_worker_type")]
     pub worker_type: WorkerType,
     #[serde(default)]
     pub pool: Option<String>,
@@ -353,6 +365,10 @@ pub struct WorkerSpec {
     pub labels: Labels,
     #[serde(default)]
     pub tags: Vec<String>,
+}
+
+fn default_worker_type() -> WorkerType {
+    WorkerType::Dynamic
 }
 
 fn default_namespace() -> String {
@@ -475,7 +491,9 @@ mod tests {
     #[test]
     fn metadata_rejects_too_many_or_too_long_labels() {
         let mut w = worker();
-        w.metadata.labels = (0..=MAX_LABELS).map(|i| (format!("k{i}"), "v".into())).collect();
+        w.metadata.labels = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
         assert_eq!(w.validate().unwrap_err().field, "metadata.labels");
         w.metadata.labels = [("os".to_owned(), "x".repeat(MAX_VALUE_LEN + 1))].into();
         assert_eq!(w.validate().unwrap_err().field, "metadata.labels[os]");
@@ -492,7 +510,11 @@ mod tests {
         for t in [WorkerType::Static, WorkerType::Dynamic] {
             assert_eq!(t.as_str().parse::<WorkerType>().unwrap(), t);
         }
-        for p in [ProviderKind::Local, ProviderKind::Docker, ProviderKind::Kubernetes] {
+        for p in [
+            ProviderKind::Local,
+            ProviderKind::Docker,
+            ProviderKind::Kubernetes,
+        ] {
             assert_eq!(p.as_str().parse::<ProviderKind>().unwrap(), p);
         }
         assert_eq!("vm".parse::<ProviderKind>().unwrap_err().field, "provider");

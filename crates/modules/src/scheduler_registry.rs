@@ -30,11 +30,15 @@ impl SchedulerRegistry {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<WorkerId, RegisteredWorker>> {
-        self.workers.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.workers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<WorkerId, RegisteredWorker>> {
-        self.workers.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.workers
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers `worker`: idempotent for the same data, [`SchedulerError::Conflict`] for
@@ -146,7 +150,10 @@ mod tests {
         registry.register_worker(worker("b")).await.unwrap();
         registry.register_worker(worker("a")).await.unwrap();
         let ids = registry.get_registered_workers().await.unwrap();
-        assert_eq!(ids, vec![WorkerId::new("a").unwrap(), WorkerId::new("b").unwrap()]);
+        assert_eq!(
+            ids,
+            vec![WorkerId::new("a").unwrap(), WorkerId::new("b").unwrap()]
+        );
 
         registry.unregister_worker(&ids[0]).await.unwrap();
         assert!(registry.get(&ids[0]).is_none());

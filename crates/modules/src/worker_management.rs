@@ -17,13 +17,12 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use hodei_core::reconcile::{self, Action, Views};
 use hodei_core::{
-    PoolSpec, ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId,
-    WorkerMetadata, WorkerSpec, WorkerState,
+    PoolSpec, ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata,
+    WorkerSpec, WorkerState, WorkerType,
 };
 use hodei_ports::store::{self, WorkerFilter};
 use hodei_ports::{
-    ProviderError, RegistrationError, SchedulerError, Store, WorkerProvider,
-    WorkerRegistrationPort,
+    ProviderError, RegistrationError, SchedulerError, Store, WorkerProvider, WorkerRegistrationPort,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -85,7 +84,9 @@ impl WorkerManagementConfig {
             self.registration_max_retries = value.trim().parse().map_err(|_| {
                 ValidationError::new(
                     "REGISTRATION_MAX_RETRIES",
-                    format!("is {value:?}, expected a whole number from 0 to {MAX_REGISTRATION_RETRIES}"),
+                    format!(
+                        "is {value:?}, expected a whole number from 0 to {MAX_REGISTRATION_RETRIES}"
+                    ),
                 )
             })?;
             if self.registration_max_retries > MAX_REGISTRATION_RETRIES {
@@ -106,7 +107,10 @@ impl WorkerManagementConfig {
             ));
         }
         if self.registration_timeout.is_zero() {
-            return Err(ValidationError::new("registration.timeout", "must be above zero"));
+            return Err(ValidationError::new(
+                "registration.timeout",
+                "must be above zero",
+            ));
         }
         if self.provisioning_concurrency == 0 {
             return Err(ValidationError::new(
@@ -246,6 +250,13 @@ impl WorkerManagementMetrics {
             "Drift fixed by the reconciler, by action and result",
             metrics.reconcile_actions.clone(),
         );
+        for worker_type in [WorkerType::Static, WorkerType::Dynamic] {
+            let _ = metrics
+                .registration_failed
+                .get_or_create(&WorkerTypeLabels {
+                    worker_type: worker_type.as_str(),
+                });
+        }
         metrics
     }
 }
@@ -270,7 +281,9 @@ impl Drop for InFlight<'_> {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// See the module docs.
@@ -342,7 +355,10 @@ impl WorkerManagementService {
     fn new_worker_id(spec: &WorkerSpec) -> WorkerId {
         let prefix = spec.pool.as_deref().unwrap_or("worker");
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-        let prefix: String = prefix.chars().take(hodei_core::worker::MAX_WORKER_ID_LEN - 9).collect();
+        let prefix: String = prefix
+            .chars()
+            .take(hodei_core::worker::MAX_WORKER_ID_LEN - 9)
+            .collect();
         WorkerId::new(format!("{prefix}-{suffix}"))
             .or_else(|_| WorkerId::new(format!("worker-{suffix}")))
             .unwrap_or_else(|_| unreachable!("worker-<hex> is a valid id"))
@@ -350,7 +366,8 @@ impl WorkerManagementService {
 
     /// Provisions one dynamic worker with the default spec.
     pub async fn provision_worker(&self) -> Result<WorkerProvisioned, WorkerManagementError> {
-        self.provision_worker_with_config(&WorkerSpec::default()).await
+        self.provision_worker_with_config(&WorkerSpec::default())
+            .await
     }
 
     /// Provisions one worker from `spec` and registers it before returning.
@@ -389,8 +406,10 @@ impl WorkerManagementService {
 
         let ids: Vec<WorkerId> = (0..missing).map(|_| Self::new_worker_id(&spec)).collect();
         let _guards: Vec<_> = ids.iter().map(|id| self.begin(id)).collect();
-        let created: Vec<Result<Worker, WorkerManagementError>> = futures::stream::iter(&ids)
-            .map(|id| self.create(id, &spec))
+        // Futures are built first and then driven by the stream: a closure inside the
+        // stream would make the future not `Send` (rust-lang/rust#102211).
+        let creations: Vec<_> = ids.iter().map(|id| self.create(id, &spec)).collect();
+        let created: Vec<Result<Worker, WorkerManagementError>> = futures::stream::iter(creations)
             .buffer_unordered(self.config.provisioning_concurrency.max(1))
             .collect()
             .await;
@@ -429,7 +448,11 @@ impl WorkerManagementService {
     }
 
     /// Records the worker, creates it at the provider and moves it to `registering`.
-    async fn create(&self, id: &WorkerId, spec: &WorkerSpec) -> Result<Worker, WorkerManagementError> {
+    async fn create(
+        &self,
+        id: &WorkerId,
+        spec: &WorkerSpec,
+    ) -> Result<Worker, WorkerManagementError> {
         let provider = self.provider.kind();
         let labels = ProviderLabels {
             provider: provider.as_str(),
@@ -437,15 +460,24 @@ impl WorkerManagementService {
         };
         let worker = Worker::from_spec(id.clone(), spec, provider, SystemTime::now());
         worker.validate()?;
-        self.store.insert_worker(&worker, WorkerState::Provisioning).await?;
+        self.store
+            .insert_worker(&worker, WorkerState::Provisioning)
+            .await?;
         if let Err(source) = self.provider.create_worker(id, spec).await {
-            self.metrics.provisioning_failed.get_or_create(&labels).inc();
+            self.metrics
+                .provisioning_failed
+                .get_or_create(&labels)
+                .inc();
             tracing::error!(worker_id = %id, %provider, error = %source, "provisioning failed");
-            self.store.transition_worker(id, WorkerState::Terminated).await?;
+            self.store
+                .transition_worker(id, WorkerState::Terminated)
+                .await?;
             return Err(WorkerManagementError::Provider { provider, source });
         }
         self.metrics.provisioned.get_or_create(&labels).inc();
-        self.store.transition_worker(id, WorkerState::Registering).await?;
+        self.store
+            .transition_worker(id, WorkerState::Registering)
+            .await?;
         Ok(worker)
     }
 
@@ -457,12 +489,16 @@ impl WorkerManagementService {
     ) -> Result<WorkerProvisioned, WorkerManagementError> {
         let status = match outcome {
             None => {
-                self.store.transition_worker(&worker.id, WorkerState::Idle).await?;
+                self.store
+                    .transition_worker(&worker.id, WorkerState::Idle)
+                    .await?;
                 WorkerStatus::Ready
             }
             Some(Ok(())) => {
                 self.store.set_registered(&worker.id, true).await?;
-                self.store.transition_worker(&worker.id, WorkerState::Idle).await?;
+                self.store
+                    .transition_worker(&worker.id, WorkerState::Idle)
+                    .await?;
                 WorkerStatus::Registered
             }
             Some(Err(error)) => {
@@ -523,7 +559,10 @@ impl WorkerManagementService {
             .terminate_worker(id)
             .await
             .map_err(|source| WorkerManagementError::Provider { provider, source })?;
-        let record = self.store.transition_worker(id, WorkerState::Terminated).await?;
+        let record = self
+            .store
+            .transition_worker(id, WorkerState::Terminated)
+            .await?;
         self.store.set_registered(id, false).await?;
         self.metrics
             .terminated
@@ -548,13 +587,19 @@ impl WorkerManagementService {
             .into_iter()
             .map(|record| record.worker.id)
             .collect();
-        let failures = futures::stream::iter(&ids)
+        let terminations: Vec<_> = ids
+            .iter()
             .map(|id| async move { (id.clone(), self.terminate_worker(id).await) })
-            .buffer_unordered(self.config.termination_concurrency.max(1))
-            .filter_map(|(id, result)| async move { result.err().map(|e| (id, e)) })
-            .collect()
-            .await;
-        Ok(failures)
+            .collect();
+        let results: Vec<(WorkerId, Result<(), WorkerManagementError>)> =
+            futures::stream::iter(terminations)
+                .buffer_unordered(self.config.termination_concurrency.max(1))
+                .collect()
+                .await;
+        Ok(results
+            .into_iter()
+            .filter_map(|(id, result)| result.err().map(|e| (id, e)))
+            .collect())
     }
 
     /// Compares provider, store and scheduler, and fixes each kind of drift (see
@@ -593,7 +638,11 @@ impl WorkerManagementService {
         let registered = if self.registration.is_some() {
             registered
         } else {
-            known.keys().filter(|id| running.contains(*id)).cloned().collect()
+            known
+                .keys()
+                .filter(|id| running.contains(*id))
+                .cloned()
+                .collect()
         };
         let views = Views {
             running,
@@ -640,7 +689,8 @@ impl WorkerManagementService {
     ) -> Result<bool, WorkerManagementError> {
         match action {
             Action::Register(id) => {
-                let (Some(registration), Some(worker)) = (&self.registration, records.get(id)) else {
+                let (Some(registration), Some(worker)) = (&self.registration, records.get(id))
+                else {
                     return Ok(false);
                 };
                 let _guard = self.begin(id);
@@ -661,13 +711,20 @@ impl WorkerManagementService {
                 };
                 match registration.unregister_worker(id).await {
                     Ok(()) => Ok(true),
-                    Err(RegistrationError::Rejected(SchedulerError::WorkerNotFound(_))) => Ok(false),
+                    Err(RegistrationError::Rejected(SchedulerError::WorkerNotFound(_))) => {
+                        Ok(false)
+                    }
                     Err(source) => Err(WorkerManagementError::Registration(source)),
                 }
             }
             Action::TerminateOrphan(id) => {
                 // Re-check: the worker may have been recorded since the store was read.
-                if self.store.get_worker(id).await?.is_some_and(|r| r.state.is_live()) {
+                if self
+                    .store
+                    .get_worker(id)
+                    .await?
+                    .is_some_and(|r| r.state.is_live())
+                {
                     return Ok(false);
                 }
                 let provider = self.provider.kind();
@@ -678,7 +735,9 @@ impl WorkerManagementService {
                 Ok(true)
             }
             Action::MarkTerminated(id) => {
-                self.store.transition_worker(id, WorkerState::Terminated).await?;
+                self.store
+                    .transition_worker(id, WorkerState::Terminated)
+                    .await?;
                 self.store.set_registered(id, false).await?;
                 Ok(true)
             }

@@ -1,6 +1,8 @@
 //! US-08.1.3: worker management wired to the real registration adapter, over the fake
 //! provider, fake scheduler and in-memory store. Time is paused.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +53,13 @@ fn setup_with(config: WorkerManagementConfig, with_registration: bool) -> Setup 
     } else {
         WorkerManagementService::new(provider.clone(), store.clone(), config, metrics)
     };
-    Setup { provider, scheduler, store, service, registry }
+    Setup {
+        provider,
+        scheduler,
+        store,
+        service,
+        registry,
+    }
 }
 
 fn setup() -> Setup {
@@ -70,27 +78,45 @@ async fn test_provision_worker_with_registration() {
     let provisioned = s.service.provision_worker().await.unwrap();
 
     assert_eq!(provisioned.status, WorkerStatus::Registered);
-    assert_eq!(s.scheduler.registered_ids(), vec![provisioned.worker_id.clone()]);
+    assert_eq!(
+        s.scheduler.registered_ids(),
+        vec![provisioned.worker_id.clone()]
+    );
     assert_eq!(s.provider.running(), vec![provisioned.worker_id.clone()]);
-    assert_eq!(state_of(&s.store, &provisioned.worker_id).await, (WorkerState::Idle, true));
+    assert_eq!(
+        state_of(&s.store, &provisioned.worker_id).await,
+        (WorkerState::Idle, true)
+    );
     assert_eq!(provisioned.metadata.provider, ProviderKind::Local);
 }
 
 #[tokio::test(start_paused = true)]
 async fn test_provision_worker_registration_failure_not_rollback() {
     let s = setup();
-    s.scheduler.fail_next(100, SchedulerError::Unavailable("down".into()));
+    s.scheduler
+        .fail_next(100, SchedulerError::Unavailable("down".into()));
 
     let provisioned = s.service.provision_worker().await.unwrap();
 
     // The seed's test expects `Registered` here; that would be a lie. The worker exists,
     // the caller has its id, and the status says registration is pending.
     assert_eq!(provisioned.status, WorkerStatus::RegistrationPending);
-    assert_eq!(s.provider.running(), vec![provisioned.worker_id.clone()], "not rolled back");
-    assert!(s.scheduler.registered_ids().is_empty());
-    assert_eq!(state_of(&s.store, &provisioned.worker_id).await, (WorkerState::Registering, false));
     assert_eq!(
-        metric_value(&s.registry, "worker_provisioning_registration_failed_total", &[("worker_type", "dynamic")]),
+        s.provider.running(),
+        vec![provisioned.worker_id.clone()],
+        "not rolled back"
+    );
+    assert!(s.scheduler.registered_ids().is_empty());
+    assert_eq!(
+        state_of(&s.store, &provisioned.worker_id).await,
+        (WorkerState::Registering, false)
+    );
+    assert_eq!(
+        metric_value(
+            &s.registry,
+            "worker_provisioning_registration_failed_total",
+            &[("worker_type", "dynamic")]
+        ),
         Some(1.0)
     );
 }
@@ -103,12 +129,18 @@ async fn test_provision_worker_without_registration() {
 
     assert_eq!(provisioned.status, WorkerStatus::Ready);
     assert_eq!(s.scheduler.register_calls(), 0);
-    assert_eq!(state_of(&s.store, &provisioned.worker_id).await, (WorkerState::Idle, false));
+    assert_eq!(
+        state_of(&s.store, &provisioned.worker_id).await,
+        (WorkerState::Idle, false)
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn registration_can_be_disabled_by_configuration() {
-    let config = WorkerManagementConfig { registration_enabled: false, ..Default::default() };
+    let config = WorkerManagementConfig {
+        registration_enabled: false,
+        ..Default::default()
+    };
     let s = setup_with(config, true);
 
     let provisioned = s.service.provision_worker().await.unwrap();
@@ -120,7 +152,11 @@ async fn registration_can_be_disabled_by_configuration() {
 #[tokio::test(start_paused = true)]
 async fn provision_worker_with_config_registers_static_workers_with_their_spec() {
     let s = setup();
-    let mut spec = WorkerSpec { worker_type: WorkerType::Static, pool: Some("linux".into()), ..Default::default() };
+    let mut spec = WorkerSpec {
+        worker_type: WorkerType::Static,
+        pool: Some("linux".into()),
+        ..Default::default()
+    };
     spec.capabilities.cpu_cores = 8;
     spec.labels.insert("os".into(), "linux".into());
 
@@ -130,13 +166,17 @@ async fn provision_worker_with_config_registers_static_workers_with_their_spec()
     assert!(provisioned.worker_id.as_str().starts_with("linux-"));
     assert_eq!(provisioned.capabilities.cpu_cores, 8);
     assert_eq!(provisioned.metadata.worker_type, WorkerType::Static);
-    assert_eq!(provisioned.metadata.labels.get("os").map(String::as_str), Some("linux"));
+    assert_eq!(
+        provisioned.metadata.labels.get("os").map(String::as_str),
+        Some("linux")
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_worker_the_scheduler_refuses_is_torn_down_and_the_error_returned() {
     let s = setup();
-    s.scheduler.fail_next(1, SchedulerError::Conflict(WorkerId::new("x").unwrap()));
+    s.scheduler
+        .fail_next(1, SchedulerError::Conflict(WorkerId::new("x").unwrap()));
 
     let error = s.service.provision_worker().await.unwrap_err();
 
@@ -146,18 +186,29 @@ async fn a_worker_the_scheduler_refuses_is_torn_down_and_the_error_returned() {
     assert!(source.is_permanent_rejection());
     assert!(s.provider.running().is_empty(), "no orphan left behind");
     assert_eq!(s.provider.terminated(), vec![worker_id.clone()]);
-    assert_eq!(state_of(&s.store, &worker_id).await.0, WorkerState::Terminated);
-    assert_eq!(s.scheduler.register_calls(), 1, "a permanent error is not retried");
+    assert_eq!(
+        state_of(&s.store, &worker_id).await.0,
+        WorkerState::Terminated
+    );
+    assert_eq!(
+        s.scheduler.register_calls(),
+        1,
+        "a permanent error is not retried"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_provider_failure_is_returned_and_recorded() {
     let s = setup();
-    s.provider.fail_next_create(ProviderError::Unavailable("docker is down".into()));
+    s.provider
+        .fail_next_create(ProviderError::Unavailable("docker is down".into()));
 
     let error = s.service.provision_worker().await.unwrap_err();
 
-    assert!(matches!(error, WorkerManagementError::Provider { .. }), "{error:?}");
+    assert!(
+        matches!(error, WorkerManagementError::Provider { .. }),
+        "{error:?}"
+    );
     assert_eq!(s.scheduler.register_calls(), 0);
     let records = s.store.list_workers(&Default::default()).await.unwrap();
     assert_eq!(records.len(), 1);
@@ -170,14 +221,25 @@ async fn invalid_specs_are_refused_before_anything_is_created() {
     let mut spec = WorkerSpec::default();
     spec.capabilities.cpu_cores = 0;
 
-    let error = s.service.provision_worker_with_config(&spec).await.unwrap_err();
+    let error = s
+        .service
+        .provision_worker_with_config(&spec)
+        .await
+        .unwrap_err();
 
-    assert!(matches!(error, WorkerManagementError::InvalidSpec(ref e) if e.field == "capabilities.cpu_cores"));
+    assert!(
+        matches!(error, WorkerManagementError::InvalidSpec(ref e) if e.field == "capabilities.cpu_cores")
+    );
     assert_eq!(s.provider.created(), 0);
 }
 
 fn pool(size: u32) -> PoolSpec {
-    PoolSpec { name: "warm".into(), provider: ProviderKind::Local, size, template: WorkerSpec::default() }
+    PoolSpec {
+        name: "warm".into(),
+        provider: ProviderKind::Local,
+        size,
+        template: WorkerSpec::default(),
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -189,10 +251,23 @@ async fn create_pool_pre_warms_and_registers_every_worker_in_one_batch() {
 
     assert_eq!(created.provisioned.len(), 12);
     assert!(created.failures.is_empty());
-    assert!(created.provisioned.iter().all(|p| p.status == WorkerStatus::Registered));
-    assert!(created.provisioned.iter().all(|p| p.metadata.worker_type == WorkerType::Static));
+    assert!(
+        created
+            .provisioned
+            .iter()
+            .all(|p| p.status == WorkerStatus::Registered)
+    );
+    assert!(
+        created
+            .provisioned
+            .iter()
+            .all(|p| p.metadata.worker_type == WorkerType::Static)
+    );
     assert_eq!(s.scheduler.registered_ids().len(), 12);
-    assert!(s.scheduler.max_in_flight() <= 10, "batch concurrency bounds the registrations");
+    assert!(
+        s.scheduler.max_in_flight() <= 10,
+        "batch concurrency bounds the registrations"
+    );
     assert_eq!(s.store.get_pool("warm").await.unwrap(), Some(pool(12)));
 
     // Pre-warming again counts the live workers and provisions nothing.
@@ -204,12 +279,23 @@ async fn create_pool_pre_warms_and_registers_every_worker_in_one_batch() {
 
 #[tokio::test(start_paused = true)]
 async fn create_pool_keeps_workers_whose_registration_failed() {
-    let s = setup_with(WorkerManagementConfig { registration_max_retries: 0, ..Default::default() }, true);
-    s.scheduler.fail_next(2, SchedulerError::Unavailable("down".into()));
+    let s = setup_with(
+        WorkerManagementConfig {
+            registration_max_retries: 0,
+            ..Default::default()
+        },
+        true,
+    );
+    s.scheduler
+        .fail_next(2, SchedulerError::Unavailable("down".into()));
 
     let created = s.service.create_pool(&pool(4)).await.unwrap();
 
-    let pending = created.provisioned.iter().filter(|p| p.status == WorkerStatus::RegistrationPending).count();
+    let pending = created
+        .provisioned
+        .iter()
+        .filter(|p| p.status == WorkerStatus::RegistrationPending)
+        .count();
     assert_eq!(pending, 2);
     assert_eq!(created.provisioned.len(), 4);
     assert_eq!(s.provider.running().len(), 4);
@@ -221,13 +307,22 @@ async fn terminating_a_worker_unregisters_it() {
     let s = setup();
     let provisioned = s.service.provision_worker().await.unwrap();
 
-    s.service.terminate_worker(&provisioned.worker_id).await.unwrap();
+    s.service
+        .terminate_worker(&provisioned.worker_id)
+        .await
+        .unwrap();
 
     assert!(s.scheduler.registered_ids().is_empty());
     assert!(s.provider.running().is_empty());
-    assert_eq!(state_of(&s.store, &provisioned.worker_id).await, (WorkerState::Terminated, false));
+    assert_eq!(
+        state_of(&s.store, &provisioned.worker_id).await,
+        (WorkerState::Terminated, false)
+    );
     // Terminating again is a no-op; an unknown worker is an error.
-    s.service.terminate_worker(&provisioned.worker_id).await.unwrap();
+    s.service
+        .terminate_worker(&provisioned.worker_id)
+        .await
+        .unwrap();
     let unknown = WorkerId::new("nobody").unwrap();
     assert!(matches!(
         s.service.terminate_worker(&unknown).await,
@@ -254,16 +349,26 @@ fn kinds(report: &ReconcileReport) -> Vec<&'static str> {
 #[tokio::test(start_paused = true)]
 async fn reconciler_registers_a_live_worker_that_is_not_registered() {
     let s = setup();
-    s.scheduler.fail_next(4, SchedulerError::Unavailable("down".into()));
+    s.scheduler
+        .fail_next(4, SchedulerError::Unavailable("down".into()));
     let provisioned = s.service.provision_worker().await.unwrap();
     assert_eq!(provisioned.status, WorkerStatus::RegistrationPending);
 
     let report = s.service.reconcile().await.unwrap();
 
     assert_eq!(kinds(&report), vec!["register"]);
-    assert_eq!(s.scheduler.registered_ids(), vec![provisioned.worker_id.clone()]);
-    assert_eq!(state_of(&s.store, &provisioned.worker_id).await, (WorkerState::Idle, true));
-    assert!(s.service.reconcile().await.unwrap().applied.is_empty(), "converged");
+    assert_eq!(
+        s.scheduler.registered_ids(),
+        vec![provisioned.worker_id.clone()]
+    );
+    assert_eq!(
+        state_of(&s.store, &provisioned.worker_id).await,
+        (WorkerState::Idle, true)
+    );
+    assert!(
+        s.service.reconcile().await.unwrap().applied.is_empty(),
+        "converged"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -276,7 +381,10 @@ async fn reconciler_removes_a_registration_whose_worker_is_gone() {
 
     assert_eq!(kinds(&report), vec!["unregister", "mark_terminated"]);
     assert!(s.scheduler.registered_ids().is_empty());
-    assert_eq!(state_of(&s.store, &provisioned.worker_id).await, (WorkerState::Terminated, false));
+    assert_eq!(
+        state_of(&s.store, &provisioned.worker_id).await,
+        (WorkerState::Terminated, false)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -291,7 +399,11 @@ async fn reconciler_terminates_a_worker_nobody_owns() {
     assert_eq!(kinds(&report), vec!["terminate_orphan"]);
     assert_eq!(s.provider.running(), vec![kept.worker_id]);
     assert_eq!(
-        metric_value(&s.registry, "hodei_reconciler_actions_total", &[("action", "terminate_orphan"), ("result", "success")]),
+        metric_value(
+            &s.registry,
+            "hodei_reconciler_actions_total",
+            &[("action", "terminate_orphan"), ("result", "success")]
+        ),
         Some(1.0)
     );
 }
@@ -299,19 +411,40 @@ async fn reconciler_terminates_a_worker_nobody_owns() {
 #[test]
 fn environment_overrides_the_config_and_bad_values_name_the_variable() {
     let env = |pairs: &'static [(&'static str, &'static str)]| {
-        move |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+        move |key: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        }
     };
     let mut config = WorkerManagementConfig::default();
-    config.apply_env(env(&[("REGISTRATION_ENABLED", "false"), ("REGISTRATION_MAX_RETRIES", "5")])).unwrap();
+    config
+        .apply_env(env(&[
+            ("REGISTRATION_ENABLED", "false"),
+            ("REGISTRATION_MAX_RETRIES", "5"),
+        ]))
+        .unwrap();
     assert!(!config.registration_enabled);
     assert_eq!(config.registration_max_retries, 5);
 
     for (pairs, name) in [
-        (&[("REGISTRATION_ENABLED", "maybe")][..], "REGISTRATION_ENABLED"),
-        (&[("REGISTRATION_MAX_RETRIES", "-1")][..], "REGISTRATION_MAX_RETRIES"),
-        (&[("REGISTRATION_MAX_RETRIES", "999")][..], "REGISTRATION_MAX_RETRIES"),
+        (
+            &[("REGISTRATION_ENABLED", "maybe")][..],
+            "REGISTRATION_ENABLED",
+        ),
+        (
+            &[("REGISTRATION_MAX_RETRIES", "-1")][..],
+            "REGISTRATION_MAX_RETRIES",
+        ),
+        (
+            &[("REGISTRATION_MAX_RETRIES", "999")][..],
+            "REGISTRATION_MAX_RETRIES",
+        ),
     ] {
-        let error = WorkerManagementConfig::default().apply_env(env(pairs)).unwrap_err();
+        let error = WorkerManagementConfig::default()
+            .apply_env(env(pairs))
+            .unwrap_err();
         assert_eq!(error.field, name);
     }
 }

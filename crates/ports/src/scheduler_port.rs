@@ -171,16 +171,36 @@ mod tests {
     fn every_variant_is_an_error_with_a_message_and_a_retry_class() {
         let id = WorkerId::new("w-1").unwrap();
         let cases: Vec<(SchedulerError, &str, bool)> = vec![
-            (SchedulerError::RegistrationFailed("busy".into()), "registration failed: busy", true),
-            (SchedulerError::WorkerNotFound(id.clone()), "worker not found: w-1", false),
-            (SchedulerError::Internal("boom".into()), "internal error: boom", true),
-            (SchedulerError::Unavailable("refused".into()), "scheduler unavailable: refused", true),
+            (
+                SchedulerError::RegistrationFailed("busy".into()),
+                "registration failed: busy",
+                true,
+            ),
+            (
+                SchedulerError::WorkerNotFound(id.clone()),
+                "worker not found: w-1",
+                false,
+            ),
+            (
+                SchedulerError::Internal("boom".into()),
+                "internal error: boom",
+                true,
+            ),
+            (
+                SchedulerError::Unavailable("refused".into()),
+                "scheduler unavailable: refused",
+                true,
+            ),
             (
                 ValidationError::new("worker_id", "must not be empty").into(),
                 "invalid worker: invalid worker_id: must not be empty",
                 false,
             ),
-            (SchedulerError::Conflict(id), "worker w-1 is already registered with different data", false),
+            (
+                SchedulerError::Conflict(id),
+                "worker w-1 is already registered with different data",
+                false,
+            ),
         ];
         for (error, message, retryable) in cases {
             let as_error: &dyn Error = &error;

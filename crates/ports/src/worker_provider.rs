@@ -35,7 +35,11 @@ pub trait WorkerProvider: Send + Sync {
 
     /// Creates the worker `id` from `spec` and returns it once it exists. The worker runs
     /// `hodei agent`, which connects back to the server on its own.
-    async fn create_worker(&self, id: &WorkerId, spec: &WorkerSpec) -> Result<Worker, ProviderError>;
+    async fn create_worker(
+        &self,
+        id: &WorkerId,
+        spec: &WorkerSpec,
+    ) -> Result<Worker, ProviderError>;
 
     /// Stops and removes the worker. A worker that is already gone is not an error.
     async fn terminate_worker(&self, id: &WorkerId) -> Result<(), ProviderError>;

@@ -83,7 +83,10 @@ pub trait WorkerRegistrationPort: Send + Sync {
 
     /// Registers many workers with bounded concurrency. Returns one result per worker, in
     /// the order given; one failure never stops the others.
-    async fn register_workers_batch(&self, workers: &[Worker]) -> Vec<Result<(), RegistrationError>>;
+    async fn register_workers_batch(
+        &self,
+        workers: &[Worker],
+    ) -> Vec<Result<(), RegistrationError>>;
 
     /// Removes a worker's registration.
     async fn unregister_worker(&self, worker_id: &WorkerId) -> Result<(), RegistrationError>;
@@ -93,14 +96,19 @@ pub trait WorkerRegistrationPort: Send + Sync {
 
     /// Reacts to a lifecycle event: `Provisioned` registers, `Terminated` unregisters
     /// (an already-unknown worker is fine), `Ready` needs nothing.
-    async fn handle_lifecycle_event(&self, event: &LifecycleEvent) -> Result<(), RegistrationError> {
+    async fn handle_lifecycle_event(
+        &self,
+        event: &LifecycleEvent,
+    ) -> Result<(), RegistrationError> {
         match event {
             LifecycleEvent::Provisioned(worker) => self.register_worker(worker).await,
             LifecycleEvent::Ready(_) => Ok(()),
-            LifecycleEvent::Terminated { worker_id, .. } => match self.unregister_worker(worker_id).await {
-                Err(RegistrationError::Rejected(SchedulerError::WorkerNotFound(_))) => Ok(()),
-                other => other,
-            },
+            LifecycleEvent::Terminated { worker_id, .. } => {
+                match self.unregister_worker(worker_id).await {
+                    Err(RegistrationError::Rejected(SchedulerError::WorkerNotFound(_))) => Ok(()),
+                    other => other,
+                }
+            }
         }
     }
 }
@@ -113,8 +121,11 @@ mod tests {
     #[test]
     fn scheduler_errors_are_classified() {
         let id = WorkerId::new("w").unwrap();
-        let invalid = RegistrationError::from_scheduler(ValidationError::new("worker_id", "bad").into());
-        assert!(matches!(invalid, RegistrationError::InvalidWorker(ref m) if m.contains("worker_id")));
+        let invalid =
+            RegistrationError::from_scheduler(ValidationError::new("worker_id", "bad").into());
+        assert!(
+            matches!(invalid, RegistrationError::InvalidWorker(ref m) if m.contains("worker_id"))
+        );
         assert!(invalid.is_permanent_rejection() && !invalid.is_retryable());
 
         let down = RegistrationError::from_scheduler(SchedulerError::Unavailable("refused".into()));

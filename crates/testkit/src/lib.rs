@@ -5,8 +5,10 @@ pub mod metrics;
 pub mod provider;
 pub mod scheduler;
 pub mod store;
+pub mod wait;
 
 pub use metrics::metric_value;
 pub use provider::{FakeProvider, provider_contract};
 pub use scheduler::{FakeScheduler, Step};
 pub use store::{MemoryStore, store_contract};
+pub use wait::wait_for;

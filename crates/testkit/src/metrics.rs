@@ -26,13 +26,13 @@ pub fn sum_samples(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f6
         if sample_name != name {
             continue;
         }
-        let wanted = labels
-            .iter()
-            .all(|(k, v)| sample_labels.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
-        if wanted {
-            if let Ok(value) = value.parse::<f64>() {
-                *total.get_or_insert(0.0) += value;
-            }
+        let wanted = labels.iter().all(|(k, v)| {
+            sample_labels
+                .split(',')
+                .any(|pair| pair == format!("{k}=\"{v}\""))
+        });
+        if let (true, Ok(value)) = (wanted, value.parse::<f64>()) {
+            *total.get_or_insert(0.0) += value;
         }
     }
     total

@@ -29,7 +29,9 @@ impl FakeProvider {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The next `create_worker` call fails with `error`.
@@ -67,14 +69,23 @@ impl WorkerProvider for FakeProvider {
         ProviderKind::Local
     }
 
-    async fn create_worker(&self, id: &WorkerId, spec: &WorkerSpec) -> Result<Worker, ProviderError> {
+    async fn create_worker(
+        &self,
+        id: &WorkerId,
+        spec: &WorkerSpec,
+    ) -> Result<Worker, ProviderError> {
         let mut state = self.state();
         if let Some(error) = state.create_failures.pop_front() {
             return Err(error);
         }
         state.running.insert(id.clone());
         state.created += 1;
-        Ok(Worker::from_spec(id.clone(), spec, ProviderKind::Local, SystemTime::now()))
+        Ok(Worker::from_spec(
+            id.clone(),
+            spec,
+            ProviderKind::Local,
+            SystemTime::now(),
+        ))
     }
 
     async fn terminate_worker(&self, id: &WorkerId) -> Result<(), ProviderError> {
@@ -97,7 +108,10 @@ pub async fn provider_contract(provider: &dyn WorkerProvider, prefix: &str) {
     let spec = WorkerSpec::default();
 
     let before = provider.list_workers().await.expect("list");
-    assert!(!before.contains(&a) && !before.contains(&b), "ids already in use");
+    assert!(
+        !before.contains(&a) && !before.contains(&b),
+        "ids already in use"
+    );
 
     let worker = provider.create_worker(&a, &spec).await.expect("create a");
     assert_eq!(worker.id, a);
@@ -106,15 +120,24 @@ pub async fn provider_contract(provider: &dyn WorkerProvider, prefix: &str) {
     provider.create_worker(&b, &spec).await.expect("create b");
 
     let listed = provider.list_workers().await.expect("list");
-    assert!(listed.contains(&a) && listed.contains(&b), "created workers are listed: {listed:?}");
-    assert!(listed.windows(2).all(|w| w[0] < w[1]), "list is ordered and unique: {listed:?}");
+    assert!(
+        listed.contains(&a) && listed.contains(&b),
+        "created workers are listed: {listed:?}"
+    );
+    assert!(
+        listed.windows(2).all(|w| w[0] < w[1]),
+        "list is ordered and unique: {listed:?}"
+    );
 
     provider.terminate_worker(&a).await.expect("terminate a");
     let listed = provider.list_workers().await.expect("list");
     assert!(!listed.contains(&a), "terminated worker is not listed");
     assert!(listed.contains(&b), "other worker is untouched");
 
-    provider.terminate_worker(&a).await.expect("terminating twice is fine");
+    provider
+        .terminate_worker(&a)
+        .await
+        .expect("terminating twice is fine");
     provider.terminate_worker(&b).await.expect("terminate b");
     let listed = provider.list_workers().await.expect("list");
     assert!(!listed.contains(&b));

@@ -46,7 +46,9 @@ impl FakeScheduler {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues steps consumed by the next `register_worker` calls, one each.
@@ -120,7 +122,9 @@ impl SchedulerPort for FakeScheduler {
             Step::Stall(duration) => tokio::time::sleep(duration).await,
         }
         if rejected {
-            return Err(hodei_core::ValidationError::new("worker_id", "rejected by the fake").into());
+            return Err(
+                hodei_core::ValidationError::new("worker_id", "rejected by the fake").into(),
+            );
         }
         worker.validate()?;
         let mut state = self.state();

@@ -1,5 +1,7 @@
 //! The in-memory store passes the same contract as the durable ones.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use hodei_testkit::{MemoryStore, store_contract};
 
 #[tokio::test]

@@ -1,0 +1,331 @@
+//! The command-line client: talks to the REST API and prints readable tables.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use comfy_table::{Table, presets};
+use hodei_server::api::{ErrorBody, PoolList, PoolView, WorkerList, WorkerView};
+use serde::de::DeserializeOwned;
+
+/// Where the server is and how to authenticate.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// Server URL.
+    #[arg(
+        long,
+        env = "HODEI_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URL",
+        global = true
+    )]
+    server: String,
+    /// Bearer token. When absent, ./.hodei/token (written by `hodei dev`) is used.
+    #[arg(
+        long,
+        env = "HODEI_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        global = true
+    )]
+    token: Option<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerCommand {
+    /// List workers.
+    Ls {
+        /// Only workers of this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Only workers in this state (provisioning, registering, idle, busy, cleaning,
+        /// draining, unhealthy, terminated).
+        #[arg(long)]
+        state: Option<String>,
+        /// Include terminated workers.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show one worker.
+    Get {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Terminate a worker now: unregister it and stop it at its provider.
+    Terminate {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// List pools with their live workers.
+    Ls {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show one pool.
+    Get {
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(connection: &Connection) -> anyhow::Result<Self> {
+        let token = match &connection.token {
+            Some(token) => token.clone(),
+            None => std::fs::read_to_string(".hodei/token")
+                .map(|t| t.trim().to_owned())
+                .context("no token: pass --token or set HODEI_TOKEN (hodei dev prints it)")?,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self {
+            http,
+            base: connection.server.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => bail!("{} ({})", body.error.message, body.error.code),
+            Err(_) => bail!("server answered {status}: {text}"),
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        let request = self
+            .http
+            .get(format!("{}/api/v1{path}", self.base))
+            .query(query);
+        let response = self.send(request).await?;
+        response
+            .json()
+            .await
+            .context("cannot decode the server's answer")
+    }
+
+    async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send(self.http.delete(format!("{}/api/v1{path}", self.base)))
+            .await?;
+        Ok(())
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(presets::NOTHING)
+        .set_header(header.to_vec());
+    table
+}
+
+/// Time since an RFC 3339 instant, like `kubectl`: `42s`, `5m`, `3h`, `2d`.
+fn age(rfc3339: &str) -> String {
+    let Ok(then) = humantime::parse_rfc3339_weak(rfc3339) else {
+        return "?".into();
+    };
+    let seconds = SystemTime::now()
+        .duration_since(then)
+        .unwrap_or_default()
+        .as_secs();
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn print_workers(workers: &[WorkerView]) {
+    let mut t = table(&[
+        "ID",
+        "POOL",
+        "PROVIDER",
+        "TYPE",
+        "STATE",
+        "REGISTERED",
+        "CPU",
+        "MEMORY",
+        "AGE",
+    ]);
+    for w in workers {
+        t.add_row(vec![
+            w.id.clone(),
+            w.pool.clone().unwrap_or_else(|| "-".into()),
+            w.provider.clone(),
+            w.worker_type.clone(),
+            w.state.clone(),
+            if w.registered { "yes" } else { "no" }.into(),
+            w.capabilities.cpu_cores.to_string(),
+            format!("{} MiB", w.capabilities.memory_mb),
+            age(&w.provisioned_at),
+        ]);
+    }
+    println!("{t}");
+}
+
+fn print_pools(pools: &[PoolView]) {
+    let mut t = table(&["NAME", "PROVIDER", "SIZE", "LIVE", "STATES"]);
+    for p in pools {
+        let states = p
+            .states
+            .iter()
+            .map(|(s, n)| format!("{s}={n}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        t.add_row(vec![
+            p.name.clone(),
+            p.provider.clone(),
+            p.size.to_string(),
+            p.workers.to_string(),
+            if states.is_empty() {
+                "-".into()
+            } else {
+                states
+            },
+        ]);
+    }
+    println!("{t}");
+}
+
+pub async fn worker(command: WorkerCommand) -> anyhow::Result<()> {
+    match command {
+        WorkerCommand::Ls {
+            pool,
+            state,
+            all,
+            connection,
+        } => {
+            let client = Client::new(&connection)?;
+            let mut query = vec![("all", all.to_string())];
+            query.extend(pool.map(|p| ("pool", p)));
+            query.extend(state.map(|s| ("state", s)));
+            let list: WorkerList = client.get("/workers", &query).await?;
+            match connection.output {
+                Output::Json => print_json(&list),
+                Output::Table if list.workers.is_empty() => {
+                    println!("No workers.");
+                    Ok(())
+                }
+                Output::Table => {
+                    print_workers(&list.workers);
+                    Ok(())
+                }
+            }
+        }
+        WorkerCommand::Get { id, connection } => {
+            let client = Client::new(&connection)?;
+            let worker: WorkerView = client.get(&format!("/workers/{id}"), &[]).await?;
+            match connection.output {
+                Output::Json => print_json(&worker),
+                Output::Table => {
+                    print_workers(std::slice::from_ref(&worker));
+                    if !worker.labels.is_empty() {
+                        let labels: Vec<_> = worker
+                            .labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        println!("\nlabels: {}", labels.join(", "));
+                    }
+                    Ok(())
+                }
+            }
+        }
+        WorkerCommand::Terminate { id, connection } => {
+            let client = Client::new(&connection)?;
+            client.delete(&format!("/workers/{id}")).await?;
+            println!("worker {id} terminated");
+            Ok(())
+        }
+    }
+}
+
+pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
+    match command {
+        PoolCommand::Ls { connection } => {
+            let client = Client::new(&connection)?;
+            let list: PoolList = client.get("/pools", &[]).await?;
+            match connection.output {
+                Output::Json => print_json(&list),
+                Output::Table => {
+                    print_pools(&list.pools);
+                    Ok(())
+                }
+            }
+        }
+        PoolCommand::Get { name, connection } => {
+            let client = Client::new(&connection)?;
+            let pool: PoolView = client.get(&format!("/pools/{name}"), &[]).await?;
+            match connection.output {
+                Output::Json => print_json(&pool),
+                Output::Table => {
+                    print_pools(std::slice::from_ref(&pool));
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let now =
+            humantime::format_rfc3339(SystemTime::now() - Duration::from_secs(30)).to_string();
+        assert_eq!(age(&now), "30s");
+        let hours =
+            humantime::format_rfc3339(SystemTime::now() - Duration::from_secs(3 * 3600 + 5))
+                .to_string();
+        assert_eq!(age(&hours), "3h");
+        assert_eq!(age("yesterday"), "?");
+    }
+}

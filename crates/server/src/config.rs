@@ -1,0 +1,372 @@
+//! Server configuration: `hodei.toml`, then the environment (`HODEI_TOKEN`,
+//! `REGISTRATION_ENABLED`, `REGISTRATION_MAX_RETRIES`). Every value is checked at start-up;
+//! a bad one stops the server with a message naming it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hodei_adapters::RegistrationConfig;
+use hodei_core::{PoolSpec, ValidationError};
+use hodei_modules::WorkerManagementConfig;
+use serde::{Deserialize, Serialize};
+
+/// Configuration failures, each naming what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}
+
+/// The whole server configuration. Every field has a default, so an empty file is valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The one address serving gRPC and HTTP.
+    pub listen: SocketAddr,
+    /// The URL agents use to reach the server; derived from `listen` when unset.
+    pub advertise_url: Option<String>,
+    /// Bearer token for agents and API clients. Generated and saved under `data_dir` when
+    /// unset. `HODEI_TOKEN` overrides it.
+    pub token: Option<String>,
+    /// Where the SQLite database, the token and local agents' pid files and logs live.
+    pub data_dir: PathBuf,
+    pub registration: RegistrationSection,
+    pub provisioning: ProvisioningSection,
+    pub reconcile: ReconcileSection,
+    pub local: LocalSection,
+    pub shutdown: ShutdownSection,
+    /// Pools kept warm from start-up: `[[pool]]` tables.
+    #[serde(rename = "pool")]
+    pub pools: Vec<PoolSpec>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            advertise_url: None,
+            token: None,
+            data_dir: PathBuf::from(".hodei"),
+            registration: RegistrationSection::default(),
+            provisioning: ProvisioningSection::default(),
+            reconcile: ReconcileSection::default(),
+            local: LocalSection::default(),
+            shutdown: ShutdownSection::default(),
+            pools: Vec::new(),
+        }
+    }
+}
+
+/// `[registration]`: how provisioned workers are registered with the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationSection {
+    /// `REGISTRATION_ENABLED` overrides it.
+    pub enabled: bool,
+    /// Retries after the first attempt. `REGISTRATION_MAX_RETRIES` overrides it.
+    pub max_retries: u32,
+    #[serde(with = "humantime_serde")]
+    pub base_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Time one attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub batch_concurrency: usize,
+    pub jitter: bool,
+}
+
+impl Default for RegistrationSection {
+    fn default() -> Self {
+        let defaults = RegistrationConfig::default();
+        Self {
+            enabled: true,
+            max_retries: defaults.max_retries,
+            base_backoff: defaults.base_backoff,
+            max_backoff: defaults.max_backoff,
+            timeout: defaults.registration_timeout,
+            batch_concurrency: defaults.batch_concurrency,
+            jitter: defaults.jitter,
+        }
+    }
+}
+
+/// `[provisioning]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisioningSection {
+    /// Workers created at once when a pool is pre-warmed.
+    pub max_concurrent_provisioning: usize,
+    /// Workers stopped at once at shutdown.
+    pub termination_concurrency: usize,
+}
+
+impl Default for ProvisioningSection {
+    fn default() -> Self {
+        let defaults = WorkerManagementConfig::default();
+        Self {
+            max_concurrent_provisioning: defaults.provisioning_concurrency,
+            termination_concurrency: defaults.termination_concurrency,
+        }
+    }
+}
+
+/// `[reconcile]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileSection {
+    /// Time between two reconciliation rounds.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for ReconcileSection {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[local]`: the local process provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalSection {
+    /// The `hodei` binary agents run; the server's own executable when unset.
+    pub agent_program: Option<PathBuf>,
+    /// Time an agent gets to stop after SIGTERM before it is killed.
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+}
+
+impl Default for LocalSection {
+    fn default() -> Self {
+        Self {
+            agent_program: None,
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// Terminate every worker when the server stops. Turn off to keep workers through a
+    /// server restart; the reconciler adopts them again at start-up.
+    pub terminate_workers: bool,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        Self {
+            terminate_workers: true,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads `path`, then applies the environment through `env`.
+    pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|message| Error::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML; the message names the offending key and line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+
+    /// Applies `HODEI_TOKEN`, `REGISTRATION_ENABLED` and `REGISTRATION_MAX_RETRIES`.
+    pub fn apply_env(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ValidationError> {
+        if let Some(token) = env("HODEI_TOKEN").filter(|t| !t.is_empty()) {
+            self.token = Some(token);
+        }
+        let mut management = self.worker_management();
+        management.apply_env(&env)?;
+        self.registration.enabled = management.registration_enabled;
+        self.registration.max_retries = management.registration_max_retries;
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.registration_config().validate()?;
+        self.worker_management().validate()?;
+        if self.reconcile.interval < Duration::from_millis(100) {
+            return Err(ValidationError::new(
+                "reconcile.interval",
+                "must be at least 100ms",
+            ));
+        }
+        if self.token.as_ref().is_some_and(|token| token.len() < 16) {
+            return Err(ValidationError::new(
+                "token",
+                "must be at least 16 characters",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for pool in &self.pools {
+            pool.validate()?;
+            if !names.insert(&pool.name) {
+                return Err(ValidationError::new(
+                    "pool.name",
+                    format!("pool {:?} is defined twice", pool.name),
+                ));
+            }
+            if pool.provider != hodei_core::ProviderKind::Local {
+                return Err(ValidationError::new(
+                    "pool.provider",
+                    format!(
+                        "pool {:?} uses provider {}, only local is available in this build",
+                        pool.name, pool.provider
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn registration_config(&self) -> RegistrationConfig {
+        RegistrationConfig {
+            max_retries: self.registration.max_retries,
+            base_backoff: self.registration.base_backoff,
+            max_backoff: self.registration.max_backoff,
+            registration_timeout: self.registration.timeout,
+            batch_concurrency: self.registration.batch_concurrency,
+            jitter: self.registration.jitter,
+        }
+    }
+
+    pub fn worker_management(&self) -> WorkerManagementConfig {
+        WorkerManagementConfig {
+            registration_enabled: self.registration.enabled,
+            registration_max_retries: self.registration.max_retries,
+            registration_timeout: self.registration.timeout,
+            provisioning_concurrency: self.provisioning.max_concurrent_provisioning,
+            termination_concurrency: self.provisioning.termination_concurrency,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_documented_defaults() {
+        let config = ServerConfig::parse("").unwrap();
+        assert_eq!(config, ServerConfig::default());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.registration.max_retries, 3);
+        assert_eq!(config.registration.base_backoff, Duration::from_millis(100));
+        assert_eq!(config.registration.timeout, Duration::from_secs(30));
+        assert_eq!(config.registration.batch_concurrency, 10);
+        assert_eq!(config.provisioning.max_concurrent_provisioning, 5);
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let config = ServerConfig::parse(
+            r#"
+            listen = "0.0.0.0:6000"
+            data_dir = "/var/lib/hodei"
+            [registration]
+            max_retries = 5
+            timeout = "5s"
+            [reconcile]
+            interval = "10s"
+            [[pool]]
+            name = "linux"
+            provider = "local"
+            size = 3
+            [pool.template]
+            labels = { os = "linux" }
+            [pool.template.capabilities]
+            cpu_cores = 8
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.registration.max_retries, 5);
+        assert_eq!(config.registration.timeout, Duration::from_secs(5));
+        assert_eq!(config.pools[0].size, 3);
+        assert_eq!(config.pools[0].template.capabilities.cpu_cores, 8);
+        assert_eq!(config.pools[0].template.capabilities.memory_mb, 4096);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let error = ServerConfig::parse("[registration]\nmax_retires = 3\n").unwrap_err();
+        assert!(error.contains("max_retires"), "{error}");
+        let error = ServerConfig::parse("[registration]\ntimeout = \"soon\"\n").unwrap_err();
+        assert!(error.contains("timeout"), "{error}");
+
+        let mut config = ServerConfig::default();
+        config.registration.batch_concurrency = 0;
+        assert_eq!(
+            config.validate().unwrap_err().field,
+            "registration.batch_concurrency"
+        );
+
+        let mut config = ServerConfig::default();
+        config.provisioning.max_concurrent_provisioning = 0;
+        assert_eq!(
+            config.validate().unwrap_err().field,
+            "provisioning.max_concurrent_provisioning"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut config = ServerConfig::default();
+        let env = |key: &str| match key {
+            "REGISTRATION_ENABLED" => Some("false".to_owned()),
+            "REGISTRATION_MAX_RETRIES" => Some("7".to_owned()),
+            "HODEI_TOKEN" => Some("0123456789abcdef0123".to_owned()),
+            _ => None,
+        };
+        config.apply_env(env).unwrap();
+        assert!(!config.registration.enabled);
+        assert_eq!(config.registration.max_retries, 7);
+        assert_eq!(config.token.as_deref(), Some("0123456789abcdef0123"));
+
+        let bad = |key: &str| (key == "REGISTRATION_MAX_RETRIES").then(|| "lots".to_owned());
+        let error = ServerConfig::default().apply_env(bad).unwrap_err();
+        assert_eq!(error.field, "REGISTRATION_MAX_RETRIES");
+        assert!(ServerConfig::default().apply_env(no_env).is_ok());
+    }
+
+    #[test]
+    fn duplicate_pools_are_refused() {
+        let config = ServerConfig::parse(
+            "[[pool]]\nname = \"a\"\nprovider = \"local\"\nsize = 1\n[[pool]]\nname = \"a\"\nprovider = \"local\"\nsize = 2\n",
+        )
+        .unwrap();
+        assert_eq!(config.validate().unwrap_err().field, "pool.name");
+    }
+}

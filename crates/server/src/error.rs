@@ -1,0 +1,205 @@
+//! The one place where domain errors become API errors. Both APIs use this table, so a
+//! client sees the same code whichever protocol it speaks.
+//!
+//! | Domain error                                    | gRPC code            | HTTP |
+//! |-------------------------------------------------|----------------------|------|
+//! | `ValidationError` (names the field)             | `INVALID_ARGUMENT`   | 400  |
+//! | missing or wrong token                          | `UNAUTHENTICATED`    | 401  |
+//! | unknown worker or pool                          | `NOT_FOUND`          | 404  |
+//! | conflicting registration, illegal transition    | `ALREADY_EXISTS` / `FAILED_PRECONDITION` | 409 |
+//! | store, provider or scheduler unavailable        | `UNAVAILABLE`        | 503  |
+//! | anything else                                   | `INTERNAL`           | 500  |
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use hodei_core::ValidationError;
+use hodei_modules::WorkerManagementError;
+use hodei_ports::{ProviderError, SchedulerError, store};
+
+use crate::api::{ErrorBody, ErrorDetail};
+
+/// An API error: a code from the table above, a message, and the field when one is at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+/// The codes Hodei uses, named as in gRPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    InvalidArgument,
+    Unauthenticated,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Unavailable,
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::NotFound => "NOT_FOUND",
+            Self::AlreadyExists => "ALREADY_EXISTS",
+            Self::FailedPrecondition => "FAILED_PRECONDITION",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            Self::InvalidArgument => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::AlreadyExists | Self::FailedPrecondition => StatusCode::CONFLICT,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, message)
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(error: ValidationError) -> Self {
+        Self {
+            code: Code::InvalidArgument,
+            message: error.to_string(),
+            field: Some(error.field),
+        }
+    }
+}
+
+impl From<store::Error> for ApiError {
+    fn from(error: store::Error) -> Self {
+        let code = match &error {
+            store::Error::WorkerNotFound(_) => Code::NotFound,
+            store::Error::IllegalTransition(_) => Code::FailedPrecondition,
+            store::Error::WorkerExists(_) => Code::AlreadyExists,
+            store::Error::Unavailable(_) => Code::Unavailable,
+            store::Error::Corrupt(_) => Code::Internal,
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+impl From<SchedulerError> for ApiError {
+    fn from(error: SchedulerError) -> Self {
+        match error {
+            SchedulerError::InvalidWorker(invalid) => invalid.into(),
+            SchedulerError::WorkerNotFound(_) => Self::new(Code::NotFound, error.to_string()),
+            SchedulerError::Conflict(_) => Self::new(Code::AlreadyExists, error.to_string()),
+            SchedulerError::Unavailable(_) | SchedulerError::RegistrationFailed(_) => {
+                Self::new(Code::Unavailable, error.to_string())
+            }
+            SchedulerError::Internal(_) => Self::new(Code::Internal, error.to_string()),
+        }
+    }
+}
+
+impl From<WorkerManagementError> for ApiError {
+    fn from(error: WorkerManagementError) -> Self {
+        match error {
+            WorkerManagementError::InvalidSpec(invalid) => invalid.into(),
+            WorkerManagementError::Store(store) => store.into(),
+            WorkerManagementError::WorkerNotFound(_) => {
+                Self::new(Code::NotFound, error.to_string())
+            }
+            WorkerManagementError::Provider { ref source, .. } => {
+                let code = match source {
+                    ProviderError::InvalidSpec(_) => Code::InvalidArgument,
+                    ProviderError::Unavailable(_) => Code::Unavailable,
+                    ProviderError::Failed(_) => Code::Internal,
+                };
+                Self::new(code, error.to_string())
+            }
+            WorkerManagementError::RegistrationRejected { .. } => {
+                Self::new(Code::FailedPrecondition, error.to_string())
+            }
+            WorkerManagementError::Registration(_) => {
+                Self::new(Code::Unavailable, error.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().to_owned(),
+                message: self.message,
+                field: self.field,
+            },
+        };
+        (self.code.http_status(), Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hodei_core::WorkerId;
+
+    #[test]
+    fn the_table_holds() {
+        let id = WorkerId::new("w").unwrap();
+        let cases: Vec<(ApiError, &str, u16)> = vec![
+            (
+                ValidationError::new("worker_id", "bad").into(),
+                "INVALID_ARGUMENT",
+                400,
+            ),
+            (
+                store::Error::WorkerNotFound(id.clone()).into(),
+                "NOT_FOUND",
+                404,
+            ),
+            (
+                SchedulerError::Conflict(id.clone()).into(),
+                "ALREADY_EXISTS",
+                409,
+            ),
+            (
+                SchedulerError::Unavailable("x".into()).into(),
+                "UNAVAILABLE",
+                503,
+            ),
+            (store::Error::Corrupt("x".into()).into(), "INTERNAL", 500),
+            (
+                WorkerManagementError::WorkerNotFound(id).into(),
+                "NOT_FOUND",
+                404,
+            ),
+            (
+                ApiError::new(Code::Unauthenticated, "no token"),
+                "UNAUTHENTICATED",
+                401,
+            ),
+        ];
+        for (error, code, status) in cases {
+            assert_eq!(error.code.as_str(), code);
+            assert_eq!(error.code.http_status().as_u16(), status, "{code}");
+        }
+        let invalid: ApiError = ValidationError::new("capabilities.cpu_cores", "zero").into();
+        assert_eq!(invalid.field.as_deref(), Some("capabilities.cpu_cores"));
+    }
+}

@@ -1,0 +1,201 @@
+//! The HTTP side of the one address: REST under `/api/v1` (bearer token), `/metrics`,
+//! `/healthz` and `/readyz` (open, for Prometheus and load balancers).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hodei_core::{WorkerId, WorkerState};
+use hodei_modules::WorkerManagementService;
+use hodei_ports::{Store, WorkerFilter};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+
+use crate::api::{PoolList, PoolView, WorkerList, WorkerView};
+use crate::error::{ApiError, Code};
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub store: Arc<dyn Store>,
+    pub management: Arc<WorkerManagementService>,
+    pub metrics: Arc<Registry>,
+    pub token: Arc<str>,
+    /// Set once start-up (first reconciliation, pool pre-warming) is done.
+    pub ready: Arc<AtomicBool>,
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/workers", get(list_workers))
+        .route("/workers/{id}", get(get_worker).delete(terminate_worker))
+        .route("/pools", get(list_pools))
+        .route("/pools/{name}", get(get_pool))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time; never logs the token.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(token)
+            if constant_time_eq::constant_time_eq(token.as_bytes(), state.token.as_bytes()) =>
+        {
+            next.run(request).await
+        }
+        Some(_) => {
+            tracing::warn!(path = %request.uri().path(), "rejected request with a wrong token");
+            ApiError::new(Code::Unauthenticated, "invalid bearer token").into_response()
+        }
+        None => {
+            tracing::warn!(path = %request.uri().path(), "rejected request without a token");
+            ApiError::new(
+                Code::Unauthenticated,
+                "missing bearer token (Authorization: Bearer <token>)",
+            )
+            .into_response()
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct WorkerQuery {
+    pool: Option<String>,
+    state: Option<String>,
+    /// Include terminated workers.
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_workers(
+    State(state): State<AppState>,
+    Query(query): Query<WorkerQuery>,
+) -> Result<Json<WorkerList>, ApiError> {
+    let wanted_state = query
+        .state
+        .as_deref()
+        .map(str::parse::<WorkerState>)
+        .transpose()?;
+    let filter = WorkerFilter {
+        pool: query.pool,
+        live_only: !query.all && wanted_state != Some(WorkerState::Terminated),
+    };
+    let workers = state
+        .store
+        .list_workers(&filter)
+        .await?
+        .iter()
+        .filter(|record| wanted_state.is_none_or(|s| record.state == s))
+        .map(WorkerView::from)
+        .collect();
+    Ok(Json(WorkerList { workers }))
+}
+
+async fn get_worker(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkerView>, ApiError> {
+    let id = WorkerId::new(id)?;
+    let record = state
+        .store
+        .get_worker(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("worker {id} not found")))?;
+    Ok(Json(WorkerView::from(&record)))
+}
+
+async fn terminate_worker(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = WorkerId::new(id)?;
+    state.management.terminate_worker(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pool_views(store: &dyn Store, name: Option<&str>) -> Result<Vec<PoolView>, ApiError> {
+    let pools = match name {
+        Some(name) => store.get_pool(name).await?.into_iter().collect(),
+        None => store.list_pools().await?,
+    };
+    let mut views = Vec::with_capacity(pools.len());
+    for pool in pools {
+        let filter = WorkerFilter {
+            pool: Some(pool.name.clone()),
+            live_only: true,
+        };
+        let mut states = BTreeMap::new();
+        let workers = store.list_workers(&filter).await?;
+        for record in &workers {
+            *states.entry(record.state.to_string()).or_insert(0) += 1;
+        }
+        views.push(PoolView {
+            name: pool.name.clone(),
+            provider: pool.provider.to_string(),
+            size: pool.size,
+            workers: workers.len(),
+            states,
+            spec: pool,
+        });
+    }
+    Ok(views)
+}
+
+async fn list_pools(State(state): State<AppState>) -> Result<Json<PoolList>, ApiError> {
+    Ok(Json(PoolList {
+        pools: pool_views(state.store.as_ref(), None).await?,
+    }))
+}
+
+async fn get_pool(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<PoolView>, ApiError> {
+    pool_views(state.store.as_ref(), Some(&name))
+        .await?
+        .pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("pool {name} not found")))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.metrics) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(error) => {
+            ApiError::new(Code::Internal, format!("cannot encode metrics: {error}")).into_response()
+        }
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if !state.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response();
+    }
+    match state.store.list_pools().await {
+        Ok(_) => (StatusCode::OK, "ready").into_response(),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {error}")).into_response(),
+    }
+}

@@ -1,0 +1,314 @@
+//! Hodei's control plane. [`Server::start`] wires the store, the scheduler registry, the
+//! provider, the registration adapter and worker management, serves the API on one
+//! listener and keeps pools warm; [`run`] is the whole life of a server for `main`.
+
+pub mod api;
+pub mod config;
+pub mod error;
+mod http;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hodei_adapters::{
+    LocalProvider, LocalProviderConfig, RegistrationMetrics, WorkerRegistrationAdapter,
+};
+use hodei_modules::{SchedulerRegistry, WorkerManagementMetrics, WorkerManagementService};
+use hodei_ports::Store;
+use hodei_store::SqliteStore;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ServerConfig;
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] hodei_core::ValidationError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] hodei_ports::store::Error),
+    #[error("cannot start the local provider: {0}")]
+    Provider(#[from] hodei_ports::ProviderError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// A running server. Dropping it does not stop it: call [`Server::shutdown`].
+pub struct Server {
+    addr: SocketAddr,
+    url: String,
+    token: String,
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    scheduler: Arc<SchedulerRegistry>,
+    management: Arc<WorkerManagementService>,
+    cancel: CancellationToken,
+    http: JoinHandle<std::io::Result<()>>,
+    background: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The token from the config, or the one saved under `data_dir`, or a new one saved there
+/// (mode 0600) so that clients on this machine can keep using it across restarts.
+fn load_or_create_token(config: &ServerConfig) -> Result<String, Error> {
+    if let Some(token) = &config.token {
+        return Ok(token.clone());
+    }
+    let path = config.data_dir.join("token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        let token = token.trim().to_owned();
+        if token.len() >= 16 {
+            return Ok(token);
+        }
+    }
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    std::fs::write(&path, format!("{token}\n"))
+        .map_err(io_error(format!("cannot write {}", path.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_error(format!("cannot protect {}", path.display())))?;
+    Ok(token)
+}
+
+fn advertise_url(config: &ServerConfig, addr: SocketAddr) -> String {
+    if let Some(url) = &config.advertise_url {
+        return url.clone();
+    }
+    let host = if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    format!("http://{host}")
+}
+
+fn agent_program(config: &ServerConfig) -> Result<PathBuf, Error> {
+    match &config.local.agent_program {
+        Some(path) => Ok(path.clone()),
+        None => std::env::current_exe().map_err(io_error("cannot find the hodei executable")),
+    }
+}
+
+impl Server {
+    /// Opens the store, wires every component, starts serving on `listener` and starts
+    /// the background work: a first reconciliation (adopting workers of an earlier run),
+    /// pre-warming the configured pools, then reconciliation on an interval.
+    pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Self, Error> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(io_error(format!(
+            "cannot create {}",
+            config.data_dir.display()
+        )))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io_error("cannot read the listen address"))?;
+        let url = advertise_url(&config, addr);
+        let token = load_or_create_token(&config)?;
+
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&config.data_dir.join("hodei.db")).await?);
+        let mut registry = Registry::default();
+        let scheduler = Arc::new(SchedulerRegistry::new());
+        let provider = Arc::new(LocalProvider::new(LocalProviderConfig {
+            program: agent_program(&config)?,
+            args: Vec::new(),
+            server_url: url.clone(),
+            token: token.clone(),
+            state_dir: config.data_dir.join("local"),
+            stop_grace: config.local.stop_grace,
+        })?);
+        let registration = Arc::new(WorkerRegistrationAdapter::new(
+            scheduler.clone(),
+            config.registration_config(),
+            RegistrationMetrics::new(&mut registry),
+        ));
+        let management = Arc::new(WorkerManagementService::new_with_registration(
+            provider,
+            registration,
+            store.clone(),
+            config.worker_management(),
+            WorkerManagementMetrics::new(&mut registry),
+        ));
+
+        let cancel = CancellationToken::new();
+        let ready = Arc::new(AtomicBool::new(false));
+        let app = http::router(http::AppState {
+            store: store.clone(),
+            management: management.clone(),
+            metrics: Arc::new(registry),
+            token: token.clone().into(),
+            ready: ready.clone(),
+        });
+        let http_cancel = cancel.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(http_cancel.cancelled_owned())
+                .await
+        });
+        let background = tokio::spawn(background(
+            management.clone(),
+            config.clone(),
+            ready,
+            cancel.clone(),
+        ));
+        tracing::info!(%addr, %url, "hodei server listening");
+        Ok(Self {
+            addr,
+            url,
+            token,
+            config,
+            store,
+            scheduler,
+            management,
+            cancel,
+            http,
+            background,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL clients and agents use.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The in-process scheduler registry.
+    pub fn scheduler(&self) -> &Arc<SchedulerRegistry> {
+        &self.scheduler
+    }
+
+    pub fn management(&self) -> &Arc<WorkerManagementService> {
+        &self.management
+    }
+
+    /// Stops background work, terminates every worker (unless configured otherwise), then
+    /// stops serving once in-flight requests finish.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        tracing::info!("shutting down");
+        self.cancel.cancel();
+        let _ = self.background.await;
+        if self.config.shutdown.terminate_workers {
+            match self.management.terminate_all().await {
+                Ok(failures) => {
+                    for (worker_id, error) in failures {
+                        tracing::error!(%worker_id, %error, "could not terminate worker at shutdown");
+                    }
+                }
+                Err(error) => tracing::error!(%error, "could not list workers to terminate"),
+            }
+        }
+        match self.http.await {
+            Ok(result) => result.map_err(io_error("http server failed")),
+            Err(join) => Err(Error::Io {
+                what: "http server task failed".into(),
+                source: std::io::Error::other(join),
+            }),
+        }
+    }
+}
+
+async fn background(
+    management: Arc<WorkerManagementService>,
+    config: ServerConfig,
+    ready: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
+    let startup = async {
+        reconcile_once(&management).await;
+        for pool in &config.pools {
+            match management.create_pool(pool).await {
+                Ok(created) => {
+                    for failure in &created.failures {
+                        tracing::error!(pool = %pool.name, error = %failure, "could not pre-warm a worker");
+                    }
+                    tracing::info!(
+                        pool = %pool.name,
+                        size = pool.size,
+                        existing = created.existing,
+                        provisioned = created.provisioned.len(),
+                        failed = created.failures.len(),
+                        "pool ready"
+                    );
+                }
+                Err(error) => tracing::error!(pool = %pool.name, %error, "could not create pool"),
+            }
+        }
+        ready.store(true, Ordering::Release);
+        let mut interval = tokio::time::interval(config.reconcile.interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            reconcile_once(&management).await;
+        }
+    };
+    tokio::select! {
+        () = startup => {}
+        () = cancel.cancelled() => {}
+    }
+}
+
+async fn reconcile_once(management: &WorkerManagementService) {
+    match management.reconcile().await {
+        Ok(report) => {
+            if !report.applied.is_empty() || !report.failed.is_empty() {
+                tracing::info!(
+                    fixed = report.applied.len(),
+                    failed = report.failed.len(),
+                    "reconciled"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "reconciliation failed, will try again"),
+    }
+}
+
+/// The whole life of a server: start on `listener`, run until `shutdown` completes, stop.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let server = Server::start(config, listener).await?;
+    shutdown.await;
+    server.shutdown().await
+}
