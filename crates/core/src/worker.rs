@@ -190,6 +190,8 @@ pub enum ProviderKind {
     Docker,
     /// Pods through the Kubernetes API.
     Kubernetes,
+    /// An agent started by hand that registered itself; no provider manages it.
+    External,
 }
 
 impl ProviderKind {
@@ -198,6 +200,7 @@ impl ProviderKind {
             Self::Local => "local",
             Self::Docker => "docker",
             Self::Kubernetes => "kubernetes",
+            Self::External => "external",
         }
     }
 }
@@ -215,9 +218,12 @@ impl FromStr for ProviderKind {
             "local" => Ok(Self::Local),
             "docker" => Ok(Self::Docker),
             "kubernetes" => Ok(Self::Kubernetes),
+            "external" => Ok(Self::External),
             other => Err(ValidationError::new(
                 "provider",
-                format!("unknown provider {other:?}, expected local, docker or kubernetes"),
+                format!(
+                    "unknown provider {other:?}, expected local, docker, kubernetes or external"
+                ),
             )),
         }
     }

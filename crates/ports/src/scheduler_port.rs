@@ -38,6 +38,11 @@ pub enum SchedulerError {
     /// Permanent.
     #[error("worker {0} is already registered with different data")]
     Conflict(WorkerId),
+
+    /// The scheduler refused the request for a reason retrying cannot fix (wrong token,
+    /// unsupported call). Permanent.
+    #[error("refused by the scheduler: {0}")]
+    Rejected(String),
 }
 
 impl SchedulerError {
@@ -45,7 +50,10 @@ impl SchedulerError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::RegistrationFailed(_) | Self::Internal(_) | Self::Unavailable(_) => true,
-            Self::WorkerNotFound(_) | Self::InvalidWorker(_) | Self::Conflict(_) => false,
+            Self::WorkerNotFound(_)
+            | Self::InvalidWorker(_)
+            | Self::Conflict(_)
+            | Self::Rejected(_) => false,
         }
     }
 
@@ -58,6 +66,7 @@ impl SchedulerError {
             Self::Unavailable(_) => "unavailable",
             Self::InvalidWorker(_) => "invalid_worker",
             Self::Conflict(_) => "conflict",
+            Self::Rejected(_) => "rejected",
         }
     }
 }

@@ -111,6 +111,7 @@ impl From<SchedulerError> for ApiError {
                 Self::new(Code::Unavailable, error.to_string())
             }
             SchedulerError::Internal(_) => Self::new(Code::Internal, error.to_string()),
+            SchedulerError::Rejected(_) => Self::new(Code::FailedPrecondition, error.to_string()),
         }
     }
 }

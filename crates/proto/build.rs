@@ -1,0 +1,12 @@
+//! Compiles `proto/hodei/v1/*.proto` with protox (pure Rust: no `protoc` on the machine).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let file = root.join("hodei/v1/scheduler.proto");
+    println!("cargo:rerun-if-changed={}", root.join("hodei/v1").display());
+    let descriptors = protox::compile([&file], [&root])?;
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .compile_fds(descriptors)?;
+    Ok(())
+}
