@@ -5,6 +5,7 @@
 //! simulator; the async shell in `hodei-modules` and `hodei-server` only moves data in and out.
 
 pub mod backoff;
+pub mod health;
 pub mod lifecycle;
 pub mod pool;
 pub mod reconcile;

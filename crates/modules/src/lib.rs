@@ -5,7 +5,9 @@
 pub mod scheduler_registry;
 pub mod worker_management;
 
-pub use scheduler_registry::{RegisteredWorker, SchedulerRegistry};
+pub use scheduler_registry::{
+    LivenessChange, RegisteredWorker, RegistrationSource, SchedulerRegistry,
+};
 pub use worker_management::{
     PoolCreated, WorkerManagementConfig, WorkerManagementError, WorkerManagementMetrics,
     WorkerManagementService, WorkerProvisioned, WorkerStatus,

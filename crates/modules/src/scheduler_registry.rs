@@ -7,14 +7,44 @@ use std::sync::RwLock;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{Worker, WorkerId};
 use hodei_ports::{SchedulerError, SchedulerPort};
+use tokio::time::Instant;
+
+/// Who registered a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationSource {
+    /// Worker management, after provisioning it. Authoritative.
+    Provisioned,
+    /// The agent itself, in its session's hello, because nobody had registered it. A later
+    /// provisioned registration replaces it.
+    Agent,
+}
 
 /// A worker as the scheduler holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RegisteredWorker {
     pub worker: Worker,
+    pub source: RegistrationSource,
     pub registered_at: SystemTime,
+    /// Whether the agent's session is open.
+    pub connected: bool,
+    /// When the agent was last heard from (hello or heartbeat), wall clock for display.
+    pub last_seen: Option<SystemTime>,
+    /// The same instant on the monotonic clock, for deadlines; the registration time until
+    /// the agent connects.
+    pub last_seen_at: Instant,
+    pub liveness: Liveness,
+    pub agent_version: Option<String>,
+}
+
+/// A change of liveness found by [`SchedulerRegistry::sweep`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LivenessChange {
+    pub worker_id: WorkerId,
+    pub from: Liveness,
+    pub to: Liveness,
 }
 
 /// See the module docs. Reads vastly outnumber writes, hence the `RwLock`; no lock is held
@@ -41,25 +71,101 @@ impl SchedulerRegistry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers `worker`: idempotent for the same data, [`SchedulerError::Conflict`] for
-    /// different data under the same id. Returns whether the worker is new.
+    fn entry(worker: Worker, source: RegistrationSource) -> RegisteredWorker {
+        RegisteredWorker {
+            worker,
+            source,
+            registered_at: SystemTime::now(),
+            connected: false,
+            last_seen: None,
+            last_seen_at: Instant::now(),
+            liveness: Liveness::Healthy,
+            agent_version: None,
+        }
+    }
+
+    /// Registers `worker` on behalf of worker management: idempotent for the same data,
+    /// [`SchedulerError::Conflict`] for different data under the same id, except that it
+    /// replaces a registration the agent made for itself. Returns whether anything changed.
     pub fn register(&self, worker: Worker) -> Result<bool, SchedulerError> {
         worker.validate()?;
         let mut workers = self.write();
-        match workers.get(&worker.id) {
-            Some(existing) if existing.worker == worker => Ok(false),
+        match workers.get_mut(&worker.id) {
+            Some(existing) if existing.worker == worker => {
+                let changed = existing.source == RegistrationSource::Agent;
+                existing.source = RegistrationSource::Provisioned;
+                Ok(changed)
+            }
+            Some(existing) if existing.source == RegistrationSource::Agent => {
+                existing.worker = worker;
+                existing.source = RegistrationSource::Provisioned;
+                Ok(true)
+            }
             Some(_) => Err(SchedulerError::Conflict(worker.id)),
             None => {
                 workers.insert(
                     worker.id.clone(),
-                    RegisteredWorker {
-                        worker,
-                        registered_at: SystemTime::now(),
-                    },
+                    Self::entry(worker, RegistrationSource::Provisioned),
                 );
                 Ok(true)
             }
         }
+    }
+
+    /// Opens an agent's session: registers the worker from the agent's own description when
+    /// nobody has, and marks it connected and healthy. Returns the liveness it had before.
+    pub fn connect(&self, worker: Worker, agent_version: &str) -> Result<Liveness, SchedulerError> {
+        worker.validate()?;
+        let mut workers = self.write();
+        let id = worker.id.clone();
+        let entry = workers
+            .entry(id)
+            .or_insert_with(|| Self::entry(worker, RegistrationSource::Agent));
+        let before = entry.liveness;
+        entry.connected = true;
+        entry.last_seen = Some(SystemTime::now());
+        entry.last_seen_at = Instant::now();
+        entry.liveness = Liveness::Healthy;
+        entry.agent_version = Some(agent_version.to_owned());
+        Ok(before)
+    }
+
+    /// Records a heartbeat. Returns the liveness before it, or `None` for an unknown worker.
+    pub fn heartbeat(&self, worker_id: &WorkerId) -> Option<Liveness> {
+        let mut workers = self.write();
+        let entry = workers.get_mut(worker_id)?;
+        let before = entry.liveness;
+        entry.last_seen = Some(SystemTime::now());
+        entry.last_seen_at = Instant::now();
+        entry.liveness = Liveness::Healthy;
+        Some(before)
+    }
+
+    /// Marks the agent's session closed; the registration stays until the heartbeat
+    /// deadlines say otherwise, so a reconnecting agent is the same worker.
+    pub fn disconnect(&self, worker_id: &WorkerId) {
+        if let Some(entry) = self.write().get_mut(worker_id) {
+            entry.connected = false;
+        }
+    }
+
+    /// Applies `policy` to every worker's silence at `now` and returns what changed.
+    /// Workers that become [`Liveness::Gone`] stay registered: the caller decides whether
+    /// to terminate or just unregister them.
+    pub fn sweep(&self, policy: &HeartbeatPolicy, now: Instant) -> Vec<LivenessChange> {
+        let mut changes = Vec::new();
+        for (id, entry) in self.write().iter_mut() {
+            let verdict = policy.assess(now.saturating_duration_since(entry.last_seen_at));
+            if verdict != entry.liveness {
+                changes.push(LivenessChange {
+                    worker_id: id.clone(),
+                    from: entry.liveness,
+                    to: verdict,
+                });
+                entry.liveness = verdict;
+            }
+        }
+        changes
     }
 
     pub fn unregister(&self, worker_id: &WorkerId) -> Result<RegisteredWorker, SchedulerError> {
@@ -130,6 +236,62 @@ mod tests {
         different.capabilities.cpu_cores = 99;
         let error = registry.register_worker(different).await.unwrap_err();
         assert_eq!(error, SchedulerError::Conflict(WorkerId::new("a").unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_provisioned_registration_replaces_the_agents_own() {
+        let registry = SchedulerRegistry::new();
+        let mut from_hello = worker("a");
+        from_hello.metadata.provider = ProviderKind::External;
+        registry.connect(from_hello, "0.1.0").unwrap();
+        assert_eq!(
+            registry.get(&from_hello_id()).unwrap().source,
+            RegistrationSource::Agent
+        );
+
+        registry.register_worker(worker("a")).await.unwrap();
+        let entry = registry.get(&from_hello_id()).unwrap();
+        assert_eq!(entry.source, RegistrationSource::Provisioned);
+        assert_eq!(entry.worker.metadata.provider, ProviderKind::Local);
+        assert!(entry.connected, "the session survives");
+    }
+
+    fn from_hello_id() -> WorkerId {
+        WorkerId::new("a").unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_makes_workers_unhealthy_then_gone_and_a_heartbeat_heals() {
+        let registry = SchedulerRegistry::new();
+        let policy = HeartbeatPolicy::default();
+        registry.connect(worker("a"), "0.1.0").unwrap();
+        let id = from_hello_id();
+
+        tokio::time::advance(policy.interval * 3).await;
+        let changes = registry.sweep(&policy, Instant::now());
+        assert_eq!(
+            changes,
+            vec![LivenessChange {
+                worker_id: id.clone(),
+                from: Liveness::Healthy,
+                to: Liveness::Unhealthy
+            }]
+        );
+        assert!(
+            registry.sweep(&policy, Instant::now()).is_empty(),
+            "reported once"
+        );
+
+        assert_eq!(registry.heartbeat(&id), Some(Liveness::Unhealthy));
+        assert_eq!(registry.get(&id).unwrap().liveness, Liveness::Healthy);
+
+        tokio::time::advance(policy.interval * 12).await;
+        let changes = registry.sweep(&policy, Instant::now());
+        assert_eq!(changes[0].to, Liveness::Gone);
+        assert!(
+            registry.get(&id).is_some(),
+            "the caller decides what gone means"
+        );
     }
 
     #[tokio::test]

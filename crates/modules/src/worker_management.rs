@@ -618,8 +618,16 @@ impl WorkerManagementService {
                 .collect(),
             None => BTreeSet::new(),
         };
-        let records = self.store.list_workers(&WorkerFilter::live()).await?;
         let provider = self.provider.kind();
+        // Only this provider's workers: agents that registered themselves, or workers of
+        // other providers, are not ours to judge.
+        let records: Vec<_> = self
+            .store
+            .list_workers(&WorkerFilter::live())
+            .await?
+            .into_iter()
+            .filter(|r| r.worker.metadata.provider == provider)
+            .collect();
         let running: BTreeSet<WorkerId> = self
             .provider
             .list_workers()
@@ -634,9 +642,14 @@ impl WorkerManagementService {
             .iter()
             .map(|r| (r.worker.id.clone(), r.state))
             .collect();
+        // Registrations of workers we neither know nor run belong to someone else (an
+        // agent started by hand, another server); heartbeat deadlines take care of those.
         // Without registration, every known worker counts as registered: nothing to fix.
         let registered = if self.registration.is_some() {
             registered
+                .into_iter()
+                .filter(|id| known.contains_key(id) || running.contains(id))
+                .collect()
         } else {
             known
                 .keys()

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use hodei_core::{PoolSpec, WorkerCapabilities};
+use hodei_core::health::Liveness;
+use hodei_core::{PoolSpec, Worker, WorkerCapabilities};
+use hodei_modules::RegisteredWorker;
 use hodei_ports::WorkerRecord;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +20,12 @@ pub struct WorkerView {
     pub state: String,
     /// Whether the scheduler holds a registration for the worker.
     pub registered: bool,
+    /// Whether the worker's agent has its session with this server open.
+    #[serde(default)]
+    pub connected: bool,
+    /// When the agent was last heard from (RFC 3339), if ever.
+    #[serde(default)]
+    pub last_seen: Option<String>,
     pub capabilities: WorkerCapabilities,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
@@ -32,22 +40,52 @@ fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
-impl From<&WorkerRecord> for WorkerView {
-    fn from(record: &WorkerRecord) -> Self {
-        let worker = &record.worker;
+impl WorkerView {
+    /// A recorded worker, with what the scheduler registry says of it (if it is in this
+    /// server's registry).
+    pub fn new(record: &WorkerRecord, registration: Option<&RegisteredWorker>) -> Self {
+        let mut view = Self::from_worker(&record.worker, record.state.as_str(), record.updated_at);
+        view.registered = record.registered || registration.is_some();
+        view.apply(registration);
+        view
+    }
+
+    /// A worker only the scheduler knows: an agent started by hand, or one registered by
+    /// another server's worker management.
+    pub fn registered_only(entry: &RegisteredWorker) -> Self {
+        let state = match entry.liveness {
+            Liveness::Healthy => "idle",
+            Liveness::Unhealthy | Liveness::Gone => "unhealthy",
+        };
+        let mut view = Self::from_worker(&entry.worker, state, entry.registered_at);
+        view.registered = true;
+        view.apply(Some(entry));
+        view
+    }
+
+    fn apply(&mut self, registration: Option<&RegisteredWorker>) {
+        if let Some(entry) = registration {
+            self.connected = entry.connected;
+            self.last_seen = entry.last_seen.map(rfc3339);
+        }
+    }
+
+    fn from_worker(worker: &Worker, state: &str, updated_at: SystemTime) -> Self {
         Self {
             id: worker.id.to_string(),
             pool: worker.metadata.pool.clone(),
             provider: worker.metadata.provider.to_string(),
             worker_type: worker.metadata.worker_type.to_string(),
-            state: record.state.to_string(),
-            registered: record.registered,
+            state: state.to_owned(),
+            registered: false,
+            connected: false,
+            last_seen: None,
             capabilities: worker.capabilities.clone(),
             namespace: worker.metadata.namespace.clone(),
             labels: worker.metadata.labels.clone(),
             tags: worker.metadata.tags.clone(),
             provisioned_at: rfc3339(worker.metadata.provision_timestamp),
-            updated_at: rfc3339(record.updated_at),
+            updated_at: rfc3339(updated_at),
         }
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hodei_adapters::RegistrationConfig;
+use hodei_core::health::HeartbeatPolicy;
 use hodei_core::{PoolSpec, ValidationError};
 use hodei_modules::WorkerManagementConfig;
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,10 @@ pub struct ServerConfig {
     pub reconcile: ReconcileSection,
     pub local: LocalSection,
     pub shutdown: ShutdownSection,
+    pub agents: AgentsSection,
+    /// Register workers with the scheduler of another Hodei server at this URL, over gRPC,
+    /// instead of this server's own. Agents then connect to that server too.
+    pub scheduler_url: Option<String>,
     /// Pools kept warm from start-up: `[[pool]]` tables.
     #[serde(rename = "pool")]
     pub pools: Vec<PoolSpec>,
@@ -61,6 +66,8 @@ impl Default for ServerConfig {
             reconcile: ReconcileSection::default(),
             local: LocalSection::default(),
             shutdown: ShutdownSection::default(),
+            agents: AgentsSection::default(),
+            scheduler_url: None,
             pools: Vec::new(),
         }
     }
@@ -174,6 +181,40 @@ impl Default for ShutdownSection {
     }
 }
 
+/// `[agents]`: the agents' sessions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsSection {
+    /// How often agents heartbeat; the server tells them in its hello answer.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeats before a worker is marked unhealthy and gets no work.
+    pub unhealthy_after: u32,
+    /// Missed heartbeats before a worker is removed (terminated if a provider runs it).
+    pub remove_after: u32,
+}
+
+impl Default for AgentsSection {
+    fn default() -> Self {
+        let policy = HeartbeatPolicy::default();
+        Self {
+            heartbeat_interval: policy.interval,
+            unhealthy_after: policy.unhealthy_after,
+            remove_after: policy.remove_after,
+        }
+    }
+}
+
+impl AgentsSection {
+    pub fn policy(&self) -> HeartbeatPolicy {
+        HeartbeatPolicy {
+            interval: self.heartbeat_interval,
+            unhealthy_after: self.unhealthy_after,
+            remove_after: self.remove_after,
+        }
+    }
+}
+
 impl ServerConfig {
     /// Reads `path`, then applies the environment through `env`.
     pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
@@ -213,6 +254,14 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ValidationError> {
         self.registration_config().validate()?;
         self.worker_management().validate()?;
+        self.agents.policy().validate()?;
+        let is_url = |url: &&String| url.starts_with("http://") || url.starts_with("https://");
+        if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {
+            return Err(ValidationError::new(
+                "scheduler_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
         if self.reconcile.interval < Duration::from_millis(100) {
             return Err(ValidationError::new(
                 "reconcile.interval",

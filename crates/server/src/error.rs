@@ -204,3 +204,53 @@ mod tests {
         assert_eq!(invalid.field.as_deref(), Some("capabilities.cpu_cores"));
     }
 }
+
+impl Code {
+    pub fn grpc(self) -> tonic::Code {
+        match self {
+            Self::InvalidArgument => tonic::Code::InvalidArgument,
+            Self::Unauthenticated => tonic::Code::Unauthenticated,
+            Self::NotFound => tonic::Code::NotFound,
+            Self::AlreadyExists => tonic::Code::AlreadyExists,
+            Self::FailedPrecondition => tonic::Code::FailedPrecondition,
+            Self::Unavailable => tonic::Code::Unavailable,
+            Self::Internal => tonic::Code::Internal,
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(error: ApiError) -> Self {
+        match (error.code, error.field) {
+            (Code::InvalidArgument, Some(field)) => {
+                let reason = error
+                    .message
+                    .strip_prefix(&format!("invalid {field}: "))
+                    .unwrap_or(&error.message)
+                    .to_owned();
+                hodei_proto::convert::invalid_argument(&ValidationError::new(field, reason))
+            }
+            (code, _) => tonic::Status::new(code.grpc(), error.message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+
+    #[test]
+    fn grpc_statuses_follow_the_same_table_and_keep_the_field() {
+        let status: tonic::Status =
+            ApiError::from(ValidationError::new("worker_id", "must not be empty")).into();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "invalid worker_id: must not be empty");
+        let field = hodei_proto::convert::validation_error(&status).unwrap();
+        assert_eq!(
+            (field.field.as_str(), field.reason.as_str()),
+            ("worker_id", "must not be empty")
+        );
+        let status: tonic::Status = ApiError::not_found("gone").into();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+    }
+}

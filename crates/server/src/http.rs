@@ -1,7 +1,7 @@
 //! The HTTP side of the one address: REST under `/api/v1` (bearer token), `/metrics`,
 //! `/healthz` and `/readyz` (open, for Prometheus and load balancers).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use hodei_core::{WorkerId, WorkerState};
-use hodei_modules::WorkerManagementService;
+use hodei_modules::{SchedulerRegistry, WorkerManagementService};
 use hodei_ports::{Store, WorkerFilter};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
@@ -24,6 +24,7 @@ use crate::error::{ApiError, Code};
 pub(crate) struct AppState {
     pub store: Arc<dyn Store>,
     pub management: Arc<WorkerManagementService>,
+    pub scheduler: Arc<SchedulerRegistry>,
     pub metrics: Arc<Registry>,
     pub token: Arc<str>,
     /// Set once start-up (first reconciliation, pool pre-warming) is done.
@@ -92,17 +93,26 @@ async fn list_workers(
         .map(str::parse::<WorkerState>)
         .transpose()?;
     let filter = WorkerFilter {
-        pool: query.pool,
+        pool: query.pool.clone(),
         live_only: !query.all && wanted_state != Some(WorkerState::Terminated),
     };
-    let workers = state
-        .store
-        .list_workers(&filter)
-        .await?
+    let records = state.store.list_workers(&filter).await?;
+    let known: BTreeSet<&WorkerId> = records.iter().map(|r| &r.worker.id).collect();
+    let mut workers: Vec<WorkerView> = records
         .iter()
         .filter(|record| wanted_state.is_none_or(|s| record.state == s))
-        .map(WorkerView::from)
+        .map(|record| WorkerView::new(record, state.scheduler.get(&record.worker.id).as_ref()))
         .collect();
+    let registered = state.scheduler.list();
+    workers.extend(
+        registered
+            .iter()
+            .filter(|entry| !known.contains(&entry.worker.id))
+            .filter(|entry| query.pool.is_none() || entry.worker.metadata.pool == query.pool)
+            .map(WorkerView::registered_only)
+            .filter(|view| wanted_state.is_none_or(|s| view.state == s.as_str())),
+    );
+    workers.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Json(WorkerList { workers }))
 }
 
@@ -111,12 +121,12 @@ async fn get_worker(
     Path(id): Path<String>,
 ) -> Result<Json<WorkerView>, ApiError> {
     let id = WorkerId::new(id)?;
-    let record = state
-        .store
-        .get_worker(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("worker {id} not found")))?;
-    Ok(Json(WorkerView::from(&record)))
+    let registration = state.scheduler.get(&id);
+    match (state.store.get_worker(&id).await?, registration) {
+        (Some(record), registration) => Ok(Json(WorkerView::new(&record, registration.as_ref()))),
+        (None, Some(entry)) => Ok(Json(WorkerView::registered_only(&entry))),
+        (None, None) => Err(ApiError::not_found(format!("worker {id} not found"))),
+    }
 }
 
 async fn terminate_worker(

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod grpc;
 mod http;
 
 use std::future::Future;
@@ -16,15 +17,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use hodei_adapters::{
     LocalProvider, LocalProviderConfig, RegistrationMetrics, WorkerRegistrationAdapter,
 };
+use hodei_core::health::{HeartbeatPolicy, Liveness};
+use hodei_core::{WorkerId, WorkerState};
 use hodei_modules::{SchedulerRegistry, WorkerManagementMetrics, WorkerManagementService};
-use hodei_ports::Store;
+use hodei_ports::{SchedulerPort, Store};
+use hodei_proto::v1::scheduler_service_server::SchedulerServiceServer;
+use hodei_proto::{ClientConfig, SchedulerPortClient};
 use hodei_store::SqliteStore;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ServerConfig;
+use grpc::{Authenticate, SchedulerGrpc, SessionHub};
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +68,11 @@ pub struct Server {
     store: Arc<dyn Store>,
     scheduler: Arc<SchedulerRegistry>,
     management: Arc<WorkerManagementService>,
+    sessions: Arc<SessionHub>,
     cancel: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
     background: JoinHandle<()>,
+    monitor: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -133,16 +144,28 @@ impl Server {
             Arc::new(SqliteStore::open(&config.data_dir.join("hodei.db")).await?);
         let mut registry = Registry::default();
         let scheduler = Arc::new(SchedulerRegistry::new());
+        // Workers register with, and their agents connect to, this server's scheduler, or
+        // the remote one when `scheduler_url` is set.
+        let (scheduler_port, agent_url): (Arc<dyn SchedulerPort>, String) = match &config
+            .scheduler_url
+        {
+            Some(remote) => {
+                let client =
+                    SchedulerPortClient::new(&ClientConfig::new(remote.clone(), token.clone()))?;
+                (Arc::new(client), remote.clone())
+            }
+            None => (scheduler.clone(), url.clone()),
+        };
         let provider = Arc::new(LocalProvider::new(LocalProviderConfig {
             program: agent_program(&config)?,
             args: Vec::new(),
-            server_url: url.clone(),
+            server_url: agent_url,
             token: token.clone(),
             state_dir: config.data_dir.join("local"),
             stop_grace: config.local.stop_grace,
         })?);
         let registration = Arc::new(WorkerRegistrationAdapter::new(
-            scheduler.clone(),
+            scheduler_port,
             config.registration_config(),
             RegistrationMetrics::new(&mut registry),
         ));
@@ -154,15 +177,33 @@ impl Server {
             WorkerManagementMetrics::new(&mut registry),
         ));
 
+        let sessions = Arc::new(SessionHub::default());
+        let liveness = LivenessMetrics::new(&mut registry);
         let cancel = CancellationToken::new();
         let ready = Arc::new(AtomicBool::new(false));
+        let token_shared: Arc<str> = token.clone().into();
+        let grpc = SchedulerServiceServer::with_interceptor(
+            SchedulerGrpc {
+                registry: scheduler.clone(),
+                hub: sessions.clone(),
+                heartbeat: config.agents.policy(),
+            },
+            Authenticate {
+                token: token_shared.clone(),
+            },
+        );
+        let grpc = tonic::service::Routes::new(grpc)
+            .prepare()
+            .into_axum_router();
         let app = http::router(http::AppState {
             store: store.clone(),
             management: management.clone(),
+            scheduler: scheduler.clone(),
             metrics: Arc::new(registry),
-            token: token.clone().into(),
+            token: token_shared,
             ready: ready.clone(),
-        });
+        })
+        .merge(grpc);
         let http_cancel = cancel.clone();
         let http = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -175,6 +216,14 @@ impl Server {
             ready,
             cancel.clone(),
         ));
+        let monitor = tokio::spawn(monitor_liveness(
+            scheduler.clone(),
+            management.clone(),
+            store.clone(),
+            config.agents.policy(),
+            liveness,
+            cancel.clone(),
+        ));
         tracing::info!(%addr, %url, "hodei server listening");
         Ok(Self {
             addr,
@@ -185,8 +234,10 @@ impl Server {
             scheduler,
             management,
             cancel,
+            sessions,
             http,
             background,
+            monitor,
         })
     }
 
@@ -220,12 +271,18 @@ impl Server {
         &self.management
     }
 
+    /// The agents' open sessions: send them messages, hear what they say.
+    pub fn sessions(&self) -> &Arc<SessionHub> {
+        &self.sessions
+    }
+
     /// Stops background work, terminates every worker (unless configured otherwise), then
     /// stops serving once in-flight requests finish.
     pub async fn shutdown(self) -> Result<(), Error> {
         tracing::info!("shutting down");
         self.cancel.cancel();
         let _ = self.background.await;
+        let _ = self.monitor.await;
         if self.config.shutdown.terminate_workers {
             match self.management.terminate_all().await {
                 Ok(failures) => {
@@ -284,6 +341,112 @@ async fn background(
     tokio::select! {
         () = startup => {}
         () = cancel.cancelled() => {}
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LivenessLabels {
+    outcome: &'static str,
+}
+
+/// `hodei_worker_heartbeat_deadlines_total{outcome}`: workers marked unhealthy, removed, or
+/// healthy again.
+#[derive(Debug, Clone)]
+struct LivenessMetrics {
+    deadlines: Family<LivenessLabels, Counter>,
+}
+
+impl LivenessMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            deadlines: Family::default(),
+        };
+        registry.register(
+            "hodei_worker_heartbeat_deadlines",
+            "Workers whose heartbeats stopped (unhealthy, removed) or came back (recovered)",
+            metrics.deadlines.clone(),
+        );
+        for outcome in ["unhealthy", "removed", "recovered"] {
+            let _ = metrics.deadlines.get_or_create(&LivenessLabels { outcome });
+        }
+        metrics
+    }
+}
+
+/// Every heartbeat interval, applies the heartbeat deadlines: an unhealthy worker gets no
+/// work (and its record says so), a gone one is unregistered and, if a provider of ours
+/// runs it, terminated.
+async fn monitor_liveness(
+    scheduler: Arc<SchedulerRegistry>,
+    management: Arc<WorkerManagementService>,
+    store: Arc<dyn Store>,
+    policy: HeartbeatPolicy,
+    metrics: LivenessMetrics,
+    cancel: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(policy.interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        for change in scheduler.sweep(&policy, tokio::time::Instant::now()) {
+            let id = &change.worker_id;
+            let record = store
+                .get_worker(id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|r| r.state.is_live());
+            match change.to {
+                Liveness::Unhealthy => {
+                    tracing::warn!(worker_id = %id, "worker missed its heartbeat deadline, marked unhealthy");
+                    metrics
+                        .deadlines
+                        .get_or_create(&LivenessLabels {
+                            outcome: "unhealthy",
+                        })
+                        .inc();
+                    if record.is_some_and(|r| r.state.can_transition_to(WorkerState::Unhealthy)) {
+                        log_store_error(
+                            id,
+                            store.transition_worker(id, WorkerState::Unhealthy).await,
+                        );
+                    }
+                }
+                Liveness::Gone => {
+                    tracing::warn!(worker_id = %id, "worker silent past the removal deadline, removing it");
+                    metrics
+                        .deadlines
+                        .get_or_create(&LivenessLabels { outcome: "removed" })
+                        .inc();
+                    let _ = scheduler.unregister(id);
+                    if record.is_some()
+                        && let Err(error) = management.terminate_worker(id).await
+                    {
+                        tracing::warn!(worker_id = %id, %error, "could not terminate a silent worker");
+                    }
+                }
+                Liveness::Healthy => {
+                    metrics
+                        .deadlines
+                        .get_or_create(&LivenessLabels {
+                            outcome: "recovered",
+                        })
+                        .inc();
+                    if record.is_some_and(|r| r.state == WorkerState::Unhealthy) {
+                        log_store_error(id, store.transition_worker(id, WorkerState::Idle).await);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn log_store_error<T>(worker_id: &WorkerId, result: Result<T, hodei_ports::store::Error>) {
+    if let Err(error) = result {
+        tracing::warn!(%worker_id, %error, "could not record a liveness change");
     }
 }
 
