@@ -6,13 +6,22 @@
 
 pub mod backoff;
 pub mod health;
+pub mod job;
 pub mod lifecycle;
+pub mod matching;
 pub mod pool;
+pub mod queue;
 pub mod reconcile;
 pub mod worker;
 
+pub use job::{
+    AttemptOutcome, Command, Job, JobId, JobSpec, JobState, JobTransitionError, Priority,
+    QueueName, Requirements, SlaClass, TenantName,
+};
 pub use lifecycle::{LifecycleEvent, TransitionError, WorkerState};
+pub use matching::{IdleWorker, Mismatch};
 pub use pool::PoolSpec;
+pub use queue::{QueueConfig, QueueEntry, QueueError, Queues};
 pub use worker::{
     Labels, ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata,
     WorkerSpec, WorkerType,
