@@ -1,13 +1,29 @@
-//! The worker agent. It carries the worker's identity and labels and lives until it is told
-//! to stop (SIGTERM from its provider, or Ctrl-C).
-//!
-//! Not yet here: the session with the server (hello, heartbeats, job assignments, logs,
-//! results, reconnects). Until it lands the server registers workers on the agent's behalf
-//! through worker management, and knows an agent is alive through its provider.
+//! The worker agent. It opens one bidirectional gRPC session with the server, says hello,
+//! heartbeats on the interval the server chooses, runs the jobs it is assigned (streaming
+//! their output and reporting their results), honours cancels and drain requests, and
+//! reconnects with capped exponential backoff when the server goes away, as the same worker.
 
+pub mod job;
+
+use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use hodei_core::{Labels, ValidationError, WorkerId, worker::validate_labels};
+use hodei_core::{
+    Labels, ValidationError, WorkerCapabilities, WorkerId, backoff, worker::validate_labels,
+};
+use hodei_proto::BearerToken;
+use hodei_proto::v1::scheduler_service_client::SchedulerServiceClient;
+use hodei_proto::v1::{self, agent_message, server_message};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Endpoint;
+
+/// The agent's version, sent in its hello.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What the agent needs to know.
 #[derive(Debug, Clone)]
@@ -18,10 +34,50 @@ pub struct AgentConfig {
     pub token: String,
     pub worker_id: WorkerId,
     pub labels: Labels,
+    /// What this machine offers; detected unless given.
+    pub capabilities: WorkerCapabilities,
+    /// Jobs without a working directory run in a fresh directory under this one.
+    pub work_dir: PathBuf,
+    /// First reconnect delay; doubles up to `reconnect_max`.
+    pub reconnect_base: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// Why the agent stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server refused the agent in a way retrying cannot fix: a wrong token, an invalid
+    /// hello.
+    #[error("the server refused this agent: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}
+
+fn detect_capabilities() -> WorkerCapabilities {
+    let cpu_cores = std::thread::available_parallelism()
+        .ok()
+        .and_then(|n| u32::try_from(n.get()).ok())
+        .unwrap_or(1);
+    let memory_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024)
+        })
+        .filter(|mb| *mb > 0)
+        .unwrap_or(1024);
+    WorkerCapabilities {
+        cpu_cores,
+        memory_mb,
+        ..WorkerCapabilities::default()
+    }
 }
 
 impl AgentConfig {
-    /// Builds and checks a configuration. Without an id the agent makes one up.
+    /// Builds and checks a configuration. Without an id the agent makes one up; without
+    /// capabilities it reads the machine's.
     pub fn new(
         server: String,
         token: String,
@@ -46,11 +102,18 @@ impl AgentConfig {
         };
         let labels: Labels = labels.into_iter().collect();
         validate_labels("label", &labels)?;
+        let work_dir = std::env::temp_dir()
+            .join("hodei-agent")
+            .join(worker_id.as_str());
         Ok(Self {
             server,
             token,
             worker_id,
             labels,
+            capabilities: detect_capabilities(),
+            work_dir,
+            reconnect_base: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
         })
     }
 }
@@ -66,11 +129,268 @@ pub fn parse_label(text: &str) -> Result<(String, String), ValidationError> {
     }
 }
 
-/// Runs the agent until `shutdown` completes.
-pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) {
+/// Jobs running now, by id, with the token that cancels each.
+#[derive(Debug, Default, Clone)]
+struct Jobs(Arc<Mutex<HashMap<String, CancellationToken>>>);
+
+impl Jobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+    fn ids(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+    fn cancel(&self, job_id: &str) -> bool {
+        self.lock()
+            .get(job_id)
+            .map(CancellationToken::cancel)
+            .is_some()
+    }
+    fn cancel_all(&self) {
+        self.lock().values().for_each(CancellationToken::cancel);
+    }
+}
+
+/// How one session ended.
+enum SessionEnd {
+    /// The server went away or the stream broke: reconnect.
+    Lost(String),
+    /// Told to stop (shutdown, or a drain that finished).
+    Stopped,
+}
+
+fn message(body: agent_message::Body) -> v1::AgentMessage {
+    v1::AgentMessage { body: Some(body) }
+}
+
+/// Runs the agent until `shutdown` completes or a drain finishes. Returns an error only
+/// when the server refuses the agent for good.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let token = BearerToken::new(&config.token)?;
+    let endpoint = Endpoint::from_shared(config.server.clone())
+        .map_err(|e| ValidationError::new("server", e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let stop = CancellationToken::new();
+    let jobs = Jobs::default();
+    // Everything jobs report goes through this queue, which outlives sessions: what is
+    // produced while disconnected is sent after the reconnect.
+    let (report, mut reports) = mpsc::channel::<v1::AgentMessage>(4096);
     tracing::info!(worker_id = %config.worker_id, server = %config.server, labels = ?config.labels, "agent started");
-    shutdown.await;
-    tracing::info!(worker_id = %config.worker_id, "agent stopping");
+
+    let session_loop = async {
+        let mut failures = 0u32;
+        loop {
+            match session(
+                &config,
+                &endpoint,
+                &token,
+                &jobs,
+                &report,
+                &mut reports,
+                &stop,
+            )
+            .await
+            {
+                Ok(SessionEnd::Stopped) => return Ok(()),
+                Ok(SessionEnd::Lost(reason)) => {
+                    failures = 0;
+                    tracing::warn!(worker_id = %config.worker_id, %reason, "session lost, reconnecting");
+                }
+                Err(Some(refused)) => return Err(refused),
+                Err(None) => failures = failures.saturating_add(1),
+            }
+            let delay = backoff::exponential(config.reconnect_base, failures, config.reconnect_max);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return Ok(()),
+            }
+        }
+    };
+    tokio::pin!(session_loop);
+    let outcome = tokio::select! {
+        outcome = &mut session_loop => outcome,
+        () = shutdown => {
+            stop.cancel();
+            // Let the session say goodbye by closing its stream.
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut session_loop).await;
+            Ok(())
+        }
+    };
+    jobs.cancel_all();
+    tracing::info!(worker_id = %config.worker_id, "agent stopped");
+    outcome
+}
+
+/// One session. `Err(None)`: could not connect (try again); `Err(Some(_))`: refused.
+async fn session(
+    config: &AgentConfig,
+    endpoint: &Endpoint,
+    token: &BearerToken,
+    jobs: &Jobs,
+    report: &mpsc::Sender<v1::AgentMessage>,
+    reports: &mut mpsc::Receiver<v1::AgentMessage>,
+    stop: &CancellationToken,
+) -> Result<SessionEnd, Option<Error>> {
+    let channel = match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(error) => {
+            tracing::debug!(%error, "cannot connect to the server");
+            return Err(None);
+        }
+    };
+    let mut client = SchedulerServiceClient::with_interceptor(channel, token.clone());
+    let (outbound, outbound_stream) = mpsc::channel::<v1::AgentMessage>(256);
+    let hello = v1::Hello {
+        worker_id: config.worker_id.to_string(),
+        capabilities: Some((&config.capabilities).into()),
+        labels: config.labels.clone(),
+        version: VERSION.to_owned(),
+        running_job_ids: jobs.ids(),
+    };
+    outbound
+        .send(message(agent_message::Body::Hello(hello)))
+        .await
+        .map_err(|_| None)?;
+    let response = client
+        .worker_session(tokio_stream::wrappers::ReceiverStream::new(outbound_stream))
+        .await;
+    let mut inbound = match response {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            return match status.code() {
+                Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied => {
+                    Err(Some(Error::Refused(status.message().to_owned())))
+                }
+                _ => {
+                    tracing::debug!(%status, "session refused, retrying");
+                    Err(None)
+                }
+            };
+        }
+    };
+    let interval = match inbound.message().await {
+        Ok(Some(v1::ServerMessage {
+            body: Some(server_message::Body::HelloAck(ack)),
+        })) => Duration::from_millis(u64::from(ack.heartbeat_interval_ms.max(10))),
+        Ok(_) => return Ok(SessionEnd::Lost("no hello answer".into())),
+        Err(status) => return Ok(SessionEnd::Lost(status.to_string())),
+    };
+    tracing::info!(worker_id = %config.worker_id, heartbeat = ?interval, "session open");
+    let mut heartbeat = tokio::time::interval(interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sequence = 0u64;
+    let mut draining = false;
+    loop {
+        if draining && jobs.len() == 0 {
+            tracing::info!(worker_id = %config.worker_id, "drained, stopping");
+            return Ok(SessionEnd::Stopped);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(SessionEnd::Stopped),
+            _ = heartbeat.tick() => {
+                sequence += 1;
+                let beat = v1::Heartbeat {
+                    sequence,
+                    usage: Some(usage(jobs.len())),
+                };
+                if outbound.send(message(agent_message::Body::Heartbeat(beat))).await.is_err() {
+                    return Ok(SessionEnd::Lost("outbound closed".into()));
+                }
+            }
+            Some(reported) = reports.recv() => {
+                if let Err(lost) = outbound.send(reported).await {
+                    // Keep it for the next session.
+                    let _ = report.try_send(lost.0);
+                    return Ok(SessionEnd::Lost("outbound closed".into()));
+                }
+            }
+            received = inbound.message() => match received {
+                Ok(Some(v1::ServerMessage { body: Some(body) })) => match body {
+                    server_message::Body::AssignJob(assignment) => {
+                        if draining {
+                            tracing::warn!(job_id = %assignment.job_id, "assigned a job while draining, refusing");
+                            let refused = v1::JobResult {
+                                job_id: assignment.job_id,
+                                outcome: v1::JobOutcome::FailedToStart.into(),
+                                exit_code: -1,
+                                message: "worker is draining".into(),
+                            };
+                            let _ = report.send(message(agent_message::Body::JobResult(refused))).await;
+                        } else {
+                            start_job(assignment, config, jobs, report);
+                        }
+                    }
+                    server_message::Body::CancelJob(cancel) => {
+                        let found = jobs.cancel(&cancel.job_id);
+                        tracing::info!(job_id = %cancel.job_id, reason = %cancel.reason, found, "cancel requested");
+                    }
+                    server_message::Body::Drain(drain) => {
+                        tracing::info!(reason = %drain.reason, running = jobs.len(), "drain requested");
+                        draining = true;
+                    }
+                    server_message::Body::HelloAck(_) => {}
+                },
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(SessionEnd::Lost("server closed the session".into())),
+                Err(status) => return Ok(SessionEnd::Lost(status.to_string())),
+            },
+        }
+    }
+}
+
+fn start_job(
+    assignment: v1::JobAssignment,
+    config: &AgentConfig,
+    jobs: &Jobs,
+    report: &mpsc::Sender<v1::AgentMessage>,
+) {
+    let job_id = assignment.job_id.clone();
+    let cancel = CancellationToken::new();
+    if jobs.lock().insert(job_id.clone(), cancel.clone()).is_some() {
+        tracing::warn!(%job_id, "job assigned twice, keeping the running one");
+        return;
+    }
+    let jobs = jobs.clone();
+    let report = report.clone();
+    let work_root = config.work_dir.clone();
+    tokio::spawn(async move {
+        job::run(assignment, work_root, cancel, report).await;
+        jobs.lock().remove(&job_id);
+    });
+}
+
+fn usage(running_jobs: usize) -> v1::ResourceUsage {
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let memory_used_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let field = |name: &str| -> Option<u64> {
+                info.lines()
+                    .find(|l| l.starts_with(name))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            };
+            Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?) / 1024)
+        })
+        .unwrap_or(0);
+    v1::ResourceUsage {
+        load_average,
+        memory_used_mb,
+        running_jobs: u32::try_from(running_jobs).unwrap_or(u32::MAX),
+    }
 }
 
 #[cfg(test)]
@@ -87,6 +407,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.worker_id.as_str(), "w-1");
+        assert!(
+            ok.capabilities.validate().is_ok(),
+            "detected capabilities are valid"
+        );
         assert!(
             AgentConfig::new("http://x".into(), "t".into(), None, vec![])
                 .unwrap()

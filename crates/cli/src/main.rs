@@ -64,6 +64,15 @@ struct AgentArgs {
     /// A label, `key=value`; repeat for more.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// CPU cores to announce; the machine's when not given.
+    #[arg(long, value_name = "N")]
+    cpu: Option<u32>,
+    /// Memory to announce in MiB; the machine's when not given.
+    #[arg(long, value_name = "MIB")]
+    memory_mb: Option<u64>,
+    /// Jobs without a working directory get a fresh one under this directory.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -109,9 +118,22 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let config =
+    let mut config =
         hodei_agent::AgentConfig::new(args.server, args.token, args.worker_id, args.labels)?;
-    hodei_agent::run(config, shutdown_signal()).await;
+    if let Some(cpu) = args.cpu {
+        config.capabilities.cpu_cores = cpu;
+    }
+    if let Some(memory_mb) = args.memory_mb {
+        config.capabilities.memory_mb = memory_mb;
+    }
+    config
+        .capabilities
+        .validate()
+        .context("invalid --cpu or --memory-mb")?;
+    if let Some(work_dir) = args.work_dir {
+        config.work_dir = work_dir;
+    }
+    hodei_agent::run(config, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -3,87 +3,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use hodei_core::{PoolSpec, ProviderKind, WorkerId, WorkerSpec, WorkerState};
+use hodei_core::WorkerState;
 use hodei_ports::WorkerFilter;
-use hodei_server::{Server, ServerConfig};
 use hodei_testkit::wait_for;
-use tokio::net::TcpListener;
 
-const LIMIT: Duration = Duration::from_secs(30);
-const HODEI: &str = env!("CARGO_BIN_EXE_hodei");
+mod common;
 
-fn config(data_dir: &Path, workers: u32) -> ServerConfig {
-    let mut config = ServerConfig {
-        data_dir: data_dir.to_path_buf(),
-        pools: vec![PoolSpec {
-            name: "default".into(),
-            provider: ProviderKind::Local,
-            size: workers,
-            template: WorkerSpec::default(),
-        }],
-        ..ServerConfig::default()
-    };
-    config.local.agent_program = Some(HODEI.into());
-    config.local.stop_grace = Duration::from_secs(5);
-    config.reconcile.interval = Duration::from_millis(200);
-    config
-}
-
-async fn start(config: ServerConfig) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Server::start(config, listener).await.unwrap()
-}
-
-/// The agent pid recorded by the local provider, if its process is alive and is a
-/// `hodei agent` for this worker.
-fn agent_pid(data_dir: &Path, id: &WorkerId) -> Option<i32> {
-    let text = std::fs::read_to_string(data_dir.join("local").join(format!("{id}.pid"))).ok()?;
-    let record: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let pid = i32::try_from(record["pid"].as_i64()?).ok()?;
-    process_is_agent(pid, id).then_some(pid)
-}
-
-fn process_is_agent(pid: i32, id: &WorkerId) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    !zombie && args.iter().any(|a| a == "agent") && args.iter().any(|a| a == id.as_str())
-}
-
-async fn wait_for_registered_workers(server: &Server, count: usize) -> Vec<WorkerId> {
-    wait_for("workers to be registered and idle", LIMIT, || async {
-        let records = server
-            .store()
-            .list_workers(&WorkerFilter::live())
-            .await
-            .ok()?;
-        let ready: Vec<WorkerId> = records
-            .iter()
-            .filter(|r| r.state == WorkerState::Idle && r.registered)
-            .map(|r| r.worker.id.clone())
-            .collect();
-        let registered = server.scheduler().len();
-        (ready.len() == count && registered == count).then_some(ready)
-    })
-    .await
-}
+use common::*;
 
 #[tokio::test]
 async fn two_real_agents_register_then_terminate_and_unregister() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(config(dir.path(), 2)).await;
+    let server = start_anywhere(config(dir.path(), 2)).await;
 
     let ids = wait_for_registered_workers(&server, 2).await;
     let pids: Vec<i32> = ids
@@ -131,7 +64,7 @@ async fn a_restarted_server_adopts_running_agents_instead_of_provisioning_new_on
     let dir = tempfile::tempdir().unwrap();
     let mut keep = config(dir.path(), 2);
     keep.shutdown.terminate_workers = false;
-    let first = start(keep.clone()).await;
+    let first = start_anywhere(keep.clone()).await;
     let mut ids = wait_for_registered_workers(&first, 2).await;
     first.shutdown().await.unwrap();
     for id in &ids {
@@ -141,7 +74,7 @@ async fn a_restarted_server_adopts_running_agents_instead_of_provisioning_new_on
         );
     }
 
-    let second = start(config(dir.path(), 2)).await;
+    let second = start_anywhere(config(dir.path(), 2)).await;
     let mut adopted = wait_for_registered_workers(&second, 2).await;
     ids.sort();
     adopted.sort();
@@ -158,7 +91,7 @@ async fn a_restarted_server_adopts_running_agents_instead_of_provisioning_new_on
 #[tokio::test]
 async fn the_reconciler_replaces_nothing_but_cleans_up_a_killed_agent() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(config(dir.path(), 1)).await;
+    let server = start_anywhere(config(dir.path(), 1)).await;
     let ids = wait_for_registered_workers(&server, 1).await;
     let pid = agent_pid(dir.path(), &ids[0]).unwrap();
 
@@ -183,7 +116,7 @@ async fn the_reconciler_replaces_nothing_but_cleans_up_a_killed_agent() {
 #[tokio::test]
 async fn the_rest_api_checks_tokens_and_input() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(config(dir.path(), 0)).await;
+    let server = start_anywhere(config(dir.path(), 0)).await;
     let client = reqwest::Client::new();
     let url = |path: &str| format!("{}{path}", server.url());
 
@@ -263,7 +196,7 @@ async fn the_rest_api_checks_tokens_and_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_lists_workers_in_a_table() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(config(dir.path(), 2)).await;
+    let server = start_anywhere(config(dir.path(), 2)).await;
     let ids = wait_for_registered_workers(&server, 2).await;
 
     let output = Command::new(HODEI)

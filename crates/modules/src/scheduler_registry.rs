@@ -125,7 +125,6 @@ impl SchedulerRegistry {
         entry.connected = true;
         entry.last_seen = Some(SystemTime::now());
         entry.last_seen_at = Instant::now();
-        entry.liveness = Liveness::Healthy;
         entry.agent_version = Some(agent_version.to_owned());
         Ok(before)
     }
@@ -137,7 +136,7 @@ impl SchedulerRegistry {
         let before = entry.liveness;
         entry.last_seen = Some(SystemTime::now());
         entry.last_seen_at = Instant::now();
-        entry.liveness = Liveness::Healthy;
+        // Liveness changes only in `sweep`, so every recovery is reported exactly once.
         Some(before)
     }
 
@@ -283,7 +282,18 @@ mod tests {
         );
 
         assert_eq!(registry.heartbeat(&id), Some(Liveness::Unhealthy));
+        let changes = registry.sweep(&policy, Instant::now());
+        assert_eq!(
+            changes,
+            vec![LivenessChange {
+                worker_id: id.clone(),
+                from: Liveness::Unhealthy,
+                to: Liveness::Healthy
+            }],
+            "the recovery is reported by the next sweep, once"
+        );
         assert_eq!(registry.get(&id).unwrap().liveness, Liveness::Healthy);
+        assert!(registry.sweep(&policy, Instant::now()).is_empty());
 
         tokio::time::advance(policy.interval * 12).await;
         let changes = registry.sweep(&policy, Instant::now());

@@ -113,6 +113,12 @@ impl SessionHub {
         });
     }
 
+    /// Ends every open session (at shutdown): the server's half of each stream closes, so
+    /// agents see the server go away and reconnect to its successor.
+    pub fn close_all(&self) {
+        self.sessions().clear();
+    }
+
     /// Attaches a session, replacing an older one of the same worker (a reconnect).
     fn attach(&self, worker_id: &WorkerId, sender: Outbound) -> u64 {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -310,9 +316,7 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                 };
                 let event = match body {
                     agent_message::Body::Heartbeat(heartbeat) => {
-                        if registry.heartbeat(&id) == Some(Liveness::Unhealthy) {
-                            tracing::info!(worker_id = %id, "worker healthy again");
-                        }
+                        registry.heartbeat(&id);
                         AgentEvent::Heartbeat(heartbeat)
                     }
                     agent_message::Body::JobAccepted(accepted) => AgentEvent::JobAccepted(accepted),

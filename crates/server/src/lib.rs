@@ -54,6 +54,9 @@ pub enum Error {
     },
 }
 
+/// How long shutdown waits for in-flight requests before closing connections.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
@@ -293,7 +296,18 @@ impl Server {
                 Err(error) => tracing::error!(%error, "could not list workers to terminate"),
             }
         }
-        match self.http.await {
+        // Long-lived agent sessions would hold graceful shutdown open forever.
+        self.sessions.close_all();
+        let mut http = self.http;
+        let joined = match tokio::time::timeout(SHUTDOWN_GRACE, &mut http).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period, closing them");
+                http.abort();
+                return Ok(());
+            }
+        };
+        match joined {
             Ok(result) => result.map_err(io_error("http server failed")),
             Err(join) => Err(Error::Io {
                 what: "http server task failed".into(),
@@ -429,6 +443,7 @@ async fn monitor_liveness(
                     }
                 }
                 Liveness::Healthy => {
+                    tracing::info!(worker_id = %id, "worker heartbeats again, healthy");
                     metrics
                         .deadlines
                         .get_or_create(&LivenessLabels {

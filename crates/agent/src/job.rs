@@ -1,0 +1,229 @@
+//! Running one assigned job: a real process in its own process group, its output streamed
+//! in order, its timeout enforced, cancellation honoured, its exit reported.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hodei_proto::v1::{self, agent_message};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Largest log chunk sent in one message.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// Time a job gets between SIGTERM and SIGKILL when it is cancelled or times out.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+fn message(body: agent_message::Body) -> v1::AgentMessage {
+    v1::AgentMessage { body: Some(body) }
+}
+
+fn result(
+    job_id: &str,
+    outcome: v1::JobOutcome,
+    exit_code: i32,
+    text: impl Into<String>,
+) -> v1::AgentMessage {
+    message(agent_message::Body::JobResult(v1::JobResult {
+        job_id: job_id.to_owned(),
+        outcome: outcome.into(),
+        exit_code,
+        message: text.into(),
+    }))
+}
+
+async fn pump(
+    mut reader: impl AsyncRead + Unpin,
+    job_id: String,
+    stream: v1::LogStream,
+    sequence: Arc<AtomicU64>,
+    out: mpsc::Sender<v1::AgentMessage>,
+) {
+    let mut buffer = vec![0u8; MAX_CHUNK];
+    loop {
+        let read = match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let chunk = v1::LogChunk {
+            job_id: job_id.clone(),
+            sequence: sequence.fetch_add(1, Ordering::SeqCst),
+            stream: stream.into(),
+            data: buffer[..read].to_vec(),
+        };
+        if out
+            .send(message(agent_message::Body::LogChunk(chunk)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn signal_group(pid: Option<u32>, signal: Signal) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = killpg(Pid::from_raw(pid), signal);
+    }
+}
+
+enum End {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    TimedOut,
+    Cancelled,
+}
+
+/// Runs `assignment` to its end and reports everything on `out`: `JobAccepted`, the log
+/// chunks, then exactly one `JobResult`.
+pub async fn run(
+    assignment: v1::JobAssignment,
+    work_root: PathBuf,
+    cancel: CancellationToken,
+    out: mpsc::Sender<v1::AgentMessage>,
+) {
+    let job_id = assignment.job_id.clone();
+    let mut command = if !assignment.argv.is_empty() {
+        let mut command = Command::new(&assignment.argv[0]);
+        command.args(&assignment.argv[1..]);
+        command
+    } else {
+        let mut command = Command::new("/bin/sh");
+        command.arg("-c").arg(&assignment.script);
+        command
+    };
+    let directory = if assignment.working_dir.is_empty() {
+        work_root.join(&job_id)
+    } else {
+        PathBuf::from(&assignment.working_dir)
+    };
+    if let Err(error) = tokio::fs::create_dir_all(&directory).await {
+        let text = format!(
+            "cannot create working directory {}: {error}",
+            directory.display()
+        );
+        let _ = out
+            .send(result(&job_id, v1::JobOutcome::FailedToStart, -1, text))
+            .await;
+        return;
+    }
+    command
+        .envs(&assignment.env)
+        .env("HODEI_JOB_ID", &job_id)
+        .current_dir(&directory)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let _ = out
+                .send(result(
+                    &job_id,
+                    v1::JobOutcome::FailedToStart,
+                    -1,
+                    format!("cannot start: {error}"),
+                ))
+                .await;
+            return;
+        }
+    };
+    let pid = child.id();
+    tracing::info!(%job_id, pid, "job started");
+    let _ = out
+        .send(message(agent_message::Body::JobAccepted(v1::JobAccepted {
+            job_id: job_id.clone(),
+        })))
+        .await;
+
+    let sequence = Arc::new(AtomicU64::new(0));
+    let mut pumps = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        pumps.push(tokio::spawn(pump(
+            stdout,
+            job_id.clone(),
+            v1::LogStream::Stdout,
+            sequence.clone(),
+            out.clone(),
+        )));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        pumps.push(tokio::spawn(pump(
+            stderr,
+            job_id.clone(),
+            v1::LogStream::Stderr,
+            sequence.clone(),
+            out.clone(),
+        )));
+    }
+
+    let limit = (assignment.timeout_secs > 0)
+        .then(|| Duration::from_secs(u64::from(assignment.timeout_secs)));
+    let deadline = async {
+        match limit {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    let end = tokio::select! {
+        status = child.wait() => End::Exited(status),
+        () = deadline => End::TimedOut,
+        () = cancel.cancelled() => End::Cancelled,
+    };
+    let (outcome, exit_code, text) = match end {
+        End::Exited(Ok(status)) => match (status.code(), status.signal()) {
+            (Some(code), _) => (v1::JobOutcome::Exited, code, String::new()),
+            (None, Some(signal)) => (
+                v1::JobOutcome::Exited,
+                -1,
+                format!("killed by signal {signal}"),
+            ),
+            (None, None) => (
+                v1::JobOutcome::Exited,
+                -1,
+                "ended without a status".to_owned(),
+            ),
+        },
+        End::Exited(Err(error)) => (
+            v1::JobOutcome::Exited,
+            -1,
+            format!("cannot wait for the job: {error}"),
+        ),
+        End::TimedOut | End::Cancelled => {
+            signal_group(pid, Signal::SIGTERM);
+            if tokio::time::timeout(STOP_GRACE, child.wait())
+                .await
+                .is_err()
+            {
+                signal_group(pid, Signal::SIGKILL);
+                let _ = child.wait().await;
+            }
+            if matches!(end, End::TimedOut) {
+                (
+                    v1::JobOutcome::TimedOut,
+                    -1,
+                    format!("timed out after {}s", assignment.timeout_secs),
+                )
+            } else {
+                (v1::JobOutcome::Cancelled, -1, "cancelled".to_owned())
+            }
+        }
+    };
+    // Whatever the job left running in its process group ends with it, so no stray process
+    // outlives its job or holds its output open.
+    signal_group(pid, Signal::SIGKILL);
+    for pump in pumps {
+        let _ = pump.await;
+    }
+    tracing::info!(%job_id, ?outcome, exit_code, "job ended");
+    let _ = out.send(result(&job_id, outcome, exit_code, text)).await;
+}
