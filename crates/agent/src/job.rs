@@ -37,6 +37,7 @@ fn result(
         outcome: outcome.into(),
         exit_code,
         message: text.into(),
+        health_problem: String::new(),
     }))
 }
 
@@ -225,5 +226,38 @@ pub async fn run(
         let _ = pump.await;
     }
     tracing::info!(%job_id, ?outcome, exit_code, "job ended");
-    let _ = out.send(result(&job_id, outcome, exit_code, text)).await;
+    let fresh_directory = assignment.working_dir.is_empty().then_some(directory.as_path());
+    let health_problem = clean_and_check(fresh_directory, &work_root).await;
+    if let Some(problem) = &health_problem {
+        tracing::warn!(%job_id, %problem, "health check after the job failed");
+    }
+    let mut report = result(&job_id, outcome, exit_code, text);
+    if let Some(agent_message::Body::JobResult(job_result)) = &mut report.body {
+        job_result.health_problem = health_problem.unwrap_or_default();
+    }
+    let _ = out.send(report).await;
+}
+
+/// After a job: removes the job's fresh working directory, then checks the worker can take
+/// another job (its work root is writable). Returns what failed, if anything.
+pub async fn clean_and_check(
+    fresh_directory: Option<&std::path::Path>,
+    work_root: &std::path::Path,
+) -> Option<String> {
+    if let Some(directory) = fresh_directory
+        && let Err(error) = tokio::fs::remove_dir_all(directory).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        return Some(format!("cannot remove {}: {error}", directory.display()));
+    }
+    let probe = work_root.join(".hodei-health");
+    let check = async {
+        tokio::fs::create_dir_all(work_root).await?;
+        tokio::fs::write(&probe, b"ok").await?;
+        tokio::fs::remove_file(&probe).await
+    };
+    check
+        .await
+        .err()
+        .map(|error| format!("work root {} is not writable: {error}", work_root.display()))
 }

@@ -322,6 +322,7 @@ async fn session(
                                 outcome: v1::JobOutcome::FailedToStart.into(),
                                 exit_code: -1,
                                 message: "worker is draining".into(),
+                                health_problem: String::new(),
                             };
                             let _ = report.send(message(agent_message::Body::JobResult(refused))).await;
                         } else {

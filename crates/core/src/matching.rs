@@ -682,3 +682,62 @@ mod tests {
         }
     }
 }
+
+/// Why no worker of any known shape (pool templates, registered workers) could ever hold a
+/// job of these requirements, counting only cpu and memory: those are bounded by the
+/// configured pools, while a label or feature nobody offers yet may arrive with the next
+/// agent (`hodei agent --label`), so a job needing one waits instead. `None` when some
+/// shape is big enough, or when no shape is known at all.
+pub fn exceeds_every_shape<'a>(
+    requirements: &Requirements,
+    shapes: impl IntoIterator<Item = &'a WorkerCapabilities>,
+) -> Option<String> {
+    let (mut cpu, mut memory, mut any) = (0u32, 0u64, false);
+    for capabilities in shapes {
+        any = true;
+        if capabilities.cpu_cores >= requirements.cpu_cores
+            && capabilities.memory_mb >= requirements.memory_mb
+        {
+            return None;
+        }
+        cpu = cpu.max(capabilities.cpu_cores);
+        memory = memory.max(capabilities.memory_mb);
+    }
+    any.then(|| {
+        format!(
+            "needs {} cpu cores and {} MiB, the largest pool or worker has {cpu} cores and {memory} MiB",
+            requirements.cpu_cores, requirements.memory_mb
+        )
+    })
+}
+
+#[cfg(test)]
+mod exceeds_tests {
+    use super::*;
+
+    fn caps(cpu_cores: u32, memory_mb: u64) -> WorkerCapabilities {
+        WorkerCapabilities {
+            cpu_cores,
+            memory_mb,
+            ..WorkerCapabilities::default()
+        }
+    }
+
+    #[test]
+    fn only_cpu_and_memory_beyond_every_shape_are_unsatisfiable() {
+        let req = |cpu_cores, memory_mb| Requirements {
+            cpu_cores,
+            memory_mb,
+            ..Requirements::default()
+        };
+        let shapes = [caps(2, 4096), caps(8, 1024)];
+        assert_eq!(exceeds_every_shape(&req(8, 1024), &shapes), None);
+        assert_eq!(exceeds_every_shape(&req(2, 4096), &shapes), None);
+        let why = exceeds_every_shape(&req(8, 4096), &shapes).unwrap();
+        assert!(why.contains("largest pool or worker has 8 cores and 4096 MiB"), "{why}");
+        assert_eq!(exceeds_every_shape(&req(64, 1), &[]), None, "nothing known yet");
+        let mut labelled = req(1, 1);
+        labelled.labels.insert("gpu".into(), "yes".into());
+        assert_eq!(exceeds_every_shape(&labelled, &shapes), None, "labels wait");
+    }
+}

@@ -170,6 +170,20 @@ impl Queues {
                 capacity: slot.capacity,
             });
         }
+        self.requeue(entry)
+    }
+
+    /// Queues again a job that was already accepted (a retry, a recovery after a restart):
+    /// like [`Queues::push`] but above capacity if need be, because capacity is enforced at
+    /// admission and an accepted job is never dropped. Capacity still holds for new jobs,
+    /// which see the queue as full until it drains below capacity.
+    pub fn requeue(&mut self, entry: QueueEntry) -> Result<(), QueueError> {
+        if self.index.contains_key(&entry.job_id) {
+            return Err(QueueError::Duplicate(entry.job_id));
+        }
+        let Some(slot) = self.slots.get_mut(&entry.queue) else {
+            return Err(QueueError::UnknownQueue(entry.queue));
+        };
         slot.len += 1;
         *slot.by_priority.entry(entry.priority).or_default() += 1;
         let key = entry.order_key();

@@ -2,9 +2,11 @@
 //! between the ports (provider, store, scheduler) and the pure functions, and own no IO of
 //! their own.
 
+pub mod jobs;
 pub mod scheduler_registry;
 pub mod worker_management;
 
+pub use jobs::{JobError, JobMetrics, JobService, JobServiceConfig, Retired};
 pub use scheduler_registry::{
     LivenessChange, RegisteredWorker, RegistrationSource, SchedulerRegistry,
 };

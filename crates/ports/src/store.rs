@@ -6,7 +6,10 @@
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use hodei_core::{PoolSpec, TransitionError, Worker, WorkerId, WorkerState};
+use hodei_core::{
+    Job, JobId, JobState, JobTransitionError, PoolSpec, QueueName, TenantName, TransitionError,
+    Worker, WorkerId, WorkerState,
+};
 
 /// A worker and what we know of its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +39,49 @@ impl WorkerFilter {
     }
 }
 
+/// Which jobs [`Store::list_jobs`] returns. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs in one of these states.
+    pub states: Vec<JobState>,
+    pub tenant: Option<TenantName>,
+    pub queue: Option<QueueName>,
+    /// Only jobs whose current or last attempt ran on this worker.
+    pub worker_id: Option<WorkerId>,
+    /// At most this many, newest (highest sequence) first when set; all, oldest first, when
+    /// `None`.
+    pub limit: Option<usize>,
+}
+
+impl JobFilter {
+    /// Jobs not yet finished: queued, assigned or running.
+    pub fn unfinished() -> Self {
+        Self {
+            states: vec![JobState::Queued, JobState::Assigned, JobState::Running],
+            ..Self::default()
+        }
+    }
+}
+
+/// Which output a log chunk comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// A piece of a job's output. `sequence` increases by one per chunk of one attempt; chunks
+/// are stored once per (job, attempt, sequence), so a chunk re-sent after a reconnect is
+/// not duplicated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunk {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub sequence: u64,
+    pub stream: LogStream,
+    pub data: Vec<u8>,
+}
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,6 +91,20 @@ pub enum Error {
     IllegalTransition(#[from] TransitionError),
     #[error("worker {0} already exists")]
     WorkerExists(WorkerId),
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+    #[error("job {0} already exists")]
+    JobExists(JobId),
+    #[error(transparent)]
+    IllegalJobTransition(#[from] JobTransitionError),
+    /// A compare-and-set update found the job in another state than expected: someone else
+    /// moved it first (a result recorded twice, a cancel racing a dispatch).
+    #[error("job {job_id} is {actual}, not {expected}")]
+    JobStateConflict {
+        job_id: JobId,
+        expected: JobState,
+        actual: JobState,
+    },
     /// The database could not be reached or is busy. Retryable.
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -93,4 +153,29 @@ pub trait Store: Send + Sync {
 
     /// Removes a pool definition; returns whether it existed.
     async fn delete_pool(&self, name: &str) -> Result<bool, Error>;
+
+    /// Records a newly submitted job durably and returns it with its `sequence` assigned
+    /// (strictly increasing across the store's life, restarts included; the caller's value
+    /// is ignored). Fails with [`Error::JobExists`] when the id is taken.
+    async fn insert_job(&self, job: &Job) -> Result<Job, Error>;
+
+    async fn get_job(&self, id: &JobId) -> Result<Option<Job>, Error>;
+
+    /// Jobs matching `filter`; see [`JobFilter::limit`] for the order.
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, Error>;
+
+    /// Replaces the stored job with `job` if the stored state is still `expected` and the
+    /// job state machine allows `expected -> job.state` (or they are equal), atomically.
+    /// Otherwise [`Error::JobStateConflict`] (someone moved it first) or
+    /// [`Error::IllegalJobTransition`]. This is what makes a result recorded at most once.
+    async fn update_job(&self, job: &Job, expected: JobState) -> Result<(), Error>;
+
+    /// Appends output chunks; a chunk already stored (same job, attempt and sequence) is
+    /// skipped. Unknown jobs are [`Error::JobNotFound`].
+    async fn append_logs(&self, chunks: &[LogChunk]) -> Result<(), Error>;
+
+    /// A job's output in order (attempt, then sequence), starting after position `after`
+    /// (the number of chunks already read), at most `limit` chunks.
+    async fn read_logs(&self, id: &JobId, after: usize, limit: usize)
+    -> Result<Vec<LogChunk>, Error>;
 }

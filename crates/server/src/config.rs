@@ -46,6 +46,7 @@ pub struct ServerConfig {
     pub local: LocalSection,
     pub shutdown: ShutdownSection,
     pub agents: AgentsSection,
+    pub jobs: JobsSection,
     /// Register workers with the scheduler of another Hodei server at this URL, over gRPC,
     /// instead of this server's own. Agents then connect to that server too.
     pub scheduler_url: Option<String>,
@@ -67,6 +68,7 @@ impl Default for ServerConfig {
             local: LocalSection::default(),
             shutdown: ShutdownSection::default(),
             agents: AgentsSection::default(),
+            jobs: JobsSection::default(),
             scheduler_url: None,
             pools: Vec::new(),
         }
@@ -205,6 +207,78 @@ impl Default for AgentsSection {
     }
 }
 
+/// `[jobs]`: queues and how long a job waits for a vanished worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSection {
+    /// Named queues, `[[jobs.queue]]` tables with `name` and `capacity`. Submissions to a
+    /// full queue are refused (HTTP 429, gRPC RESOURCE_EXHAUSTED).
+    #[serde(rename = "queue")]
+    pub queues: Vec<QueueSection>,
+    /// How long an assigned or running job waits for its worker's session to come back
+    /// before the attempt counts as lost and the job is retried or failed.
+    #[serde(with = "humantime_serde")]
+    pub lost_worker_grace: Duration,
+}
+
+/// One `[[jobs.queue]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    pub name: String,
+    pub capacity: usize,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        Self {
+            queues: vec![QueueSection {
+                name: hodei_core::job::DEFAULT_QUEUE.to_owned(),
+                capacity: hodei_core::queue::DEFAULT_QUEUE_CAPACITY,
+            }],
+            lost_worker_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+impl JobsSection {
+    /// The job service's configuration; fails naming the key of a bad queue.
+    pub fn service_config(
+        &self,
+        pools: &[PoolSpec],
+    ) -> Result<hodei_modules::JobServiceConfig, ValidationError> {
+        let queues = self
+            .queues
+            .iter()
+            .map(|queue| {
+                let name = hodei_core::QueueName::new(queue.name.clone())
+                    .map_err(|e| ValidationError::new("jobs.queue.name", e.reason))?;
+                Ok(hodei_core::QueueConfig {
+                    name,
+                    capacity: queue.capacity,
+                })
+            })
+            .collect::<Result<Vec<_>, ValidationError>>()?;
+        hodei_core::Queues::new(queues.clone())
+            .map_err(|e| ValidationError::new(format!("jobs.{}", e.field), e.reason))?;
+        if self.lost_worker_grace < Duration::from_millis(100) {
+            return Err(ValidationError::new(
+                "jobs.lost_worker_grace",
+                "must be at least 100ms",
+            ));
+        }
+        Ok(hodei_modules::JobServiceConfig {
+            queues,
+            lost_worker_grace: self.lost_worker_grace,
+            pool_shapes: pools
+                .iter()
+                .map(|pool| pool.template.capabilities.clone())
+                .collect(),
+            ..hodei_modules::JobServiceConfig::default()
+        })
+    }
+}
+
 impl AgentsSection {
     pub fn policy(&self) -> HeartbeatPolicy {
         HeartbeatPolicy {
@@ -255,6 +329,7 @@ impl ServerConfig {
         self.registration_config().validate()?;
         self.worker_management().validate()?;
         self.agents.policy().validate()?;
+        self.jobs.service_config(&self.pools)?;
         let is_url = |url: &&String| url.starts_with("http://") || url.starts_with("https://");
         if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {
             return Err(ValidationError::new(

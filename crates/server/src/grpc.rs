@@ -11,7 +11,10 @@ use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{
     ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata, WorkerType,
 };
-use hodei_modules::{RegisteredWorker, SchedulerRegistry};
+use hodei_core::job::AttemptOutcome;
+use hodei_core::{Command, Job, JobId};
+use hodei_modules::{JobService, RegisteredWorker, SchedulerRegistry};
+use hodei_ports::{AgentLink, LinkError, LogChunk, LogStream};
 use hodei_proto::convert::{invalid_argument, to_millis, worker_from_request};
 use hodei_proto::v1::{self, agent_message, server_message};
 use tokio::sync::{broadcast, mpsc};
@@ -140,12 +143,104 @@ impl SessionHub {
     }
 }
 
+/// Assignments and cancels travel over the worker's open session.
+#[async_trait::async_trait]
+impl AgentLink for SessionHub {
+    async fn assign(&self, worker: &WorkerId, job: &Job) -> Result<(), LinkError> {
+        self.send(worker, server_message::Body::AssignJob(assignment(job)))
+            .await
+            .map_err(|_| LinkError::NotConnected(worker.clone()))
+    }
+
+    async fn cancel(&self, worker: &WorkerId, job: &JobId, reason: &str) -> Result<(), LinkError> {
+        let cancel = v1::CancelJob {
+            job_id: job.to_string(),
+            reason: reason.to_owned(),
+        };
+        self.send(worker, server_message::Body::CancelJob(cancel))
+            .await
+            .map_err(|_| LinkError::NotConnected(worker.clone()))
+    }
+}
+
+/// The wire form of a job for its agent.
+fn assignment(job: &Job) -> v1::JobAssignment {
+    let (argv, script) = match &job.spec.command {
+        Command::Argv(argv) => (argv.clone(), String::new()),
+        Command::Script(script) => (Vec::new(), script.clone()),
+    };
+    v1::JobAssignment {
+        job_id: job.id.to_string(),
+        argv,
+        script,
+        env: job.spec.env.clone().into_iter().collect(),
+        working_dir: job.spec.working_dir.clone().unwrap_or_default(),
+        timeout_secs: job
+            .spec
+            .timeout
+            .map(|t| u32::try_from(t.as_secs().max(1)).unwrap_or(u32::MAX))
+            .unwrap_or(0),
+    }
+}
+
+/// What an agent's job result means for the job.
+fn attempt_outcome(result: &v1::JobResult) -> AttemptOutcome {
+    match v1::JobOutcome::try_from(result.outcome) {
+        Ok(v1::JobOutcome::Exited) => AttemptOutcome::Exited(result.exit_code),
+        Ok(v1::JobOutcome::TimedOut) => AttemptOutcome::TimedOut,
+        Ok(v1::JobOutcome::Cancelled) => AttemptOutcome::Cancelled,
+        Ok(v1::JobOutcome::FailedToStart) => AttemptOutcome::FailedToStart(result.message.clone()),
+        Ok(v1::JobOutcome::Unspecified) | Err(_) => AttemptOutcome::FailedToStart(format!(
+            "the agent reported an unknown outcome {}",
+            result.outcome
+        )),
+    }
+}
+
+/// Hands what an agent says about its jobs to the job service, in the order it was said.
+async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentEvent) {
+    match event {
+        AgentEvent::JobAccepted(accepted) => {
+            jobs.job_accepted(worker_id.clone(), accepted.job_id.clone())
+                .await;
+        }
+        AgentEvent::Log(chunk) => {
+            let Ok(job_id) = JobId::new(chunk.job_id.clone()) else {
+                return;
+            };
+            let stream = match v1::LogStream::try_from(chunk.stream) {
+                Ok(v1::LogStream::Stderr) => LogStream::Stderr,
+                _ => LogStream::Stdout,
+            };
+            let chunk = LogChunk {
+                job_id,
+                attempt: 0,
+                sequence: chunk.sequence,
+                stream,
+                data: chunk.data.clone(),
+            };
+            jobs.job_log(worker_id.clone(), chunk).await;
+        }
+        AgentEvent::JobResult(result) => {
+            jobs.job_result(
+                worker_id.clone(),
+                result.job_id.clone(),
+                attempt_outcome(result),
+                result.health_problem.is_empty(),
+            )
+            .await;
+        }
+        AgentEvent::Connected | AgentEvent::Heartbeat(_) | AgentEvent::Disconnected => {}
+    }
+}
+
 /// `SchedulerService` over the in-process registry.
 #[derive(Debug, Clone)]
 pub struct SchedulerGrpc {
     pub registry: Arc<SchedulerRegistry>,
     pub hub: Arc<SessionHub>,
     pub heartbeat: HeartbeatPolicy,
+    pub jobs: JobService,
 }
 
 fn worker_id(text: String) -> Result<WorkerId, Status> {
@@ -289,6 +384,9 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         let generation = self.hub.attach(&id, sender.clone());
         tracing::info!(worker_id = %id, agent_version = %hello.version, running_jobs = hello.running_job_ids.len(), recovered = (before != Liveness::Healthy), "agent session opened");
         self.hub.publish(&id, AgentEvent::Connected);
+        self.jobs
+            .agent_connected(id.clone(), hello.running_job_ids.clone())
+            .await;
         let interval_ms = u32::try_from(self.heartbeat.interval.as_millis()).unwrap_or(u32::MAX);
         let ack = v1::ServerMessage {
             body: Some(server_message::Body::HelloAck(v1::HelloAck {
@@ -304,6 +402,7 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
 
         let registry = self.registry.clone();
         let hub = self.hub.clone();
+        let jobs = self.jobs.clone();
         tokio::spawn(async move {
             while let Some(message) = inbound.next().await {
                 let body = match message {
@@ -327,6 +426,7 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                         continue;
                     }
                 };
+                forward_to_jobs(&jobs, &id, &event).await;
                 hub.publish(&id, event);
             }
             if hub.detach(&id, generation) {

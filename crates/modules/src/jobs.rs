@@ -1,0 +1,953 @@
+//! Jobs in flight: submission with backpressure, the queues, matching idle workers, dispatch
+//! over the agents' sessions, results, cancellation, and recovery after a restart.
+//!
+//! One task, the dispatcher, owns all of it and applies events one at a time, so no two
+//! code paths can move the same job; every change is written to the store before anyone
+//! (a client, an agent) is told. The decisions come from `hodei_core`: queue order
+//! (`queue`), who runs what (`matching::plan_dispatch`), what an attempt's end means
+//! (`job::after_attempt`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hodei_core::job::{AttemptOutcome, after_attempt};
+use hodei_core::matching::{self, IdleWorker};
+use hodei_core::{
+    Job, JobId, JobSpec, JobState, QueueConfig, QueueEntry, QueueError, Queues, ValidationError,
+    WorkerCapabilities, WorkerId, WorkerState,
+};
+use hodei_ports::store::{self, JobFilter, LogChunk};
+use hodei_ports::{AgentLink, Store};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::SchedulerRegistry;
+
+/// How the job service behaves.
+#[derive(Debug, Clone)]
+pub struct JobServiceConfig {
+    /// Named queues and their capacities.
+    pub queues: Vec<QueueConfig>,
+    /// How long an assigned or running job waits for its worker's session to come back (after
+    /// a server restart, a network blip, a killed agent) before the attempt counts as lost.
+    pub lost_worker_grace: Duration,
+    /// How long a reconnected agent has to deliver the result of a job it no longer runs
+    /// (results produced while disconnected are sent after the reconnect).
+    pub result_grace: Duration,
+    /// How often deadlines are checked.
+    pub tick: Duration,
+    /// Jobs a worker of a pool runs before it is retired (1 = ephemeral workers); pools
+    /// not listed reuse workers without limit.
+    pub max_uses: BTreeMap<String, u32>,
+    /// The shapes of workers the pools can provision, to reject jobs that none could hold.
+    pub pool_shapes: Vec<WorkerCapabilities>,
+}
+
+impl Default for JobServiceConfig {
+    fn default() -> Self {
+        Self {
+            queues: vec![QueueConfig::default()],
+            lost_worker_grace: Duration::from_secs(15),
+            result_grace: Duration::from_secs(2),
+            tick: Duration::from_millis(250),
+            max_uses: BTreeMap::new(),
+            pool_shapes: Vec::new(),
+        }
+    }
+}
+
+/// Why a job request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The queue is full (retry later) or unknown.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// No pool or worker could ever hold the job.
+    #[error("no pool or worker can run this job: {0}")]
+    Unsatisfiable(String),
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error("job {id} already ended ({state})")]
+    AlreadyEnded { id: JobId, state: JobState },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("the job service is stopped")]
+    Stopped,
+}
+
+/// A worker retired by the dispatcher (it used up `max_uses` or failed its health check
+/// after a job); the server terminates it and its pool replaces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    pub worker_id: WorkerId,
+    pub reason: String,
+}
+
+/// What agents and users tell the dispatcher.
+#[derive(Debug)]
+enum Event {
+    Submit {
+        spec: Box<JobSpec>,
+        reply: oneshot::Sender<Result<Job, JobError>>,
+    },
+    Cancel {
+        id: JobId,
+        reply: oneshot::Sender<Result<Job, JobError>>,
+    },
+    Explain {
+        id: JobId,
+        reply: oneshot::Sender<Option<String>>,
+    },
+    Connected {
+        worker_id: WorkerId,
+        running: Vec<String>,
+    },
+    Accepted {
+        worker_id: WorkerId,
+        job_id: String,
+    },
+    Log {
+        worker_id: WorkerId,
+        chunk: LogChunk,
+    },
+    Result {
+        worker_id: WorkerId,
+        job_id: String,
+        outcome: AttemptOutcome,
+        healthy: bool,
+    },
+}
+
+/// The handle the API and the session layer use. Cheap to clone.
+#[derive(Clone)]
+pub struct JobService {
+    events: mpsc::Sender<Event>,
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for JobService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobService").finish_non_exhaustive()
+    }
+}
+
+impl JobService {
+    /// Loads unfinished jobs from the store and starts the dispatcher, which runs until
+    /// `cancel`. Retired workers are announced on the returned receiver.
+    pub async fn start(
+        config: JobServiceConfig,
+        store: Arc<dyn Store>,
+        registry: Arc<SchedulerRegistry>,
+        link: Arc<dyn AgentLink>,
+        metrics: JobMetrics,
+        cancel: CancellationToken,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Retired>), JobError> {
+        let queues = Queues::new(config.queues.clone())?;
+        let (events, inbox) = mpsc::channel(4096);
+        let (retired, retirements) = mpsc::unbounded_channel();
+        let mut dispatcher = Dispatcher {
+            config,
+            store: store.clone(),
+            registry,
+            link,
+            metrics,
+            queues,
+            jobs: HashMap::new(),
+            slots: HashMap::new(),
+            cancel_requested: HashSet::new(),
+            logs: Vec::new(),
+            retired,
+        };
+        dispatcher.recover().await?;
+        tokio::spawn(dispatcher.run(inbox, cancel));
+        Ok((Self { events, store }, retirements))
+    }
+
+    async fn ask<T>(
+        &self,
+        event: impl FnOnce(oneshot::Sender<T>) -> Event,
+    ) -> Result<T, JobError> {
+        let (reply, answer) = oneshot::channel();
+        self.events
+            .send(event(reply))
+            .await
+            .map_err(|_| JobError::Stopped)?;
+        answer.await.map_err(|_| JobError::Stopped)
+    }
+
+    /// Validates, records durably and queues a job. Fails without recording anything when
+    /// the spec is invalid, the queue is unknown or full, or no worker could ever hold it.
+    pub async fn submit(&self, spec: JobSpec) -> Result<Job, JobError> {
+        spec.validate()?;
+        self.ask(|reply| Event::Submit {
+            spec: Box::new(spec),
+            reply,
+        })
+        .await?
+    }
+
+    /// Cancels a job: a queued one at once, a running one by telling its agent (the job
+    /// ends when the agent reports it stopped).
+    pub async fn cancel(&self, id: JobId) -> Result<Job, JobError> {
+        self.ask(|reply| Event::Cancel { id, reply }).await?
+    }
+
+    /// Why a queued job is still waiting; `None` for jobs not queued.
+    pub async fn why_waiting(&self, id: JobId) -> Result<Option<String>, JobError> {
+        self.ask(|reply| Event::Explain { id, reply }).await
+    }
+
+    pub async fn get(&self, id: &JobId) -> Result<Option<Job>, JobError> {
+        Ok(self.store.get_job(id).await?)
+    }
+
+    pub async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>, JobError> {
+        Ok(self.store.list_jobs(filter).await?)
+    }
+
+    pub async fn logs(
+        &self,
+        id: &JobId,
+        after: usize,
+        limit: usize,
+    ) -> Result<Vec<LogChunk>, JobError> {
+        Ok(self.store.read_logs(id, after, limit).await?)
+    }
+
+    async fn tell(&self, event: Event) {
+        if self.events.send(event).await.is_err() {
+            tracing::debug!("job service stopped, dropping an agent event");
+        }
+    }
+
+    /// An agent opened its session; `running` are the jobs it still runs.
+    pub async fn agent_connected(&self, worker_id: WorkerId, running: Vec<String>) {
+        self.tell(Event::Connected { worker_id, running }).await;
+    }
+
+    pub async fn job_accepted(&self, worker_id: WorkerId, job_id: String) {
+        self.tell(Event::Accepted { worker_id, job_id }).await;
+    }
+
+    /// Output of a running job; `attempt` is filled in by the dispatcher.
+    pub async fn job_log(&self, worker_id: WorkerId, chunk: LogChunk) {
+        self.tell(Event::Log { worker_id, chunk }).await;
+    }
+
+    /// An attempt ended on `worker_id`; `healthy` is the agent's health check after it.
+    pub async fn job_result(
+        &self,
+        worker_id: WorkerId,
+        job_id: String,
+        outcome: AttemptOutcome,
+        healthy: bool,
+    ) {
+        self.tell(Event::Result {
+            worker_id,
+            job_id,
+            outcome,
+            healthy,
+        })
+        .await;
+    }
+}
+
+/// What the dispatcher knows of one worker beyond the registry.
+#[derive(Debug, Default)]
+struct Slot {
+    job: Option<JobId>,
+    uses: u32,
+    retired: bool,
+}
+
+/// A job not yet ended, and the bookkeeping the store does not need.
+#[derive(Debug)]
+struct Live {
+    job: Job,
+    /// When it (re-)entered its queue, for the wait-time histogram.
+    queued_at: Instant,
+    /// When it was handed to a worker, for the dispatch-latency histogram.
+    assigned_at: Option<Instant>,
+    /// When its attempt counts as lost unless the worker shows up (or reports) first.
+    lost_at: Option<Instant>,
+    /// Whether the deadline holds even while the worker is connected: it reconnected
+    /// without the job among its running ones.
+    unconfirmed: bool,
+}
+
+struct Dispatcher {
+    config: JobServiceConfig,
+    store: Arc<dyn Store>,
+    registry: Arc<SchedulerRegistry>,
+    link: Arc<dyn AgentLink>,
+    metrics: JobMetrics,
+    queues: Queues,
+    jobs: HashMap<JobId, Live>,
+    slots: HashMap<WorkerId, Slot>,
+    cancel_requested: HashSet<JobId>,
+    logs: Vec<LogChunk>,
+    retired: mpsc::UnboundedSender<Retired>,
+}
+
+fn log_store_error<T>(what: &str, job_id: &JobId, result: Result<T, store::Error>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::error!(%job_id, %error, "could not record {what}");
+            None
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Rebuilds the queues and the jobs in flight from the store.
+    async fn recover(&mut self) -> Result<(), JobError> {
+        let now = Instant::now();
+        let unfinished = self.store.list_jobs(&JobFilter::unfinished()).await?;
+        let (mut queued, mut in_flight) = (0usize, 0usize);
+        for job in unfinished {
+            let mut live = Live {
+                job,
+                queued_at: now,
+                assigned_at: None,
+                lost_at: None,
+                unconfirmed: false,
+            };
+            if live.job.state == JobState::Queued {
+                if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
+                    // A queue removed from the configuration: the job still runs, from the
+                    // default queue, rather than being dropped.
+                    tracing::warn!(job_id = %live.job.id, %error, "queue of a recovered job is gone, moving it to the default queue");
+                    let mut entry = QueueEntry::from_job(&live.job);
+                    entry.queue = hodei_core::QueueName::default();
+                    if let Err(error) = self.queues.requeue(entry) {
+                        tracing::error!(job_id = %live.job.id, %error, "cannot queue a recovered job");
+                    }
+                }
+                queued += 1;
+            } else {
+                // Its agent gets the grace period to reconnect and say it still runs it.
+                live.lost_at = Some(now + self.config.lost_worker_grace);
+                if let Some(worker) = &live.job.worker_id {
+                    self.slots.entry(worker.clone()).or_default().job = Some(live.job.id.clone());
+                }
+                in_flight += 1;
+            }
+            self.jobs.insert(live.job.id.clone(), live);
+        }
+        if queued + in_flight > 0 {
+            tracing::info!(queued, in_flight, "recovered unfinished jobs");
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    async fn run(mut self, mut inbox: mpsc::Receiver<Event>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                event = inbox.recv() => {
+                    let Some(event) = event else { break };
+                    self.handle(event).await;
+                    // Take what else is waiting before dispatching, so a burst is planned
+                    // at once.
+                    for _ in 0..256 {
+                        match inbox.try_recv() {
+                            Ok(event) => self.handle(event).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => self.check_deadlines().await,
+            }
+            self.flush_logs().await;
+            self.dispatch().await;
+        }
+        self.flush_logs().await;
+    }
+
+    async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Submit { spec, reply } => {
+                let _ = reply.send(self.submit(*spec).await);
+            }
+            Event::Cancel { id, reply } => {
+                let _ = reply.send(self.cancel(&id).await);
+            }
+            Event::Explain { id, reply } => {
+                let _ = reply.send(self.explain(&id));
+            }
+            Event::Connected { worker_id, running } => self.connected(&worker_id, &running),
+            Event::Accepted { worker_id, job_id } => self.accepted(&worker_id, &job_id).await,
+            Event::Log { worker_id, chunk } => self.log(&worker_id, chunk),
+            Event::Result {
+                worker_id,
+                job_id,
+                outcome,
+                healthy,
+            } => {
+                self.flush_logs().await;
+                self.result(&worker_id, &job_id, outcome, healthy).await;
+            }
+        }
+    }
+
+    async fn submit(&mut self, spec: JobSpec) -> Result<Job, JobError> {
+        let queue = &spec.queue;
+        let (depth, capacity) = match (self.queues.depth(queue), self.queues.capacity(queue)) {
+            (Some(depth), Some(capacity)) => (depth, capacity),
+            _ => return Err(QueueError::UnknownQueue(queue.clone()).into()),
+        };
+        if depth >= capacity {
+            self.metrics.rejected.inc();
+            return Err(QueueError::Full {
+                queue: queue.clone(),
+                capacity,
+            }
+            .into());
+        }
+        let shapes: Vec<WorkerCapabilities> = self
+            .config
+            .pool_shapes
+            .iter()
+            .cloned()
+            .chain(
+                self.registry
+                    .list()
+                    .into_iter()
+                    .map(|entry| entry.worker.capabilities),
+            )
+            .collect();
+        if let Some(why) = matching::exceeds_every_shape(&spec.requirements, &shapes) {
+            return Err(JobError::Unsatisfiable(why));
+        }
+        let id = JobId::new(format!("j-{}", uuid::Uuid::new_v4().simple()))?;
+        let job = Job::new(id, spec, 0, SystemTime::now())?;
+        let job = self.store.insert_job(&job).await?;
+        self.queues.push(QueueEntry::from_job(&job))?;
+        tracing::debug!(job_id = %job.id, queue = %job.spec.queue, priority = job.spec.priority.get(), "job queued");
+        self.jobs.insert(
+            job.id.clone(),
+            Live {
+                job: job.clone(),
+                queued_at: Instant::now(),
+                assigned_at: None,
+                lost_at: None,
+                unconfirmed: false,
+            },
+        );
+        self.metrics.submitted.inc();
+        Ok(job)
+    }
+
+    async fn cancel(&mut self, id: &JobId) -> Result<Job, JobError> {
+        let Some(live) = self.jobs.get_mut(id) else {
+            return match self.store.get_job(id).await? {
+                Some(job) => Err(JobError::AlreadyEnded {
+                    id: id.clone(),
+                    state: job.state,
+                }),
+                None => Err(JobError::NotFound(id.clone())),
+            };
+        };
+        match live.job.state {
+            JobState::Queued => {
+                let mut job = live.job.clone();
+                job.state = JobState::Cancelled;
+                job.reason = Some("cancelled while queued".into());
+                job.finished_at = Some(SystemTime::now());
+                self.store.update_job(&job, JobState::Queued).await?;
+                self.queues.remove(id);
+                self.jobs.remove(id);
+                self.metrics.finished(JobState::Cancelled);
+                Ok(job)
+            }
+            _ => {
+                let job = live.job.clone();
+                self.cancel_requested.insert(id.clone());
+                if let Some(worker) = &job.worker_id
+                    && let Err(error) = self.link.cancel(worker, id, "cancelled by a user").await
+                {
+                    // The attempt ends as cancelled when the worker is found lost.
+                    tracing::info!(job_id = %id, %error, "cancel will apply when the worker's attempt ends");
+                }
+                Ok(job)
+            }
+        }
+    }
+
+    fn idle_workers(&self) -> Vec<IdleWorker> {
+        self.registry
+            .list()
+            .into_iter()
+            .filter(|entry| {
+                entry.connected
+                    && entry.liveness == hodei_core::health::Liveness::Healthy
+                    && self
+                        .slots
+                        .get(&entry.worker.id)
+                        .is_none_or(|slot| slot.job.is_none() && !slot.retired)
+            })
+            .map(|entry| IdleWorker::from(&entry.worker))
+            .collect()
+    }
+
+    fn explain(&self, id: &JobId) -> Option<String> {
+        let live = self.jobs.get(id)?;
+        (live.job.state == JobState::Queued).then(|| {
+            let idle = self.idle_workers();
+            let all = self.registry.list();
+            matching::why_waiting(
+                &live.job.spec.requirements,
+                &idle,
+                all.iter()
+                    .map(|e| (&e.worker.capabilities, &e.worker.metadata.labels)),
+            )
+        })
+    }
+
+    async fn dispatch(&mut self) {
+        if self.queues.is_empty() {
+            return;
+        }
+        let idle = self.idle_workers();
+        if idle.is_empty() {
+            return;
+        }
+        let plan = matching::plan_dispatch(self.queues.iter_in_order(), &idle);
+        for (job_id, worker_id) in plan {
+            self.assign(job_id, worker_id).await;
+        }
+        self.update_gauges();
+    }
+
+    async fn assign(&mut self, job_id: JobId, worker_id: WorkerId) {
+        let Some(live) = self.jobs.get_mut(&job_id) else {
+            self.queues.remove(&job_id);
+            return;
+        };
+        let mut job = live.job.clone();
+        job.state = JobState::Assigned;
+        job.attempts += 1;
+        job.worker_id = Some(worker_id.clone());
+        if log_store_error(
+            "an assignment",
+            &job_id,
+            self.store.update_job(&job, JobState::Queued).await,
+        )
+        .is_none()
+        {
+            return;
+        }
+        self.queues.remove(&job_id);
+        let now = Instant::now();
+        self.metrics
+            .queue_wait
+            .observe(now.duration_since(live.queued_at).as_secs_f64());
+        live.job = job;
+        live.assigned_at = Some(now);
+        live.lost_at = None;
+        live.unconfirmed = false;
+        let slot = self.slots.entry(worker_id.clone()).or_default();
+        slot.job = Some(job_id.clone());
+        self.metrics.dispatched.inc();
+        if slot.uses > 0 {
+            self.metrics.reused.inc();
+        }
+        let job = live.job.clone();
+        self.worker_state(&worker_id, WorkerState::Busy).await;
+        if let Err(error) = self.link.assign(&worker_id, &job).await {
+            tracing::info!(%job_id, %worker_id, %error, "assignment not delivered, the worker counts as lost");
+            self.end_attempt(&job_id, AttemptOutcome::WorkerLost, true)
+                .await;
+        }
+    }
+
+    fn connected(&mut self, worker_id: &WorkerId, running: &[String]) {
+        let now = Instant::now();
+        for live in self.jobs.values_mut() {
+            if live.job.worker_id.as_ref() != Some(worker_id) || live.job.state == JobState::Queued
+            {
+                continue;
+            }
+            if running.iter().any(|id| id == live.job.id.as_str()) {
+                live.lost_at = None;
+                live.unconfirmed = false;
+            } else {
+                // Its result may still be on its way; if not, it is lost.
+                live.lost_at = Some(now + self.config.result_grace);
+                live.unconfirmed = true;
+            }
+        }
+    }
+
+    /// The job `job_id` if it is in flight on `worker_id`; a stale message otherwise.
+    fn in_flight_on(&mut self, worker_id: &WorkerId, job_id: &str) -> Option<&mut Live> {
+        let id = JobId::new(job_id).ok()?;
+        let live = self.jobs.get_mut(&id)?;
+        (live.job.worker_id.as_ref() == Some(worker_id)
+            && matches!(live.job.state, JobState::Assigned | JobState::Running))
+        .then_some(live)
+    }
+
+    async fn accepted(&mut self, worker_id: &WorkerId, job_id: &str) {
+        let Some(live) = self.in_flight_on(worker_id, job_id) else {
+            tracing::debug!(%worker_id, job_id, "ignoring a stale job acceptance");
+            return;
+        };
+        if live.job.state != JobState::Assigned {
+            return;
+        }
+        let mut job = live.job.clone();
+        job.state = JobState::Running;
+        job.started_at = Some(SystemTime::now());
+        if let Some(assigned_at) = live.assigned_at {
+            self.metrics
+                .dispatch_latency
+                .observe(assigned_at.elapsed().as_secs_f64());
+        }
+        let id = job.id.clone();
+        if log_store_error(
+            "a job start",
+            &id,
+            self.store.update_job(&job, JobState::Assigned).await,
+        )
+        .is_some()
+            && let Some(live) = self.jobs.get_mut(&id)
+        {
+            live.job = job;
+        }
+    }
+
+    fn log(&mut self, worker_id: &WorkerId, mut chunk: LogChunk) {
+        let Some(live) = self.in_flight_on(worker_id, chunk.job_id.as_str()) else {
+            return;
+        };
+        chunk.attempt = live.job.attempts;
+        self.logs.push(chunk);
+    }
+
+    async fn flush_logs(&mut self) {
+        if self.logs.is_empty() {
+            return;
+        }
+        let logs = std::mem::take(&mut self.logs);
+        if let Err(error) = self.store.append_logs(&logs).await {
+            tracing::error!(%error, chunks = logs.len(), "could not store job output");
+        }
+    }
+
+    async fn result(
+        &mut self,
+        worker_id: &WorkerId,
+        job_id: &str,
+        outcome: AttemptOutcome,
+        healthy: bool,
+    ) {
+        let Some(live) = self.in_flight_on(worker_id, job_id) else {
+            tracing::debug!(%worker_id, job_id, "ignoring a stale job result");
+            return;
+        };
+        let id = live.job.id.clone();
+        self.end_attempt(&id, outcome, healthy).await;
+    }
+
+    /// Ends the current attempt of `id` with `outcome`: records the job's next state, frees
+    /// (or retires) its worker, requeues the job when it has attempts left.
+    async fn end_attempt(&mut self, id: &JobId, outcome: AttemptOutcome, healthy: bool) {
+        let Some(live) = self.jobs.get_mut(id) else {
+            return;
+        };
+        let lost = outcome == AttemptOutcome::WorkerLost;
+        let outcome = if lost && self.cancel_requested.contains(id) {
+            AttemptOutcome::Cancelled
+        } else {
+            outcome
+        };
+        let previous = live.job.state;
+        let (next, reason) = after_attempt(&live.job, outcome.clone());
+        let mut job = live.job.clone();
+        job.state = next;
+        job.reason = reason;
+        if let AttemptOutcome::Exited(code) = outcome {
+            job.exit_code = Some(code);
+        }
+        if next.is_terminal() {
+            job.finished_at = Some(SystemTime::now());
+        }
+        if log_store_error(
+            "a job result",
+            id,
+            self.store.update_job(&job, previous).await,
+        )
+        .is_none()
+        {
+            return;
+        }
+        tracing::info!(job_id = %id, worker_id = ?job.worker_id, state = %next, reason = ?job.reason, "attempt ended");
+        let worker = job.worker_id.clone();
+        if next == JobState::Queued {
+            live.job = job;
+            live.queued_at = Instant::now();
+            live.assigned_at = None;
+            live.lost_at = None;
+            live.unconfirmed = false;
+            if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
+                tracing::error!(job_id = %id, %error, "cannot queue a job again");
+            }
+            self.metrics.retried.inc();
+        } else {
+            self.jobs.remove(id);
+            self.cancel_requested.remove(id);
+            self.metrics.finished(next);
+        }
+        if let Some(worker) = worker {
+            self.release(&worker, lost, healthy).await;
+        }
+    }
+
+    /// The worker finished an attempt: clean and idle again, or retired.
+    async fn release(&mut self, worker_id: &WorkerId, lost: bool, healthy: bool) {
+        let slot = self.slots.entry(worker_id.clone()).or_default();
+        slot.job = None;
+        if lost {
+            return;
+        }
+        slot.uses += 1;
+        let uses = slot.uses;
+        self.metrics.jobs_per_worker_total.inc();
+        let pool = self
+            .registry
+            .get(worker_id)
+            .and_then(|entry| entry.worker.metadata.pool);
+        let limit = pool
+            .as_ref()
+            .and_then(|pool| self.config.max_uses.get(pool).copied());
+        let retire = if !healthy {
+            Some("failed its health check after a job".to_owned())
+        } else if limit.is_some_and(|limit| uses >= limit) {
+            Some(format!("ran {uses} jobs, its pool's max_uses"))
+        } else {
+            None
+        };
+        self.worker_state(worker_id, WorkerState::Cleaning).await;
+        match retire {
+            None => self.worker_state(worker_id, WorkerState::Idle).await,
+            Some(reason) => {
+                if let Some(slot) = self.slots.get_mut(worker_id) {
+                    slot.retired = true;
+                }
+                self.metrics.uses_at_retirement.observe(f64::from(uses));
+                tracing::info!(%worker_id, %reason, "retiring worker");
+                let _ = self.retired.send(Retired {
+                    worker_id: worker_id.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// Moves a provisioned worker's record; agents that came on their own have none.
+    async fn worker_state(&self, worker_id: &WorkerId, to: WorkerState) {
+        match self.store.get_worker(worker_id).await {
+            Ok(Some(record)) if record.state.can_transition_to(to) => {
+                if let Err(error) = self.store.transition_worker(worker_id, to).await {
+                    tracing::warn!(%worker_id, %error, to = to.as_str(), "could not record a worker state");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%worker_id, %error, "could not read a worker"),
+        }
+    }
+
+    async fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        let mut lost = Vec::new();
+        for live in self.jobs.values_mut() {
+            if !matches!(live.job.state, JobState::Assigned | JobState::Running) {
+                continue;
+            }
+            let present = live
+                .job
+                .worker_id
+                .as_ref()
+                .and_then(|worker| self.registry.get(worker))
+                .is_some_and(|entry| entry.connected);
+            match live.lost_at {
+                Some(at) if now >= at && (!present || live.unconfirmed) => {
+                    lost.push(live.job.id.clone());
+                }
+                Some(_) if present && !live.unconfirmed => live.lost_at = None,
+                Some(_) => {}
+                None if !present => live.lost_at = Some(now + self.config.lost_worker_grace),
+                None => {}
+            }
+        }
+        for id in lost {
+            tracing::warn!(job_id = %id, "the job's worker is gone, its attempt is lost");
+            self.end_attempt(&id, AttemptOutcome::WorkerLost, true)
+                .await;
+        }
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.queue_depth.clear();
+        for ((queue, priority), depth) in self.queues.depth_by_priority() {
+            self.metrics
+                .queue_depth
+                .get_or_create(&QueueLabels {
+                    queue: queue.to_string(),
+                    priority: priority.get().to_string(),
+                })
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
+        for queue in self.queues.names() {
+            let _ = self.metrics.queue_depth.get_or_create(&QueueLabels {
+                queue: queue.to_string(),
+                priority: "all".into(),
+            });
+        }
+        let running = self
+            .jobs
+            .values()
+            .filter(|live| matches!(live.job.state, JobState::Assigned | JobState::Running))
+            .count();
+        self.metrics
+            .running
+            .set(i64::try_from(running).unwrap_or(i64::MAX));
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+    priority: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+/// The job metrics, all `hodei_*`.
+#[derive(Debug, Clone)]
+pub struct JobMetrics {
+    submitted: Counter,
+    rejected: Counter,
+    dispatched: Counter,
+    reused: Counter,
+    retried: Counter,
+    finished: Family<StateLabels, Counter>,
+    queue_depth: Family<QueueLabels, Gauge>,
+    running: Gauge,
+    queue_wait: Histogram,
+    dispatch_latency: Histogram,
+    jobs_per_worker_total: Counter,
+    uses_at_retirement: Histogram,
+}
+
+impl JobMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            submitted: Counter::default(),
+            rejected: Counter::default(),
+            dispatched: Counter::default(),
+            reused: Counter::default(),
+            retried: Counter::default(),
+            finished: Family::default(),
+            queue_depth: Family::default(),
+            running: Gauge::default(),
+            queue_wait: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
+            dispatch_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            jobs_per_worker_total: Counter::default(),
+            uses_at_retirement: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+        };
+        registry.register(
+            "hodei_jobs_submitted",
+            "Jobs accepted",
+            metrics.submitted.clone(),
+        );
+        registry.register(
+            "hodei_jobs_rejected",
+            "Jobs refused because their queue was full",
+            metrics.rejected.clone(),
+        );
+        registry.register(
+            "hodei_jobs_dispatched",
+            "Attempts handed to a worker",
+            metrics.dispatched.clone(),
+        );
+        registry.register(
+            "hodei_worker_reuses",
+            "Attempts handed to a worker that had already run a job: provisioning avoided",
+            metrics.reused.clone(),
+        );
+        registry.register(
+            "hodei_job_retries",
+            "Attempts that ended with the job queued again",
+            metrics.retried.clone(),
+        );
+        registry.register(
+            "hodei_jobs_finished",
+            "Jobs by final state",
+            metrics.finished.clone(),
+        );
+        registry.register(
+            "hodei_queue_depth",
+            "Queued jobs by queue and priority",
+            metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "hodei_jobs_running",
+            "Jobs assigned or running",
+            metrics.running.clone(),
+        );
+        registry.register(
+            "hodei_queue_wait_seconds",
+            "Time from entering a queue to being handed to a worker",
+            metrics.queue_wait.clone(),
+        );
+        registry.register(
+            "hodei_job_dispatch_seconds",
+            "Time from handing a job to a worker to its process running",
+            metrics.dispatch_latency.clone(),
+        );
+        registry.register(
+            "hodei_worker_jobs",
+            "Attempts workers completed (with hodei_jobs_dispatched: jobs per worker)",
+            metrics.jobs_per_worker_total.clone(),
+        );
+        registry.register(
+            "hodei_worker_uses_at_retirement",
+            "Jobs a worker ran before it was retired",
+            metrics.uses_at_retirement.clone(),
+        );
+        for state in JobState::ALL.iter().filter(|s| s.is_terminal()) {
+            let _ = metrics.finished.get_or_create(&StateLabels {
+                state: state.as_str(),
+            });
+        }
+        metrics
+    }
+
+    fn finished(&self, state: JobState) {
+        self.finished
+            .get_or_create(&StateLabels {
+                state: state.as_str(),
+            })
+            .inc();
+    }
+}
