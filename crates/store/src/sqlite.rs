@@ -1,17 +1,19 @@
 //! The SQLite store: one file in WAL mode with `synchronous=FULL`, so that nothing the store
 //! acknowledged is lost on a crash, and lifecycle transitions as compare-and-set updates, so that
-//! two writers cannot both move a worker.
+//! two writers cannot both move a worker or a job. The job queries live in [`crate::jobs`].
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use hodei_core::{PoolSpec, Worker, WorkerId, WorkerState};
-use hodei_ports::store::{Error, Store, WorkerFilter, WorkerRecord};
+use hodei_core::{Job, JobId, JobState, PoolSpec, Worker, WorkerId, WorkerState};
+use hodei_ports::store::{Error, JobFilter, LogChunk, Store, WorkerFilter, WorkerRecord};
 use sqlx::error::{DatabaseError, ErrorKind};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+
+use crate::jobs;
 
 /// How long a statement waits for another connection's write lock before giving up as
 /// [`Error::Unavailable`].
@@ -23,13 +25,15 @@ const MAX_CONNECTIONS: u32 = 4;
 
 /// How often a transition re-reads and retries after losing a race before reporting the store
 /// as unavailable. Every lost race means another transition won, so this is only reached under
-/// a storm of writes to one worker.
-const MAX_TRANSITION_ATTEMPTS: usize = 64;
+/// a storm of writes to one worker or job.
+pub(crate) const MAX_TRANSITION_ATTEMPTS: usize = 64;
 
 /// A [`Store`] in a SQLite database.
 ///
 /// Workers live in table `workers`: the [`Worker`] as JSON beside the columns that queries
-/// filter on (`pool`, `state`, `registered`); pools in table `pools` as JSON. Timestamps are
+/// filter on (`pool`, `state`, `registered`); pools in table `pools` as JSON. Jobs live in
+/// table `jobs` the same way (the [`Job`] as JSON beside `state`, `tenant`, `queue`,
+/// `worker_id`, with `sequence` as the rowid), their output in `job_logs`. Timestamps are
 /// kept in milliseconds since the Unix epoch. Cloning is cheap and shares the connections.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -258,6 +262,35 @@ impl Store for SqliteStore {
             .map_err(map_sqlx_error)?;
         Ok(deleted.rows_affected() > 0)
     }
+
+    async fn insert_job(&self, job: &Job) -> Result<Job, Error> {
+        jobs::insert_job(&self.pool, job).await
+    }
+
+    async fn get_job(&self, id: &JobId) -> Result<Option<Job>, Error> {
+        jobs::get_job(&self.pool, id).await
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, Error> {
+        jobs::list_jobs(&self.pool, filter).await
+    }
+
+    async fn update_job(&self, job: &Job, expected: JobState) -> Result<(), Error> {
+        jobs::update_job(&self.pool, job, expected).await
+    }
+
+    async fn append_logs(&self, chunks: &[LogChunk]) -> Result<(), Error> {
+        jobs::append_logs(&self.pool, chunks).await
+    }
+
+    async fn read_logs(
+        &self,
+        id: &JobId,
+        after: usize,
+        limit: usize,
+    ) -> Result<Vec<LogChunk>, Error> {
+        jobs::read_logs(&self.pool, id, after, limit).await
+    }
 }
 
 fn decode_worker(
@@ -295,7 +328,7 @@ fn decode_pool((name, spec_json): PoolRow) -> Result<PoolSpec, Error> {
 }
 
 /// Milliseconds since the Unix epoch; instants before it are stored as the epoch.
-fn millis_since_epoch(time: SystemTime) -> i64 {
+pub(crate) fn millis_since_epoch(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
@@ -324,7 +357,7 @@ const SQLITE_UNAVAILABLE: [i32; 9] = [
 ];
 
 /// Sorts sqlx failures into retryable ([`Error::Unavailable`]) and not ([`Error::Corrupt`]).
-fn map_sqlx_error(err: sqlx::Error) -> Error {
+pub(crate) fn map_sqlx_error(err: sqlx::Error) -> Error {
     match err {
         sqlx::Error::Database(db) => map_database_error(db.as_ref()),
         sqlx::Error::Migrate(err) => map_migrate_error(*err),

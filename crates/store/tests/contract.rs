@@ -5,8 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hodei_core::{PoolSpec, ProviderKind, Worker, WorkerId, WorkerSpec, WorkerState};
-use hodei_ports::store::{Error, Store, WorkerFilter};
+use hodei_core::{
+    Command, Job, JobId, JobSpec, JobState, PoolSpec, ProviderKind, Worker, WorkerId, WorkerSpec,
+    WorkerState,
+};
+use hodei_ports::store::{Error, JobFilter, LogChunk, LogStream, Store, WorkerFilter};
 use hodei_store::SqliteStore;
 use hodei_testkit::store_contract;
 
@@ -22,6 +25,26 @@ fn worker(id: &str) -> Worker {
         ProviderKind::Local,
         UNIX_EPOCH + Duration::from_millis(1_700_000_000_001),
     )
+}
+
+fn job(id: &str) -> Job {
+    Job::new(
+        JobId::new(id).unwrap(),
+        JobSpec::new(Command::Script("make test".to_owned())),
+        0,
+        UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
+    )
+    .unwrap()
+}
+
+fn log(job: &Job, sequence: u64) -> LogChunk {
+    LogChunk {
+        job_id: job.id.clone(),
+        attempt: 1,
+        sequence,
+        stream: LogStream::Stdout,
+        data: format!("line {sequence}\n").into_bytes(),
+    }
 }
 
 #[tokio::test]
@@ -193,4 +216,146 @@ async fn concurrent_walks_through_the_lifecycle_never_skip_a_state() {
     };
     assert!(steps > 0);
     assert_eq!(state, expected, "{steps} steps");
+}
+
+#[tokio::test]
+async fn jobs_and_their_output_survive_reopening_and_sequences_keep_increasing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hodei.db");
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let mut before = Vec::new();
+    for n in 0..3 {
+        before.push(store.insert_job(&job(&format!("j-{n}"))).await.unwrap());
+    }
+    let mut running = before[1].clone();
+    running.state = JobState::Assigned;
+    running.attempts = 1;
+    running.worker_id = Some(WorkerId::new("w-1").unwrap());
+    store.update_job(&running, JobState::Queued).await.unwrap();
+    running.state = JobState::Running;
+    store
+        .update_job(&running, JobState::Assigned)
+        .await
+        .unwrap();
+    before[1] = running.clone();
+    let logs: Vec<LogChunk> = (0..5).map(|n| log(&running, n)).collect();
+    store.append_logs(&logs).await.unwrap();
+    let newest_before = before.iter().map(|job| job.sequence).max().unwrap();
+    store.close().await;
+
+    let reopened = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        reopened.list_jobs(&JobFilter::default()).await.unwrap(),
+        before,
+        "every job comes back as it was, oldest first"
+    );
+    assert_eq!(reopened.read_logs(&running.id, 0, 100).await.unwrap(), logs);
+    // A reconnecting agent re-sends what it sent before the restart: still stored once.
+    reopened.append_logs(&logs[3..]).await.unwrap();
+    assert_eq!(
+        reopened.read_logs(&running.id, 0, 100).await.unwrap().len(),
+        5
+    );
+
+    let after = reopened.insert_job(&job("j-after")).await.unwrap();
+    assert!(
+        after.sequence > newest_before,
+        "sequence {} after reopening must exceed {newest_before}",
+        after.sequence
+    );
+    // The compare-and-set still holds against what the first process wrote.
+    let mut stale = before[1].clone();
+    stale.state = JobState::Succeeded;
+    match reopened.update_job(&stale, JobState::Assigned).await {
+        Err(Error::JobStateConflict { actual, .. }) => assert_eq!(actual, JobState::Running),
+        other => panic!("want JobStateConflict, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_job_updates_from_many_tasks_have_exactly_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("hodei.db"))
+            .await
+            .unwrap(),
+    );
+    for round in 0..5 {
+        let queued = store
+            .insert_job(&job(&format!("contended-{round}")))
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..12)
+            .map(|n| {
+                let store = Arc::clone(&store);
+                let mut assigned = queued.clone();
+                assigned.state = JobState::Assigned;
+                assigned.attempts = 1;
+                assigned.worker_id = Some(WorkerId::new(format!("w-{n}")).unwrap());
+                tokio::spawn(async move {
+                    let result = store.update_job(&assigned, JobState::Queued).await;
+                    (assigned, result)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                (assigned, Ok(())) => winners.push(assigned),
+                (_, Err(Error::JobStateConflict { actual, .. })) => {
+                    assert_eq!(actual, JobState::Assigned)
+                }
+                (_, Err(err)) => panic!("unexpected error: {err}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}");
+        assert_eq!(
+            store.get_job(&queued.id).await.unwrap().unwrap(),
+            winners[0]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_log_appends_and_inserts_all_land() {
+    // Writers on every connection at once: appends take the write lock up front, so none
+    // fails with a busy error, and every chunk is stored once.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(&dir.path().join("hodei.db"))
+            .await
+            .unwrap(),
+    );
+    let target = store.insert_job(&job("logged")).await.unwrap();
+    let tasks: Vec<_> = (0..8u64)
+        .map(|writer| {
+            let store = Arc::clone(&store);
+            let target = target.clone();
+            tokio::spawn(async move {
+                for batch in 0..5u64 {
+                    let first = (writer * 5 + batch) * 10;
+                    let chunks: Vec<LogChunk> =
+                        (first..first + 10).map(|n| log(&target, n)).collect();
+                    store.append_logs(&chunks).await.unwrap();
+                    store
+                        .insert_job(&job(&format!("other-{writer}-{batch}")))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let logs = store.read_logs(&target.id, 0, usize::MAX).await.unwrap();
+    assert_eq!(
+        logs.iter().map(|chunk| chunk.sequence).collect::<Vec<_>>(),
+        (0..400).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        store.list_jobs(&JobFilter::default()).await.unwrap().len(),
+        41
+    );
 }

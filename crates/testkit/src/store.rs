@@ -10,10 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use hodei_core::{
-    PoolSpec, ProviderKind, TransitionError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata,
-    WorkerSpec, WorkerState, WorkerType,
+    Command, Job, JobId, JobSpec, JobState, PoolSpec, Priority, ProviderKind, QueueName,
+    Requirements, SlaClass, TenantName, TransitionError, Worker, WorkerCapabilities, WorkerId,
+    WorkerMetadata, WorkerSpec, WorkerState, WorkerType,
 };
-use hodei_ports::store::{Error, Store, WorkerFilter, WorkerRecord};
+use hodei_ports::store::{
+    Error, JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord,
+};
 
 /// A real, working store that keeps everything in memory; it forgets all on drop.
 ///
@@ -28,6 +31,11 @@ pub struct MemoryStore {
 struct Contents {
     workers: BTreeMap<WorkerId, WorkerRecord>,
     pools: BTreeMap<String, PoolSpec>,
+    jobs: BTreeMap<JobId, Job>,
+    /// The sequence of the newest job ever inserted; the next one gets one more.
+    last_job_sequence: u64,
+    /// Output per job, ordered by (attempt, sequence) as the stores read it back.
+    logs: BTreeMap<JobId, BTreeMap<(u32, u64), LogChunk>>,
 }
 
 impl MemoryStore {
@@ -37,8 +45,9 @@ impl MemoryStore {
     }
 
     fn contents(&self) -> MutexGuard<'_, Contents> {
-        // Every write below is a single map operation, so a panic elsewhere cannot leave the
-        // maps half-updated and the poison flag carries no information.
+        // Every write below checks first and then changes the maps without anything that can
+        // panic in between, so a panic elsewhere cannot leave them half-updated and the poison
+        // flag carries no information.
         self.contents.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -141,6 +150,113 @@ impl Store for MemoryStore {
     async fn delete_pool(&self, name: &str) -> Result<bool, Error> {
         Ok(self.contents().pools.remove(name).is_some())
     }
+
+    async fn insert_job(&self, job: &Job) -> Result<Job, Error> {
+        let mut contents = self.contents();
+        if contents.jobs.contains_key(&job.id) {
+            return Err(Error::JobExists(job.id.clone()));
+        }
+        contents.last_job_sequence += 1;
+        let stored = Job {
+            sequence: contents.last_job_sequence,
+            ..job.clone()
+        };
+        contents.jobs.insert(job.id.clone(), stored.clone());
+        Ok(stored)
+    }
+
+    async fn get_job(&self, id: &JobId) -> Result<Option<Job>, Error> {
+        Ok(self.contents().jobs.get(id).cloned())
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, Error> {
+        let mut jobs: Vec<Job> = self
+            .contents()
+            .jobs
+            .values()
+            .filter(|job| filter.states.is_empty() || filter.states.contains(&job.state))
+            .filter(|job| filter.tenant.as_ref().is_none_or(|t| *t == job.spec.tenant))
+            .filter(|job| filter.queue.as_ref().is_none_or(|q| *q == job.spec.queue))
+            .filter(|job| {
+                filter
+                    .worker_id
+                    .as_ref()
+                    .is_none_or(|w| job.worker_id.as_ref() == Some(w))
+            })
+            .cloned()
+            .collect();
+        jobs.sort_by_key(|job| job.sequence);
+        if let Some(limit) = filter.limit {
+            jobs.reverse();
+            jobs.truncate(limit);
+        }
+        Ok(jobs)
+    }
+
+    async fn update_job(&self, job: &Job, expected: JobState) -> Result<(), Error> {
+        let mut contents = self.contents();
+        let stored = contents
+            .jobs
+            .get_mut(&job.id)
+            .ok_or_else(|| Error::JobNotFound(job.id.clone()))?;
+        if stored.state != expected {
+            return Err(Error::JobStateConflict {
+                job_id: job.id.clone(),
+                expected,
+                actual: stored.state,
+            });
+        }
+        if job.state != expected {
+            expected.transition(job.state)?;
+        }
+        // The sequence is the store's, like the submission order it records.
+        *stored = Job {
+            sequence: stored.sequence,
+            ..job.clone()
+        };
+        Ok(())
+    }
+
+    async fn append_logs(&self, chunks: &[LogChunk]) -> Result<(), Error> {
+        let mut contents = self.contents();
+        // All jobs are checked before anything is written: a batch is stored whole or not at all.
+        if let Some(unknown) = chunks
+            .iter()
+            .find(|chunk| !contents.jobs.contains_key(&chunk.job_id))
+        {
+            return Err(Error::JobNotFound(unknown.job_id.clone()));
+        }
+        for chunk in chunks {
+            contents
+                .logs
+                .entry(chunk.job_id.clone())
+                .or_default()
+                .entry((chunk.attempt, chunk.sequence))
+                .or_insert_with(|| chunk.clone());
+        }
+        Ok(())
+    }
+
+    async fn read_logs(
+        &self,
+        id: &JobId,
+        after: usize,
+        limit: usize,
+    ) -> Result<Vec<LogChunk>, Error> {
+        let contents = self.contents();
+        if !contents.jobs.contains_key(id) {
+            return Err(Error::JobNotFound(id.clone()));
+        }
+        Ok(contents
+            .logs
+            .get(id)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+            .skip(after)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
 }
 
 /// Prefix of every worker id and pool name the contract creates, so that it can run against a
@@ -151,7 +267,7 @@ const PREFIX: &str = "contract-";
 /// violation.
 ///
 /// Call it on a fresh store; it may be called on several stores in one process. It creates
-/// workers and pools whose names start with `contract-` and leaves them behind.
+/// workers, pools and jobs whose names start with `contract-` and leaves them behind.
 pub async fn store_contract(store: &dyn Store) {
     insert_then_get(store).await;
     duplicate_insert_is_refused(store).await;
@@ -165,6 +281,17 @@ pub async fn store_contract(store: &dyn Store) {
     concurrent_transitions_have_one_winner(store).await;
     registration_round_trips(store).await;
     pools_round_trip(store).await;
+    job_fields_round_trip_exactly(store).await;
+    duplicate_job_insert_is_refused(store).await;
+    job_sequences_strictly_increase(store).await;
+    list_jobs_filters_and_orders(store).await;
+    job_updates_replace_the_job(store).await;
+    stale_job_update_is_a_conflict(store).await;
+    job_updates_follow_the_state_machine(store).await;
+    concurrent_job_updates_have_one_winner(store).await;
+    logs_are_ordered_and_stored_once(store).await;
+    many_logs_in_one_call(store).await;
+    logs_of_unknown_jobs_are_not_found(store).await;
 }
 
 fn id(name: &str) -> WorkerId {
@@ -740,4 +867,872 @@ async fn pools_round_trip(store: &dyn Store) {
         "deleting an unknown pool returns false"
     );
     assert_eq!(contract_pools(store).await, [c, b], "the others remain");
+}
+
+fn job_id(name: &str) -> JobId {
+    match JobId::new(format!("{PREFIX}{name}")) {
+        Ok(id) => id,
+        Err(err) => panic!("contract bug: bad job id {name:?}: {err}"),
+    }
+}
+
+fn tenant(name: &str) -> TenantName {
+    match TenantName::new(format!("{PREFIX}{name}")) {
+        Ok(tenant) => tenant,
+        Err(err) => panic!("contract bug: bad tenant {name:?}: {err}"),
+    }
+}
+
+fn queue(name: &str) -> QueueName {
+    match QueueName::new(format!("{PREFIX}{name}")) {
+        Ok(queue) => queue,
+        Err(err) => panic!("contract bug: bad queue {name:?}: {err}"),
+    }
+}
+
+fn priority(value: i32) -> Priority {
+    match Priority::new(value) {
+        Ok(priority) => priority,
+        Err(err) => panic!("contract bug: bad priority {value}: {err}"),
+    }
+}
+
+/// An instant with a non-zero nanosecond part: a job must come back exactly as it went in, so
+/// a store that rounds its timestamps fails here.
+fn job_time(offset_ms: u64) -> SystemTime {
+    UNIX_EPOCH
+        + Duration::from_millis(1_700_000_200_000 + offset_ms)
+        + Duration::from_nanos(123_457)
+}
+
+/// A queued job with default fields, in tenant `contract-default-tenant`.
+fn plain_job(name: &str) -> Job {
+    let spec = JobSpec {
+        tenant: tenant("default-tenant"),
+        ..JobSpec::new(Command::Argv(vec!["true".to_owned()]))
+    };
+    match Job::new(job_id(name), spec, 0, job_time(0)) {
+        Ok(job) => job,
+        Err(err) => panic!("contract bug: invalid job {name}: {err}"),
+    }
+}
+
+/// A job with every field set to something that would show if a store lost, rounded or
+/// reordered it.
+fn rich_job(name: &str, command: Command) -> Job {
+    Job {
+        id: job_id(name),
+        spec: JobSpec {
+            tenant: tenant("rich-tenant"),
+            queue: queue("rich-queue"),
+            command,
+            env: [
+                ("PATH".to_owned(), "/usr/local/bin:/usr/bin".to_owned()),
+                ("EMPTY".to_owned(), String::new()),
+                (
+                    "QUOTED".to_owned(),
+                    "équipe ☃ \"ci\" 'x' \\n $HOME".to_owned(),
+                ),
+            ]
+            .into(),
+            working_dir: Some("build/out dir".to_owned()),
+            requirements: Requirements {
+                cpu_cores: 12,
+                memory_mb: 24_576,
+                labels: [
+                    ("os".to_owned(), "linux".to_owned()),
+                    ("team.example.com/owner".to_owned(), "ci ☃".to_owned()),
+                ]
+                .into(),
+                features: ["docker".to_owned(), "gpu".to_owned()].into(),
+            },
+            priority: priority(-17),
+            timeout: Some(Duration::new(5_400, 250_000_001)),
+            max_retries: 3,
+            sla_class: SlaClass::BestEffort,
+        },
+        state: JobState::Running,
+        attempts: 2,
+        worker_id: Some(id("rich-worker")),
+        exit_code: Some(-9),
+        reason: Some("exited with code 137 on attempt 1, retry 1 of 3".to_owned()),
+        submitted_at: job_time(1),
+        started_at: Some(job_time(2)),
+        finished_at: Some(job_time(3)),
+        // The store assigns the sequence; this one must be ignored.
+        sequence: u64::MAX,
+    }
+}
+
+async fn insert_job(store: &dyn Store, job: &Job) -> Job {
+    match store.insert_job(job).await {
+        Ok(stored) => {
+            assert_eq!(
+                Job {
+                    sequence: job.sequence,
+                    ..stored.clone()
+                },
+                *job,
+                "insert_job must return the job it was given, but for the sequence"
+            );
+            stored
+        }
+        Err(err) => panic!("insert_job({}) failed: {err}", job.id),
+    }
+}
+
+async fn get_job(store: &dyn Store, id: &JobId) -> Option<Job> {
+    match store.get_job(id).await {
+        Ok(job) => job,
+        Err(err) => panic!("get_job({id}) failed: {err}"),
+    }
+}
+
+async fn get_existing_job(store: &dyn Store, id: &JobId) -> Job {
+    match get_job(store, id).await {
+        Some(job) => job,
+        None => panic!("get_job({id}) returned none for a job that was inserted"),
+    }
+}
+
+async fn list_jobs(store: &dyn Store, filter: &JobFilter) -> Vec<Job> {
+    match store.list_jobs(filter).await {
+        Ok(jobs) => jobs,
+        Err(err) => panic!("list_jobs({filter:?}) failed: {err}"),
+    }
+}
+
+async fn update_job(store: &dyn Store, job: &Job, expected: JobState) {
+    if let Err(err) = store.update_job(job, expected).await {
+        panic!(
+            "update_job({}, {expected} -> {}) failed: {err}",
+            job.id, job.state
+        );
+    }
+}
+
+/// Inserts a job and moves it to `state` through legal updates, so that the contract does not
+/// depend on inserting jobs in arbitrary states.
+async fn job_in_state(store: &dyn Store, job: Job, state: JobState) -> Job {
+    let mut job = insert_job(
+        store,
+        &Job {
+            state: JobState::Queued,
+            ..job
+        },
+    )
+    .await;
+    let path: &[JobState] = match state {
+        JobState::Queued => &[],
+        JobState::Assigned => &[JobState::Assigned],
+        JobState::Running => &[JobState::Assigned, JobState::Running],
+        JobState::Succeeded | JobState::TimedOut => &[JobState::Assigned, JobState::Running, state],
+        JobState::Failed => &[JobState::Assigned, JobState::Failed],
+        JobState::Cancelled | JobState::DeadLettered => &[state],
+    };
+    for &to in path {
+        let from = job.state;
+        job.state = to;
+        update_job(store, &job, from).await;
+    }
+    job
+}
+
+fn job_ids(jobs: &[Job]) -> Vec<String> {
+    jobs.iter()
+        .map(|job| job.id.as_str().to_owned())
+        .filter(|id| id.starts_with(PREFIX))
+        .map(|id| id[PREFIX.len()..].to_owned())
+        .collect()
+}
+
+async fn job_fields_round_trip_exactly(store: &dyn Store) {
+    let argv = rich_job(
+        "job-argv",
+        Command::Argv(vec![
+            "/usr/bin/env".to_owned(),
+            "--flag=with spaces".to_owned(),
+            String::new(),
+            "ünïcødé ☃".to_owned(),
+        ]),
+    );
+    let script = Job {
+        worker_id: None,
+        exit_code: None,
+        reason: None,
+        started_at: None,
+        finished_at: None,
+        state: JobState::Queued,
+        attempts: 0,
+        sequence: 0,
+        spec: JobSpec {
+            timeout: None,
+            working_dir: None,
+            priority: Priority::MAX,
+            sla_class: SlaClass::Critical,
+            ..rich_job(
+                "job-script",
+                Command::Script("set -eu\nmake test\n".to_owned()),
+            )
+            .spec
+        },
+        ..rich_job("job-script", Command::Script(String::new()))
+    };
+    for job in [argv, script] {
+        let inserted = insert_job(store, &job).await;
+        assert_ne!(
+            inserted.sequence, job.sequence,
+            "insert_job must assign the sequence, not keep the caller's"
+        );
+        let read = get_existing_job(store, &job.id).await;
+        assert_eq!(read, inserted, "every job field must round-trip");
+        assert_eq!(read.spec, job.spec, "the spec must round-trip");
+        assert_eq!(read.submitted_at, job.submitted_at, "timestamps are exact");
+    }
+    assert_eq!(get_job(store, &job_id("job-never-inserted")).await, None);
+}
+
+async fn duplicate_job_insert_is_refused(store: &dyn Store) {
+    let job = plain_job("job-duplicate");
+    let first = insert_job(store, &job).await;
+    let other = rich_job("job-duplicate", Command::Script("echo other".to_owned()));
+    match store.insert_job(&other).await {
+        Err(Error::JobExists(existing)) => assert_eq!(existing, job.id),
+        other => panic!("second insert of {}: want JobExists, got {other:?}", job.id),
+    }
+    // Also when the job has moved on since.
+    let mut moved = first.clone();
+    moved.state = JobState::Cancelled;
+    update_job(store, &moved, JobState::Queued).await;
+    match store.insert_job(&job).await {
+        Err(Error::JobExists(existing)) => assert_eq!(existing, job.id),
+        other => panic!(
+            "insert over a cancelled {}: want JobExists, got {other:?}",
+            job.id
+        ),
+    }
+    assert_eq!(
+        get_existing_job(store, &job.id).await,
+        moved,
+        "a refused insert must not touch the existing job"
+    );
+}
+
+async fn job_sequences_strictly_increase(store: &dyn Store) {
+    let mut previous = 0;
+    for n in 0..10 {
+        // Caller sequences that go down: they must not matter.
+        let job = Job {
+            sequence: 1_000 - n,
+            ..plain_job(&format!("job-seq-{n}"))
+        };
+        let stored = insert_job(store, &job).await;
+        assert!(
+            stored.sequence > previous,
+            "sequence must strictly increase: {} after {previous}",
+            stored.sequence
+        );
+        assert_eq!(
+            get_existing_job(store, &job.id).await.sequence,
+            stored.sequence
+        );
+        previous = stored.sequence;
+    }
+    let concurrent: Vec<Job> = (0..16)
+        .map(|n| plain_job(&format!("job-seq-concurrent-{n}")))
+        .collect();
+    let results =
+        futures::future::join_all(concurrent.iter().map(|job| store.insert_job(job))).await;
+    let mut sequences = BTreeSet::new();
+    for result in results {
+        match result {
+            Ok(job) => {
+                assert!(
+                    job.sequence > previous,
+                    "concurrent insert got sequence {} after {previous}",
+                    job.sequence
+                );
+                sequences.insert(job.sequence);
+            }
+            Err(err) => panic!("concurrent insert_job failed: {err}"),
+        }
+    }
+    assert_eq!(
+        sequences.len(),
+        16,
+        "concurrent inserts must get distinct sequences"
+    );
+}
+
+async fn list_jobs_filters_and_orders(store: &dyn Store) {
+    use JobState::*;
+    let (t1, t2) = (tenant("list-t1"), tenant("list-t2"));
+    let (q1, q2) = (queue("list-q1"), queue("list-q2"));
+    let (w1, w2) = (id("list-w1"), id("list-w2"));
+    // (name, tenant, queue, state, worker), in insertion (so sequence) order.
+    let jobs = [
+        ("list-a", &t1, &q1, Queued, None),
+        ("list-b", &t1, &q2, Running, Some(&w1)),
+        ("list-c", &t2, &q1, Assigned, Some(&w2)),
+        ("list-d", &t1, &q1, Succeeded, Some(&w1)),
+        ("list-e", &t2, &q2, Queued, None),
+        ("list-f", &t1, &q1, Cancelled, None),
+        ("list-g", &t1, &q2, Assigned, Some(&w1)),
+    ];
+    let mut sequences = Vec::new();
+    for (name, tenant, queue, state, worker) in jobs {
+        let mut job = plain_job(name);
+        job.spec.tenant = tenant.clone();
+        job.spec.queue = queue.clone();
+        let mut job = job_in_state(store, job, Queued).await;
+        if let Some(worker) = worker {
+            // Set on assignment, as the scheduler does: the filter must follow updates.
+            job.worker_id = Some(worker.clone());
+            job.attempts = 1;
+            job.state = Assigned;
+            update_job(store, &job, Queued).await;
+        }
+        if state != job.state {
+            let from = job.state;
+            if from == Assigned && state == Succeeded {
+                job.state = Running;
+                update_job(store, &job, Assigned).await;
+                job.state = Succeeded;
+                update_job(store, &job, Running).await;
+            } else {
+                job.state = state;
+                update_job(store, &job, from).await;
+            }
+        }
+        assert_eq!(get_existing_job(store, &job.id).await, job);
+        sequences.push(job.sequence);
+    }
+    assert!(sequences.windows(2).all(|pair| pair[0] < pair[1]));
+
+    let filter = |tenant: Option<&TenantName>, states: &[JobState]| JobFilter {
+        states: states.to_vec(),
+        tenant: tenant.cloned(),
+        ..JobFilter::default()
+    };
+    let assert_ascending = |what: &str, jobs: &[Job]| {
+        assert!(
+            jobs.windows(2)
+                .all(|pair| pair[0].sequence < pair[1].sequence),
+            "{what}: without a limit jobs come oldest first, got {:?}",
+            job_ids(jobs)
+        );
+    };
+
+    let cases: Vec<(&str, JobFilter, Vec<&str>)> = vec![
+        (
+            "tenant t1",
+            filter(Some(&t1), &[]),
+            vec!["list-a", "list-b", "list-d", "list-f", "list-g"],
+        ),
+        (
+            "tenant t2",
+            filter(Some(&t2), &[]),
+            vec!["list-c", "list-e"],
+        ),
+        (
+            "tenant t1, unfinished",
+            JobFilter {
+                tenant: Some(t1.clone()),
+                ..JobFilter::unfinished()
+            },
+            vec!["list-a", "list-b", "list-g"],
+        ),
+        (
+            "tenant t1, one state",
+            filter(Some(&t1), &[Assigned]),
+            vec!["list-g"],
+        ),
+        (
+            "tenant t1, states repeated",
+            filter(Some(&t1), &[Succeeded, Queued, Succeeded]),
+            vec!["list-a", "list-d"],
+        ),
+        (
+            "queue q1",
+            JobFilter {
+                queue: Some(q1.clone()),
+                ..JobFilter::default()
+            },
+            vec!["list-a", "list-c", "list-d", "list-f"],
+        ),
+        (
+            "worker w1",
+            JobFilter {
+                worker_id: Some(w1.clone()),
+                ..JobFilter::default()
+            },
+            vec!["list-b", "list-d", "list-g"],
+        ),
+        (
+            "worker w1, running or assigned",
+            JobFilter {
+                worker_id: Some(w1.clone()),
+                states: vec![Running, Assigned],
+                ..JobFilter::default()
+            },
+            vec!["list-b", "list-g"],
+        ),
+        (
+            "tenant t1, queue q2, worker w1",
+            JobFilter {
+                tenant: Some(t1.clone()),
+                queue: Some(q2.clone()),
+                worker_id: Some(w1.clone()),
+                ..JobFilter::default()
+            },
+            vec!["list-b", "list-g"],
+        ),
+        (
+            "tenant t2, queue q1, queued",
+            JobFilter {
+                tenant: Some(t2.clone()),
+                queue: Some(q1.clone()),
+                states: vec![Queued],
+                ..JobFilter::default()
+            },
+            vec![],
+        ),
+        (
+            "unknown tenant",
+            filter(Some(&tenant("list-none")), &[]),
+            vec![],
+        ),
+        (
+            "unknown worker",
+            JobFilter {
+                worker_id: Some(id("list-none")),
+                ..JobFilter::default()
+            },
+            vec![],
+        ),
+        (
+            "tenant t1, newest 2",
+            JobFilter {
+                limit: Some(2),
+                ..filter(Some(&t1), &[])
+            },
+            vec!["list-g", "list-f"],
+        ),
+        (
+            "tenant t1, queued or succeeded, newest 1",
+            JobFilter {
+                limit: Some(1),
+                ..filter(Some(&t1), &[Queued, Succeeded])
+            },
+            vec!["list-d"],
+        ),
+        (
+            "tenant t1, more than there are",
+            JobFilter {
+                limit: Some(100),
+                ..filter(Some(&t1), &[])
+            },
+            vec!["list-g", "list-f", "list-d", "list-b", "list-a"],
+        ),
+        (
+            "tenant t1, limit 0",
+            JobFilter {
+                limit: Some(0),
+                ..filter(Some(&t1), &[])
+            },
+            vec![],
+        ),
+    ];
+    for (what, filter, want) in cases {
+        let listed = list_jobs(store, &filter).await;
+        assert_eq!(job_ids(&listed), want, "list_jobs: {what}");
+        assert_eq!(
+            listed.len(),
+            want.len(),
+            "list_jobs: {what}: other jobs listed"
+        );
+        if filter.limit.is_none() {
+            assert_ascending(what, &listed);
+        }
+        for job in &listed {
+            assert_eq!(
+                Some(job),
+                get_job(store, &job.id).await.as_ref(),
+                "{what}: a listed job must equal the one get_job returns"
+            );
+        }
+    }
+
+    // Without tenant or queue the filters still apply to whatever else the store holds.
+    let all = list_jobs(store, &JobFilter::default()).await;
+    assert_ascending("all", &all);
+    let unfinished = list_jobs(store, &JobFilter::unfinished()).await;
+    assert_ascending("unfinished", &unfinished);
+    assert!(
+        unfinished.iter().all(|job| !job.state.is_terminal()),
+        "unfinished must leave out finished jobs"
+    );
+    assert_eq!(
+        unfinished.len(),
+        all.iter().filter(|job| !job.state.is_terminal()).count(),
+        "unfinished must list every unfinished job"
+    );
+    let newest = list_jobs(
+        store,
+        &JobFilter {
+            limit: Some(3),
+            ..JobFilter::default()
+        },
+    )
+    .await;
+    let want: Vec<Job> = all.iter().rev().take(3).cloned().collect();
+    assert_eq!(
+        newest, want,
+        "limit 3 lists the three newest jobs, newest first"
+    );
+}
+
+async fn job_updates_replace_the_job(store: &dyn Store) {
+    let mut job = insert_job(store, &plain_job("job-update")).await;
+    let sequence = job.sequence;
+    type Change = fn(&mut Job);
+    let steps: [(JobState, Change); 4] = [
+        (JobState::Assigned, |job| {
+            job.attempts = 1;
+            job.worker_id = Some(id("update-worker"));
+        }),
+        (JobState::Running, |job| {
+            job.started_at = Some(job_time(10));
+        }),
+        // Equal states are allowed: a running job may be updated in place.
+        (JobState::Running, |job| {
+            job.reason = Some("still running".to_owned());
+            job.spec.env.insert("ADDED".to_owned(), "late".to_owned());
+        }),
+        (JobState::Succeeded, |job| {
+            job.exit_code = Some(0);
+            job.reason = None;
+            job.finished_at = Some(job_time(20));
+        }),
+    ];
+    for (to, change) in steps {
+        let from = job.state;
+        job.state = to;
+        change(&mut job);
+        update_job(store, &job, from).await;
+        assert_eq!(
+            get_existing_job(store, &job.id).await,
+            job,
+            "{from} -> {to}: update_job must store the job it was given"
+        );
+    }
+
+    // The sequence is the store's: an update carrying another one does not move the job.
+    let mut renumbered = job.clone();
+    renumbered.sequence = sequence + 1_000_000;
+    renumbered.reason = Some("renumbered".to_owned());
+    update_job(store, &renumbered, JobState::Succeeded).await;
+    let stored = get_existing_job(store, &job.id).await;
+    assert_eq!(
+        stored.sequence, sequence,
+        "update_job must keep the stored sequence"
+    );
+    assert_eq!(stored.reason.as_deref(), Some("renumbered"));
+
+    let unknown = plain_job("job-update-unknown");
+    match store.update_job(&unknown, JobState::Queued).await {
+        Err(Error::JobNotFound(got)) => assert_eq!(got, unknown.id),
+        other => panic!("update of unknown job: want JobNotFound, got {other:?}"),
+    }
+    assert_eq!(
+        get_job(store, &unknown.id).await,
+        None,
+        "update_job must not create"
+    );
+}
+
+async fn stale_job_update_is_a_conflict(store: &dyn Store) {
+    let job = job_in_state(store, plain_job("job-stale"), JobState::Assigned).await;
+    let before = get_existing_job(store, &job.id).await;
+    // (expected, new state): the first is legal from `expected`, the second is not, and the
+    // conflict is reported either way.
+    for (expected, to) in [
+        (JobState::Queued, JobState::Assigned),
+        (JobState::Queued, JobState::Succeeded),
+        (JobState::Running, JobState::Succeeded),
+        (JobState::Succeeded, JobState::Succeeded),
+    ] {
+        let stale = Job {
+            state: to,
+            reason: Some("stale write".to_owned()),
+            ..job.clone()
+        };
+        match store.update_job(&stale, expected).await {
+            Err(Error::JobStateConflict {
+                job_id,
+                expected: got_expected,
+                actual,
+            }) => {
+                assert_eq!(job_id, job.id);
+                assert_eq!(got_expected, expected);
+                assert_eq!(
+                    actual,
+                    JobState::Assigned,
+                    "the conflict names the stored state"
+                );
+            }
+            other => panic!(
+                "update expecting {expected} of an assigned job: want JobStateConflict, got {other:?}"
+            ),
+        }
+        assert_eq!(
+            get_existing_job(store, &job.id).await,
+            before,
+            "a refused update must leave the job exactly as it was"
+        );
+    }
+}
+
+async fn job_updates_follow_the_state_machine(store: &dyn Store) {
+    for from in JobState::ALL {
+        for to in JobState::ALL {
+            let name = format!("job-machine-{from}-{to}");
+            let current = job_in_state(store, plain_job(&name), from).await;
+            let wanted = Job {
+                state: to,
+                reason: Some(format!("{from} -> {to}")),
+                ..current.clone()
+            };
+            let result = store.update_job(&wanted, from).await;
+            let stored = get_existing_job(store, &current.id).await;
+            match (from == to || from.can_transition_to(to), result) {
+                (true, Ok(())) => assert_eq!(stored, wanted, "{from} -> {to}: stored job"),
+                (false, Err(Error::IllegalJobTransition(err))) => {
+                    assert_eq!((err.from, err.to), (from, to), "{from} -> {to}");
+                    assert_eq!(stored, current, "{from} -> {to}: refused, job unchanged");
+                }
+                (legal, got) => {
+                    panic!("{from} -> {to}: core says legal = {legal}, store says {got:?}")
+                }
+            }
+        }
+    }
+}
+
+async fn concurrent_job_updates_have_one_winner(store: &dyn Store) {
+    let job = insert_job(store, &plain_job("job-race")).await;
+    // Sixteen dispatchers read the job as queued and each assign it to its own worker.
+    let attempts: Vec<Job> = (0..16)
+        .map(|n| Job {
+            state: JobState::Assigned,
+            attempts: 1,
+            worker_id: Some(id(&format!("race-worker-{n}"))),
+            ..job.clone()
+        })
+        .collect();
+    let results = futures::future::join_all(
+        attempts
+            .iter()
+            .map(|attempt| store.update_job(attempt, JobState::Queued)),
+    )
+    .await;
+    let mut winners = Vec::new();
+    for (attempt, result) in attempts.iter().zip(results) {
+        match result {
+            Ok(()) => winners.push(attempt),
+            Err(Error::JobStateConflict {
+                expected, actual, ..
+            }) => assert_eq!(
+                (expected, actual),
+                (JobState::Queued, JobState::Assigned),
+                "a loser must see the winner's state"
+            ),
+            Err(err) => panic!("concurrent queued -> assigned: unexpected error {err}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one of many concurrent queued -> assigned may win"
+    );
+    assert_eq!(
+        get_existing_job(store, &job.id).await,
+        *winners[0],
+        "the stored job is the winner's"
+    );
+}
+
+fn chunk(job: &Job, attempt: u32, sequence: u64, stream: LogStream, data: &[u8]) -> LogChunk {
+    LogChunk {
+        job_id: job.id.clone(),
+        attempt,
+        sequence,
+        stream,
+        data: data.to_vec(),
+    }
+}
+
+async fn append_logs(store: &dyn Store, chunks: &[LogChunk]) {
+    if let Err(err) = store.append_logs(chunks).await {
+        panic!("append_logs({} chunks) failed: {err}", chunks.len());
+    }
+}
+
+async fn read_logs(store: &dyn Store, id: &JobId, after: usize, limit: usize) -> Vec<LogChunk> {
+    match store.read_logs(id, after, limit).await {
+        Ok(chunks) => chunks,
+        Err(err) => panic!("read_logs({id}, {after}, {limit}) failed: {err}"),
+    }
+}
+
+fn keys(chunks: &[LogChunk]) -> Vec<(u32, u64)> {
+    chunks
+        .iter()
+        .map(|chunk| (chunk.attempt, chunk.sequence))
+        .collect()
+}
+
+async fn logs_are_ordered_and_stored_once(store: &dyn Store) {
+    use LogStream::{Stderr, Stdout};
+    let job = insert_job(store, &plain_job("logs")).await;
+    let other = insert_job(store, &plain_job("logs-other")).await;
+    assert_eq!(
+        read_logs(store, &job.id, 0, 100).await,
+        [],
+        "a job without output has no logs"
+    );
+    append_logs(store, &[]).await;
+
+    // Out of order, across attempts, with bytes that are not text, and interleaved with
+    // another job's output in the same call.
+    let first = [
+        chunk(&job, 2, 0, Stdout, b"second attempt\n"),
+        chunk(&job, 1, 1, Stderr, b"\xff\xfe not utf-8 \0 nul\n"),
+        chunk(&other, 1, 0, Stdout, b"other job\n"),
+        chunk(&job, 1, 0, Stdout, b"first line\n"),
+        chunk(&job, 1, 3, Stdout, b""),
+        // A duplicate inside one call: the first one is kept.
+        chunk(&job, 1, 0, Stdout, b"duplicate in the same call\n"),
+    ];
+    append_logs(store, &first).await;
+    // Re-sent after a reconnect, with a chunk that changed in transit and a new one.
+    let resent = [
+        chunk(&job, 1, 1, Stdout, b"changed when resent\n"),
+        chunk(&job, 1, 2, Stdout, b"third line\n"),
+        chunk(&job, 2, 0, Stdout, b"second attempt\n"),
+    ];
+    append_logs(store, &resent).await;
+
+    let want = vec![
+        first[3].clone(),
+        first[1].clone(),
+        resent[1].clone(),
+        first[4].clone(),
+        first[0].clone(),
+    ];
+    let all = read_logs(store, &job.id, 0, 100).await;
+    assert_eq!(
+        keys(&all),
+        [(1, 0), (1, 1), (1, 2), (1, 3), (2, 0)],
+        "logs are read in (attempt, sequence) order, each chunk once"
+    );
+    assert_eq!(all, want, "the first copy of a chunk is the one kept");
+    assert_eq!(
+        read_logs(store, &other.id, 0, 100).await,
+        [first[2].clone()],
+        "a job reads only its own output"
+    );
+
+    // Paging: `after` counts chunks already read, `limit` bounds the page.
+    for (after, limit, want_keys) in [
+        (0, 2, vec![(1, 0), (1, 1)]),
+        (2, 2, vec![(1, 2), (1, 3)]),
+        (4, 2, vec![(2, 0)]),
+        (5, 2, vec![]),
+        (500, 2, vec![]),
+        (1, 0, vec![]),
+        (3, usize::MAX, vec![(1, 3), (2, 0)]),
+        (0, usize::MAX, keys(&want)),
+    ] {
+        assert_eq!(
+            keys(&read_logs(store, &job.id, after, limit).await),
+            want_keys,
+            "read_logs(after {after}, limit {limit})"
+        );
+    }
+    let mut paged = Vec::new();
+    loop {
+        let page = read_logs(store, &job.id, paged.len(), 2).await;
+        if page.is_empty() {
+            break;
+        }
+        paged.extend(page);
+    }
+    assert_eq!(paged, want, "reading page by page gives the whole output");
+}
+
+async fn many_logs_in_one_call(store: &dyn Store) {
+    let job = insert_job(store, &plain_job("logs-many")).await;
+    // Enough chunks that a store writing in batches has full batches and a remainder, each
+    // sent twice in the same call, newest first.
+    let chunks: Vec<LogChunk> = (0..203u64)
+        .rev()
+        .map(|n| {
+            let stream = if n % 3 == 0 {
+                LogStream::Stderr
+            } else {
+                LogStream::Stdout
+            };
+            chunk(&job, 1, n, stream, format!("line {n}\n").as_bytes())
+        })
+        .collect();
+    let twice: Vec<LogChunk> = chunks.iter().chain(&chunks).cloned().collect();
+    append_logs(store, &twice).await;
+    append_logs(store, &chunks[..50]).await;
+    let all = read_logs(store, &job.id, 0, usize::MAX).await;
+    let mut want = chunks;
+    want.reverse();
+    assert_eq!(all, want, "every chunk once, in sequence order");
+    assert_eq!(
+        read_logs(store, &job.id, 200, 10).await,
+        want[200..],
+        "the tail of many chunks"
+    );
+}
+
+async fn logs_of_unknown_jobs_are_not_found(store: &dyn Store) {
+    let known = insert_job(store, &plain_job("logs-known")).await;
+    let unknown = plain_job("logs-unknown");
+    match store
+        .append_logs(&[chunk(&unknown, 1, 0, LogStream::Stdout, b"lost\n")])
+        .await
+    {
+        Err(Error::JobNotFound(got)) => assert_eq!(got, unknown.id),
+        other => panic!("append_logs of an unknown job: want JobNotFound, got {other:?}"),
+    }
+    // A call naming an unknown job stores nothing, not even the known job's chunks.
+    match store
+        .append_logs(&[
+            chunk(&known, 1, 0, LogStream::Stdout, b"known\n"),
+            chunk(&unknown, 1, 0, LogStream::Stdout, b"lost\n"),
+        ])
+        .await
+    {
+        Err(Error::JobNotFound(got)) => assert_eq!(got, unknown.id),
+        other => panic!("append_logs naming an unknown job: want JobNotFound, got {other:?}"),
+    }
+    assert_eq!(
+        read_logs(store, &known.id, 0, 100).await,
+        [],
+        "a refused append_logs must store nothing"
+    );
+    match store.read_logs(&unknown.id, 0, 100).await {
+        Err(Error::JobNotFound(got)) => assert_eq!(got, unknown.id),
+        other => panic!("read_logs of an unknown job: want JobNotFound, got {other:?}"),
+    }
+    assert_eq!(
+        get_job(store, &unknown.id).await,
+        None,
+        "append_logs must not create a job"
+    );
 }

@@ -1,0 +1,403 @@
+//! Jobs and their output in SQLite: the queries behind the job half of
+//! [`SqliteStore`](crate::SqliteStore), kept apart from the worker half.
+//!
+//! State changes are compare-and-set `UPDATE`s (`... WHERE id = ? AND state = ?`), so of two
+//! writers that both read a job as queued, only one moves it. Output is appended in one
+//! transaction per call, and a chunk re-sent after a reconnect is ignored by its primary key.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+use hodei_core::{Job, JobId, JobState};
+use hodei_ports::store::{Error, JobFilter, LogChunk, LogStream};
+use sqlx::error::ErrorKind;
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+
+use crate::sqlite::{MAX_TRANSITION_ATTEMPTS, map_sqlx_error, millis_since_epoch};
+
+/// `(sequence, id, state, job_json)`, in that order in every `SELECT`.
+type JobRow = (i64, String, String, String);
+
+/// `(attempt, sequence, stream, data)`.
+type LogRow = (i64, i64, String, Vec<u8>);
+
+/// Rows per multi-row `INSERT` of log chunks, largest first. One statement per chunk would cost
+/// a round trip to the connection's thread each; a few fixed sizes keep the number of distinct
+/// statements (each prepared once per connection and cached) small, and write any batch in at
+/// most one statement per size beyond the full batches of the largest.
+const LOG_BATCH_SIZES: [usize; 6] = [32, 16, 8, 4, 2, 1];
+
+/// The `INSERT OR IGNORE` for each of [`LOG_BATCH_SIZES`], built on first use.
+static LOG_INSERTS: [OnceLock<String>; LOG_BATCH_SIZES.len()] =
+    [const { OnceLock::new() }; LOG_BATCH_SIZES.len()];
+
+pub(crate) async fn insert_job(pool: &SqlitePool, job: &Job) -> Result<Job, Error> {
+    let job_json = encode_job(job)?;
+    let now = millis_since_epoch(SystemTime::now());
+    let sequence: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs \
+         (id, state, tenant, queue, worker_id, job_json, created_at_ms, updated_at_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+         RETURNING sequence",
+    )
+    .bind(job.id.as_str())
+    .bind(job.state.as_str())
+    .bind(job.spec.tenant.as_str())
+    .bind(job.spec.queue.as_str())
+    .bind(job.worker_id.as_ref().map(|id| id.as_str()))
+    .bind(job_json)
+    .bind(now)
+    .fetch_one(pool)
+    .await
+    .map_err(|err| match &err {
+        sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => {
+            Error::JobExists(job.id.clone())
+        }
+        _ => map_sqlx_error(err),
+    })?;
+    let mut stored = job.clone();
+    stored.sequence = decode_sequence(&job.id, sequence)?;
+    Ok(stored)
+}
+
+pub(crate) async fn get_job(pool: &SqlitePool, id: &JobId) -> Result<Option<Job>, Error> {
+    sqlx::query_as::<_, JobRow>("SELECT sequence, id, state, job_json FROM jobs WHERE id = ?1")
+        .bind(id.as_str())
+        .fetch_optional(pool)
+        .await
+        .map_err(map_sqlx_error)?
+        .map(decode_job)
+        .transpose()
+}
+
+pub(crate) async fn list_jobs(pool: &SqlitePool, filter: &JobFilter) -> Result<Vec<Job>, Error> {
+    // The SQL text depends on which filters are set; each variant is prepared once per
+    // connection and cached. States are listed in a fixed order without repeats so that equal
+    // filters give equal text.
+    let mut query =
+        QueryBuilder::<Sqlite>::new("SELECT sequence, id, state, job_json FROM jobs WHERE 1 = 1");
+    if !filter.states.is_empty() {
+        query.push(" AND state IN (");
+        let mut states = query.separated(", ");
+        for state in JobState::ALL
+            .into_iter()
+            .filter(|state| filter.states.contains(state))
+        {
+            states.push_bind(state.as_str());
+        }
+        query.push(")");
+    }
+    if let Some(tenant) = &filter.tenant {
+        query.push(" AND tenant = ").push_bind(tenant.as_str());
+    }
+    if let Some(queue) = &filter.queue {
+        query.push(" AND queue = ").push_bind(queue.as_str());
+    }
+    if let Some(worker_id) = &filter.worker_id {
+        query
+            .push(" AND worker_id = ")
+            .push_bind(worker_id.as_str());
+    }
+    match filter.limit {
+        None => {
+            query.push(" ORDER BY sequence");
+        }
+        Some(limit) => {
+            query
+                .push(" ORDER BY sequence DESC LIMIT ")
+                .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+    }
+    query
+        .build_query_as::<JobRow>()
+        .fetch_all(pool)
+        .await
+        .map_err(map_sqlx_error)?
+        .into_iter()
+        .map(decode_job)
+        .collect()
+}
+
+pub(crate) async fn update_job(
+    pool: &SqlitePool,
+    job: &Job,
+    expected: JobState,
+) -> Result<(), Error> {
+    if job.state != expected
+        && let Err(illegal) = expected.transition(job.state)
+    {
+        // Nothing will be written, but a job that is gone or moved on is reported as such
+        // first, as a successful compare would have.
+        return match stored_state(pool, &job.id).await? {
+            None => Err(Error::JobNotFound(job.id.clone())),
+            Some(actual) if actual != expected => Err(conflict(job, expected, actual)),
+            Some(_) => Err(Error::IllegalJobTransition(illegal)),
+        };
+    }
+    let job_json = encode_job(job)?;
+    for _ in 0..MAX_TRANSITION_ATTEMPTS {
+        // The stored sequence is kept: it is the store's, like the submission order it records.
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = ?1, tenant = ?2, queue = ?3, worker_id = ?4, \
+             job_json = ?5, updated_at_ms = ?6 \
+             WHERE id = ?7 AND state = ?8",
+        )
+        .bind(job.state.as_str())
+        .bind(job.spec.tenant.as_str())
+        .bind(job.spec.queue.as_str())
+        .bind(job.worker_id.as_ref().map(|id| id.as_str()))
+        .bind(&job_json)
+        .bind(millis_since_epoch(SystemTime::now()))
+        .bind(job.id.as_str())
+        .bind(expected.as_str())
+        .execute(pool)
+        .await
+        .map_err(map_sqlx_error)?;
+        if updated.rows_affected() > 0 {
+            return Ok(());
+        }
+        match stored_state(pool, &job.id).await? {
+            None => return Err(Error::JobNotFound(job.id.clone())),
+            Some(actual) if actual != expected => return Err(conflict(job, expected, actual)),
+            // Moved away and back between the two statements: compare again.
+            Some(_) => {}
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "job {} kept changing under concurrent updates",
+        job.id
+    )))
+}
+
+pub(crate) async fn append_logs(pool: &SqlitePool, chunks: &[LogChunk]) -> Result<(), Error> {
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    // IMMEDIATE takes the write lock up front: a deferred transaction that reads first could
+    // find its snapshot stale when it comes to write and fail with SQLITE_BUSY at once, with
+    // no busy timeout to wait it out. Returning early drops the transaction, rolling it back,
+    // so a batch is stored whole or not at all.
+    let mut transaction = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(map_sqlx_error)?;
+    let mut known: HashSet<&JobId> = HashSet::new();
+    for chunk in chunks {
+        if known.insert(&chunk.job_id) && !job_exists(&mut *transaction, &chunk.job_id).await? {
+            return Err(Error::JobNotFound(chunk.job_id.clone()));
+        }
+    }
+    let rows = chunks
+        .iter()
+        .map(LogValues::new)
+        .collect::<Result<Vec<_>, Error>>()?;
+    let mut rest = rows.as_slice();
+    for (size, sql) in LOG_BATCH_SIZES.iter().zip(&LOG_INSERTS) {
+        let sql = sql.get_or_init(|| batch_insert_sql(*size));
+        while let Some((batch, tail)) = rest.split_at_checked(*size) {
+            let mut insert = sqlx::query(sql.as_str());
+            for row in batch {
+                insert = row.bind(insert);
+            }
+            insert
+                .execute(&mut *transaction)
+                .await
+                .map_err(map_sqlx_error)?;
+            rest = tail;
+        }
+    }
+    transaction.commit().await.map_err(map_sqlx_error)
+}
+
+pub(crate) async fn read_logs(
+    pool: &SqlitePool,
+    id: &JobId,
+    after: usize,
+    limit: usize,
+) -> Result<Vec<LogChunk>, Error> {
+    let rows = sqlx::query_as::<_, LogRow>(
+        "SELECT attempt, sequence, stream, data FROM job_logs WHERE job_id = ?1 \
+         ORDER BY attempt, sequence LIMIT ?2 OFFSET ?3",
+    )
+    .bind(id.as_str())
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .bind(i64::try_from(after).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+    .map_err(map_sqlx_error)?;
+    // Only an empty page needs telling apart "no such job" from "nothing (more) to read".
+    if rows.is_empty() && !job_exists(pool, id).await? {
+        return Err(Error::JobNotFound(id.clone()));
+    }
+    rows.into_iter()
+        .map(|(attempt, sequence, stream, data)| {
+            Ok(LogChunk {
+                job_id: id.clone(),
+                attempt: u32::try_from(attempt).map_err(|_| {
+                    Error::Corrupt(format!("job {id}: log attempt {attempt} is out of range"))
+                })?,
+                sequence: u64::try_from(sequence).map_err(|_| {
+                    Error::Corrupt(format!("job {id}: log sequence {sequence} is out of range"))
+                })?,
+                stream: decode_stream(&stream).ok_or_else(|| {
+                    Error::Corrupt(format!("job {id}: unknown log stream {stream:?}"))
+                })?,
+                data,
+            })
+        })
+        .collect()
+}
+
+/// One chunk's column values, checked to fit SQLite's signed 64-bit integers.
+struct LogValues<'a> {
+    job_id: &'a str,
+    attempt: i64,
+    sequence: i64,
+    stream: &'static str,
+    data: &'a [u8],
+}
+
+impl<'a> LogValues<'a> {
+    fn new(chunk: &'a LogChunk) -> Result<Self, Error> {
+        let sequence = i64::try_from(chunk.sequence).map_err(|_| {
+            Error::Corrupt(format!(
+                "job {}: log sequence {} is beyond what the store keeps",
+                chunk.job_id, chunk.sequence
+            ))
+        })?;
+        Ok(Self {
+            job_id: chunk.job_id.as_str(),
+            attempt: i64::from(chunk.attempt),
+            sequence,
+            stream: encode_stream(chunk.stream),
+            data: &chunk.data,
+        })
+    }
+
+    fn bind<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.job_id)
+            .bind(self.attempt)
+            .bind(self.sequence)
+            .bind(self.stream)
+            .bind(self.data)
+    }
+}
+
+/// `INSERT OR IGNORE` of `rows` chunks.
+fn batch_insert_sql(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT OR IGNORE INTO job_logs (job_id, attempt, sequence, stream, data) VALUES {values}"
+    )
+}
+
+async fn stored_state(pool: &SqlitePool, id: &JobId) -> Result<Option<JobState>, Error> {
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1")
+        .bind(id.as_str())
+        .fetch_optional(pool)
+        .await
+        .map_err(map_sqlx_error)?;
+    state
+        .map(|state| {
+            state
+                .parse::<JobState>()
+                .map_err(|err| Error::Corrupt(format!("job {id}: {err}")))
+        })
+        .transpose()
+}
+
+async fn job_exists<'c, E>(executor: E, id: &JobId) -> Result<bool, Error>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ?1")
+        .bind(id.as_str())
+        .fetch_optional(executor)
+        .await
+        .map_err(map_sqlx_error)?;
+    Ok(found.is_some())
+}
+
+fn conflict(job: &Job, expected: JobState, actual: JobState) -> Error {
+    Error::JobStateConflict {
+        job_id: job.id.clone(),
+        expected,
+        actual,
+    }
+}
+
+fn encode_job(job: &Job) -> Result<String, Error> {
+    serde_json::to_string(job)
+        .map_err(|err| Error::Corrupt(format!("cannot encode job {}: {err}", job.id)))
+}
+
+fn decode_job((sequence, id, state, job_json): JobRow) -> Result<Job, Error> {
+    let mut job: Job = serde_json::from_str(&job_json)
+        .map_err(|err| Error::Corrupt(format!("job {id}: invalid job json: {err}")))?;
+    if job.id.as_str() != id {
+        return Err(Error::Corrupt(format!("row {id} holds job {}", job.id)));
+    }
+    job.state = state
+        .parse::<JobState>()
+        .map_err(|err| Error::Corrupt(format!("job {id}: {err}")))?;
+    job.sequence = decode_sequence(&job.id, sequence)?;
+    Ok(job)
+}
+
+fn decode_sequence(id: &JobId, sequence: i64) -> Result<u64, Error> {
+    u64::try_from(sequence)
+        .map_err(|_| Error::Corrupt(format!("job {id}: sequence {sequence} is negative")))
+}
+
+fn encode_stream(stream: LogStream) -> &'static str {
+    match stream {
+        LogStream::Stdout => "stdout",
+        LogStream::Stderr => "stderr",
+    }
+}
+
+fn decode_stream(stream: &str) -> Option<LogStream> {
+    match stream {
+        "stdout" => Some(LogStream::Stdout),
+        "stderr" => Some(LogStream::Stderr),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail by panicking.
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_round_trip_through_their_column_names() {
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            assert_eq!(decode_stream(encode_stream(stream)), Some(stream));
+        }
+        assert_eq!(decode_stream("stdin"), None);
+    }
+
+    #[test]
+    fn batch_inserts_have_one_placeholder_per_column_of_every_row() {
+        for size in LOG_BATCH_SIZES {
+            let sql = batch_insert_sql(size);
+            assert_eq!(sql.matches('?').count(), 5 * size, "{sql}");
+            assert!(sql.starts_with("INSERT OR IGNORE"));
+        }
+        // Each size is half the one before, so every remainder is written in one pass.
+        assert!(
+            LOG_BATCH_SIZES
+                .windows(2)
+                .all(|pair| pair[0] == 2 * pair[1])
+        );
+        assert_eq!(LOG_BATCH_SIZES.last(), Some(&1));
+    }
+}
