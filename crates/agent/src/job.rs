@@ -226,7 +226,10 @@ pub async fn run(
         let _ = pump.await;
     }
     tracing::info!(%job_id, ?outcome, exit_code, "job ended");
-    let fresh_directory = assignment.working_dir.is_empty().then_some(directory.as_path());
+    let fresh_directory = assignment
+        .working_dir
+        .is_empty()
+        .then_some(directory.as_path());
     let health_problem = clean_and_check(fresh_directory, &work_root).await;
     if let Some(problem) = &health_problem {
         tracing::warn!(%job_id, %problem, "health check after the job failed");

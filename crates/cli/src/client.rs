@@ -19,7 +19,7 @@ pub struct Connection {
         value_name = "URL",
         global = true
     )]
-    server: String,
+    pub(crate) server: String,
     /// Bearer token. When absent, ./.hodei/token (written by `hodei dev`) is used.
     #[arg(
         long,
@@ -31,7 +31,7 @@ pub struct Connection {
     token: Option<String>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
-    output: Output,
+    pub(crate) output: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,14 +86,14 @@ pub enum PoolCommand {
     },
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
 }
 
 impl Client {
-    fn new(connection: &Connection) -> anyhow::Result<Self> {
+    pub(crate) fn new(connection: &Connection) -> anyhow::Result<Self> {
         let token = match &connection.token {
             Some(token) => token.clone(),
             None => std::fs::read_to_string(".hodei/token")
@@ -128,7 +128,7 @@ impl Client {
         }
     }
 
-    async fn get<T: DeserializeOwned>(
+    pub(crate) async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, String)],
@@ -144,6 +144,22 @@ impl Client {
             .context("cannot decode the server's answer")
     }
 
+    pub(crate) async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        let request = self
+            .http
+            .post(format!("{}/api/v1{path}", self.base))
+            .json(body);
+        let response = self.send(request).await?;
+        response
+            .json()
+            .await
+            .context("cannot decode the server's answer")
+    }
+
     async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.delete(format!("{}/api/v1{path}", self.base)))
             .await?;
@@ -151,7 +167,7 @@ impl Client {
     }
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
         .load_preset(presets::NOTHING)
@@ -160,7 +176,7 @@ fn table(header: &[&str]) -> Table {
 }
 
 /// Time since an RFC 3339 instant, like `kubectl`: `42s`, `5m`, `3h`, `2d`.
-fn age(rfc3339: &str) -> String {
+pub(crate) fn age(rfc3339: &str) -> String {
     let Ok(then) = humantime::parse_rfc3339_weak(rfc3339) else {
         return "?".into();
     };
@@ -176,7 +192,7 @@ fn age(rfc3339: &str) -> String {
     }
 }
 
-fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

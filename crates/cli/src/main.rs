@@ -2,6 +2,7 @@
 
 mod client;
 mod dev;
+mod jobs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ enum Command {
     /// Inspect pools.
     #[command(subcommand)]
     Pool(client::PoolCommand),
+    /// Submit, list, follow and cancel jobs.
+    #[command(subcommand)]
+    Job(jobs::JobCommand),
 }
 
 #[derive(Debug, Args)]
@@ -75,7 +79,7 @@ struct AgentArgs {
     work_dir: Option<PathBuf>,
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
     hodei_agent::parse_label(text).map_err(|e| e.to_string())
 }
 
@@ -160,6 +164,13 @@ async fn main() -> ExitCode {
         Command::Pool(command) => {
             init_logging("warn");
             client::pool(command).await
+        }
+        Command::Job(command) => {
+            init_logging("warn");
+            match jobs::job(command).await {
+                Ok(code) => return ExitCode::from(code),
+                Err(error) => Err(error),
+            }
         }
     };
     match result {

@@ -17,12 +17,28 @@ pub struct IdleWorker {
     pub pool: Option<String>,
 }
 
+/// The label every pool's worker carries implicitly: `pool=<name>`, so that a job can ask
+/// for a pool (`hodei job submit --pool P`) like for any label.
+pub const POOL_LABEL: &str = "pool";
+
+/// The labels jobs are matched against: the worker's own, plus [`POOL_LABEL`] when it
+/// belongs to a pool and does not set that label itself.
+pub fn effective_labels(worker: &Worker) -> Labels {
+    let mut labels = worker.metadata.labels.clone();
+    if let Some(pool) = &worker.metadata.pool {
+        labels
+            .entry(POOL_LABEL.to_owned())
+            .or_insert_with(|| pool.clone());
+    }
+    labels
+}
+
 impl From<&Worker> for IdleWorker {
     fn from(worker: &Worker) -> Self {
         Self {
             id: worker.id.clone(),
             capabilities: worker.capabilities.clone(),
-            labels: worker.metadata.labels.clone(),
+            labels: effective_labels(worker),
             pool: worker.metadata.pool.clone(),
         }
     }
@@ -715,6 +731,32 @@ pub fn exceeds_every_shape<'a>(
 mod exceeds_tests {
     use super::*;
 
+    #[test]
+    fn pool_workers_carry_their_pool_as_a_label_unless_they_set_it() {
+        let mut worker = Worker {
+            id: WorkerId::new("w-1").unwrap(),
+            capabilities: WorkerCapabilities::default(),
+            metadata: crate::WorkerMetadata {
+                worker_type: crate::WorkerType::Static,
+                provider: crate::ProviderKind::Local,
+                pool: None,
+                namespace: "default".into(),
+                labels: Labels::new(),
+                tags: Vec::new(),
+                provision_timestamp: std::time::SystemTime::UNIX_EPOCH,
+            },
+        };
+        assert!(!effective_labels(&worker).contains_key(POOL_LABEL));
+        worker.metadata.pool = Some("linux".into());
+        assert_eq!(effective_labels(&worker)[POOL_LABEL], "linux");
+        worker
+            .metadata
+            .labels
+            .insert(POOL_LABEL.into(), "own".into());
+        assert_eq!(effective_labels(&worker)[POOL_LABEL], "own");
+        assert_eq!(IdleWorker::from(&worker).labels[POOL_LABEL], "own");
+    }
+
     fn caps(cpu_cores: u32, memory_mb: u64) -> WorkerCapabilities {
         WorkerCapabilities {
             cpu_cores,
@@ -734,8 +776,15 @@ mod exceeds_tests {
         assert_eq!(exceeds_every_shape(&req(8, 1024), &shapes), None);
         assert_eq!(exceeds_every_shape(&req(2, 4096), &shapes), None);
         let why = exceeds_every_shape(&req(8, 4096), &shapes).unwrap();
-        assert!(why.contains("largest pool or worker has 8 cores and 4096 MiB"), "{why}");
-        assert_eq!(exceeds_every_shape(&req(64, 1), &[]), None, "nothing known yet");
+        assert!(
+            why.contains("largest pool or worker has 8 cores and 4096 MiB"),
+            "{why}"
+        );
+        assert_eq!(
+            exceeds_every_shape(&req(64, 1), &[]),
+            None,
+            "nothing known yet"
+        );
         let mut labelled = req(1, 1);
         labelled.labels.insert("gpu".into(), "yes".into());
         assert_eq!(exceeds_every_shape(&labelled, &shapes), None, "labels wait");

@@ -25,7 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -133,6 +133,7 @@ enum Event {
 pub struct JobService {
     events: mpsc::Sender<Event>,
     store: Arc<dyn Store>,
+    changes: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for JobService {
@@ -155,7 +156,9 @@ impl JobService {
         let queues = Queues::new(config.queues.clone())?;
         let (events, inbox) = mpsc::channel(4096);
         let (retired, retirements) = mpsc::unbounded_channel();
+        let (changed, changes) = watch::channel(0);
         let mut dispatcher = Dispatcher {
+            changed,
             config,
             store: store.clone(),
             registry,
@@ -170,13 +173,17 @@ impl JobService {
         };
         dispatcher.recover().await?;
         tokio::spawn(dispatcher.run(inbox, cancel));
-        Ok((Self { events, store }, retirements))
+        Ok((
+            Self {
+                events,
+                store,
+                changes,
+            },
+            retirements,
+        ))
     }
 
-    async fn ask<T>(
-        &self,
-        event: impl FnOnce(oneshot::Sender<T>) -> Event,
-    ) -> Result<T, JobError> {
+    async fn ask<T>(&self, event: impl FnOnce(oneshot::Sender<T>) -> Event) -> Result<T, JobError> {
         let (reply, answer) = oneshot::channel();
         self.events
             .send(event(reply))
@@ -205,6 +212,12 @@ impl JobService {
     /// Why a queued job is still waiting; `None` for jobs not queued.
     pub async fn why_waiting(&self, id: JobId) -> Result<Option<String>, JobError> {
         self.ask(|reply| Event::Explain { id, reply }).await
+    }
+
+    /// Changes whenever the dispatcher has recorded something (job states, output): a
+    /// follower of a job's logs waits on it instead of polling the store.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
     }
 
     pub async fn get(&self, id: &JobId) -> Result<Option<Job>, JobError> {
@@ -268,6 +281,8 @@ struct Slot {
     job: Option<JobId>,
     uses: u32,
     retired: bool,
+    /// An assignment could not be delivered; cleared when the agent connects again.
+    unreachable: bool,
 }
 
 /// A job not yet ended, and the bookkeeping the store does not need.
@@ -286,6 +301,7 @@ struct Live {
 }
 
 struct Dispatcher {
+    changed: watch::Sender<u64>,
     config: JobServiceConfig,
     store: Arc<dyn Store>,
     registry: Arc<SchedulerRegistry>,
@@ -374,8 +390,10 @@ impl Dispatcher {
             }
             self.flush_logs().await;
             self.dispatch().await;
+            self.changed.send_modify(|generation| *generation += 1);
         }
         self.flush_logs().await;
+        self.changed.send_modify(|generation| *generation += 1);
     }
 
     async fn handle(&mut self, event: Event) {
@@ -498,7 +516,7 @@ impl Dispatcher {
                     && self
                         .slots
                         .get(&entry.worker.id)
-                        .is_none_or(|slot| slot.job.is_none() && !slot.retired)
+                        .is_none_or(|slot| slot.job.is_none() && !slot.retired && !slot.unreachable)
             })
             .map(|entry| IdleWorker::from(&entry.worker))
             .collect()
@@ -508,12 +526,16 @@ impl Dispatcher {
         let live = self.jobs.get(id)?;
         (live.job.state == JobState::Queued).then(|| {
             let idle = self.idle_workers();
-            let all = self.registry.list();
+            let all: Vec<IdleWorker> = self
+                .registry
+                .list()
+                .iter()
+                .map(|entry| IdleWorker::from(&entry.worker))
+                .collect();
             matching::why_waiting(
                 &live.job.spec.requirements,
                 &idle,
-                all.iter()
-                    .map(|e| (&e.worker.capabilities, &e.worker.metadata.labels)),
+                all.iter().map(|w| (&w.capabilities, &w.labels)),
             )
         })
     }
@@ -569,14 +591,48 @@ impl Dispatcher {
         let job = live.job.clone();
         self.worker_state(&worker_id, WorkerState::Busy).await;
         if let Err(error) = self.link.assign(&worker_id, &job).await {
-            tracing::info!(%job_id, %worker_id, %error, "assignment not delivered, the worker counts as lost");
-            self.end_attempt(&job_id, AttemptOutcome::WorkerLost, true)
-                .await;
+            tracing::info!(%job_id, %worker_id, %error, "assignment not delivered, queueing the job again");
+            self.undeliverable(&job_id, &worker_id).await;
+        }
+    }
+
+    /// The assignment never reached the worker: the job goes back to its queue without
+    /// spending an attempt, and the worker gets no work until its agent connects again.
+    async fn undeliverable(&mut self, job_id: &JobId, worker_id: &WorkerId) {
+        let slot = self.slots.entry(worker_id.clone()).or_default();
+        slot.job = None;
+        slot.unreachable = true;
+        self.worker_state(worker_id, WorkerState::Idle).await;
+        let Some(live) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let mut job = live.job.clone();
+        job.state = JobState::Queued;
+        job.attempts = job.attempts.saturating_sub(1);
+        job.reason = Some(format!("worker {worker_id} was not reachable, requeued"));
+        if log_store_error(
+            "a requeue",
+            job_id,
+            self.store.update_job(&job, JobState::Assigned).await,
+        )
+        .is_none()
+        {
+            // The attempt stands as recorded; the deadline check treats it as lost.
+            live.lost_at = Some(Instant::now());
+            return;
+        }
+        live.job = job;
+        live.assigned_at = None;
+        if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
+            tracing::error!(%job_id, %error, "cannot queue a job again");
         }
     }
 
     fn connected(&mut self, worker_id: &WorkerId, running: &[String]) {
         let now = Instant::now();
+        if let Some(slot) = self.slots.get_mut(worker_id) {
+            slot.unreachable = false;
+        }
         for live in self.jobs.values_mut() {
             if live.job.worker_id.as_ref() != Some(worker_id) || live.job.state == JobState::Queued
             {

@@ -176,6 +176,10 @@ pub trait Store: Send + Sync {
 
     /// A job's output in order (attempt, then sequence), starting after position `after`
     /// (the number of chunks already read), at most `limit` chunks.
-    async fn read_logs(&self, id: &JobId, after: usize, limit: usize)
-    -> Result<Vec<LogChunk>, Error>;
+    async fn read_logs(
+        &self,
+        id: &JobId,
+        after: usize,
+        limit: usize,
+    ) -> Result<Vec<LogChunk>, Error>;
 }

@@ -17,7 +17,11 @@ fn proto_root() -> PathBuf {
 }
 
 fn compile(root: &Path) -> FileDescriptorSet {
-    protox::compile([root.join("hodei/v1/scheduler.proto")], [root]).expect("schema compiles")
+    protox::compile(
+        ["hodei/v1/scheduler.proto", "hodei/v1/jobs.proto"].map(|file| root.join(file)),
+        [root],
+    )
+    .expect("schema compiles")
 }
 
 fn describe_message(prefix: &str, message: &DescriptorProto, lines: &mut BTreeSet<String>) {
@@ -154,7 +158,7 @@ fn the_check_catches_removed_renumbered_and_retyped_fields() {
     for (from, to) in edits {
         assert!(original.contains(from), "edit {from:?} applies");
         let dir = tempfile_dir();
-        std::fs::create_dir_all(dir.join("hodei/v1")).unwrap();
+        copy_other_files(&dir);
         std::fs::write(
             dir.join("hodei/v1/scheduler.proto"),
             original.replacen(from, to, 1),
@@ -174,10 +178,20 @@ fn the_check_catches_removed_renumbered_and_retyped_fields() {
         1,
     );
     let dir = tempfile_dir();
-    std::fs::create_dir_all(dir.join("hodei/v1")).unwrap();
+    copy_other_files(&dir);
     std::fs::write(dir.join("hodei/v1/scheduler.proto"), grown).unwrap();
     assert!(breaking_changes(&released, &shape(&compile(&dir))).is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A copy of the schema's files other than `scheduler.proto`, which each case edits.
+fn copy_other_files(dir: &Path) {
+    std::fs::create_dir_all(dir.join("hodei/v1")).unwrap();
+    std::fs::copy(
+        proto_root().join("hodei/v1/jobs.proto"),
+        dir.join("hodei/v1/jobs.proto"),
+    )
+    .unwrap();
 }
 
 fn tempfile_dir() -> PathBuf {

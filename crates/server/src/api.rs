@@ -2,10 +2,13 @@
 //! domain types live here, at the edge; `hodei-core` never sees these.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use hodei_core::health::Liveness;
-use hodei_core::{PoolSpec, Worker, WorkerCapabilities};
+use hodei_core::{
+    Command, Job, JobSpec, PoolSpec, Priority, QueueName, Requirements, TenantName,
+    ValidationError, Worker, WorkerCapabilities,
+};
 use hodei_modules::RegisteredWorker;
 use hodei_ports::WorkerRecord;
 use serde::{Deserialize, Serialize};
@@ -129,4 +132,193 @@ pub struct ErrorDetail {
     /// The offending field, for `INVALID_ARGUMENT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+/// `POST /api/v1/jobs`: what to run. Exactly one of `command` (argv, no shell) and `script`
+/// (`/bin/sh -c`). Every other field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmitJob {
+    pub command: Vec<String>,
+    pub script: Option<String>,
+    pub tenant: Option<String>,
+    pub queue: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<String>,
+    pub requirements: Requirements,
+    pub priority: i32,
+    /// Seconds one attempt may run; absent means no limit.
+    pub timeout_secs: Option<i64>,
+    pub max_retries: u32,
+    /// critical, high, medium (the default), low or best_effort.
+    pub sla_class: Option<String>,
+}
+
+impl SubmitJob {
+    /// The domain spec, or the first invalid field.
+    pub fn into_spec(self) -> Result<JobSpec, ValidationError> {
+        let command = match (self.command.is_empty(), self.script) {
+            (false, None) => Command::Argv(self.command),
+            (true, Some(script)) => Command::Script(script),
+            (true, None) => {
+                return Err(ValidationError::new(
+                    "command",
+                    "is empty: give a command (argv) or a script",
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(ValidationError::new(
+                    "command",
+                    "give either a command (argv) or a script, not both",
+                ));
+            }
+        };
+        let timeout = match self.timeout_secs {
+            None => None,
+            Some(secs) if secs <= 0 => {
+                return Err(ValidationError::new(
+                    "timeout",
+                    format!("is {secs} seconds, must be more than zero"),
+                ));
+            }
+            Some(secs) => Some(Duration::from_secs(secs.unsigned_abs())),
+        };
+        let spec = JobSpec {
+            tenant: self
+                .tenant
+                .filter(|t| !t.is_empty())
+                .map(TenantName::new)
+                .transpose()?
+                .unwrap_or_default(),
+            queue: self
+                .queue
+                .filter(|q| !q.is_empty())
+                .map(QueueName::new)
+                .transpose()?
+                .unwrap_or_default(),
+            command,
+            env: self.env,
+            working_dir: self.working_dir.filter(|dir| !dir.is_empty()),
+            requirements: self.requirements,
+            priority: Priority::new(self.priority)?,
+            timeout,
+            max_retries: self.max_retries,
+            sla_class: self
+                .sla_class
+                .filter(|class| !class.is_empty())
+                .map(|class| class.parse())
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// The request that submits `spec` (the inverse of [`SubmitJob::into_spec`]).
+    pub fn from_spec(spec: &JobSpec) -> Self {
+        let (command, script) = match &spec.command {
+            Command::Argv(argv) => (argv.clone(), None),
+            Command::Script(script) => (Vec::new(), Some(script.clone())),
+        };
+        Self {
+            command,
+            script,
+            tenant: Some(spec.tenant.to_string()),
+            queue: Some(spec.queue.to_string()),
+            env: spec.env.clone(),
+            working_dir: spec.working_dir.clone(),
+            requirements: spec.requirements.clone(),
+            priority: spec.priority.get(),
+            timeout_secs: spec
+                .timeout
+                .map(|t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX)),
+            max_retries: spec.max_retries,
+            sla_class: Some(spec.sla_class.to_string()),
+        }
+    }
+}
+
+/// A job as `GET /api/v1/jobs/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub state: String,
+    pub tenant: String,
+    pub queue: String,
+    pub priority: i32,
+    /// The command as one line, for tables.
+    pub command_line: String,
+    pub attempts: u32,
+    pub worker_id: Option<String>,
+    pub exit_code: Option<i32>,
+    /// Why the job is in its state, when that is not obvious.
+    pub reason: Option<String>,
+    /// Why a queued job still waits (no idle worker, no worker fits...).
+    #[serde(default)]
+    pub waiting_reason: Option<String>,
+    /// RFC 3339.
+    pub submitted_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Whether the job has ended for good.
+    pub finished: bool,
+    pub spec: SubmitJob,
+}
+
+impl JobView {
+    pub fn new(job: &Job) -> Self {
+        let command_line = match &job.spec.command {
+            Command::Argv(argv) => argv.join(" "),
+            Command::Script(script) => script.lines().collect::<Vec<_>>().join("; "),
+        };
+        Self {
+            id: job.id.to_string(),
+            state: job.state.to_string(),
+            tenant: job.spec.tenant.to_string(),
+            queue: job.spec.queue.to_string(),
+            priority: job.spec.priority.get(),
+            command_line,
+            attempts: job.attempts,
+            worker_id: job.worker_id.as_ref().map(ToString::to_string),
+            exit_code: job.exit_code,
+            reason: job.reason.clone(),
+            waiting_reason: None,
+            submitted_at: rfc3339(job.submitted_at),
+            started_at: job.started_at.map(rfc3339),
+            finished_at: job.finished_at.map(rfc3339),
+            finished: job.state.is_terminal(),
+            spec: SubmitJob::from_spec(&job.spec),
+        }
+    }
+}
+
+/// `GET /api/v1/jobs`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+}
+
+/// A piece of a job's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogChunkView {
+    pub attempt: u32,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The bytes, as UTF-8 with invalid sequences replaced.
+    pub text: String,
+}
+
+/// `GET /api/v1/jobs/{id}/logs?after=N[&follow=true]`: chunks after the first `after`, and
+/// the position to ask from next. With `follow`, the answer waits (up to a few seconds) for
+/// new output or the job's end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogsView {
+    pub chunks: Vec<LogChunkView>,
+    /// `after` for the next request.
+    pub next: usize,
+    /// The job's state now.
+    pub state: String,
+    pub exit_code: Option<i32>,
+    /// The job has ended and `chunks` holds the last of its output.
+    pub complete: bool,
 }

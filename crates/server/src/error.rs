@@ -5,16 +5,19 @@
 //! |-------------------------------------------------|----------------------|------|
 //! | `ValidationError` (names the field)             | `INVALID_ARGUMENT`   | 400  |
 //! | missing or wrong token                          | `UNAUTHENTICATED`    | 401  |
-//! | unknown worker or pool                          | `NOT_FOUND`          | 404  |
-//! | conflicting registration, illegal transition    | `ALREADY_EXISTS` / `FAILED_PRECONDITION` | 409 |
+//! | unknown queue, requirements nothing can satisfy | `INVALID_ARGUMENT`   | 400  |
+//! | unknown worker, pool or job                     | `NOT_FOUND`          | 404  |
+//! | conflicting registration, illegal transition, cancel of an ended job | `ALREADY_EXISTS` / `FAILED_PRECONDITION` | 409 |
+//! | queue full (backpressure: retry later)          | `RESOURCE_EXHAUSTED` | 429  |
 //! | store, provider or scheduler unavailable        | `UNAVAILABLE`        | 503  |
 //! | anything else                                   | `INTERNAL`           | 500  |
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use hodei_core::QueueError;
 use hodei_core::ValidationError;
-use hodei_modules::WorkerManagementError;
+use hodei_modules::{JobError, WorkerManagementError};
 use hodei_ports::{ProviderError, SchedulerError, store};
 
 use crate::api::{ErrorBody, ErrorDetail};
@@ -35,6 +38,7 @@ pub enum Code {
     NotFound,
     AlreadyExists,
     FailedPrecondition,
+    ResourceExhausted,
     Unavailable,
     Internal,
 }
@@ -47,6 +51,7 @@ impl Code {
             Self::NotFound => "NOT_FOUND",
             Self::AlreadyExists => "ALREADY_EXISTS",
             Self::FailedPrecondition => "FAILED_PRECONDITION",
+            Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }
@@ -58,6 +63,7 @@ impl Code {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::AlreadyExists | Self::FailedPrecondition => StatusCode::CONFLICT,
+            Self::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -91,9 +97,11 @@ impl From<ValidationError> for ApiError {
 impl From<store::Error> for ApiError {
     fn from(error: store::Error) -> Self {
         let code = match &error {
-            store::Error::WorkerNotFound(_) => Code::NotFound,
-            store::Error::IllegalTransition(_) => Code::FailedPrecondition,
-            store::Error::WorkerExists(_) => Code::AlreadyExists,
+            store::Error::WorkerNotFound(_) | store::Error::JobNotFound(_) => Code::NotFound,
+            store::Error::IllegalTransition(_)
+            | store::Error::IllegalJobTransition(_)
+            | store::Error::JobStateConflict { .. } => Code::FailedPrecondition,
+            store::Error::WorkerExists(_) | store::Error::JobExists(_) => Code::AlreadyExists,
             store::Error::Unavailable(_) => Code::Unavailable,
             store::Error::Corrupt(_) => Code::Internal,
         };
@@ -142,6 +150,28 @@ impl From<WorkerManagementError> for ApiError {
     }
 }
 
+impl From<JobError> for ApiError {
+    fn from(error: JobError) -> Self {
+        match error {
+            JobError::Invalid(invalid) => invalid.into(),
+            JobError::Queue(QueueError::Full { .. }) => {
+                Self::new(Code::ResourceExhausted, error.to_string())
+            }
+            JobError::Queue(QueueError::UnknownQueue(_)) => {
+                ValidationError::new("queue", error.to_string()).into()
+            }
+            JobError::Queue(QueueError::Duplicate(_)) => {
+                Self::new(Code::AlreadyExists, error.to_string())
+            }
+            JobError::Unsatisfiable(why) => ValidationError::new("requirements", why).into(),
+            JobError::NotFound(_) => Self::new(Code::NotFound, error.to_string()),
+            JobError::AlreadyEnded { .. } => Self::new(Code::FailedPrecondition, error.to_string()),
+            JobError::Store(store) => store.into(),
+            JobError::Stopped => Self::new(Code::Unavailable, error.to_string()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
@@ -186,6 +216,42 @@ mod tests {
             ),
             (store::Error::Corrupt("x".into()).into(), "INTERNAL", 500),
             (
+                JobError::Queue(QueueError::Full {
+                    queue: hodei_core::QueueName::default(),
+                    capacity: 1,
+                })
+                .into(),
+                "RESOURCE_EXHAUSTED",
+                429,
+            ),
+            (
+                JobError::Queue(QueueError::UnknownQueue(
+                    hodei_core::QueueName::new("nightly").unwrap(),
+                ))
+                .into(),
+                "INVALID_ARGUMENT",
+                400,
+            ),
+            (
+                JobError::Unsatisfiable("needs 64 cores".into()).into(),
+                "INVALID_ARGUMENT",
+                400,
+            ),
+            (
+                JobError::AlreadyEnded {
+                    id: hodei_core::JobId::new("j-1").unwrap(),
+                    state: hodei_core::JobState::Succeeded,
+                }
+                .into(),
+                "FAILED_PRECONDITION",
+                409,
+            ),
+            (
+                JobError::NotFound(hodei_core::JobId::new("j-1").unwrap()).into(),
+                "NOT_FOUND",
+                404,
+            ),
+            (
                 WorkerManagementError::WorkerNotFound(id).into(),
                 "NOT_FOUND",
                 404,
@@ -213,6 +279,7 @@ impl Code {
             Self::NotFound => tonic::Code::NotFound,
             Self::AlreadyExists => tonic::Code::AlreadyExists,
             Self::FailedPrecondition => tonic::Code::FailedPrecondition,
+            Self::ResourceExhausted => tonic::Code::ResourceExhausted,
             Self::Unavailable => tonic::Code::Unavailable,
             Self::Internal => tonic::Code::Internal,
         }

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hodei_core::health::{HeartbeatPolicy, Liveness};
+use hodei_core::job::AttemptOutcome;
+use hodei_core::{Command, Job, JobId};
 use hodei_core::{
     ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata, WorkerType,
 };
-use hodei_core::job::AttemptOutcome;
-use hodei_core::{Command, Job, JobId};
 use hodei_modules::{JobService, RegisteredWorker, SchedulerRegistry};
 use hodei_ports::{AgentLink, LinkError, LogChunk, LogStream};
 use hodei_proto::convert::{invalid_argument, to_millis, worker_from_request};

@@ -5,19 +5,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use hodei_core::{WorkerId, WorkerState};
-use hodei_modules::{SchedulerRegistry, WorkerManagementService};
-use hodei_ports::{Store, WorkerFilter};
+use hodei_core::{JobId, JobState, QueueName, TenantName, WorkerId, WorkerState};
+use hodei_modules::{JobService, SchedulerRegistry, WorkerManagementService};
+use hodei_ports::{JobFilter, LogStream, Store, WorkerFilter};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
-use crate::api::{PoolList, PoolView, WorkerList, WorkerView};
+use crate::api::{
+    JobList, JobView, LogChunkView, LogsView, PoolList, PoolView, SubmitJob, WorkerList, WorkerView,
+};
 use crate::error::{ApiError, Code};
 
 #[derive(Clone)]
@@ -25,6 +28,7 @@ pub(crate) struct AppState {
     pub store: Arc<dyn Store>,
     pub management: Arc<WorkerManagementService>,
     pub scheduler: Arc<SchedulerRegistry>,
+    pub jobs: JobService,
     pub metrics: Arc<Registry>,
     pub token: Arc<str>,
     /// Set once start-up (first reconciliation, pool pre-warming) is done.
@@ -37,6 +41,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/workers/{id}", get(get_worker).delete(terminate_worker))
         .route("/pools", get(list_pools))
         .route("/pools/{name}", get(get_pool))
+        .route("/jobs", post(submit_job).get(list_jobs))
+        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/cancel", post(cancel_job))
+        .route("/jobs/{id}/logs", get(job_logs))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/api/v1", api)
@@ -207,5 +215,148 @@ async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.list_pools().await {
         Ok(_) => (StatusCode::OK, "ready").into_response(),
         Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {error}")).into_response(),
+    }
+}
+
+async fn submit_job(
+    State(state): State<AppState>,
+    body: Result<Json<SubmitJob>, JsonRejection>,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let Json(request) = body.map_err(|rejection| {
+        ApiError::from(hodei_core::ValidationError::new(
+            "body",
+            rejection.body_text(),
+        ))
+    })?;
+    let job = state.jobs.submit(request.into_spec()?).await?;
+    Ok((StatusCode::CREATED, Json(JobView::new(&job))))
+}
+
+#[derive(Debug, Deserialize)]
+struct JobQuery {
+    /// Comma-separated states.
+    state: Option<String>,
+    tenant: Option<String>,
+    queue: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Most jobs one list returns.
+const MAX_LIST: usize = 10_000;
+
+async fn list_jobs(
+    State(state): State<AppState>,
+    Query(query): Query<JobQuery>,
+) -> Result<Json<JobList>, ApiError> {
+    let states = query
+        .state
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::parse::<JobState>)
+        .collect::<Result<Vec<_>, _>>()?;
+    let filter = JobFilter {
+        states,
+        tenant: query.tenant.map(TenantName::new).transpose()?,
+        queue: query.queue.map(QueueName::new).transpose()?,
+        worker_id: None,
+        limit: Some(query.limit.unwrap_or(100).clamp(1, MAX_LIST)),
+    };
+    let jobs = state.jobs.list(&filter).await?;
+    Ok(Json(JobList {
+        jobs: jobs.iter().map(JobView::new).collect(),
+    }))
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = JobId::new(id)?;
+    let job = state
+        .jobs
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+    let mut view = JobView::new(&job);
+    if job.state == JobState::Queued {
+        view.waiting_reason = state.jobs.why_waiting(id).await?;
+    }
+    Ok(Json(view))
+}
+
+async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = state.jobs.cancel(JobId::new(id)?).await?;
+    Ok(Json(JobView::new(&job)))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    after: usize,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// How long a followed log request waits for news before answering with nothing new.
+const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most chunks one answer carries.
+const LOG_PAGE: usize = 1000;
+
+async fn job_logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Json<LogsView>, ApiError> {
+    let id = JobId::new(id)?;
+    let mut changes = state.jobs.changes();
+    let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
+    loop {
+        changes.borrow_and_update();
+        // The state first: output recorded before the job ended is then in the read below.
+        let job = state
+            .jobs
+            .get(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+        let chunks = state.jobs.logs(&id, query.after, LOG_PAGE).await?;
+        let complete = job.state.is_terminal() && chunks.len() < LOG_PAGE;
+        if !chunks.is_empty() || complete || !query.follow {
+            return Ok(Json(LogsView {
+                next: query.after + chunks.len(),
+                chunks: chunks
+                    .into_iter()
+                    .map(|chunk| LogChunkView {
+                        attempt: chunk.attempt,
+                        stream: match chunk.stream {
+                            LogStream::Stdout => "stdout".into(),
+                            LogStream::Stderr => "stderr".into(),
+                        },
+                        text: String::from_utf8_lossy(&chunk.data).into_owned(),
+                    })
+                    .collect(),
+                state: job.state.to_string(),
+                exit_code: job.exit_code,
+                complete,
+            }));
+        }
+        // Nothing new: wait for the dispatcher to record something, or give up at the
+        // deadline (or when the job service stops) and let the client ask again.
+        if !matches!(
+            tokio::time::timeout_at(deadline, changes.changed()).await,
+            Ok(Ok(()))
+        ) {
+            return Ok(Json(LogsView {
+                chunks: Vec::new(),
+                next: query.after,
+                state: job.state.to_string(),
+                exit_code: job.exit_code,
+                complete: false,
+            }));
+        }
     }
 }

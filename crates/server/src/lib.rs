@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod grpc_jobs;
 mod http;
 
 use std::future::Future;
@@ -19,8 +20,12 @@ use hodei_adapters::{
 };
 use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{WorkerId, WorkerState};
-use hodei_modules::{SchedulerRegistry, WorkerManagementMetrics, WorkerManagementService};
+use hodei_modules::{
+    JobMetrics, JobService, Retired, SchedulerRegistry, WorkerManagementMetrics,
+    WorkerManagementService,
+};
 use hodei_ports::{SchedulerPort, Store};
+use hodei_proto::v1::job_service_server::JobServiceServer;
 use hodei_proto::v1::scheduler_service_server::SchedulerServiceServer;
 use hodei_proto::{ClientConfig, SchedulerPortClient};
 use hodei_store::SqliteStore;
@@ -34,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::ServerConfig;
 use grpc::{Authenticate, SchedulerGrpc, SessionHub};
+use grpc_jobs::JobGrpc;
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,8 @@ pub enum Error {
     Invalid(#[from] hodei_core::ValidationError),
     #[error("cannot open the store: {0}")]
     Store(#[from] hodei_ports::store::Error),
+    #[error("cannot start the job service: {0}")]
+    Jobs(#[from] hodei_modules::JobError),
     #[error("cannot start the local provider: {0}")]
     Provider(#[from] hodei_ports::ProviderError),
     #[error("{what}: {source}")]
@@ -72,10 +80,12 @@ pub struct Server {
     scheduler: Arc<SchedulerRegistry>,
     management: Arc<WorkerManagementService>,
     sessions: Arc<SessionHub>,
+    jobs: JobService,
     cancel: CancellationToken,
     http: JoinHandle<std::io::Result<()>>,
     background: JoinHandle<()>,
     monitor: JoinHandle<()>,
+    retirements: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -183,6 +193,16 @@ impl Server {
         let sessions = Arc::new(SessionHub::default());
         let liveness = LivenessMetrics::new(&mut registry);
         let cancel = CancellationToken::new();
+        // Unfinished jobs are loaded from the store before anything is served.
+        let (jobs, retired) = JobService::start(
+            config.jobs.service_config(&config.pools)?,
+            store.clone(),
+            scheduler.clone(),
+            sessions.clone(),
+            JobMetrics::new(&mut registry),
+            cancel.clone(),
+        )
+        .await?;
         let ready = Arc::new(AtomicBool::new(false));
         let token_shared: Arc<str> = token.clone().into();
         let grpc = SchedulerServiceServer::with_interceptor(
@@ -190,18 +210,27 @@ impl Server {
                 registry: scheduler.clone(),
                 hub: sessions.clone(),
                 heartbeat: config.agents.policy(),
+                jobs: jobs.clone(),
             },
             Authenticate {
                 token: token_shared.clone(),
             },
         );
+        let job_grpc = JobServiceServer::with_interceptor(
+            JobGrpc { jobs: jobs.clone() },
+            Authenticate {
+                token: token_shared.clone(),
+            },
+        );
         let grpc = tonic::service::Routes::new(grpc)
+            .add_service(job_grpc)
             .prepare()
             .into_axum_router();
         let app = http::router(http::AppState {
             store: store.clone(),
             management: management.clone(),
             scheduler: scheduler.clone(),
+            jobs: jobs.clone(),
             metrics: Arc::new(registry),
             token: token_shared,
             ready: ready.clone(),
@@ -227,6 +256,13 @@ impl Server {
             liveness,
             cancel.clone(),
         ));
+        let retirements = tokio::spawn(replace_retired(
+            retired,
+            management.clone(),
+            store.clone(),
+            config.pools.clone(),
+            cancel.clone(),
+        ));
         tracing::info!(%addr, %url, "hodei server listening");
         Ok(Self {
             addr,
@@ -241,6 +277,8 @@ impl Server {
             http,
             background,
             monitor,
+            retirements,
+            jobs,
         })
     }
 
@@ -270,6 +308,11 @@ impl Server {
         &self.scheduler
     }
 
+    /// Jobs: submit, inspect, cancel.
+    pub fn jobs(&self) -> &JobService {
+        &self.jobs
+    }
+
     pub fn management(&self) -> &Arc<WorkerManagementService> {
         &self.management
     }
@@ -286,6 +329,7 @@ impl Server {
         self.cancel.cancel();
         let _ = self.background.await;
         let _ = self.monitor.await;
+        let _ = self.retirements.await;
         if self.config.shutdown.terminate_workers {
             match self.management.terminate_all().await {
                 Ok(failures) => {
@@ -313,6 +357,50 @@ impl Server {
                 what: "http server task failed".into(),
                 source: std::io::Error::other(join),
             }),
+        }
+    }
+}
+
+/// Terminates the workers the dispatcher retires (they used up `max_uses` or failed their
+/// health check after a job) and tops their pool up again to its size.
+async fn replace_retired(
+    mut retired: tokio::sync::mpsc::UnboundedReceiver<Retired>,
+    management: Arc<WorkerManagementService>,
+    store: Arc<dyn Store>,
+    pools: Vec<hodei_core::PoolSpec>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let retirement = tokio::select! {
+            retirement = retired.recv() => match retirement {
+                Some(retirement) => retirement,
+                None => return,
+            },
+            () = cancel.cancelled() => return,
+        };
+        let id = &retirement.worker_id;
+        let pool = match store.get_worker(id).await {
+            Ok(record) => record.and_then(|record| record.worker.metadata.pool),
+            Err(error) => {
+                tracing::warn!(worker_id = %id, %error, "could not read a retired worker");
+                None
+            }
+        };
+        tracing::info!(worker_id = %id, reason = %retirement.reason, "terminating a retired worker");
+        if let Err(error) = management.terminate_worker(id).await {
+            tracing::warn!(worker_id = %id, %error, "could not terminate a retired worker");
+        }
+        if let Some(spec) = pool.and_then(|name| pools.iter().find(|p| p.name == name)) {
+            match management.create_pool(spec).await {
+                Ok(created) => {
+                    for failure in &created.failures {
+                        tracing::error!(pool = %spec.name, error = %failure, "could not replace a retired worker");
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(pool = %spec.name, %error, "could not replace a retired worker");
+                }
+            }
         }
     }
 }

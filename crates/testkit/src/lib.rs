@@ -1,6 +1,7 @@
 //! Test support: in-memory fakes of every port and the contract suites that real adapters
 //! and fakes must both pass. Only tests depend on this crate.
 
+pub mod agents;
 pub mod metrics;
 pub mod provider;
 pub mod scheduler;

@@ -1,0 +1,339 @@
+//! `hodei job ...`: submit, list, inspect, follow and cancel jobs over the REST API.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Subcommand;
+use hodei_server::api::{JobList, JobView, LogsView, SubmitJob};
+
+use crate::client::{Client, Connection, Output, age, print_json, table};
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job and print its id. With --wait, stream its output and exit with its exit
+    /// code.
+    ///
+    /// The command after `--` runs without a shell; use --script for shell syntax.
+    /// Example: hodei job submit --wait -- make test
+    Submit {
+        /// Run only on workers of this pool (the worker label pool=P).
+        #[arg(long, value_name = "POOL")]
+        pool: Option<String>,
+        /// The tenant the job belongs to.
+        #[arg(long, value_name = "TENANT")]
+        tenant: Option<String>,
+        /// The queue to wait in (configured under [[jobs.queue]]).
+        #[arg(long, value_name = "QUEUE")]
+        queue: Option<String>,
+        /// Higher runs first, -1000 to 1000.
+        #[arg(
+            long,
+            default_value_t = 0,
+            allow_negative_numbers = true,
+            value_name = "N"
+        )]
+        priority: i32,
+        /// Seconds one attempt may run before it is killed; no limit when absent.
+        #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+        timeout: Option<i64>,
+        /// Retries after a failed or timed-out attempt.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        retries: u32,
+        /// A label the worker must carry, `key=value`; repeat for more.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::parse_label)]
+        labels: Vec<(String, String)>,
+        /// CPU cores the worker must have.
+        #[arg(long, value_name = "N")]
+        cpu: Option<u32>,
+        /// Memory the worker must have, MiB.
+        #[arg(long, value_name = "MIB")]
+        memory_mb: Option<u64>,
+        /// An environment variable for the job, `KEY=VALUE`; repeat for more.
+        #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Working directory on the worker; a fresh one per attempt when absent.
+        #[arg(long, value_name = "DIR")]
+        workdir: Option<String>,
+        /// Run this shell script (`/bin/sh -c`) instead of a command.
+        #[arg(long, value_name = "SCRIPT", conflicts_with = "command")]
+        script: Option<String>,
+        /// Stream the job's output until it ends and exit with its exit code.
+        #[arg(long)]
+        wait: bool,
+        /// The program and its arguments.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List jobs, newest first.
+    Ls {
+        /// Only jobs in these states, comma-separated (queued, assigned, running, succeeded,
+        /// failed, timed_out, cancelled, dead_lettered).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this tenant's jobs.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this queue's jobs.
+        #[arg(long)]
+        queue: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Show one job, and why it still waits if it is queued.
+    Get {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Print a job's output; with -f, follow it until the job ends.
+    Logs {
+        id: String,
+        /// Keep printing new output until the job ends, then exit with its exit code.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Cancel a job: a queued one at once, a running one by killing its processes.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+fn print_jobs(jobs: &[JobView]) {
+    let mut t = table(&[
+        "ID", "STATE", "EXIT", "TENANT", "QUEUE", "PRIO", "WORKER", "ATTEMPTS", "AGE", "COMMAND",
+    ]);
+    for job in jobs {
+        let mut command = job.command_line.clone();
+        if command.chars().count() > 40 {
+            command = command.chars().take(39).chain(['…']).collect();
+        }
+        t.add_row(vec![
+            job.id.clone(),
+            job.state.clone(),
+            job.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
+            job.tenant.clone(),
+            job.queue.clone(),
+            job.priority.to_string(),
+            job.worker_id.clone().unwrap_or_else(|| "-".into()),
+            job.attempts.to_string(),
+            age(&job.submitted_at),
+            command,
+        ]);
+    }
+    println!("{t}");
+}
+
+fn print_job(job: &JobView) {
+    print_jobs(std::slice::from_ref(job));
+    if let Some(reason) = &job.reason {
+        println!("\nreason: {reason}");
+    }
+    if let Some(waiting) = &job.waiting_reason {
+        println!("\nwaiting: {waiting}");
+    }
+}
+
+/// The exit status `hodei job ... --wait` ends with: the job's exit code when it exited,
+/// 1 when it failed otherwise (timed out, cancelled, lost its worker for good).
+fn exit_status(view: &LogsView) -> u8 {
+    match view.exit_code {
+        Some(code) if view.state == "succeeded" => u8::try_from(code).unwrap_or(0),
+        Some(code) => u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(1),
+        None if view.state == "succeeded" => 0,
+        None => 1,
+    }
+}
+
+/// Prints a job's output; with `follow`, until the job ends. Returns the final view.
+async fn stream_logs(client: &Client, id: &str, follow: bool) -> anyhow::Result<LogsView> {
+    let mut after = 0;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    loop {
+        let query = [("after", after.to_string()), ("follow", follow.to_string())];
+        let view: LogsView = client.get(&format!("/jobs/{id}/logs"), &query).await?;
+        for chunk in &view.chunks {
+            if chunk.stream == "stderr" {
+                stderr.write_all(chunk.text.as_bytes())?;
+                stderr.flush()?;
+            } else {
+                stdout.write_all(chunk.text.as_bytes())?;
+                stdout.flush()?;
+            }
+        }
+        after = view.next;
+        if view.complete || !follow {
+            return Ok(view);
+        }
+    }
+}
+
+pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
+    match command {
+        JobCommand::Submit {
+            pool,
+            tenant,
+            queue,
+            priority,
+            timeout,
+            retries,
+            labels,
+            cpu,
+            memory_mb,
+            env,
+            workdir,
+            script,
+            wait,
+            command,
+            connection,
+        } => {
+            if command.is_empty() && script.is_none() {
+                anyhow::bail!(
+                    "nothing to run: give a command after `--` (hodei job submit -- make test) or --script"
+                );
+            }
+            let mut request = SubmitJob {
+                command,
+                script,
+                tenant,
+                queue,
+                env: env.into_iter().collect(),
+                working_dir: workdir,
+                priority,
+                timeout_secs: timeout,
+                max_retries: retries,
+                ..SubmitJob::default()
+            };
+            request.requirements.labels = labels.into_iter().collect::<BTreeMap<_, _>>();
+            if let Some(pool) = pool {
+                request
+                    .requirements
+                    .labels
+                    .insert(hodei_core::matching::POOL_LABEL.to_owned(), pool);
+            }
+            request.requirements.cpu_cores = cpu.unwrap_or(0);
+            request.requirements.memory_mb = memory_mb.unwrap_or(0);
+            let client = Client::new(&connection)?;
+            let job: JobView = client.post("/jobs", &request).await?;
+            if !wait {
+                match connection.output {
+                    Output::Json => print_json(&job)?,
+                    Output::Table => println!("{}", job.id),
+                }
+                return Ok(0);
+            }
+            eprintln!("job {} queued", job.id);
+            let end = stream_logs(&client, &job.id, true).await?;
+            eprintln!(
+                "job {} {}{}",
+                job.id,
+                end.state,
+                end.exit_code
+                    .map(|c| format!(" (exit code {c})"))
+                    .unwrap_or_default()
+            );
+            Ok(exit_status(&end))
+        }
+        JobCommand::Ls {
+            state,
+            tenant,
+            queue,
+            limit,
+            connection,
+        } => {
+            let client = Client::new(&connection)?;
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(state.map(|s| ("state", s)));
+            query.extend(tenant.map(|t| ("tenant", t)));
+            query.extend(queue.map(|q| ("queue", q)));
+            let list: JobList = client.get("/jobs", &query).await?;
+            match connection.output {
+                Output::Json => print_json(&list)?,
+                Output::Table if list.jobs.is_empty() => println!("No jobs."),
+                Output::Table => print_jobs(&list.jobs),
+            }
+            Ok(0)
+        }
+        JobCommand::Get { id, connection } => {
+            let client = Client::new(&connection)?;
+            let job: JobView = client.get(&format!("/jobs/{id}"), &[]).await?;
+            match connection.output {
+                Output::Json => print_json(&job)?,
+                Output::Table => print_job(&job),
+            }
+            Ok(0)
+        }
+        JobCommand::Logs {
+            id,
+            follow,
+            connection,
+        } => {
+            let client = Client::new(&connection)?;
+            let end = stream_logs(&client, &id, follow).await?;
+            Ok(if follow { exit_status(&end) } else { 0 })
+        }
+        JobCommand::Cancel { id, connection } => {
+            let client = Client::new(&connection)?;
+            let job: JobView = client
+                .post(&format!("/jobs/{id}/cancel"), &serde_json::json!({}))
+                .await
+                .with_context(|| format!("cannot cancel job {id}"))?;
+            match connection.output {
+                Output::Json => print_json(&job)?,
+                Output::Table if job.state == "cancelled" => println!("job {id} cancelled"),
+                Output::Table => println!("job {id} is {}, stopping it", job.state),
+            }
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(state: &str, exit_code: Option<i32>) -> LogsView {
+        LogsView {
+            chunks: Vec::new(),
+            next: 0,
+            state: state.into(),
+            exit_code,
+            complete: true,
+        }
+    }
+
+    #[test]
+    fn wait_exits_with_the_jobs_exit_code() {
+        assert_eq!(exit_status(&view("succeeded", Some(0))), 0);
+        assert_eq!(exit_status(&view("failed", Some(3))), 3);
+        assert_eq!(exit_status(&view("dead_lettered", Some(7))), 7);
+        assert_eq!(exit_status(&view("timed_out", None)), 1);
+        assert_eq!(exit_status(&view("cancelled", None)), 1);
+        assert_eq!(exit_status(&view("failed", Some(-1))), 1);
+        assert_eq!(exit_status(&view("failed", Some(256))), 1);
+    }
+
+    #[test]
+    fn env_needs_a_name() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("nothing").is_err());
+    }
+}

@@ -1,0 +1,479 @@
+//! Jobs end to end with real `hodei agent` processes: many jobs through a few reused
+//! workers, exit codes, timeouts, cancels that kill the process tree, a job that waits for
+//! a fitting worker, the CLI, and recovery after the server is killed with SIGKILL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use hodei_core::{JobId, JobSpec, JobState, WorkerId};
+use hodei_ports::JobFilter;
+use hodei_server::Server;
+use hodei_testkit::wait_for;
+
+fn script(text: &str) -> JobSpec {
+    JobSpec::new(hodei_core::Command::Script(text.to_owned()))
+}
+
+/// All of a job's output, as text.
+async fn output_of(server: &Server, id: &JobId) -> String {
+    let chunks = server.jobs().logs(id, 0, 10_000).await.unwrap();
+    chunks
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.data).into_owned())
+        .collect()
+}
+
+async fn wait_job(server: &Server, id: &JobId, limit: Duration) -> hodei_core::Job {
+    wait_for(&format!("job {id} to end"), limit, || async {
+        server
+            .jobs()
+            .get(id)
+            .await
+            .unwrap()
+            .filter(|job| job.state.is_terminal())
+    })
+    .await
+}
+
+fn hodei(server: &Server, args: &[&str]) -> Output {
+    Command::new(HODEI)
+        .args(args)
+        .env("HODEI_SERVER", server.url())
+        .env("HODEI_TOKEN", server.token())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_jobs_run_on_four_reused_workers_with_their_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_anywhere(config(dir.path(), 4)).await;
+    let workers = wait_for_registered_workers(&server, 4).await;
+    for id in &workers {
+        wait_for_connected(&server, id).await;
+    }
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        let job = server
+            .jobs()
+            .submit(script(&format!("echo job-{i}")))
+            .await
+            .unwrap();
+        ids.push(job.id);
+    }
+    let mut per_worker: BTreeMap<WorkerId, usize> = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let job = wait_job(&server, id, Duration::from_secs(120)).await;
+        assert_eq!(job.state, JobState::Succeeded, "job {i}: {:?}", job.reason);
+        assert_eq!(job.exit_code, Some(0));
+        assert_eq!(job.attempts, 1);
+        assert_eq!(output_of(&server, id).await, format!("job-{i}\n"));
+        *per_worker.entry(job.worker_id.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        per_worker.len(),
+        4,
+        "every worker took jobs: {per_worker:?}"
+    );
+    assert!(
+        per_worker.values().all(|n| *n >= 10),
+        "each worker was reused many times: {per_worker:?}"
+    );
+    assert_eq!(
+        per_worker.keys().cloned().collect::<Vec<_>>(),
+        {
+            let mut w = workers.clone();
+            w.sort();
+            w
+        },
+        "no new worker was provisioned"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hodei_jobs_finished_total{state=\"succeeded\"} 200"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hodei_worker_reuses_total 196"),
+        "{metrics}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_submits_waits_streams_and_exits_with_the_jobs_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_anywhere(config(dir.path(), 1)).await;
+    wait_for_registered_workers(&server, 1).await;
+
+    let ok = hodei(
+        &server,
+        &[
+            "job",
+            "submit",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2",
+        ],
+    );
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert_eq!(text(&ok.stdout), "hello\n");
+    assert!(text(&ok.stderr).contains("oops\n"), "{}", text(&ok.stderr));
+
+    let failing = hodei(
+        &server,
+        &["job", "submit", "--wait", "--script", "echo before; exit 3"],
+    );
+    assert_eq!(failing.status.code(), Some(3), "{}", text(&failing.stderr));
+    assert_eq!(text(&failing.stdout), "before\n");
+    assert!(text(&failing.stderr).contains("failed (exit code 3)"));
+
+    let timed_out = hodei(
+        &server,
+        &[
+            "job",
+            "submit",
+            "--wait",
+            "--timeout",
+            "1",
+            "--",
+            "sleep",
+            "30",
+        ],
+    );
+    assert_eq!(timed_out.status.code(), Some(1));
+    assert!(
+        text(&timed_out.stderr).contains("timed_out"),
+        "{}",
+        text(&timed_out.stderr)
+    );
+
+    let submitted = hodei(&server, &["job", "submit", "--", "echo", "listed"]);
+    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    let id = text(&submitted.stdout).trim().to_owned();
+    let job = JobId::new(id.clone()).unwrap();
+    wait_job(&server, &job, LIMIT).await;
+    let ls = hodei(&server, &["job", "ls"]);
+    let table = text(&ls.stdout);
+    assert!(table.contains("STATE") && table.contains(&id), "{table}");
+    assert!(table.contains("succeeded") && table.contains("echo listed"));
+    let logs = hodei(&server, &["job", "logs", &id]);
+    assert_eq!(text(&logs.stdout), "listed\n");
+    let get = hodei(&server, &["job", "get", &id, "-o", "json"]);
+    let view: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(view["state"], "succeeded");
+    assert_eq!(view["exit_code"], 0);
+
+    // Bad input: a clear message and a non-zero exit, nothing recorded.
+    let before = server
+        .jobs()
+        .list(&JobFilter::default())
+        .await
+        .unwrap()
+        .len();
+    for (args, message) in [
+        (vec!["job", "submit"], "nothing to run"),
+        (
+            vec!["job", "submit", "--queue", "nightly", "--", "true"],
+            "unknown queue nightly",
+        ),
+        (
+            vec!["job", "submit", "--timeout", "-5", "--", "true"],
+            "timeout",
+        ),
+        (
+            vec!["job", "submit", "--cpu", "512", "--", "true"],
+            "largest pool or worker has",
+        ),
+        (
+            vec!["job", "submit", "--priority", "5000", "--", "true"],
+            "priority",
+        ),
+        (vec!["job", "get", "j-missing"], "not found"),
+    ] {
+        let out = hodei(&server, &args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            text(&out.stderr).contains(message),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(
+        server
+            .jobs()
+            .list(&JobFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        before
+    );
+    server.shutdown().await.unwrap();
+}
+
+fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_kills_its_whole_process_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_anywhere(config(dir.path(), 1)).await;
+    wait_for_registered_workers(&server, 1).await;
+    let pids = dir.path().join("pids");
+    let job = server
+        .jobs()
+        .submit(script(&format!(
+            "sleep 300 & echo $! > {p}.tmp; echo $$ >> {p}.tmp; mv {p}.tmp {p}; wait",
+            p = pids.display()
+        )))
+        .await
+        .unwrap();
+    let pids: Vec<i32> = wait_for("the job's processes", LIMIT, || async {
+        let text = std::fs::read_to_string(&pids).ok()?;
+        Some(text.lines().map(|l| l.trim().parse().unwrap()).collect())
+    })
+    .await;
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|pid| process_alive(*pid)));
+    let out = hodei(&server, &["job", "cancel", job.id.as_str()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ended = wait_job(&server, &job.id, LIMIT).await;
+    assert_eq!(ended.state, JobState::Cancelled);
+    wait_for("the job's processes to be gone", LIMIT, || async {
+        pids.iter().all(|pid| !process_alive(*pid)).then_some(())
+    })
+    .await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_no_worker_fits_waits_and_runs_when_a_fitting_worker_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_anywhere(config(dir.path(), 1)).await;
+    wait_for_registered_workers(&server, 1).await;
+    let submitted = hodei(
+        &server,
+        &[
+            "job", "submit", "--label", "gpu=yes", "--", "echo", "on-gpu",
+        ],
+    );
+    assert!(submitted.status.success(), "{}", text(&submitted.stderr));
+    let id = text(&submitted.stdout).trim().to_owned();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let get = hodei(&server, &["job", "get", &id]);
+    let shown = text(&get.stdout);
+    assert!(shown.contains("queued"), "{shown}");
+    assert!(
+        shown.contains("waiting:") && shown.contains("gpu"),
+        "{shown}"
+    );
+
+    let _agent = KillOnDrop(
+        Command::new(HODEI)
+            .args([
+                "agent",
+                "--server",
+                server.url(),
+                "--worker-id",
+                "gpu-1",
+                "--label",
+                "gpu=yes",
+                "--work-dir",
+            ])
+            .arg(dir.path().join("gpu-work"))
+            .env("HODEI_TOKEN", server.token())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let job = wait_job(&server, &JobId::new(id.clone()).unwrap(), LIMIT).await;
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.worker_id.unwrap().as_str(), "gpu-1");
+    assert_eq!(output_of(&server, &job.id).await, "on-gpu\n");
+    server.shutdown().await.unwrap();
+}
+
+/// `hodei server` as its own process, so that it can be killed with SIGKILL.
+fn server_process(config: &std::path::Path, listen: &str) -> KillOnDrop {
+    let log = std::fs::File::create(config.with_extension("log")).unwrap();
+    KillOnDrop(
+        Command::new(HODEI)
+            .args(["server", "--config"])
+            .arg(config)
+            .args(["--listen", listen])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct JobList {
+    jobs: Vec<serde_json::Value>,
+}
+
+async fn api_jobs(url: &str, token: &str) -> Option<Vec<serde_json::Value>> {
+    let response = reqwest::Client::new()
+        .get(format!("{url}/api/v1/jobs?limit=1000"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?;
+    Some(response.json::<JobList>().await.ok()?.jobs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_no_accepted_job_is_lost_or_recorded_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "recovery-test-token-0123456789";
+    let config = dir.path().join("hodei.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+data_dir = "{data}"
+token = "{token}"
+[local]
+agent_program = "{hodei}"
+[reconcile]
+interval = "200ms"
+[jobs]
+lost_worker_grace = "2s"
+[[pool]]
+name = "default"
+provider = "local"
+size = 2
+"#,
+            data = dir.path().join("data").display(),
+            hodei = HODEI,
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let mut server = server_process(&config, &listen);
+    let ready = || async {
+        let ok = reqwest::get(format!("{url}/readyz")).await.ok()?;
+        ok.status().is_success().then_some(())
+    };
+    wait_for("the server to be ready", LIMIT, ready).await;
+    wait_for("two connected workers", LIMIT, || async {
+        let workers: serde_json::Value = reqwest::Client::new()
+            .get(format!("{url}/api/v1/workers"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let connected = workers["workers"]
+            .as_array()?
+            .iter()
+            .filter(|w| w["connected"] == true)
+            .count();
+        (connected == 2).then_some(())
+    })
+    .await;
+
+    // 12 jobs of about a second each on 2 workers: some run, most wait.
+    let client = reqwest::Client::new();
+    let total = 12;
+    for i in 0..total {
+        let response = client
+            .post(format!("{url}/api/v1/jobs"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"script": format!("sleep 1; echo done-{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    wait_for("two jobs running", LIMIT, || async {
+        let jobs = api_jobs(&url, token).await?;
+        (jobs.iter().filter(|j| j["state"] == "running").count() == 2).then_some(())
+    })
+    .await;
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    // One agent dies with the server; its job must run again elsewhere.
+    let pid_files: Vec<_> = std::fs::read_dir(dir.path().join("data/local"))
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.unwrap().path();
+            (path.extension()? == "pid").then_some(path)
+        })
+        .collect();
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&pid_files[0]).unwrap()).unwrap();
+    let victim = i32::try_from(record["pid"].as_i64().unwrap()).unwrap();
+    Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+
+    let _server = server_process(&config, &listen);
+    wait_for("the server to be ready again", LIMIT, ready).await;
+    let jobs = wait_for("every job to end", Duration::from_secs(120), || async {
+        let jobs = api_jobs(&url, token).await?;
+        jobs.iter().all(|j| j["finished"] == true).then_some(jobs)
+    })
+    .await;
+    assert_eq!(jobs.len(), total, "no job lost, none made up");
+    for job in &jobs {
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let id = job["id"].as_str().unwrap();
+        let logs: serde_json::Value = client
+            .get(format!("{url}/api/v1/jobs/{id}/logs"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // The output of the attempt that succeeded, exactly once.
+        let attempt = &job["attempts"];
+        let output: String = logs["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| &c["attempt"] == attempt)
+            .map(|c| c["text"].as_str().unwrap().to_owned())
+            .collect();
+        let script = job["spec"]["script"].as_str().unwrap();
+        let expected = format!("{}\n", script.strip_prefix("sleep 1; echo ").unwrap());
+        assert_eq!(output, expected, "{job}");
+    }
+    let retried = jobs.iter().filter(|j| j["attempts"] != 1).count();
+    assert!(retried >= 1, "the killed agent's job ran again");
+}

@@ -1,0 +1,240 @@
+//! `hodei.v1.JobService`: the job API over gRPC, the same operations and error codes as
+//! REST (`/api/v1/jobs`). Requests become [`SubmitJob`] so both APIs validate one way.
+
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use hodei_core::{Job, JobId, JobState, QueueName, Requirements, TenantName};
+use hodei_modules::JobService;
+use hodei_ports::{JobFilter, LogStream};
+use hodei_proto::convert::to_millis;
+use hodei_proto::v1;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::api::SubmitJob;
+use crate::error::ApiError;
+
+/// `JobService` over the job dispatcher.
+#[derive(Debug, Clone)]
+pub struct JobGrpc {
+    pub jobs: JobService,
+}
+
+fn status(error: impl Into<ApiError>) -> Status {
+    error.into().into()
+}
+
+fn job_id(text: String) -> Result<JobId, Status> {
+    JobId::new(text).map_err(status)
+}
+
+/// The wire spec as a REST request, so both APIs share one validation.
+fn submit_request(spec: v1::JobSpec) -> SubmitJob {
+    SubmitJob {
+        command: spec.argv,
+        script: (!spec.script.is_empty()).then_some(spec.script),
+        tenant: Some(spec.tenant),
+        queue: Some(spec.queue),
+        env: spec.env,
+        working_dir: Some(spec.working_dir),
+        requirements: Requirements {
+            cpu_cores: spec.cpu_cores,
+            memory_mb: spec.memory_mb,
+            labels: spec.labels,
+            features: spec.features.into_iter().collect(),
+        },
+        priority: spec.priority,
+        timeout_secs: (spec.timeout_secs > 0).then_some(i64::from(spec.timeout_secs)),
+        max_retries: spec.max_retries,
+        sla_class: Some(spec.sla_class),
+    }
+}
+
+fn wire_spec(job: &Job) -> v1::JobSpec {
+    let request = SubmitJob::from_spec(&job.spec);
+    v1::JobSpec {
+        tenant: request.tenant.unwrap_or_default(),
+        queue: request.queue.unwrap_or_default(),
+        argv: request.command,
+        script: request.script.unwrap_or_default(),
+        env: request.env,
+        working_dir: request.working_dir.unwrap_or_default(),
+        cpu_cores: request.requirements.cpu_cores,
+        memory_mb: request.requirements.memory_mb,
+        labels: request.requirements.labels,
+        features: request.requirements.features.into_iter().collect(),
+        priority: request.priority,
+        timeout_secs: request
+            .timeout_secs
+            .map_or(0, |secs| u32::try_from(secs).unwrap_or(u32::MAX)),
+        max_retries: request.max_retries,
+        sla_class: request.sla_class.unwrap_or_default(),
+    }
+}
+
+fn millis(time: Option<SystemTime>) -> i64 {
+    time.map_or(0, to_millis)
+}
+
+/// The wire form of a job.
+pub fn job_info(job: &Job) -> v1::JobInfo {
+    v1::JobInfo {
+        id: job.id.to_string(),
+        spec: Some(wire_spec(job)),
+        state: job.state.to_string(),
+        attempts: job.attempts,
+        worker_id: job
+            .worker_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        has_exit_code: job.exit_code.is_some(),
+        exit_code: job.exit_code.unwrap_or_default(),
+        reason: job.reason.clone().unwrap_or_default(),
+        submitted_at_ms: to_millis(job.submitted_at),
+        started_at_ms: millis(job.started_at),
+        finished_at_ms: millis(job.finished_at),
+    }
+}
+
+type LogStreamResponse = Pin<Box<dyn Stream<Item = Result<v1::StreamLogsResponse, Status>> + Send>>;
+
+/// Most chunks one streamed message carries.
+const LOG_PAGE: usize = 1000;
+
+#[tonic::async_trait]
+impl v1::job_service_server::JobService for JobGrpc {
+    async fn submit_job(
+        &self,
+        request: Request<v1::SubmitJobRequest>,
+    ) -> Result<Response<v1::SubmitJobResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| status(hodei_core::ValidationError::new("spec", "is missing")))?;
+        let spec = submit_request(spec).into_spec().map_err(status)?;
+        let job = self.jobs.submit(spec).await.map_err(status)?;
+        Ok(Response::new(v1::SubmitJobResponse {
+            job: Some(job_info(&job)),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::GetJobResponse>, Status> {
+        let id = job_id(request.into_inner().job_id)?;
+        let job = self
+            .jobs
+            .get(&id)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| status(ApiError::not_found(format!("job {id} not found"))))?;
+        let mut info = job_info(&job);
+        if job.state == JobState::Queued
+            && let Some(why) = self.jobs.why_waiting(id).await.map_err(status)?
+        {
+            info.reason = why;
+        }
+        Ok(Response::new(v1::GetJobResponse { job: Some(info) }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let request = request.into_inner();
+        let states = request
+            .states
+            .iter()
+            .map(|s| s.parse::<JobState>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(status)?;
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        let limit = match request.limit {
+            0 => 100,
+            n => usize::try_from(n).unwrap_or(usize::MAX).min(10_000),
+        };
+        let filter = JobFilter {
+            states,
+            tenant: non_empty(request.tenant)
+                .map(TenantName::new)
+                .transpose()
+                .map_err(status)?,
+            queue: non_empty(request.queue)
+                .map(QueueName::new)
+                .transpose()
+                .map_err(status)?,
+            worker_id: None,
+            limit: Some(limit),
+        };
+        let jobs = self.jobs.list(&filter).await.map_err(status)?;
+        Ok(Response::new(v1::ListJobsResponse {
+            jobs: jobs.iter().map(job_info).collect(),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<v1::CancelJobRequest>,
+    ) -> Result<Response<v1::CancelJobResponse>, Status> {
+        let id = job_id(request.into_inner().job_id)?;
+        let job = self.jobs.cancel(id).await.map_err(status)?;
+        Ok(Response::new(v1::CancelJobResponse {
+            job: Some(job_info(&job)),
+        }))
+    }
+
+    type StreamLogsStream = LogStreamResponse;
+
+    async fn stream_logs(
+        &self,
+        request: Request<v1::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let request = request.into_inner();
+        let id = job_id(request.job_id)?;
+        if self.jobs.get(&id).await.map_err(status)?.is_none() {
+            return Err(status(ApiError::not_found(format!("job {id} not found"))));
+        }
+        let jobs = self.jobs.clone();
+        let mut after = usize::try_from(request.after).unwrap_or(usize::MAX);
+        let follow = request.follow;
+        let stream = async_stream::try_stream! {
+            let mut changes = jobs.changes();
+            loop {
+                changes.borrow_and_update();
+                let job = jobs.get(&id).await.map_err(status)?;
+                let chunks = jobs.logs(&id, after, LOG_PAGE).await.map_err(status)?;
+                let full_page = chunks.len() == LOG_PAGE;
+                after += chunks.len();
+                let ended = job.as_ref().filter(|job| job.state.is_terminal() && !full_page);
+                let message = v1::StreamLogsResponse {
+                    chunks: chunks
+                        .into_iter()
+                        .map(|chunk| v1::JobLogChunk {
+                            attempt: chunk.attempt,
+                            stream: match chunk.stream {
+                                LogStream::Stdout => "stdout".into(),
+                                LogStream::Stderr => "stderr".into(),
+                            },
+                            data: chunk.data,
+                        })
+                        .collect(),
+                    finished: ended.filter(|_| follow).map(job_info),
+                };
+                let done = !follow || ended.is_some() || job.is_none();
+                if !message.chunks.is_empty() || done {
+                    yield message;
+                }
+                if done {
+                    break;
+                }
+                if !full_page && changes.changed().await.is_err() {
+                    Err(Status::unavailable("the job service stopped"))?;
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
