@@ -31,6 +31,7 @@ pub fn dev_config(args: &DevArgs) -> ServerConfig {
             provider: ProviderKind::Local,
             size: args.workers,
             template: WorkerSpec::default(),
+            max_uses: None,
         }],
         ..ServerConfig::default()
     }

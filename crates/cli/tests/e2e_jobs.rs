@@ -477,3 +477,29 @@ size = 2
     let retried = jobs.iter().filter(|j| j["attempts"] != 1).count();
     assert!(retried >= 1, "the killed agent's job ran again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_pool_gives_every_job_a_fresh_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1);
+    cfg.pools[0].max_uses = Some(1);
+    let server = start_anywhere(cfg).await;
+    wait_for_registered_workers(&server, 1).await;
+    let mut ran_on = Vec::new();
+    for i in 0..3 {
+        let job = server
+            .jobs()
+            .submit(script(&format!("echo {i}")))
+            .await
+            .unwrap();
+        let job = wait_job(&server, &job.id, LIMIT).await;
+        assert_eq!(job.state, JobState::Succeeded);
+        ran_on.push(job.worker_id.unwrap());
+    }
+    ran_on.dedup();
+    assert_eq!(ran_on.len(), 3, "a fresh worker per job: {ran_on:?}");
+    // The pool is topped up again after each retirement.
+    let live = wait_for_registered_workers(&server, 1).await;
+    assert!(!ran_on.contains(&live[0]), "the used workers are gone");
+    server.shutdown().await.unwrap();
+}

@@ -700,6 +700,7 @@ async fn a_scheduler_killed_mid_batch_and_restarted_ends_with_every_worker_regis
         provider: ProviderKind::Local,
         size: u32::try_from(POOL_SIZE).unwrap(),
         template: WorkerSpec::default(),
+        max_uses: None,
     };
     let creating = {
         let service = management.service.clone();

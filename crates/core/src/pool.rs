@@ -20,6 +20,10 @@ pub struct PoolSpec {
     /// the pool.
     #[serde(default)]
     pub template: WorkerSpec,
+    /// Jobs a worker of this pool runs before it is retired and replaced: 1 makes every
+    /// worker ephemeral (a fresh one per job); absent means workers are reused without limit.
+    #[serde(default)]
+    pub max_uses: Option<u32>,
 }
 
 impl PoolSpec {
@@ -32,6 +36,12 @@ impl PoolSpec {
             return Err(ValidationError::new(
                 "pool.size",
                 format!("is {}, at most {MAX_POOL_SIZE} allowed", self.size),
+            ));
+        }
+        if self.max_uses == Some(0) {
+            return Err(ValidationError::new(
+                "pool.max_uses",
+                "must be at least 1 (1 = a fresh worker per job), or absent for no limit",
             ));
         }
         self.template.capabilities.validate()?;
@@ -58,6 +68,7 @@ mod tests {
             provider: ProviderKind::Local,
             size: 2,
             template: WorkerSpec::default(),
+            max_uses: None,
         }
     }
 
@@ -74,6 +85,19 @@ mod tests {
             ..pool()
         };
         assert_eq!(bad.validate().unwrap_err().field, "pool.size");
+        let bad = PoolSpec {
+            max_uses: Some(0),
+            ..pool()
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "pool.max_uses");
+        assert!(
+            PoolSpec {
+                max_uses: Some(1),
+                ..pool()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 
     #[test]

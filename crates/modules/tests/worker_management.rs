@@ -239,6 +239,7 @@ fn pool(size: u32) -> PoolSpec {
         provider: ProviderKind::Local,
         size,
         template: WorkerSpec::default(),
+        max_uses: None,
     }
 }
 

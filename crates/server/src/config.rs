@@ -274,6 +274,10 @@ impl JobsSection {
                 .iter()
                 .map(|pool| pool.template.capabilities.clone())
                 .collect(),
+            max_uses: pools
+                .iter()
+                .filter_map(|pool| Some((pool.name.clone(), pool.max_uses?)))
+                .collect(),
             ..hodei_modules::JobServiceConfig::default()
         })
     }

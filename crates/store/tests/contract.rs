@@ -81,6 +81,7 @@ async fn data_survives_closing_and_reopening_the_file() {
         provider: ProviderKind::Local,
         size: 3,
         template: WorkerSpec::default(),
+        max_uses: None,
     };
 
     let store = SqliteStore::open(&path).await.unwrap();

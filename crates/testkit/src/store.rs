@@ -767,6 +767,7 @@ fn pool(name: &str, size: u32) -> PoolSpec {
         name,
         provider: ProviderKind::Kubernetes,
         size,
+        max_uses: Some(3),
     }
 }
 

@@ -23,6 +23,7 @@ pub fn config(data_dir: &Path, workers: u32) -> ServerConfig {
             provider: ProviderKind::Local,
             size: workers,
             template: WorkerSpec::default(),
+            max_uses: None,
         }],
         ..ServerConfig::default()
     };
