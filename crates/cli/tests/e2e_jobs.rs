@@ -316,10 +316,28 @@ async fn a_job_no_worker_fits_waits_and_runs_when_a_fitting_worker_arrives() {
     server.shutdown().await.unwrap();
 }
 
-/// `hodei server` as its own process, so that it can be killed with SIGKILL.
-fn server_process(config: &std::path::Path, listen: &str) -> KillOnDrop {
+/// `hodei server` as its own process, so that it can be killed with SIGKILL. Dropped, it
+/// is stopped with SIGTERM so that it terminates its agents.
+struct ServerProcess(std::process::Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..300 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn server_process(config: &std::path::Path, listen: &str) -> ServerProcess {
     let log = std::fs::File::create(config.with_extension("log")).unwrap();
-    KillOnDrop(
+    ServerProcess(
         Command::new(HODEI)
             .args(["server", "--config"])
             .arg(config)
@@ -441,7 +459,7 @@ size = 2
         .status()
         .unwrap();
 
-    let _server = server_process(&config, &listen);
+    let second = server_process(&config, &listen);
     wait_for("the server to be ready again", LIMIT, ready).await;
     let jobs = wait_for("every job to end", Duration::from_secs(120), || async {
         let jobs = api_jobs(&url, token).await?;
@@ -476,6 +494,14 @@ size = 2
     }
     let retried = jobs.iter().filter(|j| j["attempts"] != 1).count();
     assert!(retried >= 1, "the killed agent's job ran again");
+    drop(second);
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(" agent ") && cmdline.contains(&url))
+        .collect();
+    assert!(left.is_empty(), "agents left behind: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
