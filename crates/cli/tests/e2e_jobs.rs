@@ -257,6 +257,12 @@ async fn cancelling_a_running_job_kills_its_whole_process_tree() {
     .await;
     assert_eq!(pids.len(), 2);
     assert!(pids.iter().all(|pid| process_alive(*pid)));
+    let workers = |server: &Server| {
+        let out = hodei(server, &["worker", "ls", "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list["workers"][0]["state"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(workers(&server), "busy");
     let out = hodei(&server, &["job", "cancel", job.id.as_str()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let ended = wait_job(&server, &job.id, LIMIT).await;
@@ -265,6 +271,7 @@ async fn cancelling_a_running_job_kills_its_whole_process_tree() {
         pids.iter().all(|pid| !process_alive(*pid)).then_some(())
     })
     .await;
+    assert_eq!(workers(&server), "idle", "the worker is free again");
     server.shutdown().await.unwrap();
 }
 

@@ -134,6 +134,7 @@ pub struct JobService {
     events: mpsc::Sender<Event>,
     store: Arc<dyn Store>,
     changes: watch::Receiver<u64>,
+    activity: Activity,
 }
 
 impl std::fmt::Debug for JobService {
@@ -157,7 +158,9 @@ impl JobService {
         let (events, inbox) = mpsc::channel(4096);
         let (retired, retirements) = mpsc::unbounded_channel();
         let (changed, changes) = watch::channel(0);
+        let activity = Activity::default();
         let mut dispatcher = Dispatcher {
+            activity: activity.clone(),
             changed,
             config,
             store: store.clone(),
@@ -178,6 +181,7 @@ impl JobService {
                 events,
                 store,
                 changes,
+                activity,
             },
             retirements,
         ))
@@ -218,6 +222,12 @@ impl JobService {
     /// follower of a job's logs waits on it instead of polling the store.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    /// `Busy` or `Cleaning` for a worker running a job or cleaning up after one; `None`
+    /// when it has no job (its stored lifecycle state then tells the rest).
+    pub fn worker_activity(&self, worker_id: &WorkerId) -> Option<WorkerState> {
+        lock(&self.activity).get(worker_id).copied()
     }
 
     pub async fn get(&self, id: &JobId) -> Result<Option<Job>, JobError> {
@@ -300,7 +310,17 @@ struct Live {
     unconfirmed: bool,
 }
 
+/// Workers busy with a job or cleaning after one; absent means idle (as far as jobs go).
+type Activity = Arc<std::sync::Mutex<HashMap<WorkerId, WorkerState>>>;
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 struct Dispatcher {
+    activity: Activity,
     changed: watch::Sender<u64>,
     config: JobServiceConfig,
     store: Arc<dyn Store>,
@@ -356,6 +376,7 @@ impl Dispatcher {
                 live.lost_at = Some(now + self.config.lost_worker_grace);
                 if let Some(worker) = &live.job.worker_id {
                     self.slots.entry(worker.clone()).or_default().job = Some(live.job.id.clone());
+                    lock(&self.activity).insert(worker.clone(), WorkerState::Busy);
                 }
                 in_flight += 1;
             }
@@ -589,7 +610,7 @@ impl Dispatcher {
             self.metrics.reused.inc();
         }
         let job = live.job.clone();
-        self.worker_state(&worker_id, WorkerState::Busy).await;
+        self.worker_state(&worker_id, WorkerState::Busy);
         if let Err(error) = self.link.assign(&worker_id, &job).await {
             tracing::info!(%job_id, %worker_id, %error, "assignment not delivered, queueing the job again");
             self.undeliverable(&job_id, &worker_id).await;
@@ -602,7 +623,7 @@ impl Dispatcher {
         let slot = self.slots.entry(worker_id.clone()).or_default();
         slot.job = None;
         slot.unreachable = true;
-        self.worker_state(worker_id, WorkerState::Idle).await;
+        lock(&self.activity).remove(worker_id);
         let Some(live) = self.jobs.get_mut(job_id) else {
             return;
         };
@@ -779,6 +800,8 @@ impl Dispatcher {
         let slot = self.slots.entry(worker_id.clone()).or_default();
         slot.job = None;
         if lost {
+            // Nothing ran to the end there; what the worker does next is up to its agent.
+            lock(&self.activity).remove(worker_id);
             return;
         }
         slot.uses += 1;
@@ -798,9 +821,9 @@ impl Dispatcher {
         } else {
             None
         };
-        self.worker_state(worker_id, WorkerState::Cleaning).await;
+        self.worker_state(worker_id, WorkerState::Cleaning);
         match retire {
-            None => self.worker_state(worker_id, WorkerState::Idle).await,
+            None => self.worker_state(worker_id, WorkerState::Idle),
             Some(reason) => {
                 if let Some(slot) = self.slots.get_mut(worker_id) {
                     slot.retired = true;
@@ -815,16 +838,23 @@ impl Dispatcher {
         }
     }
 
-    /// Moves a provisioned worker's record; agents that came on their own have none.
-    async fn worker_state(&self, worker_id: &WorkerId, to: WorkerState) {
-        match self.store.get_worker(worker_id).await {
-            Ok(Some(record)) if record.state.can_transition_to(to) => {
-                if let Err(error) = self.store.transition_worker(worker_id, to).await {
-                    tracing::warn!(%worker_id, %error, to = to.as_str(), "could not record a worker state");
-                }
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%worker_id, %error, "could not read a worker"),
+    /// Moves a worker between idle, busy and cleaning. These per-job states live in memory
+    /// (the store keeps the lifecycle: provisioning, idle, draining, unhealthy, terminated),
+    /// so a job costs no worker writes; the API overlays them on the stored state.
+    fn worker_state(&self, worker_id: &WorkerId, to: WorkerState) {
+        let mut activity = lock(&self.activity);
+        let from = activity
+            .get(worker_id)
+            .copied()
+            .unwrap_or(WorkerState::Idle);
+        if let Err(error) = from.transition(to) {
+            tracing::warn!(%worker_id, %error, "ignoring a worker state change");
+            return;
+        }
+        if to == WorkerState::Idle {
+            activity.remove(worker_id);
+        } else {
+            activity.insert(worker_id.clone(), to);
         }
     }
 

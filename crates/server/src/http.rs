@@ -104,7 +104,10 @@ async fn list_workers(
         pool: query.pool.clone(),
         live_only: !query.all && wanted_state != Some(WorkerState::Terminated),
     };
-    let records = state.store.list_workers(&filter).await?;
+    let mut records = state.store.list_workers(&filter).await?;
+    for record in &mut records {
+        record.state = with_activity(&state.jobs, record);
+    }
     let known: BTreeSet<&WorkerId> = records.iter().map(|r| &r.worker.id).collect();
     let mut workers: Vec<WorkerView> = records
         .iter()
@@ -117,7 +120,7 @@ async fn list_workers(
             .iter()
             .filter(|entry| !known.contains(&entry.worker.id))
             .filter(|entry| query.pool.is_none() || entry.worker.metadata.pool == query.pool)
-            .map(WorkerView::registered_only)
+            .map(|entry| registered_only(&state.jobs, entry))
             .filter(|view| wanted_state.is_none_or(|s| view.state == s.as_str())),
     );
     workers.sort_by(|a, b| a.id.cmp(&b.id));
@@ -131,8 +134,11 @@ async fn get_worker(
     let id = WorkerId::new(id)?;
     let registration = state.scheduler.get(&id);
     match (state.store.get_worker(&id).await?, registration) {
-        (Some(record), registration) => Ok(Json(WorkerView::new(&record, registration.as_ref()))),
-        (None, Some(entry)) => Ok(Json(WorkerView::registered_only(&entry))),
+        (Some(mut record), registration) => {
+            record.state = with_activity(&state.jobs, &record);
+            Ok(Json(WorkerView::new(&record, registration.as_ref())))
+        }
+        (None, Some(entry)) => Ok(Json(registered_only(&state.jobs, &entry))),
         (None, None) => Err(ApiError::not_found(format!("worker {id} not found"))),
     }
 }
@@ -146,7 +152,30 @@ async fn terminate_worker(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn pool_views(store: &dyn Store, name: Option<&str>) -> Result<Vec<PoolView>, ApiError> {
+/// The worker's state with what the dispatcher knows on top: a worker whose record says
+/// idle may be busy with a job or cleaning after one (those states live in memory).
+fn with_activity(jobs: &JobService, record: &hodei_ports::WorkerRecord) -> WorkerState {
+    match jobs.worker_activity(&record.worker.id) {
+        Some(activity) if record.state == WorkerState::Idle => activity,
+        _ => record.state,
+    }
+}
+
+fn registered_only(jobs: &JobService, entry: &hodei_modules::RegisteredWorker) -> WorkerView {
+    let mut view = WorkerView::registered_only(entry);
+    if let Some(activity) = jobs.worker_activity(&entry.worker.id)
+        && view.state == WorkerState::Idle.as_str()
+    {
+        view.state = activity.to_string();
+    }
+    view
+}
+
+async fn pool_views(
+    store: &dyn Store,
+    jobs: &JobService,
+    name: Option<&str>,
+) -> Result<Vec<PoolView>, ApiError> {
     let pools = match name {
         Some(name) => store.get_pool(name).await?.into_iter().collect(),
         None => store.list_pools().await?,
@@ -160,7 +189,9 @@ async fn pool_views(store: &dyn Store, name: Option<&str>) -> Result<Vec<PoolVie
         let mut states = BTreeMap::new();
         let workers = store.list_workers(&filter).await?;
         for record in &workers {
-            *states.entry(record.state.to_string()).or_insert(0) += 1;
+            *states
+                .entry(with_activity(jobs, record).to_string())
+                .or_insert(0) += 1;
         }
         views.push(PoolView {
             name: pool.name.clone(),
@@ -176,7 +207,7 @@ async fn pool_views(store: &dyn Store, name: Option<&str>) -> Result<Vec<PoolVie
 
 async fn list_pools(State(state): State<AppState>) -> Result<Json<PoolList>, ApiError> {
     Ok(Json(PoolList {
-        pools: pool_views(state.store.as_ref(), None).await?,
+        pools: pool_views(state.store.as_ref(), &state.jobs, None).await?,
     }))
 }
 
@@ -184,7 +215,7 @@ async fn get_pool(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PoolView>, ApiError> {
-    pool_views(state.store.as_ref(), Some(&name))
+    pool_views(state.store.as_ref(), &state.jobs, Some(&name))
         .await?
         .pop()
         .map(Json)
