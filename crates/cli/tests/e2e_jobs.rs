@@ -66,7 +66,8 @@ async fn two_hundred_jobs_run_on_four_reused_workers_with_their_output() {
     for i in 0..200 {
         let job = server
             .jobs()
-            .submit(script(&format!("echo job-{i}")))
+            // Long enough that the queue never drains while a worker sits idle.
+            .submit(script(&format!("sleep 0.1; echo job-{i}")))
             .await
             .unwrap();
         ids.push(job.id);

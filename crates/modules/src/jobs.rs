@@ -93,6 +93,9 @@ pub struct Retired {
     pub reason: String,
 }
 
+/// Most events applied in one turn of the dispatcher (and so sharing store commits).
+const MAX_BATCH: usize = 512;
+
 /// What agents and users tell the dispatcher.
 #[derive(Debug)]
 enum Event {
@@ -285,6 +288,17 @@ impl JobService {
     }
 }
 
+/// An attempt's end, decided but not yet recorded.
+#[derive(Debug)]
+struct AttemptEnd {
+    /// The job in its next state.
+    job: Job,
+    /// The state it is recorded in now.
+    previous: JobState,
+    lost: bool,
+    healthy: bool,
+}
+
 /// What the dispatcher knows of one worker beyond the registry.
 #[derive(Debug, Default)]
 struct Slot {
@@ -397,15 +411,16 @@ impl Dispatcher {
                 () = cancel.cancelled() => break,
                 event = inbox.recv() => {
                     let Some(event) = event else { break };
-                    self.handle(event).await;
                     // Take what else is waiting before dispatching, so a burst is planned
-                    // at once.
-                    for _ in 0..256 {
+                    // at once and its writes share a commit.
+                    let mut events = vec![event];
+                    while events.len() < MAX_BATCH {
                         match inbox.try_recv() {
-                            Ok(event) => self.handle(event).await,
+                            Ok(event) => events.push(event),
                             Err(_) => break,
                         }
                     }
+                    self.handle_all(events).await;
                 }
                 _ = tick.tick() => self.check_deadlines().await,
             }
@@ -417,48 +432,69 @@ impl Dispatcher {
         self.changed.send_modify(|generation| *generation += 1);
     }
 
-    async fn handle(&mut self, event: Event) {
-        match event {
-            Event::Submit { spec, reply } => {
-                let _ = reply.send(self.submit(*spec).await);
-            }
-            Event::Cancel { id, reply } => {
-                let _ = reply.send(self.cancel(&id).await);
-            }
-            Event::Explain { id, reply } => {
-                let _ = reply.send(self.explain(&id));
-            }
-            Event::Connected { worker_id, running } => self.connected(&worker_id, &running),
-            Event::Accepted { worker_id, job_id } => self.accepted(&worker_id, &job_id).await,
-            Event::Log { worker_id, chunk } => self.log(&worker_id, chunk),
-            Event::Result {
-                worker_id,
-                job_id,
-                outcome,
-                healthy,
-            } => {
-                self.flush_logs().await;
-                self.result(&worker_id, &job_id, outcome, healthy).await;
+    /// Applies events in order. Runs of submissions, acceptances and results are applied
+    /// together, each run with one store commit: with SQLite's fsync per commit, that is what
+    /// lets a burst through at thousands of jobs per second.
+    async fn handle_all(&mut self, events: Vec<Event>) {
+        let mut events = events.into_iter().peekable();
+        while let Some(event) = events.next() {
+            match event {
+                Event::Submit { spec, reply } => {
+                    let mut batch = vec![(*spec, reply)];
+                    while let Some(Event::Submit { .. }) = events.peek() {
+                        if let Some(Event::Submit { spec, reply }) = events.next() {
+                            batch.push((*spec, reply));
+                        }
+                    }
+                    self.submit_batch(batch).await;
+                }
+                Event::Accepted { worker_id, job_id } => {
+                    let mut batch = vec![(worker_id, job_id)];
+                    while let Some(Event::Accepted { .. }) = events.peek() {
+                        if let Some(Event::Accepted { worker_id, job_id }) = events.next() {
+                            batch.push((worker_id, job_id));
+                        }
+                    }
+                    self.accepted_batch(batch).await;
+                }
+                Event::Result {
+                    worker_id,
+                    job_id,
+                    outcome,
+                    healthy,
+                } => {
+                    let mut batch = vec![(worker_id, job_id, outcome, healthy)];
+                    while let Some(Event::Result { .. }) = events.peek() {
+                        if let Some(Event::Result {
+                            worker_id,
+                            job_id,
+                            outcome,
+                            healthy,
+                        }) = events.next()
+                        {
+                            batch.push((worker_id, job_id, outcome, healthy));
+                        }
+                    }
+                    // Output first: whoever sees the job ended finds all of it stored.
+                    self.flush_logs().await;
+                    self.result_batch(batch).await;
+                }
+                Event::Cancel { id, reply } => {
+                    let _ = reply.send(self.cancel(&id).await);
+                }
+                Event::Explain { id, reply } => {
+                    let _ = reply.send(self.explain(&id));
+                }
+                Event::Connected { worker_id, running } => self.connected(&worker_id, &running),
+                Event::Log { worker_id, chunk } => self.log(&worker_id, chunk),
             }
         }
     }
 
-    async fn submit(&mut self, spec: JobSpec) -> Result<Job, JobError> {
-        let queue = &spec.queue;
-        let (depth, capacity) = match (self.queues.depth(queue), self.queues.capacity(queue)) {
-            (Some(depth), Some(capacity)) => (depth, capacity),
-            _ => return Err(QueueError::UnknownQueue(queue.clone()).into()),
-        };
-        if depth >= capacity {
-            self.metrics.rejected.inc();
-            return Err(QueueError::Full {
-                queue: queue.clone(),
-                capacity,
-            }
-            .into());
-        }
-        let shapes: Vec<WorkerCapabilities> = self
-            .config
+    /// The shapes of worker that could ever exist: the pools' templates and every
+    /// registered worker.
+    fn shapes(&self) -> Vec<WorkerCapabilities> {
+        self.config
             .pool_shapes
             .iter()
             .cloned()
@@ -468,14 +504,87 @@ impl Dispatcher {
                     .into_iter()
                     .map(|entry| entry.worker.capabilities),
             )
-            .collect();
-        if let Some(why) = matching::exceeds_every_shape(&spec.requirements, &shapes) {
+            .collect()
+    }
+
+    /// Checks a submission against its queue's capacity (counting `reserved`, the jobs of
+    /// the same batch admitted before it) and the shapes of worker that could hold it, and
+    /// makes the job.
+    fn admit(
+        &self,
+        spec: JobSpec,
+        shapes: &[WorkerCapabilities],
+        reserved: &mut HashMap<hodei_core::QueueName, usize>,
+    ) -> Result<Job, JobError> {
+        let queue = &spec.queue;
+        let (depth, capacity) = match (self.queues.depth(queue), self.queues.capacity(queue)) {
+            (Some(depth), Some(capacity)) => (depth, capacity),
+            _ => return Err(QueueError::UnknownQueue(queue.clone()).into()),
+        };
+        let pending = reserved.entry(queue.clone()).or_default();
+        if depth + *pending >= capacity {
+            self.metrics.rejected.inc();
+            return Err(QueueError::Full {
+                queue: queue.clone(),
+                capacity,
+            }
+            .into());
+        }
+        if let Some(why) = matching::exceeds_every_shape(&spec.requirements, shapes) {
             return Err(JobError::Unsatisfiable(why));
         }
         let id = JobId::new(format!("j-{}", uuid::Uuid::new_v4().simple()))?;
         let job = Job::new(id, spec, 0, SystemTime::now())?;
-        let job = self.store.insert_job(&job).await?;
-        self.queues.push(QueueEntry::from_job(&job))?;
+        *pending += 1;
+        Ok(job)
+    }
+
+    /// Admits, records (one commit) and queues submissions, then answers each.
+    async fn submit_batch(
+        &mut self,
+        batch: Vec<(JobSpec, oneshot::Sender<Result<Job, JobError>>)>,
+    ) {
+        let shapes = self.shapes();
+        let mut reserved = HashMap::new();
+        let mut admitted = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for (spec, reply) in batch {
+            match self.admit(spec, &shapes, &mut reserved) {
+                Ok(job) => {
+                    admitted.push(job);
+                    replies.push(reply);
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+        if admitted.is_empty() {
+            return;
+        }
+        let results = match self.store.insert_jobs(&admitted).await {
+            Ok(results) => results,
+            Err(error) => {
+                tracing::error!(%error, jobs = admitted.len(), "could not record submissions");
+                for reply in replies {
+                    let failed = store::Error::Unavailable(error.to_string());
+                    let _ = reply.send(Err(failed.into()));
+                }
+                return;
+            }
+        };
+        for (result, reply) in results.into_iter().zip(replies) {
+            let _ = reply.send(match result {
+                Ok(job) => self.queue_new(job),
+                Err(error) => Err(error.into()),
+            });
+        }
+    }
+
+    /// Queues a job just recorded.
+    fn queue_new(&mut self, job: Job) -> Result<Job, JobError> {
+        // Capacity was checked at admission; an accepted job is never dropped.
+        self.queues.requeue(QueueEntry::from_job(&job))?;
         tracing::debug!(job_id = %job.id, queue = %job.spec.queue, priority = job.spec.priority.get(), "job queued");
         self.jobs.insert(
             job.id.clone(),
@@ -570,30 +679,43 @@ impl Dispatcher {
             return;
         }
         let plan = matching::plan_dispatch(self.queues.iter_in_order(), &idle);
+        // Every assignment of the plan is recorded with one commit, then sent.
+        let mut updates = Vec::with_capacity(plan.len());
         for (job_id, worker_id) in plan {
-            self.assign(job_id, worker_id).await;
+            let Some(live) = self.jobs.get(&job_id) else {
+                self.queues.remove(&job_id);
+                continue;
+            };
+            let mut job = live.job.clone();
+            job.state = JobState::Assigned;
+            job.attempts += 1;
+            job.worker_id = Some(worker_id);
+            updates.push((job, JobState::Queued));
+        }
+        let results = match self.store.update_jobs(&updates).await {
+            Ok(results) => results,
+            Err(error) => {
+                tracing::error!(%error, jobs = updates.len(), "could not record assignments, will try again");
+                return;
+            }
+        };
+        for ((job, _), result) in updates.into_iter().zip(results) {
+            if log_store_error("an assignment", &job.id, result).is_some() {
+                self.assigned(job).await;
+            }
         }
         self.update_gauges();
     }
 
-    async fn assign(&mut self, job_id: JobId, worker_id: WorkerId) {
-        let Some(live) = self.jobs.get_mut(&job_id) else {
-            self.queues.remove(&job_id);
+    /// A recorded assignment: bookkeeping, then the message to the agent.
+    async fn assigned(&mut self, job: Job) {
+        let job_id = job.id.clone();
+        let Some(worker_id) = job.worker_id.clone() else {
             return;
         };
-        let mut job = live.job.clone();
-        job.state = JobState::Assigned;
-        job.attempts += 1;
-        job.worker_id = Some(worker_id.clone());
-        if log_store_error(
-            "an assignment",
-            &job_id,
-            self.store.update_job(&job, JobState::Queued).await,
-        )
-        .is_none()
-        {
+        let Some(live) = self.jobs.get_mut(&job_id) else {
             return;
-        }
+        };
         self.queues.remove(&job_id);
         let now = Instant::now();
         self.metrics
@@ -679,32 +801,45 @@ impl Dispatcher {
         .then_some(live)
     }
 
-    async fn accepted(&mut self, worker_id: &WorkerId, job_id: &str) {
-        let Some(live) = self.in_flight_on(worker_id, job_id) else {
-            tracing::debug!(%worker_id, job_id, "ignoring a stale job acceptance");
+    /// Agents started these jobs: each moves from assigned to running, with one commit.
+    async fn accepted_batch(&mut self, batch: Vec<(WorkerId, String)>) {
+        let mut updates: Vec<(Job, JobState)> = Vec::with_capacity(batch.len());
+        for (worker_id, job_id) in batch {
+            let Some(live) = self.in_flight_on(&worker_id, &job_id) else {
+                tracing::debug!(%worker_id, job_id, "ignoring a stale job acceptance");
+                continue;
+            };
+            if live.job.state != JobState::Assigned
+                || updates.iter().any(|(job, _)| job.id == live.job.id)
+            {
+                continue;
+            }
+            let mut job = live.job.clone();
+            job.state = JobState::Running;
+            job.started_at = Some(SystemTime::now());
+            if let Some(assigned_at) = live.assigned_at {
+                self.metrics
+                    .dispatch_latency
+                    .observe(assigned_at.elapsed().as_secs_f64());
+            }
+            updates.push((job, JobState::Assigned));
+        }
+        if updates.is_empty() {
             return;
+        }
+        let results = match self.store.update_jobs(&updates).await {
+            Ok(results) => results,
+            Err(error) => {
+                tracing::error!(%error, jobs = updates.len(), "could not record job starts");
+                return;
+            }
         };
-        if live.job.state != JobState::Assigned {
-            return;
-        }
-        let mut job = live.job.clone();
-        job.state = JobState::Running;
-        job.started_at = Some(SystemTime::now());
-        if let Some(assigned_at) = live.assigned_at {
-            self.metrics
-                .dispatch_latency
-                .observe(assigned_at.elapsed().as_secs_f64());
-        }
-        let id = job.id.clone();
-        if log_store_error(
-            "a job start",
-            &id,
-            self.store.update_job(&job, JobState::Assigned).await,
-        )
-        .is_some()
-            && let Some(live) = self.jobs.get_mut(&id)
-        {
-            live.job = job;
+        for ((job, _), result) in updates.into_iter().zip(results) {
+            if log_store_error("a job start", &job.id, result).is_some()
+                && let Some(live) = self.jobs.get_mut(&job.id)
+            {
+                live.job = job;
+            }
         }
     }
 
@@ -726,27 +861,42 @@ impl Dispatcher {
         }
     }
 
-    async fn result(
-        &mut self,
-        worker_id: &WorkerId,
-        job_id: &str,
-        outcome: AttemptOutcome,
-        healthy: bool,
-    ) {
-        let Some(live) = self.in_flight_on(worker_id, job_id) else {
-            tracing::debug!(%worker_id, job_id, "ignoring a stale job result");
-            return;
-        };
-        let id = live.job.id.clone();
-        self.end_attempt(&id, outcome, healthy).await;
+    /// Attempts that agents report ended: each job's next state is recorded (one commit for
+    /// all), then workers are freed or retired and jobs with attempts left requeued.
+    async fn result_batch(&mut self, batch: Vec<(WorkerId, String, AttemptOutcome, bool)>) {
+        let mut ends = Vec::with_capacity(batch.len());
+        for (worker_id, job_id, outcome, healthy) in batch {
+            let Some(live) = self.in_flight_on(&worker_id, &job_id) else {
+                tracing::debug!(%worker_id, job_id, "ignoring a stale job result");
+                continue;
+            };
+            let id = live.job.id.clone();
+            if ends.iter().any(|end: &AttemptEnd| end.job.id == id) {
+                continue;
+            }
+            if let Some(end) = self.attempt_end(&id, outcome, healthy) {
+                ends.push(end);
+            }
+        }
+        self.record_ends(ends).await;
     }
 
-    /// Ends the current attempt of `id` with `outcome`: records the job's next state, frees
-    /// (or retires) its worker, requeues the job when it has attempts left.
+    /// Ends the current attempt of `id` with `outcome` (a lost worker, an undelivered
+    /// assignment): see [`Dispatcher::record_ends`].
     async fn end_attempt(&mut self, id: &JobId, outcome: AttemptOutcome, healthy: bool) {
-        let Some(live) = self.jobs.get_mut(id) else {
-            return;
-        };
+        if let Some(end) = self.attempt_end(id, outcome, healthy) {
+            self.record_ends(vec![end]).await;
+        }
+    }
+
+    /// What the end of the current attempt of `id` means for the job.
+    fn attempt_end(
+        &self,
+        id: &JobId,
+        outcome: AttemptOutcome,
+        healthy: bool,
+    ) -> Option<AttemptEnd> {
+        let live = self.jobs.get(id)?;
         let lost = outcome == AttemptOutcome::WorkerLost;
         let outcome = if lost && self.cancel_requested.contains(id) {
             AttemptOutcome::Cancelled
@@ -764,34 +914,63 @@ impl Dispatcher {
         if next.is_terminal() {
             job.finished_at = Some(SystemTime::now());
         }
-        if log_store_error(
-            "a job result",
-            id,
-            self.store.update_job(&job, previous).await,
-        )
-        .is_none()
-        {
+        Some(AttemptEnd {
+            job,
+            previous,
+            lost,
+            healthy,
+        })
+    }
+
+    /// Records the jobs' next states with one commit, then frees (or retires) their workers
+    /// and requeues the jobs that have attempts left.
+    async fn record_ends(&mut self, ends: Vec<AttemptEnd>) {
+        if ends.is_empty() {
             return;
         }
-        tracing::info!(job_id = %id, worker_id = ?job.worker_id, state = %next, reason = ?job.reason, "attempt ended");
-        let worker = job.worker_id.clone();
-        if next == JobState::Queued {
-            live.job = job;
-            live.queued_at = Instant::now();
-            live.assigned_at = None;
-            live.lost_at = None;
-            live.unconfirmed = false;
-            if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
-                tracing::error!(job_id = %id, %error, "cannot queue a job again");
+        let updates: Vec<(Job, JobState)> = ends
+            .iter()
+            .map(|end| (end.job.clone(), end.previous))
+            .collect();
+        let results = match self.store.update_jobs(&updates).await {
+            Ok(results) => results,
+            Err(error) => {
+                // Nothing changed in memory: the results come again (a reconnecting agent
+                // resends them) or the deadline check finds the attempts lost.
+                tracing::error!(%error, jobs = ends.len(), "could not record job results");
+                return;
             }
-            self.metrics.retried.inc();
-        } else {
-            self.jobs.remove(id);
-            self.cancel_requested.remove(id);
-            self.metrics.finished(next);
-        }
-        if let Some(worker) = worker {
-            self.release(&worker, lost, healthy).await;
+        };
+        for (end, result) in ends.into_iter().zip(results) {
+            let id = end.job.id.clone();
+            if log_store_error("a job result", &id, result).is_none() {
+                continue;
+            }
+            let Some(live) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let job = end.job;
+            let next = job.state;
+            tracing::debug!(job_id = %id, worker_id = ?job.worker_id, state = %next, reason = ?job.reason, "attempt ended");
+            let worker = job.worker_id.clone();
+            if next == JobState::Queued {
+                live.job = job;
+                live.queued_at = Instant::now();
+                live.assigned_at = None;
+                live.lost_at = None;
+                live.unconfirmed = false;
+                if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
+                    tracing::error!(job_id = %id, %error, "cannot queue a job again");
+                }
+                self.metrics.retried.inc();
+            } else {
+                self.jobs.remove(&id);
+                self.cancel_requested.remove(&id);
+                self.metrics.finished(next);
+            }
+            if let Some(worker) = worker {
+                self.release(&worker, end.lost, end.healthy).await;
+            }
         }
     }
 

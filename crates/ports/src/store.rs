@@ -170,6 +170,32 @@ pub trait Store: Send + Sync {
     /// [`Error::IllegalJobTransition`]. This is what makes a result recorded at most once.
     async fn update_job(&self, job: &Job, expected: JobState) -> Result<(), Error>;
 
+    /// Records several new jobs, each as [`Store::insert_job`] would, with one commit for
+    /// all where the store can (SQLite: one transaction, one fsync). Each job gets its own
+    /// result; `Err` for the whole call means none was recorded. The default records them
+    /// one by one.
+    async fn insert_jobs(&self, jobs: &[Job]) -> Result<Vec<Result<Job, Error>>, Error> {
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            results.push(self.insert_job(job).await);
+        }
+        Ok(results)
+    }
+
+    /// Applies several [`Store::update_job`]s, in order, with one commit for all where the
+    /// store can. Each gets its own result (a conflict fails that one only); `Err` for the
+    /// whole call means none was applied. The default applies them one by one.
+    async fn update_jobs(
+        &self,
+        updates: &[(Job, JobState)],
+    ) -> Result<Vec<Result<(), Error>>, Error> {
+        let mut results = Vec::with_capacity(updates.len());
+        for (job, expected) in updates {
+            results.push(self.update_job(job, *expected).await);
+        }
+        Ok(results)
+    }
+
     /// Appends output chunks; a chunk already stored (same job, attempt and sequence) is
     /// skipped. Unknown jobs are [`Error::JobNotFound`].
     async fn append_logs(&self, chunks: &[LogChunk]) -> Result<(), Error>;

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use hodei_core::{Job, JobId, JobState};
 use hodei_ports::store::{Error, JobFilter, LogChunk, LogStream};
 use sqlx::error::ErrorKind;
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
 use crate::sqlite::{MAX_TRANSITION_ATTEMPTS, map_sqlx_error, millis_since_epoch};
 
@@ -33,6 +33,11 @@ static LOG_INSERTS: [OnceLock<String>; LOG_BATCH_SIZES.len()] =
     [const { OnceLock::new() }; LOG_BATCH_SIZES.len()];
 
 pub(crate) async fn insert_job(pool: &SqlitePool, job: &Job) -> Result<Job, Error> {
+    let mut connection = pool.acquire().await.map_err(map_sqlx_error)?;
+    insert_job_on(&mut connection, job).await
+}
+
+async fn insert_job_on(connection: &mut SqliteConnection, job: &Job) -> Result<Job, Error> {
     let job_json = encode_job(job)?;
     let now = millis_since_epoch(SystemTime::now());
     let sequence: i64 = sqlx::query_scalar(
@@ -48,7 +53,7 @@ pub(crate) async fn insert_job(pool: &SqlitePool, job: &Job) -> Result<Job, Erro
     .bind(job.worker_id.as_ref().map(|id| id.as_str()))
     .bind(job_json)
     .bind(now)
-    .fetch_one(pool)
+    .fetch_one(&mut *connection)
     .await
     .map_err(|err| match &err {
         sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => {
@@ -124,12 +129,68 @@ pub(crate) async fn update_job(
     job: &Job,
     expected: JobState,
 ) -> Result<(), Error> {
+    let mut connection = pool.acquire().await.map_err(map_sqlx_error)?;
+    update_job_on(&mut connection, job, expected).await
+}
+
+/// Whether an error concerns the whole database rather than one job: a batch stops there.
+fn is_database_error(error: &Error) -> bool {
+    matches!(error, Error::Unavailable(_) | Error::Corrupt(_))
+}
+
+/// Several updates in one `BEGIN IMMEDIATE` transaction: one commit for all. Each update
+/// gets its own result (a conflict fails that one only); a database error fails them all
+/// and nothing is written.
+pub(crate) async fn update_jobs(
+    pool: &SqlitePool,
+    updates: &[(Job, JobState)],
+) -> Result<Vec<Result<(), Error>>, Error> {
+    let mut transaction = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(map_sqlx_error)?;
+    let mut results = Vec::with_capacity(updates.len());
+    for (job, expected) in updates {
+        match update_job_on(&mut transaction, job, *expected).await {
+            Err(error) if is_database_error(&error) => return Err(error),
+            result => results.push(result),
+        }
+    }
+    transaction.commit().await.map_err(map_sqlx_error)?;
+    Ok(results)
+}
+
+/// Several inserts in one transaction, as [`update_jobs`].
+pub(crate) async fn insert_jobs(
+    pool: &SqlitePool,
+    jobs: &[Job],
+) -> Result<Vec<Result<Job, Error>>, Error> {
+    let mut transaction = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(map_sqlx_error)?;
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match insert_job_on(&mut transaction, job).await {
+            Err(error) if is_database_error(&error) => return Err(error),
+            result => results.push(result),
+        }
+    }
+    transaction.commit().await.map_err(map_sqlx_error)?;
+    Ok(results)
+}
+
+async fn update_job_on(
+    connection: &mut SqliteConnection,
+    job: &Job,
+    expected: JobState,
+) -> Result<(), Error> {
     if job.state != expected
         && let Err(illegal) = expected.transition(job.state)
     {
         // Nothing will be written, but a job that is gone or moved on is reported as such
         // first, as a successful compare would have.
-        return match stored_state(pool, &job.id).await? {
+        return match stored_state(&mut *connection, &job.id).await? {
             None => Err(Error::JobNotFound(job.id.clone())),
             Some(actual) if actual != expected => Err(conflict(job, expected, actual)),
             Some(_) => Err(Error::IllegalJobTransition(illegal)),
@@ -151,13 +212,13 @@ pub(crate) async fn update_job(
         .bind(millis_since_epoch(SystemTime::now()))
         .bind(job.id.as_str())
         .bind(expected.as_str())
-        .execute(pool)
+        .execute(&mut *connection)
         .await
         .map_err(map_sqlx_error)?;
         if updated.rows_affected() > 0 {
             return Ok(());
         }
-        match stored_state(pool, &job.id).await? {
+        match stored_state(&mut *connection, &job.id).await? {
             None => return Err(Error::JobNotFound(job.id.clone())),
             Some(actual) if actual != expected => return Err(conflict(job, expected, actual)),
             // Moved away and back between the two statements: compare again.
@@ -299,10 +360,13 @@ fn batch_insert_sql(rows: usize) -> String {
     )
 }
 
-async fn stored_state(pool: &SqlitePool, id: &JobId) -> Result<Option<JobState>, Error> {
+async fn stored_state(
+    connection: &mut SqliteConnection,
+    id: &JobId,
+) -> Result<Option<JobState>, Error> {
     let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?1")
         .bind(id.as_str())
-        .fetch_optional(pool)
+        .fetch_optional(&mut *connection)
         .await
         .map_err(map_sqlx_error)?;
     state

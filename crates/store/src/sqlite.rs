@@ -279,6 +279,17 @@ impl Store for SqliteStore {
         jobs::update_job(&self.pool, job, expected).await
     }
 
+    async fn insert_jobs(&self, new: &[Job]) -> Result<Vec<Result<Job, Error>>, Error> {
+        jobs::insert_jobs(&self.pool, new).await
+    }
+
+    async fn update_jobs(
+        &self,
+        updates: &[(Job, JobState)],
+    ) -> Result<Vec<Result<(), Error>>, Error> {
+        jobs::update_jobs(&self.pool, updates).await
+    }
+
     async fn append_logs(&self, chunks: &[LogChunk]) -> Result<(), Error> {
         jobs::append_logs(&self.pool, chunks).await
     }

@@ -292,6 +292,7 @@ pub async fn store_contract(store: &dyn Store) {
     logs_are_ordered_and_stored_once(store).await;
     many_logs_in_one_call(store).await;
     logs_of_unknown_jobs_are_not_found(store).await;
+    batched_job_writes_have_one_result_each(store).await;
 }
 
 fn id(name: &str) -> WorkerId {
@@ -1449,6 +1450,71 @@ async fn job_updates_replace_the_job(store: &dyn Store) {
         get_job(store, &unknown.id).await,
         None,
         "update_job must not create"
+    );
+}
+
+async fn batched_job_writes_have_one_result_each(store: &dyn Store) {
+    let taken = plain_job("batch-taken");
+    let stored = match store.insert_job(&taken).await {
+        Ok(job) => job,
+        Err(err) => panic!("insert failed: {err}"),
+    };
+    let batch = [plain_job("batch-a"), taken.clone(), plain_job("batch-b")];
+    let inserted = match store.insert_jobs(&batch).await {
+        Ok(results) => results,
+        Err(err) => panic!("insert_jobs failed as a whole: {err}"),
+    };
+    assert_eq!(inserted.len(), 3, "one result per job");
+    assert!(
+        matches!(&inserted[1], Err(Error::JobExists(id)) if *id == taken.id),
+        "a taken id fails alone: {:?}",
+        inserted[1]
+    );
+    let (a, b) = match (&inserted[0], &inserted[2]) {
+        (Ok(a), Ok(b)) => (a.clone(), b.clone()),
+        other => panic!("the other inserts succeed: {other:?}"),
+    };
+    assert!(
+        stored.sequence < a.sequence && a.sequence < b.sequence,
+        "sequences follow the batch order"
+    );
+    assert_eq!(get_existing_job(store, &b.id).await, b);
+
+    let assigned = |job: &Job| Job {
+        state: JobState::Assigned,
+        attempts: 1,
+        ..job.clone()
+    };
+    let updates = [
+        (assigned(&a), JobState::Queued),
+        (assigned(&b), JobState::Running),
+        (assigned(&stored), JobState::Queued),
+    ];
+    let updated = match store.update_jobs(&updates).await {
+        Ok(results) => results,
+        Err(err) => panic!("update_jobs failed as a whole: {err}"),
+    };
+    assert_eq!(updated.len(), 3);
+    assert!(updated[0].is_ok() && updated[2].is_ok(), "{updated:?}");
+    assert!(
+        matches!(
+            updated[1],
+            Err(Error::JobStateConflict {
+                actual: JobState::Queued,
+                ..
+            })
+        ),
+        "a stale update fails alone: {:?}",
+        updated[1]
+    );
+    assert_eq!(
+        get_existing_job(store, &a.id).await.state,
+        JobState::Assigned
+    );
+    assert_eq!(get_existing_job(store, &b.id).await, b, "untouched");
+    assert_eq!(
+        get_existing_job(store, &stored.id).await.state,
+        JobState::Assigned
     );
 }
 
