@@ -1,5 +1,6 @@
 //! The `hodei` binary: parses the command line and hands over to the library crates.
 
+mod bench;
 mod client;
 mod dev;
 mod jobs;
@@ -37,6 +38,9 @@ enum Command {
     /// Submit, list, follow and cancel jobs.
     #[command(subcommand)]
     Job(jobs::JobCommand),
+    /// Measure a real server; each run prints one JSON object on stdout.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +168,10 @@ async fn main() -> ExitCode {
         Command::Pool(command) => {
             init_logging("warn");
             client::pool(command).await
+        }
+        Command::Bench(command) => {
+            init_logging("warn");
+            bench::run(command).await
         }
         Command::Job(command) => {
             init_logging("warn");

@@ -94,7 +94,10 @@ pub(super) async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
     jobs.insert("queue".into(), toml::Value::Array(vec![queue.into()]));
     config.insert("jobs".into(), jobs.into());
 
-    eprintln!("starting a server with {} warm local workers...", args.workers);
+    eprintln!(
+        "starting a server with {} warm local workers...",
+        args.workers
+    );
     let server = ServerProcess::start_with(config).await?;
     let measured = tokio::time::timeout(args.limit, measure(&server, &args)).await;
     let stopped = server.stop().await;
@@ -169,7 +172,9 @@ async fn measure(server: &ServerProcess, args: &DispatchArgs) -> anyhow::Result<
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let sent = Instant::now();
                 match client.submit_job(no_op()).await {
-                    Ok(_) => nanos.push(u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX)),
+                    Ok(_) => {
+                        nanos.push(u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX))
+                    }
                     Err(status) => {
                         if errors.fetch_add(1, Ordering::Relaxed) == 0 {
                             eprintln!("submit failed: {status}");
