@@ -537,3 +537,130 @@ async fn an_ephemeral_pool_gives_every_job_a_fresh_worker() {
     assert!(!ran_on.contains(&live[0]), "the used workers are gone");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_job_service_submits_follows_lists_and_cancels() {
+    use hodei_proto::v1::job_service_client::JobServiceClient;
+    use hodei_proto::v1::{self, JobSpec as WireSpec};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_anywhere(config(dir.path(), 1)).await;
+    wait_for_registered_workers(&server, 1).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url().to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = hodei_proto::BearerToken::new(server.token()).unwrap();
+    let mut client = JobServiceClient::with_interceptor(channel.clone(), token);
+    let submit = |spec: WireSpec| v1::SubmitJobRequest { spec: Some(spec) };
+
+    let job = client
+        .submit_job(submit(WireSpec {
+            script: "echo out; echo err >&2; exit 5".into(),
+            ..WireSpec::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(job.state, "queued");
+    let mut stream = client
+        .stream_logs(v1::StreamLogsRequest {
+            job_id: job.id.clone(),
+            after: 0,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut output, mut finished) = (String::new(), None);
+    while let Some(message) = stream.message().await.unwrap() {
+        for chunk in message.chunks {
+            output.push_str(&format!("{}:{}", chunk.stream, text(&chunk.data)));
+        }
+        finished = message.finished.or(finished);
+    }
+    assert!(
+        output.contains("stdout:out\n") && output.contains("stderr:err\n"),
+        "{output}"
+    );
+    let finished = finished.expect("the followed stream ends with the job");
+    assert_eq!(finished.state, "failed");
+    assert!(finished.has_exit_code);
+    assert_eq!(finished.exit_code, 5);
+
+    let invalid = client
+        .submit_job(submit(WireSpec {
+            argv: vec!["true".into()],
+            priority: 5000,
+            ..WireSpec::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+    let field = hodei_proto::convert::validation_error(&invalid).unwrap();
+    assert_eq!(field.field, "priority");
+    let missing = client
+        .get_job(v1::GetJobRequest {
+            job_id: "j-missing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    let running = client
+        .submit_job(submit(WireSpec {
+            argv: vec!["sleep".into(), "300".into()],
+            ..WireSpec::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let id = JobId::new(running.id.clone()).unwrap();
+    wait_for("the job to run", LIMIT, || async {
+        let job = server.jobs().get(&id).await.unwrap()?;
+        (job.state == JobState::Running).then_some(())
+    })
+    .await;
+    client
+        .cancel_job(v1::CancelJobRequest {
+            job_id: running.id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_job(&server, &id, LIMIT).await.state,
+        JobState::Cancelled
+    );
+    let again = client
+        .cancel_job(v1::CancelJobRequest {
+            job_id: running.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+
+    let listed = client
+        .list_jobs(v1::ListJobsRequest {
+            states: vec!["cancelled".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(
+        listed.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        [running.id.as_str()]
+    );
+    let unauthenticated = JobServiceClient::new(channel)
+        .list_jobs(v1::ListJobsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
+    server.shutdown().await.unwrap();
+}
