@@ -133,7 +133,8 @@ impl Latency {
 /// The server's resident set (`VmRSS`, `VmHWM` in `/proc/<pid>/status`), in MiB.
 #[derive(Debug, Serialize)]
 struct Rss {
-    /// Once the server is ready, before the first registration.
+    /// Once the server is ready and the clients are connected, before the first
+    /// registration.
     before: f64,
     /// Right after the last registration was answered, connections still open.
     after: f64,

@@ -8,6 +8,7 @@ pub mod error;
 pub mod grpc;
 pub mod grpc_jobs;
 mod http;
+mod serve;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -82,7 +83,7 @@ pub struct Server {
     sessions: Arc<SessionHub>,
     jobs: JobService,
     cancel: CancellationToken,
-    http: JoinHandle<std::io::Result<()>>,
+    http: JoinHandle<()>,
     background: JoinHandle<()>,
     monitor: JoinHandle<()>,
     retirements: JoinHandle<()>,
@@ -224,9 +225,8 @@ impl Server {
         );
         let grpc = tonic::service::Routes::new(grpc)
             .add_service(job_grpc)
-            .prepare()
-            .into_axum_router();
-        let app = http::router(http::AppState {
+            .prepare();
+        let http = http::router(http::AppState {
             store: store.clone(),
             management: management.clone(),
             scheduler: scheduler.clone(),
@@ -234,14 +234,12 @@ impl Server {
             metrics: Arc::new(registry),
             token: token_shared,
             ready: ready.clone(),
-        })
-        .merge(grpc);
-        let http_cancel = cancel.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(http_cancel.cancelled_owned())
-                .await
         });
+        let http = tokio::spawn(serve::serve(
+            listener,
+            serve::App { grpc, http },
+            cancel.clone(),
+        ));
         let background = tokio::spawn(background(
             management.clone(),
             config.clone(),
@@ -352,7 +350,7 @@ impl Server {
             }
         };
         match joined {
-            Ok(result) => result.map_err(io_error("http server failed")),
+            Ok(()) => Ok(()),
             Err(join) => Err(Error::Io {
                 what: "http server task failed".into(),
                 source: std::io::Error::other(join),
