@@ -28,6 +28,9 @@ pub struct LocalProviderConfig {
     pub args: Vec<String>,
     /// Where agents connect.
     pub server_url: String,
+    /// The CA certificate agents trust for an `https://` server URL, passed as
+    /// `HODEI_CA_CERT`; the system's roots when `None`.
+    pub ca_cert: Option<PathBuf>,
     /// The token agents present; passed in the environment, never on the command line.
     pub token: String,
     /// Pid files and agent logs live here.
@@ -197,6 +200,9 @@ impl WorkerProvider for LocalProvider {
             .kill_on_drop(false);
         for (key, value) in &spec.labels {
             command.arg("--label").arg(format!("{key}={value}"));
+        }
+        if let Some(ca_cert) = &self.config.ca_cert {
+            command.env("HODEI_CA_CERT", ca_cert);
         }
         let child = command.spawn().map_err(|e| {
             ProviderError::Failed(format!(

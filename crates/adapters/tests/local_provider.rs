@@ -16,6 +16,7 @@ fn config(dir: &std::path::Path, script: &str) -> LocalProviderConfig {
         // `sh -c SCRIPT NAME ARGS...`: the agent arguments land in $1.. and are ignored.
         args: vec!["-c".into(), script.into(), "fake-agent".into()],
         server_url: "http://127.0.0.1:1".into(),
+        ca_cert: None,
         token: "secret".into(),
         state_dir: dir.to_path_buf(),
         stop_grace: Duration::from_secs(5),

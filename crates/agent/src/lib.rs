@@ -28,8 +28,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What the agent needs to know.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The server URL, such as `http://127.0.0.1:50051`.
+    /// The server URL, such as `http://127.0.0.1:50051`, or `https://` for TLS.
     pub server: String,
+    /// PEM CA certificate(s) to trust for an `https://` server instead of the system's roots.
+    pub ca_cert: Option<PathBuf>,
     /// The bearer token; never logged.
     pub token: String,
     pub worker_id: WorkerId,
@@ -107,6 +109,7 @@ impl AgentConfig {
             .join(worker_id.as_str());
         Ok(Self {
             server,
+            ca_cert: None,
             token,
             worker_id,
             labels,
@@ -173,7 +176,8 @@ fn message(body: agent_message::Body) -> v1::AgentMessage {
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let token = BearerToken::new(&config.token)?;
     let endpoint = Endpoint::from_shared(config.server.clone())
-        .map_err(|e| ValidationError::new("server", e.to_string()))?
+        .map_err(|e| ValidationError::new("server", e.to_string()))?;
+    let endpoint = hodei_proto::tls::client_tls(endpoint, config.ca_cert.as_deref())?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))

@@ -29,6 +29,9 @@ pub struct Connection {
         global = true
     )]
     token: Option<String>,
+    /// PEM CA certificate(s) to trust for an https:// server instead of the system's roots.
+    #[arg(long, env = "HODEI_CA_CERT", value_name = "FILE", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
     pub(crate) output: Output,
@@ -100,10 +103,19 @@ impl Client {
                 .map(|t| t.trim().to_owned())
                 .context("no token: pass --token or set HODEI_TOKEN (hodei dev prints it)")?,
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("cannot build the HTTP client")?;
+        let mut http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(Duration::from_secs(30));
+        if let Some(path) = &connection.ca_cert {
+            let pem = hodei_proto::tls::read_ca_certificates(path, "--ca-cert")?;
+            http = http.tls_built_in_root_certs(false);
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-cert: cannot read {}", path.display()))?
+            {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        let http = http.build().context("cannot build the HTTP client")?;
         Ok(Self {
             http,
             base: connection.server.trim_end_matches('/').to_owned(),

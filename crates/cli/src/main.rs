@@ -66,6 +66,9 @@ struct AgentArgs {
         value_name = "TOKEN"
     )]
     token: String,
+    /// PEM CA certificate(s) to trust for an https:// server instead of the system's roots.
+    #[arg(long, env = "HODEI_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// This worker's id; made up when not given.
     #[arg(long, value_name = "ID")]
     worker_id: Option<String>,
@@ -141,6 +144,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(work_dir) = args.work_dir {
         config.work_dir = work_dir;
     }
+    config.ca_cert = args.ca_cert;
     hodei_agent::run(config, shutdown_signal()).await?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 pub mod convert;
 mod scheduler_client;
+pub mod tls;
 
 pub use scheduler_client::{ClientConfig, SchedulerPortClient};
 

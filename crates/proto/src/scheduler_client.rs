@@ -1,6 +1,7 @@
 //! [`SchedulerPortClient`]: the [`SchedulerPort`] over gRPC, so worker management can
 //! register workers with a scheduler in another process exactly as with the in-process one.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,6 +26,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Deadline of every call, sent to the server as `grpc-timeout` and enforced here.
     pub call_timeout: Duration,
+    /// PEM CA certificate(s) to trust for an `https://` URL instead of the system's roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl ClientConfig {
@@ -34,6 +37,7 @@ impl ClientConfig {
             token: token.into(),
             connect_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(10),
+            ca_cert: None,
         }
     }
 }
@@ -54,7 +58,8 @@ impl SchedulerPortClient {
     /// to build.
     pub fn new(config: &ClientConfig) -> Result<Self, ValidationError> {
         let endpoint = Endpoint::from_shared(config.url.clone())
-            .map_err(|e| ValidationError::new("scheduler_url", e.to_string()))?
+            .map_err(|e| ValidationError::new("scheduler_url", e.to_string()))?;
+        let endpoint = crate::tls::client_tls(endpoint, config.ca_cert.as_deref())?
             .connect_timeout(config.connect_timeout)
             .timeout(config.call_timeout)
             .tcp_nodelay(true);

@@ -50,6 +50,7 @@ pub struct ServerConfig {
     /// Register workers with the scheduler of another Hodei server at this URL, over gRPC,
     /// instead of this server's own. Agents then connect to that server too.
     pub scheduler_url: Option<String>,
+    pub tls: TlsSection,
     /// Pools kept warm from start-up: `[[pool]]` tables.
     #[serde(rename = "pool")]
     pub pools: Vec<PoolSpec>,
@@ -70,8 +71,31 @@ impl Default for ServerConfig {
             agents: AgentsSection::default(),
             jobs: JobsSection::default(),
             scheduler_url: None,
+            tls: TlsSection::default(),
             pools: Vec::new(),
         }
+    }
+}
+
+/// `[tls]`: TLS on the one address, and what this server trusts when it connects out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain the server presents, leaf first. With `key`, the address
+    /// accepts TLS only (gRPC and HTTP alike) and the advertised URL is `https://`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// PEM CA certificate(s) trusted instead of the system's roots for `https://` URLs: by
+    /// the `scheduler_url` client and by the agents this server starts. `HODEI_CA_CERT`
+    /// overrides it.
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl TlsSection {
+    /// Whether the server serves TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
     }
 }
 
@@ -314,13 +338,17 @@ impl ServerConfig {
         toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
     }
 
-    /// Applies `HODEI_TOKEN`, `REGISTRATION_ENABLED` and `REGISTRATION_MAX_RETRIES`.
+    /// Applies `HODEI_TOKEN`, `HODEI_CA_CERT`, `REGISTRATION_ENABLED` and
+    /// `REGISTRATION_MAX_RETRIES`.
     pub fn apply_env(
         &mut self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ValidationError> {
         if let Some(token) = env("HODEI_TOKEN").filter(|t| !t.is_empty()) {
             self.token = Some(token);
+        }
+        if let Some(ca_cert) = env("HODEI_CA_CERT").filter(|p| !p.is_empty()) {
+            self.tls.ca_cert = Some(PathBuf::from(ca_cert));
         }
         let mut management = self.worker_management();
         management.apply_env(&env)?;
@@ -340,6 +368,26 @@ impl ServerConfig {
                 "scheduler_url",
                 format!("{url:?} is not an http:// or https:// URL"),
             ));
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => {
+                return Err(ValidationError::new(
+                    "tls.key",
+                    "is required when tls.cert is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ValidationError::new(
+                    "tls.cert",
+                    "is required when tls.key is set",
+                ));
+            }
+            _ => {}
+        }
+        // The files must exist and parse: a TLS problem stops start-up, naming the key.
+        crate::tls::acceptor(&self.tls)?;
+        if let Some(path) = &self.tls.ca_cert {
+            hodei_proto::tls::read_ca_certificates(path, "tls.ca_cert")?;
         }
         if self.reconcile.interval < Duration::from_millis(100) {
             return Err(ValidationError::new(

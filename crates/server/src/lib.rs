@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod grpc_jobs;
 mod http;
 mod serve;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -128,7 +129,12 @@ fn advertise_url(config: &ServerConfig, addr: SocketAddr) -> String {
     } else {
         addr
     };
-    format!("http://{host}")
+    let scheme = if config.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{host}")
 }
 
 fn agent_program(config: &ServerConfig) -> Result<PathBuf, Error> {
@@ -152,6 +158,7 @@ impl Server {
             .local_addr()
             .map_err(io_error("cannot read the listen address"))?;
         let url = advertise_url(&config, addr);
+        let tls = tls::acceptor(&config.tls)?;
         let token = load_or_create_token(&config)?;
 
         let store: Arc<dyn Store> =
@@ -160,20 +167,21 @@ impl Server {
         let scheduler = Arc::new(SchedulerRegistry::new());
         // Workers register with, and their agents connect to, this server's scheduler, or
         // the remote one when `scheduler_url` is set.
-        let (scheduler_port, agent_url): (Arc<dyn SchedulerPort>, String) = match &config
-            .scheduler_url
-        {
-            Some(remote) => {
-                let client =
-                    SchedulerPortClient::new(&ClientConfig::new(remote.clone(), token.clone()))?;
-                (Arc::new(client), remote.clone())
-            }
-            None => (scheduler.clone(), url.clone()),
-        };
+        let (scheduler_port, agent_url): (Arc<dyn SchedulerPort>, String) =
+            match &config.scheduler_url {
+                Some(remote) => {
+                    let mut client_config = ClientConfig::new(remote.clone(), token.clone());
+                    client_config.ca_cert = config.tls.ca_cert.clone();
+                    let client = SchedulerPortClient::new(&client_config)?;
+                    (Arc::new(client), remote.clone())
+                }
+                None => (scheduler.clone(), url.clone()),
+            };
         let provider = Arc::new(LocalProvider::new(LocalProviderConfig {
             program: agent_program(&config)?,
             args: Vec::new(),
             server_url: agent_url,
+            ca_cert: config.tls.ca_cert.clone(),
             token: token.clone(),
             state_dir: config.data_dir.join("local"),
             stop_grace: config.local.stop_grace,
@@ -238,6 +246,7 @@ impl Server {
         let http = tokio::spawn(serve::serve(
             listener,
             serve::App { grpc, http },
+            tls,
             cancel.clone(),
         ));
         let background = tokio::spawn(background(
@@ -261,7 +270,7 @@ impl Server {
             config.pools.clone(),
             cancel.clone(),
         ));
-        tracing::info!(%addr, %url, "hodei server listening");
+        tracing::info!(%addr, %url, tls = config.tls.enabled(), "hodei server listening");
         Ok(Self {
             addr,
             url,

@@ -4,7 +4,8 @@
 //!
 //! This replaces `axum::serve` because the server needs what it does not offer: `TCP_NODELAY`
 //! on accepted sockets (small gRPC answers must not wait for Nagle's algorithm), gRPC that
-//! skips the REST router, and a place to put TLS.
+//! skips the REST router, and TLS (`[tls]`): gRPC and HTTP over TLS on the same address,
+//! HTTP/2 or HTTP/1.1 by ALPN.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -56,9 +58,18 @@ impl App {
     }
 }
 
+/// How long a client has to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `app` on `listener` until `shutdown` is cancelled, then stops accepting, asks every
-/// connection to finish its in-flight requests, and returns when all have closed.
-pub(crate) async fn serve(listener: TcpListener, app: App, shutdown: CancellationToken) {
+/// connection to finish its in-flight requests, and returns when all have closed. With
+/// `tls`, every connection must open with a TLS handshake; plaintext ones are dropped.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: App,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     loop {
@@ -77,15 +88,47 @@ pub(crate) async fn serve(listener: TcpListener, app: App, shutdown: Cancellatio
         }
         let app = app.clone();
         let service = hyper::service::service_fn(move |request| app.clone().handle(request));
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%remote, %error, "connection ended with an error");
+        match &tls {
+            None => {
+                let connection = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%remote, %error, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(tls) => {
+                // The handshake runs in the connection's task so a slow client cannot hold
+                // up the accept loop.
+                let tls = tls.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%remote, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(error) = watcher.watch(connection).await {
+                        tracing::debug!(%remote, %error, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
