@@ -63,6 +63,11 @@ pub struct RegistrationArgs {
     /// latency counts from then, so time spent waiting for a free client counts too.
     #[arg(long, value_name = "PER_SECOND")]
     rate: Option<f64>,
+    /// Serve and connect over TLS (`[tls]`), with a CA and a server certificate for
+    /// 127.0.0.1 made for this run. Connections, handshakes included, are opened before the
+    /// clock starts.
+    #[arg(long)]
+    tls: bool,
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -84,6 +89,7 @@ struct RegistrationReport {
     connections: u32,
     /// The offered load of `--rate`; `null` when every client sends as fast as it can.
     rate_per_sec: Option<f64>,
+    tls: bool,
     /// Calls answered `SUCCESS`.
     registered: u64,
     /// Calls that failed or answered anything but `SUCCESS`.
@@ -165,7 +171,7 @@ async fn registration(args: RegistrationArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!("starting a server...");
-    let server = ServerProcess::start().await?;
+    let server = ServerProcess::start(args.tls).await?;
     let measured = measure(&server, &args, connections).await;
     let stopped = server.stop().await;
     let report = measured?;
@@ -225,7 +231,8 @@ async fn measure(
     args: &RegistrationArgs,
     connections: u32,
 ) -> anyhow::Result<RegistrationReport> {
-    let endpoint = Endpoint::from_shared(server.url.clone())?
+    let endpoint = Endpoint::from_shared(server.url.clone())?;
+    let endpoint = hodei_proto::tls::client_tls(endpoint, server.ca_cert.as_deref())?
         .tcp_nodelay(true)
         .timeout(args.timeout)
         .connect_timeout(Duration::from_secs(5));
@@ -347,6 +354,7 @@ async fn measure(
         concurrency: args.concurrency,
         connections,
         rate_per_sec: args.rate,
+        tls: args.tls,
         registered,
         errors,
         server_registered: listed,
@@ -421,6 +429,8 @@ struct ServerProcess {
     pid: u32,
     url: String,
     token: String,
+    /// The CA that signed the server's certificate, with `--tls`.
+    ca_cert: Option<PathBuf>,
     log: PathBuf,
     // Removed on drop, after the server has stopped.
     _dir: tempfile::TempDir,
@@ -435,14 +445,15 @@ struct Memory {
 
 impl ServerProcess {
     /// Writes a configuration (fresh data directory, no pools, a free port on 127.0.0.1, a
-    /// token of our own), starts this executable as `hodei server` and waits for `/readyz`.
-    async fn start() -> anyhow::Result<Self> {
-        Self::start_with(toml::Table::new()).await
+    /// token of our own, TLS if asked), starts this executable as `hodei server` and waits
+    /// for `/readyz`.
+    async fn start(tls: bool) -> anyhow::Result<Self> {
+        Self::start_with(tls, toml::Table::new()).await
     }
 
     /// As [`ServerProcess::start`], with `extra` keys (pools, queues...) added to the
     /// configuration.
-    async fn start_with(extra: toml::Table) -> anyhow::Result<Self> {
+    async fn start_with(tls: bool, extra: toml::Table) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("hodei-bench-")
             .tempdir()
@@ -460,6 +471,16 @@ impl ServerProcess {
         );
         config.insert("token".into(), token.clone().into());
         config.extend(extra);
+        let ca_cert = if tls {
+            let files = make_certificates(dir.path())?;
+            let mut section = toml::Table::new();
+            section.insert("cert".into(), files.cert.display().to_string().into());
+            section.insert("key".into(), files.key.display().to_string().into());
+            config.insert("tls".into(), section.into());
+            Some(files.ca)
+        } else {
+            None
+        };
         let config_path = dir.path().join("hodei.toml");
         std::fs::write(&config_path, toml::to_string(&config)?)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -481,10 +502,18 @@ impl ServerProcess {
         let pid = child
             .id()
             .context("the server exited as soon as it started")?;
-        let url = format!("http://127.0.0.1:{port}");
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
 
         let readyz = format!("{url}/readyz");
-        let http = reqwest::Client::new();
+        let mut http = reqwest::Client::builder().use_rustls_tls();
+        if let Some(ca_cert) = &ca_cert {
+            let pem = std::fs::read(ca_cert)?;
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        let http = http.build()?;
         let deadline = Instant::now() + SERVER_START_LIMIT;
         loop {
             if let Some(status) = child.try_wait()? {
@@ -515,6 +544,7 @@ impl ServerProcess {
             pid,
             url,
             token,
+            ca_cert,
             log,
             _dir: dir,
         })
@@ -561,6 +591,37 @@ impl ServerProcess {
             }
         }
     }
+}
+
+/// PEM files made for one `--tls` run.
+#[derive(Debug)]
+struct CertificateFiles {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Makes a CA and a server certificate it signs for 127.0.0.1, as PEM files in `dir`.
+fn make_certificates(dir: &Path) -> anyhow::Result<CertificateFiles> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "hodei bench ca");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])?.signed_by(&key, &ca)?;
+    let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    };
+    Ok(CertificateFiles {
+        ca: write("ca.pem", ca.pem())?,
+        cert: write("server.pem", cert.pem())?,
+        key: write("server-key.pem", key.serialize_pem())?,
+    })
 }
 
 /// The last lines of a log file, for error messages.

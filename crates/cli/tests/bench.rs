@@ -53,14 +53,28 @@ fn run_hodei(args: &[&str]) -> (std::process::ExitStatus, String, String) {
 
 #[test]
 fn bench_registration_prints_one_json_object_with_every_field() {
-    let (status, stdout, stderr) = run_hodei(&[
+    let report = bench_registration(&[]);
+    assert_eq!(report["tls"], false);
+}
+
+#[test]
+fn bench_registration_runs_over_tls() {
+    let report = bench_registration(&["--tls"]);
+    assert_eq!(report["tls"], true);
+}
+
+/// Registers 50 workers from 10 clients and checks the report's fields.
+fn bench_registration(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
         "bench",
         "registration",
         "--workers",
         "50",
         "--concurrency",
         "10",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (status, stdout, stderr) = run_hodei(&args);
     assert!(status.success(), "{status}\nstderr:\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "one JSON object on stdout, got {stdout:?}");
@@ -88,6 +102,7 @@ fn bench_registration_prints_one_json_object_with_every_field() {
             "server_rss_mib.{field}: {report}"
         );
     }
+    report
 }
 
 #[test]

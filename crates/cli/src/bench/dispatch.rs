@@ -98,7 +98,7 @@ pub(super) async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
         "starting a server with {} warm local workers...",
         args.workers
     );
-    let server = ServerProcess::start_with(config).await?;
+    let server = ServerProcess::start_with(false, config).await?;
     let measured = tokio::time::timeout(args.limit, measure(&server, &args)).await;
     let stopped = server.stop().await;
     let report = measured.map_err(|_| anyhow::anyhow!("the run took longer than --limit"))??;
