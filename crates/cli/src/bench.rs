@@ -148,6 +148,17 @@ struct Rss {
     peak: f64,
 }
 
+impl Rss {
+    /// Rounded to 0.1 MiB, the peak as of `after`.
+    fn new(before: Memory, after: Memory) -> Self {
+        Self {
+            before: round(before.rss_mib, 1),
+            after: round(after.rss_mib, 1),
+            peak: round(after.peak_mib, 1),
+        }
+    }
+}
+
 async fn registration(args: RegistrationArgs) -> anyhow::Result<()> {
     if args.workers == 0 {
         bail!("--workers must be at least 1");
@@ -361,11 +372,7 @@ async fn measure(
         seconds: round(seconds, 4),
         throughput_per_sec: round(registered as f64 / seconds, 1),
         latency_ms: Latency::from_sorted(&latencies_ns),
-        server_rss_mib: Rss {
-            before: round(rss_before.rss_mib, 1),
-            after: round(rss_after.rss_mib, 1),
-            peak: round(rss_after.peak_mib, 1),
-        },
+        server_rss_mib: Rss::new(rss_before, rss_after),
         cpu_us_per_registration: Cpu {
             server: round(server_cpu * 1e6 / total as f64, 1),
             client: round(client_cpu * 1e6 / total as f64, 1),

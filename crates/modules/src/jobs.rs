@@ -250,6 +250,61 @@ impl JobService {
         Ok(self.store.read_logs(id, after, limit).await?)
     }
 
+    /// A job and, when it is queued, why it still waits.
+    pub async fn describe(&self, id: &JobId) -> Result<(Job, Option<String>), JobError> {
+        let job = self
+            .get(id)
+            .await?
+            .ok_or_else(|| JobError::NotFound(id.clone()))?;
+        let waiting = if job.state == JobState::Queued {
+            self.why_waiting(id.clone()).await?
+        } else {
+            None
+        };
+        Ok((job, waiting))
+    }
+
+    /// A job's output after the first `after` chunks, at most `limit` of them. When there is
+    /// none yet and the job has not ended, waits (until `wait_until`, if given) for the
+    /// dispatcher to record something, so followers never poll the store on a timer.
+    pub async fn logs_page(
+        &self,
+        id: &JobId,
+        after: usize,
+        limit: usize,
+        wait_until: Option<Instant>,
+    ) -> Result<LogPage, JobError> {
+        let mut changes = self.changes();
+        loop {
+            changes.borrow_and_update();
+            // The state first: output recorded before the job ended is then in the read below.
+            let job = self
+                .get(id)
+                .await?
+                .ok_or_else(|| JobError::NotFound(id.clone()))?;
+            let chunks = self.logs(id, after, limit).await?;
+            let complete = job.state.is_terminal() && chunks.len() < limit;
+            let Some(deadline) = wait_until.filter(|_| chunks.is_empty() && !complete) else {
+                return Ok(LogPage {
+                    job,
+                    chunks,
+                    complete,
+                });
+            };
+            // Give up at the deadline, or when the service stops, with an empty page.
+            if !matches!(
+                tokio::time::timeout_at(deadline, changes.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return Ok(LogPage {
+                    job,
+                    chunks,
+                    complete,
+                });
+            }
+        }
+    }
+
     async fn tell(&self, event: Event) {
         if self.events.send(event).await.is_err() {
             tracing::debug!("job service stopped, dropping an agent event");
@@ -297,6 +352,16 @@ struct AttemptEnd {
     previous: JobState,
     lost: bool,
     healthy: bool,
+}
+
+/// A page of a job's output, from [`JobService::logs_page`].
+#[derive(Debug, Clone)]
+pub struct LogPage {
+    /// The job as it was when the page was read.
+    pub job: Job,
+    pub chunks: Vec<LogChunk>,
+    /// The job has ended and this page holds the last of its output.
+    pub complete: bool,
 }
 
 /// What the dispatcher knows of one worker beyond the registry.
@@ -500,9 +565,7 @@ impl Dispatcher {
             .cloned()
             .chain(
                 self.registry
-                    .list()
-                    .into_iter()
-                    .map(|entry| entry.worker.capabilities),
+                    .filter_map(|entry| Some(entry.worker.capabilities.clone())),
             )
             .collect()
     }
@@ -637,31 +700,24 @@ impl Dispatcher {
     }
 
     fn idle_workers(&self) -> Vec<IdleWorker> {
-        self.registry
-            .list()
-            .into_iter()
-            .filter(|entry| {
-                entry.connected
-                    && entry.liveness == hodei_core::health::Liveness::Healthy
-                    && self
-                        .slots
-                        .get(&entry.worker.id)
-                        .is_none_or(|slot| slot.job.is_none() && !slot.retired && !slot.unreachable)
-            })
-            .map(|entry| IdleWorker::from(&entry.worker))
-            .collect()
+        self.registry.filter_map(|entry| {
+            let idle = entry.connected
+                && entry.liveness == hodei_core::health::Liveness::Healthy
+                && self
+                    .slots
+                    .get(&entry.worker.id)
+                    .is_none_or(|slot| slot.job.is_none() && !slot.retired && !slot.unreachable);
+            idle.then(|| IdleWorker::from(&entry.worker))
+        })
     }
 
     fn explain(&self, id: &JobId) -> Option<String> {
         let live = self.jobs.get(id)?;
         (live.job.state == JobState::Queued).then(|| {
             let idle = self.idle_workers();
-            let all: Vec<IdleWorker> = self
+            let all = self
                 .registry
-                .list()
-                .iter()
-                .map(|entry| IdleWorker::from(&entry.worker))
-                .collect();
+                .filter_map(|entry| Some(IdleWorker::from(&entry.worker)));
             matching::why_waiting(
                 &live.job.spec.requirements,
                 &idle,

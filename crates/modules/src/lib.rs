@@ -6,7 +6,7 @@ pub mod jobs;
 pub mod scheduler_registry;
 pub mod worker_management;
 
-pub use jobs::{JobError, JobMetrics, JobService, JobServiceConfig, Retired};
+pub use jobs::{JobError, JobMetrics, JobService, JobServiceConfig, LogPage, Retired};
 pub use scheduler_registry::{
     LivenessChange, RegisteredWorker, RegistrationSource, SchedulerRegistry,
 };

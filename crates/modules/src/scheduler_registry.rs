@@ -182,6 +182,12 @@ impl SchedulerRegistry {
         self.read().values().cloned().collect()
     }
 
+    /// What `f` makes of each registered worker it keeps, ordered by id, read in place: the
+    /// dispatcher's hot path copies only the workers it wants, not the whole registry.
+    pub fn filter_map<T>(&self, f: impl FnMut(&RegisteredWorker) -> Option<T>) -> Vec<T> {
+        self.read().values().filter_map(f).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.read().len()
     }

@@ -70,6 +70,25 @@ pub enum LogStream {
     Stderr,
 }
 
+impl LogStream {
+    /// `stdout` or `stderr`: the name the store and both APIs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+
+    /// The stream named by [`LogStream::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "stdout" => Some(Self::Stdout),
+            "stderr" => Some(Self::Stderr),
+            _ => None,
+        }
+    }
+}
+
 /// A piece of a job's output. `sequence` increases by one per chunk of one attempt; chunks
 /// are stored once per (job, attempt, sequence), so a chunk re-sent after a reconnect is
 /// not duplicated.

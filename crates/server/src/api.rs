@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use hodei_core::JobState;
 use hodei_core::health::Liveness;
 use hodei_core::{
     Command, Job, JobSpec, PoolSpec, Priority, QueueName, Requirements, TenantName,
     ValidationError, Worker, WorkerCapabilities,
 };
 use hodei_modules::RegisteredWorker;
-use hodei_ports::WorkerRecord;
+use hodei_ports::{JobFilter, LogChunk, WorkerRecord};
 use serde::{Deserialize, Serialize};
 
 /// A worker as `GET /api/v1/workers` shows it.
@@ -292,6 +293,33 @@ impl JobView {
     }
 }
 
+/// Jobs one list returns when the caller names no limit, and at most.
+pub const DEFAULT_LIST: usize = 100;
+pub const MAX_LIST: usize = 10_000;
+
+/// The filter of a job list, the same for REST and gRPC: state names, tenant and queue
+/// (empty means any), a limit clamped to [`MAX_LIST`] (`None` means [`DEFAULT_LIST`]).
+pub fn job_filter<'a>(
+    states: impl IntoIterator<Item = &'a str>,
+    tenant: Option<String>,
+    queue: Option<String>,
+    limit: Option<usize>,
+) -> Result<JobFilter, ValidationError> {
+    let states = states
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(str::parse::<JobState>)
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = |value: Option<String>| value.filter(|v| !v.is_empty());
+    Ok(JobFilter {
+        states,
+        tenant: name(tenant).map(TenantName::new).transpose()?,
+        queue: name(queue).map(QueueName::new).transpose()?,
+        worker_id: None,
+        limit: Some(limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST)),
+    })
+}
+
 /// `GET /api/v1/jobs`, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobList {
@@ -306,6 +334,16 @@ pub struct LogChunkView {
     pub stream: String,
     /// The bytes, as UTF-8 with invalid sequences replaced.
     pub text: String,
+}
+
+impl From<LogChunk> for LogChunkView {
+    fn from(chunk: LogChunk) -> Self {
+        Self {
+            attempt: chunk.attempt,
+            stream: chunk.stream.as_str().to_owned(),
+            text: String::from_utf8_lossy(&chunk.data).into_owned(),
+        }
+    }
 }
 
 /// `GET /api/v1/jobs/{id}/logs?after=N[&follow=true]`: chunks after the first `after`, and

@@ -4,15 +4,14 @@
 use std::pin::Pin;
 use std::time::SystemTime;
 
-use hodei_core::{Job, JobId, JobState, QueueName, Requirements, TenantName};
+use hodei_core::{Job, JobId, Requirements};
 use hodei_modules::JobService;
-use hodei_ports::{JobFilter, LogStream};
 use hodei_proto::convert::to_millis;
 use hodei_proto::v1;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::api::SubmitJob;
+use crate::api::{SubmitJob, job_filter};
 use crate::error::ApiError;
 
 /// `JobService` over the job dispatcher.
@@ -102,6 +101,8 @@ type LogStreamResponse = Pin<Box<dyn Stream<Item = Result<v1::StreamLogsResponse
 
 /// Most chunks one streamed message carries.
 const LOG_PAGE: usize = 1000;
+/// How long one wait for news lasts before the stream looks again.
+const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[tonic::async_trait]
 impl v1::job_service_server::JobService for JobGrpc {
@@ -125,16 +126,9 @@ impl v1::job_service_server::JobService for JobGrpc {
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::GetJobResponse>, Status> {
         let id = job_id(request.into_inner().job_id)?;
-        let job = self
-            .jobs
-            .get(&id)
-            .await
-            .map_err(status)?
-            .ok_or_else(|| status(ApiError::not_found(format!("job {id} not found"))))?;
+        let (job, waiting) = self.jobs.describe(&id).await.map_err(status)?;
         let mut info = job_info(&job);
-        if job.state == JobState::Queued
-            && let Some(why) = self.jobs.why_waiting(id).await.map_err(status)?
-        {
+        if let Some(why) = waiting {
             info.reason = why;
         }
         Ok(Response::new(v1::GetJobResponse { job: Some(info) }))
@@ -145,30 +139,15 @@ impl v1::job_service_server::JobService for JobGrpc {
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
         let request = request.into_inner();
-        let states = request
-            .states
-            .iter()
-            .map(|s| s.parse::<JobState>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(status)?;
-        let non_empty = |s: String| (!s.is_empty()).then_some(s);
-        let limit = match request.limit {
-            0 => 100,
-            n => usize::try_from(n).unwrap_or(usize::MAX).min(10_000),
-        };
-        let filter = JobFilter {
-            states,
-            tenant: non_empty(request.tenant)
-                .map(TenantName::new)
-                .transpose()
-                .map_err(status)?,
-            queue: non_empty(request.queue)
-                .map(QueueName::new)
-                .transpose()
-                .map_err(status)?,
-            worker_id: None,
-            limit: Some(limit),
-        };
+        let limit =
+            (request.limit > 0).then(|| usize::try_from(request.limit).unwrap_or(usize::MAX));
+        let filter = job_filter(
+            request.states.iter().map(String::as_str),
+            Some(request.tenant),
+            Some(request.queue),
+            limit,
+        )
+        .map_err(status)?;
         let jobs = self.jobs.list(&filter).await.map_err(status)?;
         Ok(Response::new(v1::ListJobsResponse {
             jobs: jobs.iter().map(job_info).collect(),
@@ -201,37 +180,31 @@ impl v1::job_service_server::JobService for JobGrpc {
         let mut after = usize::try_from(request.after).unwrap_or(usize::MAX);
         let follow = request.follow;
         let stream = async_stream::try_stream! {
-            let mut changes = jobs.changes();
             loop {
-                changes.borrow_and_update();
-                let job = jobs.get(&id).await.map_err(status)?;
-                let chunks = jobs.logs(&id, after, LOG_PAGE).await.map_err(status)?;
-                let full_page = chunks.len() == LOG_PAGE;
-                after += chunks.len();
-                let ended = job.as_ref().filter(|job| job.state.is_terminal() && !full_page);
+                let wait_until = follow.then(|| tokio::time::Instant::now() + FOLLOW_WAIT);
+                let page = jobs
+                    .logs_page(&id, after, LOG_PAGE, wait_until)
+                    .await
+                    .map_err(status)?;
+                after += page.chunks.len();
+                let done = !follow || page.complete;
                 let message = v1::StreamLogsResponse {
-                    chunks: chunks
+                    chunks: page
+                        .chunks
                         .into_iter()
                         .map(|chunk| v1::JobLogChunk {
                             attempt: chunk.attempt,
-                            stream: match chunk.stream {
-                                LogStream::Stdout => "stdout".into(),
-                                LogStream::Stderr => "stderr".into(),
-                            },
+                            stream: chunk.stream.as_str().to_owned(),
                             data: chunk.data,
                         })
                         .collect(),
-                    finished: ended.filter(|_| follow).map(job_info),
+                    finished: (follow && page.complete).then(|| job_info(&page.job)),
                 };
-                let done = !follow || ended.is_some() || job.is_none();
                 if !message.chunks.is_empty() || done {
                     yield message;
                 }
                 if done {
                     break;
-                }
-                if !full_page && changes.changed().await.is_err() {
-                    Err(Status::unavailable("the job service stopped"))?;
                 }
             }
         };

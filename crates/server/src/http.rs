@@ -12,14 +12,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hodei_core::{JobId, JobState, QueueName, TenantName, WorkerId, WorkerState};
+use hodei_core::{JobId, WorkerId, WorkerState};
 use hodei_modules::{JobService, SchedulerRegistry, WorkerManagementService};
-use hodei_ports::{JobFilter, LogStream, Store, WorkerFilter};
+use hodei_ports::{Store, WorkerFilter};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::api::{
-    JobList, JobView, LogChunkView, LogsView, PoolList, PoolView, SubmitJob, WorkerList, WorkerView,
+    JobList, JobView, LogChunkView, LogsView, PoolList, PoolView, SubmitJob, WorkerList,
+    WorkerView, job_filter,
 };
 use crate::error::{ApiError, Code};
 
@@ -272,28 +273,16 @@ struct JobQuery {
     limit: Option<usize>,
 }
 
-/// Most jobs one list returns.
-const MAX_LIST: usize = 10_000;
-
 async fn list_jobs(
     State(state): State<AppState>,
     Query(query): Query<JobQuery>,
 ) -> Result<Json<JobList>, ApiError> {
-    let states = query
-        .state
-        .as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::parse::<JobState>)
-        .collect::<Result<Vec<_>, _>>()?;
-    let filter = JobFilter {
-        states,
-        tenant: query.tenant.map(TenantName::new).transpose()?,
-        queue: query.queue.map(QueueName::new).transpose()?,
-        worker_id: None,
-        limit: Some(query.limit.unwrap_or(100).clamp(1, MAX_LIST)),
-    };
+    let filter = job_filter(
+        query.state.as_deref().unwrap_or_default().split(','),
+        query.tenant,
+        query.queue,
+        query.limit,
+    )?;
     let jobs = state.jobs.list(&filter).await?;
     Ok(Json(JobList {
         jobs: jobs.iter().map(JobView::new).collect(),
@@ -304,16 +293,9 @@ async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let id = JobId::new(id)?;
-    let job = state
-        .jobs
-        .get(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+    let (job, waiting) = state.jobs.describe(&JobId::new(id)?).await?;
     let mut view = JobView::new(&job);
-    if job.state == JobState::Queued {
-        view.waiting_reason = state.jobs.why_waiting(id).await?;
-    }
+    view.waiting_reason = waiting;
     Ok(Json(view))
 }
 
@@ -343,51 +325,18 @@ async fn job_logs(
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Json<LogsView>, ApiError> {
-    let id = JobId::new(id)?;
-    let mut changes = state.jobs.changes();
-    let deadline = tokio::time::Instant::now() + FOLLOW_WAIT;
-    loop {
-        changes.borrow_and_update();
-        // The state first: output recorded before the job ended is then in the read below.
-        let job = state
-            .jobs
-            .get(&id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
-        let chunks = state.jobs.logs(&id, query.after, LOG_PAGE).await?;
-        let complete = job.state.is_terminal() && chunks.len() < LOG_PAGE;
-        if !chunks.is_empty() || complete || !query.follow {
-            return Ok(Json(LogsView {
-                next: query.after + chunks.len(),
-                chunks: chunks
-                    .into_iter()
-                    .map(|chunk| LogChunkView {
-                        attempt: chunk.attempt,
-                        stream: match chunk.stream {
-                            LogStream::Stdout => "stdout".into(),
-                            LogStream::Stderr => "stderr".into(),
-                        },
-                        text: String::from_utf8_lossy(&chunk.data).into_owned(),
-                    })
-                    .collect(),
-                state: job.state.to_string(),
-                exit_code: job.exit_code,
-                complete,
-            }));
-        }
-        // Nothing new: wait for the dispatcher to record something, or give up at the
-        // deadline (or when the job service stops) and let the client ask again.
-        if !matches!(
-            tokio::time::timeout_at(deadline, changes.changed()).await,
-            Ok(Ok(()))
-        ) {
-            return Ok(Json(LogsView {
-                chunks: Vec::new(),
-                next: query.after,
-                state: job.state.to_string(),
-                exit_code: job.exit_code,
-                complete: false,
-            }));
-        }
-    }
+    let wait_until = query
+        .follow
+        .then(|| tokio::time::Instant::now() + FOLLOW_WAIT);
+    let page = state
+        .jobs
+        .logs_page(&JobId::new(id)?, query.after, LOG_PAGE, wait_until)
+        .await?;
+    Ok(Json(LogsView {
+        next: query.after + page.chunks.len(),
+        chunks: page.chunks.into_iter().map(LogChunkView::from).collect(),
+        state: page.job.state.to_string(),
+        exit_code: page.job.exit_code,
+        complete: page.complete,
+    }))
 }

@@ -301,7 +301,7 @@ pub(crate) async fn read_logs(
                 sequence: u64::try_from(sequence).map_err(|_| {
                     Error::Corrupt(format!("job {id}: log sequence {sequence} is out of range"))
                 })?,
-                stream: decode_stream(&stream).ok_or_else(|| {
+                stream: LogStream::parse(&stream).ok_or_else(|| {
                     Error::Corrupt(format!("job {id}: unknown log stream {stream:?}"))
                 })?,
                 data,
@@ -331,7 +331,7 @@ impl<'a> LogValues<'a> {
             job_id: chunk.job_id.as_str(),
             attempt: i64::from(chunk.attempt),
             sequence,
-            stream: encode_stream(chunk.stream),
+            stream: chunk.stream.as_str(),
             data: &chunk.data,
         })
     }
@@ -421,21 +421,6 @@ fn decode_sequence(id: &JobId, sequence: i64) -> Result<u64, Error> {
         .map_err(|_| Error::Corrupt(format!("job {id}: sequence {sequence} is negative")))
 }
 
-fn encode_stream(stream: LogStream) -> &'static str {
-    match stream {
-        LogStream::Stdout => "stdout",
-        LogStream::Stderr => "stderr",
-    }
-}
-
-fn decode_stream(stream: &str) -> Option<LogStream> {
-    match stream {
-        "stdout" => Some(LogStream::Stdout),
-        "stderr" => Some(LogStream::Stderr),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // Tests fail by panicking.
 mod tests {
@@ -444,9 +429,9 @@ mod tests {
     #[test]
     fn streams_round_trip_through_their_column_names() {
         for stream in [LogStream::Stdout, LogStream::Stderr] {
-            assert_eq!(decode_stream(encode_stream(stream)), Some(stream));
+            assert_eq!(LogStream::parse(stream.as_str()), Some(stream));
         }
-        assert_eq!(decode_stream("stdin"), None);
+        assert_eq!(LogStream::parse("stdin"), None);
     }
 
     #[test]

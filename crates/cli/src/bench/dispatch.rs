@@ -121,18 +121,30 @@ async fn connected_workers(server: &ServerProcess) -> anyhow::Result<usize> {
         .unwrap_or(0))
 }
 
-/// `hodei_jobs_finished_total` summed over states, from `/metrics`.
-async fn finished(server: &ServerProcess) -> anyhow::Result<u64> {
+/// Jobs the server counts as ended, from `hodei_jobs_finished_total{state}` on `/metrics`:
+/// in any state, and `succeeded`.
+async fn finished(server: &ServerProcess) -> anyhow::Result<(u64, u64)> {
     let text = reqwest::get(format!("{}/metrics", server.url))
         .await?
         .text()
         .await?;
-    let sum: f64 = text
-        .lines()
-        .filter(|line| line.starts_with("hodei_jobs_finished_total{"))
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum();
-    Ok(sum as u64)
+    let (mut all, mut succeeded) = (0.0, 0.0);
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("hodei_jobs_finished_total{") else {
+            continue;
+        };
+        let Some(value) = rest
+            .rsplit_once(' ')
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        all += value;
+        if rest.starts_with("state=\"succeeded\"}") {
+            succeeded += value;
+        }
+    }
+    Ok((all as u64, succeeded as u64))
 }
 
 fn latency(mut nanos: Vec<u64>) -> Latency {
@@ -195,10 +207,10 @@ async fn measure(server: &ServerProcess, args: &DispatchArgs) -> anyhow::Result<
         started.elapsed().as_secs_f64()
     );
     let mut last_report = Instant::now();
-    let done = loop {
-        let done = finished(server).await?;
+    let succeeded = loop {
+        let (done, succeeded) = finished(server).await?;
         if done >= accepted {
-            break done;
+            break succeeded;
         }
         if last_report.elapsed() > Duration::from_secs(1) {
             eprintln!("{done}/{accepted} jobs finished");
@@ -208,20 +220,6 @@ async fn measure(server: &ServerProcess, args: &DispatchArgs) -> anyhow::Result<
     };
     let seconds = started.elapsed().as_secs_f64();
     let cpu_used = cpu_seconds(server.pid)? - cpu_before;
-    let list = client
-        .clone()
-        .list_jobs(v1::ListJobsRequest {
-            states: vec!["succeeded".into()],
-            limit: 10_000,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let succeeded = if accepted <= 10_000 {
-        list.jobs.len() as u64
-    } else {
-        done
-    };
 
     // Latency: jobs arrive one at a time per client on an idle warm pool.
     eprintln!("latency phase: {} jobs", args.latency_jobs);
@@ -273,11 +271,7 @@ async fn measure(server: &ServerProcess, args: &DispatchArgs) -> anyhow::Result<
         submit_ms: latency(submit_nanos),
         submit_to_start_ms: latency(start_nanos),
         latency_jobs: args.latency_jobs,
-        server_rss_mib: Rss {
-            before: round(before.rss_mib, 1),
-            after: round(after.rss_mib, 1),
-            peak: round(after.peak_mib, 1),
-        },
+        server_rss_mib: Rss::new(before, after),
         server_cpu_us_per_job: round(cpu_used * 1e6 / accepted.max(1) as f64, 1),
     })
 }
