@@ -214,6 +214,7 @@ async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentE
             };
             let chunk = LogChunk {
                 job_id,
+                // The agent does not know the attempt; the dispatcher sets it from the job.
                 attempt: 0,
                 sequence: chunk.sequence,
                 stream,
