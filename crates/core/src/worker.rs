@@ -371,6 +371,13 @@ pub struct WorkerSpec {
     pub labels: Labels,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The image a container or pod runs (`docker`, `kubernetes`); the provider's default
+    /// agent image when absent. Ignored by the `local` provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Environment variables set for the worker's agent, and so for the jobs it runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 fn default_worker_type() -> WorkerType {
@@ -390,6 +397,8 @@ impl Default for WorkerSpec {
             capabilities: WorkerCapabilities::default(),
             labels: Labels::new(),
             tags: Vec::new(),
+            image: None,
+            env: BTreeMap::new(),
         }
     }
 }

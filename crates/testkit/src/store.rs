@@ -764,6 +764,8 @@ fn pool(name: &str, size: u32) -> PoolSpec {
             },
             labels: [("arch".to_owned(), "arm64".to_owned())].into(),
             tags: vec!["b".to_owned(), "a".to_owned()],
+            image: Some("registry.example/agent:1".to_owned()),
+            env: [("RUST_LOG".to_owned(), "debug".to_owned())].into(),
         },
         name,
         provider: ProviderKind::Kubernetes,
