@@ -76,13 +76,36 @@ pub enum WorkerCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
-    /// List pools with their live workers.
+    /// List pools: kind, bounds, what the autoscaler wants, workers by state, cost.
     Ls {
         #[command(flatten)]
         connection: Connection,
     },
-    /// Show one pool.
+    /// Show one pool and its recent autoscaler decisions with their reasons.
     Get {
+        name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Create a pool, or change it if it exists, from a file: one pool in TOML (the keys of
+    /// a `[[pool]]` table in hodei.toml) or JSON. Running workers keep running: a smaller
+    /// pool drains idle workers only, and a new template applies to new workers.
+    Apply {
+        /// The pool file; `-` reads standard input.
+        #[arg(long, short, value_name = "FILE")]
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Set a static pool's size, or a dynamic pool's minimum.
+    Scale {
+        name: String,
+        workers: u32,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Remove a pool: no new workers; idle ones stop now, busy ones after their job.
+    Rm {
         name: String,
         #[command(flatten)]
         connection: Connection,
@@ -172,6 +195,49 @@ impl Client {
             .context("cannot decode the server's answer")
     }
 
+    pub(crate) async fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        let request = self
+            .http
+            .put(format!("{}/api/v1{path}", self.base))
+            .json(body);
+        let response = self.send(request).await?;
+        response
+            .json()
+            .await
+            .context("cannot decode the server's answer")
+    }
+
+    /// `GET` that tells a 404 apart: `None`.
+    pub(crate) async fn get_optional<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<Option<T>> {
+        let request = self
+            .http
+            .get(format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token);
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = self
+            .send(self.http.get(format!("{}/api/v1{path}", self.base)))
+            .await?;
+        Ok(Some(
+            response
+                .json()
+                .await
+                .context("cannot decode the server's answer")?,
+        ))
+    }
+
     async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.delete(format!("{}/api/v1{path}", self.base)))
             .await?;
@@ -238,27 +304,70 @@ fn print_workers(workers: &[WorkerView]) {
 }
 
 fn print_pools(pools: &[PoolView]) {
-    let mut t = table(&["NAME", "PROVIDER", "SIZE", "LIVE", "STATES"]);
+    let mut t = table(&[
+        "NAME", "PROVIDER", "KIND", "MIN", "MAX", "DESIRED", "IDLE", "BUSY", "STARTING",
+        "UNHEALTHY", "COST",
+    ]);
     for p in pools {
-        let states = p
-            .states
-            .iter()
-            .map(|(s, n)| format!("{s}={n}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let name = if p.removing {
+            format!("{} (removing)", p.name)
+        } else {
+            p.name.clone()
+        };
         t.add_row(vec![
-            p.name.clone(),
+            name,
             p.provider.clone(),
-            p.size.to_string(),
-            p.workers.to_string(),
-            if states.is_empty() {
-                "-".into()
-            } else {
-                states
-            },
+            p.kind.clone(),
+            p.min.to_string(),
+            p.max.to_string(),
+            p.desired.to_string(),
+            p.workers.idle.to_string(),
+            p.workers.busy.to_string(),
+            p.workers.starting.to_string(),
+            p.workers.unhealthy.to_string(),
+            format!("{:.4}", p.cost),
         ]);
     }
     println!("{t}");
+}
+
+fn print_decisions(pool: &PoolView) {
+    if pool.decisions.is_empty() {
+        println!("\nNo decisions yet.");
+        return;
+    }
+    println!("\nRecent decisions (newest first):");
+    let mut t = table(&["AGE", "ACTION", "COUNT", "SUPPLY", "DESIRED", "REASON"]);
+    for d in &pool.decisions {
+        t.add_row(vec![
+            age(&d.at),
+            d.action.clone(),
+            d.count.to_string(),
+            d.supply.to_string(),
+            d.desired.to_string(),
+            d.reason.clone(),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// Reads one pool from TOML or JSON (by extension, else by trying JSON first).
+fn read_pool_file(path: &std::path::Path) -> anyhow::Result<hodei_core::PoolSpec> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
+    let is_json = path.extension().is_some_and(|e| e == "json")
+        || (path.extension().is_none() && text.trim_start().starts_with('{'));
+    let spec: hodei_core::PoolSpec = if is_json {
+        serde_json::from_str(&text).with_context(|| format!("{}: not a pool", path.display()))?
+    } else {
+        toml::from_str(&text).with_context(|| format!("{}: not a pool", path.display()))?
+    };
+    spec.validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(spec)
 }
 
 pub async fn worker(command: WorkerCommand) -> anyhow::Result<()> {
@@ -321,6 +430,10 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
             let list: PoolList = client.get("/pools", &[]).await?;
             match connection.output {
                 Output::Json => print_json(&list),
+                Output::Table if list.pools.is_empty() => {
+                    println!("No pools.");
+                    Ok(())
+                }
                 Output::Table => {
                     print_pools(&list.pools);
                     Ok(())
@@ -334,9 +447,62 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
                 Output::Json => print_json(&pool),
                 Output::Table => {
                     print_pools(std::slice::from_ref(&pool));
+                    println!(
+                        "\nworker-seconds {:.1}, cost {:.4} at {}/hour",
+                        pool.worker_seconds, pool.cost, pool.spec.cost_per_hour
+                    );
+                    print_decisions(&pool);
                     Ok(())
                 }
             }
+        }
+        PoolCommand::Apply { file, connection } => {
+            let spec = read_pool_file(&file)?;
+            let client = Client::new(&connection)?;
+            let path = format!("/pools/{}", spec.name);
+            let exists = client.get_optional::<PoolView>(&path).await?.is_some();
+            let pool: PoolView = if exists {
+                client.put(&path, &spec).await?
+            } else {
+                client.post("/pools", &spec).await?
+            };
+            match connection.output {
+                Output::Json => print_json(&pool),
+                Output::Table => {
+                    let verb = if exists { "changed" } else { "created" };
+                    println!("pool {} {verb}", pool.name);
+                    Ok(())
+                }
+            }
+        }
+        PoolCommand::Scale {
+            name,
+            workers,
+            connection,
+        } => {
+            let client = Client::new(&connection)?;
+            let pool: PoolView = client
+                .post(
+                    &format!("/pools/{name}/scale"),
+                    &hodei_server::api::ScalePool { workers },
+                )
+                .await?;
+            match connection.output {
+                Output::Json => print_json(&pool),
+                Output::Table => {
+                    println!(
+                        "pool {} now keeps {} to {} workers",
+                        pool.name, pool.min, pool.max
+                    );
+                    Ok(())
+                }
+            }
+        }
+        PoolCommand::Rm { name, connection } => {
+            let client = Client::new(&connection)?;
+            client.delete(&format!("/pools/{name}")).await?;
+            println!("pool {name} removed; its workers drain and stop");
+            Ok(())
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use hodei_core::{PoolSpec, ProviderKind, WorkerSpec};
+use hodei_core::{PoolSpec, ProviderKind};
 use hodei_server::{Server, ServerConfig};
 
 #[derive(Debug, Args)]
@@ -26,13 +26,7 @@ pub fn dev_config(args: &DevArgs) -> ServerConfig {
     ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
-        pools: vec![PoolSpec {
-            name: "default".into(),
-            provider: ProviderKind::Local,
-            size: args.workers,
-            template: WorkerSpec::default(),
-            max_uses: None,
-        }],
+        pools: vec![PoolSpec::fixed("default", ProviderKind::Local, args.workers)],
         ..ServerConfig::default()
     }
 }

@@ -4,6 +4,7 @@
 //! is synchronous so it can be tested with tables and property tests and replayed in a
 //! simulator; the async shell in `hodei-modules` and `hodei-server` only moves data in and out.
 
+pub mod autoscale;
 pub mod backoff;
 pub mod health;
 pub mod job;
@@ -20,7 +21,7 @@ pub use job::{
 };
 pub use lifecycle::{LifecycleEvent, TransitionError, WorkerState};
 pub use matching::{IdleWorker, Mismatch};
-pub use pool::PoolSpec;
+pub use pool::{PoolKind, PoolSpec};
 pub use queue::{QueueConfig, QueueEntry, QueueError, Queues};
 pub use worker::{
     Labels, ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata,

@@ -9,13 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use hodei_core::job::{AttemptOutcome, after_attempt};
 use hodei_core::matching::{self, IdleWorker};
 use hodei_core::{
-    Job, JobId, JobSpec, JobState, QueueConfig, QueueEntry, QueueError, Queues, ValidationError,
-    WorkerCapabilities, WorkerId, WorkerState,
+    Job, JobId, JobSpec, JobState, QueueConfig, QueueEntry, QueueError, Queues, Requirements,
+    ValidationError, WorkerCapabilities, WorkerId, WorkerState,
 };
 use hodei_ports::store::{self, JobFilter, LogChunk};
 use hodei_ports::{AgentLink, Store};
@@ -49,6 +50,38 @@ pub struct JobServiceConfig {
     pub max_uses: BTreeMap<String, u32>,
     /// The shapes of workers the pools can provision, to reject jobs that none could hold.
     pub pool_shapes: Vec<WorkerCapabilities>,
+    /// What a worker-hour of each pool costs, to attribute cost to tenants.
+    pub cost_per_hour: BTreeMap<String, f64>,
+}
+
+/// What the pools are now; the pool manager sends it when a pool is created, changed or
+/// removed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolSettings {
+    pub max_uses: BTreeMap<String, u32>,
+    pub pool_shapes: Vec<WorkerCapabilities>,
+    pub cost_per_hour: BTreeMap<String, f64>,
+}
+
+/// Most queued jobs a [`JobSnapshot`] lists; beyond that, no pool could grow fast enough
+/// for the difference to matter.
+pub const MAX_SNAPSHOT_QUEUED: usize = 10_000;
+
+/// What the autoscaler needs from the dispatcher, taken in one turn so it is consistent.
+#[derive(Debug, Clone, Default)]
+pub struct JobSnapshot {
+    /// Requirements of queued jobs, in dispatch order (at most [`MAX_SNAPSHOT_QUEUED`]).
+    pub queued: Vec<Requirements>,
+    /// Workers with a job assigned or running.
+    pub busy: HashSet<WorkerId>,
+    /// When each other registered worker last became idle.
+    pub idle_since: HashMap<WorkerId, Instant>,
+    /// Workers retired or drained: going away, so not supply.
+    pub leaving: HashSet<WorkerId>,
+    /// Requirements of jobs submitted since the previous snapshot, for arrival rates.
+    pub arrived: Vec<Requirements>,
+    /// Attempts ended since the previous snapshot: the worker's pool and the seconds it ran.
+    pub ran: Vec<(String, f64)>,
 }
 
 impl Default for JobServiceConfig {
@@ -60,6 +93,7 @@ impl Default for JobServiceConfig {
             tick: Duration::from_millis(250),
             max_uses: BTreeMap::new(),
             pool_shapes: Vec::new(),
+            cost_per_hour: BTreeMap::new(),
         }
     }
 }
@@ -129,6 +163,14 @@ enum Event {
         outcome: AttemptOutcome,
         healthy: bool,
     },
+    Snapshot {
+        reply: oneshot::Sender<JobSnapshot>,
+    },
+    Drain {
+        workers: Vec<WorkerId>,
+        reply: oneshot::Sender<Vec<WorkerId>>,
+    },
+    Pools(PoolSettings),
 }
 
 /// The handle the API and the session layer use. Cheap to clone.
@@ -176,6 +218,8 @@ impl JobService {
             cancel_requested: HashSet::new(),
             logs: Vec::new(),
             retired,
+            arrived: Vec::new(),
+            ran: Vec::new(),
         };
         dispatcher.recover().await?;
         tokio::spawn(dispatcher.run(inbox, cancel));
@@ -208,6 +252,23 @@ impl JobService {
             reply,
         })
         .await?
+    }
+
+    /// What the autoscaler needs: the queue's requirements, who is busy, who is idle since
+    /// when, and the arrivals and run times since the previous snapshot.
+    pub async fn snapshot(&self) -> Result<JobSnapshot, JobError> {
+        self.ask(|reply| Event::Snapshot { reply }).await
+    }
+
+    /// Takes the idle ones among `workers` out of matching for good, so they can be
+    /// terminated without killing a job; returns those. Busy workers are left alone.
+    pub async fn drain(&self, workers: Vec<WorkerId>) -> Result<Vec<WorkerId>, JobError> {
+        self.ask(|reply| Event::Drain { workers, reply }).await
+    }
+
+    /// Applies changed pool settings (max uses, worker shapes, prices).
+    pub async fn set_pools(&self, settings: PoolSettings) {
+        self.tell(Event::Pools(settings)).await;
     }
 
     /// Cancels a job: a queued one at once, a running one by telling its agent (the job
@@ -369,7 +430,10 @@ pub struct LogPage {
 struct Slot {
     job: Option<JobId>,
     uses: u32,
+    /// Retired (max uses, failed health check) or drained: never matched again.
     retired: bool,
+    /// When it last became idle; `None` until the dispatcher first sees it.
+    idle_since: Option<Instant>,
     /// An assignment could not be delivered; cleared when the agent connects again.
     unreachable: bool,
 }
@@ -412,6 +476,9 @@ struct Dispatcher {
     cancel_requested: HashSet<JobId>,
     logs: Vec<LogChunk>,
     retired: mpsc::UnboundedSender<Retired>,
+    /// Since the previous snapshot: submitted jobs' requirements, and (pool, seconds run).
+    arrived: Vec<Requirements>,
+    ran: Vec<(String, f64)>,
 }
 
 fn log_store_error<T>(what: &str, job_id: &JobId, result: Result<T, store::Error>) -> Option<T> {
@@ -551,6 +618,17 @@ impl Dispatcher {
                     let _ = reply.send(self.explain(&id));
                 }
                 Event::Connected { worker_id, running } => self.connected(&worker_id, &running),
+                Event::Snapshot { reply } => {
+                    let _ = reply.send(self.snapshot());
+                }
+                Event::Drain { workers, reply } => {
+                    let _ = reply.send(self.drain(&workers));
+                }
+                Event::Pools(settings) => {
+                    self.config.max_uses = settings.max_uses;
+                    self.config.pool_shapes = settings.pool_shapes;
+                    self.config.cost_per_hour = settings.cost_per_hour;
+                }
                 Event::Log { worker_id, chunk } => self.log(&worker_id, chunk),
             }
         }
@@ -600,6 +678,55 @@ impl Dispatcher {
         let job = Job::new(id, spec, 0, SystemTime::now())?;
         *pending += 1;
         Ok(job)
+    }
+
+    fn snapshot(&mut self) -> JobSnapshot {
+        let now = Instant::now();
+        let registered: HashSet<WorkerId> = self
+            .registry
+            .filter_map(|entry| Some(entry.worker.id.clone()))
+            .into_iter()
+            .collect();
+        // Slots of workers gone from the registry and without a job are forgotten.
+        self.slots
+            .retain(|id, slot| slot.job.is_some() || registered.contains(id));
+        let mut snapshot = JobSnapshot {
+            queued: self
+                .queues
+                .iter_in_order()
+                .take(MAX_SNAPSHOT_QUEUED)
+                .map(|entry| entry.requirements.clone())
+                .collect(),
+            arrived: std::mem::take(&mut self.arrived),
+            ran: std::mem::take(&mut self.ran),
+            ..JobSnapshot::default()
+        };
+        for id in registered {
+            let slot = self.slots.entry(id.clone()).or_default();
+            if slot.retired {
+                snapshot.leaving.insert(id);
+            } else if slot.job.is_some() {
+                snapshot.busy.insert(id);
+            } else {
+                snapshot
+                    .idle_since
+                    .insert(id, *slot.idle_since.get_or_insert(now));
+            }
+        }
+        snapshot
+    }
+
+    /// Retires the idle workers among `workers` so nothing is assigned to them again.
+    fn drain(&mut self, workers: &[WorkerId]) -> Vec<WorkerId> {
+        let mut drained = Vec::new();
+        for id in workers {
+            let slot = self.slots.entry(id.clone()).or_default();
+            if slot.job.is_none() && !slot.retired {
+                slot.retired = true;
+                drained.push(id.clone());
+            }
+        }
+        drained
     }
 
     /// Admits, records (one commit) and queues submissions, then answers each.
@@ -660,6 +787,9 @@ impl Dispatcher {
             },
         );
         self.metrics.submitted.inc();
+        if self.arrived.len() < MAX_SNAPSHOT_QUEUED {
+            self.arrived.push(job.spec.requirements.clone());
+        }
         Ok(job)
     }
 
@@ -1007,6 +1137,21 @@ impl Dispatcher {
             };
             let job = end.job;
             let next = job.state;
+            if let (Some(worker), Some(assigned_at)) = (&job.worker_id, live.assigned_at) {
+                let secs = assigned_at.elapsed().as_secs_f64();
+                if let Some(pool) = self
+                    .registry
+                    .get(worker)
+                    .and_then(|entry| entry.worker.metadata.pool)
+                {
+                    let rate = self.config.cost_per_hour.get(&pool).copied().unwrap_or(0.0);
+                    self.metrics
+                        .charge(job.spec.tenant.as_str(), &pool, secs, rate);
+                    if self.ran.len() < MAX_SNAPSHOT_QUEUED {
+                        self.ran.push((pool, secs));
+                    }
+                }
+            }
             tracing::debug!(job_id = %id, worker_id = ?job.worker_id, state = %next, reason = ?job.reason, "attempt ended");
             let worker = job.worker_id.clone();
             if next == JobState::Queued {
@@ -1058,7 +1203,12 @@ impl Dispatcher {
         };
         self.worker_state(worker_id, WorkerState::Cleaning);
         match retire {
-            None => self.worker_state(worker_id, WorkerState::Idle),
+            None => {
+                if let Some(slot) = self.slots.get_mut(worker_id) {
+                    slot.idle_since = Some(Instant::now());
+                }
+                self.worker_state(worker_id, WorkerState::Idle);
+            }
             Some(reason) => {
                 if let Some(slot) = self.slots.get_mut(worker_id) {
                     slot.retired = true;
@@ -1178,6 +1328,14 @@ pub struct JobMetrics {
     dispatch_latency: Histogram,
     jobs_per_worker_total: Counter,
     uses_at_retirement: Histogram,
+    tenant_seconds: Family<TenantPoolLabels, Counter<f64, AtomicU64>>,
+    tenant_cost: Family<TenantPoolLabels, Counter<f64, AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantPoolLabels {
+    tenant: String,
+    pool: String,
 }
 
 impl JobMetrics {
@@ -1195,7 +1353,19 @@ impl JobMetrics {
             dispatch_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             jobs_per_worker_total: Counter::default(),
             uses_at_retirement: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            tenant_seconds: Family::default(),
+            tenant_cost: Family::default(),
         };
+        registry.register(
+            "hodei_tenant_worker_seconds",
+            "Seconds tenants' jobs held a worker of a pool",
+            metrics.tenant_seconds.clone(),
+        );
+        registry.register(
+            "hodei_tenant_cost",
+            "What tenants' jobs cost: worker-seconds priced at their pool's cost_per_hour",
+            metrics.tenant_cost.clone(),
+        );
         registry.register(
             "hodei_jobs_submitted",
             "Jobs accepted",
@@ -1262,6 +1432,17 @@ impl JobMetrics {
             });
         }
         metrics
+    }
+
+    fn charge(&self, tenant: &str, pool: &str, secs: f64, cost_per_hour: f64) {
+        let labels = TenantPoolLabels {
+            tenant: tenant.to_owned(),
+            pool: pool.to_owned(),
+        };
+        self.tenant_seconds.get_or_create(&labels).inc_by(secs);
+        self.tenant_cost
+            .get_or_create(&labels)
+            .inc_by(secs * cost_per_hour / 3600.0);
     }
 
     fn finished(&self, state: JobState) {

@@ -3,10 +3,16 @@
 //! their own.
 
 pub mod jobs;
+pub mod pools;
 pub mod scheduler_registry;
 pub mod worker_management;
 
-pub use jobs::{JobError, JobMetrics, JobService, JobServiceConfig, LogPage, Retired};
+pub use jobs::{
+    JobError, JobMetrics, JobService, JobServiceConfig, JobSnapshot, LogPage, PoolSettings, Retired,
+};
+pub use pools::{
+    DecisionRecord, PoolCounts, PoolError, PoolManager, PoolManagerConfig, PoolMetrics, PoolStatus,
+};
 pub use scheduler_registry::{
     LivenessChange, RegisteredWorker, RegistrationSource, SchedulerRegistry,
 };

@@ -186,6 +186,9 @@ pub enum WorkerManagementError {
     Registration(#[source] RegistrationError),
     #[error("worker {0} not found")]
     WorkerNotFound(WorkerId),
+    /// A pool names a provider this server was not configured with.
+    #[error("provider {0} is not configured on this server")]
+    ProviderNotConfigured(ProviderKind),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -288,7 +291,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// See the module docs.
 pub struct WorkerManagementService {
-    provider: Arc<dyn WorkerProvider>,
+    /// The provider of workers provisioned without a pool.
+    default_provider: ProviderKind,
+    providers: BTreeMap<ProviderKind, Arc<dyn WorkerProvider>>,
     registration: Option<Arc<dyn WorkerRegistrationPort>>,
     store: Arc<dyn Store>,
     config: WorkerManagementConfig,
@@ -299,7 +304,7 @@ pub struct WorkerManagementService {
 impl std::fmt::Debug for WorkerManagementService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerManagementService")
-            .field("provider", &self.provider.kind())
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
             .field("registration", &self.registration.is_some())
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -315,7 +320,8 @@ impl WorkerManagementService {
         metrics: WorkerManagementMetrics,
     ) -> Self {
         Self {
-            provider,
+            default_provider: provider.kind(),
+            providers: [(provider.kind(), provider)].into(),
             registration: None,
             store,
             config,
@@ -340,8 +346,30 @@ impl WorkerManagementService {
         }
     }
 
+    /// Adds a provider for pools that name its kind (replacing one of the same kind).
+    #[must_use]
+    pub fn with_provider(mut self, provider: Arc<dyn WorkerProvider>) -> Self {
+        self.providers.insert(provider.kind(), provider);
+        self
+    }
+
+    /// The provider of workers provisioned without a pool.
     pub fn provider_kind(&self) -> ProviderKind {
-        self.provider.kind()
+        self.default_provider
+    }
+
+    /// The providers this service can create workers with.
+    pub fn provider_kinds(&self) -> Vec<ProviderKind> {
+        self.providers.keys().copied().collect()
+    }
+
+    fn provider(
+        &self,
+        kind: ProviderKind,
+    ) -> Result<&Arc<dyn WorkerProvider>, WorkerManagementError> {
+        self.providers
+            .get(&kind)
+            .ok_or(WorkerManagementError::ProviderNotConfigured(kind))
     }
 
     fn begin(&self, id: &WorkerId) -> InFlight<'_> {
@@ -352,7 +380,8 @@ impl WorkerManagementService {
         }
     }
 
-    fn new_worker_id(spec: &WorkerSpec) -> WorkerId {
+    /// A fresh id for a worker of `spec`: its pool's name and 8 random hex digits.
+    pub fn new_worker_id(spec: &WorkerSpec) -> WorkerId {
         let prefix = spec.pool.as_deref().unwrap_or("worker");
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let prefix: String = prefix
@@ -380,8 +409,28 @@ impl WorkerManagementService {
         spec: &WorkerSpec,
     ) -> Result<WorkerProvisioned, WorkerManagementError> {
         let id = Self::new_worker_id(spec);
-        let _guard = self.begin(&id);
-        let worker = self.create(&id, spec).await?;
+        self.provision_as(&id, spec, self.default_provider).await
+    }
+
+    /// Provisions one worker of `pool` under the id `id` (from [`Self::new_worker_id`], so
+    /// the caller can count it as starting before it exists) and registers it.
+    pub async fn provision_for_pool(
+        &self,
+        pool: &PoolSpec,
+        id: &WorkerId,
+    ) -> Result<WorkerProvisioned, WorkerManagementError> {
+        self.provision_as(id, &pool.worker_spec(), pool.provider)
+            .await
+    }
+
+    async fn provision_as(
+        &self,
+        id: &WorkerId,
+        spec: &WorkerSpec,
+        kind: ProviderKind,
+    ) -> Result<WorkerProvisioned, WorkerManagementError> {
+        let _guard = self.begin(id);
+        let worker = self.create(id, spec, kind).await?;
         let outcome = match &self.registration {
             Some(registration) => Some(registration.register_worker(&worker).await),
             None => None,
@@ -400,15 +449,21 @@ impl WorkerManagementService {
             live_only: true,
         };
         let existing = self.store.list_workers(&filter).await?.len();
-        let missing = (pool.size as usize).saturating_sub(existing);
+        let size = pool.min_workers();
+        let missing = usize::try_from(size)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(existing);
         let spec = pool.worker_spec();
-        tracing::info!(pool = %pool.name, size = pool.size, existing, missing, "pre-warming pool");
+        tracing::info!(pool = %pool.name, size, existing, missing, "pre-warming pool");
 
         let ids: Vec<WorkerId> = (0..missing).map(|_| Self::new_worker_id(&spec)).collect();
         let _guards: Vec<_> = ids.iter().map(|id| self.begin(id)).collect();
         // Futures are built first and then driven by the stream: a closure inside the
         // stream would make the future not `Send` (rust-lang/rust#102211).
-        let creations: Vec<_> = ids.iter().map(|id| self.create(id, &spec)).collect();
+        let creations: Vec<_> = ids
+            .iter()
+            .map(|id| self.create(id, &spec, pool.provider))
+            .collect();
         let created: Vec<Result<Worker, WorkerManagementError>> = futures::stream::iter(creations)
             .buffer_unordered(self.config.provisioning_concurrency.max(1))
             .collect()
@@ -452,8 +507,10 @@ impl WorkerManagementService {
         &self,
         id: &WorkerId,
         spec: &WorkerSpec,
+        kind: ProviderKind,
     ) -> Result<Worker, WorkerManagementError> {
-        let provider = self.provider.kind();
+        let backend = self.provider(kind)?;
+        let provider = kind;
         let labels = ProviderLabels {
             provider: provider.as_str(),
             worker_type: spec.worker_type.as_str(),
@@ -463,7 +520,7 @@ impl WorkerManagementService {
         self.store
             .insert_worker(&worker, WorkerState::Provisioning)
             .await?;
-        if let Err(source) = self.provider.create_worker(id, spec).await {
+        if let Err(source) = backend.create_worker(id, spec).await {
             self.metrics
                 .provisioning_failed
                 .get_or_create(&labels)
@@ -510,7 +567,7 @@ impl WorkerManagementService {
                     .inc();
                 if error.is_permanent_rejection() {
                     tracing::error!(worker_id = %worker.id, error_type = error.error_type(), %error, "scheduler refused the worker, terminating it");
-                    if let Err(stop) = self.stop(&worker.id).await {
+                    if let Err(stop) = self.stop(&worker.id, worker.metadata.provider).await {
                         tracing::error!(worker_id = %worker.id, error = %stop, "could not terminate refused worker, the reconciler will");
                     }
                     return Err(WorkerManagementError::RegistrationRejected {
@@ -534,11 +591,11 @@ impl WorkerManagementService {
     /// terminated.
     pub async fn terminate_worker(&self, id: &WorkerId) -> Result<(), WorkerManagementError> {
         let _guard = self.begin(id);
-        match self.store.get_worker(id).await? {
-            Some(record) if record.state.is_live() => {}
+        let kind = match self.store.get_worker(id).await? {
+            Some(record) if record.state.is_live() => record.worker.metadata.provider,
             Some(_) => return Ok(()),
             None => return Err(WorkerManagementError::WorkerNotFound(id.clone())),
-        }
+        };
         if let Some(registration) = &self.registration {
             match registration.unregister_worker(id).await {
                 Ok(()) | Err(RegistrationError::Rejected(SchedulerError::WorkerNotFound(_))) => {}
@@ -549,13 +606,13 @@ impl WorkerManagementService {
                 }
             }
         }
-        self.stop(id).await
+        self.stop(id, kind).await
     }
 
     /// Stops the worker at the provider and records it as terminated.
-    async fn stop(&self, id: &WorkerId) -> Result<(), WorkerManagementError> {
-        let provider = self.provider.kind();
-        self.provider
+    async fn stop(&self, id: &WorkerId, kind: ProviderKind) -> Result<(), WorkerManagementError> {
+        let provider = kind;
+        self.provider(kind)?
             .terminate_worker(id)
             .await
             .map_err(|source| WorkerManagementError::Provider { provider, source })?;
@@ -605,6 +662,20 @@ impl WorkerManagementService {
     /// Compares provider, store and scheduler, and fixes each kind of drift (see
     /// [`hodei_core::reconcile`]).
     pub async fn reconcile(&self) -> Result<ReconcileReport, WorkerManagementError> {
+        let mut report = ReconcileReport::default();
+        for (kind, provider) in &self.providers {
+            let one = self.reconcile_provider(*kind, provider.as_ref()).await?;
+            report.applied.extend(one.applied);
+            report.failed.extend(one.failed);
+        }
+        Ok(report)
+    }
+
+    async fn reconcile_provider(
+        &self,
+        provider: ProviderKind,
+        backend: &dyn WorkerProvider,
+    ) -> Result<ReconcileReport, WorkerManagementError> {
         let in_flight_before = lock(&self.in_flight).clone();
         // Order matters: registered, then store, then provider. A worker is registered only
         // after it runs, so a registration seen first whose worker is not running a moment
@@ -618,7 +689,6 @@ impl WorkerManagementService {
                 .collect(),
             None => BTreeSet::new(),
         };
-        let provider = self.provider.kind();
         // Only this provider's workers: agents that registered themselves, or workers of
         // other providers, are not ours to judge.
         let records: Vec<_> = self
@@ -628,8 +698,7 @@ impl WorkerManagementService {
             .into_iter()
             .filter(|r| r.worker.metadata.provider == provider)
             .collect();
-        let running: BTreeSet<WorkerId> = self
-            .provider
+        let running: BTreeSet<WorkerId> = backend
             .list_workers()
             .await
             .map_err(|source| WorkerManagementError::Provider { provider, source })?
@@ -670,7 +739,7 @@ impl WorkerManagementService {
 
         let mut report = ReconcileReport::default();
         for action in reconcile::plan(&views) {
-            let result = self.apply(&action, &records).await;
+            let result = self.apply(&action, &records, backend).await;
             let outcome = if result.is_ok() { "success" } else { "failure" };
             self.metrics
                 .reconcile_actions
@@ -699,6 +768,7 @@ impl WorkerManagementService {
         &self,
         action: &Action,
         records: &BTreeMap<WorkerId, Worker>,
+        backend: &dyn WorkerProvider,
     ) -> Result<bool, WorkerManagementError> {
         match action {
             Action::Register(id) => {
@@ -740,8 +810,8 @@ impl WorkerManagementService {
                 {
                     return Ok(false);
                 }
-                let provider = self.provider.kind();
-                self.provider
+                let provider = backend.kind();
+                backend
                     .terminate_worker(id)
                     .await
                     .map_err(|source| WorkerManagementError::Provider { provider, source })?;

@@ -234,13 +234,7 @@ async fn invalid_specs_are_refused_before_anything_is_created() {
 }
 
 fn pool(size: u32) -> PoolSpec {
-    PoolSpec {
-        name: "warm".into(),
-        provider: ProviderKind::Local,
-        size,
-        template: WorkerSpec::default(),
-        max_uses: None,
-    }
+    PoolSpec::fixed("warm", ProviderKind::Local, size)
 }
 
 #[tokio::test(start_paused = true)]

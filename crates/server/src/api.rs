@@ -10,7 +10,7 @@ use hodei_core::{
     Command, Job, JobSpec, PoolSpec, Priority, QueueName, Requirements, TenantName,
     ValidationError, Worker, WorkerCapabilities,
 };
-use hodei_modules::RegisteredWorker;
+use hodei_modules::{PoolStatus, RegisteredWorker};
 use hodei_ports::{JobFilter, LogChunk, WorkerRecord};
 use serde::{Deserialize, Serialize};
 
@@ -100,23 +100,100 @@ pub struct WorkerList {
     pub workers: Vec<WorkerView>,
 }
 
-/// A pool as `GET /api/v1/pools` shows it: its definition and its live workers by state.
+/// A pool as `GET /api/v1/pools` shows it: its definition, its workers by state, what the
+/// autoscaler wants and why, and what it has cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolView {
     pub name: String,
     pub provider: String,
-    pub size: u32,
-    /// Live workers of the pool.
-    pub workers: usize,
-    /// Live workers by lifecycle state.
-    pub states: BTreeMap<String, usize>,
+    pub kind: String,
+    pub min: u32,
+    pub max: u32,
+    /// Workers the autoscaler wants now.
+    pub desired: u32,
+    pub workers: PoolWorkers,
+    /// Worker-seconds held since the server started, and their price.
+    pub worker_seconds: f64,
+    pub cost: f64,
+    /// Removed and draining its last workers.
+    pub removing: bool,
+    /// Recent decisions, newest first.
+    pub decisions: Vec<DecisionView>,
     pub spec: PoolSpec,
+}
+
+/// A pool's workers by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolWorkers {
+    pub idle: u32,
+    pub busy: u32,
+    pub starting: u32,
+    pub unhealthy: u32,
+    pub leaving: u32,
+}
+
+/// One autoscaler decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionView {
+    pub at: String,
+    /// `up`, `down` or `hold`.
+    pub action: String,
+    pub count: u32,
+    pub desired: u32,
+    pub supply: u32,
+    pub reason: String,
+}
+
+impl PoolView {
+    pub fn new(status: &PoolStatus) -> Self {
+        let spec = &status.spec;
+        let counts = status.counts;
+        Self {
+            name: spec.name.clone(),
+            provider: spec.provider.to_string(),
+            kind: spec.kind.to_string(),
+            min: spec.min_workers(),
+            max: spec.max_workers(),
+            desired: status.desired,
+            workers: PoolWorkers {
+                idle: counts.idle,
+                busy: counts.busy,
+                starting: counts.starting,
+                unhealthy: counts.unhealthy,
+                leaving: counts.leaving,
+            },
+            worker_seconds: status.worker_seconds,
+            cost: status.cost,
+            removing: status.removing,
+            decisions: status
+                .decisions
+                .iter()
+                .map(|d| DecisionView {
+                    at: rfc3339(d.at),
+                    action: d.action.to_owned(),
+                    count: d.count,
+                    desired: d.desired,
+                    supply: d.supply,
+                    reason: d.reason.clone(),
+                })
+                .collect(),
+            spec: spec.clone(),
+        }
+    }
 }
 
 /// `GET /api/v1/pools`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolList {
     pub pools: Vec<PoolView>,
+}
+
+/// `POST /api/v1/pools/{name}/scale`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalePool {
+    /// A static pool's size, or a dynamic pool's minimum.
+    pub workers: u32,
 }
 
 /// Every error response body.

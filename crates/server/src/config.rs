@@ -47,6 +47,7 @@ pub struct ServerConfig {
     pub shutdown: ShutdownSection,
     pub agents: AgentsSection,
     pub jobs: JobsSection,
+    pub autoscaler: AutoscalerSection,
     /// Register workers with the scheduler of another Hodei server at this URL, over gRPC,
     /// instead of this server's own. Agents then connect to that server too.
     pub scheduler_url: Option<String>,
@@ -70,6 +71,7 @@ impl Default for ServerConfig {
             shutdown: ShutdownSection::default(),
             agents: AgentsSection::default(),
             jobs: JobsSection::default(),
+            autoscaler: AutoscalerSection::default(),
             scheduler_url: None,
             tls: TlsSection::default(),
             pools: Vec::new(),
@@ -166,6 +168,39 @@ impl Default for ReconcileSection {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[autoscaler]`: how often pools are looked at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoscalerSection {
+    /// Time between two passes over the pools when nothing happens; job submissions and
+    /// results trigger a pass at once.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long a created worker counts as starting before its agent is heard from.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+}
+
+impl Default for AutoscalerSection {
+    fn default() -> Self {
+        let defaults = hodei_modules::PoolManagerConfig::default();
+        Self {
+            interval: defaults.tick,
+            start_timeout: defaults.start_timeout,
+        }
+    }
+}
+
+impl AutoscalerSection {
+    pub fn manager_config(&self) -> hodei_modules::PoolManagerConfig {
+        hodei_modules::PoolManagerConfig {
+            tick: self.interval,
+            start_timeout: self.start_timeout,
+            ..hodei_modules::PoolManagerConfig::default()
         }
     }
 }
@@ -403,7 +438,11 @@ impl ServerConfig {
         }
         let mut names = std::collections::BTreeSet::new();
         for pool in &self.pools {
-            pool.validate()?;
+            // Name the pool in the field: `pool[burst].min`.
+            pool.validate().map_err(|error| {
+                let rest = error.field.strip_prefix("pool").unwrap_or(&error.field);
+                ValidationError::new(format!("pool[{}]{rest}", pool.name), error.reason)
+            })?;
             if !names.insert(&pool.name) {
                 return Err(ValidationError::new(
                     "pool.name",
@@ -489,7 +528,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.registration.max_retries, 5);
         assert_eq!(config.registration.timeout, Duration::from_secs(5));
-        assert_eq!(config.pools[0].size, 3);
+        assert_eq!(config.pools[0].size, Some(3));
         assert_eq!(config.pools[0].template.capabilities.cpu_cores, 8);
         assert_eq!(config.pools[0].template.capabilities.memory_mb, 4096);
         assert!(config.validate().is_ok());

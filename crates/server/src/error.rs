@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hodei_core::QueueError;
 use hodei_core::ValidationError;
-use hodei_modules::{JobError, WorkerManagementError};
+use hodei_modules::{JobError, PoolError, WorkerManagementError};
 use hodei_ports::{ProviderError, SchedulerError, store};
 
 use crate::api::{ErrorBody, ErrorDetail};
@@ -146,6 +146,25 @@ impl From<WorkerManagementError> for ApiError {
             WorkerManagementError::Registration(_) => {
                 Self::new(Code::Unavailable, error.to_string())
             }
+            WorkerManagementError::ProviderNotConfigured(_) => {
+                Self::new(Code::FailedPrecondition, error.to_string())
+            }
+        }
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Invalid(invalid) => invalid.into(),
+            PoolError::Store(store) => store.into(),
+            PoolError::AlreadyExists(_) => Self::new(Code::AlreadyExists, error.to_string()),
+            PoolError::NotFound(_) => Self::new(Code::NotFound, error.to_string()),
+            PoolError::ProviderNotConfigured(_) => Self {
+                code: Code::InvalidArgument,
+                message: error.to_string(),
+                field: Some("pool.provider".into()),
+            },
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The HTTP side of the one address: REST under `/api/v1` (bearer token), `/metrics`,
 //! `/healthz` and `/readyz` (open, for Prometheus and load balancers).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,14 +12,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hodei_core::{JobId, WorkerId, WorkerState};
-use hodei_modules::{JobService, SchedulerRegistry, WorkerManagementService};
+use hodei_core::{JobId, PoolSpec, WorkerId, WorkerState};
+use hodei_modules::{JobService, PoolManager, SchedulerRegistry, WorkerManagementService};
 use hodei_ports::{Store, WorkerFilter};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::api::{
-    JobList, JobView, LogChunkView, LogsView, PoolList, PoolView, SubmitJob, WorkerList,
+    JobList, JobView, LogChunkView, LogsView, PoolList, PoolView, ScalePool, SubmitJob, WorkerList,
     WorkerView, job_filter,
 };
 use crate::error::{ApiError, Code};
@@ -30,6 +30,7 @@ pub(crate) struct AppState {
     pub management: Arc<WorkerManagementService>,
     pub scheduler: Arc<SchedulerRegistry>,
     pub jobs: JobService,
+    pub pools: PoolManager,
     pub metrics: Arc<Registry>,
     pub token: Arc<str>,
     /// Set once start-up (first reconciliation, pool pre-warming) is done.
@@ -40,8 +41,12 @@ pub(crate) fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/workers", get(list_workers))
         .route("/workers/{id}", get(get_worker).delete(terminate_worker))
-        .route("/pools", get(list_pools))
-        .route("/pools/{name}", get(get_pool))
+        .route("/pools", get(list_pools).post(create_pool))
+        .route(
+            "/pools/{name}",
+            get(get_pool).put(update_pool).delete(remove_pool),
+        )
+        .route("/pools/{name}/scale", post(scale_pool))
         .route("/jobs", post(submit_job).get(list_jobs))
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
@@ -172,55 +177,73 @@ fn registered_only(jobs: &JobService, entry: &hodei_modules::RegisteredWorker) -
     view
 }
 
-async fn pool_views(
-    store: &dyn Store,
-    jobs: &JobService,
-    name: Option<&str>,
-) -> Result<Vec<PoolView>, ApiError> {
-    let pools = match name {
-        Some(name) => store.get_pool(name).await?.into_iter().collect(),
-        None => store.list_pools().await?,
-    };
-    let mut views = Vec::with_capacity(pools.len());
-    for pool in pools {
-        let filter = WorkerFilter {
-            pool: Some(pool.name.clone()),
-            live_only: true,
-        };
-        let mut states = BTreeMap::new();
-        let workers = store.list_workers(&filter).await?;
-        for record in &workers {
-            *states
-                .entry(with_activity(jobs, record).to_string())
-                .or_insert(0) += 1;
-        }
-        views.push(PoolView {
-            name: pool.name.clone(),
-            provider: pool.provider.to_string(),
-            size: pool.size,
-            workers: workers.len(),
-            states,
-            spec: pool,
-        });
-    }
-    Ok(views)
-}
-
-async fn list_pools(State(state): State<AppState>) -> Result<Json<PoolList>, ApiError> {
-    Ok(Json(PoolList {
-        pools: pool_views(state.store.as_ref(), &state.jobs, None).await?,
-    }))
+async fn list_pools(State(state): State<AppState>) -> Json<PoolList> {
+    Json(PoolList {
+        pools: state.pools.list().iter().map(PoolView::new).collect(),
+    })
 }
 
 async fn get_pool(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PoolView>, ApiError> {
-    pool_views(state.store.as_ref(), &state.jobs, Some(&name))
-        .await?
-        .pop()
-        .map(Json)
+    state
+        .pools
+        .get(&name)
+        .map(|status| Json(PoolView::new(&status)))
         .ok_or_else(|| ApiError::not_found(format!("pool {name} not found")))
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(value)| value).map_err(|rejection| {
+        ApiError::from(hodei_core::ValidationError::new(
+            "body",
+            rejection.body_text(),
+        ))
+    })
+}
+
+async fn create_pool(
+    State(state): State<AppState>,
+    body: Result<Json<PoolSpec>, JsonRejection>,
+) -> Result<(StatusCode, Json<PoolView>), ApiError> {
+    let status = state.pools.create(json_body(body)?).await?;
+    Ok((StatusCode::CREATED, Json(PoolView::new(&status))))
+}
+
+async fn update_pool(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<PoolSpec>, JsonRejection>,
+) -> Result<Json<PoolView>, ApiError> {
+    let spec = json_body(body)?;
+    if spec.name != name {
+        return Err(hodei_core::ValidationError::new(
+            "pool.name",
+            format!("is {}, but the URL names pool {name}", spec.name),
+        )
+        .into());
+    }
+    Ok(Json(PoolView::new(&state.pools.update(spec).await?)))
+}
+
+async fn scale_pool(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<ScalePool>, JsonRejection>,
+) -> Result<Json<PoolView>, ApiError> {
+    let request = json_body(body)?;
+    Ok(Json(PoolView::new(
+        &state.pools.scale(&name, request.workers).await?,
+    )))
+}
+
+async fn remove_pool(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.pools.remove(&name).await?;
+    Ok(StatusCode::ACCEPTED)
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -254,12 +277,7 @@ async fn submit_job(
     State(state): State<AppState>,
     body: Result<Json<SubmitJob>, JsonRejection>,
 ) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let Json(request) = body.map_err(|rejection| {
-        ApiError::from(hodei_core::ValidationError::new(
-            "body",
-            rejection.body_text(),
-        ))
-    })?;
+    let request = json_body(body)?;
     let job = state.jobs.submit(request.into_spec()?).await?;
     Ok((StatusCode::CREATED, Json(JobView::new(&job))))
 }

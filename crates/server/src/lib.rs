@@ -23,8 +23,8 @@ use hodei_adapters::{
 use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{WorkerId, WorkerState};
 use hodei_modules::{
-    JobMetrics, JobService, Retired, SchedulerRegistry, WorkerManagementMetrics,
-    WorkerManagementService,
+    JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
+    WorkerManagementMetrics, WorkerManagementService,
 };
 use hodei_ports::{SchedulerPort, Store};
 use hodei_proto::v1::job_service_server::JobServiceServer;
@@ -54,6 +54,8 @@ pub enum Error {
     Store(#[from] hodei_ports::store::Error),
     #[error("cannot start the job service: {0}")]
     Jobs(#[from] hodei_modules::JobError),
+    #[error("cannot load the pools: {0}")]
+    Pools(#[from] hodei_modules::PoolError),
     #[error("cannot start the local provider: {0}")]
     Provider(#[from] hodei_ports::ProviderError),
     #[error("{what}: {source}")]
@@ -83,6 +85,7 @@ pub struct Server {
     management: Arc<WorkerManagementService>,
     sessions: Arc<SessionHub>,
     jobs: JobService,
+    pools: PoolManager,
     cancel: CancellationToken,
     http: JoinHandle<()>,
     background: JoinHandle<()>,
@@ -212,6 +215,16 @@ impl Server {
             cancel.clone(),
         )
         .await?;
+        let pools = PoolManager::new(
+            management.clone(),
+            jobs.clone(),
+            scheduler.clone(),
+            store.clone(),
+            &config.pools,
+            config.autoscaler.manager_config(),
+            PoolMetrics::new(&mut registry),
+        )
+        .await?;
         let ready = Arc::new(AtomicBool::new(false));
         let token_shared: Arc<str> = token.clone().into();
         let grpc = SchedulerServiceServer::with_interceptor(
@@ -239,6 +252,7 @@ impl Server {
             management: management.clone(),
             scheduler: scheduler.clone(),
             jobs: jobs.clone(),
+            pools: pools.clone(),
             metrics: Arc::new(registry),
             token: token_shared,
             ready: ready.clone(),
@@ -251,6 +265,7 @@ impl Server {
         ));
         let background = tokio::spawn(background(
             management.clone(),
+            pools.clone(),
             config.clone(),
             ready,
             cancel.clone(),
@@ -263,11 +278,10 @@ impl Server {
             liveness,
             cancel.clone(),
         ));
-        let retirements = tokio::spawn(replace_retired(
+        let retirements = tokio::spawn(terminate_retired(
             retired,
             management.clone(),
-            store.clone(),
-            config.pools.clone(),
+            pools.clone(),
             cancel.clone(),
         ));
         tracing::info!(%addr, %url, tls = config.tls.enabled(), "hodei server listening");
@@ -286,6 +300,7 @@ impl Server {
             monitor,
             retirements,
             jobs,
+            pools,
         })
     }
 
@@ -313,6 +328,11 @@ impl Server {
     /// The in-process scheduler registry.
     pub fn scheduler(&self) -> &Arc<SchedulerRegistry> {
         &self.scheduler
+    }
+
+    /// Pools: create, change, remove, and their status and decisions.
+    pub fn pools(&self) -> &PoolManager {
+        &self.pools
     }
 
     /// Jobs: submit, inspect, cancel.
@@ -368,13 +388,12 @@ impl Server {
     }
 }
 
-/// Terminates the workers the dispatcher retires (they used up `max_uses` or failed their
-/// health check after a job) and tops their pool up again to its size.
-async fn replace_retired(
+/// Terminates workers the dispatcher retired (max uses, failed health check); the pool
+/// manager sees them leave and provisions their replacements.
+async fn terminate_retired(
     mut retired: tokio::sync::mpsc::UnboundedReceiver<Retired>,
     management: Arc<WorkerManagementService>,
-    store: Arc<dyn Store>,
-    pools: Vec<hodei_core::PoolSpec>,
+    pools: PoolManager,
     cancel: CancellationToken,
 ) {
     loop {
@@ -386,59 +405,37 @@ async fn replace_retired(
             () = cancel.cancelled() => return,
         };
         let id = &retirement.worker_id;
-        let pool = match store.get_worker(id).await {
-            Ok(record) => record.and_then(|record| record.worker.metadata.pool),
-            Err(error) => {
-                tracing::warn!(worker_id = %id, %error, "could not read a retired worker");
-                None
-            }
-        };
         tracing::info!(worker_id = %id, reason = %retirement.reason, "terminating a retired worker");
+        pools.wake();
         if let Err(error) = management.terminate_worker(id).await {
             tracing::warn!(worker_id = %id, %error, "could not terminate a retired worker");
-        }
-        if let Some(spec) = pool.and_then(|name| pools.iter().find(|p| p.name == name)) {
-            match management.create_pool(spec).await {
-                Ok(created) => {
-                    for failure in &created.failures {
-                        tracing::error!(pool = %spec.name, error = %failure, "could not replace a retired worker");
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(pool = %spec.name, %error, "could not replace a retired worker");
-                }
-            }
         }
     }
 }
 
 async fn background(
     management: Arc<WorkerManagementService>,
+    pools: PoolManager,
     config: ServerConfig,
     ready: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
     let startup = async {
         reconcile_once(&management).await;
-        for pool in &config.pools {
-            match management.create_pool(pool).await {
-                Ok(created) => {
-                    for failure in &created.failures {
-                        tracing::error!(pool = %pool.name, error = %failure, "could not pre-warm a worker");
-                    }
-                    tracing::info!(
-                        pool = %pool.name,
-                        size = pool.size,
-                        existing = created.existing,
-                        provisioned = created.provisioned.len(),
-                        failed = created.failures.len(),
-                        "pool ready"
-                    );
-                }
-                Err(error) => tracing::error!(pool = %pool.name, %error, "could not create pool"),
-            }
+        // Pre-warm: every pool gets its minimum, in parallel, before the server says ready.
+        pools.prewarm().await;
+        for status in pools.list() {
+            tracing::info!(
+                pool = %status.spec.name,
+                kind = %status.spec.kind,
+                idle = status.counts.idle,
+                starting = status.counts.starting,
+                desired = status.desired,
+                "pool ready"
+            );
         }
         ready.store(true, Ordering::Release);
+        tokio::spawn(pools.clone().run(cancel.clone()));
         let mut interval = tokio::time::interval(config.reconcile.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval.tick().await;

@@ -76,13 +76,7 @@ async fn the_contract_runs_on_several_fresh_files() {
 async fn data_survives_closing_and_reopening_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state/hodei.db");
-    let pool = PoolSpec {
-        name: "default".to_owned(),
-        provider: ProviderKind::Local,
-        size: 3,
-        template: WorkerSpec::default(),
-        max_uses: None,
-    };
+    let pool = PoolSpec::fixed("default", ProviderKind::Local, 3);
 
     let store = SqliteStore::open(&path).await.unwrap();
     for id in ["w-1", "w-2"] {

@@ -767,10 +767,9 @@ fn pool(name: &str, size: u32) -> PoolSpec {
             image: Some("registry.example/agent:1".to_owned()),
             env: [("RUST_LOG".to_owned(), "debug".to_owned())].into(),
         },
-        name,
-        provider: ProviderKind::Kubernetes,
-        size,
         max_uses: Some(3),
+        cost_per_hour: 0.25,
+        ..PoolSpec::fixed(name, ProviderKind::Kubernetes, size)
     }
 }
 
@@ -834,7 +833,7 @@ async fn pools_round_trip(store: &dyn Store) {
     );
 
     let mut replaced = a.clone();
-    replaced.size = 7;
+    replaced.size = Some(7);
     replaced.provider = ProviderKind::Docker;
     replaced
         .template

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hodei_core::{PoolSpec, ProviderKind, WorkerId, WorkerSpec, WorkerState};
+use hodei_core::{PoolSpec, ProviderKind, WorkerId, WorkerState};
 use hodei_ports::WorkerFilter;
 use hodei_server::{Server, ServerConfig};
 use hodei_testkit::wait_for;
@@ -18,13 +18,7 @@ pub const HODEI: &str = env!("CARGO_BIN_EXE_hodei");
 pub fn config(data_dir: &Path, workers: u32) -> ServerConfig {
     let mut config = ServerConfig {
         data_dir: data_dir.to_path_buf(),
-        pools: vec![PoolSpec {
-            name: "default".into(),
-            provider: ProviderKind::Local,
-            size: workers,
-            template: WorkerSpec::default(),
-            max_uses: None,
-        }],
+        pools: vec![PoolSpec::fixed("default", ProviderKind::Local, workers)],
         ..ServerConfig::default()
     };
     config.local.agent_program = Some(HODEI.into());

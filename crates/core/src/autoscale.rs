@@ -1,0 +1,679 @@
+//! The autoscaler's decisions: how many workers a pool should have, and what to do about it.
+//!
+//! [`decide`] is a pure function of the pool's spec, what the pool has now ([`PoolView`]),
+//! the demand on it ([`Demand`]), its recent decisions ([`ScalingHistory`]) and the time.
+//! [`attribute_demand`] splits queued jobs over pools, cheapest first, so that a pool at its
+//! maximum spills over to the next one that fits. The pool manager in `hodei-modules` only
+//! gathers the inputs and carries the decision out.
+//!
+//! Rules every decision keeps (property-tested below):
+//! - starting workers count as supply, so a burst is never provisioned twice;
+//! - a scale-up never takes the pool above its max, a scale-down never below its min;
+//! - only idle workers are ever drained, never busy ones;
+//! - the scale-up cooldown, the scale-down cooldown and the decisions-per-minute cap hold,
+//!   except to repair a pool below its minimum or above its maximum.
+
+use std::time::Duration;
+
+use crate::job::Requirements;
+use crate::matching;
+use crate::pool::{PolicyKind, PoolKind, PoolSpec};
+use crate::worker::{Labels, WorkerCapabilities, WorkerId};
+
+/// An idle worker of the pool and how long it has been idle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleSince {
+    pub id: WorkerId,
+    pub idle_for: Duration,
+}
+
+/// What a pool has now. Unhealthy and draining workers are not in it: they are not supply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolView {
+    pub idle: Vec<IdleSince>,
+    pub busy: u32,
+    /// Being created, or created and not yet connected.
+    pub starting: u32,
+}
+
+impl PoolView {
+    pub fn supply(&self) -> u32 {
+        u32::try_from(self.idle.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.busy)
+            .saturating_add(self.starting)
+    }
+}
+
+/// The demand on a pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Demand {
+    /// Queued jobs this pool should take (see [`attribute_demand`]).
+    pub queued: u32,
+    /// Jobs for this pool arriving per second, recently.
+    pub arrivals_per_sec: f64,
+    /// Mean seconds a job runs on this pool, recently.
+    pub mean_run_secs: f64,
+}
+
+/// When the pool last scaled, in milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScalingHistory {
+    pub last_scale_up_ms: Option<u64>,
+    pub last_scale_down_ms: Option<u64>,
+    /// Times of the scaling decisions of the last minute (older ones may be present).
+    pub recent_ms: Vec<u64>,
+}
+
+impl ScalingHistory {
+    /// Remembers a decision that changed the pool.
+    pub fn record(&mut self, action: &ScaleAction, now_ms: u64) {
+        match action {
+            ScaleAction::Hold => return,
+            ScaleAction::Up(_) => self.last_scale_up_ms = Some(now_ms),
+            ScaleAction::Down(_) => self.last_scale_down_ms = Some(now_ms),
+        }
+        self.recent_ms.retain(|at| now_ms.saturating_sub(*at) < 60_000);
+        self.recent_ms.push(now_ms);
+    }
+
+    fn decisions_in_last_minute(&self, now_ms: u64) -> usize {
+        self.recent_ms
+            .iter()
+            .filter(|at| now_ms.saturating_sub(**at) < 60_000)
+            .count()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScaleAction {
+    Hold,
+    /// Provision this many workers.
+    Up(u32),
+    /// Drain and terminate these idle workers.
+    Down(Vec<WorkerId>),
+}
+
+impl ScaleAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Hold => "hold",
+            Self::Up(_) => "up",
+            Self::Down(_) => "down",
+        }
+    }
+}
+
+/// A decision and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub action: ScaleAction,
+    /// Workers the pool should have.
+    pub desired: u32,
+    /// Workers it has, starting ones included.
+    pub supply: u32,
+    pub reason: String,
+}
+
+/// The pool's bounds at `now_ms`: schedules raise the minimum, never above the maximum.
+pub fn bounds(spec: &PoolSpec, now_ms: u64) -> (u32, u32) {
+    let max = spec.max_workers();
+    let scheduled = spec
+        .scaling
+        .schedule
+        .iter()
+        .filter(|window| window.contains(now_ms))
+        .map(|window| window.min)
+        .max()
+        .unwrap_or(0);
+    (spec.min_workers().max(scheduled).min(max), max)
+}
+
+fn div_ceil_f(value: f64) -> u32 {
+    if !value.is_finite() || value <= 0.0 {
+        return 0;
+    }
+    // Saturating float-to-int conversion; the result is clamped to the pool's max anyway.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let workers = value.ceil().min(f64::from(u32::MAX)) as u32;
+    workers
+}
+
+/// Workers the demand asks for, before bounds: busy ones plus what the policy wants for the
+/// queue, plus the idle buffer.
+fn wanted(spec: &PoolSpec, view: &PoolView, demand: &Demand) -> (u32, String) {
+    let policy = &spec.scaling;
+    let busy = view.busy;
+    let (need, why) = match policy.policy {
+        PolicyKind::QueueDepth => {
+            let for_queue = demand.queued.div_ceil(policy.jobs_per_worker);
+            (
+                busy.saturating_add(for_queue),
+                format!("{busy} busy + {} queued", demand.queued),
+            )
+        }
+        PolicyKind::Utilisation => {
+            let load = f64::from(busy.saturating_add(demand.queued));
+            (
+                div_ceil_f(load / policy.target_utilisation),
+                format!(
+                    "{busy} busy + {} queued at {:.0}% target utilisation",
+                    demand.queued,
+                    policy.target_utilisation * 100.0
+                ),
+            )
+        }
+        PolicyKind::ArrivalRate => {
+            let expected = div_ceil_f(demand.arrivals_per_sec * demand.mean_run_secs);
+            let queue = busy.saturating_add(demand.queued);
+            (
+                expected.max(queue),
+                format!(
+                    "{:.2} jobs/s x {:.1} s = {expected} expected, {queue} busy or queued",
+                    demand.arrivals_per_sec, demand.mean_run_secs
+                ),
+            )
+        }
+    };
+    if spec.idle_buffer > 0 {
+        (
+            need.saturating_add(spec.idle_buffer),
+            format!("{why} + idle buffer {}", spec.idle_buffer),
+        )
+    } else {
+        (need, why)
+    }
+}
+
+/// Seconds left of a cooldown that started at `since_ms`, if any.
+fn cooldown_left(since_ms: Option<u64>, cooldown_secs: u64, now_ms: u64) -> Option<u64> {
+    let since = since_ms?;
+    let end = since.saturating_add(cooldown_secs.saturating_mul(1000));
+    (now_ms < end).then(|| (end - now_ms).div_ceil(1000))
+}
+
+/// The decision for one pool. See the module docs for the rules it keeps.
+pub fn decide(
+    spec: &PoolSpec,
+    view: &PoolView,
+    demand: &Demand,
+    history: &ScalingHistory,
+    now_ms: u64,
+) -> Decision {
+    let (min, max) = bounds(spec, now_ms);
+    let supply = view.supply();
+    let (desired, why) = match spec.kind {
+        PoolKind::Static => (min, format!("static pool of {min}")),
+        PoolKind::Dynamic => {
+            let (want, why) = wanted(spec, view, demand);
+            (want.clamp(min, max), format!("{why} -> {want}, bounds [{min}, {max}]"))
+        }
+    };
+    let decision = |action, reason: String| Decision {
+        action,
+        desired,
+        supply,
+        reason,
+    };
+    let policy = &spec.scaling;
+    let rate_capped = history.decisions_in_last_minute(now_ms)
+        >= usize::try_from(policy.max_decisions_per_minute).unwrap_or(usize::MAX);
+
+    if supply < desired {
+        let up_cooldown = cooldown_left(history.last_scale_up_ms, policy.scale_up_cooldown, now_ms);
+        let blocked = match (up_cooldown, rate_capped) {
+            (Some(left), _) => Some(format!("scale-up cooldown, {left} s left")),
+            (None, true) => Some(format!(
+                "{} decisions in the last minute, the most allowed",
+                policy.max_decisions_per_minute
+            )),
+            (None, false) => None,
+        };
+        return match blocked {
+            None => decision(
+                ScaleAction::Up(desired - supply),
+                format!("{supply} workers, {desired} needed: {why}"),
+            ),
+            // Below the minimum is a repair (a worker died): no cooldown applies.
+            Some(_) if supply < min => decision(
+                ScaleAction::Up(min - supply),
+                format!("{supply} workers, below the minimum of {min}"),
+            ),
+            Some(blocked) => decision(
+                ScaleAction::Hold,
+                format!("{supply} workers, {desired} needed, waiting: {blocked}"),
+            ),
+        };
+    }
+    if supply > desired {
+        // Longest idle first; the id breaks ties so the choice is deterministic.
+        let mut idle: Vec<&IdleSince> = view.idle.iter().collect();
+        idle.sort_by(|a, b| b.idle_for.cmp(&a.idle_for).then_with(|| a.id.cmp(&b.id)));
+        let excess = usize::try_from(supply - desired).unwrap_or(usize::MAX);
+        let above_max = usize::try_from(supply.saturating_sub(max)).unwrap_or(usize::MAX);
+        // Above the maximum (the pool was made smaller): idle workers go now.
+        let now = above_max.min(idle.len());
+        let timeout = Duration::from_secs(spec.idle_timeout);
+        let down_cooldown = cooldown_left(
+            history.last_scale_down_ms.max(history.last_scale_up_ms),
+            policy.scale_down_cooldown,
+            now_ms,
+        );
+        let (later, waiting) = match (down_cooldown, rate_capped) {
+            (Some(left), _) => (0, Some(format!("scale-down cooldown, {left} s left"))),
+            (None, true) => (0, Some("decision cap reached".to_owned())),
+            (None, false) => {
+                let expired = idle[now..]
+                    .iter()
+                    .take_while(|worker| worker.idle_for >= timeout)
+                    .count()
+                    .min(excess - now);
+                (expired, None)
+            }
+        };
+        let drained: Vec<WorkerId> = idle[..now + later]
+            .iter()
+            .map(|worker| worker.id.clone())
+            .collect();
+        if drained.is_empty() {
+            let because = waiting.unwrap_or_else(|| {
+                if view.idle.is_empty() {
+                    "no idle worker to drain (busy workers are never drained)".to_owned()
+                } else {
+                    format!("idle workers wait {} s (idle_timeout)", spec.idle_timeout)
+                }
+            });
+            return decision(
+                ScaleAction::Hold,
+                format!("{supply} workers, {desired} needed: {because}"),
+            );
+        }
+        let count = drained.len();
+        let reason = if now > 0 {
+            format!("{supply} workers, above the maximum of {max}: draining {count} idle")
+        } else {
+            format!(
+                "{supply} workers, {desired} needed ({why}): draining {count} idle past {} s",
+                spec.idle_timeout
+            )
+        };
+        return decision(ScaleAction::Down(drained), reason);
+    }
+    decision(ScaleAction::Hold, format!("{supply} workers as needed"))
+}
+
+/// A pool as a home for queued jobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolCandidate {
+    pub name: String,
+    pub cost_per_hour: f64,
+    /// What its workers offer (the template's capabilities).
+    pub capabilities: WorkerCapabilities,
+    /// The template's labels plus `pool=<name>`.
+    pub labels: Labels,
+    /// Jobs it can still take now: its max minus its busy workers.
+    pub room: u32,
+}
+
+impl PoolCandidate {
+    pub fn from_spec(spec: &PoolSpec, busy: u32, now_ms: u64) -> Self {
+        let mut labels = spec.template.labels.clone();
+        labels
+            .entry(matching::POOL_LABEL.to_owned())
+            .or_insert_with(|| spec.name.clone());
+        Self {
+            name: spec.name.clone(),
+            cost_per_hour: spec.cost_per_hour,
+            capabilities: spec.template.capabilities.clone(),
+            labels,
+            room: bounds(spec, now_ms).1.saturating_sub(busy),
+        }
+    }
+}
+
+/// Splits queued jobs over pools: each job goes to the cheapest pool that fits it and has
+/// room (ties by name); when every fitting pool is full it is counted nowhere, since no pool
+/// could add a worker for it. Returns the count per pool, in the order of `pools`.
+pub fn attribute_demand<'a>(
+    pools: &[PoolCandidate],
+    jobs: impl IntoIterator<Item = &'a Requirements>,
+) -> Vec<u32> {
+    let mut order: Vec<usize> = (0..pools.len()).collect();
+    order.sort_by(|a, b| {
+        let (a, b) = (&pools[*a], &pools[*b]);
+        a.cost_per_hour
+            .total_cmp(&b.cost_per_hour)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let mut room: Vec<u32> = pools.iter().map(|pool| pool.room).collect();
+    let mut counts = vec![0u32; pools.len()];
+    for job in jobs {
+        let home = order.iter().copied().find(|&i| {
+            room[i] > 0 && matching::fits(job, &pools[i].capabilities, &pools[i].labels).is_ok()
+        });
+        if let Some(i) = home {
+            room[i] -= 1;
+            counts[i] += 1;
+        }
+    }
+    counts
+}
+
+/// The cheapest pool that fits a job, whether or not it has room: where its arrival counts.
+pub fn home_pool<'a>(pools: &'a [PoolCandidate], job: &Requirements) -> Option<&'a str> {
+    pools
+        .iter()
+        .filter(|pool| matching::fits(job, &pool.capabilities, &pool.labels).is_ok())
+        .min_by(|a, b| {
+            a.cost_per_hour
+                .total_cmp(&b.cost_per_hour)
+                .then_with(|| a.name.cmp(&b.name))
+        })
+        .map(|pool| pool.name.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::{ScalingPolicy, ScheduleWindow};
+    use crate::worker::ProviderKind;
+    use proptest::prelude::*;
+
+    const NOW: u64 = 1_795_392_000_000 + 3 * 3_600_000; // a Monday, 03:00 UTC
+
+    fn dynamic(min: u32, max: u32) -> PoolSpec {
+        PoolSpec {
+            idle_timeout: 30,
+            ..PoolSpec::autoscaled("burst", ProviderKind::Local, min, max)
+        }
+    }
+
+    fn idle(n: u32, secs: u64) -> Vec<IdleSince> {
+        (0..n)
+            .map(|i| IdleSince {
+                id: WorkerId::new(format!("w-{i}")).unwrap(),
+                idle_for: Duration::from_secs(secs),
+            })
+            .collect()
+    }
+
+    fn view(idle_n: u32, idle_secs: u64, busy: u32, starting: u32) -> PoolView {
+        PoolView {
+            idle: idle(idle_n, idle_secs),
+            busy,
+            starting,
+        }
+    }
+
+    fn queued(n: u32) -> Demand {
+        Demand {
+            queued: n,
+            ..Demand::default()
+        }
+    }
+
+    fn up(n: u32) -> ScaleAction {
+        ScaleAction::Up(n)
+    }
+
+    /// (name, spec, view, demand, history, expected action: Up(n) / Down(count) / Hold)
+    #[test]
+    fn decisions_table() {
+        let fresh = ScalingHistory::default();
+        let just_up = ScalingHistory {
+            last_scale_up_ms: Some(NOW - 10_000),
+            ..ScalingHistory::default()
+        };
+        let long_ago = ScalingHistory {
+            last_scale_up_ms: Some(NOW - 3_600_000),
+            last_scale_down_ms: Some(NOW - 3_600_000),
+            ..ScalingHistory::default()
+        };
+        enum Want {
+            Up(u32),
+            Down(usize),
+            Hold,
+        }
+        let cases: Vec<(&str, PoolSpec, PoolView, Demand, &ScalingHistory, Want)> = vec![
+            ("empty pool, no demand", dynamic(0, 8), view(0, 0, 0, 0), queued(0), &fresh, Want::Hold),
+            ("burst of 40 into max 8", dynamic(0, 8), view(0, 0, 0, 0), queued(40), &fresh, Want::Up(8)),
+            ("burst of 3", dynamic(0, 8), view(0, 0, 0, 0), queued(3), &fresh, Want::Up(3)),
+            ("starting workers cover the burst", dynamic(0, 8), view(0, 0, 0, 8), queued(40), &fresh, Want::Hold),
+            ("starting cover part of it", dynamic(0, 8), view(0, 0, 0, 5), queued(40), &fresh, Want::Up(3)),
+            ("busy count towards need", dynamic(0, 8), view(0, 0, 4, 0), queued(2), &fresh, Want::Up(2)),
+            ("idle workers take the queue", dynamic(0, 8), view(2, 0, 0, 0), queued(2), &fresh, Want::Hold),
+            ("scale-up cooldown holds", dynamic(0, 8), view(0, 0, 2, 0), queued(5), &just_up, Want::Hold),
+            ("below min repairs through the cooldown", dynamic(2, 8), view(0, 0, 1, 0), queued(5), &just_up, Want::Up(1)),
+            ("minimum kept without demand", dynamic(2, 8), view(0, 0, 0, 0), queued(0), &fresh, Want::Up(2)),
+            ("idle past timeout drain", dynamic(0, 8), view(3, 60, 0, 0), queued(0), &long_ago, Want::Down(3)),
+            ("idle not yet past timeout", dynamic(0, 8), view(3, 10, 0, 0), queued(0), &long_ago, Want::Hold),
+            ("drain keeps the minimum", dynamic(1, 8), view(3, 60, 0, 0), queued(0), &long_ago, Want::Down(2)),
+            ("busy are never drained", dynamic(0, 8), view(0, 0, 5, 0), queued(0), &long_ago, Want::Hold),
+            ("scale-down cooldown after scale-up", dynamic(0, 8), view(3, 60, 0, 0), queued(0), &just_up, Want::Hold),
+            ("above max goes now", dynamic(0, 2), view(4, 0, 0, 0), queued(0), &just_up, Want::Down(2)),
+            ("static pool refills", PoolSpec::fixed("s", ProviderKind::Local, 3), view(2, 0, 0, 0), queued(10), &fresh, Want::Up(1)),
+            ("static pool ignores the queue", PoolSpec::fixed("s", ProviderKind::Local, 3), view(0, 0, 3, 0), queued(10), &fresh, Want::Hold),
+            ("static pool made smaller", PoolSpec::fixed("s", ProviderKind::Local, 1), view(2, 0, 1, 0), queued(0), &fresh, Want::Down(2)),
+        ];
+        for (name, spec, view, demand, history, want) in cases {
+            let decision = decide(&spec, &view, &demand, history, NOW);
+            match (want, &decision.action) {
+                (Want::Up(n), ScaleAction::Up(got)) => assert_eq!(*got, n, "{name}: {decision:?}"),
+                (Want::Down(n), ScaleAction::Down(got)) => {
+                    assert_eq!(got.len(), n, "{name}: {decision:?}");
+                }
+                (Want::Hold, ScaleAction::Hold) => {}
+                (_, _) => panic!("{name}: unexpected {decision:?}"),
+            }
+            assert!(!decision.reason.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn policies_compute_their_need() {
+        let fresh = ScalingHistory::default();
+        let mut spec = dynamic(0, 100);
+        spec.scaling.jobs_per_worker = 4;
+        let decision = decide(&spec, &view(0, 0, 0, 0), &queued(10), &fresh, NOW);
+        assert_eq!(decision.action, up(3), "ceil(10 / 4)");
+
+        spec.scaling = ScalingPolicy {
+            policy: PolicyKind::Utilisation,
+            target_utilisation: 0.5,
+            ..ScalingPolicy::default()
+        };
+        let decision = decide(&spec, &view(0, 0, 4, 0), &queued(2), &fresh, NOW);
+        assert_eq!(decision.desired, 12, "(4 + 2) / 0.5");
+
+        spec.scaling.policy = PolicyKind::ArrivalRate;
+        let demand = Demand {
+            queued: 1,
+            arrivals_per_sec: 2.0,
+            mean_run_secs: 5.0,
+        };
+        let decision = decide(&spec, &view(0, 0, 3, 0), &demand, &fresh, NOW);
+        assert_eq!(decision.desired, 10, "2/s x 5 s");
+
+        spec.scaling.policy = PolicyKind::QueueDepth;
+        spec.scaling.jobs_per_worker = 1;
+        spec.idle_buffer = 2;
+        let decision = decide(&spec, &view(0, 0, 3, 0), &queued(0), &fresh, NOW);
+        assert_eq!(decision.desired, 5, "3 busy + buffer 2");
+    }
+
+    #[test]
+    fn schedules_raise_the_minimum() {
+        let mut spec = dynamic(0, 8);
+        spec.scaling.schedule = vec![ScheduleWindow {
+            days: Vec::new(),
+            from: "02:00".parse().unwrap(),
+            to: "04:00".parse().unwrap(),
+            min: 5,
+        }];
+        assert_eq!(bounds(&spec, NOW), (5, 8));
+        assert_eq!(bounds(&spec, NOW + 2 * 3_600_000), (0, 8));
+        let decision = decide(&spec, &PoolView::default(), &queued(0), &ScalingHistory::default(), NOW);
+        assert_eq!(decision.action, up(5));
+    }
+
+    #[test]
+    fn the_decision_cap_holds() {
+        let spec = dynamic(0, 8);
+        let busy = ScalingHistory {
+            recent_ms: (0..6).map(|i| NOW - 50_000 + i * 1000).collect(),
+            ..ScalingHistory::default()
+        };
+        let decision = decide(&spec, &view(0, 0, 1, 0), &queued(3), &busy, NOW);
+        assert_eq!(decision.action, ScaleAction::Hold, "{decision:?}");
+        assert!(decision.reason.contains("decisions in the last minute"));
+        let later = decide(&spec, &view(0, 0, 1, 0), &queued(3), &busy, NOW + 60_000);
+        assert_eq!(later.action, up(3));
+    }
+
+    #[test]
+    fn demand_goes_to_the_cheapest_pool_then_spills_over() {
+        let job = Requirements::default();
+        let pool = |name: &str, cost: f64, room: u32| PoolCandidate {
+            name: name.into(),
+            cost_per_hour: cost,
+            capabilities: WorkerCapabilities::default(),
+            labels: [("pool".to_owned(), name.to_owned())].into(),
+            room,
+        };
+        let pools = [pool("dear", 2.0, 10), pool("cheap", 0.5, 3)];
+        let jobs = vec![job.clone(); 5];
+        assert_eq!(attribute_demand(&pools, &jobs), vec![2, 3]);
+        let pinned = Requirements {
+            labels: [("pool".to_owned(), "dear".to_owned())].into(),
+            ..Requirements::default()
+        };
+        assert_eq!(attribute_demand(&pools, [&pinned, &job]), vec![1, 1]);
+        let too_big = Requirements {
+            cpu_cores: 64,
+            ..Requirements::default()
+        };
+        assert_eq!(attribute_demand(&pools, [&too_big]), vec![0, 0]);
+        assert_eq!(home_pool(&pools, &job), Some("cheap"));
+        let full = [pool("dear", 2.0, 0), pool("cheap", 0.5, 0)];
+        assert_eq!(attribute_demand(&full, &jobs), vec![0, 0]);
+    }
+
+    fn arb_history() -> impl Strategy<Value = ScalingHistory> {
+        (
+            proptest::option::of(0u64..400_000),
+            proptest::option::of(0u64..400_000),
+            proptest::collection::vec(0u64..120_000, 0..10),
+        )
+            .prop_map(|(up, down, recent)| ScalingHistory {
+                last_scale_up_ms: up.map(|ago| NOW - ago),
+                last_scale_down_ms: down.map(|ago| NOW - ago),
+                recent_ms: recent.into_iter().map(|ago| NOW - ago).collect(),
+            })
+    }
+
+    fn arb_case() -> impl Strategy<Value = (PoolSpec, PoolView, Demand, ScalingHistory)> {
+        (
+            0u32..6,
+            0u32..12,
+            any::<bool>(),
+            0u32..10,
+            (0u32..15, 0u64..100),
+            0u32..15,
+            0u32..15,
+            0u32..60,
+            0u32..4,
+            arb_history(),
+        )
+            .prop_map(
+                |(min, extra, is_static, size, (idle_n, idle_secs), busy, starting, queued_n, buffer, history)| {
+                    let mut spec = if is_static {
+                        PoolSpec::fixed("p", ProviderKind::Local, size)
+                    } else {
+                        dynamic(min, min + extra.max(1))
+                    };
+                    spec.idle_buffer = if is_static { 0 } else { buffer };
+                    (
+                        spec,
+                        view(idle_n, idle_secs, busy, starting),
+                        queued(queued_n),
+                        history,
+                    )
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn decisions_keep_their_rules((spec, view, demand, history) in arb_case()) {
+            let (min, max) = bounds(&spec, NOW);
+            let supply = view.supply();
+            let decision = decide(&spec, &view, &demand, &history, NOW);
+            prop_assert!(decision.desired >= min && decision.desired <= max);
+            let up_cooling = history
+                .last_scale_up_ms
+                .is_some_and(|at| NOW - at < spec.scaling.scale_up_cooldown * 1000);
+            let down_cooling = history
+                .last_scale_up_ms
+                .max(history.last_scale_down_ms)
+                .is_some_and(|at| NOW - at < spec.scaling.scale_down_cooldown * 1000);
+            match &decision.action {
+                ScaleAction::Up(n) => {
+                    prop_assert!(*n > 0);
+                    // Never above max; never while starting workers already cover the need.
+                    prop_assert!(supply + n <= max);
+                    prop_assert!(supply + n <= decision.desired);
+                    prop_assert!(supply < decision.desired);
+                    if up_cooling {
+                        prop_assert!(supply + n <= min, "only a repair passes the cooldown");
+                    }
+                }
+                ScaleAction::Down(workers) => {
+                    prop_assert!(!workers.is_empty());
+                    let n = u32::try_from(workers.len()).unwrap();
+                    // Only idle workers, each once, never below the minimum.
+                    let idle: Vec<&WorkerId> = view.idle.iter().map(|w| &w.id).collect();
+                    prop_assert!(workers.iter().all(|w| idle.contains(&w)));
+                    let mut unique = workers.clone();
+                    unique.sort();
+                    unique.dedup();
+                    prop_assert_eq!(unique.len(), workers.len());
+                    prop_assert!(supply - n >= min);
+                    prop_assert!(supply - n >= decision.desired);
+                    if down_cooling {
+                        prop_assert!(supply - n >= max, "only above-max workers pass the cooldown");
+                    }
+                }
+                ScaleAction::Hold => {}
+            }
+        }
+
+        #[test]
+        fn spill_over_never_exceeds_room(
+            rooms in proptest::collection::vec(0u32..10, 1..4),
+            jobs in 0usize..40,
+        ) {
+            let pools: Vec<PoolCandidate> = rooms
+                .iter()
+                .enumerate()
+                .map(|(i, room)| PoolCandidate {
+                    name: format!("p{i}"),
+                    cost_per_hour: f64::from(u32::try_from(i).unwrap()),
+                    capabilities: WorkerCapabilities::default(),
+                    labels: Labels::new(),
+                    room: *room,
+                })
+                .collect();
+            let reqs = vec![Requirements::default(); jobs];
+            let counts = attribute_demand(&pools, &reqs);
+            let total: u32 = counts.iter().sum();
+            prop_assert_eq!(total, u32::try_from(jobs).unwrap().min(rooms.iter().sum()));
+            for (count, room) in counts.iter().zip(&rooms) {
+                prop_assert!(count <= room);
+            }
+            // Cheaper pools fill first.
+            if let Some(first_not_full) = counts.iter().zip(&rooms).position(|(c, r)| c < r) {
+                prop_assert!(counts[first_not_full + 1..].iter().all(|c| *c == 0));
+            }
+        }
+    }
+}

@@ -1,0 +1,906 @@
+//! The pool manager: keeps every pool at the size `hodei_core::autoscale::decide` asks for.
+//!
+//! One task runs a pass on a timer and whenever the dispatcher's state changes (at most
+//! every `min_pass_interval`): it takes a [`JobSnapshot`] from the dispatcher, reads the
+//! registry, splits the queue over the pools (`attribute_demand`: cheapest first, overflow
+//! to the next), asks `decide` for each pool, records the decision, and carries it out.
+//! Provisioning runs in background tasks, at most `max_concurrent_provisioning` per pool;
+//! a worker being created counts as starting from the moment its id is chosen, so no pass
+//! provisions for the same demand twice. Scale-in asks the dispatcher to drain idle workers
+//! first ([`JobService::drain`]); only those it confirms idle are terminated, so a busy
+//! worker is never killed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hodei_core::autoscale::{
+    self, Demand, IdleSince, PoolCandidate, PoolView, ScaleAction, ScalingHistory,
+};
+use hodei_core::health::Liveness;
+use hodei_core::{PoolSpec, ProviderKind, ValidationError, WorkerId};
+use hodei_ports::{Store, store};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::jobs::{JobSnapshot, PoolSettings};
+use crate::{JobService, SchedulerRegistry, WorkerManagementService};
+
+/// How the pool manager runs.
+#[derive(Debug, Clone)]
+pub struct PoolManagerConfig {
+    /// A pass at least this often.
+    pub tick: Duration,
+    /// At most one pass this often, however busy the dispatcher is.
+    pub min_pass_interval: Duration,
+    /// Decisions kept per pool for `hodei pool get`.
+    pub decisions_kept: usize,
+    /// How long a created worker counts as starting while the scheduler has not heard of it.
+    pub start_timeout: Duration,
+}
+
+impl Default for PoolManagerConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            min_pass_interval: Duration::from_millis(20),
+            decisions_kept: 20,
+            start_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Why a pool request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("pool {0} already exists")]
+    AlreadyExists(String),
+    #[error("pool {0} not found")]
+    NotFound(String),
+    #[error("pool.provider: {0} is not configured on this server")]
+    ProviderNotConfigured(ProviderKind),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// One recorded decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    pub at: SystemTime,
+    /// `up`, `down` or `hold`.
+    pub action: &'static str,
+    /// Workers added or drained.
+    pub count: u32,
+    pub desired: u32,
+    pub supply: u32,
+    pub reason: String,
+}
+
+/// A pool's workers by state, as of the last pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub idle: u32,
+    pub busy: u32,
+    pub starting: u32,
+    pub unhealthy: u32,
+    /// Drained or retired, on their way out.
+    pub leaving: u32,
+}
+
+/// A pool as `hodei pool get` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolStatus {
+    pub spec: PoolSpec,
+    pub counts: PoolCounts,
+    pub desired: u32,
+    /// Newest first.
+    pub decisions: Vec<DecisionRecord>,
+    /// Worker-seconds the pool has held, starting workers included, since this server started.
+    pub worker_seconds: f64,
+    /// `worker_seconds` priced at `cost_per_hour`.
+    pub cost: f64,
+    /// Being removed: no new workers, idle ones drained.
+    pub removing: bool,
+}
+
+struct PoolState {
+    spec: PoolSpec,
+    history: ScalingHistory,
+    decisions: VecDeque<DecisionRecord>,
+    /// Workers being created or created and not yet heard from, with when they count no more.
+    starting: HashMap<WorkerId, Instant>,
+    /// When each starting worker's provisioning began, for the cold-start histogram.
+    started_at: HashMap<WorkerId, Instant>,
+    provisioning: Arc<Semaphore>,
+    counts: PoolCounts,
+    desired: u32,
+    removing: bool,
+    /// Jobs that arrived for this pool per pass, for the arrival rate.
+    arrivals: VecDeque<(Instant, u32)>,
+    mean_run_secs: Option<f64>,
+    worker_seconds: f64,
+    cost: f64,
+}
+
+impl PoolState {
+    fn new(spec: PoolSpec) -> Self {
+        let permits = usize::try_from(spec.max_concurrent_provisioning).unwrap_or(1);
+        Self {
+            provisioning: Arc::new(Semaphore::new(permits.max(1))),
+            spec,
+            history: ScalingHistory::default(),
+            decisions: VecDeque::new(),
+            starting: HashMap::new(),
+            started_at: HashMap::new(),
+            counts: PoolCounts::default(),
+            desired: 0,
+            removing: false,
+            arrivals: VecDeque::new(),
+            mean_run_secs: None,
+            worker_seconds: 0.0,
+            cost: 0.0,
+        }
+    }
+
+    fn replace_spec(&mut self, spec: PoolSpec) {
+        if spec.max_concurrent_provisioning != self.spec.max_concurrent_provisioning {
+            let permits = usize::try_from(spec.max_concurrent_provisioning).unwrap_or(1);
+            self.provisioning = Arc::new(Semaphore::new(permits.max(1)));
+        }
+        self.spec = spec;
+        self.removing = false;
+    }
+
+    fn status(&self) -> PoolStatus {
+        PoolStatus {
+            spec: self.spec.clone(),
+            counts: self.counts,
+            desired: self.desired,
+            decisions: self.decisions.iter().rev().cloned().collect(),
+            worker_seconds: self.worker_seconds,
+            cost: self.cost,
+            removing: self.removing,
+        }
+    }
+
+    fn arrivals_per_sec(&mut self, now: Instant) -> f64 {
+        const WINDOW: Duration = Duration::from_secs(60);
+        while self
+            .arrivals
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > WINDOW)
+        {
+            self.arrivals.pop_front();
+        }
+        let Some((first, _)) = self.arrivals.front() else {
+            return 0.0;
+        };
+        let span = now.duration_since(*first).max(Duration::from_secs(1));
+        let total: u32 = self.arrivals.iter().map(|(_, n)| n).sum();
+        f64::from(total) / span.as_secs_f64()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unix_ms(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+struct Inner {
+    management: Arc<WorkerManagementService>,
+    jobs: JobService,
+    registry: Arc<SchedulerRegistry>,
+    store: Arc<dyn Store>,
+    pools: Mutex<BTreeMap<String, PoolState>>,
+    metrics: PoolMetrics,
+    config: PoolManagerConfig,
+    wake: Notify,
+    last_pass: Mutex<Option<Instant>>,
+}
+
+/// See the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct PoolManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PoolManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolManager").finish_non_exhaustive()
+    }
+}
+
+impl PoolManager {
+    /// Loads the pools from the store, applies `configured` ones over them (the
+    /// configuration file wins for the pools it names) and tells the dispatcher.
+    pub async fn new(
+        management: Arc<WorkerManagementService>,
+        jobs: JobService,
+        registry: Arc<SchedulerRegistry>,
+        store: Arc<dyn Store>,
+        configured: &[PoolSpec],
+        config: PoolManagerConfig,
+        metrics: PoolMetrics,
+    ) -> Result<Self, PoolError> {
+        let mut pools = BTreeMap::new();
+        for spec in store.list_pools().await? {
+            pools.insert(spec.name.clone(), PoolState::new(spec));
+        }
+        for spec in configured {
+            spec.validate()?;
+            store.put_pool(spec).await?;
+            pools.insert(spec.name.clone(), PoolState::new(spec.clone()));
+        }
+        for spec in pools.values().map(|p| &p.spec) {
+            if !management.provider_kinds().contains(&spec.provider) {
+                tracing::error!(pool = %spec.name, provider = %spec.provider, "pool's provider is not configured; it will not get workers");
+            }
+        }
+        let manager = Self {
+            inner: Arc::new(Inner {
+                management,
+                jobs,
+                registry,
+                store,
+                pools: Mutex::new(pools),
+                metrics,
+                config,
+                wake: Notify::new(),
+                last_pass: Mutex::new(None),
+            }),
+        };
+        manager.publish_settings().await;
+        Ok(manager)
+    }
+
+    /// Passes until `cancel`: on the timer, when woken, and when the dispatcher changes.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut changes = self.inner.jobs.changes();
+        let mut tick = tokio::time::interval(self.inner.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+                () = self.inner.wake.notified() => {}
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            // Coalesce bursts of changes into one pass.
+            let since = lock(&self.inner.last_pass).map(|at| at.elapsed());
+            if let Some(since) = since
+                && since < self.inner.config.min_pass_interval
+            {
+                tokio::time::sleep(self.inner.config.min_pass_interval - since).await;
+            }
+            self.pass().await;
+        }
+    }
+
+    /// Provisions what the pools lack now and waits until those workers exist (or failed):
+    /// the start-up pre-warm.
+    pub async fn prewarm(&self) {
+        self.pass().await;
+        loop {
+            let creating = {
+                let pools = lock(&self.inner.pools);
+                pools.values().any(|pool| {
+                    pool.starting
+                        .keys()
+                        .any(|id| self.inner.registry.get(id).is_none())
+                })
+            };
+            if !creating {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asks for a pass soon.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    pub fn list(&self) -> Vec<PoolStatus> {
+        lock(&self.inner.pools)
+            .values()
+            .map(PoolState::status)
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<PoolStatus> {
+        lock(&self.inner.pools).get(name).map(PoolState::status)
+    }
+
+    fn check_provider(&self, spec: &PoolSpec) -> Result<(), PoolError> {
+        if self
+            .inner
+            .management
+            .provider_kinds()
+            .contains(&spec.provider)
+        {
+            Ok(())
+        } else {
+            Err(PoolError::ProviderNotConfigured(spec.provider))
+        }
+    }
+
+    /// Creates a pool; its workers follow on the next pass.
+    pub async fn create(&self, spec: PoolSpec) -> Result<PoolStatus, PoolError> {
+        spec.validate()?;
+        self.check_provider(&spec)?;
+        if lock(&self.inner.pools)
+            .get(&spec.name)
+            .is_some_and(|pool| !pool.removing)
+        {
+            return Err(PoolError::AlreadyExists(spec.name));
+        }
+        self.inner.store.put_pool(&spec).await?;
+        let status = {
+            let mut pools = lock(&self.inner.pools);
+            let pool = pools
+                .entry(spec.name.clone())
+                .or_insert_with(|| PoolState::new(spec.clone()));
+            pool.replace_spec(spec);
+            pool.status()
+        };
+        tracing::info!(pool = %status.spec.name, "pool created");
+        self.publish_settings().await;
+        self.wake();
+        Ok(status)
+    }
+
+    /// Replaces a pool's spec. Workers running keep running: a smaller pool drains idle
+    /// workers only, and a changed template applies to workers created from now on.
+    pub async fn update(&self, spec: PoolSpec) -> Result<PoolStatus, PoolError> {
+        spec.validate()?;
+        self.check_provider(&spec)?;
+        if !lock(&self.inner.pools)
+            .get(&spec.name)
+            .is_some_and(|pool| !pool.removing)
+        {
+            return Err(PoolError::NotFound(spec.name));
+        }
+        self.inner.store.put_pool(&spec).await?;
+        let status = {
+            let mut pools = lock(&self.inner.pools);
+            let pool = pools
+                .get_mut(&spec.name)
+                .ok_or_else(|| PoolError::NotFound(spec.name.clone()))?;
+            pool.replace_spec(spec);
+            pool.status()
+        };
+        tracing::info!(pool = %status.spec.name, "pool changed");
+        self.publish_settings().await;
+        self.wake();
+        Ok(status)
+    }
+
+    /// Sets a static pool's size, or a dynamic pool's minimum.
+    pub async fn scale(&self, name: &str, workers: u32) -> Result<PoolStatus, PoolError> {
+        let mut spec = self
+            .get(name)
+            .filter(|status| !status.removing)
+            .ok_or_else(|| PoolError::NotFound(name.to_owned()))?
+            .spec;
+        match spec.kind {
+            hodei_core::PoolKind::Static => spec.size = Some(workers),
+            hodei_core::PoolKind::Dynamic => spec.min = workers,
+        }
+        self.update(spec).await
+    }
+
+    /// Removes a pool: no new workers; idle ones are drained now, busy ones when their job
+    /// ends. The pool disappears from listings once its last worker is gone.
+    pub async fn remove(&self, name: &str) -> Result<(), PoolError> {
+        {
+            let mut pools = lock(&self.inner.pools);
+            let pool = pools
+                .get_mut(name)
+                .filter(|pool| !pool.removing)
+                .ok_or_else(|| PoolError::NotFound(name.to_owned()))?;
+            pool.removing = true;
+        }
+        self.inner.store.delete_pool(name).await?;
+        tracing::info!(pool = %name, "pool removed, draining its workers");
+        self.publish_settings().await;
+        self.wake();
+        Ok(())
+    }
+
+    async fn publish_settings(&self) {
+        let settings = {
+            let pools = lock(&self.inner.pools);
+            let live = pools.values().filter(|pool| !pool.removing);
+            let mut settings = PoolSettings::default();
+            for pool in live {
+                let spec = &pool.spec;
+                if let Some(max_uses) = spec.max_uses {
+                    settings.max_uses.insert(spec.name.clone(), max_uses);
+                }
+                if spec.max_workers() > 0 {
+                    settings
+                        .pool_shapes
+                        .push(spec.template.capabilities.clone());
+                }
+                settings
+                    .cost_per_hour
+                    .insert(spec.name.clone(), spec.cost_per_hour);
+            }
+            // Workers of a removed pool still finish their jobs and are charged.
+            for pool in pools.values().filter(|pool| pool.removing) {
+                settings
+                    .cost_per_hour
+                    .entry(pool.spec.name.clone())
+                    .or_insert(pool.spec.cost_per_hour);
+            }
+            settings
+        };
+        self.inner.jobs.set_pools(settings).await;
+    }
+
+    /// One pass over every pool.
+    pub async fn pass(&self) {
+        let Ok(snapshot) = self.inner.jobs.snapshot().await else {
+            return;
+        };
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let now_ms = unix_ms(wall);
+        let elapsed = lock(&self.inner.last_pass)
+            .replace(now)
+            .map_or(Duration::ZERO, |last| now.duration_since(last));
+        let members = self.members();
+
+        let mut actions = Vec::new();
+        {
+            let mut pools = lock(&self.inner.pools);
+            let mut views: BTreeMap<String, (PoolView, PoolCounts)> = BTreeMap::new();
+            for (name, pool) in pools.iter_mut() {
+                let view = self.view(pool, members.get(name), &snapshot, now);
+                views.insert(name.clone(), view);
+            }
+            let active: Vec<&PoolState> = pools.values().filter(|pool| !pool.removing).collect();
+            let candidates: Vec<PoolCandidate> = active
+                .iter()
+                .map(|pool| {
+                    let busy = views.get(&pool.spec.name).map_or(0, |(view, _)| view.busy);
+                    PoolCandidate::from_spec(&pool.spec, busy, now_ms)
+                })
+                .collect();
+            let queued: BTreeMap<String, u32> = candidates
+                .iter()
+                .zip(autoscale::attribute_demand(&candidates, &snapshot.queued))
+                .map(|(candidate, count)| (candidate.name.clone(), count))
+                .collect();
+            let mut arrived: BTreeMap<String, u32> = BTreeMap::new();
+            for job in &snapshot.arrived {
+                if let Some(home) = autoscale::home_pool(&candidates, job) {
+                    *arrived.entry(home.to_owned()).or_default() += 1;
+                }
+            }
+            let mut gone = Vec::new();
+            for (name, pool) in pools.iter_mut() {
+                let Some((view, counts)) = views.remove(name) else {
+                    continue;
+                };
+                pool.counts = counts;
+                self.account(pool, &counts, elapsed);
+                for (_, secs) in snapshot.ran.iter().filter(|(p, _)| p == name) {
+                    pool.mean_run_secs = Some(match pool.mean_run_secs {
+                        None => *secs,
+                        Some(mean) => 0.8 * mean + 0.2 * secs,
+                    });
+                }
+                if pool.removing {
+                    let idle: Vec<WorkerId> = view.idle.iter().map(|w| w.id.clone()).collect();
+                    let remaining = view.supply() + counts.unhealthy + counts.leaving;
+                    if !idle.is_empty() {
+                        actions.push((pool.spec.clone(), ScaleAction::Down(idle)));
+                    } else if remaining == 0 && pool.starting.is_empty() {
+                        gone.push(name.clone());
+                    }
+                    continue;
+                }
+                pool.arrivals
+                    .push_back((now, arrived.get(name).copied().unwrap_or(0)));
+                let demand = Demand {
+                    queued: queued.get(name).copied().unwrap_or(0),
+                    arrivals_per_sec: pool.arrivals_per_sec(now),
+                    mean_run_secs: pool.mean_run_secs.unwrap_or(0.0),
+                };
+                let decision =
+                    autoscale::decide(&pool.spec, &view, &demand, &pool.history, now_ms);
+                pool.desired = decision.desired;
+                self.inner.metrics.observe(&pool.spec, &counts, decision.desired);
+                self.record(pool, &decision, wall, now_ms);
+                if decision.action != ScaleAction::Hold {
+                    actions.push((pool.spec.clone(), decision.action));
+                }
+            }
+            for name in gone {
+                pools.remove(&name);
+                self.inner.metrics.forget(&name);
+                tracing::info!(pool = %name, "removed pool has no workers left");
+            }
+        }
+        for (spec, action) in actions {
+            match action {
+                ScaleAction::Up(count) => self.provision(&spec, count, now),
+                ScaleAction::Down(workers) => self.drain(&spec, workers).await,
+                ScaleAction::Hold => {}
+            }
+        }
+    }
+
+    /// Registered workers by pool name.
+    fn members(&self) -> HashMap<String, Vec<(WorkerId, Liveness, bool)>> {
+        let mut members: HashMap<String, Vec<(WorkerId, Liveness, bool)>> = HashMap::new();
+        for (pool, id, liveness, heard) in self.inner.registry.filter_map(|entry| {
+            let pool = entry.worker.metadata.pool.clone()?;
+            Some((
+                pool,
+                entry.worker.id.clone(),
+                entry.liveness,
+                entry.last_seen.is_some(),
+            ))
+        }) {
+            members.entry(pool).or_default().push((id, liveness, heard));
+        }
+        members
+    }
+
+    /// What the pool has: registered workers by state, plus those being created.
+    fn view(
+        &self,
+        pool: &mut PoolState,
+        members: Option<&Vec<(WorkerId, Liveness, bool)>>,
+        snapshot: &JobSnapshot,
+        now: Instant,
+    ) -> (PoolView, PoolCounts) {
+        let mut view = PoolView::default();
+        let mut counts = PoolCounts::default();
+        let mut registered = BTreeSet::new();
+        for (id, liveness, heard) in members.into_iter().flatten() {
+            registered.insert(id.clone());
+            if *heard && let Some(began) = pool.started_at.remove(id) {
+                self.inner
+                    .metrics
+                    .cold_start
+                    .get_or_create(&PoolLabels {
+                        pool: pool.spec.name.clone(),
+                    })
+                    .observe(now.duration_since(began).as_secs_f64());
+            }
+            if *heard {
+                pool.starting.remove(id);
+            }
+            if snapshot.leaving.contains(id) {
+                counts.leaving += 1;
+            } else if *liveness != Liveness::Healthy {
+                counts.unhealthy += 1;
+            } else if !heard {
+                counts.starting += 1;
+            } else if snapshot.busy.contains(id) {
+                counts.busy += 1;
+            } else {
+                let idle_for = snapshot
+                    .idle_since
+                    .get(id)
+                    .map_or(Duration::ZERO, |since| now.saturating_duration_since(*since));
+                view.idle.push(IdleSince {
+                    id: id.clone(),
+                    idle_for,
+                });
+            }
+        }
+        // Created (or being created) and not yet registered: starting, until the timeout.
+        pool.starting.retain(|_, until| *until > now);
+        let unregistered = pool
+            .starting
+            .keys()
+            .filter(|id| !registered.contains(*id))
+            .count();
+        counts.starting += u32::try_from(unregistered).unwrap_or(u32::MAX);
+        counts.idle = u32::try_from(view.idle.len()).unwrap_or(u32::MAX);
+        view.busy = counts.busy;
+        view.starting = counts.starting;
+        (view, counts)
+    }
+
+    fn account(&self, pool: &mut PoolState, counts: &PoolCounts, elapsed: Duration) {
+        let workers = counts.idle + counts.busy + counts.starting + counts.unhealthy + counts.leaving;
+        let seconds = f64::from(workers) * elapsed.as_secs_f64();
+        let cost = seconds * pool.spec.cost_per_hour / 3600.0;
+        pool.worker_seconds += seconds;
+        pool.cost += cost;
+        let labels = PoolLabels {
+            pool: pool.spec.name.clone(),
+        };
+        self.inner
+            .metrics
+            .worker_seconds
+            .get_or_create(&labels)
+            .inc_by(seconds);
+        self.inner.metrics.cost.get_or_create(&labels).inc_by(cost);
+    }
+
+    fn record(
+        &self,
+        pool: &mut PoolState,
+        decision: &autoscale::Decision,
+        wall: SystemTime,
+        now_ms: u64,
+    ) {
+        let count = match &decision.action {
+            ScaleAction::Hold => 0,
+            ScaleAction::Up(n) => *n,
+            ScaleAction::Down(workers) => u32::try_from(workers.len()).unwrap_or(u32::MAX),
+        };
+        // Holds are recorded when they follow something else, not on every pass.
+        let repeat_hold = decision.action == ScaleAction::Hold
+            && pool
+                .decisions
+                .back()
+                .is_none_or(|last| last.action == "hold");
+        if repeat_hold {
+            return;
+        }
+        pool.history.record(&decision.action, now_ms);
+        if decision.action != ScaleAction::Hold {
+            tracing::info!(pool = %pool.spec.name, action = decision.action.as_str(), count, desired = decision.desired, reason = %decision.reason, "autoscaler decision");
+            self.inner
+                .metrics
+                .decisions
+                .get_or_create(&DecisionLabels {
+                    pool: pool.spec.name.clone(),
+                    action: decision.action.as_str(),
+                })
+                .inc();
+        }
+        pool.decisions.push_back(DecisionRecord {
+            at: wall,
+            action: decision.action.as_str(),
+            count,
+            desired: decision.desired,
+            supply: decision.supply,
+            reason: decision.reason.clone(),
+        });
+        while pool.decisions.len() > self.inner.config.decisions_kept {
+            pool.decisions.pop_front();
+        }
+    }
+
+    /// Starts `count` workers of `spec` in the background, within the pool's concurrency.
+    fn provision(&self, spec: &PoolSpec, count: u32, now: Instant) {
+        let worker_spec = spec.worker_spec();
+        let until = now + self.inner.config.start_timeout;
+        let (ids, semaphore) = {
+            let mut pools = lock(&self.inner.pools);
+            let Some(pool) = pools.get_mut(&spec.name) else {
+                return;
+            };
+            let ids: Vec<WorkerId> = (0..count)
+                .map(|_| WorkerManagementService::new_worker_id(&worker_spec))
+                .collect();
+            for id in &ids {
+                pool.starting.insert(id.clone(), until);
+                pool.started_at.insert(id.clone(), now);
+            }
+            (ids, pool.provisioning.clone())
+        };
+        for id in ids {
+            let manager = self.clone();
+            let spec = spec.clone();
+            let semaphore = semaphore.clone();
+            tokio::spawn(async move {
+                let Ok(_permit) = semaphore.acquire_owned().await else {
+                    return;
+                };
+                let result = manager.inner.management.provision_for_pool(&spec, &id).await;
+                if let Err(error) = result {
+                    tracing::error!(pool = %spec.name, worker_id = %id, %error, "could not provision a worker");
+                    manager
+                        .inner
+                        .metrics
+                        .provisioning_failures
+                        .get_or_create(&PoolLabels {
+                            pool: spec.name.clone(),
+                        })
+                        .inc();
+                    if let Some(pool) = lock(&manager.inner.pools).get_mut(&spec.name) {
+                        pool.starting.remove(&id);
+                        pool.started_at.remove(&id);
+                    }
+                }
+                manager.wake();
+            });
+        }
+    }
+
+    /// Drains the idle workers among `workers` and terminates them in the background.
+    async fn drain(&self, spec: &PoolSpec, workers: Vec<WorkerId>) {
+        let drained = match self.inner.jobs.drain(workers).await {
+            Ok(drained) => drained,
+            Err(error) => {
+                tracing::warn!(pool = %spec.name, %error, "could not drain workers");
+                return;
+            }
+        };
+        for id in drained {
+            let manager = self.clone();
+            let pool = spec.name.clone();
+            tokio::spawn(async move {
+                tracing::info!(%pool, worker_id = %id, "terminating a drained worker");
+                if let Err(error) = manager.inner.management.terminate_worker(&id).await {
+                    tracing::warn!(%pool, worker_id = %id, %error, "could not terminate a drained worker; the reconciler will");
+                }
+                manager.wake();
+            });
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolStateLabels {
+    pool: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    pool: String,
+    action: &'static str,
+}
+
+/// The pool metrics, all `hodei_pool_*` and `hodei_autoscaler_*`.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    workers: Family<PoolStateLabels, Gauge>,
+    desired: Family<PoolLabels, Gauge>,
+    min: Family<PoolLabels, Gauge>,
+    max: Family<PoolLabels, Gauge>,
+    healthy: Family<PoolLabels, Gauge>,
+    decisions: Family<DecisionLabels, Counter>,
+    provisioning_failures: Family<PoolLabels, Counter>,
+    worker_seconds: Family<PoolLabels, Counter<f64, AtomicU64>>,
+    cost: Family<PoolLabels, Counter<f64, AtomicU64>>,
+    cold_start: Family<PoolLabels, Histogram>,
+}
+
+impl PoolMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            workers: Family::default(),
+            desired: Family::default(),
+            min: Family::default(),
+            max: Family::default(),
+            healthy: Family::default(),
+            decisions: Family::default(),
+            provisioning_failures: Family::default(),
+            worker_seconds: Family::default(),
+            cost: Family::default(),
+            cold_start: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 14))
+            }),
+        };
+        registry.register(
+            "hodei_pool_workers",
+            "Workers of a pool by state (idle, busy, starting, unhealthy, leaving)",
+            metrics.workers.clone(),
+        );
+        registry.register(
+            "hodei_pool_desired_workers",
+            "Workers the autoscaler wants the pool to have",
+            metrics.desired.clone(),
+        );
+        registry.register(
+            "hodei_pool_min_workers",
+            "The pool's minimum now (schedules included)",
+            metrics.min.clone(),
+        );
+        registry.register(
+            "hodei_pool_max_workers",
+            "The pool's maximum",
+            metrics.max.clone(),
+        );
+        registry.register(
+            "hodei_pool_healthy",
+            "1 when the pool has at least its minimum of healthy workers, else 0",
+            metrics.healthy.clone(),
+        );
+        registry.register(
+            "hodei_autoscaler_decisions",
+            "Scaling decisions carried out, by pool and action (up, down)",
+            metrics.decisions.clone(),
+        );
+        registry.register(
+            "hodei_pool_provisioning_failures",
+            "Workers the pool could not create",
+            metrics.provisioning_failures.clone(),
+        );
+        registry.register(
+            "hodei_pool_worker_seconds",
+            "Seconds of workers the pool held, idle and starting ones included",
+            metrics.worker_seconds.clone(),
+        );
+        registry.register(
+            "hodei_pool_cost",
+            "hodei_pool_worker_seconds priced at the pool's cost_per_hour",
+            metrics.cost.clone(),
+        );
+        registry.register(
+            "hodei_pool_cold_start_seconds",
+            "Time from deciding to create a worker to its agent connecting",
+            metrics.cold_start.clone(),
+        );
+        metrics
+    }
+
+    fn observe(&self, spec: &PoolSpec, counts: &PoolCounts, desired: u32) {
+        let pool = &spec.name;
+        for (state, value) in [
+            ("idle", counts.idle),
+            ("busy", counts.busy),
+            ("starting", counts.starting),
+            ("unhealthy", counts.unhealthy),
+            ("leaving", counts.leaving),
+        ] {
+            self.workers
+                .get_or_create(&PoolStateLabels {
+                    pool: pool.clone(),
+                    state,
+                })
+                .set(i64::from(value));
+        }
+        let labels = PoolLabels { pool: pool.clone() };
+        self.desired.get_or_create(&labels).set(i64::from(desired));
+        let (min, max) = autoscale::bounds(spec, unix_ms(SystemTime::now()));
+        self.min.get_or_create(&labels).set(i64::from(min));
+        self.max.get_or_create(&labels).set(i64::from(max));
+        self.healthy
+            .get_or_create(&labels)
+            .set(i64::from(counts.idle + counts.busy >= min));
+    }
+
+    fn forget(&self, pool: &str) {
+        for state in ["idle", "busy", "starting", "unhealthy", "leaving"] {
+            self.workers.remove(&PoolStateLabels {
+                pool: pool.to_owned(),
+                state,
+            });
+        }
+        let labels = PoolLabels {
+            pool: pool.to_owned(),
+        };
+        self.desired.remove(&labels);
+        self.min.remove(&labels);
+        self.max.remove(&labels);
+        self.healthy.remove(&labels);
+    }
+}
