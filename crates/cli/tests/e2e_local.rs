@@ -240,7 +240,18 @@ async fn the_cli_lists_workers_in_a_table() {
         .output()
         .unwrap();
     let pools = String::from_utf8(pools.stdout).unwrap();
-    assert!(pools.contains("idle=2"), "{pools}");
+    let row: Vec<&str> = pools
+        .lines()
+        .find(|line| line.trim_start().starts_with("default"))
+        .unwrap_or_else(|| panic!("{pools}"))
+        .split_whitespace()
+        .collect();
+    // NAME PROVIDER KIND MIN MAX DESIRED IDLE BUSY STARTING UNHEALTHY COST
+    assert_eq!(
+        row[..10],
+        ["default", "local", "static", "2", "2", "2", "2", "0", "0", "0"],
+        "{pools}"
+    );
 
     let wrong = Command::new(HODEI)
         .args([

@@ -213,10 +213,12 @@ async fn an_agent_reconnects_to_a_restarted_server_as_the_same_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_worker_turns_unhealthy_recovers_and_is_removed_after_the_long_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), 1);
+    // A worker outside any pool, so no pool replaces it while it is silent.
+    let mut cfg = config(dir.path(), 0);
     fast_heartbeats(&mut cfg);
     cfg.local.stop_grace = Duration::from_millis(300);
     let server = start_anywhere(cfg).await;
+    server.management().provision_worker().await.unwrap();
     let id = wait_for_registered_workers(&server, 1).await.remove(0);
     wait_for_connected(&server, &id).await;
     let pid = agent_pid(dir.path(), &id).unwrap();
