@@ -105,7 +105,7 @@ impl KubernetesProvider {
         // Retries are the caller's decision (it sees `Unavailable`); two retry loops stacked
         // would multiply the wait.
         client_config.default_retry = false;
-        client_config.read_timeout = Some(config.request_timeout);
+        // Each call is bounded as a whole by `request_timeout` (see `call`).
         client_config.connect_timeout = Some(config.request_timeout.min(Duration::from_secs(10)));
         let client = Client::try_from(client_config)
             .map_err(|e| config_error(format!("cannot build the Kubernetes client: {e}")))?;
