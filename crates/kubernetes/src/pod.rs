@@ -63,7 +63,9 @@ fn is_dns_subdomain(name: &str) -> bool {
         && name.split('.').all(|part| {
             let bytes = part.as_bytes();
             !bytes.is_empty()
-                && bytes.iter().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+                && bytes
+                    .iter()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
                 && bytes[0] != b'-'
                 && bytes[bytes.len() - 1] != b'-'
         })

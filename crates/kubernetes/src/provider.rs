@@ -215,9 +215,8 @@ fn config_error(message: String) -> ProviderError {
 }
 
 fn read_template(path: &std::path::Path) -> Result<Pod, ProviderError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        config_error(format!("cannot read pod template {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_error(format!("cannot read pod template {}: {e}", path.display())))?;
     let is_json = path.extension().is_some_and(|ext| ext == "json");
     let parsed: Result<Pod, String> = if is_json {
         serde_json::from_str(&text).map_err(|e| e.to_string())
@@ -227,12 +226,7 @@ fn read_template(path: &std::path::Path) -> Result<Pod, ProviderError> {
             .map_err(|e| e.to_string())
             .and_then(|value| serde_json::from_value(value).map_err(|e| e.to_string()))
     };
-    parsed.map_err(|e| {
-        config_error(format!(
-            "pod template {} is not a Pod: {e}",
-            path.display()
-        ))
-    })
+    parsed.map_err(|e| config_error(format!("pod template {} is not a Pod: {e}", path.display())))
 }
 
 /// The API server answered with an error status.
@@ -274,9 +268,12 @@ fn map_status(action: &str, namespace: &str, status: &kube::core::Status) -> Pro
 fn map_error(action: &str, error: kube::Error) -> ProviderError {
     match error {
         // Connection refused or reset, DNS, TLS handshake, timeouts in the client's stack.
-        kube::Error::HyperError(_) | kube::Error::Service(_) => ProviderError::Unavailable(
-            format!("{action}: cannot reach the Kubernetes API: {}", error_chain(&error)),
-        ),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            ProviderError::Unavailable(format!(
+                "{action}: cannot reach the Kubernetes API: {}",
+                error_chain(&error)
+            ))
+        }
         kube::Error::Auth(_) => ProviderError::Failed(format!(
             "{action}: cannot get credentials for the Kubernetes API: {}",
             error_chain(&error)

@@ -240,7 +240,9 @@ async fn handle(
             .scripts
             .iter()
             .position(|(m, _)| m.as_ref().is_none_or(|m| *m == method));
-        position.and_then(|i| fake.scripts.remove(i)).map(|(_, s)| s)
+        position
+            .and_then(|i| fake.scripts.remove(i))
+            .map(|(_, s)| s)
     };
     match script {
         Some(Script::Fail {
@@ -259,7 +261,13 @@ async fn handle(
     let (namespace, name) = match segments.as_slice() {
         ["api", "v1", "namespaces", ns, "pods"] => ((*ns).to_owned(), None),
         ["api", "v1", "namespaces", ns, "pods", name] => ((*ns).to_owned(), Some(*name)),
-        _ => return status(404, "NotFound", "the server could not find the requested resource"),
+        _ => {
+            return status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
     };
     let mut fake = lock(&state);
     match (method, name) {
@@ -268,7 +276,11 @@ async fn handle(
                 return status(400, "BadRequest", "no body");
             };
             let Some(name) = pod["metadata"]["name"].as_str().map(str::to_owned) else {
-                return status(422, "Invalid", "Pod \"\" is invalid: metadata.name: Required value");
+                return status(
+                    422,
+                    "Invalid",
+                    "Pod \"\" is invalid: metadata.name: Required value",
+                );
             };
             let key = (namespace.clone(), name.clone());
             if fake.pods.contains_key(&key) {
