@@ -69,12 +69,15 @@ pub enum PodTemplate {
 /// See the crate docs; [`Default`] gives every documented default.
 #[derive(Debug, Clone)]
 pub struct KubernetesProviderConfig {
-    /// The namespace every worker pod is created in and listed from. Default `default`.
+    /// The namespace every worker pod is created in and listed from, whatever the
+    /// kubeconfig context says. Default `default`. (A `WorkerSpec`'s `namespace` is Hodei's,
+    /// not Kubernetes'.)
     pub namespace: String,
     /// The image when a spec names none; its entrypoint must be the `hodei` binary, since
     /// the pod's arguments are `agent --server ...`. Default `hodei-agent:latest`.
     pub default_image: String,
-    /// Where agents connect (reachable from the pods, e.g. the server's Service URL).
+    /// Where agents connect: a URL the pods can reach, such as the server's Service
+    /// (`http://hodei.hodei-system.svc:50051`). Required; empty by default.
     pub server_url: String,
     /// The token agents present, set as the plain `HODEI_TOKEN` value when `token_secret`
     /// is `None`.
@@ -107,7 +110,7 @@ impl Default for KubernetesProviderConfig {
         Self {
             namespace: "default".to_owned(),
             default_image: "hodei-agent:latest".to_owned(),
-            server_url: "http://127.0.0.1:50051".to_owned(),
+            server_url: String::new(),
             token: String::new(),
             token_secret: None,
             ca_cert_path: None,

@@ -59,8 +59,8 @@ impl KubernetesProvider {
     ///
     /// It does not call the API server: a cluster that is down at start-up shows up as
     /// `Unavailable` on the first call, not as a failed start. A bad config (an instance
-    /// that is not a label value, an unreadable template or kubeconfig, no config to infer)
-    /// is `Failed`.
+    /// that is not a label value, an empty namespace or server URL, an unreadable template
+    /// or kubeconfig, no config to infer) is `Failed`.
     pub async fn new(config: KubernetesProviderConfig) -> Result<Self, ProviderError> {
         if config.instance.is_empty() || !pod::is_label_value(&config.instance) {
             return Err(config_error(format!(
@@ -71,6 +71,12 @@ impl KubernetesProvider {
         }
         if config.namespace.is_empty() {
             return Err(config_error("namespace is empty".to_owned()));
+        }
+        if config.server_url.is_empty() {
+            return Err(config_error(
+                "server_url is empty: agents in pods need a URL of the server they can reach"
+                    .to_owned(),
+            ));
         }
         let template = match &config.pod_template {
             None => None,

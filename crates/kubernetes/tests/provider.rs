@@ -685,6 +685,7 @@ async fn an_unreachable_api_is_unavailable() {
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     drop(listener);
     let provider = provider(KubernetesProviderConfig {
+        server_url: "http://hodei:50051".to_owned(),
         access: KubernetesAccess::Url(url),
         ..KubernetesProviderConfig::default()
     })
@@ -794,8 +795,18 @@ users:
 }
 
 #[tokio::test]
-async fn an_instance_that_is_not_a_label_value_is_refused() {
+async fn a_bad_config_is_refused() {
     let fake = FakeKubeApi::start().await;
+    let error = KubernetesProvider::new(KubernetesProviderConfig {
+        server_url: String::new(),
+        ..config(&fake)
+    })
+    .await
+    .expect_err("no server url");
+    assert!(
+        matches!(&error, ProviderError::Failed(m) if m.contains("server_url")),
+        "{error}"
+    );
     for instance in ["", "has space", "ends-", &"x".repeat(64)] {
         let error = KubernetesProvider::new(KubernetesProviderConfig {
             instance: instance.to_owned(),
