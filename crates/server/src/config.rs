@@ -48,6 +48,9 @@ pub struct ServerConfig {
     pub agents: AgentsSection,
     pub jobs: JobsSection,
     pub autoscaler: AutoscalerSection,
+    /// The `kubernetes` provider; used by pools with `provider = "kubernetes"` (defaults
+    /// when absent).
+    pub kubernetes: KubernetesSection,
     /// Register workers with the scheduler of another Hodei server at this URL, over gRPC,
     /// instead of this server's own. Agents then connect to that server too.
     pub scheduler_url: Option<String>,
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             agents: AgentsSection::default(),
             jobs: JobsSection::default(),
             autoscaler: AutoscalerSection::default(),
+            kubernetes: KubernetesSection::default(),
             scheduler_url: None,
             tls: TlsSection::default(),
             pools: Vec::new(),
@@ -201,6 +205,91 @@ impl AutoscalerSection {
             tick: self.interval,
             start_timeout: self.start_timeout,
             ..hodei_modules::PoolManagerConfig::default()
+        }
+    }
+}
+
+/// `[kubernetes]`: worker pods. Not yet verified against a real cluster (see the README).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesSection {
+    /// Namespace of the worker pods.
+    pub namespace: String,
+    /// Agent image for pools whose template names none; its entrypoint must be `hodei`.
+    pub image: String,
+    /// The URL agents in pods use to reach this server; the advertised URL when unset.
+    pub server_url: Option<String>,
+    /// A Secret (key `token`) holding the token, referenced from the pods instead of
+    /// putting the token in their spec.
+    pub token_secret: Option<String>,
+    /// A Pod (YAML, or JSON by extension) whose `agent` container is filled in: node
+    /// selectors, tolerations, volumes and sidecars are kept.
+    pub pod_template: Option<PathBuf>,
+    pub service_account: Option<String>,
+    /// Label value that tells this installation's pods from another's in the namespace.
+    pub instance: String,
+    /// How to reach the API: a kubeconfig file (with `context`), the in-cluster service
+    /// account (`in_cluster = true`), a plain URL such as `kubectl proxy`'s (`api_url`), or
+    /// else what kubectl would use.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    pub in_cluster: bool,
+    pub api_url: Option<String>,
+    /// Grace period of a deleted pod.
+    #[serde(with = "humantime_serde")]
+    pub delete_grace: Duration,
+}
+
+impl Default for KubernetesSection {
+    fn default() -> Self {
+        Self {
+            namespace: "default".into(),
+            image: "hodei-agent:latest".into(),
+            server_url: None,
+            token_secret: None,
+            pod_template: None,
+            service_account: None,
+            instance: "hodei".into(),
+            kubeconfig: None,
+            context: None,
+            in_cluster: false,
+            api_url: None,
+            delete_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl KubernetesSection {
+    pub fn provider_config(
+        &self,
+        server_url: &str,
+        token: &str,
+    ) -> hodei_kubernetes::KubernetesProviderConfig {
+        use hodei_kubernetes::{KubernetesAccess, PodTemplate, SecretKey};
+        let access = if let Some(url) = &self.api_url {
+            KubernetesAccess::Url(url.clone())
+        } else if let Some(path) = &self.kubeconfig {
+            KubernetesAccess::Kubeconfig {
+                path: path.clone(),
+                context: self.context.clone(),
+            }
+        } else if self.in_cluster {
+            KubernetesAccess::InCluster
+        } else {
+            KubernetesAccess::Infer
+        };
+        hodei_kubernetes::KubernetesProviderConfig {
+            namespace: self.namespace.clone(),
+            default_image: self.image.clone(),
+            server_url: self.server_url.clone().unwrap_or_else(|| server_url.to_owned()),
+            token: token.to_owned(),
+            token_secret: self.token_secret.clone().map(SecretKey::new),
+            pod_template: self.pod_template.clone().map(PodTemplate::File),
+            service_account: self.service_account.clone(),
+            instance: self.instance.clone(),
+            delete_grace: self.delete_grace,
+            access,
+            ..hodei_kubernetes::KubernetesProviderConfig::default()
         }
     }
 }
@@ -447,15 +536,6 @@ impl ServerConfig {
                 return Err(ValidationError::new(
                     "pool.name",
                     format!("pool {:?} is defined twice", pool.name),
-                ));
-            }
-            if pool.provider != hodei_core::ProviderKind::Local {
-                return Err(ValidationError::new(
-                    "pool.provider",
-                    format!(
-                        "pool {:?} uses provider {}, only local is available in this build",
-                        pool.name, pool.provider
-                    ),
                 ));
             }
         }

@@ -21,7 +21,7 @@ use hodei_adapters::{
     LocalProvider, LocalProviderConfig, RegistrationMetrics, WorkerRegistrationAdapter,
 };
 use hodei_core::health::{HeartbeatPolicy, Liveness};
-use hodei_core::{WorkerId, WorkerState};
+use hodei_core::{ProviderKind, WorkerId, WorkerState};
 use hodei_modules::{
     JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
     WorkerManagementMetrics, WorkerManagementService,
@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::ServerConfig;
+pub use config::{KubernetesSection, ServerConfig};
 use grpc::{Authenticate, SchedulerGrpc, SessionHub};
 use grpc_jobs::JobGrpc;
 
@@ -183,7 +183,7 @@ impl Server {
         let provider = Arc::new(LocalProvider::new(LocalProviderConfig {
             program: agent_program(&config)?,
             args: Vec::new(),
-            server_url: agent_url,
+            server_url: agent_url.clone(),
             ca_cert: config.tls.ca_cert.clone(),
             token: token.clone(),
             state_dir: config.data_dir.join("local"),
@@ -194,13 +194,22 @@ impl Server {
             config.registration_config(),
             RegistrationMetrics::new(&mut registry),
         ));
-        let management = Arc::new(WorkerManagementService::new_with_registration(
+        let mut management = WorkerManagementService::new_with_registration(
             provider,
             registration,
             store.clone(),
             config.worker_management(),
             WorkerManagementMetrics::new(&mut registry),
-        ));
+        );
+        let wants = |kind: ProviderKind| config.pools.iter().any(|pool| pool.provider == kind);
+        if wants(ProviderKind::Kubernetes) || config.kubernetes != KubernetesSection::default() {
+            let provider = hodei_kubernetes::KubernetesProvider::new(
+                config.kubernetes.provider_config(&agent_url, &token),
+            )
+            .await?;
+            management = management.with_provider(Arc::new(provider));
+        }
+        let management = Arc::new(management);
 
         let sessions = Arc::new(SessionHub::default());
         let liveness = LivenessMetrics::new(&mut registry);
