@@ -481,11 +481,13 @@ impl WorkerProvider for DockerProvider {
         spec: &WorkerSpec,
     ) -> Result<Worker, ProviderError> {
         let body = self.container_body(id, spec)?;
+        let image = body.image.clone().unwrap_or_default();
         let docker = self.docker().await?;
         let name = container_name(id);
         self.create_container(docker, id, body).await?;
         if let Err(e) = docker.start_container(&name, None).await {
-            let error = self.error(&format!("cannot start container {name}"), e);
+            // A 400 here is mostly an image that cannot run `hodei agent`.
+            let error = self.error(&format!("cannot start container {name} (image {image})"), e);
             // A created but never started container would only be clutter.
             if let Err(cleanup) = self.remove(docker, &name).await {
                 tracing::warn!(worker_id = %id, container = %name, error = %cleanup, "cannot remove container that failed to start");
