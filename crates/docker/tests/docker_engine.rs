@@ -2,6 +2,9 @@
 //! `scripts/build-agent-image` builds. Each test uses its own `instance` label and worker id
 //! prefix, so tests running in parallel never see each other's containers, and a guard
 //! removes every container of its instance when the test ends, even by a panic.
+//! The last test runs a job end to end: a real `hodei server` process (the workspace's
+//! `target/debug/hodei`, which `scripts/test` builds), a worker created by the provider,
+//! and `hodei job submit --wait`.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -17,6 +20,7 @@ use hodei_docker::{
 };
 use hodei_ports::{ProviderError, WorkerProvider};
 use hodei_testkit::{provider_contract, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "test-token";
 
@@ -435,6 +439,116 @@ async fn the_agent_in_the_container_runs_and_reaches_the_host_loopback() {
     assert_eq!(
         provider.list_workers().await.expect("list"),
         vec![id.clone()]
+    );
+    provider.terminate_worker(&id).await.expect("terminate");
+}
+
+/// The `hodei` binary the agent image was built from; `scripts/test` builds both.
+fn hodei_binary() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+        std::path::PathBuf::from,
+    );
+    let binary = target.join("debug/hodei");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p hodei-cli --bin hodei` (scripts/test does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A `hodei server` process, killed when dropped.
+struct ServerProcess(std::process::Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_job_runs_in_a_docker_worker_of_a_real_server() {
+    require_image().await;
+    let instance = Instance::new();
+    let hodei = hodei_binary();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = "docker-e2e-token-0123456789";
+    let config = dir.path().join("hodei.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\ntoken = \"{token}\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write config");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
+    let _server = ServerProcess(
+        Command::new(&hodei)
+            .args(["server", "--config"])
+            .arg(&config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start hodei server"),
+    );
+    // A bare HTTP/1.1 request: no HTTP client dependency for one probe.
+    wait_for(
+        "the server to be ready",
+        Duration::from_secs(60),
+        || async move {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            stream
+                .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.ok()?;
+            answer.starts_with("HTTP/1.1 200").then_some(())
+        },
+    )
+    .await;
+
+    let mut provider_config = DockerProviderConfig::new(&url, token, &instance.name);
+    provider_config.stop_grace = Duration::from_secs(2);
+    let provider = DockerProvider::new(provider_config).expect("provider");
+    let id = instance.worker(1);
+    provider
+        .create_worker(&id, &WorkerSpec::default())
+        .await
+        .expect("create");
+
+    let submit = tokio::process::Command::new(&hodei)
+        .args(["job", "submit", "--wait", "--timeout", "60", "--script"])
+        .arg("test -f /.dockerenv && echo \"in a container, in $(pwd)\"")
+        .env("HODEI_SERVER", &url)
+        .env("HODEI_TOKEN", token)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(90), submit)
+        .await
+        .expect("the job finishes in time")
+        .expect("run hodei job submit");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let server_log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    assert!(
+        output.status.success(),
+        "job failed: {}\nstdout: {stdout}\nagent: {}\nserver: {server_log}",
+        String::from_utf8_lossy(&output.stderr),
+        logs(&engine().await, &id).await,
+    );
+    assert!(
+        stdout.starts_with("in a container, in /work/"),
+        "the job ran in the container's work dir: {stdout}"
     );
     provider.terminate_worker(&id).await.expect("terminate");
 }
