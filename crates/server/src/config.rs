@@ -51,6 +51,9 @@ pub struct ServerConfig {
     /// The `kubernetes` provider; used by pools with `provider = "kubernetes"` (defaults
     /// when absent).
     pub kubernetes: KubernetesSection,
+    /// The `docker` provider; used by pools with `provider = "docker"` (defaults when
+    /// absent).
+    pub docker: DockerSection,
     /// Register workers with the scheduler of another Hodei server at this URL, over gRPC,
     /// instead of this server's own. Agents then connect to that server too.
     pub scheduler_url: Option<String>,
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             jobs: JobsSection::default(),
             autoscaler: AutoscalerSection::default(),
             kubernetes: KubernetesSection::default(),
+            docker: DockerSection::default(),
             scheduler_url: None,
             tls: TlsSection::default(),
             pools: Vec::new(),
@@ -206,6 +210,61 @@ impl AutoscalerSection {
             start_timeout: self.start_timeout,
             ..hodei_modules::PoolManagerConfig::default()
         }
+    }
+}
+
+/// `[docker]`: worker containers on a Docker engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerSection {
+    /// The engine: `unix:///path/to/docker.sock` or `tcp://host:port`; `DOCKER_HOST` or the
+    /// local socket when unset.
+    pub host: Option<String>,
+    /// Agent image for pools whose template names none (`scripts/build-agent-image`
+    /// builds `hodei-agent:latest` from this machine's `hodei`).
+    pub image: String,
+    /// Network of the containers; `host` lets agents reach a server on 127.0.0.1.
+    pub network: String,
+    /// The URL agents in containers use to reach this server; the advertised URL when unset.
+    pub server_url: Option<String>,
+    /// Label value that tells this installation's containers from another's on the engine.
+    pub instance: String,
+    /// Time a container gets to stop before it is killed.
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+}
+
+impl Default for DockerSection {
+    fn default() -> Self {
+        Self {
+            host: None,
+            image: hodei_docker::DEFAULT_IMAGE.into(),
+            network: "host".into(),
+            server_url: None,
+            instance: "hodei".into(),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl DockerSection {
+    pub fn provider_config(
+        &self,
+        server_url: &str,
+        token: &str,
+        ca_cert: Option<&Path>,
+    ) -> hodei_docker::DockerProviderConfig {
+        let mut config = hodei_docker::DockerProviderConfig::new(
+            self.server_url.clone().unwrap_or_else(|| server_url.to_owned()),
+            token.to_owned(),
+            self.instance.clone(),
+        );
+        config.docker_host = self.host.clone();
+        config.default_image = self.image.clone();
+        config.network_mode = self.network.clone();
+        config.ca_cert = ca_cert.map(Path::to_path_buf);
+        config.stop_grace = self.stop_grace;
+        config
     }
 }
 

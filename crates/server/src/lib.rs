@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{KubernetesSection, ServerConfig};
+pub use config::{DockerSection, KubernetesSection, ServerConfig};
 use grpc::{Authenticate, SchedulerGrpc, SessionHub};
 use grpc_jobs::JobGrpc;
 
@@ -207,6 +207,14 @@ impl Server {
                 config.kubernetes.provider_config(&agent_url, &token),
             )
             .await?;
+            management = management.with_provider(Arc::new(provider));
+        }
+        if wants(ProviderKind::Docker) || config.docker != DockerSection::default() {
+            let provider = hodei_docker::DockerProvider::new(config.docker.provider_config(
+                &agent_url,
+                &token,
+                config.tls.ca_cert.as_deref(),
+            ))?;
             management = management.with_provider(Arc::new(provider));
         }
         let management = Arc::new(management);
