@@ -305,8 +305,17 @@ fn print_workers(workers: &[WorkerView]) {
 
 fn print_pools(pools: &[PoolView]) {
     let mut t = table(&[
-        "NAME", "PROVIDER", "KIND", "MIN", "MAX", "DESIRED", "IDLE", "BUSY", "STARTING",
-        "UNHEALTHY", "COST",
+        "NAME",
+        "PROVIDER",
+        "KIND",
+        "MIN",
+        "MAX",
+        "DESIRED",
+        "IDLE",
+        "BUSY",
+        "STARTING",
+        "UNHEALTHY",
+        "COST",
     ]);
     for p in pools {
         let name = if p.removing {

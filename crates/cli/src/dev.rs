@@ -26,7 +26,11 @@ pub fn dev_config(args: &DevArgs) -> ServerConfig {
     ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
-        pools: vec![PoolSpec::fixed("default", ProviderKind::Local, args.workers)],
+        pools: vec![PoolSpec::fixed(
+            "default",
+            ProviderKind::Local,
+            args.workers,
+        )],
         ..ServerConfig::default()
     }
 }

@@ -249,7 +249,9 @@ async fn the_cli_lists_workers_in_a_table() {
     // NAME PROVIDER KIND MIN MAX DESIRED IDLE BUSY STARTING UNHEALTHY COST
     assert_eq!(
         row[..10],
-        ["default", "local", "static", "2", "2", "2", "2", "0", "0", "0"],
+        [
+            "default", "local", "static", "2", "2", "2", "2", "0", "0", "0"
+        ],
         "{pools}"
     );
 

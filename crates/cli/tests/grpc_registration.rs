@@ -695,7 +695,11 @@ async fn a_scheduler_killed_mid_batch_and_restarted_ends_with_every_worker_regis
     // 300 ms, so the kill lands in the middle of it on any machine.
     let scheduler = ObservedScheduler::new(client(&url, token), Duration::from_millis(25));
     let management = management(scheduler.clone(), config);
-    let pool = PoolSpec::fixed("crash", ProviderKind::Local, u32::try_from(POOL_SIZE).unwrap());
+    let pool = PoolSpec::fixed(
+        "crash",
+        ProviderKind::Local,
+        u32::try_from(POOL_SIZE).unwrap(),
+    );
     let creating = {
         let service = management.service.clone();
         let pool = pool.clone();

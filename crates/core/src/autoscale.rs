@@ -73,7 +73,8 @@ impl ScalingHistory {
             ScaleAction::Up(_) => self.last_scale_up_ms = Some(now_ms),
             ScaleAction::Down(_) => self.last_scale_down_ms = Some(now_ms),
         }
-        self.recent_ms.retain(|at| now_ms.saturating_sub(*at) < 60_000);
+        self.recent_ms
+            .retain(|at| now_ms.saturating_sub(*at) < 60_000);
         self.recent_ms.push(now_ms);
     }
 
@@ -206,7 +207,10 @@ pub fn decide(
         PoolKind::Static => (min, format!("static pool of {min}")),
         PoolKind::Dynamic => {
             let (want, why) = wanted(spec, view, demand);
-            (want.clamp(min, max), format!("{why} -> {want}, bounds [{min}, {max}]"))
+            (
+                want.clamp(min, max),
+                format!("{why} -> {want}, bounds [{min}, {max}]"),
+            )
         }
     };
     let decision = |action, reason: String| Decision {
@@ -435,25 +439,158 @@ mod tests {
             Hold,
         }
         let cases: Vec<(&str, PoolSpec, PoolView, Demand, &ScalingHistory, Want)> = vec![
-            ("empty pool, no demand", dynamic(0, 8), view(0, 0, 0, 0), queued(0), &fresh, Want::Hold),
-            ("burst of 40 into max 8", dynamic(0, 8), view(0, 0, 0, 0), queued(40), &fresh, Want::Up(8)),
-            ("burst of 3", dynamic(0, 8), view(0, 0, 0, 0), queued(3), &fresh, Want::Up(3)),
-            ("starting workers cover the burst", dynamic(0, 8), view(0, 0, 0, 8), queued(40), &fresh, Want::Hold),
-            ("starting cover part of it", dynamic(0, 8), view(0, 0, 0, 5), queued(40), &fresh, Want::Up(3)),
-            ("busy count towards need", dynamic(0, 8), view(0, 0, 4, 0), queued(2), &fresh, Want::Up(2)),
-            ("idle workers take the queue", dynamic(0, 8), view(2, 0, 0, 0), queued(2), &fresh, Want::Hold),
-            ("scale-up cooldown holds", dynamic(0, 8), view(0, 0, 2, 0), queued(5), &just_up, Want::Hold),
-            ("below min repairs through the cooldown", dynamic(2, 8), view(0, 0, 1, 0), queued(5), &just_up, Want::Up(1)),
-            ("minimum kept without demand", dynamic(2, 8), view(0, 0, 0, 0), queued(0), &fresh, Want::Up(2)),
-            ("idle past timeout drain", dynamic(0, 8), view(3, 60, 0, 0), queued(0), &long_ago, Want::Down(3)),
-            ("idle not yet past timeout", dynamic(0, 8), view(3, 10, 0, 0), queued(0), &long_ago, Want::Hold),
-            ("drain keeps the minimum", dynamic(1, 8), view(3, 60, 0, 0), queued(0), &long_ago, Want::Down(2)),
-            ("busy are never drained", dynamic(0, 8), view(0, 0, 5, 0), queued(0), &long_ago, Want::Hold),
-            ("scale-down cooldown after scale-up", dynamic(0, 8), view(3, 60, 0, 0), queued(0), &just_up, Want::Hold),
-            ("above max goes now", dynamic(0, 2), view(4, 0, 0, 0), queued(0), &just_up, Want::Down(2)),
-            ("static pool refills", PoolSpec::fixed("s", ProviderKind::Local, 3), view(2, 0, 0, 0), queued(10), &fresh, Want::Up(1)),
-            ("static pool ignores the queue", PoolSpec::fixed("s", ProviderKind::Local, 3), view(0, 0, 3, 0), queued(10), &fresh, Want::Hold),
-            ("static pool made smaller", PoolSpec::fixed("s", ProviderKind::Local, 1), view(2, 0, 1, 0), queued(0), &fresh, Want::Down(2)),
+            (
+                "empty pool, no demand",
+                dynamic(0, 8),
+                view(0, 0, 0, 0),
+                queued(0),
+                &fresh,
+                Want::Hold,
+            ),
+            (
+                "burst of 40 into max 8",
+                dynamic(0, 8),
+                view(0, 0, 0, 0),
+                queued(40),
+                &fresh,
+                Want::Up(8),
+            ),
+            (
+                "burst of 3",
+                dynamic(0, 8),
+                view(0, 0, 0, 0),
+                queued(3),
+                &fresh,
+                Want::Up(3),
+            ),
+            (
+                "starting workers cover the burst",
+                dynamic(0, 8),
+                view(0, 0, 0, 8),
+                queued(40),
+                &fresh,
+                Want::Hold,
+            ),
+            (
+                "starting cover part of it",
+                dynamic(0, 8),
+                view(0, 0, 0, 5),
+                queued(40),
+                &fresh,
+                Want::Up(3),
+            ),
+            (
+                "busy count towards need",
+                dynamic(0, 8),
+                view(0, 0, 4, 0),
+                queued(2),
+                &fresh,
+                Want::Up(2),
+            ),
+            (
+                "idle workers take the queue",
+                dynamic(0, 8),
+                view(2, 0, 0, 0),
+                queued(2),
+                &fresh,
+                Want::Hold,
+            ),
+            (
+                "scale-up cooldown holds",
+                dynamic(0, 8),
+                view(0, 0, 2, 0),
+                queued(5),
+                &just_up,
+                Want::Hold,
+            ),
+            (
+                "below min repairs through the cooldown",
+                dynamic(2, 8),
+                view(0, 0, 1, 0),
+                queued(5),
+                &just_up,
+                Want::Up(1),
+            ),
+            (
+                "minimum kept without demand",
+                dynamic(2, 8),
+                view(0, 0, 0, 0),
+                queued(0),
+                &fresh,
+                Want::Up(2),
+            ),
+            (
+                "idle past timeout drain",
+                dynamic(0, 8),
+                view(3, 60, 0, 0),
+                queued(0),
+                &long_ago,
+                Want::Down(3),
+            ),
+            (
+                "idle not yet past timeout",
+                dynamic(0, 8),
+                view(3, 10, 0, 0),
+                queued(0),
+                &long_ago,
+                Want::Hold,
+            ),
+            (
+                "drain keeps the minimum",
+                dynamic(1, 8),
+                view(3, 60, 0, 0),
+                queued(0),
+                &long_ago,
+                Want::Down(2),
+            ),
+            (
+                "busy are never drained",
+                dynamic(0, 8),
+                view(0, 0, 5, 0),
+                queued(0),
+                &long_ago,
+                Want::Hold,
+            ),
+            (
+                "scale-down cooldown after scale-up",
+                dynamic(0, 8),
+                view(3, 60, 0, 0),
+                queued(0),
+                &just_up,
+                Want::Hold,
+            ),
+            (
+                "above max goes now",
+                dynamic(0, 2),
+                view(4, 0, 0, 0),
+                queued(0),
+                &just_up,
+                Want::Down(2),
+            ),
+            (
+                "static pool refills",
+                PoolSpec::fixed("s", ProviderKind::Local, 3),
+                view(2, 0, 0, 0),
+                queued(10),
+                &fresh,
+                Want::Up(1),
+            ),
+            (
+                "static pool ignores the queue",
+                PoolSpec::fixed("s", ProviderKind::Local, 3),
+                view(0, 0, 3, 0),
+                queued(10),
+                &fresh,
+                Want::Hold,
+            ),
+            (
+                "static pool made smaller",
+                PoolSpec::fixed("s", ProviderKind::Local, 1),
+                view(2, 0, 1, 0),
+                queued(0),
+                &fresh,
+                Want::Down(2),
+            ),
         ];
         for (name, spec, view, demand, history, want) in cases {
             let decision = decide(&spec, &view, &demand, history, NOW);
@@ -512,7 +649,13 @@ mod tests {
         }];
         assert_eq!(bounds(&spec, NOW), (5, 8));
         assert_eq!(bounds(&spec, NOW + 2 * 3_600_000), (0, 8));
-        let decision = decide(&spec, &PoolView::default(), &queued(0), &ScalingHistory::default(), NOW);
+        let decision = decide(
+            &spec,
+            &PoolView::default(),
+            &queued(0),
+            &ScalingHistory::default(),
+            NOW,
+        );
         assert_eq!(decision.action, up(5));
     }
 
@@ -585,7 +728,18 @@ mod tests {
             arb_history(),
         )
             .prop_map(
-                |(min, extra, is_static, size, (idle_n, idle_secs), busy, starting, queued_n, buffer, history)| {
+                |(
+                    min,
+                    extra,
+                    is_static,
+                    size,
+                    (idle_n, idle_secs),
+                    busy,
+                    starting,
+                    queued_n,
+                    buffer,
+                    history,
+                )| {
                     let mut spec = if is_static {
                         PoolSpec::fixed("p", ProviderKind::Local, size)
                     } else {

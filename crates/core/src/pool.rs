@@ -665,7 +665,10 @@ mod tests {
         };
         assert!(night.contains(at(6, 23, 0)), "sunday night");
         assert!(night.contains(at(7, 1, 0)), "after midnight into monday");
-        assert!(!night.contains(at(6, 1, 0)), "sunday 01:00 follows a saturday");
+        assert!(
+            !night.contains(at(6, 1, 0)),
+            "sunday 01:00 follows a saturday"
+        );
         assert!(!night.contains(at(6, 21, 0)));
     }
 }

@@ -529,10 +529,11 @@ impl PoolManager {
                     arrivals_per_sec: pool.arrivals_per_sec(now),
                     mean_run_secs: pool.mean_run_secs.unwrap_or(0.0),
                 };
-                let decision =
-                    autoscale::decide(&pool.spec, &view, &demand, &pool.history, now_ms);
+                let decision = autoscale::decide(&pool.spec, &view, &demand, &pool.history, now_ms);
                 pool.desired = decision.desired;
-                self.inner.metrics.observe(&pool.spec, &counts, decision.desired);
+                self.inner
+                    .metrics
+                    .observe(&pool.spec, &counts, decision.desired);
                 self.record(pool, &decision, wall, now_ms);
                 if decision.action != ScaleAction::Hold {
                     actions.push((pool.spec.clone(), decision.action));
@@ -604,10 +605,9 @@ impl PoolManager {
             } else if snapshot.busy.contains(id) {
                 counts.busy += 1;
             } else {
-                let idle_for = snapshot
-                    .idle_since
-                    .get(id)
-                    .map_or(Duration::ZERO, |since| now.saturating_duration_since(*since));
+                let idle_for = snapshot.idle_since.get(id).map_or(Duration::ZERO, |since| {
+                    now.saturating_duration_since(*since)
+                });
                 view.idle.push(IdleSince {
                     id: id.clone(),
                     idle_for,
@@ -629,7 +629,8 @@ impl PoolManager {
     }
 
     fn account(&self, pool: &mut PoolState, counts: &PoolCounts, elapsed: Duration) {
-        let workers = counts.idle + counts.busy + counts.starting + counts.unhealthy + counts.leaving;
+        let workers =
+            counts.idle + counts.busy + counts.starting + counts.unhealthy + counts.leaving;
         let seconds = f64::from(workers) * elapsed.as_secs_f64();
         let cost = seconds * pool.spec.cost_per_hour / 3600.0;
         pool.worker_seconds += seconds;
@@ -717,7 +718,11 @@ impl PoolManager {
                 let Ok(_permit) = semaphore.acquire_owned().await else {
                     return;
                 };
-                let result = manager.inner.management.provision_for_pool(&spec, &id).await;
+                let result = manager
+                    .inner
+                    .management
+                    .provision_for_pool(&spec, &id)
+                    .await;
                 if let Err(error) = result {
                     tracing::error!(pool = %spec.name, worker_id = %id, %error, "could not provision a worker");
                     manager

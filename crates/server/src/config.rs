@@ -255,7 +255,9 @@ impl DockerSection {
         ca_cert: Option<&Path>,
     ) -> hodei_docker::DockerProviderConfig {
         let mut config = hodei_docker::DockerProviderConfig::new(
-            self.server_url.clone().unwrap_or_else(|| server_url.to_owned()),
+            self.server_url
+                .clone()
+                .unwrap_or_else(|| server_url.to_owned()),
             token.to_owned(),
             self.instance.clone(),
         );
@@ -340,7 +342,10 @@ impl KubernetesSection {
         hodei_kubernetes::KubernetesProviderConfig {
             namespace: self.namespace.clone(),
             default_image: self.image.clone(),
-            server_url: self.server_url.clone().unwrap_or_else(|| server_url.to_owned()),
+            server_url: self
+                .server_url
+                .clone()
+                .unwrap_or_else(|| server_url.to_owned()),
             token: token.to_owned(),
             token_secret: self.token_secret.clone().map(SecretKey::new),
             pod_template: self.pod_template.clone().map(PodTemplate::File),
