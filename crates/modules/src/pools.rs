@@ -375,9 +375,9 @@ impl PoolManager {
     pub async fn update(&self, spec: PoolSpec) -> Result<PoolStatus, PoolError> {
         spec.validate()?;
         self.check_provider(&spec)?;
-        if !lock(&self.inner.pools)
+        if lock(&self.inner.pools)
             .get(&spec.name)
-            .is_some_and(|pool| !pool.removing)
+            .is_none_or(|pool| pool.removing)
         {
             return Err(PoolError::NotFound(spec.name));
         }
