@@ -4,6 +4,7 @@
 //! The server under test is a separate `hodei server` process with a fresh data directory,
 //! so the resident memory reported is the server's alone, not the load generator's.
 
+mod coldstart;
 mod dispatch;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,12 @@ pub enum BenchCommand {
     /// end-to-end throughput (submit to durable result), submit latency, submit-to-start
     /// latency on a warm pool, the server's memory and CPU per job.
     Dispatch(dispatch::DispatchArgs),
+    /// Start a server on 127.0.0.1 with a fresh store and a dynamic pool of 0 to 1 workers
+    /// that drains idle workers at once; `--runs` times, wait until the pool has no worker,
+    /// submit one no-op job and record its submit-to-start time (a worker is provisioned for
+    /// it); then keep one warm worker and do the same `--warm-runs` times. Prints one JSON
+    /// object with both latency distributions.
+    Coldstart(coldstart::ColdstartArgs),
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +81,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Registration(args) => registration(args).await,
         BenchCommand::Dispatch(args) => dispatch::dispatch(args).await,
+        BenchCommand::Coldstart(args) => coldstart::coldstart(args).await,
     }
 }
 

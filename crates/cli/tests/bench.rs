@@ -156,3 +156,55 @@ fn bench_dispatch_runs_every_job_and_prints_one_json_object() {
     }
     assert!(report["server_rss_mib"]["after"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn bench_coldstart_measures_an_empty_pool_and_a_warm_one() {
+    let (status, stdout, stderr) = run_hodei(&[
+        "bench",
+        "coldstart",
+        "--provider",
+        "local",
+        "--runs",
+        "2",
+        "--warm-runs",
+        "3",
+    ]);
+    assert!(status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object: {stdout}");
+    let report: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(report["bench"], "coldstart");
+    assert_eq!(report["provider"], "local");
+    assert_eq!(report["runs"], 2);
+    assert_eq!(report["warm_runs"], 3);
+    // Times have millisecond resolution: a warm start may round to 0, a cold one may not.
+    for percentile in ["p50", "p95", "p99", "max", "mean"] {
+        let cold = report["cold_ms"][percentile].as_f64().unwrap();
+        let warm = report["warm_ms"][percentile].as_f64().unwrap();
+        assert!(cold > 0.0, "cold_ms.{percentile}: {stdout}");
+        assert!(warm >= 0.0, "warm_ms.{percentile}: {stdout}");
+    }
+    // Not a timing threshold: a cold start includes spawning and registering an agent, a
+    // warm one does not.
+    let cold = report["cold_ms"]["p50"].as_f64().unwrap();
+    let warm = report["warm_ms"]["p50"].as_f64().unwrap();
+    assert!(
+        warm < cold,
+        "warm p50 {warm} ms, cold p50 {cold} ms\n{stderr}"
+    );
+}
+
+#[test]
+fn bench_coldstart_refuses_bad_flags() {
+    for (flag, args) in [
+        ("--runs", ["--runs", "0", "--warm-runs", "1"]),
+        ("--warm-runs", ["--runs", "1", "--warm-runs", "0"]),
+    ] {
+        let mut all = vec!["bench", "coldstart"];
+        all.extend(args);
+        let (status, stdout, stderr) = run_hodei(&all);
+        assert!(!status.success());
+        assert!(stdout.is_empty(), "{stdout}");
+        assert!(stderr.contains(flag), "{stderr}");
+    }
+}
