@@ -89,7 +89,7 @@ async fn a_restarted_server_adopts_running_agents_instead_of_provisioning_new_on
 }
 
 #[tokio::test]
-async fn the_reconciler_replaces_nothing_but_cleans_up_a_killed_agent() {
+async fn the_reconciler_cleans_up_a_killed_agent_and_the_pool_replaces_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_anywhere(config(dir.path(), 1)).await;
     let ids = wait_for_registered_workers(&server, 1).await;
@@ -106,7 +106,8 @@ async fn the_reconciler_replaces_nothing_but_cleans_up_a_killed_agent() {
         LIMIT,
         || async {
             let record = server.store().get_worker(&ids[0]).await.ok()??;
-            (record.state == WorkerState::Terminated && server.scheduler().is_empty()).then_some(())
+            (record.state == WorkerState::Terminated && server.scheduler().get(&ids[0]).is_none())
+                .then_some(())
         },
     )
     .await;
