@@ -512,7 +512,6 @@ size = 2
     assert!(left.is_empty(), "agents left behind: {left:?}");
 }
 
-#[ignore = "flaky (about 1 run in 3) since the pool manager replaced the top-up path: a retired ephemeral worker is sometimes not replaced; known bug, see issue 5's closing note"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ephemeral_pool_gives_every_job_a_fresh_worker() {
     let dir = tempfile::tempdir().unwrap();

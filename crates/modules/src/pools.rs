@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{JobSnapshot, PoolSettings};
-use crate::{JobService, SchedulerRegistry, WorkerManagementService};
+use crate::{JobService, SchedulerRegistry, WorkerManagementService, WorkerStatus};
 
 /// How the pool manager runs.
 #[derive(Debug, Clone)]
@@ -117,7 +117,11 @@ struct PoolState {
     spec: PoolSpec,
     history: ScalingHistory,
     decisions: VecDeque<DecisionRecord>,
-    /// Workers being created or created and not yet heard from, with when they count no more.
+    /// Workers the registry does not show yet: being created, or created without a
+    /// registration (registration pending or disabled) until their agent connects; with when
+    /// they count no more. A registered worker is the registry's to count, so it leaves this
+    /// map as soon as its provisioning returns: it may run a job, retire and be gone before
+    /// any pass sees it.
     starting: HashMap<WorkerId, Instant>,
     /// When each starting worker's provisioning began, for the cold-start histogram.
     started_at: HashMap<WorkerId, Instant>,
@@ -301,12 +305,13 @@ impl PoolManager {
     pub async fn prewarm(&self) {
         self.pass().await;
         loop {
+            let now = Instant::now();
             let creating = {
                 let pools = lock(&self.inner.pools);
                 pools.values().any(|pool| {
                     pool.starting
-                        .keys()
-                        .any(|id| self.inner.registry.get(id).is_none())
+                        .iter()
+                        .any(|(id, until)| *until > now && self.inner.registry.get(id).is_none())
                 })
             };
             if !creating {
@@ -614,8 +619,11 @@ impl PoolManager {
                 });
             }
         }
-        // Created (or being created) and not yet registered: starting, until the timeout.
+        // Not (yet) in the registry: starting, until the timeout.
         pool.starting.retain(|_, until| *until > now);
+        // Cold-start clocks of workers that came and went between two passes.
+        pool.started_at
+            .retain(|id, _| pool.starting.contains_key(id) || registered.contains(id));
         let unregistered = pool
             .starting
             .keys()
@@ -723,19 +731,27 @@ impl PoolManager {
                     .management
                     .provision_for_pool(&spec, &id)
                     .await;
-                if let Err(error) = result {
-                    tracing::error!(pool = %spec.name, worker_id = %id, %error, "could not provision a worker");
-                    manager
-                        .inner
-                        .metrics
-                        .provisioning_failures
-                        .get_or_create(&PoolLabels {
-                            pool: spec.name.clone(),
-                        })
-                        .inc();
-                    if let Some(pool) = lock(&manager.inner.pools).get_mut(&spec.name) {
-                        pool.starting.remove(&id);
+                let registered = match &result {
+                    Ok(provisioned) => provisioned.status == WorkerStatus::Registered,
+                    Err(error) => {
+                        tracing::error!(pool = %spec.name, worker_id = %id, %error, "could not provision a worker");
+                        manager
+                            .inner
+                            .metrics
+                            .provisioning_failures
+                            .get_or_create(&PoolLabels {
+                                pool: spec.name.clone(),
+                            })
+                            .inc();
+                        false
+                    }
+                };
+                if let Some(pool) = lock(&manager.inner.pools).get_mut(&spec.name) {
+                    if result.is_err() {
                         pool.started_at.remove(&id);
+                    }
+                    if result.is_err() || registered {
+                        pool.starting.remove(&id);
                     }
                 }
                 manager.wake();
