@@ -146,12 +146,29 @@ impl Client {
         })
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let response = request
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    /// Sends with the token; any answer, error statuses included.
+    async fn send_raw(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        request
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+            .with_context(|| format!("cannot reach the server at {}", self.base))
+    }
+
+    /// Sends with the token; an error status becomes an error naming the server's message.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        Self::check(self.send_raw(request).await?).await
+    }
+
+    /// The response if its status is a success, else an error naming the server's message.
+    async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
         if response.status().is_success() {
             return Ok(response);
         }
@@ -163,52 +180,20 @@ impl Client {
         }
     }
 
+    async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
+        response
+            .json()
+            .await
+            .context("cannot decode the server's answer")
+    }
+
     pub(crate) async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &[(&str, String)],
     ) -> anyhow::Result<T> {
-        let request = self
-            .http
-            .get(format!("{}/api/v1{path}", self.base))
-            .query(query);
-        let response = self.send(request).await?;
-        response
-            .json()
-            .await
-            .context("cannot decode the server's answer")
-    }
-
-    pub(crate) async fn post<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &impl serde::Serialize,
-    ) -> anyhow::Result<T> {
-        let request = self
-            .http
-            .post(format!("{}/api/v1{path}", self.base))
-            .json(body);
-        let response = self.send(request).await?;
-        response
-            .json()
-            .await
-            .context("cannot decode the server's answer")
-    }
-
-    pub(crate) async fn put<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &impl serde::Serialize,
-    ) -> anyhow::Result<T> {
-        let request = self
-            .http
-            .put(format!("{}/api/v1{path}", self.base))
-            .json(body);
-        let response = self.send(request).await?;
-        response
-            .json()
-            .await
-            .context("cannot decode the server's answer")
+        let request = self.http.get(self.url(path)).query(query);
+        Self::decode(self.send(request).await?).await
     }
 
     /// `GET` that tells a 404 apart: `None`.
@@ -216,31 +201,42 @@ impl Client {
         &self,
         path: &str,
     ) -> anyhow::Result<Option<T>> {
-        let request = self
-            .http
-            .get(format!("{}/api/v1{path}", self.base))
-            .bearer_auth(&self.token);
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the server at {}", self.base))?;
+        let response = self.send_raw(self.http.get(self.url(path))).await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let response = self
-            .send(self.http.get(format!("{}/api/v1{path}", self.base)))
-            .await?;
-        Ok(Some(
-            response
-                .json()
-                .await
-                .context("cannot decode the server's answer")?,
-        ))
+        Ok(Some(Self::decode(Self::check(response).await?).await?))
+    }
+
+    /// A JSON body sent with `method`, a JSON answer.
+    async fn with_body<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        let request = self.http.request(method, self.url(path)).json(body);
+        Self::decode(self.send(request).await?).await
+    }
+
+    pub(crate) async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        self.with_body(reqwest::Method::POST, path, body).await
+    }
+
+    pub(crate) async fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        self.with_body(reqwest::Method::PUT, path, body).await
     }
 
     async fn delete(&self, path: &str) -> anyhow::Result<()> {
-        self.send(self.http.delete(format!("{}/api/v1{path}", self.base)))
-            .await?;
+        self.send(self.http.delete(self.url(path))).await?;
         Ok(())
     }
 }

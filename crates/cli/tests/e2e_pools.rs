@@ -97,18 +97,16 @@ async fn wait_all(server: &Server, ids: &[JobId], limit: Duration) -> Vec<hodei_
     jobs
 }
 
-async fn metric(server: &Server, line_start: &str) -> f64 {
+/// A sample of the server's `/metrics`, read with the testkit's parser.
+async fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = reqwest::get(format!("{}/metrics", server.url()))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    text.lines()
-        .find(|line| line.starts_with(line_start))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    hodei_testkit::metrics::sum_samples(&text, name, labels)
+        .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
 }
 
 /// 40 jobs into an empty dynamic pool of max 8: it grows to exactly 8, runs them all and
@@ -151,7 +149,8 @@ async fn burst(config: ServerConfig, provider: ProviderKind) {
     assert!(
         metric(
             &server,
-            "hodei_autoscaler_decisions_total{pool=\"burst\",action=\"up\"}"
+            "hodei_autoscaler_decisions_total",
+            &[("pool", "burst"), ("action", "up")]
         )
         .await
             >= 1.0
@@ -159,7 +158,8 @@ async fn burst(config: ServerConfig, provider: ProviderKind) {
     assert!(
         metric(
             &server,
-            "hodei_autoscaler_decisions_total{pool=\"burst\",action=\"down\"}"
+            "hodei_autoscaler_decisions_total",
+            &[("pool", "burst"), ("action", "down")]
         )
         .await
             >= 1.0
@@ -167,13 +167,15 @@ async fn burst(config: ServerConfig, provider: ProviderKind) {
     // Tenants are charged for the seconds their jobs held workers: 40 jobs of >= 0.3 s.
     let seconds = metric(
         &server,
-        "hodei_tenant_worker_seconds_total{tenant=\"default\",pool=\"burst\"}",
+        "hodei_tenant_worker_seconds_total",
+        &[("tenant", "default"), ("pool", "burst")],
     )
     .await;
     assert!(seconds >= 40.0 * 0.3, "{seconds}");
     let cost = metric(
         &server,
-        "hodei_tenant_cost_total{tenant=\"default\",pool=\"burst\"}",
+        "hodei_tenant_cost_total",
+        &[("tenant", "default"), ("pool", "burst")],
     )
     .await;
     assert!(

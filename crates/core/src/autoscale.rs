@@ -335,6 +335,13 @@ impl PoolCandidate {
     }
 }
 
+/// Cheap capacity first: by price, then by name so the order is total.
+fn cheapest_first(a: &PoolCandidate, b: &PoolCandidate) -> std::cmp::Ordering {
+    a.cost_per_hour
+        .total_cmp(&b.cost_per_hour)
+        .then_with(|| a.name.cmp(&b.name))
+}
+
 /// Splits queued jobs over pools: each job goes to the cheapest pool that fits it and has
 /// room (ties by name); when every fitting pool is full it is counted nowhere, since no pool
 /// could add a worker for it. Returns the count per pool, in the order of `pools`.
@@ -343,12 +350,7 @@ pub fn attribute_demand<'a>(
     jobs: impl IntoIterator<Item = &'a Requirements>,
 ) -> Vec<u32> {
     let mut order: Vec<usize> = (0..pools.len()).collect();
-    order.sort_by(|a, b| {
-        let (a, b) = (&pools[*a], &pools[*b]);
-        a.cost_per_hour
-            .total_cmp(&b.cost_per_hour)
-            .then_with(|| a.name.cmp(&b.name))
-    });
+    order.sort_by(|a, b| cheapest_first(&pools[*a], &pools[*b]));
     let mut room: Vec<u32> = pools.iter().map(|pool| pool.room).collect();
     let mut counts = vec![0u32; pools.len()];
     for job in jobs {
@@ -368,11 +370,7 @@ pub fn home_pool<'a>(pools: &'a [PoolCandidate], job: &Requirements) -> Option<&
     pools
         .iter()
         .filter(|pool| matching::fits(job, &pool.capabilities, &pool.labels).is_ok())
-        .min_by(|a, b| {
-            a.cost_per_hour
-                .total_cmp(&b.cost_per_hour)
-                .then_with(|| a.name.cmp(&b.name))
-        })
+        .min_by(|a, b| cheapest_first(a, b))
         .map(|pool| pool.name.as_str())
 }
 

@@ -45,21 +45,20 @@ pub struct JobServiceConfig {
     pub result_grace: Duration,
     /// How often deadlines are checked.
     pub tick: Duration,
+    /// What the dispatcher knows of the pools; the pool manager replaces it whenever a
+    /// pool is created, changed or removed ([`JobService::set_pools`]).
+    pub pools: PoolSettings,
+}
+
+/// What the dispatcher needs to know of the pools.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolSettings {
     /// Jobs a worker of a pool runs before it is retired (1 = ephemeral workers); pools
     /// not listed reuse workers without limit.
     pub max_uses: BTreeMap<String, u32>,
     /// The shapes of workers the pools can provision, to reject jobs that none could hold.
     pub pool_shapes: Vec<WorkerCapabilities>,
     /// What a worker-hour of each pool costs, to attribute cost to tenants.
-    pub cost_per_hour: BTreeMap<String, f64>,
-}
-
-/// What the pools are now; the pool manager sends it when a pool is created, changed or
-/// removed.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PoolSettings {
-    pub max_uses: BTreeMap<String, u32>,
-    pub pool_shapes: Vec<WorkerCapabilities>,
     pub cost_per_hour: BTreeMap<String, f64>,
 }
 
@@ -91,9 +90,7 @@ impl Default for JobServiceConfig {
             lost_worker_grace: Duration::from_secs(15),
             result_grace: Duration::from_secs(2),
             tick: Duration::from_millis(250),
-            max_uses: BTreeMap::new(),
-            pool_shapes: Vec::new(),
-            cost_per_hour: BTreeMap::new(),
+            pools: PoolSettings::default(),
         }
     }
 }
@@ -624,11 +621,7 @@ impl Dispatcher {
                 Event::Drain { workers, reply } => {
                     let _ = reply.send(self.drain(&workers));
                 }
-                Event::Pools(settings) => {
-                    self.config.max_uses = settings.max_uses;
-                    self.config.pool_shapes = settings.pool_shapes;
-                    self.config.cost_per_hour = settings.cost_per_hour;
-                }
+                Event::Pools(settings) => self.config.pools = settings,
                 Event::Log { worker_id, chunk } => self.log(&worker_id, chunk),
             }
         }
@@ -638,6 +631,7 @@ impl Dispatcher {
     /// registered worker.
     fn shapes(&self) -> Vec<WorkerCapabilities> {
         self.config
+            .pools
             .pool_shapes
             .iter()
             .cloned()
@@ -1144,7 +1138,13 @@ impl Dispatcher {
                     .get(worker)
                     .and_then(|entry| entry.worker.metadata.pool)
                 {
-                    let rate = self.config.cost_per_hour.get(&pool).copied().unwrap_or(0.0);
+                    let rate = self
+                        .config
+                        .pools
+                        .cost_per_hour
+                        .get(&pool)
+                        .copied()
+                        .unwrap_or(0.0);
                     self.metrics
                         .charge(job.spec.tenant.as_str(), &pool, secs, rate);
                     if self.ran.len() < MAX_SNAPSHOT_QUEUED {
@@ -1193,7 +1193,7 @@ impl Dispatcher {
             .and_then(|entry| entry.worker.metadata.pool);
         let limit = pool
             .as_ref()
-            .and_then(|pool| self.config.max_uses.get(pool).copied());
+            .and_then(|pool| self.config.pools.max_uses.get(pool).copied());
         let retire = if !healthy {
             Some("failed its health check after a job".to_owned())
         } else if limit.is_some_and(|limit| uses >= limit) {

@@ -538,7 +538,7 @@ impl PoolManager {
                 pool.desired = decision.desired;
                 self.inner
                     .metrics
-                    .observe(&pool.spec, &counts, decision.desired);
+                    .observe(&pool.spec, &counts, decision.desired, now_ms);
                 self.record(pool, &decision, wall, now_ms);
                 if decision.action != ScaleAction::Hold {
                     actions.push((pool.spec.clone(), decision.action));
@@ -883,7 +883,7 @@ impl PoolMetrics {
         metrics
     }
 
-    fn observe(&self, spec: &PoolSpec, counts: &PoolCounts, desired: u32) {
+    fn observe(&self, spec: &PoolSpec, counts: &PoolCounts, desired: u32, now_ms: u64) {
         let pool = &spec.name;
         for (state, value) in [
             ("idle", counts.idle),
@@ -901,7 +901,7 @@ impl PoolMetrics {
         }
         let labels = PoolLabels { pool: pool.clone() };
         self.desired.get_or_create(&labels).set(i64::from(desired));
-        let (min, max) = autoscale::bounds(spec, unix_ms(SystemTime::now()));
+        let (min, max) = autoscale::bounds(spec, now_ms);
         self.min.get_or_create(&labels).set(i64::from(min));
         self.max.get_or_create(&labels).set(i64::from(max));
         self.healthy

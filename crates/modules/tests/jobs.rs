@@ -263,7 +263,7 @@ async fn a_full_queue_refuses_and_records_nothing() {
 #[tokio::test]
 async fn requirements_no_pool_can_meet_are_refused() {
     let mut config = config();
-    config.pool_shapes = vec![WorkerCapabilities {
+    config.pools.pool_shapes = vec![WorkerCapabilities {
         cpu_cores: 4,
         memory_mb: 8192,
         ..WorkerCapabilities::default()
@@ -458,7 +458,7 @@ async fn an_assignment_that_cannot_be_delivered_goes_to_another_worker() {
 #[tokio::test]
 async fn workers_are_retired_after_max_uses_or_a_failed_health_check() {
     let mut config = config();
-    config.max_uses = BTreeMap::from([("ephemeral".to_owned(), 1)]);
+    config.pools.max_uses = BTreeMap::from([("ephemeral".to_owned(), 1)]);
     let mut h = start(
         config,
         Arc::new(MemoryStore::new()),

@@ -455,10 +455,7 @@ impl Default for JobsSection {
 
 impl JobsSection {
     /// The job service's configuration; fails naming the key of a bad queue.
-    pub fn service_config(
-        &self,
-        pools: &[PoolSpec],
-    ) -> Result<hodei_modules::JobServiceConfig, ValidationError> {
+    pub fn service_config(&self) -> Result<hodei_modules::JobServiceConfig, ValidationError> {
         let queues = self
             .queues
             .iter()
@@ -482,14 +479,7 @@ impl JobsSection {
         Ok(hodei_modules::JobServiceConfig {
             queues,
             lost_worker_grace: self.lost_worker_grace,
-            pool_shapes: pools
-                .iter()
-                .map(|pool| pool.template.capabilities.clone())
-                .collect(),
-            max_uses: pools
-                .iter()
-                .filter_map(|pool| Some((pool.name.clone(), pool.max_uses?)))
-                .collect(),
+            // The pools are the pool manager's to tell (`JobService::set_pools`).
             ..hodei_modules::JobServiceConfig::default()
         })
     }
@@ -549,7 +539,7 @@ impl ServerConfig {
         self.registration_config().validate()?;
         self.worker_management().validate()?;
         self.agents.policy().validate()?;
-        self.jobs.service_config(&self.pools)?;
+        self.jobs.service_config()?;
         let is_url = |url: &&String| url.starts_with("http://") || url.starts_with("https://");
         if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {
             return Err(ValidationError::new(
