@@ -17,7 +17,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use crate::sqlite::{MAX_TRANSITION_ATTEMPTS, map_sqlx_error, millis_since_epoch};
 
 /// `(sequence, id, state, job_json)`, in that order in every `SELECT`.
-type JobRow = (i64, String, String, String);
+pub(crate) type JobRow = (i64, String, String, String);
 
 /// `(attempt, sequence, stream, data)`.
 type LogRow = (i64, i64, String, Vec<u8>);
@@ -134,7 +134,7 @@ pub(crate) async fn update_job(
 }
 
 /// Whether an error concerns the whole database rather than one job: a batch stops there.
-fn is_database_error(error: &Error) -> bool {
+pub(crate) fn is_database_error(error: &Error) -> bool {
     matches!(error, Error::Unavailable(_) | Error::Corrupt(_))
 }
 
@@ -390,7 +390,7 @@ where
     Ok(found.is_some())
 }
 
-fn conflict(job: &Job, expected: JobState, actual: JobState) -> Error {
+pub(crate) fn conflict(job: &Job, expected: JobState, actual: JobState) -> Error {
     Error::JobStateConflict {
         job_id: job.id.clone(),
         expected,
@@ -398,12 +398,12 @@ fn conflict(job: &Job, expected: JobState, actual: JobState) -> Error {
     }
 }
 
-fn encode_job(job: &Job) -> Result<String, Error> {
+pub(crate) fn encode_job(job: &Job) -> Result<String, Error> {
     serde_json::to_string(job)
         .map_err(|err| Error::Corrupt(format!("cannot encode job {}: {err}", job.id)))
 }
 
-fn decode_job((sequence, id, state, job_json): JobRow) -> Result<Job, Error> {
+pub(crate) fn decode_job((sequence, id, state, job_json): JobRow) -> Result<Job, Error> {
     let mut job: Job = serde_json::from_str(&job_json)
         .map_err(|err| Error::Corrupt(format!("job {id}: invalid job json: {err}")))?;
     if job.id.as_str() != id {
@@ -416,7 +416,7 @@ fn decode_job((sequence, id, state, job_json): JobRow) -> Result<Job, Error> {
     Ok(job)
 }
 
-fn decode_sequence(id: &JobId, sequence: i64) -> Result<u64, Error> {
+pub(crate) fn decode_sequence(id: &JobId, sequence: i64) -> Result<u64, Error> {
     u64::try_from(sequence)
         .map_err(|_| Error::Corrupt(format!("job {id}: sequence {sequence} is negative")))
 }

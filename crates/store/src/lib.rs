@@ -1,11 +1,13 @@
-//! Hodei's durable store: the [`Store`](hodei_ports::Store) port backed by SQLite, so that a
-//! restarted server remembers every worker, its lifecycle state, every pool, and every job with
-//! its output.
+//! Hodei's durable store: the [`Store`](hodei_ports::Store) port backed by SQLite (the
+//! embedded default) or PostgreSQL, so that a restarted server remembers every worker, its
+//! lifecycle state, every pool, and every job with its output.
 //!
-//! The contract it must meet is `hodei_testkit::store_contract`, which the in-memory fake passes
-//! too.
+//! The contract both must meet is `hodei_testkit::store_contract`, which the in-memory fake
+//! passes too.
 
 mod jobs;
+mod postgres;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

@@ -104,10 +104,10 @@ impl SqliteStore {
 }
 
 /// `(id, state, registered, worker_json, updated_at_ms)`, in that order in every `SELECT`.
-type WorkerRow = (String, String, bool, String, i64);
+pub(crate) type WorkerRow = (String, String, bool, String, i64);
 
 /// `(name, spec_json)`.
-type PoolRow = (String, String);
+pub(crate) type PoolRow = (String, String);
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -304,7 +304,7 @@ impl Store for SqliteStore {
     }
 }
 
-fn decode_worker(
+pub(crate) fn decode_worker(
     (id, state, registered, worker_json, updated_at_ms): WorkerRow,
 ) -> Result<WorkerRecord, Error> {
     let worker: Worker = serde_json::from_str(&worker_json)
@@ -326,7 +326,7 @@ fn decode_worker(
     })
 }
 
-fn decode_pool((name, spec_json): PoolRow) -> Result<PoolSpec, Error> {
+pub(crate) fn decode_pool((name, spec_json): PoolRow) -> Result<PoolSpec, Error> {
     let pool: PoolSpec = serde_json::from_str(&spec_json)
         .map_err(|err| Error::Corrupt(format!("pool {name}: invalid pool json: {err}")))?;
     if pool.name != name {
@@ -345,7 +345,7 @@ pub(crate) fn millis_since_epoch(time: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn time_from_millis(millis: i64) -> Result<SystemTime, Error> {
+pub(crate) fn time_from_millis(millis: i64) -> Result<SystemTime, Error> {
     u64::try_from(millis)
         .ok()
         .and_then(|millis| UNIX_EPOCH.checked_add(Duration::from_millis(millis)))
@@ -394,7 +394,7 @@ fn map_database_error(err: &dyn DatabaseError) -> Error {
     }
 }
 
-fn map_migrate_error(err: sqlx::migrate::MigrateError) -> Error {
+pub(crate) fn map_migrate_error(err: sqlx::migrate::MigrateError) -> Error {
     use sqlx::migrate::MigrateError;
     match err {
         MigrateError::Execute(err) => map_sqlx_error(err),

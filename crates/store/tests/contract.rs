@@ -354,3 +354,162 @@ async fn concurrent_log_appends_and_inserts_all_land() {
         41
     );
 }
+
+mod postgres {
+    //! The PostgreSQL store against the same contract and races, each test in a fresh
+    //! database of the cluster `scripts/test` starts.
+
+    use super::*;
+    use hodei_store::PostgresStore;
+    use hodei_testkit::postgres::scratch_database;
+
+    async fn fresh(test: &str) -> Option<(String, PostgresStore)> {
+        let url = scratch_database(test).await?;
+        let store = PostgresStore::connect(&url).await.unwrap();
+        Some((url, store))
+    }
+
+    #[tokio::test]
+    async fn postgres_store_passes_the_store_contract() {
+        let Some((_, store)) = fresh("postgres_store_passes_the_store_contract").await else {
+            return;
+        };
+        store_contract(&store).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_data_survives_reconnecting_and_migrations_run_once() {
+        let Some((url, store)) = fresh("postgres_data_survives_reconnecting").await else {
+            return;
+        };
+        let pool = PoolSpec::fixed("default", ProviderKind::Local, 3);
+        store
+            .insert_worker(&worker("w-1"), WorkerState::Provisioning)
+            .await
+            .unwrap();
+        store.put_pool(&pool).await.unwrap();
+        let first = store.insert_job(&job("j-1")).await.unwrap();
+        store.append_logs(&[log(&first, 0)]).await.unwrap();
+        store.close().await;
+        assert!(matches!(
+            store.list_pools().await,
+            Err(Error::Unavailable(_))
+        ));
+
+        let reopened = PostgresStore::connect(&url).await.unwrap();
+        assert_eq!(reopened.list_pools().await.unwrap(), [pool]);
+        assert_eq!(
+            reopened
+                .get_worker(&WorkerId::new("w-1").unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+                .worker,
+            worker("w-1")
+        );
+        assert_eq!(
+            reopened.read_logs(&first.id, 0, 10).await.unwrap(),
+            [log(&first, 0)]
+        );
+        let second = reopened.insert_job(&job("j-2")).await.unwrap();
+        assert!(second.sequence > first.sequence);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_concurrent_job_updates_from_many_tasks_have_exactly_one_winner() {
+        // Under READ COMMITTED a loser waits for the winner's commit, then finds the state
+        // moved: exactly one of many racing compare-and-sets wins, on separate connections.
+        let Some((_, store)) = fresh("postgres_concurrent_job_updates").await else {
+            return;
+        };
+        let store = Arc::new(store);
+        for round in 0..5 {
+            let queued = store
+                .insert_job(&job(&format!("contended-{round}")))
+                .await
+                .unwrap();
+            let tasks: Vec<_> = (0..12)
+                .map(|n| {
+                    let store = Arc::clone(&store);
+                    let mut assigned = queued.clone();
+                    assigned.state = JobState::Assigned;
+                    assigned.attempts = 1;
+                    assigned.worker_id = Some(WorkerId::new(format!("w-{n}")).unwrap());
+                    tokio::spawn(async move {
+                        let result = store.update_job(&assigned, JobState::Queued).await;
+                        (assigned, result)
+                    })
+                })
+                .collect();
+            let mut winners = Vec::new();
+            for task in tasks {
+                match task.await.unwrap() {
+                    (assigned, Ok(())) => winners.push(assigned),
+                    (_, Err(Error::JobStateConflict { actual, .. })) => {
+                        assert_eq!(actual, JobState::Assigned)
+                    }
+                    (_, Err(err)) => panic!("unexpected error: {err}"),
+                }
+            }
+            assert_eq!(winners.len(), 1, "round {round}");
+            assert_eq!(
+                store.get_job(&queued.id).await.unwrap().unwrap(),
+                winners[0]
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_concurrent_walks_through_the_lifecycle_never_skip_a_state() {
+        let Some((_, store)) = fresh("postgres_concurrent_walks").await else {
+            return;
+        };
+        let store = Arc::new(store);
+        let id = WorkerId::new("cycling").unwrap();
+        store
+            .insert_worker(&worker(id.as_str()), WorkerState::Idle)
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let mut steps = 0;
+                    for _ in 0..10 {
+                        for to in [WorkerState::Busy, WorkerState::Cleaning, WorkerState::Idle] {
+                            match store.transition_worker(&id, to).await {
+                                Ok(_) => steps += 1,
+                                Err(Error::IllegalTransition(_)) => {}
+                                Err(err) => panic!("unexpected error: {err}"),
+                            }
+                        }
+                    }
+                    steps
+                })
+            })
+            .collect();
+        let mut steps = 0;
+        for task in tasks {
+            steps += task.await.unwrap();
+        }
+        let state = store.get_worker(&id).await.unwrap().unwrap().state;
+        let expected = match steps % 3 {
+            0 => WorkerState::Idle,
+            1 => WorkerState::Busy,
+            _ => WorkerState::Cleaning,
+        };
+        assert!(steps > 0);
+        assert_eq!(state, expected, "{steps} steps");
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_an_error_naming_the_setting() {
+        match PostgresStore::connect("postgres://host:notaport/db").await {
+            Err(Error::Unavailable(message)) => {
+                assert!(message.contains("[store] url"), "{message}")
+            }
+            other => panic!("want Unavailable naming [store] url, got {other:?}"),
+        }
+    }
+}

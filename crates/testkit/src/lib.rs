@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod metrics;
+pub mod postgres;
 pub mod provider;
 pub mod scheduler;
 pub mod store;

@@ -1,0 +1,635 @@
+//! The PostgreSQL store: the same tables as SQLite (migrations in `migrations_pg/`), for
+//! servers that keep their state on a database that outlives one machine.
+//!
+//! Every write is one statement or one transaction, committed by PostgreSQL before it is
+//! acknowledged (with the server's `synchronous_commit`, on by default, that means flushed to
+//! its WAL). Lifecycle transitions are compare-and-set `UPDATE ... WHERE id = $1 AND state =
+//! $2`. Under READ COMMITTED, the default isolation this store relies on, a second writer of
+//! the same row waits for the first to commit and then re-checks the `WHERE` against the row
+//! the first left, so exactly one of two racing transitions matches, as in SQLite.
+//!
+//! Where SQLite lets a transaction go on after a failed statement, PostgreSQL aborts it, so
+//! nothing here relies on a statement failing inside a transaction: a taken job id is found by
+//! `ON CONFLICT DO NOTHING RETURNING`, not by a unique violation.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use hodei_core::{Job, JobId, JobState, PoolSpec, Worker, WorkerId, WorkerState};
+use hodei_ports::store::{
+    Error, JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord,
+};
+use sqlx::error::DatabaseError;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+
+use crate::jobs::{
+    JobRow, conflict, decode_job, decode_sequence, encode_job, is_database_error,
+};
+use crate::sqlite::{
+    MAX_TRANSITION_ATTEMPTS, PoolRow, WorkerRow, decode_pool, decode_worker, map_migrate_error,
+    millis_since_epoch,
+};
+
+/// Connections per server. Every API call, agent stream and loop uses one only for the length
+/// of a statement or a short transaction, so a few serve many; the contract's sixteen
+/// concurrent writers fit without waiting.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// How long a call waits for a free connection (or a new one to connect) before failing as
+/// [`Error::Unavailable`].
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A [`Store`] in a PostgreSQL database, laid out as [`SqliteStore`](crate::SqliteStore)'s
+/// (the same tables and JSON columns). Cloning is cheap and shares the connections.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to the database named by `url` (`postgres://user:password@host:port/db`, with
+    /// libpq's query parameters such as `sslmode`) and brings its schema up to date. The
+    /// database must exist; the user needs the right to create tables in it.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let options = PgConnectOptions::from_str(url).map_err(|err| {
+            // The URL may hold a password: name the problem, not the URL.
+            Error::Unavailable(format!("invalid [store] url: {err}"))
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(map_pg_error)?;
+        sqlx::migrate!("./migrations_pg")
+            .run(&pool)
+            .await
+            .map_err(map_migrate_error_pg)?;
+        Ok(Self { pool })
+    }
+
+    /// Waits for running statements to finish and closes every connection. Later calls fail
+    /// with [`Error::Unavailable`].
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `(attempt, sequence, stream, data)` of one log row.
+type LogRow = (i64, i64, String, Vec<u8>);
+
+const WORKER_COLUMNS: &str = "id, state, registered, worker_json, updated_at_ms";
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert_worker(&self, worker: &Worker, state: WorkerState) -> Result<(), Error> {
+        let worker_json = serde_json::to_string(worker)
+            .map_err(|err| Error::Corrupt(format!("cannot encode worker {}: {err}", worker.id)))?;
+        let now = millis_since_epoch(SystemTime::now());
+        let inserted = sqlx::query(
+            "INSERT INTO workers \
+             (id, pool, state, registered, worker_json, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, FALSE, $4, $5, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(worker.id.as_str())
+        .bind(worker.metadata.pool.as_deref())
+        .bind(state.as_str())
+        .bind(worker_json)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        if inserted.rows_affected() == 0 {
+            return Err(Error::WorkerExists(worker.id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn get_worker(&self, id: &WorkerId) -> Result<Option<WorkerRecord>, Error> {
+        sqlx::query_as::<_, WorkerRow>(&format!(
+            "SELECT {WORKER_COLUMNS} FROM workers WHERE id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_pg_error)?
+        .map(decode_worker)
+        .transpose()
+    }
+
+    async fn list_workers(&self, filter: &WorkerFilter) -> Result<Vec<WorkerRecord>, Error> {
+        // The id column is `COLLATE "C"`: byte order, as `WorkerId`'s `Ord`.
+        sqlx::query_as::<_, WorkerRow>(&format!(
+            "SELECT {WORKER_COLUMNS} FROM workers \
+             WHERE ($1::text IS NULL OR pool = $1) AND (NOT $2 OR state <> $3) \
+             ORDER BY id"
+        ))
+        .bind(filter.pool.as_deref())
+        .bind(filter.live_only)
+        .bind(WorkerState::Terminated.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_pg_error)?
+        .into_iter()
+        .map(decode_worker)
+        .collect()
+    }
+
+    async fn transition_worker(
+        &self,
+        id: &WorkerId,
+        to: WorkerState,
+    ) -> Result<WorkerRecord, Error> {
+        // Compare-and-set, as in SQLite: decide on the state read, write only if it is still
+        // that state. A writer that lost the race sees 0 rows (READ COMMITTED re-checks the
+        // WHERE on the winner's row) and decides again.
+        for _ in 0..MAX_TRANSITION_ATTEMPTS {
+            let current = self
+                .get_worker(id)
+                .await?
+                .ok_or_else(|| Error::WorkerNotFound(id.clone()))?;
+            let next = current.state.transition(to)?;
+            let updated = sqlx::query_as::<_, WorkerRow>(&format!(
+                "UPDATE workers SET state = $1, updated_at_ms = $2 \
+                 WHERE id = $3 AND state = $4 RETURNING {WORKER_COLUMNS}"
+            ))
+            .bind(next.as_str())
+            .bind(millis_since_epoch(SystemTime::now()))
+            .bind(id.as_str())
+            .bind(current.state.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_pg_error)?;
+            if let Some(row) = updated {
+                return decode_worker(row);
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "worker {id} kept changing under concurrent transitions"
+        )))
+    }
+
+    async fn set_registered(&self, id: &WorkerId, registered: bool) -> Result<(), Error> {
+        let updated =
+            sqlx::query("UPDATE workers SET registered = $1, updated_at_ms = $2 WHERE id = $3")
+                .bind(registered)
+                .bind(millis_since_epoch(SystemTime::now()))
+                .bind(id.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(map_pg_error)?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::WorkerNotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn put_pool(&self, pool: &PoolSpec) -> Result<(), Error> {
+        let spec_json = serde_json::to_string(pool)
+            .map_err(|err| Error::Corrupt(format!("cannot encode pool {}: {err}", pool.name)))?;
+        sqlx::query(
+            "INSERT INTO pools (name, spec_json, updated_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE \
+             SET spec_json = excluded.spec_json, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&pool.name)
+        .bind(spec_json)
+        .bind(millis_since_epoch(SystemTime::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        Ok(())
+    }
+
+    async fn get_pool(&self, name: &str) -> Result<Option<PoolSpec>, Error> {
+        sqlx::query_as::<_, PoolRow>("SELECT name, spec_json FROM pools WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_pg_error)?
+            .map(decode_pool)
+            .transpose()
+    }
+
+    async fn list_pools(&self) -> Result<Vec<PoolSpec>, Error> {
+        sqlx::query_as::<_, PoolRow>("SELECT name, spec_json FROM pools ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_pg_error)?
+            .into_iter()
+            .map(decode_pool)
+            .collect()
+    }
+
+    async fn delete_pool(&self, name: &str) -> Result<bool, Error> {
+        let deleted = sqlx::query("DELETE FROM pools WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(map_pg_error)?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn insert_job(&self, job: &Job) -> Result<Job, Error> {
+        let mut connection = self.pool.acquire().await.map_err(map_pg_error)?;
+        insert_job_on(&mut connection, job).await
+    }
+
+    async fn get_job(&self, id: &JobId) -> Result<Option<Job>, Error> {
+        sqlx::query_as::<_, JobRow>("SELECT sequence, id, state, job_json FROM jobs WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_pg_error)?
+            .map(decode_job)
+            .transpose()
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, Error> {
+        let mut query = QueryBuilder::<Postgres>::new(
+            "SELECT sequence, id, state, job_json FROM jobs WHERE TRUE",
+        );
+        if !filter.states.is_empty() {
+            let states: Vec<&str> = JobState::ALL
+                .into_iter()
+                .filter(|state| filter.states.contains(state))
+                .map(JobState::as_str)
+                .collect();
+            query.push(" AND state = ANY(").push_bind(states).push(")");
+        }
+        if let Some(tenant) = &filter.tenant {
+            query.push(" AND tenant = ").push_bind(tenant.as_str());
+        }
+        if let Some(queue) = &filter.queue {
+            query.push(" AND queue = ").push_bind(queue.as_str());
+        }
+        if let Some(worker_id) = &filter.worker_id {
+            query
+                .push(" AND worker_id = ")
+                .push_bind(worker_id.as_str());
+        }
+        match filter.limit {
+            None => {
+                query.push(" ORDER BY sequence");
+            }
+            Some(limit) => {
+                query
+                    .push(" ORDER BY sequence DESC LIMIT ")
+                    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+            }
+        }
+        query
+            .build_query_as::<JobRow>()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_pg_error)?
+            .into_iter()
+            .map(decode_job)
+            .collect()
+    }
+
+    async fn update_job(&self, job: &Job, expected: JobState) -> Result<(), Error> {
+        let mut connection = self.pool.acquire().await.map_err(map_pg_error)?;
+        update_job_on(&mut connection, job, expected).await
+    }
+
+    async fn insert_jobs(&self, jobs: &[Job]) -> Result<Vec<Result<Job, Error>>, Error> {
+        let mut transaction = self.pool.begin().await.map_err(map_pg_error)?;
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match insert_job_on(&mut transaction, job).await {
+                Err(error) if is_database_error(&error) => return Err(error),
+                result => results.push(result),
+            }
+        }
+        transaction.commit().await.map_err(map_pg_error)?;
+        Ok(results)
+    }
+
+    async fn update_jobs(
+        &self,
+        updates: &[(Job, JobState)],
+    ) -> Result<Vec<Result<(), Error>>, Error> {
+        let mut transaction = self.pool.begin().await.map_err(map_pg_error)?;
+        let mut results = Vec::with_capacity(updates.len());
+        for (job, expected) in updates {
+            match update_job_on(&mut transaction, job, *expected).await {
+                Err(error) if is_database_error(&error) => return Err(error),
+                result => results.push(result),
+            }
+        }
+        transaction.commit().await.map_err(map_pg_error)?;
+        Ok(results)
+    }
+
+    async fn append_logs(&self, chunks: &[LogChunk]) -> Result<(), Error> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        // Jobs are never deleted, so a job found here is still there for the insert; the
+        // foreign key would refuse it otherwise. Checking first names the unknown job.
+        let mut wanted: Vec<&str> = Vec::new();
+        let mut seen = HashSet::new();
+        for chunk in chunks {
+            if seen.insert(&chunk.job_id) {
+                wanted.push(chunk.job_id.as_str());
+            }
+        }
+        let found: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
+            .bind(&wanted)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_pg_error)?;
+        let found: HashSet<&str> = found.iter().map(String::as_str).collect();
+        if let Some(missing) = chunks
+            .iter()
+            .find(|chunk| !found.contains(chunk.job_id.as_str()))
+        {
+            return Err(Error::JobNotFound(missing.job_id.clone()));
+        }
+        // One statement for the whole call, so it is stored whole or not at all. Of chunks
+        // repeated within the call the first is kept, as a re-sent one is ignored.
+        let mut keys = HashSet::new();
+        let mut columns = LogColumns::default();
+        for chunk in chunks {
+            if keys.insert((&chunk.job_id, chunk.attempt, chunk.sequence)) {
+                columns.push(chunk)?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO job_logs (job_id, attempt, sequence, stream, data) \
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::bytea[]) \
+             ON CONFLICT (job_id, attempt, sequence) DO NOTHING",
+        )
+        .bind(columns.job_ids)
+        .bind(columns.attempts)
+        .bind(columns.sequences)
+        .bind(columns.streams)
+        .bind(columns.data)
+        .execute(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        Ok(())
+    }
+
+    async fn read_logs(
+        &self,
+        id: &JobId,
+        after: usize,
+        limit: usize,
+    ) -> Result<Vec<LogChunk>, Error> {
+        let rows = sqlx::query_as::<_, LogRow>(
+            "SELECT attempt, sequence, stream, data FROM job_logs WHERE job_id = $1 \
+             ORDER BY attempt, sequence LIMIT $2 OFFSET $3",
+        )
+        .bind(id.as_str())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        // Only an empty page needs telling apart "no such job" from "nothing (more) to read".
+        if rows.is_empty() {
+            let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_pg_error)?;
+            if exists.is_none() {
+                return Err(Error::JobNotFound(id.clone()));
+            }
+        }
+        rows.into_iter()
+            .map(|(attempt, sequence, stream, data)| {
+                Ok(LogChunk {
+                    job_id: id.clone(),
+                    attempt: u32::try_from(attempt).map_err(|_| {
+                        Error::Corrupt(format!("job {id}: log attempt {attempt} is out of range"))
+                    })?,
+                    sequence: u64::try_from(sequence).map_err(|_| {
+                        Error::Corrupt(format!(
+                            "job {id}: log sequence {sequence} is out of range"
+                        ))
+                    })?,
+                    stream: LogStream::parse(&stream).ok_or_else(|| {
+                        Error::Corrupt(format!("job {id}: unknown log stream {stream:?}"))
+                    })?,
+                    data,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Log chunks as one array per column, for one `INSERT ... SELECT FROM UNNEST(...)`.
+#[derive(Default)]
+struct LogColumns<'a> {
+    job_ids: Vec<&'a str>,
+    attempts: Vec<i64>,
+    sequences: Vec<i64>,
+    streams: Vec<&'static str>,
+    data: Vec<&'a [u8]>,
+}
+
+impl<'a> LogColumns<'a> {
+    fn push(&mut self, chunk: &'a LogChunk) -> Result<(), Error> {
+        let sequence = i64::try_from(chunk.sequence).map_err(|_| {
+            Error::Corrupt(format!(
+                "job {}: log sequence {} is beyond what the store keeps",
+                chunk.job_id, chunk.sequence
+            ))
+        })?;
+        self.job_ids.push(chunk.job_id.as_str());
+        self.attempts.push(i64::from(chunk.attempt));
+        self.sequences.push(sequence);
+        self.streams.push(chunk.stream.as_str());
+        self.data.push(&chunk.data);
+        Ok(())
+    }
+}
+
+async fn insert_job_on(connection: &mut PgConnection, job: &Job) -> Result<Job, Error> {
+    let job_json = encode_job(job)?;
+    let now = millis_since_epoch(SystemTime::now());
+    // No row back means the id is taken; the statement does not fail, so a transaction
+    // around it goes on.
+    let sequence: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO jobs \
+         (id, state, tenant, queue, worker_id, job_json, created_at_ms, updated_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+         ON CONFLICT (id) DO NOTHING RETURNING sequence",
+    )
+    .bind(job.id.as_str())
+    .bind(job.state.as_str())
+    .bind(job.spec.tenant.as_str())
+    .bind(job.spec.queue.as_str())
+    .bind(job.worker_id.as_ref().map(|id| id.as_str()))
+    .bind(job_json)
+    .bind(now)
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(map_pg_error)?;
+    let sequence = sequence.ok_or_else(|| Error::JobExists(job.id.clone()))?;
+    let mut stored = job.clone();
+    stored.sequence = decode_sequence(&job.id, sequence)?;
+    Ok(stored)
+}
+
+async fn update_job_on(
+    connection: &mut PgConnection,
+    job: &Job,
+    expected: JobState,
+) -> Result<(), Error> {
+    if job.state != expected
+        && let Err(illegal) = expected.transition(job.state)
+    {
+        // Nothing will be written, but a job that is gone or moved on is reported as such
+        // first, as a successful compare would have.
+        return match stored_state(&mut *connection, &job.id).await? {
+            None => Err(Error::JobNotFound(job.id.clone())),
+            Some(actual) if actual != expected => Err(conflict(job, expected, actual)),
+            Some(_) => Err(Error::IllegalJobTransition(illegal)),
+        };
+    }
+    let job_json = encode_job(job)?;
+    for _ in 0..MAX_TRANSITION_ATTEMPTS {
+        // The stored sequence is kept: it is the store's, like the submission order it records.
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = $1, tenant = $2, queue = $3, worker_id = $4, \
+             job_json = $5, updated_at_ms = $6 \
+             WHERE id = $7 AND state = $8",
+        )
+        .bind(job.state.as_str())
+        .bind(job.spec.tenant.as_str())
+        .bind(job.spec.queue.as_str())
+        .bind(job.worker_id.as_ref().map(|id| id.as_str()))
+        .bind(&job_json)
+        .bind(millis_since_epoch(SystemTime::now()))
+        .bind(job.id.as_str())
+        .bind(expected.as_str())
+        .execute(&mut *connection)
+        .await
+        .map_err(map_pg_error)?;
+        if updated.rows_affected() > 0 {
+            return Ok(());
+        }
+        match stored_state(&mut *connection, &job.id).await? {
+            None => return Err(Error::JobNotFound(job.id.clone())),
+            Some(actual) if actual != expected => return Err(conflict(job, expected, actual)),
+            // Moved away and back between the two statements: compare again.
+            Some(_) => {}
+        }
+    }
+    Err(Error::Unavailable(format!(
+        "job {} kept changing under concurrent updates",
+        job.id
+    )))
+}
+
+async fn stored_state(
+    connection: &mut PgConnection,
+    id: &JobId,
+) -> Result<Option<JobState>, Error> {
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(map_pg_error)?;
+    state
+        .map(|state| {
+            state
+                .parse::<JobState>()
+                .map_err(|err| Error::Corrupt(format!("job {id}: {err}")))
+        })
+        .transpose()
+}
+
+/// SQLSTATE classes (the first two characters) that mean the database cannot be used right
+/// now rather than that a statement or the data is wrong: connection exceptions (08),
+/// transaction rollbacks such as serialization failures and deadlocks (40), insufficient
+/// resources (53), operator intervention such as a shutdown (57), system errors (58).
+/// <https://www.postgresql.org/docs/current/errcodes-appendix.html>
+const PG_UNAVAILABLE_CLASSES: [&str; 5] = ["08", "40", "53", "57", "58"];
+
+/// Single SQLSTATEs that are retryable too: a lock not available (55P03) and a write sent to
+/// a read-only standby (25006), which a failover to a new primary cures.
+const PG_UNAVAILABLE_CODES: [&str; 2] = ["55P03", "25006"];
+
+/// Whether a SQLSTATE means [`Error::Unavailable`].
+fn pg_code_is_unavailable(code: &str) -> bool {
+    PG_UNAVAILABLE_CODES.contains(&code)
+        || code
+            .get(..2)
+            .is_some_and(|class| PG_UNAVAILABLE_CLASSES.contains(&class))
+}
+
+/// Sorts sqlx failures into retryable ([`Error::Unavailable`]) and not ([`Error::Corrupt`]).
+fn map_pg_error(err: sqlx::Error) -> Error {
+    match err {
+        sqlx::Error::Database(db) => map_pg_database_error(db.as_ref()),
+        sqlx::Error::Migrate(err) => map_migrate_error_pg(*err),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Configuration(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed => Error::Unavailable(err.to_string()),
+        sqlx::Error::Protocol(message) => Error::Unavailable(format!("protocol: {message}")),
+        other => Error::Corrupt(other.to_string()),
+    }
+}
+
+fn map_pg_database_error(err: &dyn DatabaseError) -> Error {
+    let code = err.code().map(|code| code.into_owned()).unwrap_or_default();
+    let message = format!("postgres error {code}: {}", err.message());
+    // A unique violation is Corrupt too: every insert that may meet a taken key says
+    // `ON CONFLICT`, so one that fails on it is a bug.
+    if pg_code_is_unavailable(&code) {
+        Error::Unavailable(message)
+    } else {
+        Error::Corrupt(message)
+    }
+}
+
+fn map_migrate_error_pg(err: sqlx::migrate::MigrateError) -> Error {
+    use sqlx::migrate::MigrateError;
+    match err {
+        MigrateError::Execute(err) => map_pg_error(err),
+        MigrateError::ExecuteMigration(err, version) => match map_pg_error(err) {
+            Error::Unavailable(message) => {
+                Error::Unavailable(format!("migration {version}: {message}"))
+            }
+            other => Error::Corrupt(format!("migration {version}: {other}")),
+        },
+        other => map_migrate_error(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_and_rollback_errors_are_retryable_others_are_not() {
+        for (code, retryable) in [
+            ("08006", true), // connection failure
+            ("08001", true), // cannot connect
+            ("40001", true), // serialization failure
+            ("40P01", true), // deadlock detected
+            ("53300", true), // too many connections
+            ("57P01", true), // admin shutdown
+            ("55P03", true), // lock not available
+            ("25006", true), // read-only transaction (a standby)
+            ("23505", false), // unique violation
+            ("42P01", false), // undefined table
+            ("22P02", false), // invalid text representation
+            ("", false),
+        ] {
+            assert_eq!(pg_code_is_unavailable(code), retryable, "{code}");
+        }
+    }
+}
