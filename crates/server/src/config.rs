@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Where the SQLite database, the token and local agents' pid files and logs live.
     pub data_dir: PathBuf,
+    /// `[store]`: where the durable state lives (SQLite in `data_dir` unless `url` is set).
+    pub store: StoreSection,
     pub registration: RegistrationSection,
     pub provisioning: ProvisioningSection,
     pub reconcile: ReconcileSection,
@@ -70,6 +72,7 @@ impl Default for ServerConfig {
             advertise_url: None,
             token: None,
             data_dir: PathBuf::from(".hodei"),
+            store: StoreSection::default(),
             registration: RegistrationSection::default(),
             provisioning: ProvisioningSection::default(),
             reconcile: ReconcileSection::default(),
@@ -83,6 +86,38 @@ impl Default for ServerConfig {
             scheduler_url: None,
             tls: TlsSection::default(),
             pools: Vec::new(),
+        }
+    }
+}
+
+/// `[store]`: the database. Without `url` the state lives in SQLite at `data_dir/hodei.db`
+/// (the embedded default); with a `postgres://` URL it lives in that PostgreSQL database,
+/// which must exist (the server creates its tables). `HODEI_STORE_URL` overrides it, so a
+/// password need not be written in the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `postgres://user:password@host:port/database`, with libpq's query parameters
+    /// (`sslmode=require` ...). `postgresql://` is accepted too.
+    pub url: Option<String>,
+}
+
+impl StoreSection {
+    /// Whether `url` names PostgreSQL, after checking that it does if set.
+    pub fn postgres_url(&self) -> Result<Option<&str>, ValidationError> {
+        match self.url.as_deref() {
+            None => Ok(None),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Some(url))
+            }
+            // The URL may hold a password: name the field and the scheme only.
+            Some(url) => Err(ValidationError::new(
+                "store.url",
+                format!(
+                    "must be a postgres:// URL (got scheme {:?}); leave it unset for SQLite in data_dir",
+                    url.split("://").next().unwrap_or_default()
+                ),
+            )),
         }
     }
 }
@@ -525,6 +560,9 @@ impl ServerConfig {
         if let Some(token) = env("HODEI_TOKEN").filter(|t| !t.is_empty()) {
             self.token = Some(token);
         }
+        if let Some(url) = env("HODEI_STORE_URL").filter(|u| !u.is_empty()) {
+            self.store.url = Some(url);
+        }
         if let Some(ca_cert) = env("HODEI_CA_CERT").filter(|p| !p.is_empty()) {
             self.tls.ca_cert = Some(PathBuf::from(ca_cert));
         }
@@ -540,6 +578,7 @@ impl ServerConfig {
         self.worker_management().validate()?;
         self.agents.policy().validate()?;
         self.jobs.service_config()?;
+        self.store.postgres_url()?;
         let is_url = |url: &&String| url.starts_with("http://") || url.starts_with("https://");
         if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {
             return Err(ValidationError::new(
@@ -708,6 +747,29 @@ mod tests {
         let error = ServerConfig::default().apply_env(bad).unwrap_err();
         assert_eq!(error.field, "REGISTRATION_MAX_RETRIES");
         assert!(ServerConfig::default().apply_env(no_env).is_ok());
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_a_postgres_url_is_given() {
+        let config = ServerConfig::parse("").unwrap();
+        assert_eq!(config.store.postgres_url().unwrap(), None);
+        let config =
+            ServerConfig::parse("[store]\nurl = \"postgres://hodei@db:5432/hodei\"\n").unwrap();
+        assert_eq!(
+            config.store.postgres_url().unwrap(),
+            Some("postgres://hodei@db:5432/hodei")
+        );
+        assert!(config.validate().is_ok());
+
+        let config = ServerConfig::parse("[store]\nurl = \"mysql://u:secret@db/h\"\n").unwrap();
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.field, "store.url");
+        assert!(!error.reason.contains("secret"), "{}", error.reason);
+
+        let mut config = ServerConfig::default();
+        let env = |key: &str| (key == "HODEI_STORE_URL").then(|| "postgres://e/h".to_owned());
+        config.apply_env(env).unwrap();
+        assert_eq!(config.store.url.as_deref(), Some("postgres://e/h"));
     }
 
     #[test]

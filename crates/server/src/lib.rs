@@ -30,7 +30,7 @@ use hodei_ports::{SchedulerPort, Store};
 use hodei_proto::v1::job_service_server::JobServiceServer;
 use hodei_proto::v1::scheduler_service_server::SchedulerServiceServer;
 use hodei_proto::{ClientConfig, SchedulerPortClient};
-use hodei_store::SqliteStore;
+use hodei_store::{PostgresStore, SqliteStore};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -164,8 +164,10 @@ impl Server {
         let tls = tls::acceptor(&config.tls)?;
         let token = load_or_create_token(&config)?;
 
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&config.data_dir.join("hodei.db")).await?);
+        let store: Arc<dyn Store> = match config.store.postgres_url()? {
+            Some(url) => Arc::new(PostgresStore::connect(url).await?),
+            None => Arc::new(SqliteStore::open(&config.data_dir.join("hodei.db")).await?),
+        };
         let mut registry = Registry::default();
         let scheduler = Arc::new(SchedulerRegistry::new());
         // Workers register with, and their agents connect to, this server's scheduler, or

@@ -30,6 +30,11 @@ pub struct DispatchArgs {
     /// clients, each waiting for its job to end, so workers are idle when a job arrives.
     #[arg(long, default_value_t = 200, value_name = "L")]
     latency_jobs: u32,
+    /// Keep the server's state in this PostgreSQL database (`[store] url`, for example
+    /// `postgres://hodei@127.0.0.1:5432/bench`) instead of SQLite in a fresh data directory.
+    /// The database must exist and should be empty: jobs of an earlier run are recovered.
+    #[arg(long, value_name = "URL")]
+    store_url: Option<String>,
     /// Give up when the run takes longer than this.
     #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     limit: Duration,
@@ -44,6 +49,8 @@ struct DispatchReport {
     jobs: u32,
     workers: u32,
     concurrency: u32,
+    /// `sqlite`, or `postgres` with `--store-url`.
+    store: &'static str,
     /// Jobs that ended `succeeded` in the throughput phase.
     succeeded: u64,
     /// Jobs that ended otherwise, or submissions that failed.
@@ -93,6 +100,11 @@ pub(super) async fn dispatch(args: DispatchArgs) -> anyhow::Result<()> {
     let mut jobs = toml::Table::new();
     jobs.insert("queue".into(), toml::Value::Array(vec![queue.into()]));
     config.insert("jobs".into(), jobs.into());
+    if let Some(url) = &args.store_url {
+        let mut store = toml::Table::new();
+        store.insert("url".into(), url.clone().into());
+        config.insert("store".into(), store.into());
+    }
 
     eprintln!(
         "starting a server with {} warm local workers...",
@@ -264,6 +276,11 @@ async fn measure(server: &ServerProcess, args: &DispatchArgs) -> anyhow::Result<
         jobs: args.jobs,
         workers: args.workers,
         concurrency: args.concurrency,
+        store: if args.store_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
         succeeded,
         errors: errors.load(Ordering::Relaxed) + accepted.saturating_sub(succeeded),
         seconds: round(seconds, 3),
