@@ -33,14 +33,18 @@ async fn jobs_run_on_a_postgres_store_and_a_fresh_server_finds_them_there() {
         ids.push(server.jobs().submit(spec).await.unwrap().id);
     }
     for (i, id) in ids.iter().enumerate() {
-        let job = wait_for(&format!("job {i} to end"), Duration::from_secs(120), || async {
-            server
-                .jobs()
-                .get(id)
-                .await
-                .unwrap()
-                .filter(|job| job.state.is_terminal())
-        })
+        let job = wait_for(
+            &format!("job {i} to end"),
+            Duration::from_secs(120),
+            || async {
+                server
+                    .jobs()
+                    .get(id)
+                    .await
+                    .unwrap()
+                    .filter(|job| job.state.is_terminal())
+            },
+        )
         .await;
         assert_eq!(job.state, JobState::Succeeded, "job {i}: {:?}", job.reason);
         assert_eq!(job.attempts, 1);

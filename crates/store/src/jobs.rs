@@ -5,7 +5,7 @@
 //! writers that both read a job as queued, only one moves it. Output is appended in one
 //! transaction per call, and a chunk re-sent after a reconnect is ignored by its primary key.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
@@ -149,33 +149,203 @@ pub(crate) async fn update_jobs(
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(map_sqlx_error)?;
-    let mut results = Vec::with_capacity(updates.len());
-    for (job, expected) in updates {
-        match update_job_on(&mut transaction, job, *expected).await {
-            Err(error) if is_database_error(&error) => return Err(error),
-            result => results.push(result),
-        }
-    }
+    let results = update_jobs_on(&mut transaction, updates).await?;
     transaction.commit().await.map_err(map_sqlx_error)?;
     Ok(results)
 }
 
-/// Several inserts in one transaction, as [`update_jobs`].
+/// Compare-and-set of every row in `?1` (a JSON array of [`BatchRow`]s) in one statement:
+/// each job whose stored state is still the row's `expected` takes the row's values. The ids
+/// of the jobs it changed come back.
+///
+/// Each statement costs a round trip to sqlx's SQLite thread; one per batch instead of one per
+/// job is what the dispatcher's batches are for. `json_each` keeps the text the same whatever
+/// the batch size, so it is prepared once per connection.
+const BATCH_UPDATE: &str = "UPDATE jobs SET \
+     state = u.value ->> 'state', tenant = u.value ->> 'tenant', \
+     queue = u.value ->> 'queue', worker_id = u.value ->> 'worker_id', \
+     job_json = u.value ->> 'job_json', updated_at_ms = ?2 \
+     FROM json_each(?1) AS u \
+     WHERE jobs.id = u.value ->> 'id' AND jobs.state = u.value ->> 'expected' \
+     RETURNING jobs.id";
+
+/// Inserts every row in `?1` (a JSON array of [`BatchRow`]s) in array order, so sequences
+/// follow it; a taken id is skipped. The ids inserted come back with their sequences. (`WHERE
+/// true` keeps `ON CONFLICT` from parsing as a join constraint.)
+const BATCH_INSERT: &str = "INSERT INTO jobs \
+     (id, state, tenant, queue, worker_id, job_json, created_at_ms, updated_at_ms) \
+     SELECT u.value ->> 'id', u.value ->> 'state', u.value ->> 'tenant', \
+     u.value ->> 'queue', u.value ->> 'worker_id', u.value ->> 'job_json', ?2, ?2 \
+     FROM json_each(?1) AS u WHERE true ORDER BY u.key \
+     ON CONFLICT (id) DO NOTHING \
+     RETURNING id, sequence";
+
+/// The stored state of every job whose id is in `?1` (a JSON array of ids).
+const STATES_OF: &str = "SELECT id, state FROM jobs WHERE id IN (SELECT value FROM json_each(?1))";
+
+/// One job of a batched statement, as a JSON object read back with `->>`.
+#[derive(serde::Serialize)]
+struct BatchRow<'a> {
+    id: &'a str,
+    /// The state the job must still be in (updates only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected: Option<&'static str>,
+    state: &'static str,
+    tenant: &'a str,
+    queue: &'a str,
+    worker_id: Option<&'a str>,
+    job_json: String,
+}
+
+impl<'a> BatchRow<'a> {
+    fn new(job: &'a Job, expected: Option<JobState>) -> Result<Self, Error> {
+        Ok(Self {
+            id: job.id.as_str(),
+            expected: expected.map(JobState::as_str),
+            state: job.state.as_str(),
+            tenant: job.spec.tenant.as_str(),
+            queue: job.spec.queue.as_str(),
+            worker_id: job.worker_id.as_ref().map(|id| id.as_str()),
+            job_json: encode_job(job)?,
+        })
+    }
+}
+
+fn encode_rows<T: serde::Serialize>(rows: &[T]) -> Result<String, Error> {
+    serde_json::to_string(rows)
+        .map_err(|err| Error::Corrupt(format!("cannot encode a batch of jobs: {err}")))
+}
+
+/// [`update_jobs`] on a connection inside a transaction: the legal updates of distinct jobs
+/// in one statement, then one read of the stored states of those that did not apply.
+async fn update_jobs_on(
+    connection: &mut SqliteConnection,
+    updates: &[(Job, JobState)],
+) -> Result<Vec<Result<(), Error>>, Error> {
+    let mut ids = HashSet::new();
+    if !updates.iter().all(|(job, _)| ids.insert(&job.id)) {
+        // A job updated twice in one batch: the second update compares against the first,
+        // which one statement cannot do. Apply them in order.
+        let mut results = Vec::with_capacity(updates.len());
+        for (job, expected) in updates {
+            match update_job_on(&mut *connection, job, *expected).await {
+                Err(error) if is_database_error(&error) => return Err(error),
+                result => results.push(result),
+            }
+        }
+        return Ok(results);
+    }
+    let mut results: Vec<Option<Result<(), Error>>> = updates.iter().map(|_| None).collect();
+    let mut rows = Vec::with_capacity(updates.len());
+    let mut batched = Vec::with_capacity(updates.len());
+    for (index, (job, expected)) in updates.iter().enumerate() {
+        if job.state != *expected && expected.transition(job.state).is_err() {
+            // Refused without writing; the single update reports what the store holds.
+            match update_job_on(&mut *connection, job, *expected).await {
+                Err(error) if is_database_error(&error) => return Err(error),
+                result => results[index] = Some(result),
+            }
+            continue;
+        }
+        rows.push(BatchRow::new(job, Some(*expected))?);
+        batched.push(index);
+    }
+    if !rows.is_empty() {
+        let updated: Vec<String> = sqlx::query_scalar(BATCH_UPDATE)
+            .bind(encode_rows(&rows)?)
+            .bind(millis_since_epoch(SystemTime::now()))
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(map_sqlx_error)?;
+        let updated: HashSet<&str> = updated.iter().map(String::as_str).collect();
+        let missed: Vec<&str> = batched
+            .iter()
+            .map(|index| updates[*index].0.id.as_str())
+            .filter(|id| !updated.contains(id))
+            .collect();
+        let stored: HashMap<String, String> = if missed.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as::<_, (String, String)>(STATES_OF)
+                .bind(encode_rows(&missed)?)
+                .fetch_all(&mut *connection)
+                .await
+                .map_err(map_sqlx_error)?
+                .into_iter()
+                .collect()
+        };
+        for index in batched {
+            let (job, expected) = &updates[index];
+            results[index] = Some(if updated.contains(job.id.as_str()) {
+                Ok(())
+            } else {
+                match stored.get(job.id.as_str()) {
+                    None => Err(Error::JobNotFound(job.id.clone())),
+                    Some(state) => {
+                        let actual = state
+                            .parse::<JobState>()
+                            .map_err(|err| Error::Corrupt(format!("job {}: {err}", job.id)))?;
+                        if actual == *expected {
+                            // The write lock is held: nothing can have moved it in between.
+                            return Err(Error::Corrupt(format!(
+                                "job {} is {actual} but its update did not apply",
+                                job.id
+                            )));
+                        }
+                        Err(conflict(job, *expected, actual))
+                    }
+                }
+            });
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| Err(Error::Corrupt("an update got no result".to_owned())))
+        })
+        .collect())
+}
+
+/// Several inserts in one transaction and one statement, as [`update_jobs`]. Of a batch that
+/// names one id twice, the first is inserted and the second is [`Error::JobExists`], as when
+/// inserted one after the other.
 pub(crate) async fn insert_jobs(
     pool: &SqlitePool,
     jobs: &[Job],
 ) -> Result<Vec<Result<Job, Error>>, Error> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = jobs
+        .iter()
+        .map(|job| BatchRow::new(job, None))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let rows = encode_rows(&rows)?;
     let mut transaction = pool
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(map_sqlx_error)?;
-    let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        match insert_job_on(&mut transaction, job).await {
-            Err(error) if is_database_error(&error) => return Err(error),
-            result => results.push(result),
-        }
-    }
+    let inserted: Vec<(String, i64)> = sqlx::query_as(BATCH_INSERT)
+        .bind(rows)
+        .bind(millis_since_epoch(SystemTime::now()))
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(map_sqlx_error)?;
+    let mut sequences: HashMap<String, i64> = inserted.into_iter().collect();
+    let results = jobs
+        .iter()
+        .map(|job| {
+            // `remove`: a second copy of an id in the batch finds it taken.
+            Ok(match sequences.remove(job.id.as_str()) {
+                Some(sequence) => {
+                    let mut stored = job.clone();
+                    stored.sequence = decode_sequence(&job.id, sequence)?;
+                    Ok(stored)
+                }
+                None => Err(Error::JobExists(job.id.clone())),
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
     transaction.commit().await.map_err(map_sqlx_error)?;
     Ok(results)
 }
@@ -432,6 +602,31 @@ mod tests {
             assert_eq!(LogStream::parse(stream.as_str()), Some(stream));
         }
         assert_eq!(LogStream::parse("stdin"), None);
+    }
+
+    #[tokio::test]
+    async fn batched_statements_find_each_job_by_its_id_index() {
+        let store = crate::SqliteStore::in_memory().await.unwrap();
+        for sql in [BATCH_UPDATE, STATES_OF] {
+            let plan: Vec<(i64, i64, i64, String)> =
+                sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .bind("[]")
+                    .bind(0_i64)
+                    .fetch_all(store.pool())
+                    .await
+                    .unwrap();
+            let details: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+            assert!(
+                details.iter().any(
+                    |detail| detail.contains("jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)")
+                ),
+                "{sql}: {details:?}"
+            );
+            assert!(
+                !details.iter().any(|detail| detail.starts_with("SCAN jobs")),
+                "{sql}: {details:?}"
+            );
+        }
     }
 
     #[test]

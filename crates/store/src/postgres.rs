@@ -25,9 +25,7 @@ use sqlx::error::DatabaseError;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use crate::jobs::{
-    JobRow, conflict, decode_job, decode_sequence, encode_job, is_database_error,
-};
+use crate::jobs::{JobRow, conflict, decode_job, decode_sequence, encode_job, is_database_error};
 use crate::sqlite::{
     MAX_TRANSITION_ATTEMPTS, PoolRow, WorkerRow, decode_pool, decode_worker, map_migrate_error,
     millis_since_epoch,
@@ -410,9 +408,7 @@ impl Store for PostgresStore {
                         Error::Corrupt(format!("job {id}: log attempt {attempt} is out of range"))
                     })?,
                     sequence: u64::try_from(sequence).map_err(|_| {
-                        Error::Corrupt(format!(
-                            "job {id}: log sequence {sequence} is out of range"
-                        ))
+                        Error::Corrupt(format!("job {id}: log sequence {sequence} is out of range"))
                     })?,
                     stream: LogStream::parse(&stream).ok_or_else(|| {
                         Error::Corrupt(format!("job {id}: unknown log stream {stream:?}"))
@@ -616,14 +612,14 @@ mod tests {
     #[test]
     fn connection_and_rollback_errors_are_retryable_others_are_not() {
         for (code, retryable) in [
-            ("08006", true), // connection failure
-            ("08001", true), // cannot connect
-            ("40001", true), // serialization failure
-            ("40P01", true), // deadlock detected
-            ("53300", true), // too many connections
-            ("57P01", true), // admin shutdown
-            ("55P03", true), // lock not available
-            ("25006", true), // read-only transaction (a standby)
+            ("08006", true),  // connection failure
+            ("08001", true),  // cannot connect
+            ("40001", true),  // serialization failure
+            ("40P01", true),  // deadlock detected
+            ("53300", true),  // too many connections
+            ("57P01", true),  // admin shutdown
+            ("55P03", true),  // lock not available
+            ("25006", true),  // read-only transaction (a standby)
             ("23505", false), // unique violation
             ("42P01", false), // undefined table
             ("22P02", false), // invalid text representation

@@ -101,6 +101,11 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 /// `(id, state, registered, worker_json, updated_at_ms)`, in that order in every `SELECT`.

@@ -73,7 +73,10 @@ mod tests {
     #[test]
     fn the_database_is_the_path_of_the_url() {
         for (url, want) in [
-            ("postgres://u@127.0.0.1:5432/postgres", "postgres://u@127.0.0.1:5432/db"),
+            (
+                "postgres://u@127.0.0.1:5432/postgres",
+                "postgres://u@127.0.0.1:5432/db",
+            ),
             ("postgres://u@host:1", "postgres://u@host:1/db"),
             (
                 "postgres://u:p@host/postgres?sslmode=disable",

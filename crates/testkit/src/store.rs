@@ -293,6 +293,7 @@ pub async fn store_contract(store: &dyn Store) {
     many_logs_in_one_call(store).await;
     logs_of_unknown_jobs_are_not_found(store).await;
     batched_job_writes_have_one_result_each(store).await;
+    batches_naming_a_job_twice_apply_in_order(store).await;
 }
 
 fn id(name: &str) -> WorkerId {
@@ -1802,5 +1803,96 @@ async fn logs_of_unknown_jobs_are_not_found(store: &dyn Store) {
         get_job(store, &unknown.id).await,
         None,
         "append_logs must not create a job"
+    );
+}
+
+async fn batches_naming_a_job_twice_apply_in_order(store: &dyn Store) {
+    // A batch is the calls one after the other: an id inserted twice is taken the second time,
+    // and a job updated twice is compared against the first update's state.
+    let first = plain_job("batch-twice");
+    let results = match store.insert_jobs(&[first.clone(), first.clone()]).await {
+        Ok(results) => results,
+        Err(err) => panic!("insert_jobs failed as a whole: {err}"),
+    };
+    let stored = match &results[..] {
+        [Ok(stored), Err(Error::JobExists(id))] if *id == first.id => stored.clone(),
+        other => panic!("an id twice in one batch: want Ok then JobExists, got {other:?}"),
+    };
+    let assigned = Job {
+        state: JobState::Assigned,
+        attempts: 1,
+        worker_id: Some(id("twice-worker")),
+        ..stored.clone()
+    };
+    let running = Job {
+        state: JobState::Running,
+        started_at: Some(job_time(5)),
+        ..assigned.clone()
+    };
+    let unknown = plain_job("batch-twice-unknown");
+    let updates = [
+        (assigned.clone(), JobState::Queued),
+        (running.clone(), JobState::Assigned),
+        // Stale: the job is running by now.
+        (assigned.clone(), JobState::Queued),
+        (unknown.clone(), JobState::Queued),
+    ];
+    let results = match store.update_jobs(&updates).await {
+        Ok(results) => results,
+        Err(err) => panic!("update_jobs failed as a whole: {err}"),
+    };
+    assert!(
+        matches!(&results[..], [Ok(()), Ok(()), Err(Error::JobStateConflict { actual: JobState::Running, .. }), Err(Error::JobNotFound(missing))] if *missing == unknown.id),
+        "a job twice in one batch: {results:?}"
+    );
+    assert_eq!(get_existing_job(store, &stored.id).await, running);
+
+    // Distinct jobs, each failing its own way beside one that applies.
+    let done = job_in_state(store, plain_job("batch-done"), JobState::Succeeded).await;
+    let queued = insert_job(store, &plain_job("batch-queued")).await;
+    let ghost = plain_job("batch-ghost");
+    let updates = [
+        (
+            Job {
+                state: JobState::Running,
+                ..done.clone()
+            },
+            JobState::Succeeded,
+        ),
+        (
+            Job {
+                state: JobState::Assigned,
+                attempts: 1,
+                ..ghost.clone()
+            },
+            JobState::Queued,
+        ),
+        (
+            Job {
+                state: JobState::Assigned,
+                attempts: 1,
+                ..queued.clone()
+            },
+            JobState::Queued,
+        ),
+    ];
+    let results = match store.update_jobs(&updates).await {
+        Ok(results) => results,
+        Err(err) => panic!("update_jobs failed as a whole: {err}"),
+    };
+    assert!(
+        matches!(&results[..], [Err(Error::IllegalJobTransition(_)), Err(Error::JobNotFound(missing)), Ok(())] if *missing == ghost.id),
+        "illegal, unknown and legal in one batch: {results:?}"
+    );
+    assert_eq!(
+        get_existing_job(store, &done.id).await,
+        done,
+        "refused, unchanged"
+    );
+    assert_eq!(get_existing_job(store, &queued.id).await, updates[2].0);
+    assert_eq!(
+        get_job(store, &ghost.id).await,
+        None,
+        "update_jobs must not create"
     );
 }
