@@ -222,10 +222,7 @@ async fn update_jobs_on(
     connection: &mut SqliteConnection,
     updates: &[(Job, JobState)],
 ) -> Result<Vec<Result<(), Error>>, Error> {
-    let mut ids = HashSet::new();
-    if !updates.iter().all(|(job, _)| ids.insert(&job.id)) {
-        // A job updated twice in one batch: the second update compares against the first,
-        // which one statement cannot do. Apply them in order.
+    if repeats_a_job(updates) {
         let mut results = Vec::with_capacity(updates.len());
         for (job, expected) in updates {
             match update_job_on(&mut *connection, job, *expected).await {
@@ -239,8 +236,7 @@ async fn update_jobs_on(
     let mut rows = Vec::with_capacity(updates.len());
     let mut batched = Vec::with_capacity(updates.len());
     for (index, (job, expected)) in updates.iter().enumerate() {
-        if job.state != *expected && expected.transition(job.state).is_err() {
-            // Refused without writing; the single update reports what the store holds.
+        if is_refused(job, *expected) {
             match update_job_on(&mut *connection, job, *expected).await {
                 Err(error) if is_database_error(&error) => return Err(error),
                 result => results[index] = Some(result),
@@ -276,34 +272,64 @@ async fn update_jobs_on(
         };
         for index in batched {
             let (job, expected) = &updates[index];
-            results[index] = Some(if updated.contains(job.id.as_str()) {
-                Ok(())
-            } else {
-                match stored.get(job.id.as_str()) {
-                    None => Err(Error::JobNotFound(job.id.clone())),
-                    Some(state) => {
-                        let actual = state
-                            .parse::<JobState>()
-                            .map_err(|err| Error::Corrupt(format!("job {}: {err}", job.id)))?;
-                        if actual == *expected {
-                            // The write lock is held: nothing can have moved it in between.
-                            return Err(Error::Corrupt(format!(
-                                "job {} is {actual} but its update did not apply",
-                                job.id
-                            )));
-                        }
-                        Err(conflict(job, *expected, actual))
-                    }
+            let stored = stored.get(job.id.as_str()).map(String::as_str);
+            results[index] = Some(match missed_update(job, *expected, &updated, stored)? {
+                Some(result) => result,
+                // The write lock is held: nothing can have moved it in between.
+                None => {
+                    return Err(Error::Corrupt(format!(
+                        "job {} is {expected} but its update did not apply",
+                        job.id
+                    )));
                 }
             });
         }
     }
-    Ok(results
+    Ok(collect_results(results))
+}
+
+/// Whether a batch updates some job more than once: the later update compares against the
+/// earlier one's state, which one statement cannot do, so such a batch is applied in order.
+pub(crate) fn repeats_a_job(updates: &[(Job, JobState)]) -> bool {
+    let mut ids = HashSet::new();
+    !updates.iter().all(|(job, _)| ids.insert(&job.id))
+}
+
+/// Whether the state machine refuses `expected -> job.state`: such an update is not sent
+/// with the batch, and the single update reports what the store holds.
+pub(crate) fn is_refused(job: &Job, expected: JobState) -> bool {
+    job.state != expected && expected.transition(job.state).is_err()
+}
+
+/// The result of one update of a batched statement, given whether it applied (its id in
+/// `updated`) and otherwise the state stored now (`None`: no such job). `None` when the job is
+/// in the expected state all the same, so only a single update can tell.
+pub(crate) fn missed_update(
+    job: &Job,
+    expected: JobState,
+    updated: &HashSet<&str>,
+    stored: Option<&str>,
+) -> Result<Option<Result<(), Error>>, Error> {
+    if updated.contains(job.id.as_str()) {
+        return Ok(Some(Ok(())));
+    }
+    let Some(state) = stored else {
+        return Ok(Some(Err(Error::JobNotFound(job.id.clone()))));
+    };
+    let actual = state
+        .parse::<JobState>()
+        .map_err(|err| Error::Corrupt(format!("job {}: {err}", job.id)))?;
+    Ok((actual != expected).then(|| Err(conflict(job, expected, actual))))
+}
+
+/// Per-update results, every slot filled by the batch functions.
+pub(crate) fn collect_results(results: Vec<Option<Result<(), Error>>>) -> Vec<Result<(), Error>> {
+    results
         .into_iter()
         .map(|result| {
             result.unwrap_or_else(|| Err(Error::Corrupt("an update got no result".to_owned())))
         })
-        .collect())
+        .collect()
 }
 
 /// Several inserts in one transaction and one statement, as [`update_jobs`]. Of a batch that

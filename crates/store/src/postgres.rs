@@ -12,7 +12,7 @@
 //! nothing here relies on a statement failing inside a transaction: a taken job id is found by
 //! `ON CONFLICT DO NOTHING RETURNING`, not by a unique violation.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
@@ -25,7 +25,10 @@ use sqlx::error::DatabaseError;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use crate::jobs::{JobRow, conflict, decode_job, decode_sequence, encode_job, is_database_error};
+use crate::jobs::{
+    JobRow, collect_results, conflict, decode_job, decode_sequence, encode_job, is_database_error,
+    is_refused, missed_update, repeats_a_job,
+};
 use crate::sqlite::{
     MAX_TRANSITION_ATTEMPTS, PoolRow, WorkerRow, decode_pool, decode_worker, map_migrate_error,
     millis_since_epoch,
@@ -73,6 +76,71 @@ impl PostgresStore {
     /// with [`Error::Unavailable`].
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Inserts the jobs given column by column in `$1..$6`, in array order so that sequences
+/// follow it; a taken id is skipped. The ids inserted come back with their sequences.
+const BATCH_INSERT: &str = "INSERT INTO jobs \
+     (id, state, tenant, queue, worker_id, job_json, created_at_ms, updated_at_ms) \
+     SELECT id, state, tenant, queue, worker_id, job_json, $7, $7 \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+     WITH ORDINALITY AS u (id, state, tenant, queue, worker_id, job_json, position) \
+     ORDER BY position \
+     ON CONFLICT (id) DO NOTHING \
+     RETURNING id, sequence";
+
+/// Compare-and-set of the jobs given column by column in `$1..$7`: each job whose stored state
+/// is still its `expected` takes the new values. Under READ COMMITTED a row another writer
+/// holds is waited for and its `WHERE` re-checked on what that writer committed. The ids
+/// changed come back.
+const BATCH_UPDATE: &str = "UPDATE jobs SET \
+     state = u.state, tenant = u.tenant, queue = u.queue, worker_id = u.worker_id, \
+     job_json = u.job_json, updated_at_ms = $8 \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+     $7::text[]) AS u (id, expected, state, tenant, queue, worker_id, job_json) \
+     WHERE jobs.id = u.id AND jobs.state = u.expected \
+     RETURNING jobs.id";
+
+/// Jobs as one array per column, for the batched statements.
+struct JobColumns<'a> {
+    ids: Vec<&'a str>,
+    expected: Vec<&'static str>,
+    states: Vec<&'static str>,
+    tenants: Vec<&'a str>,
+    queues: Vec<&'a str>,
+    worker_ids: Vec<Option<&'a str>>,
+    job_jsons: Vec<String>,
+}
+
+impl<'a> JobColumns<'a> {
+    /// Columns of `jobs`, each with the state it is expected in (updates) or `None` (inserts).
+    fn new(
+        jobs: impl ExactSizeIterator<Item = (&'a Job, Option<JobState>)>,
+    ) -> Result<Self, Error> {
+        let mut columns = Self {
+            ids: Vec::with_capacity(jobs.len()),
+            expected: Vec::with_capacity(jobs.len()),
+            states: Vec::with_capacity(jobs.len()),
+            tenants: Vec::with_capacity(jobs.len()),
+            queues: Vec::with_capacity(jobs.len()),
+            worker_ids: Vec::with_capacity(jobs.len()),
+            job_jsons: Vec::with_capacity(jobs.len()),
+        };
+        for (job, expected) in jobs {
+            columns.ids.push(job.id.as_str());
+            if let Some(expected) = expected {
+                columns.expected.push(expected.as_str());
+            }
+            columns.states.push(job.state.as_str());
+            columns.tenants.push(job.spec.tenant.as_str());
+            columns.queues.push(job.spec.queue.as_str());
+            columns
+                .worker_ids
+                .push(job.worker_id.as_ref().map(|id| id.as_str()));
+            columns.job_jsons.push(encode_job(job)?);
+        }
+        Ok(columns)
     }
 }
 
@@ -295,16 +363,36 @@ impl Store for PostgresStore {
     }
 
     async fn insert_jobs(&self, jobs: &[Job]) -> Result<Vec<Result<Job, Error>>, Error> {
-        let mut transaction = self.pool.begin().await.map_err(map_pg_error)?;
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            match insert_job_on(&mut transaction, job).await {
-                Err(error) if is_database_error(&error) => return Err(error),
-                result => results.push(result),
-            }
+        if jobs.is_empty() {
+            return Ok(Vec::new());
         }
-        transaction.commit().await.map_err(map_pg_error)?;
-        Ok(results)
+        let columns = JobColumns::new(jobs.iter().map(|job| (job, None)))?;
+        // One statement, so nothing to roll back: all rows or none.
+        let inserted: Vec<(String, i64)> = sqlx::query_as(BATCH_INSERT)
+            .bind(&columns.ids)
+            .bind(&columns.states)
+            .bind(&columns.tenants)
+            .bind(&columns.queues)
+            .bind(&columns.worker_ids)
+            .bind(&columns.job_jsons)
+            .bind(millis_since_epoch(SystemTime::now()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_pg_error)?;
+        let mut sequences: HashMap<String, i64> = inserted.into_iter().collect();
+        jobs.iter()
+            .map(|job| {
+                // `remove`: a second copy of an id in the batch finds it taken.
+                Ok(match sequences.remove(job.id.as_str()) {
+                    Some(sequence) => {
+                        let mut stored = job.clone();
+                        stored.sequence = decode_sequence(&job.id, sequence)?;
+                        Ok(stored)
+                    }
+                    None => Err(Error::JobExists(job.id.clone())),
+                })
+            })
+            .collect()
     }
 
     async fn update_jobs(
@@ -312,15 +400,79 @@ impl Store for PostgresStore {
         updates: &[(Job, JobState)],
     ) -> Result<Vec<Result<(), Error>>, Error> {
         let mut transaction = self.pool.begin().await.map_err(map_pg_error)?;
-        let mut results = Vec::with_capacity(updates.len());
-        for (job, expected) in updates {
+        let mut results: Vec<Option<Result<(), Error>>> = updates.iter().map(|_| None).collect();
+        let mut single = Vec::new();
+        let mut batched = Vec::with_capacity(updates.len());
+        if repeats_a_job(updates) {
+            single.extend(0..updates.len());
+        } else {
+            for (index, (job, expected)) in updates.iter().enumerate() {
+                if is_refused(job, *expected) {
+                    single.push(index);
+                } else {
+                    batched.push(index);
+                }
+            }
+        }
+        if !batched.is_empty() {
+            let columns = JobColumns::new(
+                batched
+                    .iter()
+                    .map(|index| (&updates[*index].0, Some(updates[*index].1))),
+            )?;
+            let updated: Vec<String> = sqlx::query_scalar(BATCH_UPDATE)
+                .bind(&columns.ids)
+                .bind(&columns.expected)
+                .bind(&columns.states)
+                .bind(&columns.tenants)
+                .bind(&columns.queues)
+                .bind(&columns.worker_ids)
+                .bind(&columns.job_jsons)
+                .bind(millis_since_epoch(SystemTime::now()))
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(map_pg_error)?;
+            let updated: HashSet<&str> = updated.iter().map(String::as_str).collect();
+            let missed: Vec<&str> = columns
+                .ids
+                .iter()
+                .copied()
+                .filter(|id| !updated.contains(id))
+                .collect();
+            let stored: HashMap<String, String> = if missed.is_empty() {
+                HashMap::new()
+            } else {
+                sqlx::query_as::<_, (String, String)>(
+                    "SELECT id, state FROM jobs WHERE id = ANY($1)",
+                )
+                .bind(&missed)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(map_pg_error)?
+                .into_iter()
+                .collect()
+            };
+            for index in batched {
+                let (job, expected) = &updates[index];
+                let stored = stored.get(job.id.as_str()).map(String::as_str);
+                match missed_update(job, *expected, &updated, stored)? {
+                    Some(result) => results[index] = Some(result),
+                    // Moved away and back by another writer between the two statements (no
+                    // lock is held across them under READ COMMITTED): compare again alone.
+                    None => single.push(index),
+                }
+            }
+        }
+        single.sort_unstable();
+        for index in single {
+            let (job, expected) = &updates[index];
             match update_job_on(&mut transaction, job, *expected).await {
                 Err(error) if is_database_error(&error) => return Err(error),
-                result => results.push(result),
+                result => results[index] = Some(result),
             }
         }
         transaction.commit().await.map_err(map_pg_error)?;
-        Ok(results)
+        Ok(collect_results(results))
     }
 
     async fn append_logs(&self, chunks: &[LogChunk]) -> Result<(), Error> {

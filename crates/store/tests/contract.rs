@@ -503,6 +503,67 @@ mod postgres {
         assert_eq!(state, expected, "{steps} steps");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_concurrent_batches_assign_each_job_exactly_once() {
+        // Batched compare-and-sets racing on the same jobs from separate connections: each
+        // job is assigned by exactly one batch, and every loser is told who won.
+        let Some((_, store)) = fresh("postgres_concurrent_batches").await else {
+            return;
+        };
+        let store = Arc::new(store);
+        let mut queued = Vec::new();
+        for n in 0..10 {
+            queued.push(
+                store
+                    .insert_job(&job(&format!("batched-{n}")))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let tasks: Vec<_> = (0..8)
+            .map(|writer| {
+                let store = Arc::clone(&store);
+                let updates: Vec<(Job, JobState)> = queued
+                    .iter()
+                    .map(|job| {
+                        let mut assigned = job.clone();
+                        assigned.state = JobState::Assigned;
+                        assigned.attempts = 1;
+                        assigned.worker_id = Some(WorkerId::new(format!("w-{writer}")).unwrap());
+                        (assigned, JobState::Queued)
+                    })
+                    .collect();
+                tokio::spawn(async move {
+                    loop {
+                        match store.update_jobs(&updates).await {
+                            Ok(results) => return (updates, results),
+                            // A deadlock between two batches is retryable by design.
+                            Err(error) if error.is_retryable() => continue,
+                            Err(error) => panic!("update_jobs failed: {error}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut winners = vec![Vec::new(); queued.len()];
+        for task in tasks {
+            let (updates, results) = task.await.unwrap();
+            for (n, ((assigned, _), result)) in updates.into_iter().zip(results).enumerate() {
+                match result {
+                    Ok(()) => winners[n].push(assigned),
+                    Err(Error::JobStateConflict { actual, .. }) => {
+                        assert_eq!(actual, JobState::Assigned)
+                    }
+                    Err(err) => panic!("unexpected error: {err}"),
+                }
+            }
+        }
+        for (job, won) in queued.iter().zip(&winners) {
+            assert_eq!(won.len(), 1, "{}: {won:?}", job.id);
+            assert_eq!(store.get_job(&job.id).await.unwrap().unwrap(), won[0]);
+        }
+    }
+
     #[tokio::test]
     async fn a_bad_url_is_an_error_naming_the_setting() {
         match PostgresStore::connect("postgres://host:notaport/db").await {
