@@ -138,8 +138,8 @@ impl Error {
     }
 }
 
-/// Durable state. Implemented by SQLite (and later PostgreSQL) in `hodei-store` and in
-/// memory by `hodei-testkit`; both pass `hodei_testkit::store_contract`.
+/// Durable state. Implemented by SQLite and PostgreSQL in `hodei-store` and in
+/// memory by `hodei-testkit`; all pass `hodei_testkit::store_contract`.
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Records a new worker in `state` (normally `Provisioning`). Fails with

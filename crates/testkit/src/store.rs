@@ -1,7 +1,7 @@
 //! An in-memory [`Store`] and the contract suite that it and every real store must pass.
 //!
-//! The contract is the definition of a correct store: if SQLite (or later PostgreSQL) and
-//! [`MemoryStore`] both pass [`store_contract`], tests written against the fake say something
+//! The contract is the definition of a correct store: if SQLite, PostgreSQL and
+//! [`MemoryStore`] all pass [`store_contract`], tests written against the fake say something
 //! true about the product.
 
 use std::collections::{BTreeMap, BTreeSet};
