@@ -51,6 +51,10 @@ struct ServerArgs {
     /// Listen on this address instead of the file's `listen`.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Stop (as on SIGTERM) when the process that started this one exits; `hodei bench`
+    /// uses it so that a killed bench leaves no server behind.
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +111,18 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// Asks the kernel for SIGTERM when our parent exits, then checks that the parent has not
+/// already gone (re-parented to init or a subreaper) before the request took effect.
+fn exit_with_parent() -> anyhow::Result<()> {
+    let parent = nix::unistd::getppid();
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+        .context("cannot ask to be stopped with the parent process")?;
+    if nix::unistd::getppid() != parent {
+        anyhow::bail!("the process that started this server has already exited");
+    }
+    Ok(())
+}
+
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -117,6 +133,9 @@ fn init_logging(default: &str) {
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    if args.exit_with_parent {
+        exit_with_parent()?;
+    }
     let mut config = hodei_server::ServerConfig::load(&args.config, |key| std::env::var(key).ok())?;
     if let Some(listen) = args.listen {
         config.listen = listen;

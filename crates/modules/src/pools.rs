@@ -30,6 +30,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::jobs::{JobSnapshot, PoolSettings};
 use crate::{JobService, SchedulerRegistry, WorkerManagementService, WorkerStatus};
@@ -216,6 +217,10 @@ struct Inner {
     config: PoolManagerConfig,
     wake: Notify,
     last_pass: Mutex<Option<Instant>>,
+    /// Cancelled by [`PoolManager::stop`]: no pass and no provisioning starts after it.
+    stopping: CancellationToken,
+    /// The background provisioning and termination tasks, so that `stop` can wait for them.
+    tasks: TaskTracker,
 }
 
 /// See the module docs. Cheap to clone.
@@ -267,6 +272,8 @@ impl PoolManager {
                 config,
                 wake: Notify::new(),
                 last_pass: Mutex::new(None),
+                stopping: CancellationToken::new(),
+                tasks: TaskTracker::new(),
             }),
         };
         manager.publish_settings().await;
@@ -279,8 +286,12 @@ impl PoolManager {
         let mut tick = tokio::time::interval(self.inner.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Biased: at shutdown the dispatcher changes too (sessions close), and a pass
+            // chosen over the cancel would replace the workers being terminated.
             tokio::select! {
+                biased;
                 () = cancel.cancelled() => return,
+                () = self.inner.stopping.cancelled() => return,
                 _ = tick.tick() => {}
                 () = self.inner.wake.notified() => {}
                 changed = changes.changed() => {
@@ -295,6 +306,9 @@ impl PoolManager {
                 && since < self.inner.config.min_pass_interval
             {
                 tokio::time::sleep(self.inner.config.min_pass_interval - since).await;
+            }
+            if cancel.is_cancelled() || self.inner.stopping.is_cancelled() {
+                return;
             }
             self.pass().await;
         }
@@ -319,6 +333,15 @@ impl PoolManager {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Stops for good: no pass or provisioning starts from now on, and this returns once
+    /// the provisioning and terminations already under way have finished, so that a
+    /// shutdown that then terminates every worker sees them all.
+    pub async fn stop(&self) {
+        self.inner.stopping.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// Asks for a pass soon.
@@ -466,6 +489,9 @@ impl PoolManager {
 
     /// One pass over every pool.
     pub async fn pass(&self) {
+        if self.inner.stopping.is_cancelled() {
+            return;
+        }
         let Ok(snapshot) = self.inner.jobs.snapshot().await else {
             return;
         };
@@ -722,8 +748,18 @@ impl PoolManager {
             let manager = self.clone();
             let spec = spec.clone();
             let semaphore = semaphore.clone();
-            tokio::spawn(async move {
-                let Ok(_permit) = semaphore.acquire_owned().await else {
+            self.inner.tasks.spawn(async move {
+                let stopping = manager.inner.stopping.clone();
+                let permit = tokio::select! {
+                    biased;
+                    () = stopping.cancelled() => None,
+                    permit = semaphore.acquire_owned() => permit.ok(),
+                };
+                let Some(_permit) = permit else {
+                    if let Some(pool) = lock(&manager.inner.pools).get_mut(&spec.name) {
+                        pool.starting.remove(&id);
+                        pool.started_at.remove(&id);
+                    }
                     return;
                 };
                 let result = manager
@@ -771,7 +807,7 @@ impl PoolManager {
         for id in drained {
             let manager = self.clone();
             let pool = spec.name.clone();
-            tokio::spawn(async move {
+            self.inner.tasks.spawn(async move {
                 tracing::info!(%pool, worker_id = %id, "terminating a drained worker");
                 if let Err(error) = manager.inner.management.terminate_worker(&id).await {
                     tracing::warn!(%pool, worker_id = %id, %error, "could not terminate a drained worker; the reconciler will");

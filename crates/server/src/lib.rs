@@ -374,6 +374,9 @@ impl Server {
         let _ = self.background.await;
         let _ = self.monitor.await;
         let _ = self.retirements.await;
+        // Before terminating: a pass or a provisioning still under way would start
+        // replacements for the workers being terminated.
+        self.pools.stop().await;
         if self.config.shutdown.terminate_workers {
             match self.management.terminate_all().await {
                 Ok(failures) => {
