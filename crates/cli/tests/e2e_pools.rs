@@ -383,7 +383,12 @@ async fn pools_change_at_runtime_and_a_busy_worker_is_never_killed() {
         (server.pools().get("gpu")?.counts.idle == 1).then_some(())
     })
     .await;
-    std::fs::write(&file, "name = \"gpu\"\nprovider = \"local\"\nsize = 2\n").unwrap();
+    // The `[[pool]]` form of hodei.toml applies as it is.
+    std::fs::write(
+        &file,
+        "[[pool]]\nname = \"gpu\"\nprovider = \"local\"\nsize = 2\n[pool.template]\nlabels = { accel = \"yes\" }\n",
+    )
+    .unwrap();
     let out = hodei(&server, &["pool", "apply", "-f", file.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("pool gpu changed"));
     wait_for("the changed pool's workers", LIMIT, || async {
