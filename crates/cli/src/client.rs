@@ -344,9 +344,18 @@ fn print_decisions(pool: &PoolView) {
     println!("\nRecent decisions (newest first):");
     let mut t = table(&["AGE", "ACTION", "COUNT", "SUPPLY", "DESIRED", "REASON"]);
     for d in &pool.decisions {
+        // A repeated hold: its span and how many passes made it.
+        let (when, action) = if d.repeats > 1 {
+            (
+                format!("{}..{}", age(&d.at), age(&d.last_at)),
+                format!("{} x{}", d.action, d.repeats),
+            )
+        } else {
+            (age(&d.at), d.action.clone())
+        };
         t.add_row(vec![
-            age(&d.at),
-            d.action.clone(),
+            when,
+            action,
             d.count.to_string(),
             d.supply.to_string(),
             d.desired.to_string(),

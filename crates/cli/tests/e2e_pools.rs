@@ -189,6 +189,15 @@ async fn burst(config: ServerConfig, provider: ProviderKind) {
         status.decisions
     );
     assert!(status.decisions.iter().any(|d| d.action == "down"));
+    // Repeated holds are one row with a count: never two hold rows in a row.
+    assert!(
+        status
+            .decisions
+            .windows(2)
+            .all(|pair| !(pair[0].action == "hold" && pair[1].action == "hold")),
+        "{:?}",
+        status.decisions
+    );
     assert!(status.worker_seconds > 0.0);
     server.shutdown().await.unwrap();
 }

@@ -78,6 +78,10 @@ pub enum PoolError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecisionRecord {
     pub at: SystemTime,
+    /// The same decision made again on later passes (holds only): the last time, and how
+    /// many passes in all, the reason being the latest.
+    pub last_at: SystemTime,
+    pub repeats: u32,
     /// `up`, `down` or `hold`.
     pub action: &'static str,
     /// Workers added or drained.
@@ -519,10 +523,11 @@ impl PoolManager {
                     PoolCandidate::from_spec(&pool.spec, busy, now_ms)
                 })
                 .collect();
-            let queued: BTreeMap<String, u32> = candidates
+            let queued: BTreeMap<String, (u32, u32)> = candidates
                 .iter()
                 .zip(autoscale::attribute_demand(&candidates, &snapshot.queued))
-                .map(|(candidate, count)| (candidate.name.clone(), count))
+                .zip(autoscale::queued_that_fit(&candidates, &snapshot.queued))
+                .map(|((candidate, share), fitting)| (candidate.name.clone(), (share, fitting)))
                 .collect();
             let mut arrived: BTreeMap<String, u32> = BTreeMap::new();
             for job in &snapshot.arrived {
@@ -555,8 +560,10 @@ impl PoolManager {
                 }
                 pool.arrivals
                     .push_back((now, arrived.get(name).copied().unwrap_or(0)));
+                let (share, fitting) = queued.get(name).copied().unwrap_or((0, 0));
                 let demand = Demand {
-                    queued: queued.get(name).copied().unwrap_or(0),
+                    queued: share,
+                    queued_fitting: fitting,
                     arrivals_per_sec: pool.arrivals_per_sec(now),
                     mean_run_secs: pool.mean_run_secs.unwrap_or(0.0),
                 };
@@ -692,13 +699,17 @@ impl PoolManager {
             ScaleAction::Up(n) => *n,
             ScaleAction::Down(workers) => u32::try_from(workers.len()).unwrap_or(u32::MAX),
         };
-        // Holds are recorded when they follow something else, not on every pass.
-        let repeat_hold = decision.action == ScaleAction::Hold
-            && pool
-                .decisions
-                .back()
-                .is_none_or(|last| last.action == "hold");
-        if repeat_hold {
+        // A hold after a hold is one row with a count, so that a pool holding for hours
+        // does not push its scaling out of the recent decisions.
+        if decision.action == ScaleAction::Hold
+            && let Some(last) = pool.decisions.back_mut()
+            && last.action == "hold"
+        {
+            last.repeats = last.repeats.saturating_add(1);
+            last.last_at = wall;
+            last.desired = decision.desired;
+            last.supply = decision.supply;
+            last.reason.clone_from(&decision.reason);
             return;
         }
         pool.history.record(&decision.action, now_ms);
@@ -715,6 +726,8 @@ impl PoolManager {
         }
         pool.decisions.push_back(DecisionRecord {
             at: wall,
+            last_at: wall,
+            repeats: 1,
             action: decision.action.as_str(),
             count,
             desired: decision.desired,

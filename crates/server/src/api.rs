@@ -136,12 +136,22 @@ pub struct PoolWorkers {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionView {
     pub at: String,
+    /// A hold repeated over several passes is one decision: when it was last made, and
+    /// how many times.
+    #[serde(default)]
+    pub last_at: String,
+    #[serde(default = "one")]
+    pub repeats: u32,
     /// `up`, `down` or `hold`.
     pub action: String,
     pub count: u32,
     pub desired: u32,
     pub supply: u32,
     pub reason: String,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl PoolView {
@@ -170,6 +180,8 @@ impl PoolView {
                 .iter()
                 .map(|d| DecisionView {
                     at: rfc3339(d.at),
+                    last_at: rfc3339(d.last_at),
+                    repeats: d.repeats,
                     action: d.action.to_owned(),
                     count: d.count,
                     desired: d.desired,
