@@ -214,8 +214,11 @@ async fn a_burst_scales_a_docker_pool_to_its_max_and_back_to_zero() {
     let mut config = config(dir.path(), 0);
     // This run's containers only, so parallel runs on one engine never adopt each other's.
     let instance = format!("e2e-{}", uuid::Uuid::new_v4().simple());
-    config.docker.instance = instance.clone();
-    config.docker.stop_grace = Duration::from_secs(2);
+    config.docker = Some(hodei_server::DockerSection {
+        instance: instance.clone(),
+        stop_grace: Duration::from_secs(2),
+        ..hodei_server::DockerSection::default()
+    });
     burst(config, ProviderKind::Docker).await;
     // Scaled in means removed: no container of this run is left, running or exited.
     wait_for("the containers to be removed", LIMIT, || async {
@@ -425,6 +428,15 @@ async fn pools_change_at_runtime_and_a_busy_worker_is_never_killed() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(server.pools().get("gpu").unwrap().spec.size, Some(2));
+    // A provider this server lacks is refused saying how to switch it on.
+    std::fs::write(&file, "name = \"boxes\"\nprovider = \"docker\"\nsize = 1\n").unwrap();
+    let out = hodei(&server, &["pool", "apply", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("add a [docker] section"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = hodei(&server, &["pool", "rm", "gpu"]);
     assert!(

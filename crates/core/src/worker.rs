@@ -195,6 +195,21 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// What an operator adds to the server's configuration to switch this provider on.
+    pub fn how_to_enable(self) -> &'static str {
+        match self {
+            Self::Local => "the local provider is always on",
+            Self::External => "external workers are started by hand (hodei agent), not by a pool",
+            Self::Docker => {
+                "add a [docker] section to the server's configuration (an empty one takes \
+                 the defaults), or run `hodei dev --provider docker`"
+            }
+            Self::Kubernetes => {
+                "add a [kubernetes] section with server_url to the server's configuration"
+            }
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Local => "local",

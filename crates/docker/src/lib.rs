@@ -187,6 +187,25 @@ impl DockerProvider {
             .map_err(|e| self.error("cannot ping the docker engine", e))
     }
 
+    /// Checks that the engine answers and holds `image` (the default image when `None`):
+    /// nothing can be pulled, so a missing image is an error naming how to build it.
+    pub async fn check_image(&self, image: Option<&str>) -> Result<(), ProviderError> {
+        let image = image.unwrap_or(&self.config.default_image);
+        let docker = self.docker().await?;
+        match docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(ProviderError::InvalidSpec(format!(
+                "image {image} is not on the docker engine at {}; nothing is pulled: build it \
+                 with scripts/build-agent-image (from this machine's hodei), or load {image} \
+                 into the engine",
+                self.host
+            ))),
+            Err(e) => Err(self.error(&format!("cannot inspect image {image}"), e)),
+        }
+    }
+
     async fn docker(&self) -> Result<&Docker, ProviderError> {
         self.docker
             .get_or_try_init(|| async {

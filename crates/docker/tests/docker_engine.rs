@@ -363,6 +363,24 @@ async fn a_missing_image_is_an_invalid_spec_naming_it() {
 }
 
 #[tokio::test]
+async fn check_image_finds_the_agent_image_and_names_how_to_build_a_missing_one() {
+    let provider = Instance::new().provider();
+    provider
+        .check_image(None)
+        .await
+        .expect("scripts/test builds the agent image before the tests");
+    let error = provider
+        .check_image(Some("hodei-no-such-image:never"))
+        .await
+        .expect_err("missing image");
+    assert!(
+        matches!(&error, ProviderError::InvalidSpec(m)
+            if m.contains("hodei-no-such-image:never") && m.contains("scripts/build-agent-image")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_engine_is_unavailable_naming_the_socket() {
     let instance = Instance::new();
     let mut config = instance.config("http://127.0.0.1:9");

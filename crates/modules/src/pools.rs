@@ -68,7 +68,7 @@ pub enum PoolError {
     AlreadyExists(String),
     #[error("pool {0} not found")]
     NotFound(String),
-    #[error("pool.provider: {0} is not configured on this server")]
+    #[error("pool.provider: {0} is not configured on this server: {how}", how = .0.how_to_enable())]
     ProviderNotConfigured(ProviderKind),
     #[error(transparent)]
     Store(#[from] store::Error),

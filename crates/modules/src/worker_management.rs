@@ -187,7 +187,7 @@ pub enum WorkerManagementError {
     #[error("worker {0} not found")]
     WorkerNotFound(WorkerId),
     /// A pool names a provider this server was not configured with.
-    #[error("provider {0} is not configured on this server")]
+    #[error("provider {0} is not configured on this server: {how}", how = .0.how_to_enable())]
     ProviderNotConfigured(ProviderKind),
 }
 

@@ -51,9 +51,9 @@ pub struct ServerConfig {
     /// The `kubernetes` provider; used by pools with `provider = "kubernetes"` (defaults
     /// when absent).
     pub kubernetes: KubernetesSection,
-    /// The `docker` provider; used by pools with `provider = "docker"` (defaults when
-    /// absent).
-    pub docker: DockerSection,
+    /// The `docker` provider, on when the section is present (an empty `[docker]` takes
+    /// every default) or a pool has `provider = "docker"`.
+    pub docker: Option<DockerSection>,
     /// Register workers with the scheduler of another Hodei server at this URL, over gRPC,
     /// instead of this server's own. Agents then connect to that server too.
     pub scheduler_url: Option<String>,
@@ -79,7 +79,7 @@ impl Default for ServerConfig {
             jobs: JobsSection::default(),
             autoscaler: AutoscalerSection::default(),
             kubernetes: KubernetesSection::default(),
-            docker: DockerSection::default(),
+            docker: None,
             scheduler_url: None,
             tls: TlsSection::default(),
             pools: Vec::new(),
@@ -636,6 +636,17 @@ mod tests {
         assert_eq!(config.registration.timeout, Duration::from_secs(30));
         assert_eq!(config.registration.batch_concurrency, 10);
         assert_eq!(config.provisioning.max_concurrent_provisioning, 5);
+    }
+
+    #[test]
+    fn a_docker_section_switches_docker_on_even_when_it_only_holds_defaults() {
+        assert_eq!(ServerConfig::parse("").unwrap().docker, None);
+        assert_eq!(
+            ServerConfig::parse("[docker]").unwrap().docker,
+            Some(DockerSection::default())
+        );
+        let config = ServerConfig::parse("[docker]\nnetwork = \"bridge\"").unwrap();
+        assert_eq!(config.docker.unwrap().network, "bridge");
     }
 
     #[test]

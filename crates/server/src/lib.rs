@@ -56,7 +56,7 @@ pub enum Error {
     Jobs(#[from] hodei_modules::JobError),
     #[error("cannot load the pools: {0}")]
     Pools(#[from] hodei_modules::PoolError),
-    #[error("cannot start the local provider: {0}")]
+    #[error("cannot start a provider: {0}")]
     Provider(#[from] hodei_ports::ProviderError),
     #[error("{what}: {source}")]
     Io {
@@ -209,8 +209,9 @@ impl Server {
             .await?;
             management = management.with_provider(Arc::new(provider));
         }
-        if wants(ProviderKind::Docker) || config.docker != DockerSection::default() {
-            let provider = hodei_docker::DockerProvider::new(config.docker.provider_config(
+        if wants(ProviderKind::Docker) || config.docker.is_some() {
+            let docker = config.docker.clone().unwrap_or_default();
+            let provider = hodei_docker::DockerProvider::new(docker.provider_config(
                 &agent_url,
                 &token,
                 config.tls.ca_cert.as_deref(),
@@ -590,6 +591,15 @@ async fn reconcile_once(management: &WorkerManagementService) {
         }
         Err(error) => tracing::warn!(%error, "reconciliation failed, will try again"),
     }
+}
+
+/// Checks that the Docker engine of `section` answers and has its agent image, so that
+/// `hodei dev --provider docker` can refuse to start with a message that says what to do.
+pub async fn check_docker(section: &DockerSection) -> Result<(), hodei_ports::ProviderError> {
+    // The URL and token only matter to containers, and none is started here.
+    let provider =
+        hodei_docker::DockerProvider::new(section.provider_config("http://127.0.0.1", "", None))?;
+    provider.check_image(None).await
 }
 
 /// The whole life of a server: start on `listener`, run until `shutdown` completes, stop.
