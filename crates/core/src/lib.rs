@@ -6,6 +6,7 @@
 
 pub mod autoscale;
 pub mod backoff;
+pub mod credential;
 pub mod health;
 pub mod job;
 pub mod lifecycle;
@@ -19,6 +20,7 @@ pub use job::{
     AttemptOutcome, Command, Job, JobId, JobSpec, JobState, JobTransitionError, Priority,
     QueueName, Requirements, SlaClass, TenantName,
 };
+pub use credential::{Operation, Principal, Role};
 pub use lifecycle::{LifecycleEvent, TransitionError, WorkerState};
 pub use matching::{IdleWorker, Mismatch};
 pub use pool::{PoolKind, PoolSpec};
