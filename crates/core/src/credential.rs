@@ -55,7 +55,10 @@ impl FromStr for Role {
             .into_iter()
             .find(|role| role.as_str() == text)
             .ok_or_else(|| {
-                ValidationError::new("role", format!("{text:?} is not admin, agent, worker or tenant"))
+                ValidationError::new(
+                    "role",
+                    format!("{text:?} is not admin, agent, worker or tenant"),
+                )
             })
     }
 }
@@ -298,9 +301,24 @@ mod tests {
         });
         let deny = |d: SessionDecision| matches!(d, SessionDecision::Deny(_));
         let cases: Vec<(Principal, Option<BoundCredential>, bool, &str)> = vec![
-            (principal(Role::Worker, Some("w-1")), provisioned, true, "open"),
-            (principal(Role::Worker, Some("w-1")), provisioned, false, "open"),
-            (principal(Role::Worker, Some("w-2")), provisioned, false, "deny"),
+            (
+                principal(Role::Worker, Some("w-1")),
+                provisioned,
+                true,
+                "open",
+            ),
+            (
+                principal(Role::Worker, Some("w-1")),
+                provisioned,
+                false,
+                "open",
+            ),
+            (
+                principal(Role::Worker, Some("w-2")),
+                provisioned,
+                false,
+                "deny",
+            ),
             (principal(Role::Worker, None), None, false, "deny"),
             (Principal::configured_admin(), None, false, "deny"),
             (principal(Role::Admin, None), provisioned, true, "deny"),
@@ -324,12 +342,23 @@ mod tests {
 
     #[test]
     fn tokens_parse() {
-        assert_eq!(parse_token("hodei_c0ffee_s3cret"), Some(("c0ffee", "s3cret")));
+        assert_eq!(
+            parse_token("hodei_c0ffee_s3cret"),
+            Some(("c0ffee", "s3cret"))
+        );
         assert_eq!(
             parse_token(&format_token("abc-1", "x_y")),
             Some(("abc-1", "x_y"))
         );
-        for bad in ["", "hodei_", "hodei__x", "hodei_id_", "hodei_id", "other_a_b", "hodei_a.b_c"] {
+        for bad in [
+            "",
+            "hodei_",
+            "hodei__x",
+            "hodei_id_",
+            "hodei_id",
+            "other_a_b",
+            "hodei_a.b_c",
+        ] {
             assert_eq!(parse_token(bad), None, "{bad:?}");
         }
     }
@@ -352,10 +381,22 @@ mod tests {
         assert!(validate_new(Role::Agent, None, None).is_ok());
         assert!(validate_new(Role::Worker, Some(&w), None).is_ok());
         assert!(validate_new(Role::Tenant, None, Some(&t)).is_ok());
-        assert_eq!(validate_new(Role::Worker, None, None).unwrap_err().field, "worker_id");
-        assert_eq!(validate_new(Role::Tenant, None, None).unwrap_err().field, "tenant");
-        assert_eq!(validate_new(Role::Admin, Some(&w), None).unwrap_err().field, "worker_id");
-        assert_eq!(validate_new(Role::Agent, None, Some(&t)).unwrap_err().field, "tenant");
+        assert_eq!(
+            validate_new(Role::Worker, None, None).unwrap_err().field,
+            "worker_id"
+        );
+        assert_eq!(
+            validate_new(Role::Tenant, None, None).unwrap_err().field,
+            "tenant"
+        );
+        assert_eq!(
+            validate_new(Role::Admin, Some(&w), None).unwrap_err().field,
+            "worker_id"
+        );
+        assert_eq!(
+            validate_new(Role::Agent, None, Some(&t)).unwrap_err().field,
+            "tenant"
+        );
         assert_eq!("agent".parse::<Role>().unwrap(), Role::Agent);
         assert_eq!("root".parse::<Role>().unwrap_err().field, "role");
     }

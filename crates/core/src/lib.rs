@@ -16,11 +16,11 @@ pub mod queue;
 pub mod reconcile;
 pub mod worker;
 
+pub use credential::{Operation, Principal, Role};
 pub use job::{
     AttemptOutcome, Command, Job, JobId, JobSpec, JobState, JobTransitionError, Priority,
     QueueName, Requirements, SlaClass, TenantName,
 };
-pub use credential::{Operation, Principal, Role};
 pub use lifecycle::{LifecycleEvent, TransitionError, WorkerState};
 pub use matching::{IdleWorker, Mismatch};
 pub use pool::{PoolKind, PoolSpec};

@@ -43,7 +43,7 @@ impl Instance {
     }
 
     fn config(&self, server_url: &str) -> DockerProviderConfig {
-        let mut config = DockerProviderConfig::new(server_url, TOKEN, &self.name);
+        let mut config = DockerProviderConfig::new(server_url, &self.name);
         config.stop_grace = Duration::from_secs(2);
         config
     }
@@ -141,7 +141,7 @@ async fn container_gets_the_intended_labels_env_limits_and_command() {
     spec.labels.insert("arch".into(), "amd64".into());
     spec.env.insert("FOO".into(), "bar".into());
 
-    let worker = provider.create_worker(&id, &spec).await.expect("create");
+    let worker = provider.create_worker(&id, &spec, &hodei_ports::AgentCredential::new("test-credential")).await.expect("create");
     assert_eq!(worker.metadata.provider, hodei_core::ProviderKind::Docker);
     assert_eq!(worker.metadata.pool.as_deref(), Some("builds"));
 
@@ -215,7 +215,7 @@ async fn a_new_provider_of_the_same_instance_adopts_containers_and_another_does_
     let id = instance.worker(1);
     instance
         .provider()
-        .create_worker(&id, &WorkerSpec::default())
+        .create_worker(&id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
         .await
         .expect("create");
 
@@ -242,7 +242,7 @@ async fn a_new_provider_of_the_same_instance_adopts_containers_and_another_does_
         "another instance never removes our container"
     );
     let conflict = stranger
-        .create_worker(&id, &WorkerSpec::default())
+        .create_worker(&id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
         .await
         .expect_err("the name is taken by another instance");
     assert!(
@@ -262,7 +262,7 @@ async fn terminate_removes_the_container_and_is_idempotent() {
     let docker = engine().await;
     let id = instance.worker(1);
     provider
-        .create_worker(&id, &WorkerSpec::default())
+        .create_worker(&id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
         .await
         .expect("create");
     assert!(container_exists(&docker, &id).await);
@@ -284,13 +284,13 @@ async fn creating_an_existing_worker_replaces_its_container() {
     let docker = engine().await;
     let id = instance.worker(1);
     let spec = WorkerSpec::default();
-    provider.create_worker(&id, &spec).await.expect("create");
+    provider.create_worker(&id, &spec, &hodei_ports::AgentCredential::new("test-credential")).await.expect("create");
     let first = docker
         .inspect_container(&container_name(&id), None)
         .await
         .expect("inspect")
         .id;
-    provider.create_worker(&id, &spec).await.expect("again");
+    provider.create_worker(&id, &spec, &hodei_ports::AgentCredential::new("test-credential")).await.expect("again");
     let second = docker
         .inspect_container(&container_name(&id), None)
         .await
@@ -309,7 +309,7 @@ async fn an_exited_container_is_not_listed_and_is_removed() {
     let (dies, lives) = (instance.worker(1), instance.worker(2));
     for id in [&dies, &lives] {
         provider
-            .create_worker(id, &WorkerSpec::default())
+            .create_worker(id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
             .await
             .expect("create");
     }
@@ -348,7 +348,7 @@ async fn a_missing_image_is_an_invalid_spec_naming_it() {
         ..WorkerSpec::default()
     };
     let error = provider
-        .create_worker(&instance.worker(1), &spec)
+        .create_worker(&instance.worker(1), &spec, &hodei_ports::AgentCredential::new("test-credential"))
         .await
         .expect_err("no such image");
     match &error {
@@ -372,7 +372,7 @@ async fn an_unreachable_engine_is_unavailable_naming_the_socket() {
         provider.ping().await.expect_err("ping"),
         provider.list_workers().await.expect_err("list"),
         provider
-            .create_worker(&instance.worker(1), &WorkerSpec::default())
+            .create_worker(&instance.worker(1), &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
             .await
             .expect_err("create"),
         provider
@@ -405,7 +405,7 @@ async fn the_agent_in_the_container_runs_and_reaches_the_host_loopback() {
     // Connection failures are debug lines; the spec's environment reaches the agent.
     spec.env
         .insert("RUST_LOG".into(), "info,hodei_agent=debug".into());
-    provider.create_worker(&id, &spec).await.expect("create");
+    provider.create_worker(&id, &spec, &hodei_ports::AgentCredential::new("test-credential")).await.expect("create");
 
     let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
     let docker = engine().await;
@@ -519,12 +519,12 @@ async fn a_job_runs_in_a_docker_worker_of_a_real_server() {
     )
     .await;
 
-    let mut provider_config = DockerProviderConfig::new(&url, token, &instance.name);
+    let mut provider_config = DockerProviderConfig::new(&url, &instance.name);
     provider_config.stop_grace = Duration::from_secs(2);
     let provider = DockerProvider::new(provider_config).expect("provider");
     let id = instance.worker(1);
     provider
-        .create_worker(&id, &WorkerSpec::default())
+        .create_worker(&id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
         .await
         .expect("create");
 

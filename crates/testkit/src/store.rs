@@ -810,6 +810,7 @@ fn pool(name: &str, size: u32) -> PoolSpec {
             tags: vec!["b".to_owned(), "a".to_owned()],
             image: Some("registry.example/agent:1".to_owned()),
             env: [("RUST_LOG".to_owned(), "debug".to_owned())].into(),
+            user: Some("65534:65534".to_owned()),
         },
         max_uses: Some(3),
         cost_per_hour: 0.25,
