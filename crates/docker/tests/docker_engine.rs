@@ -22,7 +22,8 @@ use hodei_ports::{ProviderError, WorkerProvider};
 use hodei_testkit::{provider_contract, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const TOKEN: &str = "test-token";
+/// The credential the containers are created with.
+const TOKEN: &str = "test-credential";
 
 /// One test's installation: a unique instance label whose containers are removed on drop.
 struct Instance {
@@ -162,8 +163,11 @@ async fn container_gets_the_intended_labels_env_limits_and_command() {
         assert_eq!(labels.get(key).map(String::as_str), Some(value), "{key}");
     }
     let env = config.env.expect("env");
+    assert!(
+        !env.iter().any(|e| e.starts_with("HODEI_TOKEN") || e.contains(TOKEN)),
+        "no credential in the container's configuration: {env:?}"
+    );
     for expected in [
-        format!("HODEI_TOKEN={TOKEN}"),
         format!("HODEI_CA_CERT={CONTAINER_CA_CERT}"),
         "FOO=bar".to_owned(),
     ] {
@@ -180,6 +184,8 @@ async fn container_gets_the_intended_labels_env_limits_and_command() {
             id.as_str(),
             "--work-dir",
             "/work",
+            "--token-file",
+            "/hodei-credential",
             "--cpu",
             "1",
             "--memory-mb",
@@ -519,12 +525,26 @@ async fn a_job_runs_in_a_docker_worker_of_a_real_server() {
     )
     .await;
 
+    // An agent enrollment token: the agent enrols its worker with it.
+    let created = tokio::process::Command::new(&hodei)
+        .args(["token", "create", "--role", "agent"])
+        .env("HODEI_SERVER", &url)
+        .env("HODEI_TOKEN", token)
+        .output()
+        .await
+        .expect("hodei token create");
+    assert!(created.status.success(), "{created:?}");
+    let agent_token = String::from_utf8_lossy(&created.stdout).trim().to_owned();
     let mut provider_config = DockerProviderConfig::new(&url, &instance.name);
     provider_config.stop_grace = Duration::from_secs(2);
     let provider = DockerProvider::new(provider_config).expect("provider");
     let id = instance.worker(1);
     provider
-        .create_worker(&id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new(agent_token),
+        )
         .await
         .expect("create");
 
