@@ -466,3 +466,48 @@ async fn a_connection_flood_is_bounded_and_healthz_keeps_answering() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// The agent image the Docker test runs: `HODEI_TEST_AGENT_IMAGE`, else the default
+/// `hodei-agent:latest` that `scripts/test` builds from this tree's binary.
+fn agent_image() -> String {
+    std::env::var("HODEI_TEST_AGENT_IMAGE").unwrap_or_else(|_| "hodei-agent:latest".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_in_a_docker_worker_finds_no_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = secure_config(dir.path(), 0);
+    config.docker.instance = format!("sec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    config.docker.image = agent_image();
+    config.docker.stop_grace = Duration::from_secs(2);
+    let mut pool = PoolSpec::fixed("containers", ProviderKind::Docker, 1);
+    pool.template.user = Some("65534:65534".into());
+    config.pools = vec![pool];
+    let server = start_anywhere(config).await;
+    let workers = wait_for_registered_workers(&server, 1).await;
+    wait_for_connected(&server, &workers[0]).await;
+
+    let mut spec = JobSpec::new(hodei_core::Command::Script(format!(
+        "test -f /.dockerenv && echo in-a-container\n{}ls -la / | grep -c hodei-credential || true\n",
+        hunting_script(std::path::Path::new("/work"))
+    )));
+    spec.timeout = Some(Duration::from_secs(60));
+    let job = server.jobs().submit(spec).await.unwrap();
+    let job = wait_job(&server, &job.id).await;
+    let output = output_of(&server, &job.id).await;
+    assert_eq!(job.state, JobState::Succeeded, "{:?}\n{output}", job.reason);
+    assert!(output.contains("in-a-container"), "{output}");
+    assert!(output.contains("uid=65534"), "ran as the pool's user: {output}");
+    assert!(output.contains("== done"), "{output}");
+    assert!(
+        output.trim_end().ends_with('0'),
+        "the credential file is gone from the container: {output}"
+    );
+    for secret in secrets(&server, &[]) {
+        assert!(
+            !output.contains(&secret),
+            "the job found {secret:?}:\n{output}"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
