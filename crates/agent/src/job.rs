@@ -76,6 +76,61 @@ fn signal_group(pid: Option<u32>, signal: Signal) {
     }
 }
 
+/// What a job gets from its agent besides the assignment.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// Set as `HODEI_WORKER_ID`.
+    pub worker_id: String,
+    /// Run the job as this user (`uid[:gid]` or a name) instead of the agent's.
+    pub user: Option<String>,
+}
+
+/// The `PATH` jobs get when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A job's whole environment: `PATH` (the agent's, which holds no secret), `HOME` (the
+/// job's directory), `HODEI_JOB_ID`, `HODEI_WORKER_ID`, then the spec's own variables.
+/// Nothing else of the agent's environment reaches a job.
+pub fn job_environment(
+    spec_env: &std::collections::BTreeMap<String, String>,
+    job_id: &str,
+    worker_id: &str,
+    directory: &std::path::Path,
+) -> Vec<(String, String)> {
+    let path = std::env::var("PATH")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_PATH.to_owned());
+    let mut env: std::collections::BTreeMap<String, String> = [
+        ("PATH".to_owned(), path),
+        ("HOME".to_owned(), directory.display().to_string()),
+    ]
+    .into();
+    env.extend(spec_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // Ours last: a spec cannot pretend to be another job.
+    env.insert("HODEI_JOB_ID".to_owned(), job_id.to_owned());
+    env.insert("HODEI_WORKER_ID".to_owned(), worker_id.to_owned());
+    env.into_iter().collect()
+}
+
+/// `uid[:gid]`, or a user name looked up in the user database (its primary group).
+/// A bare uid runs with the group of the same number.
+pub fn resolve_user(user: &str) -> Result<(u32, u32), String> {
+    let number = |text: &str| text.parse::<u32>().map_err(|_| format!("{text:?} is not a number"));
+    match user.split_once(':') {
+        Some((uid, gid)) => Ok((number(uid)?, number(gid)?)),
+        None if user.bytes().all(|b| b.is_ascii_digit()) => {
+            let uid = number(user)?;
+            Ok((uid, uid))
+        }
+        None => match nix::unistd::User::from_name(user) {
+            Ok(Some(found)) => Ok((found.uid.as_raw(), found.gid.as_raw())),
+            Ok(None) => Err(format!("no user named {user:?}")),
+            Err(errno) => Err(format!("cannot look up user {user:?}: {errno}")),
+        },
+    }
+}
+
 enum End {
     Exited(std::io::Result<std::process::ExitStatus>),
     TimedOut,
@@ -87,6 +142,7 @@ enum End {
 pub async fn run(
     assignment: v1::JobAssignment,
     work_root: PathBuf,
+    context: Context,
     cancel: CancellationToken,
     out: mpsc::Sender<v1::AgentMessage>,
 ) {
@@ -115,9 +171,32 @@ pub async fn run(
             .await;
         return;
     }
+    if let Some(user) = &context.user {
+        let owner = resolve_user(user).and_then(|(uid, gid)| {
+            std::os::unix::fs::chown(&directory, Some(uid), Some(gid))
+                .map_err(|e| format!("cannot give {} to {user}: {e}", directory.display()))?;
+            Ok((uid, gid))
+        });
+        match owner {
+            Ok((uid, gid)) => {
+                command.uid(uid).gid(gid);
+            }
+            Err(text) => {
+                let _ = out
+                    .send(result(&job_id, v1::JobOutcome::FailedToStart, -1, text))
+                    .await;
+                return;
+            }
+        }
+    }
     command
-        .envs(&assignment.env)
-        .env("HODEI_JOB_ID", &job_id)
+        .env_clear()
+        .envs(job_environment(
+            &assignment.env,
+            &job_id,
+            &context.worker_id,
+            &directory,
+        ))
         .current_dir(&directory)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -32,8 +32,12 @@ pub struct AgentConfig {
     pub server: String,
     /// PEM CA certificate(s) to trust for an `https://` server instead of the system's roots.
     pub ca_cert: Option<PathBuf>,
-    /// The bearer token; never logged.
+    /// The credential presented first: this worker's own, or an agent enrollment token
+    /// (then the server hands back the worker's credential, used from then on). Never
+    /// logged.
     pub token: String,
+    /// The user jobs run as (`uid[:gid]` or a name), when the agent runs as root.
+    pub job_user: Option<String>,
     pub worker_id: WorkerId,
     pub labels: Labels,
     /// What this machine offers; detected unless given.
@@ -111,6 +115,7 @@ impl AgentConfig {
             server,
             ca_cert: None,
             token,
+            job_user: None,
             worker_id,
             labels,
             capabilities: detect_capabilities(),
@@ -118,6 +123,35 @@ impl AgentConfig {
             reconnect_base: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
         })
+    }
+}
+
+/// Reads the credential from `path` and removes the file, so nothing that runs later
+/// (a job) can read it there. The file must be removable: a credential left behind is
+/// an error, not a warning.
+pub fn take_token_file(path: &std::path::Path) -> Result<String, ValidationError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ValidationError::new("token_file", format!("cannot read {}: {e}", path.display()))
+    })?;
+    std::fs::remove_file(path).map_err(|e| {
+        ValidationError::new(
+            "token_file",
+            format!("cannot remove {} after reading it: {e}", path.display()),
+        )
+    })?;
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        return Err(ValidationError::new("token_file", "is empty"));
+    }
+    Ok(token)
+}
+
+/// Makes this process's `/proc/<pid>/environ`, `mem` and friends unreadable to other
+/// processes of the same user (such as the jobs it starts), and keeps it from being
+/// ptraced by them. Exec resets it, so jobs are ordinary processes.
+pub fn protect_process_memory() {
+    if let Err(errno) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(%errno, "cannot make the process non-dumpable");
     }
 }
 
@@ -174,7 +208,7 @@ fn message(body: agent_message::Body) -> v1::AgentMessage {
 /// Runs the agent until `shutdown` completes or a drain finishes. Returns an error only
 /// when the server refuses the agent for good.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let token = BearerToken::new(&config.token)?;
+    let mut token = BearerToken::new(&config.token)?;
     let endpoint = Endpoint::from_shared(config.server.clone())
         .map_err(|e| ValidationError::new("server", e.to_string()))?;
     let endpoint = hodei_proto::tls::client_tls(endpoint, config.ca_cert.as_deref())?
@@ -195,7 +229,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             match session(
                 &config,
                 &endpoint,
-                &token,
+                &mut token,
                 &jobs,
                 &report,
                 &mut reports,
@@ -237,7 +271,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
 async fn session(
     config: &AgentConfig,
     endpoint: &Endpoint,
-    token: &BearerToken,
+    token: &mut BearerToken,
     jobs: &Jobs,
     report: &mpsc::Sender<v1::AgentMessage>,
     reports: &mut mpsc::Receiver<v1::AgentMessage>,
@@ -283,7 +317,23 @@ async fn session(
     let interval = match inbound.message().await {
         Ok(Some(v1::ServerMessage {
             body: Some(server_message::Body::HelloAck(ack)),
-        })) => Duration::from_millis(u64::from(ack.heartbeat_interval_ms.max(10))),
+        })) => {
+            if !ack.worker_credential.is_empty() {
+                // Enrolled: from now on this worker speaks with its own credential.
+                match BearerToken::new(&ack.worker_credential) {
+                    Ok(own) => {
+                        *token = own;
+                        tracing::info!(worker_id = %config.worker_id, "enrolled, using this worker's own credential from now on");
+                    }
+                    Err(error) => {
+                        return Err(Some(Error::Refused(format!(
+                            "the server sent an unusable worker credential: {error}"
+                        ))));
+                    }
+                }
+            }
+            Duration::from_millis(u64::from(ack.heartbeat_interval_ms.max(10)))
+        }
         Ok(_) => return Ok(SessionEnd::Lost("no hello answer".into())),
         Err(status) => return Ok(SessionEnd::Lost(status.to_string())),
     };
@@ -366,8 +416,12 @@ fn start_job(
     let jobs = jobs.clone();
     let report = report.clone();
     let work_root = config.work_dir.clone();
+    let context = job::Context {
+        worker_id: config.worker_id.to_string(),
+        user: config.job_user.clone(),
+    };
     tokio::spawn(async move {
-        job::run(assignment, work_root, cancel, report).await;
+        job::run(assignment, work_root, context, cancel, report).await;
         jobs.lock().remove(&job_id);
     });
 }

@@ -235,6 +235,11 @@ impl Client {
         self.with_body(reqwest::Method::PUT, path, body).await
     }
 
+    /// `DELETE` with a JSON answer.
+    pub(crate) async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        Self::decode(self.send(self.http.delete(self.url(path))).await?).await
+    }
+
     async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.delete(self.url(path))).await?;
         Ok(())

@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod dev;
 mod jobs;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +39,9 @@ enum Command {
     /// Submit, list, follow and cancel jobs.
     #[command(subcommand)]
     Job(jobs::JobCommand),
+    /// Create, list and revoke credentials (admin tokens, agent enrollment tokens).
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
     /// Measure a real server; each run prints one JSON object on stdout.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -62,14 +66,25 @@ struct AgentArgs {
     /// Server URL.
     #[arg(long, env = "HODEI_SERVER", value_name = "URL")]
     server: String,
-    /// Bearer token; prefer the environment variable, which `ps` does not show.
+    /// A file holding this agent's credential (its worker credential, or an agent
+    /// enrollment token from `hodei token create --role agent`). The agent reads it and
+    /// removes it, so the jobs it runs cannot find it. The way providers start agents.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// The credential itself. Jobs running as the agent's user could read it from the
+    /// agent's environment or command line were the agent dumpable; prefer --token-file.
     #[arg(
         long,
         env = "HODEI_TOKEN",
         hide_env_values = true,
-        value_name = "TOKEN"
+        value_name = "TOKEN",
+        required_unless_present = "token_file"
     )]
-    token: String,
+    token: Option<String>,
+    /// Run jobs as this user (`uid[:gid]` or a name) when the agent runs as root, so they
+    /// cannot read the agent's credential or memory.
+    #[arg(long, value_name = "USER")]
+    job_user: Option<String>,
     /// PEM CA certificate(s) to trust for an https:// server instead of the system's roots.
     #[arg(long, env = "HODEI_CA_CERT", value_name = "FILE")]
     ca_cert: Option<PathBuf>,
@@ -148,8 +163,20 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    hodei_agent::protect_process_memory();
+    let token = match (args.token_file, args.token) {
+        (Some(path), _) => hodei_agent::take_token_file(&path)?,
+        (None, Some(token)) => token,
+        (None, None) => anyhow::bail!("pass --token-file FILE (or --token / HODEI_TOKEN)"),
+    };
     let mut config =
-        hodei_agent::AgentConfig::new(args.server, args.token, args.worker_id, args.labels)?;
+        hodei_agent::AgentConfig::new(args.server, token, args.worker_id, args.labels)?;
+    if let Some(user) = args.job_user {
+        hodei_core::worker::validate_user("job_user", &user)?;
+        hodei_agent::job::resolve_user(&user)
+            .map_err(|reason| hodei_core::ValidationError::new("job_user", reason))?;
+        config.job_user = Some(user);
+    }
     if let Some(cpu) = args.cpu {
         config.capabilities.cpu_cores = cpu;
     }
@@ -174,10 +201,14 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dev(args) => {
             init_logging("info");
+            hodei_agent::protect_process_memory();
             dev::run(args).await
         }
         Command::Server(args) => {
             init_logging("info");
+            // Other processes of this user (a local job) cannot read our environment or
+            // memory.
+            hodei_agent::protect_process_memory();
             server(args).await
         }
         Command::Agent(args) => {
@@ -191,6 +222,10 @@ async fn main() -> ExitCode {
         Command::Pool(command) => {
             init_logging("warn");
             client::pool(command).await
+        }
+        Command::Token(command) => {
+            init_logging("warn");
+            tokens::token(command).await
         }
         Command::Bench(command) => {
             init_logging("warn");

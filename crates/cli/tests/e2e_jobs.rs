@@ -298,6 +298,7 @@ async fn a_job_no_worker_fits_waits_and_runs_when_a_fitting_worker_arrives() {
         "{shown}"
     );
 
+    let agent_token = agent_token(&server).await;
     let _agent = KillOnDrop(
         Command::new(HODEI)
             .args([
@@ -311,7 +312,7 @@ async fn a_job_no_worker_fits_waits_and_runs_when_a_fitting_worker_arrives() {
                 "--work-dir",
             ])
             .arg(dir.path().join("gpu-work"))
-            .env("HODEI_TOKEN", server.token())
+            .env("HODEI_TOKEN", &agent_token)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

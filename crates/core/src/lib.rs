@@ -6,6 +6,7 @@
 
 pub mod autoscale;
 pub mod backoff;
+pub mod credential;
 pub mod health;
 pub mod job;
 pub mod lifecycle;
@@ -15,6 +16,7 @@ pub mod queue;
 pub mod reconcile;
 pub mod worker;
 
+pub use credential::{Operation, Principal, Role};
 pub use job::{
     AttemptOutcome, Command, Job, JobId, JobSpec, JobState, JobTransitionError, Priority,
     QueueName, Requirements, SlaClass, TenantName,

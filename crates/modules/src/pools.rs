@@ -217,6 +217,9 @@ struct Inner {
     registry: Arc<SchedulerRegistry>,
     store: Arc<dyn Store>,
     pools: Mutex<BTreeMap<String, PoolState>>,
+    /// Names being created now: a second create of one of them is refused at once, so
+    /// concurrent creates of one name have exactly one winner.
+    creating: Mutex<BTreeSet<String>>,
     metrics: PoolMetrics,
     config: PoolManagerConfig,
     wake: Notify,
@@ -225,6 +228,18 @@ struct Inner {
     stopping: CancellationToken,
     /// The background provisioning and termination tasks, so that `stop` can wait for them.
     tasks: TaskTracker,
+}
+
+/// Holds a name in [`Inner::creating`] until dropped.
+struct Reservation<'a> {
+    creating: &'a Mutex<BTreeSet<String>>,
+    name: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(self.creating).remove(&self.name);
+    }
 }
 
 /// See the module docs. Cheap to clone.
@@ -272,6 +287,7 @@ impl PoolManager {
                 registry,
                 store,
                 pools: Mutex::new(pools),
+                creating: Mutex::new(BTreeSet::new()),
                 metrics,
                 config,
                 wake: Notify::new(),
@@ -381,13 +397,34 @@ impl PoolManager {
     pub async fn create(&self, spec: PoolSpec) -> Result<PoolStatus, PoolError> {
         spec.validate()?;
         self.check_provider(&spec)?;
-        if lock(&self.inner.pools)
-            .get(&spec.name)
-            .is_some_and(|pool| !pool.removing)
-        {
-            return Err(PoolError::AlreadyExists(spec.name));
+        let over_removed = {
+            let pools = lock(&self.inner.pools);
+            let existing = pools.get(&spec.name);
+            if existing.is_some_and(|pool| !pool.removing)
+                || !lock(&self.inner.creating).insert(spec.name.clone())
+            {
+                return Err(PoolError::AlreadyExists(spec.name));
+            }
+            existing.is_some()
+        };
+        let _reservation = Reservation {
+            creating: &self.inner.creating,
+            name: spec.name.clone(),
+        };
+        // A pool still being removed has its row in the store: the new spec replaces it.
+        // Otherwise the store's unique name decides, for replicas sharing one store too.
+        let stored = if over_removed {
+            self.inner.store.put_pool(&spec).await
+        } else {
+            self.inner.store.insert_pool(&spec).await
+        };
+        match stored {
+            Ok(()) => {}
+            Err(hodei_ports::store::Error::PoolExists(name)) => {
+                return Err(PoolError::AlreadyExists(name));
+            }
+            Err(error) => return Err(error.into()),
         }
-        self.inner.store.put_pool(&spec).await?;
         let status = {
             let mut pools = lock(&self.inner.pools);
             let pool = pools

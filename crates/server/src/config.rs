@@ -35,8 +35,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The URL agents use to reach the server; derived from `listen` when unset.
     pub advertise_url: Option<String>,
-    /// Bearer token for agents and API clients. Generated and saved under `data_dir` when
-    /// unset. `HODEI_TOKEN` overrides it.
+    /// The admin token (the whole API; not a worker session). Generated and saved under
+    /// `data_dir` (mode 0600) when unset. `HODEI_TOKEN` overrides it. Agents get their own
+    /// credentials (see the README's security model).
     pub token: Option<String>,
     /// Where the SQLite database, the token and local agents' pid files and logs live.
     pub data_dir: PathBuf,
@@ -58,6 +59,7 @@ pub struct ServerConfig {
     /// instead of this server's own. Agents then connect to that server too.
     pub scheduler_url: Option<String>,
     pub tls: TlsSection,
+    pub connections: ConnectionsSection,
     /// Pools kept warm from start-up: `[[pool]]` tables.
     #[serde(rename = "pool")]
     pub pools: Vec<PoolSpec>,
@@ -82,7 +84,47 @@ impl Default for ServerConfig {
             docker: None,
             scheduler_url: None,
             tls: TlsSection::default(),
+            connections: ConnectionsSection::default(),
             pools: Vec::new(),
+        }
+    }
+}
+
+/// `[connections]`: bounds on what clients may hold open, so that idle, slow or
+/// abandoned connections cannot exhaust the server's file descriptors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsSection {
+    /// Most connections open at once; past it new ones are closed at once. Capped at
+    /// start-up below the file-descriptor limit (which is raised to its hard limit).
+    pub max: usize,
+    /// Time a client has to send a request's headers (HTTP/1.1) or finish its TLS
+    /// handshake.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 and
+    /// HTTP/2 without streams). Agents' sessions are streams, so they are never idle.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 keepalive pings: the interval, and how long a ping may go unanswered before
+    /// the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Largest request body accepted by the REST API; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ConnectionsSection {
+    fn default() -> Self {
+        Self {
+            max: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(20),
+            max_body_bytes: 2 * 1024 * 1024,
         }
     }
 }
@@ -251,14 +293,12 @@ impl DockerSection {
     pub fn provider_config(
         &self,
         server_url: &str,
-        token: &str,
         ca_cert: Option<&Path>,
     ) -> hodei_docker::DockerProviderConfig {
         let mut config = hodei_docker::DockerProviderConfig::new(
             self.server_url
                 .clone()
                 .unwrap_or_else(|| server_url.to_owned()),
-            token.to_owned(),
             self.instance.clone(),
         );
         config.docker_host = self.host.clone();
@@ -280,8 +320,8 @@ pub struct KubernetesSection {
     pub image: String,
     /// The URL agents in pods use to reach this server; the advertised URL when unset.
     pub server_url: Option<String>,
-    /// A Secret (key `token`) holding the token, referenced from the pods instead of
-    /// putting the token in their spec.
+    /// No longer used: every pod gets its own worker credential, minted for it. Setting
+    /// it is an error, so nobody believes a shared Secret is in use.
     pub token_secret: Option<String>,
     /// A Pod (YAML, or JSON by extension) whose `agent` container is filled in: node
     /// selectors, tolerations, volumes and sidecars are kept.
@@ -324,9 +364,8 @@ impl KubernetesSection {
     pub fn provider_config(
         &self,
         server_url: &str,
-        token: &str,
     ) -> hodei_kubernetes::KubernetesProviderConfig {
-        use hodei_kubernetes::{KubernetesAccess, PodTemplate, SecretKey};
+        use hodei_kubernetes::{KubernetesAccess, PodTemplate};
         let access = if let Some(url) = &self.api_url {
             KubernetesAccess::Url(url.clone())
         } else if let Some(path) = &self.kubeconfig {
@@ -346,8 +385,6 @@ impl KubernetesSection {
                 .server_url
                 .clone()
                 .unwrap_or_else(|| server_url.to_owned()),
-            token: token.to_owned(),
-            token_secret: self.token_secret.clone().map(SecretKey::new),
             pod_template: self.pod_template.clone().map(PodTemplate::File),
             service_account: self.service_account.clone(),
             instance: self.instance.clone(),
@@ -572,6 +609,31 @@ impl ServerConfig {
                 "reconcile.interval",
                 "must be at least 100ms",
             ));
+        }
+        if self.kubernetes.token_secret.is_some() {
+            return Err(ValidationError::new(
+                "kubernetes.token_secret",
+                "is no longer used: every pod gets its own worker credential; remove it",
+            ));
+        }
+        if self.connections.max == 0 {
+            return Err(ValidationError::new("connections.max", "must be at least 1"));
+        }
+        if self.connections.max_body_bytes < 1024 {
+            return Err(ValidationError::new(
+                "connections.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        for (field, value) in [
+            ("connections.header_read_timeout", self.connections.header_read_timeout),
+            ("connections.idle_timeout", self.connections.idle_timeout),
+            ("connections.keepalive_interval", self.connections.keepalive_interval),
+            ("connections.keepalive_timeout", self.connections.keepalive_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(ValidationError::new(field, "must be at least 100ms"));
+            }
         }
         if self.token.as_ref().is_some_and(|token| token.len() < 16) {
             return Err(ValidationError::new(

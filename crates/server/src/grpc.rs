@@ -1,5 +1,6 @@
 //! The gRPC side of the one address: `hodei.v1.SchedulerService` over the scheduler
-//! registry, the agents' sessions, and bearer-token authentication.
+//! registry, and the agents' sessions, each bound to the worker credential that opened it
+//! (credentials are checked before routing, in `serve.rs` with `auth.rs`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -13,12 +14,14 @@ use hodei_core::{Command, Job, JobId};
 use hodei_core::{
     ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata, WorkerType,
 };
-use hodei_modules::{JobService, RegisteredWorker, SchedulerRegistry};
+use hodei_core::credential::{self, Principal, SessionDecision, WorkerOrigin};
+use hodei_modules::{Credentials, JobService, RegisteredWorker, SchedulerRegistry};
 use hodei_ports::{AgentLink, LinkError, LogChunk, LogStream};
 use hodei_proto::convert::{invalid_argument, to_millis, worker_from_request};
 use hodei_proto::v1::{self, agent_message, server_message};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::ApiError;
@@ -55,10 +58,20 @@ pub enum SendError {
 
 type Outbound = mpsc::Sender<Result<v1::ServerMessage, Status>>;
 
+/// One open session: its generation, where to send, the credential that opened it, and
+/// what ends it.
+#[derive(Debug)]
+struct Session {
+    generation: u64,
+    sender: Outbound,
+    credential_id: Option<String>,
+    closed: CancellationToken,
+}
+
 /// Open sessions by worker, and a broadcast of everything agents say.
 #[derive(Debug)]
 pub struct SessionHub {
-    sessions: Mutex<HashMap<WorkerId, (u64, Outbound)>>,
+    sessions: Mutex<HashMap<WorkerId, Session>>,
     next_generation: AtomicU64,
     events: broadcast::Sender<SessionEvent>,
 }
@@ -74,7 +87,7 @@ impl Default for SessionHub {
 }
 
 impl SessionHub {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, (u64, Outbound)>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Session>> {
         self.sessions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -89,7 +102,7 @@ impl SessionHub {
         let sender = self
             .sessions()
             .get(worker_id)
-            .map(|(_, sender)| sender.clone())
+            .map(|session| session.sender.clone())
             .ok_or_else(|| SendError::NotConnected(worker_id.clone()))?;
         sender
             .send(Ok(v1::ServerMessage {
@@ -119,14 +132,55 @@ impl SessionHub {
     /// Ends every open session (at shutdown): the server's half of each stream closes, so
     /// agents see the server go away and reconnect to its successor.
     pub fn close_all(&self) {
-        self.sessions().clear();
+        for (_, session) in self.sessions().drain() {
+            session.closed.cancel();
+        }
     }
 
-    /// Attaches a session, replacing an older one of the same worker (a reconnect).
-    fn attach(&self, worker_id: &WorkerId, sender: Outbound) -> u64 {
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+    /// Ends the sessions opened with credential `credential_id` (it was revoked). Returns
+    /// the workers whose session ended.
+    pub fn close_credential(&self, credential_id: &str) -> Vec<WorkerId> {
+        let mut sessions = self.sessions();
+        let ended: Vec<WorkerId> = sessions
+            .iter()
+            .filter(|(_, s)| s.credential_id.as_deref() == Some(credential_id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ended {
+            if let Some(session) = sessions.remove(id) {
+                session.closed.cancel();
+            }
+        }
+        ended
+    }
+
+    /// The credentials behind the open sessions.
+    pub fn credential_ids(&self) -> Vec<String> {
         self.sessions()
-            .insert(worker_id.clone(), (generation, sender));
+            .values()
+            .filter_map(|s| s.credential_id.clone())
+            .collect()
+    }
+
+    /// Attaches a session, replacing an older one of the same worker (a reconnect, with
+    /// the same worker credential: the session decision made sure of it).
+    fn attach(
+        &self,
+        worker_id: &WorkerId,
+        sender: Outbound,
+        credential_id: Option<String>,
+        closed: CancellationToken,
+    ) -> u64 {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let session = Session {
+            generation,
+            sender,
+            credential_id,
+            closed,
+        };
+        if let Some(older) = self.sessions().insert(worker_id.clone(), session) {
+            older.closed.cancel();
+        }
         generation
     }
 
@@ -134,7 +188,7 @@ impl SessionHub {
     fn detach(&self, worker_id: &WorkerId, generation: u64) -> bool {
         let mut sessions = self.sessions();
         match sessions.get(worker_id) {
-            Some((current, _)) if *current == generation => {
+            Some(current) if current.generation == generation => {
                 sessions.remove(worker_id);
                 true
             }
@@ -238,6 +292,7 @@ async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentE
 /// `SchedulerService` over the in-process registry.
 #[derive(Debug, Clone)]
 pub struct SchedulerGrpc {
+    pub credentials: Credentials,
     pub registry: Arc<SchedulerRegistry>,
     pub hub: Arc<SessionHub>,
     pub heartbeat: HeartbeatPolicy,
@@ -358,6 +413,11 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         &self,
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::WorkerSessionStream>, Status> {
+        let principal = request
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no credential"))?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
@@ -377,12 +437,38 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         };
         let worker = worker_from_hello(&hello).map_err(|e| invalid_argument(&e))?;
         let id = worker.id.clone();
+        let decision = credential::decide_session(
+            &principal,
+            &id,
+            self.credentials.bound(&id),
+            self.hub.is_connected(&id),
+        );
+        let (credential_id, worker_credential) = match decision {
+            SessionDecision::Open => (principal.credential_id.clone(), String::new()),
+            SessionDecision::Enroll => {
+                let token = self
+                    .credentials
+                    .mint_worker(&id, WorkerOrigin::Enrolled, principal.credential_id.clone())
+                    .await
+                    .map_err(ApiError::from)?;
+                let minted = credential::parse_token(token.expose()).map(|(id, _)| id.to_owned());
+                tracing::info!(worker_id = %id, agent_token = ?principal.credential_id, "agent enrolled, worker credential minted");
+                (minted, token.expose().to_owned())
+            }
+            SessionDecision::Deny(reason) => {
+                tracing::warn!(worker_id = %id, credential_id = ?principal.credential_id, role = %principal.role, %reason, "refused a worker session");
+                return Err(Status::permission_denied(reason));
+            }
+        };
         let before = self
             .registry
             .connect(worker, &hello.version)
             .map_err(ApiError::from)?;
         let (sender, receiver) = mpsc::channel(256);
-        let generation = self.hub.attach(&id, sender.clone());
+        let closed = CancellationToken::new();
+        let generation = self
+            .hub
+            .attach(&id, sender.clone(), credential_id, closed.clone());
         tracing::info!(worker_id = %id, agent_version = %hello.version, running_jobs = hello.running_job_ids.len(), recovered = (before != Liveness::Healthy), "agent session opened");
         self.hub.publish(&id, AgentEvent::Connected);
         self.jobs
@@ -394,18 +480,28 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                 worker_id: id.to_string(),
                 heartbeat_interval_ms: interval_ms,
                 server_version: SERVER_VERSION.to_owned(),
+                worker_credential,
             })),
         };
         sender
             .send(Ok(ack))
             .await
             .map_err(|_| Status::internal("session closed during hello"))?;
+        drop(sender);
 
         let registry = self.registry.clone();
         let hub = self.hub.clone();
         let jobs = self.jobs.clone();
         tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
+            loop {
+                let message = tokio::select! {
+                    message = inbound.next() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    // Revoked, replaced, or the server is stopping.
+                    () = closed.cancelled() => break,
+                };
                 let body = match message {
                     Ok(v1::AgentMessage { body: Some(body) }) => body,
                     Ok(_) => continue,
@@ -430,7 +526,10 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                 forward_to_jobs(&jobs, &id, &event).await;
                 hub.publish(&id, event);
             }
-            if hub.detach(&id, generation) {
+            // Ended by its agent or by a revocation (then the hub already forgot it); a
+            // session replaced by a newer one of the same worker leaves the worker connected.
+            let current = hub.detach(&id, generation);
+            if current || !hub.is_connected(&id) {
                 registry.disconnect(&id);
                 hub.publish(&id, AgentEvent::Disconnected);
                 tracing::info!(worker_id = %id, "agent session closed");
@@ -441,42 +540,3 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
     }
 }
 
-/// Checks `authorization: Bearer <token>` on every gRPC call, in constant time, and never
-/// logs the token.
-#[derive(Clone)]
-pub struct Authenticate {
-    pub token: Arc<str>,
-}
-
-impl std::fmt::Debug for Authenticate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Authenticate")
-    }
-}
-
-impl tonic::service::Interceptor for Authenticate {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        match presented {
-            Some(token)
-                if constant_time_eq::constant_time_eq(token.as_bytes(), self.token.as_bytes()) =>
-            {
-                Ok(request)
-            }
-            Some(_) => {
-                tracing::warn!(remote = ?request.remote_addr(), "rejected gRPC call with a wrong token");
-                Err(Status::unauthenticated("invalid bearer token"))
-            }
-            None => {
-                tracing::warn!(remote = ?request.remote_addr(), "rejected gRPC call without a token");
-                Err(Status::unauthenticated(
-                    "missing bearer token (authorization: Bearer <token>)",
-                ))
-            }
-        }
-    }
-}

@@ -3,10 +3,12 @@
 //! listener and keeps pools warm; [`run`] is the whole life of a server for `main`.
 
 pub mod api;
+mod auth;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod grpc_jobs;
+pub mod grpc_tokens;
 mod http;
 mod serve;
 mod tls;
@@ -23,12 +25,13 @@ use hodei_adapters::{
 use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{ProviderKind, WorkerId, WorkerState};
 use hodei_modules::{
-    JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
+    Credentials, JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
     WorkerManagementMetrics, WorkerManagementService,
 };
 use hodei_ports::{SchedulerPort, Store};
 use hodei_proto::v1::job_service_server::JobServiceServer;
 use hodei_proto::v1::scheduler_service_server::SchedulerServiceServer;
+use hodei_proto::v1::token_service_server::TokenServiceServer;
 use hodei_proto::{ClientConfig, SchedulerPortClient};
 use hodei_store::SqliteStore;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -40,8 +43,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{DockerSection, KubernetesSection, ServerConfig};
-use grpc::{Authenticate, SchedulerGrpc, SessionHub};
+use grpc::{SchedulerGrpc, SessionHub};
 use grpc_jobs::JobGrpc;
+use grpc_tokens::TokenGrpc;
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +87,7 @@ pub struct Server {
     store: Arc<dyn Store>,
     scheduler: Arc<SchedulerRegistry>,
     management: Arc<WorkerManagementService>,
+    credentials: Credentials,
     sessions: Arc<SessionHub>,
     jobs: JobService,
     pools: PoolManager,
@@ -115,12 +120,86 @@ fn load_or_create_token(config: &ServerConfig) -> Result<String, Error> {
         }
     }
     let token = uuid::Uuid::new_v4().simple().to_string();
-    std::fs::write(&path, format!("{token}\n"))
-        .map_err(io_error(format!("cannot write {}", path.display())))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_error(format!("cannot protect {}", path.display())))?;
+    write_private(&path, format!("{token}\n").as_bytes())?;
     Ok(token)
+}
+
+/// Writes a file only its owner can read: mode 0600 from its creation on.
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let what = || format!("cannot write {}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error(what()))?;
+    file.write_all(contents).map_err(io_error(what()))?;
+    protect(path, 0o600)
+}
+
+/// Sets `path`'s permission bits.
+fn protect(path: &Path, mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_error(format!("cannot protect {}", path.display())))
+}
+
+/// The data directory (0700) and the database file (0600, before SQLite opens it: its
+/// WAL and shared-memory files take the database's permissions).
+fn prepare_data_dir(data_dir: &Path) -> Result<PathBuf, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir)
+        .map_err(io_error(format!("cannot create {}", data_dir.display())))?;
+    protect(data_dir, 0o700)?;
+    let database = data_dir.join("hodei.db");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&database)
+        .map_err(io_error(format!("cannot create {}", database.display())))?;
+    protect(&database, 0o600)?;
+    for suffix in ["-wal", "-shm"] {
+        let path = data_dir.join(format!("hodei.db{suffix}"));
+        if path.exists() {
+            protect(&path, 0o600)?;
+        }
+    }
+    Ok(database)
+}
+
+/// Raises the soft limit on open files to the hard limit, and returns the soft limit now
+/// in force (so the connection cap can stay below it).
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(errno) => {
+                tracing::warn!(%errno, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(errno) => {
+            tracing::warn!(%errno, "cannot read the open-file limit");
+            1024
+        }
+    }
+}
+
+/// File descriptors kept for the store, providers, agents' pipes and logs, beyond the
+/// connections.
+const RESERVED_FDS: u64 = 256;
+
+/// The connection cap: the configured one, below the open-file limit.
+fn connection_limit(configured: usize, open_file_limit: u64) -> usize {
+    let available = open_file_limit.saturating_sub(RESERVED_FDS).max(16);
+    configured.min(usize::try_from(available).unwrap_or(usize::MAX))
 }
 
 fn advertise_url(config: &ServerConfig, addr: SocketAddr) -> String {
@@ -153,10 +232,8 @@ impl Server {
     /// pre-warming the configured pools, then reconciliation on an interval.
     pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Self, Error> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).map_err(io_error(format!(
-            "cannot create {}",
-            config.data_dir.display()
-        )))?;
+        let database = prepare_data_dir(&config.data_dir)?;
+        let max_connections = connection_limit(config.connections.max, raise_open_file_limit());
         let addr = listener
             .local_addr()
             .map_err(io_error("cannot read the listen address"))?;
@@ -165,7 +242,8 @@ impl Server {
         let token = load_or_create_token(&config)?;
 
         let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&config.data_dir.join("hodei.db")).await?);
+            Arc::new(SqliteStore::open(&database).await?);
+        let credentials = Credentials::load(store.clone(), token.clone()).await?;
         let mut registry = Registry::default();
         let scheduler = Arc::new(SchedulerRegistry::new());
         // Workers register with, and their agents connect to, this server's scheduler, or
@@ -185,7 +263,6 @@ impl Server {
             args: Vec::new(),
             server_url: agent_url.clone(),
             ca_cert: config.tls.ca_cert.clone(),
-            token: token.clone(),
             state_dir: config.data_dir.join("local"),
             stop_grace: config.local.stop_grace,
         })?);
@@ -204,21 +281,19 @@ impl Server {
         let wants = |kind: ProviderKind| config.pools.iter().any(|pool| pool.provider == kind);
         if wants(ProviderKind::Kubernetes) || config.kubernetes != KubernetesSection::default() {
             let provider = hodei_kubernetes::KubernetesProvider::new(
-                config.kubernetes.provider_config(&agent_url, &token),
+                config.kubernetes.provider_config(&agent_url),
             )
             .await?;
             management = management.with_provider(Arc::new(provider));
         }
         if wants(ProviderKind::Docker) || config.docker.is_some() {
             let docker = config.docker.clone().unwrap_or_default();
-            let provider = hodei_docker::DockerProvider::new(docker.provider_config(
-                &agent_url,
-                &token,
-                config.tls.ca_cert.as_deref(),
-            ))?;
+            let provider = hodei_docker::DockerProvider::new(
+                docker.provider_config(&agent_url, config.tls.ca_cert.as_deref()),
+            )?;
             management = management.with_provider(Arc::new(provider));
         }
-        let management = Arc::new(management);
+        let management = Arc::new(management.with_credentials(credentials.clone()));
 
         let sessions = Arc::new(SessionHub::default());
         let liveness = LivenessMetrics::new(&mut registry);
@@ -244,26 +319,20 @@ impl Server {
         )
         .await?;
         let ready = Arc::new(AtomicBool::new(false));
-        let token_shared: Arc<str> = token.clone().into();
-        let grpc = SchedulerServiceServer::with_interceptor(
-            SchedulerGrpc {
-                registry: scheduler.clone(),
-                hub: sessions.clone(),
-                heartbeat: config.agents.policy(),
-                jobs: jobs.clone(),
-            },
-            Authenticate {
-                token: token_shared.clone(),
-            },
-        );
-        let job_grpc = JobServiceServer::with_interceptor(
-            JobGrpc { jobs: jobs.clone() },
-            Authenticate {
-                token: token_shared.clone(),
-            },
-        );
+        let grpc = SchedulerServiceServer::new(SchedulerGrpc {
+            credentials: credentials.clone(),
+            registry: scheduler.clone(),
+            hub: sessions.clone(),
+            heartbeat: config.agents.policy(),
+            jobs: jobs.clone(),
+        });
+        let job_grpc = JobServiceServer::new(JobGrpc { jobs: jobs.clone() });
+        let token_grpc = TokenServiceServer::new(TokenGrpc {
+            credentials: credentials.clone(),
+        });
         let grpc = tonic::service::Routes::new(grpc)
             .add_service(job_grpc)
+            .add_service(token_grpc)
             .prepare();
         let http = http::router(http::AppState {
             store: store.clone(),
@@ -272,13 +341,32 @@ impl Server {
             jobs: jobs.clone(),
             pools: pools.clone(),
             metrics: Arc::new(registry),
-            token: token_shared,
+            credentials: credentials.clone(),
+            max_body_bytes: config.connections.max_body_bytes,
             ready: ready.clone(),
         });
+        let limits = serve::Limits {
+            max_connections,
+            header_read_timeout: config.connections.header_read_timeout,
+            idle_timeout: config.connections.idle_timeout,
+            keepalive_interval: config.connections.keepalive_interval,
+            keepalive_timeout: config.connections.keepalive_timeout,
+        };
         let http = tokio::spawn(serve::serve(
             listener,
-            serve::App { grpc, http },
+            serve::App {
+                grpc,
+                http,
+                credentials: credentials.clone(),
+            },
             tls,
+            limits,
+            cancel.clone(),
+        ));
+        // A revoked credential's open sessions end at once.
+        tokio::spawn(close_revoked_sessions(
+            credentials.clone(),
+            sessions.clone(),
             cancel.clone(),
         ));
         let background = tokio::spawn(background(
@@ -311,6 +399,7 @@ impl Server {
             store,
             scheduler,
             management,
+            credentials,
             cancel,
             sessions,
             http,
@@ -331,8 +420,14 @@ impl Server {
         &self.url
     }
 
+    /// The configured admin token.
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// Credentials: mint, list, revoke.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -405,6 +500,38 @@ impl Server {
                 what: "http server task failed".into(),
                 source: std::io::Error::other(join),
             }),
+        }
+    }
+}
+
+/// Ends the sessions of every credential revoked, as it is revoked.
+async fn close_revoked_sessions(
+    credentials: Credentials,
+    sessions: Arc<SessionHub>,
+    cancel: CancellationToken,
+) {
+    let mut revocations = credentials.revocations();
+    loop {
+        let revoked = tokio::select! {
+            revoked = revocations.recv() => revoked,
+            () = cancel.cancelled() => return,
+        };
+        match revoked {
+            Ok(id) => {
+                for worker_id in sessions.close_credential(&id) {
+                    tracing::warn!(%worker_id, credential_id = %id, "credential revoked, session closed");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                // Missed some: close every session whose credential is no longer live.
+                tracing::warn!(missed, "revocations lagged, checking every session");
+                for id in sessions.credential_ids() {
+                    if !credentials.is_live(Some(&id)) {
+                        sessions.close_credential(&id);
+                    }
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -596,9 +723,9 @@ async fn reconcile_once(management: &WorkerManagementService) {
 /// Checks that the Docker engine of `section` answers and has its agent image, so that
 /// `hodei dev --provider docker` can refuse to start with a message that says what to do.
 pub async fn check_docker(section: &DockerSection) -> Result<(), hodei_ports::ProviderError> {
-    // The URL and token only matter to containers, and none is started here.
+    // The URL only matters to containers, and none is started here.
     let provider =
-        hodei_docker::DockerProvider::new(section.provider_config("http://127.0.0.1", "", None))?;
+        hodei_docker::DockerProvider::new(section.provider_config("http://127.0.0.1", None))?;
     provider.check_image(None).await
 }
 
