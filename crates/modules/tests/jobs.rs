@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use hodei_core::fence::FencePolicy;
 use hodei_core::job::AttemptOutcome;
 use hodei_core::{
     Command, JobId, JobSpec, JobState, Priority, ProviderKind, QueueConfig, QueueError, QueueName,
@@ -40,8 +41,12 @@ fn config() -> JobServiceConfig {
             name: QueueName::default(),
             capacity: 100,
         }],
-        lost_worker_grace: Duration::from_secs(5),
-        result_grace: Duration::from_secs(1),
+        fence: FencePolicy {
+            lease: Duration::from_secs(4),
+            lease_margin: Duration::from_secs(1),
+            result_grace: Duration::from_secs(1),
+            ..FencePolicy::default()
+        },
         tick: Duration::from_millis(50),
         ..JobServiceConfig::default()
     }
@@ -153,7 +158,7 @@ async fn wait_state(h: &Harness, id: &JobId, state: JobState) -> hodei_core::Job
 
 /// Plays the agent: starts the job, writes output, exits with `code`.
 async fn run_to_end(h: &Harness, worker: &WorkerId, id: &JobId, output: &str, code: i32) {
-    h.jobs.job_accepted(worker.clone(), id.to_string()).await;
+    h.jobs.job_accepted(worker.clone(), id.to_string(), 0).await;
     h.jobs
         .job_log(
             worker.clone(),
@@ -170,7 +175,7 @@ async fn run_to_end(h: &Harness, worker: &WorkerId, id: &JobId, output: &str, co
         .job_result(
             worker.clone(),
             id.to_string(),
-            AttemptOutcome::Exited(code),
+            0, AttemptOutcome::Exited(code),
             true,
         )
         .await;
@@ -365,7 +370,7 @@ async fn cancel_a_queued_job_at_once_and_a_running_one_through_its_agent() {
     let w = connect(&h.registry, worker("w-1", 2, &[]));
     let running = h.jobs.submit(argv(&["sleep", "60"])).await.unwrap();
     let (_, id) = next_assignment(&mut h).await;
-    h.jobs.job_accepted(w.clone(), id.to_string()).await;
+    h.jobs.job_accepted(w.clone(), id.to_string(), 0).await;
     wait_state(&h, &id, JobState::Running).await;
     h.jobs.cancel(running.id.clone()).await.unwrap();
     assert_eq!(
@@ -376,7 +381,7 @@ async fn cancel_a_queued_job_at_once_and_a_running_one_through_its_agent() {
         }
     );
     h.jobs
-        .job_result(w.clone(), id.to_string(), AttemptOutcome::Cancelled, true)
+        .job_result(w.clone(), id.to_string(), 0, AttemptOutcome::Cancelled, true)
         .await;
     wait_state(&h, &running.id, JobState::Cancelled).await;
     assert!(matches!(
@@ -397,7 +402,7 @@ async fn a_result_reported_twice_is_recorded_once() {
     let (_, id) = next_assignment(&mut h).await;
     run_to_end(&h, &w, &id, "", 0).await;
     h.jobs
-        .job_result(w.clone(), id.to_string(), AttemptOutcome::Exited(1), true)
+        .job_result(w.clone(), id.to_string(), 0, AttemptOutcome::Exited(1), true)
         .await;
     wait_state(&h, &submitted.id, JobState::Succeeded).await;
     // Let the duplicate through the dispatcher, then check nothing changed.
@@ -425,8 +430,7 @@ async fn a_lost_worker_requeues_its_job_after_the_grace_period() {
     let (to, _) = next_assignment(&mut h).await;
     assert_eq!(to, gone);
     h.jobs
-        .job_accepted(gone.clone(), submitted.id.to_string())
-        .await;
+        .job_accepted(gone.clone(), submitted.id.to_string(), 0).await;
     h.registry.disconnect(&gone);
     // Inside the grace period the job waits for its worker.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -485,12 +489,12 @@ async fn workers_are_retired_after_max_uses_or_a_failed_health_check() {
     let sick = connect(&h.registry, worker("sick", 2, &[]));
     let (to, id) = next_assignment(&mut h).await;
     assert_eq!(to, sick);
-    h.jobs.job_accepted(sick.clone(), id.to_string()).await;
+    h.jobs.job_accepted(sick.clone(), id.to_string(), 0).await;
     h.jobs
         .job_result(
             sick.clone(),
             id.to_string(),
-            AttemptOutcome::Exited(0),
+            0, AttemptOutcome::Exited(0),
             false,
         )
         .await;
@@ -516,7 +520,7 @@ async fn after_a_restart_queued_jobs_wait_and_running_ones_finish_or_are_retried
     let mut on = BTreeMap::new();
     for _ in 0..2 {
         let (worker, id) = next_assignment(&mut h).await;
-        h.jobs.job_accepted(worker.clone(), id.to_string()).await;
+        h.jobs.job_accepted(worker.clone(), id.to_string(), 0).await;
         on.insert(worker, id);
     }
     let queued = h.jobs.submit(argv(&["three"])).await.unwrap();
@@ -545,7 +549,7 @@ async fn after_a_restart_queued_jobs_wait_and_running_ones_finish_or_are_retried
         .job_result(
             stays.clone(),
             on[&stays].to_string(),
-            AttemptOutcome::Exited(0),
+            0, AttemptOutcome::Exited(0),
             true,
         )
         .await;
