@@ -34,6 +34,16 @@ pub const SUPERVISE: &str = "__job-supervise";
 /// The hidden subcommand that becomes the job's command.
 pub const EXEC: &str = "__job-exec";
 
+/// Writes a line to stderr, ignoring failure: stderr is the job's output pipe to the agent,
+/// which may be dead (`eprintln!` would panic, and a panicking supervisor would leave the
+/// job's group alive).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Exit code of the shims when they cannot do their work at all.
 const SHIM_FAILED: i32 = 127;
 
@@ -51,7 +61,7 @@ pub fn parse_renewal(line: &str) -> Option<Duration> {
 }
 
 fn kill_own_group(why: &str) -> ! {
-    eprintln!("hodei: {why}, killing the job");
+    say!("hodei: {why}, killing the job");
     let _ = killpg(getpgrp(), Signal::SIGKILL);
     // Not reached: SIGKILL of our own group includes us.
     std::process::exit(SHIM_FAILED)
@@ -60,10 +70,14 @@ fn kill_own_group(why: &str) -> ! {
 /// Runs `command` under a lease (see the module docs); returns the exit code to exit with.
 /// A command killed by a signal makes the supervisor die of the same signal.
 pub fn supervise(lease: Duration, command: Vec<OsString>) -> i32 {
+    // Whatever goes wrong here, the job must not outlive its supervisor.
+    std::panic::set_hook(Box::new(|_| {
+        let _ = killpg(getpgrp(), Signal::SIGKILL);
+    }));
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(error) => {
-            eprintln!("hodei: cannot find its own executable: {error}");
+            say!("hodei: cannot find its own executable: {error}");
             return SHIM_FAILED;
         }
     };
@@ -81,7 +95,7 @@ pub fn supervise(lease: Duration, command: Vec<OsString>) -> i32 {
     {
         Ok(child) => child,
         Err(error) => {
-            eprintln!("hodei: cannot start the job: {error}");
+            say!("hodei: cannot start the job: {error}");
             return SHIM_FAILED;
         }
     };
@@ -112,7 +126,7 @@ pub fn supervise(lease: Duration, command: Vec<OsString>) -> i32 {
             }
             Ok(Event::Exited(Ok(status))) => return exit_like(status),
             Ok(Event::Exited(Err(error))) => {
-                eprintln!("hodei: cannot wait for the job (pid {waiter}): {error}");
+                say!("hodei: cannot wait for the job (pid {waiter}): {error}");
                 kill_own_group("lost track of the job")
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -139,7 +153,7 @@ fn exit_like(status: ExitStatus) -> i32 {
 /// Becomes `command` with SIGKILL as its parent-death signal; returns only on failure.
 pub fn exec(parent: i32, command: Vec<OsString>) -> i32 {
     if let Err(errno) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-        eprintln!("hodei: cannot set the parent-death signal: {errno}");
+        say!("hodei: cannot set the parent-death signal: {errno}");
         return SHIM_FAILED;
     }
     // The parent may have died before the signal was armed.
@@ -153,7 +167,7 @@ pub fn exec(parent: i32, command: Vec<OsString>) -> i32 {
     let argv = match argv {
         Ok(argv) if !argv.is_empty() => argv,
         _ => {
-            eprintln!("hodei: empty command or a nul byte in it");
+            say!("hodei: empty command or a nul byte in it");
             return SHIM_FAILED;
         }
     };
@@ -161,7 +175,7 @@ pub fn exec(parent: i32, command: Vec<OsString>) -> i32 {
         Err(errno) => errno,
         Ok(never) => match never {},
     };
-    eprintln!("hodei: cannot run {:?}: {error}", argv[0]);
+    say!("hodei: cannot run {:?}: {error}", argv[0]);
     if error == Errno::ENOENT { 127 } else { 126 }
 }
 
@@ -310,6 +324,7 @@ mod tests {
 
     #[test]
     fn leftovers_are_killed_and_forgotten() {
+        use std::os::unix::process::CommandExt;
         let root = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new("sleep")
             .arg("30")

@@ -450,7 +450,13 @@ pub async fn run_with(
             active.remove(&pid);
         }
         drop(active);
-        runner.kill_strays()
+        // Only the agent proper (it runs jobs through the shim, and is a subreaper) owns all
+        // of its process's children.
+        if runner.shim.is_some() {
+            runner.kill_strays()
+        } else {
+            Vec::new()
+        }
     };
     reap(strays).await;
     tracing::info!(%job_id, ?outcome, exit_code, "job ended");

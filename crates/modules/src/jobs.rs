@@ -1471,13 +1471,13 @@ impl Dispatcher {
                     self.config.fence.assign_timeout
                 );
                 tracing::warn!(job_id = %id, worker_id = %worker, "assignment not accepted in time, withdrawing it and marking the worker unhealthy");
-                stop("assignment withdrawn: not accepted in time").await;
                 if self.withdraw(id, reason).await {
                     let slot = self.slots.entry(worker.clone()).or_default();
                     slot.job = None;
                     slot.unreachable = true;
                     self.worker_state(&worker, WorkerState::Unhealthy);
                     self.metrics.withdrawn.inc();
+                    stop("assignment withdrawn: not accepted in time").await;
                 }
             }
         }
