@@ -742,6 +742,32 @@ mod tests {
     }
 
     #[test]
+    fn fencing_deadlines_parse_and_are_checked() {
+        let config = ServerConfig::parse(
+            "[agents]\nheartbeat_interval = \"1s\"\nlease = \"4s\"\nlease_margin = \"500ms\"\n[jobs]\nassign_timeout = \"3s\"\ntimeout_grace = \"1s\"\n",
+        )
+        .unwrap();
+        let fence = config.jobs.service_config(&config.agents).unwrap().fence;
+        assert_eq!(fence.lease, Duration::from_secs(4));
+        assert_eq!(fence.lease_margin, Duration::from_millis(500));
+        assert_eq!(fence.assign_timeout, Duration::from_secs(3));
+        assert_eq!(fence.timeout_grace, Duration::from_secs(1));
+        let defaults = ServerConfig::default();
+        let fence = defaults.jobs.service_config(&defaults.agents).unwrap().fence;
+        assert_eq!(fence, hodei_core::fence::FencePolicy::default());
+
+        let mut config = ServerConfig::default();
+        config.agents.lease = Duration::from_secs(9);
+        // Heartbeats every 5 s: a 9 s lease would expire on one late answer.
+        assert_eq!(config.validate().unwrap_err().field, "agents.lease");
+        let mut config = ServerConfig::default();
+        config.jobs.assign_timeout = Duration::ZERO;
+        assert_eq!(config.validate().unwrap_err().field, "jobs.assign_timeout");
+        let error = ServerConfig::parse("[jobs]\nlost_worker_grace = \"15s\"\n").unwrap_err();
+        assert!(error.contains("lost_worker_grace"), "{error}");
+    }
+
+    #[test]
     fn duplicate_pools_are_refused() {
         let config = ServerConfig::parse(
             "[[pool]]\nname = \"a\"\nprovider = \"local\"\nsize = 1\n[[pool]]\nname = \"a\"\nprovider = \"local\"\nsize = 2\n",
