@@ -1088,13 +1088,19 @@ impl Dispatcher {
     }
 
     /// Agents started these jobs: each moves from assigned to running, with one commit.
-    /// An agent that started an attempt the dispatcher gave up on is told to stop it.
+    /// An agent that started a numbered attempt the dispatcher gave up on is told to stop it.
     async fn accepted_batch(&mut self, batch: Vec<(WorkerId, String, u32)>) {
         let mut updates: Vec<(Job, JobState)> = Vec::with_capacity(batch.len());
         for (worker_id, job_id, attempt) in batch {
             let Some(live) = self.in_flight_on(&worker_id, &job_id, attempt) else {
-                tracing::warn!(%worker_id, job_id, attempt, "stale job acceptance, telling the agent to stop it");
                 self.metrics.stale("accepted");
+                // Attempt 0: not one of the dispatcher's assignments (or an agent that does
+                // not number them); nothing to stop on its behalf.
+                if attempt == 0 {
+                    tracing::debug!(%worker_id, job_id, "ignoring an acceptance of an unknown attempt");
+                    continue;
+                }
+                tracing::warn!(%worker_id, job_id, attempt, "stale job acceptance, telling the agent to stop it");
                 if let Ok(id) = JobId::new(job_id.clone()) {
                     let _ = self
                         .link
