@@ -903,8 +903,13 @@ impl Dispatcher {
     }
 
     fn idle_workers(&self) -> Vec<IdleWorker> {
+        let now = Instant::now();
         self.registry.filter_map(|entry| {
+            // Not heard from for a lease: its agent has fenced itself, and any job given to
+            // it would only be lost again.
+            let heard = now.saturating_duration_since(entry.last_seen_at) < self.config.fence.lease;
             let idle = entry.connected
+                && heard
                 && entry.liveness == hodei_core::health::Liveness::Healthy
                 && !self.dead.contains(&entry.worker.id)
                 && self
