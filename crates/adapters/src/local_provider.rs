@@ -4,6 +4,10 @@
 //! which stops agents in order, and stopping an agent also stops the jobs it started). A pid
 //! file per worker, with the process start time to survive pid reuse, lets a restarted
 //! server find the agents it started before, and the reconciler tell ours from strangers.
+//!
+//! Each agent's work root is `<state_dir>/work/<id>`, where the agent records its running
+//! job groups (`.hodei-jobs/<job>.json`, pid and start time): when an agent dies, the
+//! provider kills those groups before it confirms the worker dead.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -87,6 +91,11 @@ impl LocalProvider {
     /// Where the agent finds its credential; it reads the file and removes it.
     fn credential_path(&self, id: &WorkerId) -> PathBuf {
         self.config.state_dir.join(format!("{id}.credential"))
+    }
+
+    /// The agent's work root: jobs' fresh directories and its records of running jobs.
+    pub fn work_root(&self, id: &WorkerId) -> PathBuf {
+        self.config.state_dir.join("work").join(id.as_str())
     }
 
     /// The agent's log file: its stdout and stderr.
@@ -187,6 +196,26 @@ fn process_alive(record: PidFile) -> bool {
     }
 }
 
+/// Kills the job groups an agent recorded under `work_root` that still run (a dead
+/// agent's jobs normally die with it; this catches what escaped). Returns them.
+fn kill_job_groups(work_root: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(work_root.join(".hodei-jobs")) else {
+        return Vec::new();
+    };
+    let mut killed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if let Some(record) = read_pid_file(&path)
+            && process_alive(record)
+            && killpg(Pid::from_raw(record.pid), Signal::SIGKILL).is_ok()
+        {
+            killed.push(record.pid);
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    killed
+}
+
 fn signal_group(pid: i32, signal: Signal) {
     // The agent leads its own process group: signal the group so its jobs stop too.
     match killpg(Pid::from_raw(pid), signal) {
@@ -236,6 +265,8 @@ impl WorkerProvider for LocalProvider {
             .arg("--token-file")
             .arg(&credential_path)
             .env_remove("HODEI_TOKEN")
+            .arg("--work-dir")
+            .arg(self.work_root(id))
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -306,6 +337,10 @@ impl WorkerProvider for LocalProvider {
         self.children().remove(id);
         // An agent that died before reading its credential leaves it behind.
         let _ = std::fs::remove_file(self.credential_path(id));
+        for pgid in kill_job_groups(&self.work_root(id)) {
+            tracing::warn!(worker_id = %id, pgid, "killed a job group the agent left");
+        }
+        let _ = std::fs::remove_dir_all(self.work_root(id));
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -317,6 +352,20 @@ impl WorkerProvider for LocalProvider {
         }
         tracing::info!(worker_id = %id, pid = record.pid, "local agent stopped");
         Ok(())
+    }
+
+    async fn confirm_dead(&self, id: &WorkerId) -> Result<bool, ProviderError> {
+        let Some(record) = read_pid_file(&self.pid_path(id)) else {
+            // Not an agent of ours (or already cleaned up): cannot tell.
+            return Ok(false);
+        };
+        if self.is_running(id, record) {
+            return Ok(false);
+        }
+        for pgid in kill_job_groups(&self.work_root(id)) {
+            tracing::warn!(worker_id = %id, pgid, "killed a job group of a dead agent");
+        }
+        Ok(true)
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerId>, ProviderError> {

@@ -45,6 +45,33 @@ enum Command {
     /// Measure a real server; each run prints one JSON object on stdout.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// (Internal) The agent runs every job under this supervisor: it leads the job's process
+    /// group and kills it when the agent dies or its lease (renewed on stdin) runs out.
+    #[command(name = "__job-supervise", hide = true)]
+    JobSupervise(JobSuperviseArgs),
+    /// (Internal) Becomes the job's command with SIGKILL as its parent-death signal.
+    #[command(name = "__job-exec", hide = true)]
+    JobExec(JobExecArgs),
+}
+
+#[derive(Debug, Args)]
+struct JobSuperviseArgs {
+    /// The lease left at start, milliseconds.
+    #[arg(long, value_name = "MS")]
+    lease_ms: u64,
+    /// The job's command and arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+struct JobExecArgs {
+    /// The supervisor's pid: if it is already gone, nothing runs.
+    #[arg(long, value_name = "PID")]
+    parent: i32,
+    /// The job's command and arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -191,14 +218,39 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         config.work_dir = work_dir;
     }
     config.ca_cert = args.ca_cert;
+    config.job_shim =
+        Some(std::env::current_exe().context("cannot find the hodei executable for jobs")?);
     hodei_agent::run(config, shutdown_signal()).await?;
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    // The job shims run before any runtime or thread exists: they are on every job's path.
+    match cli.command {
+        Command::JobSupervise(args) => {
+            let lease = std::time::Duration::from_millis(args.lease_ms);
+            return exit_code(hodei_agent::exec::supervise(lease, args.command));
+        }
+        Command::JobExec(args) => {
+            return exit_code(hodei_agent::exec::exec(args.parent, args.command));
+        }
+        command => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(run(command)),
+            Err(error) => {
+                eprintln!("error: cannot start the runtime: {error}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+async fn run(command: Command) -> ExitCode {
+    let result = match command {
         Command::Dev(args) => {
             init_logging("info");
             hodei_agent::protect_process_memory();
@@ -237,6 +289,10 @@ async fn main() -> ExitCode {
                 Ok(code) => return ExitCode::from(code),
                 Err(error) => Err(error),
             }
+        }
+        // Handled in `main`, before the runtime starts.
+        Command::JobSupervise(_) | Command::JobExec(_) => {
+            Err(anyhow::anyhow!("internal command run in the wrong place"))
         }
     };
     match result {

@@ -388,8 +388,10 @@ token = "{token}"
 agent_program = "{hodei}"
 [reconcile]
 interval = "200ms"
-[jobs]
-lost_worker_grace = "2s"
+[agents]
+heartbeat_interval = "500ms"
+lease = "2s"
+lease_margin = "1s"
 [[pool]]
 name = "default"
 provider = "local"

@@ -477,9 +477,12 @@ fn agent_image() -> String {
 async fn a_job_in_a_docker_worker_finds_no_credential() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = secure_config(dir.path(), 0);
-    config.docker.instance = format!("sec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    config.docker.image = agent_image();
-    config.docker.stop_grace = Duration::from_secs(2);
+    config.docker = Some(hodei_server::DockerSection {
+        instance: format!("sec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        image: agent_image(),
+        stop_grace: Duration::from_secs(2),
+        ..hodei_server::DockerSection::default()
+    });
     let mut pool = PoolSpec::fixed("containers", ProviderKind::Docker, 1);
     pool.template.user = Some("65534:65534".into());
     config.pools = vec![pool];

@@ -7,6 +7,7 @@
 pub mod autoscale;
 pub mod backoff;
 pub mod credential;
+pub mod fence;
 pub mod health;
 pub mod job;
 pub mod lifecycle;

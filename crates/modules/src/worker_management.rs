@@ -630,6 +630,26 @@ impl WorkerManagementService {
         })
     }
 
+    /// Whether the worker's provider confirms its agent dead, with nothing of it left
+    /// running ([`WorkerProvider::confirm_dead`]); `false` for unknown workers and providers
+    /// that cannot tell.
+    pub async fn confirm_dead(&self, id: &WorkerId) -> bool {
+        let kind = match self.store.get_worker(id).await {
+            Ok(Some(record)) if record.state.is_live() => record.worker.metadata.provider,
+            _ => return false,
+        };
+        let Ok(provider) = self.provider(kind) else {
+            return false;
+        };
+        match provider.confirm_dead(id).await {
+            Ok(dead) => dead,
+            Err(error) => {
+                tracing::debug!(worker_id = %id, %error, "cannot tell whether the worker is dead");
+                false
+            }
+        }
+    }
+
     /// Terminates a worker: unregisters it, stops it at the provider, records it as
     /// terminated.
     pub async fn terminate_worker(&self, id: &WorkerId) -> Result<(), WorkerManagementError> {

@@ -70,4 +70,12 @@ pub trait WorkerProvider: Send + Sync {
 
     /// The workers this provider runs now, ours only, ordered by id.
     async fn list_workers(&self) -> Result<Vec<WorkerId>, ProviderError>;
+
+    /// Whether the worker's agent is certainly dead, with nothing it started still running
+    /// (the provider kills what is left first). `false` when it may be alive or the provider
+    /// cannot tell; the server then waits out the agent's lease before it runs the worker's
+    /// jobs elsewhere.
+    async fn confirm_dead(&self, _id: &WorkerId) -> Result<bool, ProviderError> {
+        Ok(false)
+    }
 }

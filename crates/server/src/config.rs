@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hodei_adapters::RegistrationConfig;
+use hodei_core::fence::FencePolicy;
 use hodei_core::health::HeartbeatPolicy;
 use hodei_core::{PoolSpec, ValidationError};
 use hodei_modules::WorkerManagementConfig;
@@ -443,6 +444,14 @@ pub struct AgentsSection {
     pub unhealthy_after: u32,
     /// Missed heartbeats before a worker is removed (terminated if a provider runs it).
     pub remove_after: u32,
+    /// An agent that has not heard from the server for this long kills its running jobs and
+    /// reports them lost when it reconnects. At least twice `heartbeat_interval`.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// What the server adds to the lease before it gives up on a silent worker's jobs (a
+    /// worker whose provider confirms it dead is given up on at once).
+    #[serde(with = "humantime_serde")]
+    pub lease_margin: Duration,
 }
 
 impl Default for AgentsSection {
@@ -452,11 +461,13 @@ impl Default for AgentsSection {
             heartbeat_interval: policy.interval,
             unhealthy_after: policy.unhealthy_after,
             remove_after: policy.remove_after,
+            lease: FencePolicy::default().lease,
+            lease_margin: FencePolicy::default().lease_margin,
         }
     }
 }
 
-/// `[jobs]`: queues and how long a job waits for a vanished worker.
+/// `[jobs]`: queues and the deadlines of jobs in flight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobsSection {
@@ -464,10 +475,14 @@ pub struct JobsSection {
     /// full queue are refused (HTTP 429, gRPC RESOURCE_EXHAUSTED).
     #[serde(rename = "queue")]
     pub queues: Vec<QueueSection>,
-    /// How long an assigned or running job waits for its worker's session to come back
-    /// before the attempt counts as lost and the job is retried or failed.
+    /// An assignment not accepted by its agent within this is withdrawn, the job queued
+    /// again without spending an attempt, and the worker marked unhealthy.
     #[serde(with = "humantime_serde")]
-    pub lost_worker_grace: Duration,
+    pub assign_timeout: Duration,
+    /// How long past a job's own timeout the server waits for the agent to report it before
+    /// it ends the attempt as timed out itself.
+    #[serde(with = "humantime_serde")]
+    pub timeout_grace: Duration,
 }
 
 /// One `[[jobs.queue]]`.
@@ -485,14 +500,19 @@ impl Default for JobsSection {
                 name: hodei_core::job::DEFAULT_QUEUE.to_owned(),
                 capacity: hodei_core::queue::DEFAULT_QUEUE_CAPACITY,
             }],
-            lost_worker_grace: Duration::from_secs(15),
+            assign_timeout: FencePolicy::default().assign_timeout,
+            timeout_grace: FencePolicy::default().timeout_grace,
         }
     }
 }
 
 impl JobsSection {
-    /// The job service's configuration; fails naming the key of a bad queue.
-    pub fn service_config(&self) -> Result<hodei_modules::JobServiceConfig, ValidationError> {
+    /// The job service's configuration (the lease comes from `[agents]`); fails naming the
+    /// key of a bad queue or deadline.
+    pub fn service_config(
+        &self,
+        agents: &AgentsSection,
+    ) -> Result<hodei_modules::JobServiceConfig, ValidationError> {
         let queues = self
             .queues
             .iter()
@@ -507,15 +527,26 @@ impl JobsSection {
             .collect::<Result<Vec<_>, ValidationError>>()?;
         hodei_core::Queues::new(queues.clone())
             .map_err(|e| ValidationError::new(format!("jobs.{}", e.field), e.reason))?;
-        if self.lost_worker_grace < Duration::from_millis(100) {
+        let fence = FencePolicy {
+            lease: agents.lease,
+            lease_margin: agents.lease_margin,
+            assign_timeout: self.assign_timeout,
+            timeout_grace: self.timeout_grace,
+            ..FencePolicy::default()
+        };
+        fence.validate()?;
+        if agents.lease < agents.heartbeat_interval.saturating_mul(2) {
             return Err(ValidationError::new(
-                "jobs.lost_worker_grace",
-                "must be at least 100ms",
+                "agents.lease",
+                format!(
+                    "is {:?}, must be at least twice agents.heartbeat_interval ({:?})",
+                    agents.lease, agents.heartbeat_interval
+                ),
             ));
         }
         Ok(hodei_modules::JobServiceConfig {
             queues,
-            lost_worker_grace: self.lost_worker_grace,
+            fence,
             // The pools are the pool manager's to tell (`JobService::set_pools`).
             ..hodei_modules::JobServiceConfig::default()
         })
@@ -576,7 +607,7 @@ impl ServerConfig {
         self.registration_config().validate()?;
         self.worker_management().validate()?;
         self.agents.policy().validate()?;
-        self.jobs.service_config()?;
+        self.jobs.service_config(&self.agents)?;
         let is_url = |url: &&String| url.starts_with("http://") || url.starts_with("https://");
         if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {
             return Err(ValidationError::new(
@@ -781,6 +812,32 @@ mod tests {
         let error = ServerConfig::default().apply_env(bad).unwrap_err();
         assert_eq!(error.field, "REGISTRATION_MAX_RETRIES");
         assert!(ServerConfig::default().apply_env(no_env).is_ok());
+    }
+
+    #[test]
+    fn fencing_deadlines_parse_and_are_checked() {
+        let config = ServerConfig::parse(
+            "[agents]\nheartbeat_interval = \"1s\"\nlease = \"4s\"\nlease_margin = \"500ms\"\n[jobs]\nassign_timeout = \"3s\"\ntimeout_grace = \"1s\"\n",
+        )
+        .unwrap();
+        let fence = config.jobs.service_config(&config.agents).unwrap().fence;
+        assert_eq!(fence.lease, Duration::from_secs(4));
+        assert_eq!(fence.lease_margin, Duration::from_millis(500));
+        assert_eq!(fence.assign_timeout, Duration::from_secs(3));
+        assert_eq!(fence.timeout_grace, Duration::from_secs(1));
+        let defaults = ServerConfig::default();
+        let fence = defaults.jobs.service_config(&defaults.agents).unwrap().fence;
+        assert_eq!(fence, hodei_core::fence::FencePolicy::default());
+
+        let mut config = ServerConfig::default();
+        config.agents.lease = Duration::from_secs(9);
+        // Heartbeats every 5 s: a 9 s lease would expire on one late answer.
+        assert_eq!(config.validate().unwrap_err().field, "agents.lease");
+        let mut config = ServerConfig::default();
+        config.jobs.assign_timeout = Duration::ZERO;
+        assert_eq!(config.validate().unwrap_err().field, "jobs.assign_timeout");
+        let error = ServerConfig::parse("[jobs]\nlost_worker_grace = \"15s\"\n").unwrap_err();
+        assert!(error.contains("lost_worker_grace"), "{error}");
     }
 
     #[test]

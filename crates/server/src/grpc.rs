@@ -234,6 +234,7 @@ fn assignment(job: &Job) -> v1::JobAssignment {
             .timeout
             .map(|t| u32::try_from(t.as_secs().max(1)).unwrap_or(u32::MAX))
             .unwrap_or(0),
+        attempt: job.attempts,
     }
 }
 
@@ -244,6 +245,8 @@ fn attempt_outcome(result: &v1::JobResult) -> AttemptOutcome {
         Ok(v1::JobOutcome::TimedOut) => AttemptOutcome::TimedOut,
         Ok(v1::JobOutcome::Cancelled) => AttemptOutcome::Cancelled,
         Ok(v1::JobOutcome::FailedToStart) => AttemptOutcome::FailedToStart(result.message.clone()),
+        // The agent fenced itself: it killed the job after losing the server for its lease.
+        Ok(v1::JobOutcome::Lost) => AttemptOutcome::WorkerLost,
         Ok(v1::JobOutcome::Unspecified) | Err(_) => AttemptOutcome::FailedToStart(format!(
             "the agent reported an unknown outcome {}",
             result.outcome
@@ -255,7 +258,7 @@ fn attempt_outcome(result: &v1::JobResult) -> AttemptOutcome {
 async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentEvent) {
     match event {
         AgentEvent::JobAccepted(accepted) => {
-            jobs.job_accepted(worker_id.clone(), accepted.job_id.clone())
+            jobs.job_accepted(worker_id.clone(), accepted.job_id.clone(), accepted.attempt)
                 .await;
         }
         AgentEvent::Log(chunk) => {
@@ -268,8 +271,8 @@ async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentE
             };
             let chunk = LogChunk {
                 job_id,
-                // The agent does not know the attempt; the dispatcher sets it from the job.
-                attempt: 0,
+                // Checked against the attempt in flight by the dispatcher (0: not given).
+                attempt: chunk.attempt,
                 sequence: chunk.sequence,
                 stream,
                 data: chunk.data.clone(),
@@ -280,6 +283,7 @@ async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentE
             jobs.job_result(
                 worker_id.clone(),
                 result.job_id.clone(),
+                result.attempt,
                 attempt_outcome(result),
                 result.health_problem.is_empty(),
             )
@@ -296,6 +300,8 @@ pub struct SchedulerGrpc {
     pub registry: Arc<SchedulerRegistry>,
     pub hub: Arc<SessionHub>,
     pub heartbeat: HeartbeatPolicy,
+    /// `agents.lease`, told to agents in the hello answer.
+    pub lease: Duration,
     pub jobs: JobService,
 }
 
@@ -481,12 +487,16 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                 heartbeat_interval_ms: interval_ms,
                 server_version: SERVER_VERSION.to_owned(),
                 worker_credential,
+                lease_ms: u32::try_from(self.lease.as_millis()).unwrap_or(u32::MAX),
             })),
         };
         sender
             .send(Ok(ack))
             .await
             .map_err(|_| Status::internal("session closed during hello"))?;
+        // Weak, so that closing the session (at shutdown, on revocation) is not held up by
+        // this task: the hub holds the only strong sender.
+        let acks = sender.downgrade();
         drop(sender);
 
         let registry = self.registry.clone();
@@ -513,6 +523,16 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                 let event = match body {
                     agent_message::Body::Heartbeat(heartbeat) => {
                         registry.heartbeat(&id);
+                        // The answer renews the agent's lease. Never wait for room: an agent
+                        // that does not read its session goes without, and fences itself.
+                        let ack = v1::HeartbeatAck {
+                            sequence: heartbeat.sequence,
+                        };
+                        if let Some(sender) = acks.upgrade() {
+                            let _ = sender.try_send(Ok(v1::ServerMessage {
+                                body: Some(server_message::Body::HeartbeatAck(ack)),
+                            }));
+                        }
                         AgentEvent::Heartbeat(heartbeat)
                     }
                     agent_message::Body::JobAccepted(accepted) => AgentEvent::JobAccepted(accepted),

@@ -96,6 +96,7 @@ pub struct Server {
     background: JoinHandle<()>,
     monitor: JoinHandle<()>,
     retirements: JoinHandle<()>,
+    dead_watch: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -300,7 +301,7 @@ impl Server {
         let cancel = CancellationToken::new();
         // Unfinished jobs are loaded from the store before anything is served.
         let (jobs, retired) = JobService::start(
-            config.jobs.service_config()?,
+            config.jobs.service_config(&config.agents)?,
             store.clone(),
             scheduler.clone(),
             sessions.clone(),
@@ -324,6 +325,7 @@ impl Server {
             registry: scheduler.clone(),
             hub: sessions.clone(),
             heartbeat: config.agents.policy(),
+            lease: config.agents.lease,
             jobs: jobs.clone(),
         });
         let job_grpc = JobServiceServer::new(JobGrpc { jobs: jobs.clone() });
@@ -384,6 +386,13 @@ impl Server {
             liveness,
             cancel.clone(),
         ));
+        let dead_watch = tokio::spawn(confirm_dead_workers(
+            sessions.clone(),
+            management.clone(),
+            jobs.clone(),
+            pools.clone(),
+            cancel.clone(),
+        ));
         let retirements = tokio::spawn(terminate_retired(
             retired,
             management.clone(),
@@ -406,6 +415,7 @@ impl Server {
             background,
             monitor,
             retirements,
+            dead_watch,
             jobs,
             pools,
         })
@@ -470,6 +480,7 @@ impl Server {
         let _ = self.background.await;
         let _ = self.monitor.await;
         let _ = self.retirements.await;
+        let _ = self.dead_watch.await;
         // Before terminating: a pass or a provisioning still under way would start
         // replacements for the workers being terminated.
         self.pools.stop().await;
@@ -533,6 +544,68 @@ async fn close_revoked_sessions(
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// How often, and how long, a closed session's worker is checked for death: its process may
+/// take a moment to finish exiting after its socket closed.
+const DEATH_CHECKS: u32 = 10;
+const DEATH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// When an agent's session closes, asks its provider whether the agent is dead. If so, its
+/// jobs are lost at once (nothing of them runs any more: no lease to wait out), and the
+/// worker is terminated so its pool starts a replacement now, not at the next reconcile.
+async fn confirm_dead_workers(
+    hub: Arc<SessionHub>,
+    management: Arc<WorkerManagementService>,
+    jobs: JobService,
+    pools: PoolManager,
+    cancel: CancellationToken,
+) {
+    let mut events = hub.subscribe();
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = cancel.cancelled() => return,
+        };
+        let id = match event {
+            Ok(grpc::SessionEvent {
+                worker_id,
+                event: grpc::AgentEvent::Disconnected,
+            }) => worker_id,
+            Ok(_) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                // The lease still covers the workers whose close was missed.
+                tracing::warn!(missed, "missed agent events; dead workers among them wait for the lease");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let (hub, management, jobs, pools, cancel) = (
+            hub.clone(),
+            management.clone(),
+            jobs.clone(),
+            pools.clone(),
+            cancel.clone(),
+        );
+        tokio::spawn(async move {
+            for _ in 0..DEATH_CHECKS {
+                if cancel.is_cancelled() || hub.is_connected(&id) {
+                    return;
+                }
+                if management.confirm_dead(&id).await {
+                    tracing::warn!(worker_id = %id, "agent died, its jobs are lost and it is replaced");
+                    jobs.worker_dead(id.clone()).await;
+                    pools.wake();
+                    if let Err(error) = management.terminate_worker(&id).await {
+                        tracing::debug!(worker_id = %id, %error, "could not clean up a dead worker");
+                    }
+                    pools.wake();
+                    return;
+                }
+                tokio::time::sleep(DEATH_CHECK_INTERVAL).await;
+            }
+        });
     }
 }
 

@@ -1097,6 +1097,7 @@ fn rich_job(name: &str, command: Command) -> Job {
         },
         state: JobState::Running,
         attempts: 2,
+        withdrawn: 0,
         worker_id: Some(id("rich-worker")),
         exit_code: Some(-9),
         reason: Some("exited with code 137 on attempt 1, retry 1 of 3".to_owned()),
@@ -1208,6 +1209,7 @@ async fn job_fields_round_trip_exactly(store: &dyn Store) {
         finished_at: None,
         state: JobState::Queued,
         attempts: 0,
+        withdrawn: 0,
         sequence: 0,
         spec: JobSpec {
             timeout: None,
@@ -1625,6 +1627,7 @@ async fn batched_job_writes_have_one_result_each(store: &dyn Store) {
     let assigned = |job: &Job| Job {
         state: JobState::Assigned,
         attempts: 1,
+        withdrawn: 0,
         ..job.clone()
     };
     let updates = [
