@@ -3,8 +3,8 @@
 //! shims of [`crate::exec`] the job's group also dies with the agent and when the agent's
 //! lease runs out.
 
-use std::os::unix::process::ExitStatusExt;
 use std::collections::HashSet;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -263,7 +263,10 @@ pub fn job_environment(
 /// `uid[:gid]`, or a user name looked up in the user database (its primary group).
 /// A bare uid runs with the group of the same number.
 pub fn resolve_user(user: &str) -> Result<(u32, u32), String> {
-    let number = |text: &str| text.parse::<u32>().map_err(|_| format!("{text:?} is not a number"));
+    let number = |text: &str| {
+        text.parse::<u32>()
+            .map_err(|_| format!("{text:?} is not a number"))
+    };
     match user.split_once(':') {
         Some((uid, gid)) => Ok((number(uid)?, number(gid)?)),
         None if user.bytes().all(|b| b.is_ascii_digit()) => {
@@ -343,7 +346,13 @@ pub async fn run_with(
             directory.display()
         );
         let _ = out
-            .send(result(&job_id, attempt, v1::JobOutcome::FailedToStart, -1, text))
+            .send(result(
+                &job_id,
+                attempt,
+                v1::JobOutcome::FailedToStart,
+                -1,
+                text,
+            ))
             .await;
         return;
     }
@@ -359,7 +368,13 @@ pub async fn run_with(
             }
             Err(text) => {
                 let _ = out
-                    .send(result(&job_id, attempt, v1::JobOutcome::FailedToStart, -1, text))
+                    .send(result(
+                        &job_id,
+                        attempt,
+                        v1::JobOutcome::FailedToStart,
+                        -1,
+                        text,
+                    ))
                     .await;
                 return;
             }

@@ -362,10 +362,7 @@ impl Default for KubernetesSection {
 }
 
 impl KubernetesSection {
-    pub fn provider_config(
-        &self,
-        server_url: &str,
-    ) -> hodei_kubernetes::KubernetesProviderConfig {
+    pub fn provider_config(&self, server_url: &str) -> hodei_kubernetes::KubernetesProviderConfig {
         use hodei_kubernetes::{KubernetesAccess, PodTemplate};
         let access = if let Some(url) = &self.api_url {
             KubernetesAccess::Url(url.clone())
@@ -648,7 +645,10 @@ impl ServerConfig {
             ));
         }
         if self.connections.max == 0 {
-            return Err(ValidationError::new("connections.max", "must be at least 1"));
+            return Err(ValidationError::new(
+                "connections.max",
+                "must be at least 1",
+            ));
         }
         if self.connections.max_body_bytes < 1024 {
             return Err(ValidationError::new(
@@ -657,10 +657,19 @@ impl ServerConfig {
             ));
         }
         for (field, value) in [
-            ("connections.header_read_timeout", self.connections.header_read_timeout),
+            (
+                "connections.header_read_timeout",
+                self.connections.header_read_timeout,
+            ),
             ("connections.idle_timeout", self.connections.idle_timeout),
-            ("connections.keepalive_interval", self.connections.keepalive_interval),
-            ("connections.keepalive_timeout", self.connections.keepalive_timeout),
+            (
+                "connections.keepalive_interval",
+                self.connections.keepalive_interval,
+            ),
+            (
+                "connections.keepalive_timeout",
+                self.connections.keepalive_timeout,
+            ),
         ] {
             if value < Duration::from_millis(100) {
                 return Err(ValidationError::new(field, "must be at least 100ms"));
@@ -826,7 +835,11 @@ mod tests {
         assert_eq!(fence.assign_timeout, Duration::from_secs(3));
         assert_eq!(fence.timeout_grace, Duration::from_secs(1));
         let defaults = ServerConfig::default();
-        let fence = defaults.jobs.service_config(&defaults.agents).unwrap().fence;
+        let fence = defaults
+            .jobs
+            .service_config(&defaults.agents)
+            .unwrap()
+            .fence;
         assert_eq!(fence, hodei_core::fence::FencePolicy::default());
 
         let mut config = ServerConfig::default();

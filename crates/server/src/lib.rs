@@ -242,8 +242,7 @@ impl Server {
         let tls = tls::acceptor(&config.tls)?;
         let token = load_or_create_token(&config)?;
 
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&database).await?);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&database).await?);
         let credentials = Credentials::load(store.clone(), token.clone()).await?;
         let mut registry = Registry::default();
         let scheduler = Arc::new(SchedulerRegistry::new());
@@ -576,7 +575,10 @@ async fn confirm_dead_workers(
             Ok(_) => continue,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 // The lease still covers the workers whose close was missed.
-                tracing::warn!(missed, "missed agent events; dead workers among them wait for the lease");
+                tracing::warn!(
+                    missed,
+                    "missed agent events; dead workers among them wait for the lease"
+                );
                 continue;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
