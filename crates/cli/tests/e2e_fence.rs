@@ -329,7 +329,8 @@ async fn raw_session(server: &Server, worker_id: &str) -> RawSession {
         .connect()
         .await
         .unwrap();
-    let token = BearerToken::new(server.token()).unwrap();
+    // An enrollment token: the admin token cannot open a worker session.
+    let token = BearerToken::new(&agent_token(server).await).unwrap();
     let mut client = SchedulerServiceClient::with_interceptor(channel, token);
     let (to_server, outbound) = mpsc::channel(64);
     to_server

@@ -339,7 +339,8 @@ fn worker_from_hello(hello: &v1::Hello) -> Result<Worker, ValidationError> {
         id,
         capabilities,
         metadata: WorkerMetadata {
-            worker_type: WorkerType::Static,
+            // Started by hand (or by an outside program), not kept warm by a pool.
+            worker_type: WorkerType::Dynamic,
             provider: ProviderKind::External,
             pool: None,
             namespace: "default".into(),
@@ -366,7 +367,17 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         &self,
         request: Request<v1::RegisterWorkerRequest>,
     ) -> Result<Response<v1::RegisterWorkerResponse>, Status> {
-        let worker = worker_from_request(request.into_inner()).map_err(|e| invalid_argument(&e))?;
+        let request = request.into_inner();
+        let stamped = request
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.provision_timestamp_ms > 0);
+        let mut worker = worker_from_request(request).map_err(|e| invalid_argument(&e))?;
+        // Unset, the time defaults to now; registering the same worker again is still the
+        // same data (ALREADY_REGISTERED), so it keeps the time it was first given.
+        if !stamped && let Some(existing) = self.registry.get(&worker.id) {
+            worker.metadata.provision_timestamp = existing.worker.metadata.provision_timestamp;
+        }
         let worker_id = worker.id.to_string();
         let changed = self.registry.register(worker).map_err(ApiError::from)?;
         let status = if changed {
