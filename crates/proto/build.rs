@@ -6,7 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hodei/v1/scheduler.proto",
         "hodei/v1/jobs.proto",
         "hodei/v1/credentials.proto",
-    ].map(|file| root.join(file));
+    ]
+    .map(|file| root.join(file));
     println!("cargo:rerun-if-changed={}", root.join("hodei/v1").display());
     let descriptors = protox::compile(files, [&root])?;
     tonic_prost_build::configure()

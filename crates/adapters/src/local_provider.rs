@@ -210,10 +210,7 @@ impl WorkerProvider for LocalProvider {
         use std::os::unix::fs::OpenOptionsExt;
         let credential_path = self.credential_path(id);
         write_private(&credential_path, credential.expose().as_bytes()).map_err(|e| {
-            ProviderError::Unavailable(format!(
-                "cannot write {}: {e}",
-                credential_path.display()
-            ))
+            ProviderError::Unavailable(format!("cannot write {}: {e}", credential_path.display()))
         })?;
         let log = std::fs::OpenOptions::new()
             .create(true)

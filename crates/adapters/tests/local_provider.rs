@@ -42,7 +42,11 @@ async fn a_restarted_provider_finds_running_agents_and_can_stop_them() {
     let id = WorkerId::new("adopt-me").unwrap();
     let first = LocalProvider::new(config(dir.path(), "exec sleep 600")).unwrap();
     first
-        .create_worker(&id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .unwrap();
     let pid = first.pid(&id).unwrap();
@@ -63,7 +67,11 @@ async fn a_dead_agent_is_not_listed() {
     let provider = LocalProvider::new(config(dir.path(), "exit 3")).unwrap();
     let id = WorkerId::new("short-lived").unwrap();
     provider
-        .create_worker(&id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .unwrap();
 
@@ -86,7 +94,11 @@ async fn terminate_stops_the_whole_process_group_and_kills_what_ignores_sigterm(
     let provider = LocalProvider::new(cfg).unwrap();
     let id = WorkerId::new("stubborn").unwrap();
     provider
-        .create_worker(&id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .unwrap();
     let pid = provider.pid(&id).unwrap();

@@ -116,7 +116,10 @@ pub fn job_environment(
 /// `uid[:gid]`, or a user name looked up in the user database (its primary group).
 /// A bare uid runs with the group of the same number.
 pub fn resolve_user(user: &str) -> Result<(u32, u32), String> {
-    let number = |text: &str| text.parse::<u32>().map_err(|_| format!("{text:?} is not a number"));
+    let number = |text: &str| {
+        text.parse::<u32>()
+            .map_err(|_| format!("{text:?} is not a number"))
+    };
     match user.split_once(':') {
         Some((uid, gid)) => Ok((number(uid)?, number(gid)?)),
         None if user.bytes().all(|b| b.is_ascii_digit()) => {

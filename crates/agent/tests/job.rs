@@ -197,7 +197,9 @@ async fn a_job_sees_only_its_own_environment() {
     assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
     let mut assignment = script("j-env", "env", 0);
     assignment.env.insert("MINE".into(), "yes".into());
-    assignment.env.insert("HODEI_JOB_ID".into(), "spoofed".into());
+    assignment
+        .env
+        .insert("HODEI_JOB_ID".into(), "spoofed".into());
     let ran = run(assignment, CancellationToken::new()).await;
     let names: Vec<&str> = ran
         .stdout
@@ -206,8 +208,17 @@ async fn a_job_sees_only_its_own_environment() {
         .collect();
     for name in &names {
         assert!(
-            ["PATH", "HOME", "HODEI_JOB_ID", "HODEI_WORKER_ID", "MINE", "PWD", "SHLVL", "_"]
-                .contains(name),
+            [
+                "PATH",
+                "HOME",
+                "HODEI_JOB_ID",
+                "HODEI_WORKER_ID",
+                "MINE",
+                "PWD",
+                "SHLVL",
+                "_"
+            ]
+            .contains(name),
             "unexpected variable {name} in {}",
             ran.stdout
         );

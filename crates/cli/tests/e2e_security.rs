@@ -93,7 +93,11 @@ async fn a_job_on_a_local_worker_finds_no_credential() {
     let agent_token = agent_token(&server).await;
     let workers = wait_for_registered_workers(&server, 1).await;
     wait_for_connected(&server, &workers[0]).await;
-    assert_eq!(server.credentials().list().len(), 2, "a worker and an agent credential");
+    assert_eq!(
+        server.credentials().list().len(),
+        2,
+        "a worker and an agent credential"
+    );
 
     let job = server
         .jobs()
@@ -105,7 +109,10 @@ async fn a_job_on_a_local_worker_finds_no_credential() {
     let job = wait_job(&server, &job.id).await;
     let output = output_of(&server, &job.id).await;
     assert_eq!(job.state, JobState::Succeeded, "{:?}\n{output}", job.reason);
-    assert!(output.contains("uid=65534"), "ran as the pool's user: {output}");
+    assert!(
+        output.contains("uid=65534"),
+        "ran as the pool's user: {output}"
+    );
     assert!(output.contains("== done"), "{output}");
     assert!(
         output.contains("HODEI_JOB_ID=") && output.contains("hodei agent"),
@@ -187,7 +194,9 @@ async fn impostors_cannot_take_a_worker_session_and_revocation_closes_one() {
     let refused = hello(&channel, ADMIN, real.as_str()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     // Nor can an agent token take a provisioned worker's id.
-    let refused = hello(&channel, &agent_token, real.as_str()).await.unwrap_err();
+    let refused = hello(&channel, &agent_token, real.as_str())
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     // Nor a made-up token.
     let refused = hello(&channel, "hodei_000000000000_nope", real.as_str())
@@ -199,7 +208,9 @@ async fn impostors_cannot_take_a_worker_session_and_revocation_closes_one() {
     assert!(server.scheduler().get(&real).unwrap().connected);
     let job = server
         .jobs()
-        .submit(JobSpec::new(hodei_core::Command::Script("echo real".into())))
+        .submit(JobSpec::new(hodei_core::Command::Script(
+            "echo real".into(),
+        )))
         .await
         .unwrap();
     let job = wait_job(&server, &job.id).await;
@@ -285,7 +296,9 @@ async fn twenty_concurrent_creates_of_one_pool_have_one_winner() {
     server.shutdown().await.unwrap();
 }
 
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
     let handles: Vec<_> = futures.collect();
     let mut out = Vec::new();
     // Start them all before waiting for any.
@@ -386,15 +399,20 @@ async fn the_small_protocol_items_hold() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
 
     // Private files.
-    let mode = |path: std::path::PathBuf| {
-        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777
-    };
+    let mode =
+        |path: std::path::PathBuf| std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(dir.path().to_path_buf()), 0o700);
     assert_eq!(mode(dir.path().join("hodei.db")), 0o600);
     assert_eq!(mode(dir.path().join("local")), 0o700);
     let id = &workers[0];
-    assert_eq!(mode(dir.path().join("local").join(format!("{id}.log"))), 0o600);
-    assert_eq!(mode(dir.path().join("local").join(format!("{id}.pid"))), 0o600);
+    assert_eq!(
+        mode(dir.path().join("local").join(format!("{id}.log"))),
+        0o600
+    );
+    assert_eq!(
+        mode(dir.path().join("local").join(format!("{id}.pid"))),
+        0o600
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -445,7 +463,10 @@ async fn a_connection_flood_is_bounded_and_healthz_keeps_answering() {
         "flood: {refused} of 200 refused at once, checked in {} ms",
         started.elapsed().as_millis()
     );
-    assert!(refused >= 200 - 32, "at most 32 connections held: {refused} refused");
+    assert!(
+        refused >= 200 - 32,
+        "at most 32 connections held: {refused} refused"
+    );
     // The existing client is still served.
     assert!(read_answer(&mut client).await.starts_with("HTTP/1.1 200"));
 
@@ -457,11 +478,18 @@ async fn a_connection_flood_is_bounded_and_healthz_keeps_answering() {
         }
     }
     for stream in &mut open {
-        assert!(closed_within(stream, LIMIT).await, "a silent connection was closed");
+        assert!(
+            closed_within(stream, LIMIT).await,
+            "a silent connection was closed"
+        );
     }
     // With the flood gone, a new client is served.
     assert_eq!(
-        raw_status(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await,
+        raw_status(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .await,
         200
     );
     server.shutdown().await.unwrap();
@@ -497,7 +525,10 @@ async fn a_job_in_a_docker_worker_finds_no_credential() {
     let output = output_of(&server, &job.id).await;
     assert_eq!(job.state, JobState::Succeeded, "{:?}\n{output}", job.reason);
     assert!(output.contains("in-a-container"), "{output}");
-    assert!(output.contains("uid=65534"), "ran as the pool's user: {output}");
+    assert!(
+        output.contains("uid=65534"),
+        "ran as the pool's user: {output}"
+    );
     assert!(output.contains("== done"), "{output}");
     assert!(
         output.trim_end().ends_with('0'),

@@ -29,7 +29,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for n in 0..runs.max(1) {
         let id = WorkerId::new(format!("{instance}-{n}"))?;
         let started = Instant::now();
-        provider.create_worker(&id, &spec, &hodei_ports::AgentCredential::new("test-credential")).await?;
+        provider
+            .create_worker(
+                &id,
+                &spec,
+                &hodei_ports::AgentCredential::new("test-credential"),
+            )
+            .await?;
         create.push(started.elapsed());
         let started = Instant::now();
         provider.terminate_worker(&id).await?;

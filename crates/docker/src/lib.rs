@@ -91,10 +91,7 @@ pub struct DockerProviderConfig {
 impl DockerProviderConfig {
     /// A configuration with the defaults: the local engine, [`DEFAULT_IMAGE`], host
     /// networking, no CA certificate, a 10 s stop grace.
-    pub fn new(
-        server_url: impl Into<String>,
-        instance: impl Into<String>,
-    ) -> Self {
+    pub fn new(server_url: impl Into<String>, instance: impl Into<String>) -> Self {
         Self {
             docker_host: None,
             default_image: DEFAULT_IMAGE.to_owned(),

@@ -142,7 +142,14 @@ async fn container_gets_the_intended_labels_env_limits_and_command() {
     spec.labels.insert("arch".into(), "amd64".into());
     spec.env.insert("FOO".into(), "bar".into());
 
-    let worker = provider.create_worker(&id, &spec, &hodei_ports::AgentCredential::new("test-credential")).await.expect("create");
+    let worker = provider
+        .create_worker(
+            &id,
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
+        .await
+        .expect("create");
     assert_eq!(worker.metadata.provider, hodei_core::ProviderKind::Docker);
     assert_eq!(worker.metadata.pool.as_deref(), Some("builds"));
 
@@ -164,7 +171,8 @@ async fn container_gets_the_intended_labels_env_limits_and_command() {
     }
     let env = config.env.expect("env");
     assert!(
-        !env.iter().any(|e| e.starts_with("HODEI_TOKEN") || e.contains(TOKEN)),
+        !env.iter()
+            .any(|e| e.starts_with("HODEI_TOKEN") || e.contains(TOKEN)),
         "no credential in the container's configuration: {env:?}"
     );
     for expected in [
@@ -221,7 +229,11 @@ async fn a_new_provider_of_the_same_instance_adopts_containers_and_another_does_
     let id = instance.worker(1);
     instance
         .provider()
-        .create_worker(&id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("create");
 
@@ -248,7 +260,11 @@ async fn a_new_provider_of_the_same_instance_adopts_containers_and_another_does_
         "another instance never removes our container"
     );
     let conflict = stranger
-        .create_worker(&id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect_err("the name is taken by another instance");
     assert!(
@@ -268,7 +284,11 @@ async fn terminate_removes_the_container_and_is_idempotent() {
     let docker = engine().await;
     let id = instance.worker(1);
     provider
-        .create_worker(&id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("create");
     assert!(container_exists(&docker, &id).await);
@@ -290,13 +310,27 @@ async fn creating_an_existing_worker_replaces_its_container() {
     let docker = engine().await;
     let id = instance.worker(1);
     let spec = WorkerSpec::default();
-    provider.create_worker(&id, &spec, &hodei_ports::AgentCredential::new("test-credential")).await.expect("create");
+    provider
+        .create_worker(
+            &id,
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
+        .await
+        .expect("create");
     let first = docker
         .inspect_container(&container_name(&id), None)
         .await
         .expect("inspect")
         .id;
-    provider.create_worker(&id, &spec, &hodei_ports::AgentCredential::new("test-credential")).await.expect("again");
+    provider
+        .create_worker(
+            &id,
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
+        .await
+        .expect("again");
     let second = docker
         .inspect_container(&container_name(&id), None)
         .await
@@ -315,7 +349,11 @@ async fn an_exited_container_is_not_listed_and_is_removed() {
     let (dies, lives) = (instance.worker(1), instance.worker(2));
     for id in [&dies, &lives] {
         provider
-            .create_worker(id, &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
+            .create_worker(
+                id,
+                &WorkerSpec::default(),
+                &hodei_ports::AgentCredential::new("test-credential"),
+            )
             .await
             .expect("create");
     }
@@ -354,7 +392,11 @@ async fn a_missing_image_is_an_invalid_spec_naming_it() {
         ..WorkerSpec::default()
     };
     let error = provider
-        .create_worker(&instance.worker(1), &spec, &hodei_ports::AgentCredential::new("test-credential"))
+        .create_worker(
+            &instance.worker(1),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect_err("no such image");
     match &error {
@@ -378,7 +420,11 @@ async fn an_unreachable_engine_is_unavailable_naming_the_socket() {
         provider.ping().await.expect_err("ping"),
         provider.list_workers().await.expect_err("list"),
         provider
-            .create_worker(&instance.worker(1), &WorkerSpec::default(), &hodei_ports::AgentCredential::new("test-credential"))
+            .create_worker(
+                &instance.worker(1),
+                &WorkerSpec::default(),
+                &hodei_ports::AgentCredential::new("test-credential"),
+            )
             .await
             .expect_err("create"),
         provider
@@ -411,7 +457,14 @@ async fn the_agent_in_the_container_runs_and_reaches_the_host_loopback() {
     // Connection failures are debug lines; the spec's environment reaches the agent.
     spec.env
         .insert("RUST_LOG".into(), "info,hodei_agent=debug".into());
-    provider.create_worker(&id, &spec, &hodei_ports::AgentCredential::new("test-credential")).await.expect("create");
+    provider
+        .create_worker(
+            &id,
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
+        .await
+        .expect("create");
 
     let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
     let docker = engine().await;

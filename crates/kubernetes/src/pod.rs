@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 
 use hodei_core::{WorkerId, WorkerSpec};
 use hodei_ports::ProviderError;
-use k8s_openapi::api::core::v1::{
-    Container, EnvVar, Pod, PodSpec, ResourceRequirements,
-};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
@@ -334,7 +332,14 @@ mod tests {
         let mut spec = WorkerSpec::default();
         spec.capabilities.cpu_cores = 0;
         spec.capabilities.memory_mb = 0;
-        let pod = build_pod(&KubernetesProviderConfig::default(), None, &id("w"), &spec, "real").unwrap();
+        let pod = build_pod(
+            &KubernetesProviderConfig::default(),
+            None,
+            &id("w"),
+            &spec,
+            "real",
+        )
+        .unwrap();
         let agent = &pod.spec.unwrap().containers[0];
         assert_eq!(agent.resources, None);
     }

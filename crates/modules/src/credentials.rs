@@ -142,8 +142,7 @@ impl Credentials {
     /// Who presents `token`, if anyone: the configured admin token, or a live credential
     /// whose secret matches. Comparisons are constant time.
     pub fn authenticate(&self, token: &str) -> Option<Principal> {
-        if constant_time_eq::constant_time_eq(token.as_bytes(), self.inner.admin_token.as_bytes())
-        {
+        if constant_time_eq::constant_time_eq(token.as_bytes(), self.inner.admin_token.as_bytes()) {
             return Some(Principal::configured_admin());
         }
         let (id, secret) = parse_token(token)?;
@@ -300,9 +299,12 @@ mod tests {
     use hodei_testkit::MemoryStore;
 
     async fn credentials() -> Credentials {
-        Credentials::load(Arc::new(MemoryStore::new()), "admin-token-0123456789".into())
-            .await
-            .unwrap()
+        Credentials::load(
+            Arc::new(MemoryStore::new()),
+            "admin-token-0123456789".into(),
+        )
+        .await
+        .unwrap()
     }
 
     #[tokio::test]
@@ -336,12 +338,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            credentials.authenticate(worker_token.expose()).unwrap().worker_id,
+            credentials
+                .authenticate(worker_token.expose())
+                .unwrap()
+                .worker_id,
             Some(w.clone())
         );
         let mut revocations = credentials.revocations();
         let revoked = credentials.revoke(&record.id).await.unwrap();
-        assert_eq!(revoked.len(), 2, "the agent token and the worker credential it issued");
+        assert_eq!(
+            revoked.len(),
+            2,
+            "the agent token and the worker credential it issued"
+        );
         assert_eq!(credentials.authenticate(token.expose()), None);
         assert_eq!(credentials.authenticate(worker_token.expose()), None);
         assert!(revocations.try_recv().is_ok());

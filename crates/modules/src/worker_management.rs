@@ -23,7 +23,8 @@ use hodei_core::{
 };
 use hodei_ports::store::{self, WorkerFilter};
 use hodei_ports::{
-    AgentCredential, ProviderError, RegistrationError, SchedulerError, Store, WorkerProvider, WorkerRegistrationPort,
+    AgentCredential, ProviderError, RegistrationError, SchedulerError, Store, WorkerProvider,
+    WorkerRegistrationPort,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

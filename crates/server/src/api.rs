@@ -462,10 +462,7 @@ impl CreateToken {
                 "worker credentials are minted by the server for the worker they belong to",
             ));
         }
-        let tenant = self
-            .tenant
-            .map(hodei_core::TenantName::new)
-            .transpose()?;
+        let tenant = self.tenant.map(hodei_core::TenantName::new).transpose()?;
         Ok(hodei_modules::NewCredential {
             role: Some(role),
             tenant,

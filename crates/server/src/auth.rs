@@ -97,8 +97,16 @@ mod tests {
             (Method::DELETE, "/api/v1/workers/w", Some(Operation::Write)),
             (Method::GET, "/api/v1/no-such-thing", Some(Operation::Read)),
             (Method::GET, "/api/v1", Some(Operation::Read)),
-            (Method::GET, "/api/v1/tokens", Some(Operation::ManageCredentials)),
-            (Method::DELETE, "/api/v1/tokens/abc", Some(Operation::ManageCredentials)),
+            (
+                Method::GET,
+                "/api/v1/tokens",
+                Some(Operation::ManageCredentials),
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/tokens/abc",
+                Some(Operation::ManageCredentials),
+            ),
             (Method::GET, "/api/v10/pools", None),
             (Method::GET, "/healthz", None),
             (Method::GET, "/metrics", None),
@@ -120,13 +128,19 @@ mod tests {
     #[test]
     fn one_bearer_header_only() {
         let mut headers = HeaderMap::new();
-        assert!(matches!(presented(&headers), Err(Refusal::Unauthenticated(_))));
+        assert!(matches!(
+            presented(&headers),
+            Err(Refusal::Unauthenticated(_))
+        ));
         headers.append(header::AUTHORIZATION, "bearer abc".parse().unwrap());
         assert_eq!(presented(&headers), Ok("abc"));
         headers.append(header::AUTHORIZATION, "Bearer other".parse().unwrap());
         assert!(matches!(presented(&headers), Err(Refusal::BadHeader(_))));
         let mut basic = HeaderMap::new();
         basic.append(header::AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert!(matches!(presented(&basic), Err(Refusal::Unauthenticated(_))));
+        assert!(matches!(
+            presented(&basic),
+            Err(Refusal::Unauthenticated(_))
+        ));
     }
 }

@@ -361,10 +361,7 @@ impl Default for KubernetesSection {
 }
 
 impl KubernetesSection {
-    pub fn provider_config(
-        &self,
-        server_url: &str,
-    ) -> hodei_kubernetes::KubernetesProviderConfig {
+    pub fn provider_config(&self, server_url: &str) -> hodei_kubernetes::KubernetesProviderConfig {
         use hodei_kubernetes::{KubernetesAccess, PodTemplate};
         let access = if let Some(url) = &self.api_url {
             KubernetesAccess::Url(url.clone())
@@ -617,7 +614,10 @@ impl ServerConfig {
             ));
         }
         if self.connections.max == 0 {
-            return Err(ValidationError::new("connections.max", "must be at least 1"));
+            return Err(ValidationError::new(
+                "connections.max",
+                "must be at least 1",
+            ));
         }
         if self.connections.max_body_bytes < 1024 {
             return Err(ValidationError::new(
@@ -626,10 +626,19 @@ impl ServerConfig {
             ));
         }
         for (field, value) in [
-            ("connections.header_read_timeout", self.connections.header_read_timeout),
+            (
+                "connections.header_read_timeout",
+                self.connections.header_read_timeout,
+            ),
             ("connections.idle_timeout", self.connections.idle_timeout),
-            ("connections.keepalive_interval", self.connections.keepalive_interval),
-            ("connections.keepalive_timeout", self.connections.keepalive_timeout),
+            (
+                "connections.keepalive_interval",
+                self.connections.keepalive_interval,
+            ),
+            (
+                "connections.keepalive_timeout",
+                self.connections.keepalive_timeout,
+            ),
         ] {
             if value < Duration::from_millis(100) {
                 return Err(ValidationError::new(field, "must be at least 100ms"));

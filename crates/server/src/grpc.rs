@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use hodei_core::credential::{self, Principal, SessionDecision, WorkerOrigin};
 use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::job::AttemptOutcome;
 use hodei_core::{Command, Job, JobId};
 use hodei_core::{
     ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata, WorkerType,
 };
-use hodei_core::credential::{self, Principal, SessionDecision, WorkerOrigin};
 use hodei_modules::{Credentials, JobService, RegisteredWorker, SchedulerRegistry};
 use hodei_ports::{AgentLink, LinkError, LogChunk, LogStream};
 use hodei_proto::convert::{invalid_argument, to_millis, worker_from_request};
@@ -539,4 +539,3 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         Ok(Response::new(Box::pin(stream)))
     }
 }
-

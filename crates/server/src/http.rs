@@ -13,14 +13,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hodei_core::{JobId, PoolSpec, WorkerId, WorkerState};
-use hodei_modules::{Credentials, JobService, PoolManager, SchedulerRegistry, WorkerManagementService};
+use hodei_modules::{
+    Credentials, JobService, PoolManager, SchedulerRegistry, WorkerManagementService,
+};
 use hodei_ports::{Store, WorkerFilter};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::api::{
-    CreateToken, CreatedToken, RevokedTokens, TokenList, TokenView, JobList, JobView, LogChunkView, LogsView, PoolList, PoolView, ScalePool, SubmitJob, WorkerList,
-    WorkerView, job_filter,
+    CreateToken, CreatedToken, JobList, JobView, LogChunkView, LogsView, PoolList, PoolView,
+    RevokedTokens, ScalePool, SubmitJob, TokenList, TokenView, WorkerList, WorkerView, job_filter,
 };
 use crate::error::{ApiError, Code};
 
@@ -185,7 +187,12 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 
 async fn list_tokens(State(state): State<AppState>) -> Json<TokenList> {
     Json(TokenList {
-        tokens: state.credentials.list().iter().map(TokenView::new).collect(),
+        tokens: state
+            .credentials
+            .list()
+            .iter()
+            .map(TokenView::new)
+            .collect(),
     })
 }
 

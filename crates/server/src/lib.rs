@@ -241,8 +241,7 @@ impl Server {
         let tls = tls::acceptor(&config.tls)?;
         let token = load_or_create_token(&config)?;
 
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&database).await?);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&database).await?);
         let credentials = Credentials::load(store.clone(), token.clone()).await?;
         let mut registry = Registry::default();
         let scheduler = Arc::new(SchedulerRegistry::new());

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, Response, header};
+use hodei_modules::Credentials;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -22,7 +23,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use hodei_modules::Credentials;
 use tower::ServiceExt;
 
 use crate::auth::{self, Refusal};
@@ -303,22 +303,20 @@ pub(crate) async fn serve(
                 Some(tls) => {
                     // The handshake runs in the connection's task so a slow client cannot
                     // hold up the accept loop.
-                    let stream = match tokio::time::timeout(
-                        limits.header_read_timeout,
-                        tls.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%remote, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%remote, "TLS handshake timed out");
-                            return;
-                        }
-                    };
+                    let stream =
+                        match tokio::time::timeout(limits.header_read_timeout, tls.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%remote, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        };
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
                     drive(connection, &activity, limits, &shutdown, remote).await;
                 }
@@ -342,7 +340,10 @@ async fn drive<I, S, E>(
 ) where
     auto::Connection<'static, I, S, E>: Sized,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>> + Clone + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     E: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, Body> + Clone + Send + 'static,

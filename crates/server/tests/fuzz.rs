@@ -12,8 +12,8 @@ use hodei_core::PoolSpec;
 use hodei_proto::convert::worker_from_request;
 use hodei_proto::v1;
 use hodei_server::api::{CreateToken, ScalePool, SubmitJob};
-use prost::Message;
 use proptest::prelude::*;
+use prost::Message;
 
 /// Valid requests to mutate: a mutation of something valid reaches deeper than noise.
 fn seeds() -> Vec<Vec<u8>> {

@@ -34,8 +34,18 @@ fn origin_str(origin: WorkerOrigin) -> &'static str {
 }
 
 fn decode(row: CredentialRow) -> Result<CredentialRecord, Error> {
-    let (id, role, worker_id, origin, tenant, description, issued_by, secret_sha256, created, revoked) =
-        row;
+    let (
+        id,
+        role,
+        worker_id,
+        origin,
+        tenant,
+        description,
+        issued_by,
+        secret_sha256,
+        created,
+        revoked,
+    ) = row;
     let corrupt = |what: &str, error: &dyn std::fmt::Display| {
         Error::Corrupt(format!("credential {id}: {what}: {error}"))
     };

@@ -121,11 +121,25 @@ pub async fn provider_contract(provider: &dyn WorkerProvider, prefix: &str) {
         "ids already in use"
     );
 
-    let worker = provider.create_worker(&a, &spec, &hodei_ports::AgentCredential::new("test-credential")).await.expect("create a");
+    let worker = provider
+        .create_worker(
+            &a,
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
+        .await
+        .expect("create a");
     assert_eq!(worker.id, a);
     assert_eq!(worker.metadata.provider, provider.kind());
     assert_eq!(worker.capabilities, spec.capabilities);
-    provider.create_worker(&b, &spec, &hodei_ports::AgentCredential::new("test-credential")).await.expect("create b");
+    provider
+        .create_worker(
+            &b,
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
+        .await
+        .expect("create b");
 
     let listed = provider.list_workers().await.expect("list");
     assert!(

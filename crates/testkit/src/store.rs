@@ -9,12 +9,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use hodei_core::credential::{Role, WorkerOrigin};
 use hodei_core::{
     Command, Job, JobId, JobSpec, JobState, PoolSpec, Priority, ProviderKind, QueueName,
     Requirements, SlaClass, TenantName, TransitionError, Worker, WorkerCapabilities, WorkerId,
     WorkerMetadata, WorkerSpec, WorkerState, WorkerType,
 };
-use hodei_core::credential::{Role, WorkerOrigin};
 use hodei_ports::store::{
     CredentialRecord, Error, JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord,
 };
@@ -946,7 +946,11 @@ async fn credentials_round_trip_and_revoke(store: &dyn Store) {
         "revoking an agent token revokes the worker credentials it issued"
     );
     let again = store.revoke_credential("c-agent", at(11)).await;
-    assert_eq!(again.ok(), Some(Vec::new()), "revoking twice changes nothing");
+    assert_eq!(
+        again.ok(),
+        Some(Vec::new()),
+        "revoking twice changes nothing"
+    );
     assert_eq!(
         store.revoke_credential("nobody", at(11)).await.ok(),
         Some(Vec::new())
