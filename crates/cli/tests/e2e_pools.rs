@@ -207,6 +207,9 @@ async fn a_burst_scales_a_docker_pool_to_its_max_and_back_to_zero() {
     let instance = format!("e2e-{}", uuid::Uuid::new_v4().simple());
     config.docker.instance = instance.clone();
     config.docker.stop_grace = Duration::from_secs(2);
+    if let Ok(image) = std::env::var("HODEI_TEST_AGENT_IMAGE") {
+        config.docker.image = image;
+    }
     burst(config, ProviderKind::Docker).await;
     // Scaled in means removed: no container of this run is left, running or exited.
     wait_for("the containers to be removed", LIMIT, || async {
