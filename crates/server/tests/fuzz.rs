@@ -45,7 +45,6 @@ fn seeds() -> Vec<Vec<u8>> {
             tenant: "team".into(),
             ..Default::default()
         }),
-        ..Default::default()
     };
     vec![
         hello.encode_to_vec(),
