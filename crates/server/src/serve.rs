@@ -383,3 +383,30 @@ async fn accept_failed(error: std::io::Error) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_only_with_nothing_in_flight() {
+        let activity = Activity::new();
+        let limit = Duration::from_secs(10);
+        let busy = activity.busy();
+        let idle = activity.idle_for(limit);
+        tokio::pin!(idle);
+        // Busy for a minute: never idle.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), &mut idle)
+                .await
+                .is_err()
+        );
+        drop(busy);
+        let released = tokio::time::Instant::now();
+        idle.await;
+        assert!(
+            released.elapsed() >= limit,
+            "idle counts from the last request's end"
+        );
+    }
+}
