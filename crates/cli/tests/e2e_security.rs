@@ -626,13 +626,14 @@ async fn the_token_commands_enrol_and_revoke_a_hand_started_agent() {
         (!server.scheduler().get(&id)?.connected).then_some(())
     })
     .await;
-    let child = std::sync::Mutex::new(&mut agent.0);
-    let status = wait_for("the refused agent to exit", LIMIT, || {
-        let exited = child.lock().unwrap().try_wait().unwrap();
-        async move { exited }
-    })
-    .await;
-    drop(child);
+    let status = {
+        let child = std::sync::Mutex::new(&mut agent.0);
+        wait_for("the refused agent to exit", LIMIT, || {
+            let exited = child.lock().unwrap().try_wait().unwrap();
+            async move { exited }
+        })
+        .await
+    };
     assert!(!status.success(), "a refused agent exits with an error");
     let mut stderr = String::new();
     std::io::Read::read_to_string(agent.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
