@@ -32,6 +32,10 @@ use crate::error::{ApiError, Code};
 /// bearer-token check; any other gRPC path answers `UNIMPLEMENTED`.
 pub(crate) type Grpc = tonic::service::Routes;
 
+/// The client's address, in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RemoteAddr(pub SocketAddr);
+
 /// What the address serves: gRPC and the HTTP router, behind one credential check.
 #[derive(Clone)]
 pub(crate) struct App {
@@ -67,6 +71,8 @@ impl App {
         } else {
             auth::http_operation(request.method(), request.uri().path())
         };
+        // Handlers that refuse on their own (a worker session) log who asked.
+        request.extensions_mut().insert(RemoteAddr(remote));
         if let Some(operation) = operation {
             match auth::authorize(&self.credentials, request.headers(), operation) {
                 Ok(principal) => {
