@@ -193,7 +193,12 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     hodei_agent::protect_process_memory();
     let token = match (args.token_file, args.token) {
         (Some(path), _) => hodei_agent::take_token_file(&path)?,
-        (None, Some(token)) => token,
+        (None, Some(token)) => {
+            tracing::warn!(
+                "the credential came from --token or HODEI_TOKEN; --token-file keeps it out of the agent's command line and environment"
+            );
+            token
+        }
         (None, None) => anyhow::bail!("pass --token-file FILE (or --token / HODEI_TOKEN)"),
     };
     let mut config =

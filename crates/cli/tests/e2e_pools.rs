@@ -217,6 +217,9 @@ async fn a_burst_scales_a_docker_pool_to_its_max_and_back_to_zero() {
     config.docker = Some(hodei_server::DockerSection {
         instance: instance.clone(),
         stop_grace: Duration::from_secs(2),
+        // The engine is shared: a worktree's tests can ask for its own image.
+        image: std::env::var("HODEI_TEST_AGENT_IMAGE")
+            .unwrap_or_else(|_| hodei_server::DockerSection::default().image),
         ..hodei_server::DockerSection::default()
     });
     burst(config, ProviderKind::Docker).await;

@@ -545,3 +545,128 @@ async fn a_job_in_a_docker_worker_finds_no_credential() {
     }
     server.shutdown().await.unwrap();
 }
+
+fn hodei_cli(server: &Server, token: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(HODEI)
+        .args(args)
+        .env("HODEI_SERVER", server.url())
+        .env("HODEI_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
+/// The user-visible flow: `hodei token create --role agent`, a hand-started agent that
+/// enrols with it through `--token-file`, `hodei token ls`, then `hodei token revoke`,
+/// which ends the agent's session; the agent is refused when it reconnects and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_commands_enrol_and_revoke_a_hand_started_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_anywhere(secure_config(dir.path(), 0)).await;
+    let created = tokio::task::block_in_place(|| {
+        hodei_cli(
+            &server,
+            ADMIN,
+            &[
+                "token",
+                "create",
+                "--role",
+                "agent",
+                "--description",
+                "rack 4",
+            ],
+        )
+    });
+    assert!(created.status.success(), "{created:?}");
+    let agent_token = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    assert!(agent_token.starts_with("hodei_"), "{agent_token}");
+    let token_file = dir.path().join("agent.token");
+    std::fs::write(&token_file, &agent_token).unwrap();
+
+    let mut agent = KillOnDrop(
+        std::process::Command::new(HODEI)
+            .args(["agent", "--server", server.url(), "--worker-id", "rack4-1"])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--work-dir")
+            .arg(dir.path().join("work"))
+            .env_remove("HODEI_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let id = WorkerId::new("rack4-1").unwrap();
+    wait_for_connected(&server, &id).await;
+    assert!(!token_file.exists(), "the agent removed its token file");
+
+    let listed = tokio::task::block_in_place(|| hodei_cli(&server, ADMIN, &["token", "ls"]));
+    let table = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(
+        table.contains("rack 4") && table.contains("rack4-1"),
+        "{table}"
+    );
+    assert!(
+        !table.contains(&agent_token),
+        "ls never shows secrets: {table}"
+    );
+    // An agent token is no admin token.
+    let denied = tokio::task::block_in_place(|| hodei_cli(&server, &agent_token, &["token", "ls"]));
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("PERMISSION_DENIED"),
+        "{denied:?}"
+    );
+
+    let agent_id = hodei_core::credential::parse_token(&agent_token)
+        .unwrap()
+        .0
+        .to_owned();
+    let revoked =
+        tokio::task::block_in_place(|| hodei_cli(&server, ADMIN, &["token", "revoke", &agent_id]));
+    assert!(revoked.status.success(), "{revoked:?}");
+    wait_for("the agent to be disconnected", LIMIT, || async {
+        (!server.scheduler().get(&id)?.connected).then_some(())
+    })
+    .await;
+    let status = {
+        let child = std::sync::Mutex::new(&mut agent.0);
+        wait_for("the refused agent to exit", LIMIT, || {
+            let exited = child.lock().unwrap().try_wait().unwrap();
+            async move { exited }
+        })
+        .await
+    };
+    assert!(!status.success(), "a refused agent exits with an error");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(agent.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("refused"), "{stderr}");
+    assert!(!stderr.contains(&agent_token), "the token is never logged");
+
+    // The gRPC TokenService agrees.
+    let mut tokens = v1::token_service_client::TokenServiceClient::with_interceptor(
+        channel(&server).await,
+        BearerToken::new(ADMIN).unwrap(),
+    );
+    let listed = tokens
+        .list_tokens(v1::ListTokensRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed.tokens.len(),
+        2,
+        "the agent token and the worker it enrolled"
+    );
+    assert!(listed.tokens.iter().all(|t| t.revoked_at_ms > 0));
+    let bad = tokens
+        .create_token(v1::CreateTokenRequest {
+            role: "worker".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("role"), "{bad:?}");
+    server.shutdown().await.unwrap();
+}

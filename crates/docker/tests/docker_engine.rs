@@ -46,6 +46,7 @@ impl Instance {
     fn config(&self, server_url: &str) -> DockerProviderConfig {
         let mut config = DockerProviderConfig::new(server_url, &self.name);
         config.stop_grace = Duration::from_secs(2);
+        config.default_image = agent_image();
         config
     }
 
@@ -85,11 +86,18 @@ async fn engine() -> Docker {
         .expect("the docker engine answers")
 }
 
+/// The agent image the tests run: `HODEI_TEST_AGENT_IMAGE` (the engine may be shared with
+/// other checkouts, each with its own tag), else [`DEFAULT_IMAGE`].
+fn agent_image() -> String {
+    std::env::var("HODEI_TEST_AGENT_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_owned())
+}
+
 /// The tests need the agent image; there is no registry to pull it from.
 async fn require_image() {
-    if let Err(error) = engine().await.inspect_image(DEFAULT_IMAGE).await {
+    let image = agent_image();
+    if let Err(error) = engine().await.inspect_image(&image).await {
         panic!(
-            "the agent image {DEFAULT_IMAGE} is missing ({error}): build it with \
+            "the agent image {image} is missing ({error}): build it with \
              scripts/build-agent-image (scripts/test does)"
         );
     }
@@ -202,7 +210,7 @@ async fn container_gets_the_intended_labels_env_limits_and_command() {
             "arch=amd64",
         ]
     );
-    assert_eq!(config.image.as_deref(), Some(DEFAULT_IMAGE));
+    assert_eq!(config.image.as_deref(), Some(agent_image().as_str()));
     let host = inspect.host_config.expect("host config");
     assert_eq!(host.nano_cpus, Some(1_000_000_000));
     assert_eq!(host.memory, Some(256 * 1024 * 1024));
@@ -606,7 +614,7 @@ async fn a_job_runs_in_a_docker_worker_of_a_real_server() {
         .expect("hodei token create");
     assert!(created.status.success(), "{created:?}");
     let agent_token = String::from_utf8_lossy(&created.stdout).trim().to_owned();
-    let mut provider_config = DockerProviderConfig::new(&url, &instance.name);
+    let mut provider_config = instance.config(&url);
     provider_config.stop_grace = Duration::from_secs(2);
     let provider = DockerProvider::new(provider_config).expect("provider");
     let id = instance.worker(1);

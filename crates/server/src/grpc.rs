@@ -435,6 +435,10 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
             .get::<Principal>()
             .cloned()
             .ok_or_else(|| Status::unauthenticated("no credential"))?;
+        let remote = request
+            .extensions()
+            .get::<crate::serve::RemoteAddr>()
+            .map(|remote| remote.0);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
@@ -473,7 +477,7 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                 (minted, token.expose().to_owned())
             }
             SessionDecision::Deny(reason) => {
-                tracing::warn!(worker_id = %id, credential_id = ?principal.credential_id, role = %principal.role, %reason, "refused a worker session");
+                tracing::warn!(worker_id = %id, ?remote, credential_id = ?principal.credential_id, role = %principal.role, %reason, "refused a worker session");
                 return Err(Status::permission_denied(reason));
             }
         };

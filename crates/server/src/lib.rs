@@ -814,3 +814,17 @@ pub async fn run(
     shutdown.await;
     server.shutdown().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::connection_limit;
+
+    #[test]
+    fn the_connection_cap_stays_below_the_open_file_limit() {
+        assert_eq!(connection_limit(4096, 1_048_576), 4096);
+        assert_eq!(connection_limit(4096, 1024), 1024 - 256);
+        assert_eq!(connection_limit(100, 1024), 100);
+        // A tiny limit still leaves a few connections rather than none.
+        assert_eq!(connection_limit(4096, 100), 16);
+    }
+}

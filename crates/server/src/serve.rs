@@ -32,6 +32,10 @@ use crate::error::{ApiError, Code};
 /// bearer-token check; any other gRPC path answers `UNIMPLEMENTED`.
 pub(crate) type Grpc = tonic::service::Routes;
 
+/// The client's address, in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RemoteAddr(pub SocketAddr);
+
 /// What the address serves: gRPC and the HTTP router, behind one credential check.
 #[derive(Clone)]
 pub(crate) struct App {
@@ -67,6 +71,8 @@ impl App {
         } else {
             auth::http_operation(request.method(), request.uri().path())
         };
+        // Handlers that refuse on their own (a worker session) log who asked.
+        request.extensions_mut().insert(RemoteAddr(remote));
         if let Some(operation) = operation {
             match auth::authorize(&self.credentials, request.headers(), operation) {
                 Ok(principal) => {
@@ -381,5 +387,32 @@ async fn accept_failed(error: std::io::Error) {
             tracing::error!(%error, "accept failed, pausing for a second");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_only_with_nothing_in_flight() {
+        let activity = Activity::new();
+        let limit = Duration::from_secs(10);
+        let busy = activity.busy();
+        let idle = activity.idle_for(limit);
+        tokio::pin!(idle);
+        // Busy for a minute: never idle.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), &mut idle)
+                .await
+                .is_err()
+        );
+        drop(busy);
+        let released = tokio::time::Instant::now();
+        idle.await;
+        assert!(
+            released.elapsed() >= limit,
+            "idle counts from the last request's end"
+        );
     }
 }
