@@ -319,7 +319,13 @@ mod tests {
             ..me
         };
         assert!(!reused.alive(), "same pid, other start time");
-        assert!(!ProcessRecord { pid: i32::MAX, start_time: None }.alive());
+        assert!(
+            !ProcessRecord {
+                pid: i32::MAX,
+                start_time: None
+            }
+            .alive()
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! shims of [`crate::exec`] the job's group also dies with the agent and when the agent's
 //! lease runs out.
 
-use std::os::unix::process::ExitStatusExt;
 use std::collections::HashSet;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -286,7 +286,13 @@ pub async fn run_with(
             directory.display()
         );
         let _ = out
-            .send(result(&job_id, attempt, v1::JobOutcome::FailedToStart, -1, text))
+            .send(result(
+                &job_id,
+                attempt,
+                v1::JobOutcome::FailedToStart,
+                -1,
+                text,
+            ))
             .await;
         return;
     }

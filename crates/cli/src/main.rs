@@ -184,11 +184,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::JobSupervise(args) => {
             let lease = std::time::Duration::from_millis(args.lease_ms);
-            return exit_code(hodei_agent::exec::supervise(lease, args.command));
+            exit_code(hodei_agent::exec::supervise(lease, args.command))
         }
-        Command::JobExec(args) => {
-            return exit_code(hodei_agent::exec::exec(args.parent, args.command));
-        }
+        Command::JobExec(args) => exit_code(hodei_agent::exec::exec(args.parent, args.command)),
         command => match tokio::runtime::Runtime::new() {
             Ok(runtime) => runtime.block_on(run(command)),
             Err(error) => {

@@ -138,7 +138,10 @@ async fn assert_one_result_never_overlapping(server: &Server, id: &JobId, marker
     for attempt in attempts(markers) {
         assert!(!alive(attempt), "attempt {attempt} still runs");
         if let Some(child) = child_of_attempt(markers, attempt) {
-            assert!(!alive(child), "a grandchild of attempt {attempt} still runs");
+            assert!(
+                !alive(child),
+                "a grandchild of attempt {attempt} still runs"
+            );
         }
     }
 }
@@ -170,9 +173,11 @@ async fn kill_9_of_an_agent_kills_its_job_which_is_requeued_at_once_and_runs_onc
 
     let killed = Instant::now();
     signal(agent, "KILL");
-    wait_for("the first attempt and its grandchild to die", LIMIT, || async {
-        (!alive(attempt) && !alive(grandchild)).then_some(())
-    })
+    wait_for(
+        "the first attempt and its grandchild to die",
+        LIMIT,
+        || async { (!alive(attempt) && !alive(grandchild)).then_some(()) },
+    )
     .await;
     let job_dead = killed.elapsed();
     wait_for("the job to be requeued", LIMIT, || async {
@@ -203,7 +208,11 @@ async fn kill_9_of_an_agent_kills_its_job_which_is_requeued_at_once_and_runs_onc
     assert_eq!(done.worker_id.as_ref(), Some(&replacement));
     let text = metrics(&server).await;
     assert_eq!(
-        sum_samples(&text, "hodei_job_lost_attempts_total", &[("kind", "worker_dead")]),
+        sum_samples(
+            &text,
+            "hodei_job_lost_attempts_total",
+            &[("kind", "worker_dead")]
+        ),
         Some(1.0),
         "{text}"
     );
@@ -273,17 +282,29 @@ async fn a_frozen_agent_fences_its_job_before_it_runs_elsewhere_and_its_late_res
     // The thawed agent reports its attempt lost; the server keeps it out of the job.
     wait_for("the late report to be counted stale", LIMIT, || async {
         let text = metrics(&server).await;
-        (sum_samples(&text, "hodei_job_stale_reports_total", &[("kind", "result")])? >= 1.0)
+        (sum_samples(
+            &text,
+            "hodei_job_stale_reports_total",
+            &[("kind", "result")],
+        )? >= 1.0)
             .then_some(())
     })
     .await;
     let text = metrics(&server).await;
     assert_eq!(
-        sum_samples(&text, "hodei_job_lost_attempts_total", &[("kind", "silent")]),
+        sum_samples(
+            &text,
+            "hodei_job_lost_attempts_total",
+            &[("kind", "silent")]
+        ),
         Some(1.0),
         "{text}"
     );
-    assert_eq!(job(&server, &submitted.id).await, done, "the stale report changed nothing");
+    assert_eq!(
+        job(&server, &submitted.id).await,
+        done,
+        "the stale report changed nothing"
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -406,7 +427,11 @@ async fn an_assignment_nobody_accepts_is_withdrawn_without_spending_an_attempt()
             _ => None,
         })
         .await;
-    assert_eq!(cancelled, submitted.id.as_str(), "the agent is told to drop it");
+    assert_eq!(
+        cancelled,
+        submitted.id.as_str(),
+        "the agent is told to drop it"
+    );
     let withdrawn = wait_for("the job to be queued again", LIMIT, || async {
         let job = job(&server, &submitted.id).await;
         (job.state == JobState::Queued).then_some(job)
@@ -414,7 +439,11 @@ async fn an_assignment_nobody_accepts_is_withdrawn_without_spending_an_attempt()
     .await;
     assert_eq!((withdrawn.attempts, withdrawn.withdrawn), (1, 1));
     assert!(
-        withdrawn.reason.as_deref().unwrap_or("").contains("not accepted"),
+        withdrawn
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("not accepted"),
         "{:?}",
         withdrawn.reason
     );
@@ -457,7 +486,11 @@ async fn an_assignment_nobody_accepts_is_withdrawn_without_spending_an_attempt()
         Some(1.0)
     );
     assert!(
-        sum_samples(&text, "hodei_job_stale_reports_total", &[("kind", "accepted")]) >= Some(1.0)
+        sum_samples(
+            &text,
+            "hodei_job_stale_reports_total",
+            &[("kind", "accepted")]
+        ) >= Some(1.0)
     );
     drop(silent);
     server.shutdown().await.unwrap();
@@ -516,13 +549,20 @@ async fn the_server_ends_a_job_past_its_timeout_when_its_agent_never_reports() {
         .unwrap();
     wait_for("the late result to be counted stale", LIMIT, || async {
         let text = metrics(&server).await;
-        (sum_samples(&text, "hodei_job_stale_reports_total", &[("kind", "result")])? >= 1.0)
+        (sum_samples(
+            &text,
+            "hodei_job_stale_reports_total",
+            &[("kind", "result")],
+        )? >= 1.0)
             .then_some(())
     })
     .await;
     assert_eq!(job(&server, &submitted.id).await.state, JobState::TimedOut);
     let text = metrics(&server).await;
-    assert_eq!(sum_samples(&text, "hodei_job_server_timeouts_total", &[]), Some(1.0));
+    assert_eq!(
+        sum_samples(&text, "hodei_job_server_timeouts_total", &[]),
+        Some(1.0)
+    );
     drop(mute);
     server.shutdown().await.unwrap();
 }

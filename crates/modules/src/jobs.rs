@@ -1150,8 +1150,7 @@ impl Dispatcher {
     }
 
     fn log(&mut self, worker_id: &WorkerId, mut chunk: LogChunk) {
-        let Some(live) = self.in_flight_on(worker_id, chunk.job_id.as_str(), chunk.attempt)
-        else {
+        let Some(live) = self.in_flight_on(worker_id, chunk.job_id.as_str(), chunk.attempt) else {
             self.metrics.stale("log");
             return;
         };
@@ -1456,8 +1455,7 @@ impl Dispatcher {
                 if because != LostBecause::WorkerDead && connected {
                     stop("the server gave up on this attempt").await;
                 }
-                self.end_attempt(id, AttemptOutcome::WorkerLost, true)
-                    .await;
+                self.end_attempt(id, AttemptOutcome::WorkerLost, true).await;
             }
             Verdict::TimedOut => {
                 tracing::warn!(job_id = %id, worker_id = ?worker, "the job ran past its timeout and its agent never said so, ending it");

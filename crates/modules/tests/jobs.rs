@@ -175,7 +175,8 @@ async fn run_to_end(h: &Harness, worker: &WorkerId, id: &JobId, output: &str, co
         .job_result(
             worker.clone(),
             id.to_string(),
-            0, AttemptOutcome::Exited(code),
+            0,
+            AttemptOutcome::Exited(code),
             true,
         )
         .await;
@@ -381,7 +382,13 @@ async fn cancel_a_queued_job_at_once_and_a_running_one_through_its_agent() {
         }
     );
     h.jobs
-        .job_result(w.clone(), id.to_string(), 0, AttemptOutcome::Cancelled, true)
+        .job_result(
+            w.clone(),
+            id.to_string(),
+            0,
+            AttemptOutcome::Cancelled,
+            true,
+        )
         .await;
     wait_state(&h, &running.id, JobState::Cancelled).await;
     assert!(matches!(
@@ -402,7 +409,13 @@ async fn a_result_reported_twice_is_recorded_once() {
     let (_, id) = next_assignment(&mut h).await;
     run_to_end(&h, &w, &id, "", 0).await;
     h.jobs
-        .job_result(w.clone(), id.to_string(), 0, AttemptOutcome::Exited(1), true)
+        .job_result(
+            w.clone(),
+            id.to_string(),
+            0,
+            AttemptOutcome::Exited(1),
+            true,
+        )
         .await;
     wait_state(&h, &submitted.id, JobState::Succeeded).await;
     // Let the duplicate through the dispatcher, then check nothing changed.
@@ -430,7 +443,8 @@ async fn a_lost_worker_requeues_its_job_after_the_grace_period() {
     let (to, _) = next_assignment(&mut h).await;
     assert_eq!(to, gone);
     h.jobs
-        .job_accepted(gone.clone(), submitted.id.to_string(), 0).await;
+        .job_accepted(gone.clone(), submitted.id.to_string(), 0)
+        .await;
     h.registry.disconnect(&gone);
     // Inside the grace period the job waits for its worker.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -466,7 +480,11 @@ async fn an_assignment_not_accepted_in_time_is_withdrawn_without_spending_an_att
         tokio::time::sleep(Duration::from_millis(500)).await;
         h.registry.heartbeat(&silent);
     }
-    assert_eq!(job(&h, &id).await.state, JobState::Assigned, "within the 10 s");
+    assert_eq!(
+        job(&h, &id).await.state,
+        JobState::Assigned,
+        "within the 10 s"
+    );
     assert_eq!(next_cancel(&mut h).await, (silent.clone(), id.clone()));
     let withdrawn = wait_state(&h, &id, JobState::Queued).await;
     assert_eq!((withdrawn.attempts, withdrawn.withdrawn), (1, 1));
@@ -508,22 +526,48 @@ async fn a_result_for_an_attempt_given_up_on_is_stale_and_never_the_jobs_result(
     // Attempt 1 reports late (its worker came back), and attempt 2 of the right worker
     // with a wrong number: both stale.
     h.jobs
-        .job_result(first.clone(), id.to_string(), 1, AttemptOutcome::Exited(0), true)
+        .job_result(
+            first.clone(),
+            id.to_string(),
+            1,
+            AttemptOutcome::Exited(0),
+            true,
+        )
         .await;
     h.jobs
-        .job_result(second.clone(), id.to_string(), 1, AttemptOutcome::Exited(0), true)
+        .job_result(
+            second.clone(),
+            id.to_string(),
+            1,
+            AttemptOutcome::Exited(0),
+            true,
+        )
         .await;
     h.jobs
-        .job_result(second.clone(), id.to_string(), 2, AttemptOutcome::Exited(7), true)
+        .job_result(
+            second.clone(),
+            id.to_string(),
+            2,
+            AttemptOutcome::Exited(7),
+            true,
+        )
         .await;
     let done = wait_state(&h, &submitted.id, JobState::Failed).await;
     assert_eq!((done.attempts, done.exit_code), (2, Some(7)));
     assert_eq!(
-        metric_value(&h.metrics, "hodei_job_stale_reports_total", &[("kind", "result")]),
+        metric_value(
+            &h.metrics,
+            "hodei_job_stale_reports_total",
+            &[("kind", "result")]
+        ),
         Some(2.0)
     );
     assert_eq!(
-        metric_value(&h.metrics, "hodei_job_lost_attempts_total", &[("kind", "worker_dead")]),
+        metric_value(
+            &h.metrics,
+            "hodei_job_lost_attempts_total",
+            &[("kind", "worker_dead")]
+        ),
         Some(1.0)
     );
     h.stop.cancel();
@@ -600,7 +644,8 @@ async fn workers_are_retired_after_max_uses_or_a_failed_health_check() {
         .job_result(
             sick.clone(),
             id.to_string(),
-            0, AttemptOutcome::Exited(0),
+            0,
+            AttemptOutcome::Exited(0),
             false,
         )
         .await;
@@ -665,7 +710,8 @@ async fn after_a_restart_queued_jobs_wait_and_running_ones_finish_or_are_retried
         .job_result(
             stays.clone(),
             on[&stays].to_string(),
-            0, AttemptOutcome::Exited(0),
+            0,
+            AttemptOutcome::Exited(0),
             true,
         )
         .await;

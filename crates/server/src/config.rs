@@ -753,7 +753,11 @@ mod tests {
         assert_eq!(fence.assign_timeout, Duration::from_secs(3));
         assert_eq!(fence.timeout_grace, Duration::from_secs(1));
         let defaults = ServerConfig::default();
-        let fence = defaults.jobs.service_config(&defaults.agents).unwrap().fence;
+        let fence = defaults
+            .jobs
+            .service_config(&defaults.agents)
+            .unwrap()
+            .fence;
         assert_eq!(fence, hodei_core::fence::FencePolicy::default());
 
         let mut config = ServerConfig::default();

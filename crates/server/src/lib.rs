@@ -445,7 +445,10 @@ async fn confirm_dead_workers(
             Ok(_) => continue,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 // The lease still covers the workers whose close was missed.
-                tracing::warn!(missed, "missed agent events; dead workers among them wait for the lease");
+                tracing::warn!(
+                    missed,
+                    "missed agent events; dead workers among them wait for the lease"
+                );
                 continue;
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
