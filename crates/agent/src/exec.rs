@@ -25,7 +25,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{SigSet, Signal, kill, killpg};
 use nix::unistd::{Pid, getpgrp, getpid, getppid};
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +74,12 @@ pub fn supervise(lease: Duration, command: Vec<OsString>) -> i32 {
     std::panic::set_hook(Box::new(|_| {
         let _ = killpg(getpgrp(), Signal::SIGKILL);
     }));
+    // A cancel or timeout signals the whole group with SIGTERM: the command gets its grace
+    // to stop, so the supervisor must not die of it first (its death would SIGKILL the
+    // command). Blocked before any thread exists, so in every thread; `exec` unblocks it.
+    if let Err(errno) = graceful_signals().thread_block() {
+        say!("hodei: cannot block SIGTERM: {errno}");
+    }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(error) => {
@@ -150,8 +156,22 @@ fn exit_like(status: ExitStatus) -> i32 {
     SHIM_FAILED
 }
 
+/// The signals a job gets to handle itself, which its supervisor does not die of.
+fn graceful_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(signal);
+    }
+    set
+}
+
 /// Becomes `command` with SIGKILL as its parent-death signal; returns only on failure.
 pub fn exec(parent: i32, command: Vec<OsString>) -> i32 {
+    // The supervisor blocked these; the command must get them.
+    if let Err(errno) = graceful_signals().thread_unblock() {
+        say!("hodei: cannot unblock SIGTERM: {errno}");
+        return SHIM_FAILED;
+    }
     if let Err(errno) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         say!("hodei: cannot set the parent-death signal: {errno}");
         return SHIM_FAILED;

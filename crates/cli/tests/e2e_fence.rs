@@ -567,3 +567,27 @@ async fn the_server_ends_a_job_past_its_timeout_when_its_agent_never_reports() {
     drop(mute);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_still_gets_its_grace_to_stop_under_the_supervisor() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_anywhere(config(dir.path(), 1)).await;
+    let worker = wait_for_registered_workers(&server, 1).await.remove(0);
+    wait_for_connected(&server, &worker).await;
+    let script = r#"trap 'echo cleaning up; exit 3' TERM; echo ready; sleep 100 & wait"#;
+    let spec = JobSpec::new(hodei_core::Command::Script(script.into()));
+    let submitted = server.jobs().submit(spec).await.unwrap();
+    wait_for("the job to say it is ready", LIMIT, || async {
+        output_of(&server, &submitted.id)
+            .await
+            .contains("ready")
+            .then_some(())
+    })
+    .await;
+    server.jobs().cancel(submitted.id.clone()).await.unwrap();
+    let done = wait_job_ended(&server, &submitted.id).await;
+    assert_eq!(done.state, JobState::Cancelled);
+    let output = output_of(&server, &submitted.id).await;
+    assert!(output.contains("cleaning up"), "{output:?}");
+    server.shutdown().await.unwrap();
+}

@@ -618,6 +618,26 @@ impl WorkerProvider for DockerProvider {
         Ok(())
     }
 
+    /// Dead when its container is gone or has stopped: the container's processes (the
+    /// agent and its jobs) went with it.
+    async fn confirm_dead(&self, id: &WorkerId) -> Result<bool, ProviderError> {
+        let docker = self.docker().await?;
+        let name = container_name(id);
+        let existing = match docker.inspect_container(&name, None).await {
+            Ok(existing) => existing,
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(true),
+            Err(e) => return Err(self.error(&format!("cannot inspect container {name}"), e)),
+        };
+        let labels = existing
+            .config
+            .and_then(|config| config.labels)
+            .unwrap_or_default();
+        let running = existing.state.and_then(|state| state.running);
+        Ok(self.owns(&labels, Some(id)) && running == Some(false))
+    }
+
     async fn list_workers(&self) -> Result<Vec<WorkerId>, ProviderError> {
         let docker = self.docker().await?;
         let filters = HashMap::from([(

@@ -383,7 +383,17 @@ async fn an_exited_container_is_not_listed_and_is_removed() {
     )
     .await;
 
-    assert_eq!(provider.list_workers().await.expect("list"), vec![lives]);
+    // Its agent died with it, its jobs too: the provider says so, and not of the live one.
+    assert!(provider.confirm_dead(&dies).await.expect("inspect"));
+    assert!(!provider.confirm_dead(&lives).await.expect("inspect"));
+    assert_eq!(
+        provider.list_workers().await.expect("list"),
+        vec![lives.clone()]
+    );
+    assert!(
+        provider.confirm_dead(&dies).await.expect("inspect"),
+        "a removed container is dead too"
+    );
     assert!(
         !container_exists(&docker, &dies).await,
         "the exited container is removed, not leaked"

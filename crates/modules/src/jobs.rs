@@ -696,7 +696,11 @@ impl Dispatcher {
                 Event::Explain { id, reply } => {
                     let _ = reply.send(self.explain(&id));
                 }
-                Event::Connected { worker_id, running } => self.connected(&worker_id, &running),
+                Event::Connected { worker_id, running } => {
+                    let started = self.connected(&worker_id, &running);
+                    // Its acceptance of these was lost (a server restart): it runs them.
+                    self.accepted_batch(started).await;
+                }
                 Event::WorkerDead { worker_id } => {
                     tracing::info!(%worker_id, "worker confirmed dead, its attempts are lost now");
                     self.dead.insert(worker_id);
@@ -1048,7 +1052,14 @@ impl Dispatcher {
         true
     }
 
-    fn connected(&mut self, worker_id: &WorkerId, running: &[String]) {
+    /// An agent (re)connected listing the jobs it runs. Returns those of its jobs still
+    /// recorded as assigned, as acceptances to apply.
+    fn connected(
+        &mut self,
+        worker_id: &WorkerId,
+        running: &[String],
+    ) -> Vec<(WorkerId, String, u32)> {
+        let mut started = Vec::new();
         let now = Instant::now();
         self.dead.remove(worker_id);
         if let Some(slot) = self.slots.get_mut(worker_id) {
@@ -1069,11 +1080,19 @@ impl Dispatcher {
             }
             if running.iter().any(|id| id == live.job.id.as_str()) {
                 live.unconfirmed_since = None;
+                if live.job.state == JobState::Assigned {
+                    started.push((
+                        worker_id.clone(),
+                        live.job.id.to_string(),
+                        live.job.attempts,
+                    ));
+                }
             } else {
                 // Its result may still be on its way; if not, it is lost.
                 live.unconfirmed_since = Some(now);
             }
         }
+        started
     }
 
     /// The job `job_id` if `attempt` of it is in flight on `worker_id`

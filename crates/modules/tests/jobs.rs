@@ -507,6 +507,25 @@ async fn an_assignment_not_accepted_in_time_is_withdrawn_without_spending_an_att
 }
 
 #[tokio::test]
+async fn an_agent_that_reconnects_running_an_assigned_job_has_accepted_it() {
+    let mut h = harness().await;
+    let w = connect(&h.registry, worker("w-1", 2, &[]));
+    let submitted = h.jobs.submit(argv(&["true"])).await.unwrap();
+    let (_, id) = next_assignment(&mut h).await;
+    // Its acceptance was lost with its session; it says it runs the job when it is back.
+    h.registry.disconnect(&w);
+    connect(&h.registry, worker("w-1", 2, &[]));
+    h.jobs
+        .agent_connected(w.clone(), vec![id.to_string()])
+        .await;
+    wait_state(&h, &id, JobState::Running).await;
+    run_to_end(&h, &w, &id, "", 0).await;
+    let done = wait_state(&h, &submitted.id, JobState::Succeeded).await;
+    assert_eq!((done.attempts, done.withdrawn), (1, 0));
+    h.stop.cancel();
+}
+
+#[tokio::test]
 async fn a_result_for_an_attempt_given_up_on_is_stale_and_never_the_jobs_result() {
     let mut h = harness().await;
     let first = connect(&h.registry, worker("a-first", 2, &[]));
