@@ -900,6 +900,17 @@ impl PoolMetrics {
                 .set(i64::from(value));
         }
         let labels = PoolLabels { pool: pool.clone() };
+        // Counters present at zero from the pool's first pass, so that alerts can use them.
+        let _ = self.provisioning_failures.get_or_create(&labels);
+        let _ = self.worker_seconds.get_or_create(&labels);
+        let _ = self.cost.get_or_create(&labels);
+        let _ = self.cold_start.get_or_create(&labels);
+        for action in ["up", "down"] {
+            let _ = self.decisions.get_or_create(&DecisionLabels {
+                pool: pool.clone(),
+                action,
+            });
+        }
         self.desired.get_or_create(&labels).set(i64::from(desired));
         let (min, max) = autoscale::bounds(spec, now_ms);
         self.min.get_or_create(&labels).set(i64::from(min));

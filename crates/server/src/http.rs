@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,6 +23,7 @@ use crate::api::{
     WorkerView, job_filter,
 };
 use crate::error::{ApiError, Code};
+use crate::exposition;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -246,17 +247,20 @@ async fn remove_pool(
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let format = exposition::negotiate(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok()),
+    );
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &state.metrics) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+        Ok(()) => {
+            if format == exposition::Format::PrometheusText {
+                text = exposition::openmetrics_to_prometheus_text(&text);
+            }
+            ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
+        }
         Err(error) => {
             ApiError::new(Code::Internal, format!("cannot encode metrics: {error}")).into_response()
         }

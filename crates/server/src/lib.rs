@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+mod exposition;
 pub mod grpc;
 pub mod grpc_jobs;
 mod http;
