@@ -320,6 +320,18 @@ fn dashboard_expressions() -> Vec<(String, String)> {
                 .any(|v| v["type"] == "datasource" && v["query"] == "prometheus"),
             "{name} has no templated Prometheus datasource"
         );
+        // A query variable's `label_values(metric, label)`: its metric alone is PromQL too.
+        for variable in templating.iter().filter(|v| v["type"] == "query") {
+            let definition = variable["definition"].as_str().unwrap();
+            let metric = definition
+                .strip_prefix("label_values(")
+                .and_then(|rest| rest.split(',').next())
+                .unwrap_or_else(|| panic!("{name}: unexpected variable query {definition}"));
+            found.push((
+                format!("{name}: variable {}", variable["name"]),
+                metric.to_owned(),
+            ));
+        }
         let panels = dashboard["panels"].as_array().unwrap();
         assert!(!panels.is_empty(), "{name}");
         for panel in panels {
@@ -402,8 +414,25 @@ fn metric_names_skip_labels_and_groupings() {
     );
 }
 
+/// Every alert's `expr` in deploy/prometheus/alerts.yml (promtool parses them; this is for
+/// their metric names).
+fn alert_expressions() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(deploy_dir().join("prometheus/alerts.yml")).unwrap();
+    let rules: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let mut found = Vec::new();
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            found.push((
+                format!("alert {}", rule["alert"]),
+                rule["expr"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    found
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_expressions_parse_and_name_only_exposed_metrics() {
+async fn dashboard_and_alert_expressions_name_only_exposed_metrics() {
     let expressions = dashboard_expressions();
     // promtool parses PromQL when it checks recording rules: one rule per panel target.
     let mut rules = String::from("groups:\n  - name: dashboards\n    rules:\n");
@@ -422,9 +451,12 @@ async fn dashboard_expressions_parse_and_name_only_exposed_metrics() {
     let server = server_after_jobs(dir.path(), 1).await;
     let (_, text) = scrape(&server, None).await;
     let exposed = sample_names(&text);
-    for (panel, expr) in &expressions {
+    for (panel, expr) in expressions.iter().chain(&alert_expressions()) {
         let names = metric_names(expr);
-        assert!(!names.is_empty(), "{panel}: no metric in {expr}");
+        assert!(
+            !names.is_empty() || expr.starts_with("up{"),
+            "{panel}: no metric in {expr}"
+        );
         for name in names {
             assert!(exposed.contains(&name), "{panel}: {name} is not exposed ({expr})");
         }
