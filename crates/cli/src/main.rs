@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use hodei_server::LogFormat;
 
 /// Hodei keeps pools of CI build workers warm and feeds them jobs.
 #[derive(Debug, Parser)]
@@ -107,17 +108,34 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-fn init_logging(default: &str) {
+/// Log lines to stderr: coloured only when stderr is a terminal (local agents' logs go to
+/// files), JSON when `format` says so.
+fn init_logging(default: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
+
+/// `HODEI_LOG_FORMAT` for every command but `server` (which reads `[log] format` too).
+fn log_format_from_env() -> anyhow::Result<LogFormat> {
+    match std::env::var("HODEI_LOG_FORMAT") {
+        Ok(text) if !text.is_empty() => Ok(text.parse::<LogFormat>()?),
+        _ => Ok(LogFormat::Text),
+    }
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = hodei_server::ServerConfig::load(&args.config, |key| std::env::var(key).ok())?;
+    init_logging("info", config.log.format);
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -152,33 +170,38 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = match log_format_from_env() {
+        Ok(format) => format,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Dev(args) => {
-            init_logging("info");
+            init_logging("info", format);
             dev::run(args).await
         }
-        Command::Server(args) => {
-            init_logging("info");
-            server(args).await
-        }
+        // Logging starts once the configuration file is read.
+        Command::Server(args) => server(args).await,
         Command::Agent(args) => {
-            init_logging("info");
+            init_logging("info", format);
             agent(args).await
         }
         Command::Worker(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             client::worker(command).await
         }
         Command::Pool(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             client::pool(command).await
         }
         Command::Bench(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             bench::run(command).await
         }
         Command::Job(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             match jobs::job(command).await {
                 Ok(code) => return ExitCode::from(code),
                 Err(error) => Err(error),

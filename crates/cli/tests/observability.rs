@@ -463,3 +463,83 @@ async fn dashboard_and_alert_expressions_name_only_exposed_metrics() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// Runs a `hodei server` process with `log_section` in its file and one local worker until
+/// the worker is up, then stops it with SIGTERM: (its stderr, its agents' log files).
+async fn run_server_process(dir: &Path, log_section: &str) -> (String, Vec<String>) {
+    let config = dir.join("hodei.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{data}\"\ntoken = \"observability-test-token-0123\"\n\
+             {log_section}\n[local]\nagent_program = \"{hodei}\"\n\
+             [[pool]]\nname = \"default\"\nprovider = \"local\"\nsize = 1\n",
+            data = dir.join("data").display(),
+            hodei = HODEI,
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let log_path = dir.join("server.log");
+    let mut child = KillOnDrop(
+        Command::new(HODEI)
+            .args(["server", "--config"])
+            .arg(&config)
+            .args(["--listen", &listen])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://{listen}");
+    wait_for("a connected worker", LIMIT, || async {
+        let workers: serde_json::Value = reqwest::Client::new()
+            .get(format!("{url}/api/v1/workers"))
+            .bearer_auth("observability-test-token-0123")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (workers["workers"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    // The server stops its local agent before it exits: a blocking wait is bounded by that.
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let agent_logs = std::fs::read_dir(dir.join("data/local"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    (std::fs::read_to_string(&log_path).unwrap(), agent_logs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_written_to_files_have_no_colour_and_json_is_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_log, agent_logs) = run_server_process(dir.path(), "").await;
+    assert!(server_log.contains("INFO"), "{server_log}");
+    assert!(!server_log.contains('\u{1b}'), "colour codes in a file: {server_log}");
+    assert!(!agent_logs.is_empty());
+    for log in &agent_logs {
+        assert!(!log.contains('\u{1b}'), "colour codes in an agent's log: {log}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (server_log, _) = run_server_process(dir.path(), "[log]\nformat = \"json\"").await;
+    let lines: Vec<&str> = server_log.lines().collect();
+    assert!(lines.len() > 3, "{server_log}");
+    for line in lines {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(object["level"].is_string(), "{line}");
+        assert!(object["timestamp"].is_string(), "{line}");
+        assert!(object["fields"].is_object(), "{line}");
+    }
+}

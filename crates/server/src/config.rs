@@ -45,6 +45,7 @@ pub struct ServerConfig {
     pub reconcile: ReconcileSection,
     pub local: LocalSection,
     pub shutdown: ShutdownSection,
+    pub log: LogSection,
     pub agents: AgentsSection,
     pub jobs: JobsSection,
     pub autoscaler: AutoscalerSection,
@@ -75,6 +76,7 @@ impl Default for ServerConfig {
             reconcile: ReconcileSection::default(),
             local: LocalSection::default(),
             shutdown: ShutdownSection::default(),
+            log: LogSection::default(),
             agents: AgentsSection::default(),
             jobs: JobsSection::default(),
             autoscaler: AutoscalerSection::default(),
@@ -378,6 +380,39 @@ impl Default for LocalSection {
     }
 }
 
+/// `[log]`: how the server writes its log lines (to stderr).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `text` (the default: human-readable, coloured only on a terminal) or `json` (one
+    /// object per line, for log shippers). `HODEI_LOG_FORMAT` overrides it.
+    pub format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = ValidationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(ValidationError::new(
+                "log.format",
+                format!("{other:?} is neither \"text\" nor \"json\""),
+            )),
+        }
+    }
+}
+
 /// `[shutdown]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -516,8 +551,8 @@ impl ServerConfig {
         toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
     }
 
-    /// Applies `HODEI_TOKEN`, `HODEI_CA_CERT`, `REGISTRATION_ENABLED` and
-    /// `REGISTRATION_MAX_RETRIES`.
+    /// Applies `HODEI_TOKEN`, `HODEI_CA_CERT`, `HODEI_LOG_FORMAT`, `REGISTRATION_ENABLED`
+    /// and `REGISTRATION_MAX_RETRIES`.
     pub fn apply_env(
         &mut self,
         env: impl Fn(&str) -> Option<String>,
@@ -527,6 +562,9 @@ impl ServerConfig {
         }
         if let Some(ca_cert) = env("HODEI_CA_CERT").filter(|p| !p.is_empty()) {
             self.tls.ca_cert = Some(PathBuf::from(ca_cert));
+        }
+        if let Some(format) = env("HODEI_LOG_FORMAT").filter(|f| !f.is_empty()) {
+            self.log.format = format.parse()?;
         }
         let mut management = self.worker_management();
         management.apply_env(&env)?;
@@ -636,6 +674,23 @@ mod tests {
         assert_eq!(config.registration.timeout, Duration::from_secs(30));
         assert_eq!(config.registration.batch_concurrency, 10);
         assert_eq!(config.provisioning.max_concurrent_provisioning, 5);
+    }
+
+    #[test]
+    fn log_format_from_the_file_and_the_environment() {
+        assert_eq!(ServerConfig::parse("").unwrap().log.format, LogFormat::Text);
+        let mut config = ServerConfig::parse("[log]\nformat = \"json\"").unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        config
+            .apply_env(|key| (key == "HODEI_LOG_FORMAT").then(|| "text".to_owned()))
+            .unwrap();
+        assert_eq!(config.log.format, LogFormat::Text);
+        let error = config
+            .apply_env(|key| (key == "HODEI_LOG_FORMAT").then(|| "xml".to_owned()))
+            .unwrap_err();
+        assert_eq!(error.field, "log.format");
+        let error = ServerConfig::parse("[log]\nformat = \"xml\"").unwrap_err();
+        assert!(error.contains("format"), "{error}");
     }
 
     #[test]
