@@ -7,5 +7,6 @@
 
 mod jobs;
 mod sqlite;
+mod usage;
 
 pub use sqlite::SqliteStore;
