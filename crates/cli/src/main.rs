@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod dev;
 mod jobs;
+mod report;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ enum Command {
     /// Submit, list, follow and cancel jobs.
     #[command(subcommand)]
     Job(jobs::JobCommand),
+    /// Reports: what workers cost, by tenant, pool or queue, with recommendations.
+    #[command(subcommand)]
+    Report(report::ReportCommand),
     /// Measure a real server; each run prints one JSON object on stdout.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -195,6 +199,10 @@ async fn main() -> ExitCode {
         Command::Pool(command) => {
             init_logging("warn", format);
             client::pool(command).await
+        }
+        Command::Report(command) => {
+            init_logging("warn", format);
+            report::report(command).await
         }
         Command::Bench(command) => {
             init_logging("warn", format);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
+use hodei_core::cost::{self, AttemptTotals, AttemptUsage};
 use hodei_core::job::{AttemptOutcome, after_attempt};
 use hodei_core::matching::{self, IdleWorker};
 use hodei_core::{
@@ -1121,6 +1122,7 @@ impl Dispatcher {
                 return;
             }
         };
+        let mut usage = Vec::new();
         for (end, result) in ends.into_iter().zip(results) {
             let id = end.job.id.clone();
             if log_store_error("a job result", &id, result).is_none() {
@@ -1147,6 +1149,17 @@ impl Dispatcher {
                         .unwrap_or(0.0);
                     self.metrics
                         .charge(job.spec.tenant.as_str(), &pool, secs, rate);
+                    usage.push(AttemptUsage {
+                        job_id: id.to_string(),
+                        attempt: job.attempts,
+                        tenant: job.spec.tenant.to_string(),
+                        queue: job.spec.queue.to_string(),
+                        pool: pool.clone(),
+                        worker_id: worker.to_string(),
+                        ended_at_ms: crate::pools::unix_ms(SystemTime::now()),
+                        worker_seconds: secs,
+                        cost: cost::cost_of(secs, rate),
+                    });
                     if self.ran.len() < MAX_SNAPSHOT_QUEUED {
                         self.ran.push((pool, secs));
                     }
@@ -1172,6 +1185,10 @@ impl Dispatcher {
             if let Some(worker) = worker {
                 self.release(&worker, end.lost, end.healthy).await;
             }
+        }
+        // Cost reports read these; the metrics above are already charged either way.
+        if let Err(error) = self.store.record_attempt_usage(&usage).await {
+            tracing::error!(%error, attempts = usage.len(), "could not record attempts' usage");
         }
     }
 
@@ -1435,14 +1452,23 @@ impl JobMetrics {
     }
 
     fn charge(&self, tenant: &str, pool: &str, secs: f64, cost_per_hour: f64) {
+        self.add_tenant_usage(tenant, pool, secs, cost::cost_of(secs, cost_per_hour));
+    }
+
+    fn add_tenant_usage(&self, tenant: &str, pool: &str, secs: f64, cost: f64) {
         let labels = TenantPoolLabels {
             tenant: tenant.to_owned(),
             pool: pool.to_owned(),
         };
         self.tenant_seconds.get_or_create(&labels).inc_by(secs);
-        self.tenant_cost
-            .get_or_create(&labels)
-            .inc_by(secs * cost_per_hour / 3600.0);
+        self.tenant_cost.get_or_create(&labels).inc_by(cost);
+    }
+
+    /// Starts the tenant counters at the stored totals, so that they survive restarts.
+    pub fn restore_tenant_totals(&self, totals: &[AttemptTotals]) {
+        for row in totals {
+            self.add_tenant_usage(&row.tenant, &row.pool, row.worker_seconds, row.cost);
+        }
     }
 
     fn finished(&self, state: JobState) {

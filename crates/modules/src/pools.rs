@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hodei_core::autoscale::{
     self, Demand, IdleSince, PoolCandidate, PoolView, ScaleAction, ScalingHistory,
 };
+use hodei_core::cost::{self, PoolUsage};
 use hodei_core::health::Liveness;
 use hodei_core::{PoolSpec, ProviderKind, ValidationError, WorkerId};
 use hodei_ports::{Store, store};
@@ -105,7 +106,8 @@ pub struct PoolStatus {
     pub desired: u32,
     /// Newest first.
     pub decisions: Vec<DecisionRecord>,
-    /// Worker-seconds the pool has held, starting workers included, since this server started.
+    /// Worker-seconds the pool has held, starting workers included, since it was first
+    /// created (kept in the store across restarts).
     pub worker_seconds: f64,
     /// `worker_seconds` priced at `cost_per_hour`.
     pub cost: f64,
@@ -134,6 +136,8 @@ struct PoolState {
     mean_run_secs: Option<f64>,
     worker_seconds: f64,
     cost: f64,
+    /// Jobs the autoscaler attributed to this pool at the last pass.
+    queued: u32,
 }
 
 impl PoolState {
@@ -153,6 +157,7 @@ impl PoolState {
             mean_run_secs: None,
             worker_seconds: 0.0,
             cost: 0.0,
+            queued: 0,
         }
     }
 
@@ -201,7 +206,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn unix_ms(now: SystemTime) -> u64 {
+pub(crate) fn unix_ms(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
@@ -250,6 +255,14 @@ impl PoolManager {
             spec.validate()?;
             store.put_pool(spec).await?;
             pools.insert(spec.name.clone(), PoolState::new(spec.clone()));
+        }
+        // Totals survive restarts: the pools' and the counters' start where the store is.
+        for usage in store.pool_usage(0).await? {
+            if let Some(pool) = pools.get_mut(&usage.pool) {
+                pool.worker_seconds = usage.worker_seconds;
+                pool.cost = usage.cost;
+            }
+            metrics.restore(&usage);
         }
         for spec in pools.values().map(|p| &p.spec) {
             if !management.provider_kinds().contains(&spec.provider) {
@@ -478,6 +491,7 @@ impl PoolManager {
         let members = self.members();
 
         let mut actions = Vec::new();
+        let mut usage = Vec::new();
         {
             let mut pools = lock(&self.inner.pools);
             let mut views: BTreeMap<String, (PoolView, PoolCounts)> = BTreeMap::new();
@@ -510,7 +524,10 @@ impl PoolManager {
                     continue;
                 };
                 pool.counts = counts;
-                self.account(pool, &counts, elapsed);
+                let used = self.account(pool, &counts, elapsed, now_ms);
+                if used.worker_seconds > 0.0 {
+                    usage.push(used);
+                }
                 for (_, secs) in snapshot.ran.iter().filter(|(p, _)| p == name) {
                     pool.mean_run_secs = Some(match pool.mean_run_secs {
                         None => *secs,
@@ -529,8 +546,9 @@ impl PoolManager {
                 }
                 pool.arrivals
                     .push_back((now, arrived.get(name).copied().unwrap_or(0)));
+                pool.queued = queued.get(name).copied().unwrap_or(0);
                 let demand = Demand {
-                    queued: queued.get(name).copied().unwrap_or(0),
+                    queued: pool.queued,
                     arrivals_per_sec: pool.arrivals_per_sec(now),
                     mean_run_secs: pool.mean_run_secs.unwrap_or(0.0),
                 };
@@ -549,6 +567,9 @@ impl PoolManager {
                 self.inner.metrics.forget(&name);
                 tracing::info!(pool = %name, "removed pool has no workers left");
             }
+        }
+        if let Err(error) = self.inner.store.add_pool_usage(&usage).await {
+            tracing::error!(%error, "could not record pool usage");
         }
         for (spec, action) in actions {
             match action {
@@ -636,13 +657,35 @@ impl PoolManager {
         (view, counts)
     }
 
-    fn account(&self, pool: &mut PoolState, counts: &PoolCounts, elapsed: Duration) {
+    /// Charges the pool for the workers it held since the last pass; the usage to store.
+    fn account(
+        &self,
+        pool: &mut PoolState,
+        counts: &PoolCounts,
+        elapsed: Duration,
+        now_ms: u64,
+    ) -> PoolUsage {
         let workers =
             counts.idle + counts.busy + counts.starting + counts.unhealthy + counts.leaving;
         let seconds = f64::from(workers) * elapsed.as_secs_f64();
-        let cost = seconds * pool.spec.cost_per_hour / 3600.0;
+        let cost = cost::cost_of(seconds, pool.spec.cost_per_hour);
         pool.worker_seconds += seconds;
         pool.cost += cost;
+        // What the last pass decided held until now.
+        let (_, max) = autoscale::bounds(&pool.spec, now_ms);
+        let at_max_waiting = pool.queued > 0 && pool.desired >= max && !pool.removing;
+        let usage = PoolUsage {
+            pool: pool.spec.name.clone(),
+            hour_start_ms: now_ms,
+            worker_seconds: seconds,
+            busy_seconds: f64::from(counts.busy) * elapsed.as_secs_f64(),
+            cost,
+            at_max_waiting_seconds: if at_max_waiting {
+                elapsed.as_secs_f64()
+            } else {
+                0.0
+            },
+        };
         let labels = PoolLabels {
             pool: pool.spec.name.clone(),
         };
@@ -652,6 +695,7 @@ impl PoolManager {
             .get_or_create(&labels)
             .inc_by(seconds);
         self.inner.metrics.cost.get_or_create(&labels).inc_by(cost);
+        usage
     }
 
     fn record(
@@ -918,6 +962,17 @@ impl PoolMetrics {
         self.healthy
             .get_or_create(&labels)
             .set(i64::from(counts.idle + counts.busy >= min));
+    }
+
+    /// Starts a pool's counters at its stored totals.
+    fn restore(&self, usage: &PoolUsage) {
+        let labels = PoolLabels {
+            pool: usage.pool.clone(),
+        };
+        self.worker_seconds
+            .get_or_create(&labels)
+            .inc_by(usage.worker_seconds);
+        self.cost.get_or_create(&labels).inc_by(usage.cost);
     }
 
     fn forget(&self, pool: &str) {

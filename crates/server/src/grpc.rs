@@ -417,6 +417,16 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                 let event = match body {
                     agent_message::Body::Heartbeat(heartbeat) => {
                         registry.heartbeat(&id);
+                        if let Some(usage) = &heartbeat.usage {
+                            registry.record_usage(
+                                &id,
+                                hodei_modules::ResourceUsage {
+                                    load_average: usage.load_average,
+                                    memory_used_mb: usage.memory_used_mb,
+                                    running_jobs: usage.running_jobs,
+                                },
+                            );
+                        }
                         AgentEvent::Heartbeat(heartbeat)
                     }
                     agent_message::Body::JobAccepted(accepted) => AgentEvent::JobAccepted(accepted),

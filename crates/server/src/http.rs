@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hodei_core::cost::{self, CostReport, GroupBy};
 use hodei_core::{JobId, PoolSpec, WorkerId, WorkerState};
 use hodei_modules::{JobService, PoolManager, SchedulerRegistry, WorkerManagementService};
 use hodei_ports::{Store, WorkerFilter};
@@ -52,6 +53,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/logs", get(job_logs))
+        .route("/reports/cost", get(cost_report))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/api/v1", api)
@@ -267,6 +269,48 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct CostQuery {
+    /// How far back, as a duration (`24h`, `7d`); 24 hours when absent.
+    since: Option<String>,
+    /// `tenant`, `pool` (the default) or `queue`.
+    by: Option<String>,
+}
+
+/// `GET /api/v1/reports/cost?since=24h&by=pool`: the cost report with its recommendations.
+async fn cost_report(
+    State(state): State<AppState>,
+    Query(query): Query<CostQuery>,
+) -> Result<Json<CostReport>, ApiError> {
+    let by = match query.by.as_deref() {
+        None => GroupBy::default(),
+        Some(text) => text.parse::<GroupBy>()?,
+    };
+    let since = match query.since.as_deref() {
+        None => std::time::Duration::from_secs(24 * 3600),
+        Some(text) => humantime::parse_duration(text).map_err(|error| {
+            ApiError::new(
+                Code::InvalidArgument,
+                format!("since: {text:?} is not a duration such as 24h or 7d: {error}"),
+            )
+        })?,
+    };
+    let now = std::time::SystemTime::now();
+    let until_ms = unix_ms(now);
+    let since_ms = until_ms.saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+    let attempts = state.store.attempt_totals(since_ms).await?;
+    let pools = state.store.pool_usage(since_ms).await?;
+    let specs = state.store.list_pools().await?;
+    Ok(Json(cost::report(
+        by, since_ms, until_ms, &attempts, &pools, &specs,
+    )))
+}
+
+fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     if !state.ready.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response();
@@ -318,6 +362,10 @@ async fn get_job(
     let (job, waiting) = state.jobs.describe(&JobId::new(id)?).await?;
     let mut view = JobView::new(&job);
     view.waiting_reason = waiting;
+    for attempt in state.store.job_usage(&job.id).await? {
+        view.worker_seconds += attempt.worker_seconds;
+        view.cost += attempt.cost;
+    }
     Ok(Json(view))
 }
 

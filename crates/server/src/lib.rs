@@ -25,7 +25,7 @@ use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{ProviderKind, WorkerId, WorkerState};
 use hodei_modules::{
     JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
-    WorkerManagementMetrics, WorkerManagementService,
+    WorkerManagementMetrics, WorkerManagementService, WorkerUsageMetrics,
 };
 use hodei_ports::{SchedulerPort, Store};
 use hodei_proto::v1::job_service_server::JobServiceServer;
@@ -224,12 +224,16 @@ impl Server {
         let liveness = LivenessMetrics::new(&mut registry);
         let cancel = CancellationToken::new();
         // Unfinished jobs are loaded from the store before anything is served.
+        let job_metrics = JobMetrics::new(&mut registry);
+        // Tenant totals survive restarts: the counters start at what the store has.
+        job_metrics.restore_tenant_totals(&store.attempt_totals(0).await?);
+        registry.register_collector(Box::new(WorkerUsageMetrics::new(scheduler.clone())));
         let (jobs, retired) = JobService::start(
             config.jobs.service_config()?,
             store.clone(),
             scheduler.clone(),
             sessions.clone(),
-            JobMetrics::new(&mut registry),
+            job_metrics,
             cancel.clone(),
         )
         .await?;
