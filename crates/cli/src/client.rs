@@ -56,7 +56,9 @@ impl Output {
         match self {
             Output::Table => Ok(Shown::Table),
             Output::Json => Ok(Shown::Json),
-            Output::Csv => bail!("-o csv is supported by `hodei report cost` only; use table or json"),
+            Output::Csv => {
+                bail!("-o csv is supported by `hodei report cost` only; use table or json")
+            }
         }
     }
 }

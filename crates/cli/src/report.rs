@@ -75,7 +75,12 @@ fn print_table(report: &CostReport, since: &str) {
         println!("\nNothing ran or was held.");
     } else {
         let pools = report.by == GroupBy::Pool;
-        let mut header = vec![by.to_uppercase(), "ATTEMPTS".into(), "JOB HOURS".into(), "JOB COST".into()];
+        let mut header = vec![
+            by.to_uppercase(),
+            "ATTEMPTS".into(),
+            "JOB HOURS".into(),
+            "JOB COST".into(),
+        ];
         if pools {
             header.extend(["HELD HOURS".into(), "HELD COST".into(), "IDLE".into()]);
         }

@@ -93,8 +93,14 @@ async fn cost_is_worker_seconds_times_price_on_jobs_reports_and_metrics_across_a
         .await;
         let seconds = view["worker_seconds"].as_f64().unwrap();
         let cost = view["cost"].as_f64().unwrap();
-        assert!(seconds >= 0.2, "the job slept 0.2 s but held its worker {seconds} s");
-        assert!(close(cost, seconds * PRICE / 3600.0), "{cost} for {seconds} s");
+        assert!(
+            seconds >= 0.2,
+            "the job slept 0.2 s but held its worker {seconds} s"
+        );
+        assert!(
+            close(cost, seconds * PRICE / 3600.0),
+            "{cost} for {seconds} s"
+        );
         job_costs.push((view["tenant"].as_str().unwrap().to_owned(), seconds, cost));
     }
     let total: f64 = job_costs.iter().map(|(_, _, c)| c).sum();
@@ -106,7 +112,10 @@ async fn cost_is_worker_seconds_times_price_on_jobs_reports_and_metrics_across_a
 
     // By tenant: the jobs' costs, summed.
     let by_tenant = report(&server, "tenant");
-    assert!(close(by_tenant["job_cost"].as_f64().unwrap(), total), "{by_tenant}");
+    assert!(
+        close(by_tenant["job_cost"].as_f64().unwrap(), total),
+        "{by_tenant}"
+    );
     let rows = by_tenant["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{by_tenant}");
     let acme_row = rows.iter().find(|r| r["name"] == "acme").unwrap();
@@ -132,22 +141,34 @@ async fn cost_is_worker_seconds_times_price_on_jobs_reports_and_metrics_across_a
     assert_eq!(pool_row["name"], "default");
     assert_eq!(pool_row["attempts"], 3);
     let held = pool_row["held_worker_seconds"].as_f64().unwrap();
-    assert!(close(pool_row["held_cost"].as_f64().unwrap(), held * PRICE / 3600.0));
+    assert!(close(
+        pool_row["held_cost"].as_f64().unwrap(),
+        held * PRICE / 3600.0
+    ));
 
     // The other formats: a table with the figures, CSV with one line per row.
     let table = hodei(&server, &["report", "cost", "--by", "tenant"]);
     let table = String::from_utf8(table.stdout).unwrap();
-    assert!(table.contains("TENANT") && table.contains("acme") && table.contains("beta"), "{table}");
+    assert!(
+        table.contains("TENANT") && table.contains("acme") && table.contains("beta"),
+        "{table}"
+    );
     let csv = hodei(&server, &["report", "cost", "--by", "queue", "-o", "csv"]);
     assert!(csv.status.success());
     let csv = String::from_utf8(csv.stdout).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "queue,attempts,job_worker_seconds,job_cost,held_worker_seconds,held_cost,idle_share");
+    assert_eq!(
+        lines[0],
+        "queue,attempts,job_worker_seconds,job_cost,held_worker_seconds,held_cost,idle_share"
+    );
     assert!(lines[1].starts_with("default,3,"), "{csv}");
     // Bad input names the field.
     let bad = hodei(&server, &["report", "cost", "--since", "yesterday"]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since"), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--since"),
+        "{bad:?}"
+    );
     let bad = reqwest::Client::new()
         .get(format!("{}/api/v1/reports/cost?by=team", server.url()))
         .bearer_auth(server.token())
@@ -173,13 +194,20 @@ async fn cost_is_worker_seconds_times_price_on_jobs_reports_and_metrics_across_a
     .await;
     assert!(worker["load_average"].as_f64().unwrap() >= 0.0);
     assert!(
-        metric(&server, "hodei_worker_memory_used_bytes", &[("worker", workers[0].as_str())])
-            .await
-            .unwrap()
+        metric(
+            &server,
+            "hodei_worker_memory_used_bytes",
+            &[("worker", workers[0].as_str())]
+        )
+        .await
+        .unwrap()
             > 0.0
     );
     let get = hodei(&server, &["worker", "get", workers[0].as_str()]);
-    assert!(String::from_utf8_lossy(&get.stdout).contains("last heartbeat: load"), "{get:?}");
+    assert!(
+        String::from_utf8_lossy(&get.stdout).contains("last heartbeat: load"),
+        "{get:?}"
+    );
 
     let pool_cost_before = metric(&server, "hodei_pool_cost_total", &[("pool", "default")])
         .await

@@ -119,10 +119,10 @@ fn readme_metrics() -> BTreeSet<String> {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
             .unwrap();
     let section = readme
-        .split("\n## Metrics\n")
+        .split("\n### Metrics\n")
         .nth(1)
         .expect("README has a Metrics section");
-    let section = section.split("\n## ").next().unwrap();
+    let section = section.split("\n#").next().unwrap();
     let mut names = BTreeSet::new();
     for row in section.lines().filter(|l| l.starts_with("| `")) {
         let first_column = row.split('|').nth(1).unwrap();
@@ -172,7 +172,10 @@ async fn metrics_pass_promtool_in_both_formats_and_match_the_readme() {
     let documented = readme_metrics();
     assert!(documented.len() > 30, "{documented:?}");
     let missing: Vec<_> = documented.difference(&exposed).collect();
-    assert!(missing.is_empty(), "documented but not exposed: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "documented but not exposed: {missing:?}"
+    );
     let undocumented: Vec<_> = exposed.difference(&documented).collect();
     assert!(
         undocumented.is_empty(),
@@ -346,7 +349,9 @@ fn dashboard_expressions() -> Vec<(String, String)> {
             let targets = panel["targets"].as_array().unwrap();
             assert!(!targets.is_empty(), "{name}: {}", panel["title"]);
             for target in targets {
-                let expr = target["expr"].as_str().unwrap()
+                let expr = target["expr"]
+                    .as_str()
+                    .unwrap()
                     .replace("$__rate_interval", "5m")
                     .replace("$__range", "1d")
                     .replace("$__interval", "1m")
@@ -378,14 +383,15 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut in_grouping = false;
     let mut previous = "";
-    for token in stripped.split_inclusive(|c: char| {
-        !(c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    }) {
-        let word = token.trim_end_matches(|c: char| {
-            !(c.is_ascii_alphanumeric() || c == '_' || c == ':')
-        });
-        if matches!(previous, "by" | "without" | "on" | "ignoring" | "group_left" | "group_right")
-            && token.ends_with('(')
+    for token in
+        stripped.split_inclusive(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+    {
+        let word =
+            token.trim_end_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+        if matches!(
+            previous,
+            "by" | "without" | "on" | "ignoring" | "group_left" | "group_right"
+        ) && token.ends_with('(')
         {
             in_grouping = true;
         }
@@ -410,7 +416,10 @@ fn metric_names_skip_labels_and_groupings() {
     );
     assert_eq!(
         names.into_iter().collect::<Vec<_>>(),
-        ["hodei_pool_max_workers", "worker_registration_operations_total"]
+        [
+            "hodei_pool_max_workers",
+            "worker_registration_operations_total"
+        ]
     );
 }
 
@@ -458,7 +467,10 @@ async fn dashboard_and_alert_expressions_name_only_exposed_metrics() {
             "{panel}: no metric in {expr}"
         );
         for name in names {
-            assert!(exposed.contains(&name), "{panel}: {name} is not exposed ({expr})");
+            assert!(
+                exposed.contains(&name),
+                "{panel}: {name} is not exposed ({expr})"
+            );
         }
     }
     server.shutdown().await.unwrap();
@@ -525,10 +537,16 @@ async fn logs_written_to_files_have_no_colour_and_json_is_one_object_per_line() 
     let dir = tempfile::tempdir().unwrap();
     let (server_log, agent_logs) = run_server_process(dir.path(), "").await;
     assert!(server_log.contains("INFO"), "{server_log}");
-    assert!(!server_log.contains('\u{1b}'), "colour codes in a file: {server_log}");
+    assert!(
+        !server_log.contains('\u{1b}'),
+        "colour codes in a file: {server_log}"
+    );
     assert!(!agent_logs.is_empty());
     for log in &agent_logs {
-        assert!(!log.contains('\u{1b}'), "colour codes in an agent's log: {log}");
+        assert!(
+            !log.contains('\u{1b}'),
+            "colour codes in an agent's log: {log}"
+        );
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -536,8 +554,8 @@ async fn logs_written_to_files_have_no_colour_and_json_is_one_object_per_line() 
     let lines: Vec<&str> = server_log.lines().collect();
     assert!(lines.len() > 3, "{server_log}");
     for line in lines {
-        let object: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let object: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(object["level"].is_string(), "{line}");
         assert!(object["timestamp"].is_string(), "{line}");
         assert!(object["fields"].is_object(), "{line}");

@@ -288,7 +288,11 @@ pub fn report(
     rows.sort_by(|a, b| {
         b.job_cost
             .total_cmp(&a.job_cost)
-            .then(b.held_cost.unwrap_or(0.0).total_cmp(&a.held_cost.unwrap_or(0.0)))
+            .then(
+                b.held_cost
+                    .unwrap_or(0.0)
+                    .total_cmp(&a.held_cost.unwrap_or(0.0)),
+            )
             .then_with(|| a.name.cmp(&b.name))
     });
     let window_seconds = until_ms.saturating_sub(since_ms) as f64 / 1000.0;
@@ -437,7 +441,14 @@ mod tests {
         spec
     }
 
-    fn attempts(tenant: &str, queue: &str, pool: &str, n: u64, secs: f64, price: f64) -> AttemptTotals {
+    fn attempts(
+        tenant: &str,
+        queue: &str,
+        pool: &str,
+        n: u64,
+        secs: f64,
+        price: f64,
+    ) -> AttemptTotals {
         AttemptTotals {
             tenant: tenant.into(),
             queue: queue.into(),
@@ -468,7 +479,10 @@ mod tests {
             (0.0, 5.0, 0.0),
             (100.0, 0.0, 0.0),
         ] {
-            assert!((cost_of(secs, price) - cost).abs() < 1e-12, "{secs} s at {price}/h");
+            assert!(
+                (cost_of(secs, price) - cost).abs() < 1e-12,
+                "{secs} s at {price}/h"
+            );
         }
         assert_eq!(hour_start(HOUR_MS * 5 + 17), HOUR_MS * 5);
         assert_eq!(hour_start(HOUR_MS * 5), HOUR_MS * 5);

@@ -136,7 +136,10 @@ mod tests {
             (Some(""), Format::PrometheusText),
             (Some("*/*"), Format::PrometheusText),
             (Some("text/plain;version=0.0.4"), Format::PrometheusText),
-            (Some("text/plain; version=0.0.4; q=1.0"), Format::PrometheusText),
+            (
+                Some("text/plain; version=0.0.4; q=1.0"),
+                Format::PrometheusText,
+            ),
             (Some("application/json"), Format::PrometheusText),
             (Some("garbage;;;q=x,"), Format::PrometheusText),
             (Some("application/openmetrics-text"), Format::OpenMetrics),

@@ -1896,8 +1896,8 @@ async fn logs_of_unknown_jobs_are_not_found(store: &dyn Store) {
 
 async fn usage_adds_up_and_counts_an_attempt_once(store: &dyn Store) {
     let hour = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS;
-    let attempt = |job: &str, attempt: u32, tenant: &str, ended_at_ms: u64, secs: f64| {
-        AttemptUsage {
+    let attempt =
+        |job: &str, attempt: u32, tenant: &str, ended_at_ms: u64, secs: f64| AttemptUsage {
             job_id: format!("{PREFIX}usage-{job}"),
             attempt,
             tenant: format!("{PREFIX}{tenant}"),
@@ -1907,8 +1907,7 @@ async fn usage_adds_up_and_counts_an_attempt_once(store: &dyn Store) {
             ended_at_ms,
             worker_seconds: secs,
             cost: secs / 3600.0,
-        }
-    };
+        };
     let first = [
         attempt("a", 1, "t1", hour + 10, 30.0),
         attempt("a", 2, "t1", hour + 20, 60.0),
@@ -1944,8 +1943,15 @@ async fn usage_adds_up_and_counts_an_attempt_once(store: &dyn Store) {
             .await
             .unwrap_or_default(),
     );
-    assert_eq!(later, [(format!("{PREFIX}t2"), 1, 90.0)], "attempt totals since");
-    let usage = match store.job_usage(&JobId::new(format!("{PREFIX}usage-a")).unwrap()).await {
+    assert_eq!(
+        later,
+        [(format!("{PREFIX}t2"), 1, 90.0)],
+        "attempt totals since"
+    );
+    let usage = match store
+        .job_usage(&JobId::new(format!("{PREFIX}usage-a")).unwrap())
+        .await
+    {
         Ok(usage) => usage,
         Err(err) => panic!("job_usage failed: {err}"),
     };
@@ -1960,7 +1966,11 @@ async fn usage_adds_up_and_counts_an_attempt_once(store: &dyn Store) {
         at_max_waiting_seconds: 1.0,
     };
     // Two passes in one hour (the second not at the hour's start) and one an hour later.
-    let passes = [pool(hour, 60.0), pool(hour + 5_000, 40.0), pool(hour + HOUR_MS, 10.0)];
+    let passes = [
+        pool(hour, 60.0),
+        pool(hour + 5_000, 40.0),
+        pool(hour + HOUR_MS, 10.0),
+    ];
     if let Err(err) = store.add_pool_usage(&passes).await {
         panic!("add_pool_usage failed: {err}");
     }
@@ -1975,7 +1985,12 @@ async fn usage_adds_up_and_counts_an_attempt_once(store: &dyn Store) {
         "pool usage totals"
     );
     // A window starting inside the second hour includes that whole hour only.
-    let since = find(store.pool_usage(hour + HOUR_MS + 10).await.unwrap_or_default());
+    let since = find(
+        store
+            .pool_usage(hour + HOUR_MS + 10)
+            .await
+            .unwrap_or_default(),
+    );
     assert_eq!(
         since.map(|t| (t.hour_start_ms, t.worker_seconds)),
         Some((hour + HOUR_MS, 10.0)),
