@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::PoolSpec;
+use crate::{PoolKind, PoolSpec};
 
 /// Milliseconds in an hour: pool usage is kept in hourly buckets.
 pub const HOUR_MS: u64 = 3_600_000;
@@ -141,9 +141,10 @@ pub enum Recommendation {
         held_cost: f64,
     },
     /// More than half of the pool's held time was idle: lower `idle_buffer`, `min` or
-    /// `idle_timeout`.
+    /// `idle_timeout` (a static pool: its `size`).
     MostlyIdle {
         pool: String,
+        pool_kind: PoolKind,
         held_worker_seconds: f64,
         busy_worker_seconds: f64,
         idle_share: f64,
@@ -152,9 +153,10 @@ pub enum Recommendation {
         idle_buffer: u32,
         idle_timeout_secs: u64,
     },
-    /// The pool sat at its max while jobs waited: raise `max`.
+    /// The pool sat at its max while jobs waited: raise `max` (a static pool: its `size`).
     RaiseMax {
         pool: String,
+        pool_kind: PoolKind,
         max: u32,
         at_max_waiting_seconds: f64,
         window_seconds: f64,
@@ -179,11 +181,12 @@ impl Recommendation {
                 held_worker_seconds,
                 held_cost,
             } => format!(
-                "pool {pool} ran no job but held {:.2} worker-hours costing {held_cost:.2}: remove it or set its min to 0",
+                "pool {pool} ran no job but held {:.3} worker-hours costing {held_cost:.4}: remove it or lower its min (or size) to 0",
                 held_worker_seconds / 3600.0
             ),
             Self::MostlyIdle {
                 pool,
+                pool_kind,
                 held_worker_seconds,
                 busy_worker_seconds,
                 idle_share,
@@ -191,22 +194,35 @@ impl Recommendation {
                 min,
                 idle_buffer,
                 idle_timeout_secs,
-            } => format!(
-                "pool {pool} was idle {:.0}% of its {:.2} worker-hours ({:.2} busy), {idle_cost:.2} spent idle: lower idle_buffer ({idle_buffer}), min ({min}) or idle_timeout ({idle_timeout_secs}s)",
-                idle_share * 100.0,
-                held_worker_seconds / 3600.0,
-                busy_worker_seconds / 3600.0
-            ),
+            } => {
+                let change = match pool_kind {
+                    PoolKind::Static => format!("lower its size ({min})"),
+                    PoolKind::Dynamic => format!(
+                        "lower idle_buffer ({idle_buffer}), min ({min}) or idle_timeout ({idle_timeout_secs}s)"
+                    ),
+                };
+                format!(
+                    "pool {pool} was idle {:.0}% of its {:.3} worker-hours ({:.3} busy), {idle_cost:.4} spent idle: {change}",
+                    idle_share * 100.0,
+                    held_worker_seconds / 3600.0,
+                    busy_worker_seconds / 3600.0
+                )
+            }
             Self::RaiseMax {
                 pool,
+                pool_kind,
                 max,
                 at_max_waiting_seconds,
                 window_seconds,
             } => format!(
-                "pool {pool} was at its max ({max}) with jobs waiting for {:.0}s of {:.0}s ({:.0}%): raise max",
+                "pool {pool} was at its max ({max}) with jobs waiting for {:.0}s of {:.0}s ({:.0}%): raise its {}",
                 at_max_waiting_seconds,
                 window_seconds,
-                at_max_waiting_seconds / window_seconds * 100.0
+                at_max_waiting_seconds / window_seconds * 100.0,
+                match pool_kind {
+                    PoolKind::Static => "size",
+                    PoolKind::Dynamic => "max",
+                }
             ),
             Self::CheaperPoolFits {
                 pool,
@@ -216,7 +232,7 @@ impl Recommendation {
                 job_worker_seconds,
                 saving,
             } => format!(
-                "pool {cheaper_pool} ({cheaper_cost_per_hour}/h) can run every job of pool {pool} ({cost_per_hour}/h): its {:.2} job worker-hours would have cost {saving:.2} less",
+                "pool {cheaper_pool} ({cheaper_cost_per_hour}/h) can run every job of pool {pool} ({cost_per_hour}/h): its {:.3} job worker-hours would have cost {saving:.4} less",
                 job_worker_seconds / 3600.0
             ),
         }
@@ -380,6 +396,7 @@ pub fn recommend(
             }) {
                 advice.push(Recommendation::MostlyIdle {
                     pool: spec.name.clone(),
+                    pool_kind: spec.kind,
                     held_worker_seconds: usage.worker_seconds,
                     busy_worker_seconds: usage.busy_seconds,
                     idle_share: share,
@@ -394,6 +411,7 @@ pub fn recommend(
             {
                 advice.push(Recommendation::RaiseMax {
                     pool: spec.name.clone(),
+                    pool_kind: spec.kind,
                     max: spec.max_workers(),
                     at_max_waiting_seconds: usage.at_max_waiting_seconds,
                     window_seconds,
@@ -589,9 +607,46 @@ mod tests {
             panic!("{advice:?}")
         };
         assert!((saving - cost_of(10.0, 1.0)).abs() < 1e-12);
-        for recommendation in &advice {
-            assert!(!recommendation.message().is_empty());
-        }
+        assert_eq!(
+            advice[1].message(),
+            "pool idle was idle 72% of its 1.000 worker-hours (0.278 busy), 0.7222 spent idle: lower its size (2)"
+        );
+        assert_eq!(
+            advice[0].message(),
+            "pool busy was at its max (2) with jobs waiting for 600s of 3600s (17%): raise its size"
+        );
+        let mut dynamic = pool("auto", 1.0);
+        dynamic.kind = PoolKind::Dynamic;
+        dynamic.min = 1;
+        dynamic.idle_buffer = 2;
+        let advice = recommend(
+            &[],
+            &held_by_pool(&[held("auto", 3600.0, 0.0, 1.0)]),
+            &[dynamic],
+            3600.0,
+        );
+        assert_eq!(
+            advice[0].message(),
+            "pool auto ran no job but held 1.000 worker-hours costing 1.0000: remove it or lower its min (or size) to 0"
+        );
+        let advice = recommend(
+            &[attempts("t", "q", "auto", 1, 600.0, 1.0)],
+            &held_by_pool(&[held("auto", 3600.0, 600.0, 1.0)]),
+            &[{
+                let mut dynamic = pool("auto", 1.0);
+                dynamic.kind = PoolKind::Dynamic;
+                dynamic.idle_buffer = 2;
+                dynamic
+            }],
+            3600.0,
+        );
+        assert!(
+            advice[0]
+                .message()
+                .ends_with("lower idle_buffer (2), min (0) or idle_timeout (300s)"),
+            "{}",
+            advice[0].message()
+        );
     }
 
     #[test]

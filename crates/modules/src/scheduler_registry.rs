@@ -234,6 +234,9 @@ impl WorkerUsageMetrics {
     }
 }
 
+/// Reads one figure out of a heartbeat's usage.
+type UsageValue = fn(&ResourceUsage) -> f64;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabels {
     worker: String,
@@ -251,7 +254,7 @@ impl Collector for WorkerUsageMetrics {
                 (labels, usage)
             })
         });
-        let families: [(&str, &str, fn(&ResourceUsage) -> f64); 3] = [
+        let families: [(&str, &str, UsageValue); 3] = [
             (
                 "hodei_worker_load_average",
                 "One-minute load average of the worker's machine, from its last heartbeat",

@@ -105,10 +105,7 @@ pub(crate) fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
             continue;
         }
         let sample = line.split(" # ").next().unwrap_or(line);
-        let sample_name = sample
-            .split(|c: char| c == '{' || c == ' ')
-            .next()
-            .unwrap_or("");
+        let sample_name = sample.split(['{', ' ']).next().unwrap_or("");
         if sample_name == format!("{family}_created") {
             continue;
         }
@@ -171,7 +168,7 @@ mod tests {
         let gauge: Gauge = Gauge::default();
         gauge.set(7);
         registry.register("depth", "Queued", gauge);
-        let histogram = Histogram::new([0.5, 1.0].into_iter());
+        let histogram = Histogram::new([0.5, 1.0]);
         histogram.observe(0.7);
         registry.register_with_unit("wait", "Waiting", Unit::Seconds, histogram);
         registry

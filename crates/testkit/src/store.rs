@@ -1948,10 +1948,10 @@ async fn usage_adds_up_and_counts_an_attempt_once(store: &dyn Store) {
         [(format!("{PREFIX}t2"), 1, 90.0)],
         "attempt totals since"
     );
-    let usage = match store
-        .job_usage(&JobId::new(format!("{PREFIX}usage-a")).unwrap())
-        .await
-    {
+    let Ok(job_id) = JobId::new(format!("{PREFIX}usage-a")) else {
+        panic!("contract bug: bad job id");
+    };
+    let usage = match store.job_usage(&job_id).await {
         Ok(usage) => usage,
         Err(err) => panic!("job_usage failed: {err}"),
     };
