@@ -76,6 +76,13 @@ pub struct PoolUsage {
 }
 
 impl PoolUsage {
+    /// Takes `other` (same pool, same hour) into this one, which may be a default.
+    pub fn merge(&mut self, other: PoolUsage) {
+        self.pool = other.pool.clone();
+        self.hour_start_ms = hour_start(other.hour_start_ms);
+        self.add(&other);
+    }
+
     /// Adds `other`'s figures (same pool) to this one's.
     pub fn add(&mut self, other: &PoolUsage) {
         self.worker_seconds += other.worker_seconds;

@@ -202,6 +202,8 @@ impl JobService {
         let (retired, retirements) = mpsc::unbounded_channel();
         let (changed, changes) = watch::channel(0);
         let activity = Activity::default();
+        let (usage, usage_rows) = mpsc::unbounded_channel();
+        tokio::spawn(write_usage(store.clone(), usage_rows));
         let mut dispatcher = Dispatcher {
             activity: activity.clone(),
             changed,
@@ -218,6 +220,7 @@ impl JobService {
             retired,
             arrived: Vec::new(),
             ran: Vec::new(),
+            usage,
         };
         dispatcher.recover().await?;
         tokio::spawn(dispatcher.run(inbox, cancel));
@@ -477,6 +480,28 @@ struct Dispatcher {
     /// Since the previous snapshot: submitted jobs' requirements, and (pool, seconds run).
     arrived: Vec<Requirements>,
     ran: Vec<(String, f64)>,
+    /// Ended attempts' usage, to [`write_usage`].
+    usage: mpsc::UnboundedSender<AttemptUsage>,
+}
+
+/// How long the usage writer gathers rows before one commit.
+const USAGE_BATCH_WINDOW: Duration = Duration::from_millis(250);
+
+/// Writes ended attempts' usage off the dispatch path: what arrives within
+/// [`USAGE_BATCH_WINDOW`] of a first row goes in one commit, so the dispatcher never waits on
+/// it and a busy server makes a few usage commits a second, not one per batch of results.
+/// Ends, after writing what is left, when the dispatcher is gone.
+async fn write_usage(store: Arc<dyn Store>, mut rows: mpsc::UnboundedReceiver<AttemptUsage>) {
+    while let Some(first) = rows.recv().await {
+        tokio::time::sleep(USAGE_BATCH_WINDOW).await;
+        let mut batch = vec![first];
+        while let Ok(row) = rows.try_recv() {
+            batch.push(row);
+        }
+        if let Err(error) = store.record_attempt_usage(&batch).await {
+            tracing::error!(%error, attempts = batch.len(), "could not record attempts' usage");
+        }
+    }
 }
 
 fn log_store_error<T>(what: &str, job_id: &JobId, result: Result<T, store::Error>) -> Option<T> {
@@ -1186,9 +1211,9 @@ impl Dispatcher {
                 self.release(&worker, end.lost, end.healthy).await;
             }
         }
-        // Cost reports read these; the metrics above are already charged either way.
-        if let Err(error) = self.store.record_attempt_usage(&usage).await {
-            tracing::error!(%error, attempts = usage.len(), "could not record attempts' usage");
+        for row in usage {
+            // The writer lives as long as the service; a send fails only at shutdown.
+            let _ = self.usage.send(row);
         }
     }
 

@@ -221,7 +221,13 @@ struct Inner {
     config: PoolManagerConfig,
     wake: Notify,
     last_pass: Mutex<Option<Instant>>,
+    /// Pool usage not yet in the store, by (pool, hour), and when it was last written.
+    unsaved_usage: Mutex<(BTreeMap<(String, u64), PoolUsage>, Instant)>,
 }
+
+/// How often pool usage is written to the store: passes can come every
+/// `min_pass_interval` under load, and each write is a commit.
+const USAGE_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// See the module docs. Cheap to clone.
 #[derive(Clone)]
@@ -280,6 +286,7 @@ impl PoolManager {
                 config,
                 wake: Notify::new(),
                 last_pass: Mutex::new(None),
+                unsaved_usage: Mutex::new((BTreeMap::new(), Instant::now())),
             }),
         };
         manager.publish_settings().await;
@@ -568,9 +575,14 @@ impl PoolManager {
                 tracing::info!(pool = %name, "removed pool has no workers left");
             }
         }
-        if let Err(error) = self.inner.store.add_pool_usage(&usage).await {
-            tracing::error!(%error, "could not record pool usage");
+        {
+            let mut unsaved = lock(&self.inner.unsaved_usage);
+            for used in usage {
+                let key = (used.pool.clone(), cost::hour_start(used.hour_start_ms));
+                unsaved.0.entry(key).or_default().merge(used);
+            }
         }
+        self.save_usage(false).await;
         for (spec, action) in actions {
             match action {
                 ScaleAction::Up(count) => self.provision(&spec, count, now),
@@ -655,6 +667,27 @@ impl PoolManager {
         view.busy = counts.busy;
         view.starting = counts.starting;
         (view, counts)
+    }
+
+    /// Writes the pool usage not yet in the store; the server calls it when it stops.
+    pub async fn flush_usage(&self) {
+        self.save_usage(true).await;
+    }
+
+    /// Writes the pool usage gathered since the last write, at most every
+    /// [`USAGE_SAVE_INTERVAL`] unless `now`.
+    async fn save_usage(&self, now: bool) {
+        let rows: Vec<PoolUsage> = {
+            let mut unsaved = lock(&self.inner.unsaved_usage);
+            if unsaved.0.is_empty() || (!now && unsaved.1.elapsed() < USAGE_SAVE_INTERVAL) {
+                return;
+            }
+            unsaved.1 = Instant::now();
+            std::mem::take(&mut unsaved.0).into_values().collect()
+        };
+        if let Err(error) = self.inner.store.add_pool_usage(&rows).await {
+            tracing::error!(%error, "could not record pool usage");
+        }
     }
 
     /// Charges the pool for the workers it held since the last pass; the usage to store.

@@ -470,6 +470,8 @@ async fn background(
         () = startup => {}
         () = cancel.cancelled() => {}
     }
+    // Held time since the last write, so that totals carry over a restart.
+    pools.flush_usage().await;
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
