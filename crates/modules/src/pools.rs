@@ -221,9 +221,12 @@ struct Inner {
     config: PoolManagerConfig,
     wake: Notify,
     last_pass: Mutex<Option<Instant>>,
-    /// Pool usage not yet in the store, by (pool, hour), and when it was last written.
-    unsaved_usage: Mutex<(BTreeMap<(String, u64), PoolUsage>, Instant)>,
+    /// Pool usage not yet in the store, and when it was last written.
+    unsaved_usage: Mutex<(UnsavedUsage, Instant)>,
 }
+
+/// Pool usage by (pool, hour start).
+type UnsavedUsage = BTreeMap<(String, u64), PoolUsage>;
 
 /// How often pool usage is written to the store: passes can come every
 /// `min_pass_interval` under load, and each write is a commit.
