@@ -561,3 +561,85 @@ async fn logs_written_to_files_have_no_colour_and_json_is_one_object_per_line() 
         assert!(object["fields"].is_object(), "{line}");
     }
 }
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The output of job `id` once it ended.
+async fn output_when_done(server: &Server, id: &hodei_core::JobId) -> String {
+    wait_for("job to end", LIMIT, || async {
+        server
+            .jobs()
+            .get(id)
+            .await
+            .unwrap()
+            .filter(|j| j.state.is_terminal())
+    })
+    .await;
+    let chunks = server.jobs().logs(id, 0, 1000).await.unwrap();
+    chunks
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c.data).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitters_traceparent_reaches_the_job_and_comes_back() {
+    use hodei_proto::v1::job_service_client::JobServiceClient;
+    use hodei_proto::v1::{self, JobSpec as WireSpec};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_anywhere(config(dir.path(), 1)).await;
+    wait_for_registered_workers(&server, 1).await;
+    let http = reqwest::Client::new();
+    let submit = |traceparent: &str| {
+        http.post(format!("{}/api/v1/jobs", server.url()))
+            .bearer_auth(server.token())
+            .header("traceparent", traceparent)
+            .json(&serde_json::json!({"script": "echo \"tp=${TRACEPARENT:-none}\""}))
+            .send()
+    };
+
+    // REST: honoured and returned.
+    let response = submit(TRACEPARENT).await.unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["traceparent"], TRACEPARENT);
+    let job: serde_json::Value = response.json().await.unwrap();
+    let id = hodei_core::JobId::new(job["id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        output_when_done(&server, &id).await,
+        format!("tp={TRACEPARENT}\n")
+    );
+    // An invalid one is ignored, as W3C Trace Context asks: the job runs without it.
+    let response = submit("00-not-a-trace-01").await.unwrap();
+    assert_eq!(response.status(), 201);
+    assert!(response.headers().get("traceparent").is_none());
+    let job: serde_json::Value = response.json().await.unwrap();
+    let id = hodei_core::JobId::new(job["id"].as_str().unwrap()).unwrap();
+    assert_eq!(output_when_done(&server, &id).await, "tp=none\n");
+
+    // gRPC metadata: the same.
+    let channel = tonic::transport::Endpoint::from_shared(server.url().to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = hodei_proto::BearerToken::new(server.token()).unwrap();
+    let mut client = JobServiceClient::with_interceptor(channel, token);
+    let mut request = tonic::Request::new(v1::SubmitJobRequest {
+        spec: Some(WireSpec {
+            script: "echo \"tp=${TRACEPARENT:-none}\"".into(),
+            ..WireSpec::default()
+        }),
+    });
+    request
+        .metadata_mut()
+        .insert("traceparent", TRACEPARENT.parse().unwrap());
+    let response = client.submit_job(request).await.unwrap();
+    assert_eq!(response.metadata().get("traceparent").unwrap(), TRACEPARENT);
+    let id = hodei_core::JobId::new(response.into_inner().job.unwrap().id).unwrap();
+    assert_eq!(
+        output_when_done(&server, &id).await,
+        format!("tp={TRACEPARENT}\n")
+    );
+    server.shutdown().await.unwrap();
+}

@@ -14,6 +14,7 @@ pub mod matching;
 pub mod pool;
 pub mod queue;
 pub mod reconcile;
+pub mod trace;
 pub mod worker;
 
 pub use job::{

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hodei_core::cost::{self, CostReport, GroupBy};
+use hodei_core::trace;
 use hodei_core::{JobId, PoolSpec, WorkerId, WorkerState};
 use hodei_modules::{JobService, PoolManager, SchedulerRegistry, WorkerManagementService};
 use hodei_ports::{Store, WorkerFilter};
@@ -321,13 +322,27 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// A valid W3C `traceparent` header is given to the job as `TRACEPARENT` and returned.
 async fn submit_job(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<SubmitJob>, JsonRejection>,
-) -> Result<(StatusCode, Json<JobView>), ApiError> {
+) -> Result<Response, ApiError> {
     let request = json_body(body)?;
-    let job = state.jobs.submit(request.into_spec()?).await?;
-    Ok((StatusCode::CREATED, Json(JobView::new(&job))))
+    let mut spec = request.into_spec()?;
+    let traceparent = trace::apply_traceparent(
+        &mut spec,
+        headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok()),
+    )
+    .map(str::to_owned);
+    let job = state.jobs.submit(spec).await?;
+    let mut response = (StatusCode::CREATED, Json(JobView::new(&job))).into_response();
+    if let Some(value) = traceparent.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+        response.headers_mut().insert("traceparent", value);
+    }
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]
