@@ -229,8 +229,8 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<LogChunk>, Error>;
 
-    /// Records ended attempts' worker time and cost. An attempt already recorded (same job
-    /// and attempt number) is skipped, so a result recorded twice is charged once.
+    /// Records ended attempts' worker time and cost. A row already recorded (same job,
+    /// attempt number, worker and end) is skipped, so writing it twice charges it once.
     async fn record_attempt_usage(&self, usage: &[AttemptUsage]) -> Result<(), Error>;
 
     /// Adds pool usage to the rows of the same pool and hour.

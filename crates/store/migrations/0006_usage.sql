@@ -2,7 +2,9 @@
 -- that totals survive a removed pool and need no change to the job JSON.
 --
 -- One row per ended attempt: the worker-seconds it held and what they cost at its pool's
--- price then. The primary key makes a result recorded twice count once.
+-- price then. The primary key makes the same row written twice count once; it includes the
+-- worker and the end so that two attempts that share a number (an assignment that never
+-- reached its agent costs no attempt) are both kept.
 CREATE TABLE attempt_usage (
     job_id         TEXT NOT NULL,
     attempt        INTEGER NOT NULL,
@@ -13,7 +15,7 @@ CREATE TABLE attempt_usage (
     ended_at_ms    INTEGER NOT NULL,
     worker_seconds REAL NOT NULL,
     cost           REAL NOT NULL,
-    PRIMARY KEY (job_id, attempt)
+    PRIMARY KEY (job_id, attempt, worker_id, ended_at_ms)
 );
 CREATE INDEX attempt_usage_ended ON attempt_usage (ended_at_ms);
 

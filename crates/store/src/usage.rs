@@ -31,7 +31,7 @@ pub(crate) async fn record_attempt_usage(
         sqlx::query(
             "INSERT INTO attempt_usage (job_id, attempt, tenant, queue, pool, worker_id, \
              ended_at_ms, worker_seconds, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (job_id, attempt) DO NOTHING",
+             ON CONFLICT (job_id, attempt, worker_id, ended_at_ms) DO NOTHING",
         )
         .bind(&row.job_id)
         .bind(i64::from(row.attempt))
@@ -137,7 +137,7 @@ pub(crate) async fn job_usage(pool: &SqlitePool, id: &JobId) -> Result<Vec<Attem
     type Row = (String, i64, String, String, String, String, i64, f64, f64);
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT job_id, attempt, tenant, queue, pool, worker_id, ended_at_ms, worker_seconds, \
-         cost FROM attempt_usage WHERE job_id = ? ORDER BY attempt",
+         cost FROM attempt_usage WHERE job_id = ? ORDER BY attempt, ended_at_ms",
     )
     .bind(id.as_str())
     .fetch_all(pool)

@@ -37,8 +37,8 @@ struct Contents {
     last_job_sequence: u64,
     /// Output per job, ordered by (attempt, sequence) as the stores read it back.
     logs: BTreeMap<JobId, BTreeMap<(u32, u64), LogChunk>>,
-    /// Ended attempts by (job, attempt).
-    attempt_usage: BTreeMap<(String, u32), AttemptUsage>,
+    /// Ended attempts by (job, attempt, end, worker), as the stores order them.
+    attempt_usage: BTreeMap<(String, u32, u64, String), AttemptUsage>,
     /// Pool usage by (pool, hour).
     pool_usage: BTreeMap<(String, u64), PoolUsage>,
 }
@@ -268,7 +268,12 @@ impl Store for MemoryStore {
         for row in usage {
             contents
                 .attempt_usage
-                .entry((row.job_id.clone(), row.attempt))
+                .entry((
+                    row.job_id.clone(),
+                    row.attempt,
+                    row.ended_at_ms,
+                    row.worker_id.clone(),
+                ))
                 .or_insert_with(|| row.clone());
         }
         Ok(())
@@ -1916,8 +1921,14 @@ async fn usage_adds_up_and_counts_an_attempt_once(store: &dyn Store) {
     if let Err(err) = store.record_attempt_usage(&first).await {
         panic!("record_attempt_usage failed: {err}");
     }
-    // The same attempt again (a result recorded twice) changes nothing.
-    let again = [attempt("a", 1, "t1", hour + 30, 999.0)];
+    // The same row again changes nothing; an attempt that shares its number with an earlier
+    // one (on another worker, ending later) is kept.
+    let mut shared_number = attempt("a", 2, "t1", hour + 40, 5.0);
+    shared_number.worker_id = format!("{PREFIX}w2");
+    let again = [
+        attempt("a", 1, "t1", hour + 10, 30.0),
+        shared_number.clone(),
+    ];
     if let Err(err) = store.record_attempt_usage(&again).await {
         panic!("record_attempt_usage failed: {err}");
     }
@@ -1932,7 +1943,7 @@ async fn usage_adds_up_and_counts_an_attempt_once(store: &dyn Store) {
     assert_eq!(
         all,
         [
-            (format!("{PREFIX}t1"), 2, 90.0),
+            (format!("{PREFIX}t1"), 3, 95.0),
             (format!("{PREFIX}t2"), 1, 90.0)
         ],
         "attempt totals by tenant"
@@ -1955,7 +1966,9 @@ async fn usage_adds_up_and_counts_an_attempt_once(store: &dyn Store) {
         Ok(usage) => usage,
         Err(err) => panic!("job_usage failed: {err}"),
     };
-    assert_eq!(usage, first[..2].to_vec(), "one job's attempts in order");
+    let mut expected = first[..2].to_vec();
+    expected.push(shared_number);
+    assert_eq!(usage, expected, "one job's attempts in order");
 
     let pool = |hour_start_ms: u64, secs: f64| PoolUsage {
         pool: format!("{PREFIX}pool"),
