@@ -32,7 +32,7 @@ pub struct Connection {
     /// PEM CA certificate(s) to trust for an https:// server instead of the system's roots.
     #[arg(long, env = "HODEI_CA_CERT", value_name = "FILE", global = true)]
     ca_cert: Option<std::path::PathBuf>,
-    /// Output format.
+    /// Output format (csv: `hodei report cost` only).
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
     pub(crate) output: Output,
 }
@@ -41,6 +41,26 @@ pub struct Connection {
 pub enum Output {
     Table,
     Json,
+    Csv,
+}
+
+/// The formats of every command but the report: a table or JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shown {
+    Table,
+    Json,
+}
+
+impl Output {
+    pub(crate) fn shown(self) -> anyhow::Result<Shown> {
+        match self {
+            Output::Table => Ok(Shown::Table),
+            Output::Json => Ok(Shown::Json),
+            Output::Csv => {
+                bail!("-o csv is supported by `hodei report cost` only; use table or json")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -433,13 +453,13 @@ pub async fn worker(command: WorkerCommand) -> anyhow::Result<()> {
             query.extend(pool.map(|p| ("pool", p)));
             query.extend(state.map(|s| ("state", s)));
             let list: WorkerList = client.get("/workers", &query).await?;
-            match connection.output {
-                Output::Json => print_json(&list),
-                Output::Table if list.workers.is_empty() => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&list),
+                Shown::Table if list.workers.is_empty() => {
                     println!("No workers.");
                     Ok(())
                 }
-                Output::Table => {
+                Shown::Table => {
                     print_workers(&list.workers);
                     Ok(())
                 }
@@ -448,10 +468,17 @@ pub async fn worker(command: WorkerCommand) -> anyhow::Result<()> {
         WorkerCommand::Get { id, connection } => {
             let client = Client::new(&connection)?;
             let worker: WorkerView = client.get(&format!("/workers/{id}"), &[]).await?;
-            match connection.output {
-                Output::Json => print_json(&worker),
-                Output::Table => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&worker),
+                Shown::Table => {
                     print_workers(std::slice::from_ref(&worker));
+                    match (worker.load_average, worker.memory_used_mb) {
+                        (Some(load), Some(memory)) => println!(
+                            "\nlast heartbeat: load {load:.2}, memory used {memory} MiB of {} MiB",
+                            worker.capabilities.memory_mb
+                        ),
+                        _ => println!("\nlast heartbeat: no usage reported yet"),
+                    }
                     if !worker.labels.is_empty() {
                         let labels: Vec<_> = worker
                             .labels
@@ -478,13 +505,13 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
         PoolCommand::Ls { connection } => {
             let client = Client::new(&connection)?;
             let list: PoolList = client.get("/pools", &[]).await?;
-            match connection.output {
-                Output::Json => print_json(&list),
-                Output::Table if list.pools.is_empty() => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&list),
+                Shown::Table if list.pools.is_empty() => {
                     println!("No pools.");
                     Ok(())
                 }
-                Output::Table => {
+                Shown::Table => {
                     print_pools(&list.pools);
                     Ok(())
                 }
@@ -493,9 +520,9 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
         PoolCommand::Get { name, connection } => {
             let client = Client::new(&connection)?;
             let pool: PoolView = client.get(&format!("/pools/{name}"), &[]).await?;
-            match connection.output {
-                Output::Json => print_json(&pool),
-                Output::Table => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&pool),
+                Shown::Table => {
                     print_pools(std::slice::from_ref(&pool));
                     println!(
                         "\nworker-seconds {:.1}, cost {:.4} at {}/hour",
@@ -509,6 +536,7 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
         PoolCommand::Apply { file, connection } => {
             // Every pool is checked before the first is sent.
             let specs = read_pool_file(&file)?;
+            let shown = connection.output.shown()?;
             let client = Client::new(&connection)?;
             let mut applied = Vec::new();
             for spec in specs {
@@ -519,16 +547,16 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
                 } else {
                     client.post("/pools", &spec).await?
                 };
-                if matches!(connection.output, Output::Table) {
+                if shown == Shown::Table {
                     let verb = if exists { "changed" } else { "created" };
                     println!("pool {} {verb}", pool.name);
                 }
                 applied.push(pool);
             }
-            match connection.output {
-                Output::Json if applied.len() == 1 => print_json(&applied[0]),
-                Output::Json => print_json(&applied),
-                Output::Table => Ok(()),
+            match shown {
+                Shown::Json if applied.len() == 1 => print_json(&applied[0]),
+                Shown::Json => print_json(&applied),
+                Shown::Table => Ok(()),
             }
         }
         PoolCommand::Scale {
@@ -543,9 +571,9 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
                     &hodei_server::api::ScalePool { workers },
                 )
                 .await?;
-            match connection.output {
-                Output::Json => print_json(&pool),
-                Output::Table => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&pool),
+                Shown::Table => {
                     println!(
                         "pool {} now keeps {} to {} workers",
                         pool.name, pool.min, pool.max

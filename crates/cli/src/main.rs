@@ -5,6 +5,7 @@ mod client;
 mod dev;
 mod jobs;
 mod tokens;
+mod report;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use hodei_server::LogFormat;
 
 /// Hodei keeps pools of CI build workers warm and feeds them jobs.
 #[derive(Debug, Parser)]
@@ -42,6 +44,9 @@ enum Command {
     /// Create, list and revoke credentials (admin tokens, agent enrollment tokens).
     #[command(subcommand)]
     Token(tokens::TokenCommand),
+    /// Reports: what workers cost, by tenant, pool or queue, with recommendations.
+    #[command(subcommand)]
+    Report(report::ReportCommand),
     /// Measure a real server; each run prints one JSON object on stdout.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -165,13 +170,27 @@ fn exit_with_parent() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(default: &str) {
+/// Log lines to stderr: coloured only when stderr is a terminal (local agents' logs go to
+/// files), JSON when `format` says so.
+fn init_logging(default: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
+
+/// `HODEI_LOG_FORMAT` for every command but `server` (which reads `[log] format` too).
+fn log_format_from_env() -> anyhow::Result<LogFormat> {
+    match std::env::var("HODEI_LOG_FORMAT") {
+        Ok(text) if !text.is_empty() => Ok(text.parse::<LogFormat>()?),
+        _ => Ok(LogFormat::Text),
+    }
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
@@ -179,6 +198,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         exit_with_parent()?;
     }
     let mut config = hodei_server::ServerConfig::load(&args.config, |key| std::env::var(key).ok())?;
+    init_logging("info", config.log.format);
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -253,41 +273,52 @@ fn exit_code(code: i32) -> ExitCode {
 }
 
 async fn run(command: Command) -> ExitCode {
+    let format = match log_format_from_env() {
+        Ok(format) => format,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match command {
         Command::Dev(args) => {
-            init_logging("info");
+            init_logging("info", format);
             hodei_agent::protect_process_memory();
             dev::run(args).await
         }
+        // Logging starts once the configuration file is read.
         Command::Server(args) => {
-            init_logging("info");
             // Other processes of this user (a local job) cannot read our environment or
             // memory.
             hodei_agent::protect_process_memory();
             server(args).await
         }
         Command::Agent(args) => {
-            init_logging("info");
+            init_logging("info", format);
             agent(args).await
         }
         Command::Worker(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             client::worker(command).await
         }
         Command::Pool(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             client::pool(command).await
         }
         Command::Token(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             tokens::token(command).await
         }
+        Command::Report(command) => {
+            init_logging("warn", format);
+            report::report(command).await
+        }
         Command::Bench(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             bench::run(command).await
         }
         Command::Job(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             match jobs::job(command).await {
                 Ok(code) => return ExitCode::from(code),
                 Err(error) => Err(error),

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use hodei_server::api::{CreateToken, CreatedToken, RevokedTokens, TokenList, TokenView};
 
-use crate::client::{Client, Connection, Output, print_json, table};
+use crate::client::{Client, Connection, Shown, print_json, table};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -75,9 +75,9 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 tenant: None,
             };
             let created: CreatedToken = client.post("/tokens", &request).await?;
-            match connection.output {
-                Output::Json => print_json(&created),
-                Output::Table => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&created),
+                Shown::Table => {
                     println!("{}", created.token);
                     eprintln!(
                         "credential {} ({}); the token above is shown only now",
@@ -90,13 +90,13 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Ls { connection } => {
             let client = Client::new(&connection)?;
             let list: TokenList = client.get("/tokens", &[]).await?;
-            match connection.output {
-                Output::Json => print_json(&list),
-                Output::Table if list.tokens.is_empty() => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&list),
+                Shown::Table if list.tokens.is_empty() => {
                     println!("No credentials (the configured admin token is not listed).");
                     Ok(())
                 }
-                Output::Table => {
+                Shown::Table => {
                     print_tokens(&list.tokens);
                     Ok(())
                 }
@@ -105,9 +105,9 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Revoke { id, connection } => {
             let client = Client::new(&connection)?;
             let revoked: RevokedTokens = client.delete_json(&format!("/tokens/{id}")).await?;
-            match connection.output {
-                Output::Json => print_json(&revoked),
-                Output::Table => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&revoked),
+                Shown::Table => {
                     if revoked.revoked.is_empty() {
                         println!("credential {id} was already revoked");
                     } else {

@@ -8,6 +8,7 @@ pub mod autoscale;
 pub mod backoff;
 pub mod credential;
 pub mod fence;
+pub mod cost;
 pub mod health;
 pub mod job;
 pub mod lifecycle;
@@ -15,6 +16,7 @@ pub mod matching;
 pub mod pool;
 pub mod queue;
 pub mod reconcile;
+pub mod trace;
 pub mod worker;
 
 pub use credential::{Operation, Principal, Role};

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use hodei_core::fence::{
     self, CurrentAttempt, FencePolicy, InFlight, LostBecause, Presence, Report, Verdict,
 };
+use hodei_core::cost::{self, AttemptTotals, AttemptUsage};
 use hodei_core::job::{AttemptOutcome, after_attempt};
 use hodei_core::matching::{self, IdleWorker};
 use hodei_core::{
@@ -206,6 +207,8 @@ impl JobService {
         let (retired, retirements) = mpsc::unbounded_channel();
         let (changed, changes) = watch::channel(0);
         let activity = Activity::default();
+        let (usage, usage_rows) = mpsc::unbounded_channel();
+        tokio::spawn(write_usage(store.clone(), usage_rows));
         let mut dispatcher = Dispatcher {
             activity: activity.clone(),
             changed,
@@ -224,6 +227,7 @@ impl JobService {
             ran: Vec::new(),
             dead: HashSet::new(),
             started: Instant::now(),
+            usage,
         };
         dispatcher.recover().await?;
         tokio::spawn(dispatcher.run(inbox, cancel));
@@ -537,6 +541,28 @@ struct Dispatcher {
     /// When the dispatcher started: the silence of workers it has not seen since counts
     /// from here.
     started: Instant,
+    /// Ended attempts' usage, to [`write_usage`].
+    usage: mpsc::UnboundedSender<AttemptUsage>,
+}
+
+/// How long the usage writer gathers rows before one commit.
+const USAGE_BATCH_WINDOW: Duration = Duration::from_millis(250);
+
+/// Writes ended attempts' usage off the dispatch path: what arrives within
+/// [`USAGE_BATCH_WINDOW`] of a first row goes in one commit, so the dispatcher never waits on
+/// it and a busy server makes a few usage commits a second, not one per batch of results.
+/// Ends, after writing what is left, when the dispatcher is gone.
+async fn write_usage(store: Arc<dyn Store>, mut rows: mpsc::UnboundedReceiver<AttemptUsage>) {
+    while let Some(first) = rows.recv().await {
+        tokio::time::sleep(USAGE_BATCH_WINDOW).await;
+        let mut batch = vec![first];
+        while let Ok(row) = rows.try_recv() {
+            batch.push(row);
+        }
+        if let Err(error) = store.record_attempt_usage(&batch).await {
+            tracing::error!(%error, attempts = batch.len(), "could not record attempts' usage");
+        }
+    }
 }
 
 fn log_store_error<T>(what: &str, job_id: &JobId, result: Result<T, store::Error>) -> Option<T> {
@@ -1276,6 +1302,7 @@ impl Dispatcher {
                 return;
             }
         };
+        let mut usage = Vec::new();
         for (end, result) in ends.into_iter().zip(results) {
             let id = end.job.id.clone();
             if log_store_error("a job result", &id, result).is_none() {
@@ -1302,6 +1329,17 @@ impl Dispatcher {
                         .unwrap_or(0.0);
                     self.metrics
                         .charge(job.spec.tenant.as_str(), &pool, secs, rate);
+                    usage.push(AttemptUsage {
+                        job_id: id.to_string(),
+                        attempt: job.attempts,
+                        tenant: job.spec.tenant.to_string(),
+                        queue: job.spec.queue.to_string(),
+                        pool: pool.clone(),
+                        worker_id: worker.to_string(),
+                        ended_at_ms: crate::pools::unix_ms(SystemTime::now()),
+                        worker_seconds: secs,
+                        cost: cost::cost_of(secs, rate),
+                    });
                     if self.ran.len() < MAX_SNAPSHOT_QUEUED {
                         self.ran.push((pool, secs));
                     }
@@ -1327,6 +1365,10 @@ impl Dispatcher {
             if let Some(worker) = worker {
                 self.release(&worker, end.lost, end.healthy).await;
             }
+        }
+        for row in usage {
+            // The writer lives as long as the service; a send fails only at shutdown.
+            let _ = self.usage.send(row);
         }
     }
 
@@ -1711,14 +1753,23 @@ impl JobMetrics {
     }
 
     fn charge(&self, tenant: &str, pool: &str, secs: f64, cost_per_hour: f64) {
+        self.add_tenant_usage(tenant, pool, secs, cost::cost_of(secs, cost_per_hour));
+    }
+
+    fn add_tenant_usage(&self, tenant: &str, pool: &str, secs: f64, cost: f64) {
         let labels = TenantPoolLabels {
             tenant: tenant.to_owned(),
             pool: pool.to_owned(),
         };
         self.tenant_seconds.get_or_create(&labels).inc_by(secs);
-        self.tenant_cost
-            .get_or_create(&labels)
-            .inc_by(secs * cost_per_hour / 3600.0);
+        self.tenant_cost.get_or_create(&labels).inc_by(cost);
+    }
+
+    /// Starts the tenant counters at the stored totals, so that they survive restarts.
+    pub fn restore_tenant_totals(&self, totals: &[AttemptTotals]) {
+        for row in totals {
+            self.add_tenant_usage(&row.tenant, &row.pool, row.worker_seconds, row.cost);
+        }
     }
 
     fn stale(&self, kind: &'static str) {

@@ -16,7 +16,8 @@ pub use pools::{
     DecisionRecord, PoolCounts, PoolError, PoolManager, PoolManagerConfig, PoolMetrics, PoolStatus,
 };
 pub use scheduler_registry::{
-    LivenessChange, RegisteredWorker, RegistrationSource, SchedulerRegistry,
+    LivenessChange, RegisteredWorker, RegistrationSource, ResourceUsage, SchedulerRegistry,
+    WorkerUsageMetrics,
 };
 pub use worker_management::{
     PoolCreated, WorkerManagementConfig, WorkerManagementError, WorkerManagementMetrics,

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hodei_core::autoscale::{
     self, Demand, IdleSince, PoolCandidate, PoolView, ScaleAction, ScalingHistory,
 };
+use hodei_core::cost::{self, PoolUsage};
 use hodei_core::health::Liveness;
 use hodei_core::{PoolSpec, ProviderKind, ValidationError, WorkerId};
 use hodei_ports::{Store, store};
@@ -110,7 +111,8 @@ pub struct PoolStatus {
     pub desired: u32,
     /// Newest first.
     pub decisions: Vec<DecisionRecord>,
-    /// Worker-seconds the pool has held, starting workers included, since this server started.
+    /// Worker-seconds the pool has held, starting workers included, since it was first
+    /// created (kept in the store across restarts).
     pub worker_seconds: f64,
     /// `worker_seconds` priced at `cost_per_hour`.
     pub cost: f64,
@@ -139,6 +141,8 @@ struct PoolState {
     mean_run_secs: Option<f64>,
     worker_seconds: f64,
     cost: f64,
+    /// Jobs the autoscaler attributed to this pool at the last pass.
+    queued: u32,
 }
 
 impl PoolState {
@@ -158,6 +162,7 @@ impl PoolState {
             mean_run_secs: None,
             worker_seconds: 0.0,
             cost: 0.0,
+            queued: 0,
         }
     }
 
@@ -206,7 +211,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn unix_ms(now: SystemTime) -> u64 {
+pub(crate) fn unix_ms(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
@@ -228,6 +233,8 @@ struct Inner {
     stopping: CancellationToken,
     /// The background provisioning and termination tasks, so that `stop` can wait for them.
     tasks: TaskTracker,
+    /// Pool usage not yet in the store, and when it was last written.
+    unsaved_usage: Mutex<(UnsavedUsage, Instant)>,
 }
 
 /// Holds a name in [`Inner::creating`] until dropped.
@@ -241,6 +248,13 @@ impl Drop for Reservation<'_> {
         lock(self.creating).remove(&self.name);
     }
 }
+
+/// Pool usage by (pool, hour start).
+type UnsavedUsage = BTreeMap<(String, u64), PoolUsage>;
+
+/// How often pool usage is written to the store: passes can come every
+/// `min_pass_interval` under load, and each write is a commit.
+const USAGE_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// See the module docs. Cheap to clone.
 #[derive(Clone)]
@@ -275,6 +289,14 @@ impl PoolManager {
             store.put_pool(spec).await?;
             pools.insert(spec.name.clone(), PoolState::new(spec.clone()));
         }
+        // Totals survive restarts: the pools' and the counters' start where the store is.
+        for usage in store.pool_usage(0).await? {
+            if let Some(pool) = pools.get_mut(&usage.pool) {
+                pool.worker_seconds = usage.worker_seconds;
+                pool.cost = usage.cost;
+            }
+            metrics.restore(&usage);
+        }
         for spec in pools.values().map(|p| &p.spec) {
             if !management.provider_kinds().contains(&spec.provider) {
                 tracing::error!(pool = %spec.name, provider = %spec.provider, "pool's provider is not configured; it will not get workers");
@@ -294,6 +316,7 @@ impl PoolManager {
                 last_pass: Mutex::new(None),
                 stopping: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                unsaved_usage: Mutex::new((BTreeMap::new(), Instant::now())),
             }),
         };
         manager.publish_settings().await;
@@ -545,6 +568,7 @@ impl PoolManager {
         let members = self.members();
 
         let mut actions = Vec::new();
+        let mut usage = Vec::new();
         {
             let mut pools = lock(&self.inner.pools);
             let mut views: BTreeMap<String, (PoolView, PoolCounts)> = BTreeMap::new();
@@ -578,7 +602,10 @@ impl PoolManager {
                     continue;
                 };
                 pool.counts = counts;
-                self.account(pool, &counts, elapsed);
+                let used = self.account(pool, &counts, elapsed, now_ms);
+                if used.worker_seconds > 0.0 {
+                    usage.push(used);
+                }
                 for (_, secs) in snapshot.ran.iter().filter(|(p, _)| p == name) {
                     pool.mean_run_secs = Some(match pool.mean_run_secs {
                         None => *secs,
@@ -598,6 +625,7 @@ impl PoolManager {
                 pool.arrivals
                     .push_back((now, arrived.get(name).copied().unwrap_or(0)));
                 let (share, fitting) = queued.get(name).copied().unwrap_or((0, 0));
+                pool.queued = share;
                 let demand = Demand {
                     queued: share,
                     queued_fitting: fitting,
@@ -620,6 +648,14 @@ impl PoolManager {
                 tracing::info!(pool = %name, "removed pool has no workers left");
             }
         }
+        {
+            let mut unsaved = lock(&self.inner.unsaved_usage);
+            for used in usage {
+                let key = (used.pool.clone(), cost::hour_start(used.hour_start_ms));
+                unsaved.0.entry(key).or_default().merge(used);
+            }
+        }
+        self.save_usage(false).await;
         for (spec, action) in actions {
             match action {
                 ScaleAction::Up(count) => self.provision(&spec, count, now),
@@ -706,13 +742,56 @@ impl PoolManager {
         (view, counts)
     }
 
-    fn account(&self, pool: &mut PoolState, counts: &PoolCounts, elapsed: Duration) {
+    /// Writes the pool usage not yet in the store; the server calls it when it stops.
+    pub async fn flush_usage(&self) {
+        self.save_usage(true).await;
+    }
+
+    /// Writes the pool usage gathered since the last write, at most every
+    /// [`USAGE_SAVE_INTERVAL`] unless `now`.
+    async fn save_usage(&self, now: bool) {
+        let rows: Vec<PoolUsage> = {
+            let mut unsaved = lock(&self.inner.unsaved_usage);
+            if unsaved.0.is_empty() || (!now && unsaved.1.elapsed() < USAGE_SAVE_INTERVAL) {
+                return;
+            }
+            unsaved.1 = Instant::now();
+            std::mem::take(&mut unsaved.0).into_values().collect()
+        };
+        if let Err(error) = self.inner.store.add_pool_usage(&rows).await {
+            tracing::error!(%error, "could not record pool usage");
+        }
+    }
+
+    /// Charges the pool for the workers it held since the last pass; the usage to store.
+    fn account(
+        &self,
+        pool: &mut PoolState,
+        counts: &PoolCounts,
+        elapsed: Duration,
+        now_ms: u64,
+    ) -> PoolUsage {
         let workers =
             counts.idle + counts.busy + counts.starting + counts.unhealthy + counts.leaving;
         let seconds = f64::from(workers) * elapsed.as_secs_f64();
-        let cost = seconds * pool.spec.cost_per_hour / 3600.0;
+        let cost = cost::cost_of(seconds, pool.spec.cost_per_hour);
         pool.worker_seconds += seconds;
         pool.cost += cost;
+        // What the last pass decided held until now.
+        let (_, max) = autoscale::bounds(&pool.spec, now_ms);
+        let at_max_waiting = pool.queued > 0 && pool.desired >= max && !pool.removing;
+        let usage = PoolUsage {
+            pool: pool.spec.name.clone(),
+            hour_start_ms: now_ms,
+            worker_seconds: seconds,
+            busy_seconds: f64::from(counts.busy) * elapsed.as_secs_f64(),
+            cost,
+            at_max_waiting_seconds: if at_max_waiting {
+                elapsed.as_secs_f64()
+            } else {
+                0.0
+            },
+        };
         let labels = PoolLabels {
             pool: pool.spec.name.clone(),
         };
@@ -722,6 +801,7 @@ impl PoolManager {
             .get_or_create(&labels)
             .inc_by(seconds);
         self.inner.metrics.cost.get_or_create(&labels).inc_by(cost);
+        usage
     }
 
     fn record(
@@ -986,6 +1066,17 @@ impl PoolMetrics {
                 .set(i64::from(value));
         }
         let labels = PoolLabels { pool: pool.clone() };
+        // Counters present at zero from the pool's first pass, so that alerts can use them.
+        let _ = self.provisioning_failures.get_or_create(&labels);
+        let _ = self.worker_seconds.get_or_create(&labels);
+        let _ = self.cost.get_or_create(&labels);
+        let _ = self.cold_start.get_or_create(&labels);
+        for action in ["up", "down"] {
+            let _ = self.decisions.get_or_create(&DecisionLabels {
+                pool: pool.clone(),
+                action,
+            });
+        }
         self.desired.get_or_create(&labels).set(i64::from(desired));
         let (min, max) = autoscale::bounds(spec, now_ms);
         self.min.get_or_create(&labels).set(i64::from(min));
@@ -993,6 +1084,17 @@ impl PoolMetrics {
         self.healthy
             .get_or_create(&labels)
             .set(i64::from(counts.idle + counts.busy >= min));
+    }
+
+    /// Starts a pool's counters at its stored totals.
+    fn restore(&self, usage: &PoolUsage) {
+        let labels = PoolLabels {
+            pool: usage.pool.clone(),
+        };
+        self.worker_seconds
+            .get_or_create(&labels)
+            .inc_by(usage.worker_seconds);
+        self.cost.get_or_create(&labels).inc_by(usage.cost);
     }
 
     fn forget(&self, pool: &str) {

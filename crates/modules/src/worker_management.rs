@@ -264,6 +264,27 @@ impl WorkerManagementMetrics {
                 .get_or_create(&WorkerTypeLabels {
                     worker_type: worker_type.as_str(),
                 });
+            // Present at zero from the start, so that alerts on them can be written.
+            for provider in [
+                ProviderKind::Local,
+                ProviderKind::Docker,
+                ProviderKind::Kubernetes,
+            ] {
+                let labels = ProviderLabels {
+                    provider: provider.as_str(),
+                    worker_type: worker_type.as_str(),
+                };
+                let _ = metrics.provisioned.get_or_create(&labels);
+                let _ = metrics.provisioning_failed.get_or_create(&labels);
+                let _ = metrics.terminated.get_or_create(&labels);
+            }
+        }
+        for action in Action::KINDS {
+            for result in ["success", "failure"] {
+                let _ = metrics
+                    .reconcile_actions
+                    .get_or_create(&ReconcileLabels { action, result });
+            }
         }
         metrics
     }

@@ -6,6 +6,7 @@
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
 use hodei_core::credential::{Role, WorkerOrigin};
 use hodei_core::{
     Job, JobId, JobState, JobTransitionError, PoolSpec, QueueName, TenantName, TransitionError,
@@ -268,4 +269,22 @@ pub trait Store: Send + Sync {
         after: usize,
         limit: usize,
     ) -> Result<Vec<LogChunk>, Error>;
+
+    /// Records ended attempts' worker time and cost. A row already recorded (same job,
+    /// attempt number, worker and end) is skipped, so writing it twice charges it once.
+    async fn record_attempt_usage(&self, usage: &[AttemptUsage]) -> Result<(), Error>;
+
+    /// Adds pool usage to the rows of the same pool and hour.
+    async fn add_pool_usage(&self, usage: &[PoolUsage]) -> Result<(), Error>;
+
+    /// Attempts that ended at or after `since_ms`, summed by (tenant, queue, pool), in that
+    /// order.
+    async fn attempt_totals(&self, since_ms: u64) -> Result<Vec<AttemptTotals>, Error>;
+
+    /// Pool usage of the hours from the one `since_ms` falls in, summed per pool (in name
+    /// order, `hour_start_ms` the earliest hour).
+    async fn pool_usage(&self, since_ms: u64) -> Result<Vec<PoolUsage>, Error>;
+
+    /// One job's attempts' usage, in attempt order.
+    async fn job_usage(&self, id: &JobId) -> Result<Vec<AttemptUsage>, Error>;
 }

@@ -30,6 +30,12 @@ pub struct WorkerView {
     /// When the agent was last heard from (RFC 3339), if ever.
     #[serde(default)]
     pub last_seen: Option<String>,
+    /// The one-minute load average of the worker's machine at its last heartbeat.
+    #[serde(default)]
+    pub load_average: Option<f64>,
+    /// Memory used on the worker's machine at its last heartbeat, MiB.
+    #[serde(default)]
+    pub memory_used_mb: Option<u64>,
     pub capabilities: WorkerCapabilities,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
@@ -71,6 +77,8 @@ impl WorkerView {
         if let Some(entry) = registration {
             self.connected = entry.connected;
             self.last_seen = entry.last_seen.map(rfc3339);
+            self.load_average = entry.usage.map(|u| u.load_average);
+            self.memory_used_mb = entry.usage.map(|u| u.memory_used_mb);
         }
     }
 
@@ -84,6 +92,8 @@ impl WorkerView {
             registered: false,
             connected: false,
             last_seen: None,
+            load_average: None,
+            memory_used_mb: None,
             capabilities: worker.capabilities.clone(),
             namespace: worker.metadata.namespace.clone(),
             labels: worker.metadata.labels.clone(),
@@ -352,6 +362,12 @@ pub struct JobView {
     pub finished_at: Option<String>,
     /// Whether the job has ended for good.
     pub finished: bool,
+    /// Seconds its ended attempts held a worker (`GET /jobs/{id}` only).
+    #[serde(default)]
+    pub worker_seconds: f64,
+    /// What those seconds cost at their pools' `cost_per_hour` (`GET /jobs/{id}` only).
+    #[serde(default)]
+    pub cost: f64,
     pub spec: SubmitJob,
 }
 
@@ -377,6 +393,8 @@ impl JobView {
             started_at: job.started_at.map(rfc3339),
             finished_at: job.finished_at.map(rfc3339),
             finished: job.state.is_terminal(),
+            worker_seconds: 0.0,
+            cost: 0.0,
             spec: SubmitJob::from_spec(&job.spec),
         }
     }

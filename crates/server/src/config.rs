@@ -47,6 +47,7 @@ pub struct ServerConfig {
     pub reconcile: ReconcileSection,
     pub local: LocalSection,
     pub shutdown: ShutdownSection,
+    pub log: LogSection,
     pub agents: AgentsSection,
     pub jobs: JobsSection,
     pub autoscaler: AutoscalerSection,
@@ -78,6 +79,7 @@ impl Default for ServerConfig {
             reconcile: ReconcileSection::default(),
             local: LocalSection::default(),
             shutdown: ShutdownSection::default(),
+            log: LogSection::default(),
             agents: AgentsSection::default(),
             jobs: JobsSection::default(),
             autoscaler: AutoscalerSection::default(),
@@ -413,6 +415,39 @@ impl Default for LocalSection {
     }
 }
 
+/// `[log]`: how the server writes its log lines (to stderr).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `text` (the default: human-readable, coloured only on a terminal) or `json` (one
+    /// object per line, for log shippers). `HODEI_LOG_FORMAT` overrides it.
+    pub format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = ValidationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(ValidationError::new(
+                "log.format",
+                format!("{other:?} is neither \"text\" nor \"json\""),
+            )),
+        }
+    }
+}
+
 /// `[shutdown]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -581,8 +616,8 @@ impl ServerConfig {
         toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
     }
 
-    /// Applies `HODEI_TOKEN`, `HODEI_CA_CERT`, `REGISTRATION_ENABLED` and
-    /// `REGISTRATION_MAX_RETRIES`.
+    /// Applies `HODEI_TOKEN`, `HODEI_CA_CERT`, `HODEI_LOG_FORMAT`, `REGISTRATION_ENABLED`
+    /// and `REGISTRATION_MAX_RETRIES`.
     pub fn apply_env(
         &mut self,
         env: impl Fn(&str) -> Option<String>,
@@ -592,6 +627,9 @@ impl ServerConfig {
         }
         if let Some(ca_cert) = env("HODEI_CA_CERT").filter(|p| !p.is_empty()) {
             self.tls.ca_cert = Some(PathBuf::from(ca_cert));
+        }
+        if let Some(format) = env("HODEI_LOG_FORMAT").filter(|f| !f.is_empty()) {
+            self.log.format = format.parse()?;
         }
         let mut management = self.worker_management();
         management.apply_env(&env)?;
@@ -749,6 +787,23 @@ mod tests {
         );
         let config = ServerConfig::parse("[docker]\nnetwork = \"bridge\"").unwrap();
         assert_eq!(config.docker.unwrap().network, "bridge");
+    }
+
+    #[test]
+    fn log_format_from_the_file_and_the_environment() {
+        assert_eq!(ServerConfig::parse("").unwrap().log.format, LogFormat::Text);
+        let mut config = ServerConfig::parse("[log]\nformat = \"json\"").unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        config
+            .apply_env(|key| (key == "HODEI_LOG_FORMAT").then(|| "text".to_owned()))
+            .unwrap();
+        assert_eq!(config.log.format, LogFormat::Text);
+        let error = config
+            .apply_env(|key| (key == "HODEI_LOG_FORMAT").then(|| "xml".to_owned()))
+            .unwrap_err();
+        assert_eq!(error.field, "log.format");
+        let error = ServerConfig::parse("[log]\nformat = \"xml\"").unwrap_err();
+        assert!(error.contains("format"), "{error}");
     }
 
     #[test]

@@ -548,6 +548,16 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                                 body: Some(server_message::Body::HeartbeatAck(ack)),
                             }));
                         }
+                        if let Some(usage) = &heartbeat.usage {
+                            registry.record_usage(
+                                &id,
+                                hodei_modules::ResourceUsage {
+                                    load_average: usage.load_average,
+                                    memory_used_mb: usage.memory_used_mb,
+                                    running_jobs: usage.running_jobs,
+                                },
+                            );
+                        }
                         AgentEvent::Heartbeat(heartbeat)
                     }
                     agent_message::Body::JobAccepted(accepted) => AgentEvent::JobAccepted(accepted),

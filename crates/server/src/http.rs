@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hodei_core::cost::{self, CostReport, GroupBy};
+use hodei_core::trace;
 use hodei_core::{JobId, PoolSpec, WorkerId, WorkerState};
 use hodei_modules::{
     Credentials, JobService, PoolManager, SchedulerRegistry, WorkerManagementService,
@@ -25,6 +27,7 @@ use crate::api::{
     RevokedTokens, ScalePool, SubmitJob, TokenList, TokenView, WorkerList, WorkerView, job_filter,
 };
 use crate::error::{ApiError, Code};
+use crate::exposition;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -57,6 +60,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/jobs/{id}/logs", get(job_logs))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/reports/cost", get(cost_report))
         .fallback(|| async { ApiError::not_found("no such API path") });
     Router::new()
         .nest("/api/v1", api)
@@ -262,21 +266,66 @@ async fn remove_pool(
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let format = exposition::negotiate(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok()),
+    );
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &state.metrics) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+        Ok(()) => {
+            if format == exposition::Format::PrometheusText {
+                text = exposition::openmetrics_to_prometheus_text(&text);
+            }
+            ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
+        }
         Err(error) => {
             ApiError::new(Code::Internal, format!("cannot encode metrics: {error}")).into_response()
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct CostQuery {
+    /// How far back, as a duration (`24h`, `7d`); 24 hours when absent.
+    since: Option<String>,
+    /// `tenant`, `pool` (the default) or `queue`.
+    by: Option<String>,
+}
+
+/// `GET /api/v1/reports/cost?since=24h&by=pool`: the cost report with its recommendations.
+async fn cost_report(
+    State(state): State<AppState>,
+    Query(query): Query<CostQuery>,
+) -> Result<Json<CostReport>, ApiError> {
+    let by = match query.by.as_deref() {
+        None => GroupBy::default(),
+        Some(text) => text.parse::<GroupBy>()?,
+    };
+    let since = match query.since.as_deref() {
+        None => std::time::Duration::from_secs(24 * 3600),
+        Some(text) => humantime::parse_duration(text).map_err(|error| {
+            ApiError::new(
+                Code::InvalidArgument,
+                format!("since: {text:?} is not a duration such as 24h or 7d: {error}"),
+            )
+        })?,
+    };
+    let now = std::time::SystemTime::now();
+    let until_ms = unix_ms(now);
+    let since_ms = until_ms.saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+    let attempts = state.store.attempt_totals(since_ms).await?;
+    let pools = state.store.pool_usage(since_ms).await?;
+    let specs = state.store.list_pools().await?;
+    Ok(Json(cost::report(
+        by, since_ms, until_ms, &attempts, &pools, &specs,
+    )))
+}
+
+fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -289,13 +338,27 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// A valid W3C `traceparent` header is given to the job as `TRACEPARENT` and returned.
 async fn submit_job(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<SubmitJob>, JsonRejection>,
-) -> Result<(StatusCode, Json<JobView>), ApiError> {
+) -> Result<Response, ApiError> {
     let request = json_body(body)?;
-    let job = state.jobs.submit(request.into_spec()?).await?;
-    Ok((StatusCode::CREATED, Json(JobView::new(&job))))
+    let mut spec = request.into_spec()?;
+    let traceparent = trace::apply_traceparent(
+        &mut spec,
+        headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok()),
+    )
+    .map(str::to_owned);
+    let job = state.jobs.submit(spec).await?;
+    let mut response = (StatusCode::CREATED, Json(JobView::new(&job))).into_response();
+    if let Some(value) = traceparent.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+        response.headers_mut().insert("traceparent", value);
+    }
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]
@@ -330,6 +393,10 @@ async fn get_job(
     let (job, waiting) = state.jobs.describe(&JobId::new(id)?).await?;
     let mut view = JobView::new(&job);
     view.waiting_reason = waiting;
+    for attempt in state.store.job_usage(&job.id).await? {
+        view.worker_seconds += attempt.worker_seconds;
+        view.cost += attempt.cost;
+    }
     Ok(Json(view))
 }
 

@@ -6,6 +6,7 @@ pub mod api;
 mod auth;
 pub mod config;
 pub mod error;
+mod exposition;
 pub mod grpc;
 pub mod grpc_jobs;
 pub mod grpc_tokens;
@@ -26,7 +27,7 @@ use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{ProviderKind, WorkerId, WorkerState};
 use hodei_modules::{
     Credentials, JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
-    WorkerManagementMetrics, WorkerManagementService,
+    WorkerManagementMetrics, WorkerManagementService, WorkerUsageMetrics,
 };
 use hodei_ports::{SchedulerPort, Store};
 use hodei_proto::v1::job_service_server::JobServiceServer;
@@ -42,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{DockerSection, KubernetesSection, ServerConfig};
+pub use config::{DockerSection, KubernetesSection, LogFormat, ServerConfig};
 use grpc::{SchedulerGrpc, SessionHub};
 use grpc_jobs::JobGrpc;
 use grpc_tokens::TokenGrpc;
@@ -299,12 +300,16 @@ impl Server {
         let liveness = LivenessMetrics::new(&mut registry);
         let cancel = CancellationToken::new();
         // Unfinished jobs are loaded from the store before anything is served.
+        let job_metrics = JobMetrics::new(&mut registry);
+        // Tenant totals survive restarts: the counters start at what the store has.
+        job_metrics.restore_tenant_totals(&store.attempt_totals(0).await?);
+        registry.register_collector(Box::new(WorkerUsageMetrics::new(scheduler.clone())));
         let (jobs, retired) = JobService::start(
             config.jobs.service_config(&config.agents)?,
             store.clone(),
             scheduler.clone(),
             sessions.clone(),
-            JobMetrics::new(&mut registry),
+            job_metrics,
             cancel.clone(),
         )
         .await?;
@@ -671,6 +676,8 @@ async fn background(
         () = startup => {}
         () = cancel.cancelled() => {}
     }
+    // Held time since the last write, so that totals carry over a restart.
+    pools.flush_usage().await;
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

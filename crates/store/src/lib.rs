@@ -8,5 +8,6 @@
 mod credentials;
 mod jobs;
 mod sqlite;
+mod usage;
 
 pub use sqlite::SqliteStore;

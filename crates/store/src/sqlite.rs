@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
 use hodei_core::{Job, JobId, JobState, PoolSpec, Worker, WorkerId, WorkerState};
 use hodei_ports::store::{
     CredentialRecord, Error, JobFilter, LogChunk, Store, WorkerFilter, WorkerRecord,
@@ -333,6 +334,26 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<LogChunk>, Error> {
         jobs::read_logs(&self.pool, id, after, limit).await
+    }
+
+    async fn record_attempt_usage(&self, usage: &[AttemptUsage]) -> Result<(), Error> {
+        crate::usage::record_attempt_usage(&self.pool, usage).await
+    }
+
+    async fn add_pool_usage(&self, usage: &[PoolUsage]) -> Result<(), Error> {
+        crate::usage::add_pool_usage(&self.pool, usage).await
+    }
+
+    async fn attempt_totals(&self, since_ms: u64) -> Result<Vec<AttemptTotals>, Error> {
+        crate::usage::attempt_totals(&self.pool, since_ms).await
+    }
+
+    async fn pool_usage(&self, since_ms: u64) -> Result<Vec<PoolUsage>, Error> {
+        crate::usage::pool_usage(&self.pool, since_ms).await
+    }
+
+    async fn job_usage(&self, id: &JobId) -> Result<Vec<AttemptUsage>, Error> {
+        crate::usage::job_usage(&self.pool, id).await
     }
 }
 

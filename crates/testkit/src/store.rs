@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use hodei_core::cost::{AttemptTotals, AttemptUsage, HOUR_MS, PoolUsage, hour_start};
 use hodei_core::credential::{Role, WorkerOrigin};
 use hodei_core::{
     Command, Job, JobId, JobSpec, JobState, PoolSpec, Priority, ProviderKind, QueueName,
@@ -38,6 +39,10 @@ struct Contents {
     last_job_sequence: u64,
     /// Output per job, ordered by (attempt, sequence) as the stores read it back.
     logs: BTreeMap<JobId, BTreeMap<(u32, u64), LogChunk>>,
+    /// Ended attempts by (job, attempt, end, worker), as the stores order them.
+    attempt_usage: BTreeMap<(String, u32, u64, String), AttemptUsage>,
+    /// Pool usage by (pool, hour).
+    pool_usage: BTreeMap<(String, u64), PoolUsage>,
 }
 
 impl MemoryStore {
@@ -299,6 +304,94 @@ impl Store for MemoryStore {
             .cloned()
             .collect())
     }
+
+    async fn record_attempt_usage(&self, usage: &[AttemptUsage]) -> Result<(), Error> {
+        let mut contents = self.contents();
+        for row in usage {
+            contents
+                .attempt_usage
+                .entry((
+                    row.job_id.clone(),
+                    row.attempt,
+                    row.ended_at_ms,
+                    row.worker_id.clone(),
+                ))
+                .or_insert_with(|| row.clone());
+        }
+        Ok(())
+    }
+
+    async fn add_pool_usage(&self, usage: &[PoolUsage]) -> Result<(), Error> {
+        let mut contents = self.contents();
+        for row in usage {
+            let hour = hour_start(row.hour_start_ms);
+            contents
+                .pool_usage
+                .entry((row.pool.clone(), hour))
+                .or_insert_with(|| PoolUsage {
+                    pool: row.pool.clone(),
+                    hour_start_ms: hour,
+                    ..PoolUsage::default()
+                })
+                .add(row);
+        }
+        Ok(())
+    }
+
+    async fn attempt_totals(&self, since_ms: u64) -> Result<Vec<AttemptTotals>, Error> {
+        let contents = self.contents();
+        let mut totals: BTreeMap<(String, String, String), AttemptTotals> = BTreeMap::new();
+        for row in contents
+            .attempt_usage
+            .values()
+            .filter(|row| row.ended_at_ms >= since_ms)
+        {
+            let key = (row.tenant.clone(), row.queue.clone(), row.pool.clone());
+            let entry = totals.entry(key).or_insert_with(|| AttemptTotals {
+                tenant: row.tenant.clone(),
+                queue: row.queue.clone(),
+                pool: row.pool.clone(),
+                attempts: 0,
+                worker_seconds: 0.0,
+                cost: 0.0,
+            });
+            entry.attempts += 1;
+            entry.worker_seconds += row.worker_seconds;
+            entry.cost += row.cost;
+        }
+        Ok(totals.into_values().collect())
+    }
+
+    async fn pool_usage(&self, since_ms: u64) -> Result<Vec<PoolUsage>, Error> {
+        let contents = self.contents();
+        let since = hour_start(since_ms);
+        let mut totals: BTreeMap<String, PoolUsage> = BTreeMap::new();
+        for row in contents
+            .pool_usage
+            .values()
+            .filter(|row| row.hour_start_ms >= since)
+        {
+            totals
+                .entry(row.pool.clone())
+                .or_insert_with(|| PoolUsage {
+                    pool: row.pool.clone(),
+                    hour_start_ms: row.hour_start_ms,
+                    ..PoolUsage::default()
+                })
+                .add(row);
+        }
+        Ok(totals.into_values().collect())
+    }
+
+    async fn job_usage(&self, id: &JobId) -> Result<Vec<AttemptUsage>, Error> {
+        let contents = self.contents();
+        Ok(contents
+            .attempt_usage
+            .values()
+            .filter(|row| row.job_id == id.as_str())
+            .cloned()
+            .collect())
+    }
 }
 
 /// Prefix of every worker id and pool name the contract creates, so that it can run against a
@@ -337,6 +430,7 @@ pub async fn store_contract(store: &dyn Store) {
     many_logs_in_one_call(store).await;
     logs_of_unknown_jobs_are_not_found(store).await;
     batched_job_writes_have_one_result_each(store).await;
+    usage_adds_up_and_counts_an_attempt_once(store).await;
 }
 
 fn id(name: &str) -> WorkerId {
@@ -1950,5 +2044,117 @@ async fn logs_of_unknown_jobs_are_not_found(store: &dyn Store) {
         get_job(store, &unknown.id).await,
         None,
         "append_logs must not create a job"
+    );
+}
+
+async fn usage_adds_up_and_counts_an_attempt_once(store: &dyn Store) {
+    let hour = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS;
+    let attempt =
+        |job: &str, attempt: u32, tenant: &str, ended_at_ms: u64, secs: f64| AttemptUsage {
+            job_id: format!("{PREFIX}usage-{job}"),
+            attempt,
+            tenant: format!("{PREFIX}{tenant}"),
+            queue: "default".into(),
+            pool: format!("{PREFIX}pool"),
+            worker_id: format!("{PREFIX}w1"),
+            ended_at_ms,
+            worker_seconds: secs,
+            cost: secs / 3600.0,
+        };
+    let first = [
+        attempt("a", 1, "t1", hour + 10, 30.0),
+        attempt("a", 2, "t1", hour + 20, 60.0),
+        attempt("b", 1, "t2", hour + HOUR_MS, 90.0),
+    ];
+    if let Err(err) = store.record_attempt_usage(&first).await {
+        panic!("record_attempt_usage failed: {err}");
+    }
+    // The same row again changes nothing; an attempt that shares its number with an earlier
+    // one (on another worker, ending later) is kept.
+    let mut shared_number = attempt("a", 2, "t1", hour + 40, 5.0);
+    shared_number.worker_id = format!("{PREFIX}w2");
+    let again = [
+        attempt("a", 1, "t1", hour + 10, 30.0),
+        shared_number.clone(),
+    ];
+    if let Err(err) = store.record_attempt_usage(&again).await {
+        panic!("record_attempt_usage failed: {err}");
+    }
+    let ours = |totals: Vec<AttemptTotals>| -> Vec<(String, u64, f64)> {
+        totals
+            .into_iter()
+            .filter(|t| t.pool.starts_with(PREFIX))
+            .map(|t| (t.tenant, t.attempts, t.worker_seconds))
+            .collect()
+    };
+    let all = ours(store.attempt_totals(0).await.unwrap_or_default());
+    assert_eq!(
+        all,
+        [
+            (format!("{PREFIX}t1"), 3, 95.0),
+            (format!("{PREFIX}t2"), 1, 90.0)
+        ],
+        "attempt totals by tenant"
+    );
+    let later = ours(
+        store
+            .attempt_totals(hour + HOUR_MS)
+            .await
+            .unwrap_or_default(),
+    );
+    assert_eq!(
+        later,
+        [(format!("{PREFIX}t2"), 1, 90.0)],
+        "attempt totals since"
+    );
+    let Ok(job_id) = JobId::new(format!("{PREFIX}usage-a")) else {
+        panic!("contract bug: bad job id");
+    };
+    let usage = match store.job_usage(&job_id).await {
+        Ok(usage) => usage,
+        Err(err) => panic!("job_usage failed: {err}"),
+    };
+    let mut expected = first[..2].to_vec();
+    expected.push(shared_number);
+    assert_eq!(usage, expected, "one job's attempts in order");
+
+    let pool = |hour_start_ms: u64, secs: f64| PoolUsage {
+        pool: format!("{PREFIX}pool"),
+        hour_start_ms,
+        worker_seconds: secs,
+        busy_seconds: secs / 2.0,
+        cost: secs / 3600.0,
+        at_max_waiting_seconds: 1.0,
+    };
+    // Two passes in one hour (the second not at the hour's start) and one an hour later.
+    let passes = [
+        pool(hour, 60.0),
+        pool(hour + 5_000, 40.0),
+        pool(hour + HOUR_MS, 10.0),
+    ];
+    if let Err(err) = store.add_pool_usage(&passes).await {
+        panic!("add_pool_usage failed: {err}");
+    }
+    let find = |rows: Vec<PoolUsage>| {
+        rows.into_iter()
+            .find(|row| row.pool == format!("{PREFIX}pool"))
+    };
+    let total = find(store.pool_usage(0).await.unwrap_or_default());
+    assert_eq!(
+        total.map(|t| (t.worker_seconds, t.busy_seconds, t.at_max_waiting_seconds)),
+        Some((110.0, 55.0, 3.0)),
+        "pool usage totals"
+    );
+    // A window starting inside the second hour includes that whole hour only.
+    let since = find(
+        store
+            .pool_usage(hour + HOUR_MS + 10)
+            .await
+            .unwrap_or_default(),
+    );
+    assert_eq!(
+        since.map(|t| (t.hour_start_ms, t.worker_seconds)),
+        Some((hour + HOUR_MS, 10.0)),
+        "pool usage since"
     );
 }
