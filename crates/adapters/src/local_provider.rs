@@ -94,8 +94,11 @@ impl LocalProvider {
     }
 
     /// The agent's work root: jobs' fresh directories and its records of running jobs.
+    /// Outside the state directory, which is the server's alone (0700): a pool whose jobs
+    /// run as another user (`template.user`) must reach its job directories. Worker ids are
+    /// unique, so agents of several servers on one machine never share one.
     pub fn work_root(&self, id: &WorkerId) -> PathBuf {
-        self.config.state_dir.join("work").join(id.as_str())
+        std::env::temp_dir().join("hodei-work").join(id.as_str())
     }
 
     /// The agent's log file: its stdout and stderr.

@@ -634,7 +634,9 @@ impl Drop for ServerProcess {
         };
         let pid = nix::unistd::Pid::from_raw(raw);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + SERVER_STOP_LIMIT;
+        // Longer than `stop` waits: SIGKILL now would leave the server's agents running,
+        // and a loaded machine can take a while to stop a hundred of them.
+        let deadline = Instant::now() + SERVER_STOP_LIMIT * 4;
         while matches!(self.child.try_wait(), Ok(None)) {
             if Instant::now() > deadline {
                 let _ = self.child.start_kill();

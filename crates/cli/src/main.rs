@@ -4,8 +4,8 @@ mod bench;
 mod client;
 mod dev;
 mod jobs;
-mod tokens;
 mod report;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -6,9 +6,9 @@
 
 pub mod autoscale;
 pub mod backoff;
+pub mod cost;
 pub mod credential;
 pub mod fence;
-pub mod cost;
 pub mod health;
 pub mod job;
 pub mod lifecycle;

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
+use hodei_core::cost::{self, AttemptTotals, AttemptUsage};
 use hodei_core::fence::{
     self, CurrentAttempt, FencePolicy, InFlight, LostBecause, Presence, Report, Verdict,
 };
-use hodei_core::cost::{self, AttemptTotals, AttemptUsage};
 use hodei_core::job::{AttemptOutcome, after_attempt};
 use hodei_core::matching::{self, IdleWorker};
 use hodei_core::{

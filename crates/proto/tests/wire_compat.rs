@@ -153,7 +153,10 @@ fn the_check_catches_removed_renumbered_and_retyped_fields() {
     let edits = [
         ("uint32 cpu_cores = 1;", "uint64 cpu_cores = 1;"),
         ("uint32 cpu_cores = 1;", "uint32 cpu_cores = 9;"),
-        ("  string worker_id = 1;\n  // Required.", "  // Required."),
+        (
+            "  string worker_id = 1;\n  // Required: cpu_cores",
+            "  // Required: cpu_cores",
+        ),
         ("JOB_OUTCOME_TIMED_OUT = 2;", "JOB_OUTCOME_TIMED_OUT = 7;"),
         (
             "rpc GetWorker(GetWorkerRequest) returns (GetWorkerResponse);",
