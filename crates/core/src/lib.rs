@@ -13,6 +13,7 @@ pub mod matching;
 pub mod pool;
 pub mod queue;
 pub mod reconcile;
+pub mod tenancy;
 pub mod worker;
 
 pub use job::{
