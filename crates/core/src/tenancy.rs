@@ -358,6 +358,14 @@ impl Usage {
         self.memory_mb = self.memory_mb.saturating_add(ask.memory_mb);
     }
 
+    /// Counts a job that no longer holds its worker.
+    pub fn remove_job(&mut self, ask: &Requirements) {
+        self.running_jobs = self.running_jobs.saturating_sub(1);
+        self.workers = self.workers.saturating_sub(1);
+        self.cpu = self.cpu.saturating_sub(ask.cpu_cores);
+        self.memory_mb = self.memory_mb.saturating_sub(ask.memory_mb);
+    }
+
     /// Whether any soft quota is exceeded.
     pub fn over_soft(&self, quotas: &Quotas) -> bool {
         quotas
