@@ -760,6 +760,86 @@ pub fn plan_fair_dispatch(
     plan
 }
 
+/// Milliseconds in a day; days start at 00:00 UTC (Unix time has no leap seconds).
+const DAY_MS: u64 = 86_400_000;
+
+/// What each tenant's attempts cost since 00:00 UTC; a new day starts from zero.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DailyCost {
+    day: u64,
+    spent: BTreeMap<TenantName, f64>,
+}
+
+impl DailyCost {
+    fn roll(&mut self, now_ms: u64) {
+        let day = now_ms / DAY_MS;
+        if day != self.day {
+            self.day = day;
+            self.spent.clear();
+        }
+    }
+
+    /// Adds the cost of an attempt that ended at `now_ms`.
+    pub fn charge(&mut self, tenant: &TenantName, amount: f64, now_ms: u64) {
+        self.roll(now_ms);
+        if amount.is_finite() && amount > 0.0 {
+            *self.spent.entry(tenant.clone()).or_default() += amount;
+        }
+    }
+
+    /// What the tenant spent today as of `now_ms`.
+    pub fn spent(&mut self, tenant: &TenantName, now_ms: u64) -> f64 {
+        self.roll(now_ms);
+        self.spent.get(tenant).copied().unwrap_or(0.0)
+    }
+}
+
+/// Starts per tenant over the last hour, in one-minute buckets, for "share over the last
+/// hour". Memory is bounded by 60 buckets of the tenants that started something.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StartWindow {
+    minutes: std::collections::VecDeque<(u64, BTreeMap<TenantName, u64>)>,
+}
+
+impl StartWindow {
+    const MINUTES: u64 = 60;
+
+    fn prune(&mut self, now_ms: u64) {
+        let minute = now_ms / 60_000;
+        while self
+            .minutes
+            .front()
+            .is_some_and(|(m, _)| m + Self::MINUTES <= minute)
+        {
+            self.minutes.pop_front();
+        }
+    }
+
+    pub fn record(&mut self, tenant: &TenantName, now_ms: u64) {
+        self.prune(now_ms);
+        let minute = now_ms / 60_000;
+        if self.minutes.back().is_none_or(|(m, _)| *m != minute) {
+            self.minutes.push_back((minute, BTreeMap::new()));
+        }
+        if let Some((_, counts)) = self.minutes.back_mut() {
+            *counts.entry(tenant.clone()).or_default() += 1;
+        }
+    }
+
+    /// Starts per tenant in the last hour, and their total.
+    pub fn counts(&mut self, now_ms: u64) -> (BTreeMap<TenantName, u64>, u64) {
+        self.prune(now_ms);
+        let mut counts: BTreeMap<TenantName, u64> = BTreeMap::new();
+        for (_, minute) in &self.minutes {
+            for (tenant, n) in minute {
+                *counts.entry(tenant.clone()).or_default() += n;
+            }
+        }
+        let total = counts.values().sum();
+        (counts, total)
+    }
+}
+
 /// How many distinct job shapes a pass tries per tenant before giving up on it: beyond that
 /// the tenant's jobs are all shapes no idle worker has, and walking further costs time only.
 const MAX_UNFIT_SHAPES: usize = 16;
@@ -1250,6 +1330,27 @@ mod tests {
     fn weights_1_2_3_5_share_440_starts_as_1_2_3_5_elevenths() {
         let counts = simulate_shares(&[1, 2, 3, 5], 440, 1);
         assert_eq!(counts, [40, 80, 120, 200]);
+    }
+
+    #[test]
+    fn daily_cost_resets_at_midnight_utc_and_the_window_keeps_an_hour() {
+        let day = 86_400_000;
+        let mut cost = DailyCost::default();
+        cost.charge(&tn("a"), 2.5, day + 1);
+        cost.charge(&tn("a"), 1.0, 2 * day - 1);
+        cost.charge(&tn("a"), f64::NAN, 2 * day - 1);
+        assert_eq!(cost.spent(&tn("a"), 2 * day - 1), 3.5);
+        assert_eq!(cost.spent(&tn("a"), 2 * day), 0.0);
+
+        let mut window = StartWindow::default();
+        window.record(&tn("a"), 0);
+        window.record(&tn("a"), 59_000);
+        window.record(&tn("b"), 61_000);
+        let (counts, total) = window.counts(61_000);
+        assert_eq!((counts[&tn("a")], counts[&tn("b")], total), (2, 1, 3));
+        // The first minute's bucket leaves an hour after it.
+        let (counts, total) = window.counts(3_600_000);
+        assert_eq!((counts.get(&tn("a")).copied(), total), (None, 1));
     }
 
     proptest! {
