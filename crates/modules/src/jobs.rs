@@ -921,12 +921,7 @@ impl Dispatcher {
                     .add_job(&live.job.spec.requirements);
             }
         }
-        let tenants: Vec<TenantName> = self
-            .queues
-            .tenants()
-            .chain(usage.keys())
-            .cloned()
-            .collect();
+        let tenants: Vec<TenantName> = self.queues.tenants().chain(usage.keys()).cloned().collect();
         for tenant in tenants {
             let spent = self.daily_cost.spent(&tenant, now_ms);
             usage.entry(tenant).or_default().daily_cost = spent;
@@ -937,11 +932,8 @@ impl Dispatcher {
     /// Moves each tenant's burst state on, given what it holds now.
     fn update_bursts(&mut self, usage: &BTreeMap<TenantName, Usage>, now_ms: u64) {
         let policy = self.config.tenants.burst;
-        let names: std::collections::BTreeSet<TenantName> = usage
-            .keys()
-            .chain(self.bursts.keys())
-            .cloned()
-            .collect();
+        let names: std::collections::BTreeSet<TenantName> =
+            usage.keys().chain(self.bursts.keys()).cloned().collect();
         for name in names {
             let over = match (self.config.tenants.get(&name), usage.get(&name)) {
                 (Some(tenant), Some(held)) => held.over_soft(&tenant.quotas),
@@ -1016,10 +1008,12 @@ impl Dispatcher {
         // Held to its limits first; past a soft one only while others leave workers idle.
         match tenancy::check_start(&tenant, &usage, &job.spec.requirements, None) {
             Ok(_) => None,
-            Err(strict) => match tenancy::check_start(&tenant, &usage, &job.spec.requirements, factor) {
-                Ok(_) => Some(format!("{strict}; may burst when workers are idle")),
-                Err(at_quota) => Some(at_quota.to_string()),
-            },
+            Err(strict) => {
+                match tenancy::check_start(&tenant, &usage, &job.spec.requirements, factor) {
+                    Ok(_) => Some(format!("{strict}; may burst when workers are idle")),
+                    Err(at_quota) => Some(at_quota.to_string()),
+                }
+            }
         }
     }
 
@@ -1575,10 +1569,7 @@ impl Dispatcher {
                     .get_or_create(&labels)
                     .set(held.get(resource));
                 if let Some(limit) = quotas.get(&resource) {
-                    metrics
-                        .tenant_quota
-                        .get_or_create(&labels)
-                        .set(limit.value);
+                    metrics.tenant_quota.get_or_create(&labels).set(limit.value);
                 }
             }
         }

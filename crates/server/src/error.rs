@@ -17,8 +17,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hodei_core::QueueError;
-use hodei_core::tenancy::{AdmissionError, Resource};
 use hodei_core::ValidationError;
+use hodei_core::tenancy::{AdmissionError, Resource};
 use hodei_modules::{JobError, PoolError, WorkerManagementError};
 use hodei_ports::{ProviderError, SchedulerError, store};
 

@@ -224,7 +224,10 @@ impl Server {
         let cancel = CancellationToken::new();
         // Unfinished jobs are loaded from the store before anything is served.
         let (jobs, retired) = JobService::start(
-            config.jobs.service_config()?,
+            hodei_modules::JobServiceConfig {
+                tenants: config.tenant_config()?,
+                ..config.jobs.service_config()?
+            },
             store.clone(),
             scheduler.clone(),
             sessions.clone(),
