@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{DockerSection, KubernetesSection, ServerConfig};
+pub use config::{DockerSection, KubernetesSection, ServerConfig, TenantSettings};
 use grpc::{Authenticate, SchedulerGrpc, SessionHub};
 use grpc_jobs::JobGrpc;
 
