@@ -5,10 +5,12 @@
 pub mod jobs;
 pub mod pools;
 pub mod scheduler_registry;
+pub mod tenants;
 pub mod worker_management;
 
 pub use jobs::{
-    JobError, JobMetrics, JobService, JobServiceConfig, JobSnapshot, LogPage, PoolSettings, Retired,
+    JobError, JobMetrics, JobService, JobServiceConfig, JobSnapshot, LogPage, PoolSettings,
+    Retired, TenantStatus,
 };
 pub use pools::{
     DecisionRecord, PoolCounts, PoolError, PoolManager, PoolManagerConfig, PoolMetrics, PoolStatus,
@@ -16,6 +18,7 @@ pub use pools::{
 pub use scheduler_registry::{
     LivenessChange, RegisteredWorker, RegistrationSource, SchedulerRegistry,
 };
+pub use tenants::{TenantError, TenantService, TenantView};
 pub use worker_management::{
     PoolCreated, WorkerManagementConfig, WorkerManagementError, WorkerManagementMetrics,
     WorkerManagementService, WorkerProvisioned, WorkerStatus,

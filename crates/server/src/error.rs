@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use hodei_core::QueueError;
 use hodei_core::ValidationError;
 use hodei_core::tenancy::{AdmissionError, Resource};
-use hodei_modules::{JobError, PoolError, WorkerManagementError};
+use hodei_modules::{JobError, PoolError, TenantError, WorkerManagementError};
 use hodei_ports::{ProviderError, SchedulerError, store};
 
 use crate::api::{ErrorBody, ErrorDetail};
@@ -203,6 +203,18 @@ impl From<JobError> for ApiError {
             JobError::AlreadyEnded { .. } => Self::new(Code::FailedPrecondition, error.to_string()),
             JobError::Store(store) => store.into(),
             JobError::Stopped => Self::new(Code::Unavailable, error.to_string()),
+        }
+    }
+}
+
+impl From<TenantError> for ApiError {
+    fn from(error: TenantError) -> Self {
+        match error {
+            TenantError::Invalid(invalid) => invalid.into(),
+            TenantError::NotFound(_) => Self::new(Code::NotFound, error.to_string()),
+            TenantError::InUse { .. } => Self::new(Code::FailedPrecondition, error.to_string()),
+            TenantError::Store(store) => store.into(),
+            TenantError::Jobs(jobs) => jobs.into(),
         }
     }
 }

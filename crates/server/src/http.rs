@@ -13,14 +13,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hodei_core::{JobId, PoolSpec, WorkerId, WorkerState};
-use hodei_modules::{JobService, PoolManager, SchedulerRegistry, WorkerManagementService};
+use hodei_modules::{
+    JobService, PoolManager, SchedulerRegistry, TenantService, WorkerManagementService,
+};
 use hodei_ports::{Store, WorkerFilter};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::api::{
-    JobList, JobView, LogChunkView, LogsView, PoolList, PoolView, ScalePool, SubmitJob, WorkerList,
-    WorkerView, job_filter,
+    JobList, JobView, LogChunkView, LogsView, PoolList, PoolView, ScalePool, SubmitJob, TenantList,
+    TenantView, WorkerList, WorkerView, job_filter,
 };
 use crate::error::{ApiError, Code};
 
@@ -31,6 +33,7 @@ pub(crate) struct AppState {
     pub scheduler: Arc<SchedulerRegistry>,
     pub jobs: JobService,
     pub pools: PoolManager,
+    pub tenants: TenantService,
     pub metrics: Arc<Registry>,
     pub token: Arc<str>,
     /// Set once start-up (first reconciliation, pool pre-warming) is done.
@@ -51,6 +54,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/logs", get(job_logs))
+        .route("/tenants", get(list_tenants))
+        .route(
+            "/tenants/{name}",
+            get(get_tenant).put(set_tenant).delete(remove_tenant),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/api/v1", api)
@@ -357,4 +365,57 @@ async fn job_logs(
         exit_code: page.job.exit_code,
         complete: page.complete,
     }))
+}
+
+async fn list_tenants(State(state): State<AppState>) -> Result<Json<TenantList>, ApiError> {
+    Ok(Json(TenantList {
+        tenants: state
+            .tenants
+            .list()
+            .await?
+            .iter()
+            .map(TenantView::new)
+            .collect(),
+    }))
+}
+
+async fn get_tenant(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    let name = hodei_core::TenantName::new(name)?;
+    Ok(Json(TenantView::new(&state.tenants.get(&name).await?)))
+}
+
+/// Creates or replaces a tenant with the settings in the body (the `[[tenant]]` fields;
+/// `name` may be left out).
+async fn set_tenant(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<crate::config::TenantSettings>, JsonRejection>,
+) -> Result<Json<TenantView>, ApiError> {
+    let mut settings = json_body(body)?;
+    if settings.name.is_empty() {
+        settings.name.clone_from(&name);
+    }
+    if settings.name != name {
+        return Err(hodei_core::ValidationError::new(
+            "name",
+            format!("is {}, but the URL names tenant {name}", settings.name),
+        )
+        .into());
+    }
+    let tenant = state.tenants.set(settings.to_tenant()?).await?;
+    Ok(Json(TenantView::new(
+        &state.tenants.get(&tenant.name).await?,
+    )))
+}
+
+async fn remove_tenant(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = hodei_core::TenantName::new(name)?;
+    state.tenants.remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

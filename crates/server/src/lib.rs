@@ -23,7 +23,7 @@ use hodei_adapters::{
 use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{ProviderKind, WorkerId, WorkerState};
 use hodei_modules::{
-    JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
+    JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry, TenantService,
     WorkerManagementMetrics, WorkerManagementService,
 };
 use hodei_ports::{SchedulerPort, Store};
@@ -54,6 +54,8 @@ pub enum Error {
     Store(#[from] hodei_ports::store::Error),
     #[error("cannot start the job service: {0}")]
     Jobs(#[from] hodei_modules::JobError),
+    #[error("cannot load the tenants: {0}")]
+    Tenants(#[from] hodei_modules::TenantError),
     #[error("cannot load the pools: {0}")]
     Pools(#[from] hodei_modules::PoolError),
     #[error("cannot start the local provider: {0}")]
@@ -86,6 +88,7 @@ pub struct Server {
     sessions: Arc<SessionHub>,
     jobs: JobService,
     pools: PoolManager,
+    tenants: TenantService,
     cancel: CancellationToken,
     http: JoinHandle<()>,
     background: JoinHandle<()>,
@@ -235,6 +238,8 @@ impl Server {
             cancel.clone(),
         )
         .await?;
+        let tenants =
+            TenantService::start(config.tenant_config()?, store.clone(), jobs.clone()).await?;
         let pools = PoolManager::new(
             management.clone(),
             jobs.clone(),
@@ -273,6 +278,7 @@ impl Server {
             scheduler: scheduler.clone(),
             jobs: jobs.clone(),
             pools: pools.clone(),
+            tenants: tenants.clone(),
             metrics: Arc::new(registry),
             token: token_shared,
             ready: ready.clone(),
@@ -321,7 +327,12 @@ impl Server {
             retirements,
             jobs,
             pools,
+            tenants,
         })
+    }
+
+    pub fn tenants(&self) -> &TenantService {
+        &self.tenants
     }
 
     pub fn addr(&self) -> SocketAddr {
