@@ -235,7 +235,7 @@ impl Client {
         self.with_body(reqwest::Method::PUT, path, body).await
     }
 
-    async fn delete(&self, path: &str) -> anyhow::Result<()> {
+    pub(crate) async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.delete(self.url(path))).await?;
         Ok(())
     }

@@ -4,6 +4,7 @@ mod bench;
 mod client;
 mod dev;
 mod jobs;
+mod tenants;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ enum Command {
     /// Inspect pools.
     #[command(subcommand)]
     Pool(client::PoolCommand),
+    /// Tenants: weights, quotas, what they hold, their share of starts.
+    #[command(subcommand)]
+    Tenant(tenants::TenantCommand),
     /// Submit, list, follow and cancel jobs.
     #[command(subcommand)]
     Job(jobs::JobCommand),
@@ -172,6 +176,10 @@ async fn main() -> ExitCode {
         Command::Pool(command) => {
             init_logging("warn");
             client::pool(command).await
+        }
+        Command::Tenant(command) => {
+            init_logging("warn");
+            tenants::tenant(command).await
         }
         Command::Bench(command) => {
             init_logging("warn");
