@@ -223,3 +223,108 @@ async fn a_hard_quota_holds_with_idle_workers_and_a_soft_one_bursts_only_when_no
     assert_eq!(max_overlap(&alone.iter().collect::<Vec<_>>()), 3);
     server.shutdown().await.unwrap();
 }
+
+fn hodei(server: &Server, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(HODEI)
+        .args(args)
+        .env("HODEI_SERVER", server.url())
+        .env("HODEI_TOKEN", server.token())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_set_shown_stored_and_removed_through_the_cli_and_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 1);
+    config.pools.clear();
+    let server = start_anywhere(config.clone()).await;
+
+    let out = hodei(
+        &server,
+        &[
+            "tenant",
+            "set-quota",
+            "ci-team",
+            "--tier",
+            "gold",
+            "--max-running-jobs",
+            "4",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("weight 3 (gold)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = hodei(
+        &server,
+        &["tenant", "set-quota", "ci-team", "--max-cpu", "8", "--soft"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = hodei(&server, &["tenant", "get", "ci-team", "-o", "json"]);
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["weight"], 3);
+    assert_eq!(view["settings"]["max_running_jobs"], 4);
+    assert_eq!(view["settings"]["max_cpu"], 8);
+    assert_eq!(view["settings"]["soft"], serde_json::json!(["cpu"]));
+
+    // A job of the tenant waits (no worker); the tenant shows it queued.
+    let queued = server.jobs().submit(job("ci-team", "true")).await.unwrap();
+    let out = hodei(&server, &["tenant", "ls"]);
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("ci-team") && table.contains("3 (gold)"),
+        "{table}"
+    );
+    let out = hodei(&server, &["tenant", "get", "ci-team"]);
+    assert!(
+        text(&out.stdout).contains("1 queued"),
+        "{}",
+        text(&out.stdout)
+    );
+    server.jobs().cancel(queued.id).await.unwrap();
+
+    // Bad input names the field, with a non-zero exit or a 400.
+    let out = hodei(
+        &server,
+        &["tenant", "set-quota", "ci-team", "--tier", "iron"],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("tier"), "{}", text(&out.stderr));
+    let http = reqwest::Client::new();
+    let response = http
+        .put(format!("{}/api/v1/tenants/ci-team", server.url()))
+        .bearer_auth(server.token())
+        .json(&serde_json::json!({ "weight": 0 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "weight", "{body}");
+    let response = http
+        .get(format!("{}/api/v1/tenants/nobody", server.url()))
+        .bearer_auth(server.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+
+    // Stored: a restart without [[tenant]] tables still knows it.
+    server.shutdown().await.unwrap();
+    let server = start_anywhere(config).await;
+    let out = hodei(&server, &["tenant", "get", "ci-team", "-o", "json"]);
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["settings"]["max_running_jobs"], 4);
+    let out = hodei(&server, &["tenant", "rm", "ci-team"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = hodei(&server, &["tenant", "get", "ci-team"]);
+    assert!(!out.status.success());
+    server.shutdown().await.unwrap();
+}
