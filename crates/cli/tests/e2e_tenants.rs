@@ -328,3 +328,105 @@ async fn tenants_are_set_shown_stored_and_removed_through_the_cli_and_rest() {
     assert!(!out.status.success());
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_tenant_service_sets_gets_lists_and_deletes() {
+    use hodei_proto::v1::tenant_service_client::TenantServiceClient;
+    use hodei_proto::v1::{self, TenantQuota, TenantSettings as WireSettings};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 1);
+    config.pools.clear();
+    let server = start_anywhere(config).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url().to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = hodei_proto::BearerToken::new(server.token()).unwrap();
+    let mut client = TenantServiceClient::with_interceptor(channel, token);
+    let set = |settings: WireSettings| v1::SetTenantRequest {
+        settings: Some(settings),
+    };
+
+    let info = client
+        .set_tenant(set(WireSettings {
+            name: "ci-team".into(),
+            tier: "platinum".into(),
+            quotas: vec![TenantQuota {
+                resource: "running_jobs".into(),
+                limit: 4.0,
+                soft: true,
+            }],
+            max_queued: 50,
+            ..WireSettings::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .tenant
+        .unwrap();
+    assert_eq!(info.weight, 5);
+    assert!(info.configured);
+    assert_eq!(info.usage["running_jobs"], 0.0);
+    let got = client
+        .get_tenant(v1::GetTenantRequest {
+            name: "ci-team".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tenant
+        .unwrap();
+    let settings = got.settings.unwrap();
+    assert_eq!(settings.quotas[0].resource, "running_jobs");
+    assert!(settings.quotas[0].soft);
+    assert_eq!(settings.max_queued, 50);
+    let list = client
+        .list_tenants(v1::ListTenantsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.tenants.len(), 1);
+
+    for (bad, field) in [
+        (
+            WireSettings {
+                name: "x".into(),
+                weight: 5000,
+                ..WireSettings::default()
+            },
+            "weight",
+        ),
+        (
+            WireSettings {
+                name: "x".into(),
+                quotas: vec![TenantQuota {
+                    resource: "disk".into(),
+                    limit: 1.0,
+                    soft: false,
+                }],
+                ..WireSettings::default()
+            },
+            "quotas.resource",
+        ),
+    ] {
+        let error = client.set_tenant(set(bad)).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
+        assert!(error.message().contains(field), "{error:?}");
+    }
+    client
+        .delete_tenant(v1::DeleteTenantRequest {
+            name: "ci-team".into(),
+        })
+        .await
+        .unwrap();
+    let gone = client
+        .get_tenant(v1::GetTenantRequest {
+            name: "ci-team".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    server.shutdown().await.unwrap();
+}

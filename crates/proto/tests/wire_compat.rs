@@ -18,7 +18,12 @@ fn proto_root() -> PathBuf {
 
 fn compile(root: &Path) -> FileDescriptorSet {
     protox::compile(
-        ["hodei/v1/scheduler.proto", "hodei/v1/jobs.proto"].map(|file| root.join(file)),
+        [
+            "hodei/v1/scheduler.proto",
+            "hodei/v1/jobs.proto",
+            "hodei/v1/tenants.proto",
+        ]
+        .map(|file| root.join(file)),
         [root],
     )
     .expect("schema compiles")
@@ -187,11 +192,9 @@ fn the_check_catches_removed_renumbered_and_retyped_fields() {
 /// A copy of the schema's files other than `scheduler.proto`, which each case edits.
 fn copy_other_files(dir: &Path) {
     std::fs::create_dir_all(dir.join("hodei/v1")).unwrap();
-    std::fs::copy(
-        proto_root().join("hodei/v1/jobs.proto"),
-        dir.join("hodei/v1/jobs.proto"),
-    )
-    .unwrap();
+    for file in ["hodei/v1/jobs.proto", "hodei/v1/tenants.proto"] {
+        std::fs::copy(proto_root().join(file), dir.join(file)).unwrap();
+    }
 }
 
 fn tempfile_dir() -> PathBuf {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod grpc_jobs;
+pub mod grpc_tenants;
 mod http;
 mod serve;
 mod tls;
@@ -29,6 +30,7 @@ use hodei_modules::{
 use hodei_ports::{SchedulerPort, Store};
 use hodei_proto::v1::job_service_server::JobServiceServer;
 use hodei_proto::v1::scheduler_service_server::SchedulerServiceServer;
+use hodei_proto::v1::tenant_service_server::TenantServiceServer;
 use hodei_proto::{ClientConfig, SchedulerPortClient};
 use hodei_store::SqliteStore;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -269,8 +271,17 @@ impl Server {
                 token: token_shared.clone(),
             },
         );
+        let tenant_grpc = TenantServiceServer::with_interceptor(
+            grpc_tenants::TenantGrpc {
+                tenants: tenants.clone(),
+            },
+            Authenticate {
+                token: token_shared.clone(),
+            },
+        );
         let grpc = tonic::service::Routes::new(grpc)
             .add_service(job_grpc)
+            .add_service(tenant_grpc)
             .prepare();
         let http = http::router(http::AppState {
             store: store.clone(),
