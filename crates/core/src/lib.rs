@@ -6,6 +6,7 @@
 
 pub mod autoscale;
 pub mod backoff;
+pub mod dispatch;
 pub mod health;
 pub mod job;
 pub mod lifecycle;
