@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use crate::job::{AttemptOutcome, Job, JobId, JobState, TenantName, after_attempt};
-use crate::matching::{IdleWorker, fits};
+use crate::matching::IdleWorker;
 use crate::queue::{QueueEntry, QueueError, Queues};
 use crate::tenancy::{
     self, AdmissionError, BurstState, DailyCost, FairShare, StartWindow, Tenants, Usage,
@@ -222,6 +222,11 @@ impl Dispatch {
     /// Jobs queued, and jobs in flight (assigned or running).
     pub fn counts(&self) -> (usize, usize) {
         (self.queues.len(), self.jobs.len() - self.queues.len())
+    }
+
+    /// How many tenants have jobs queued.
+    pub fn queued_tenants(&self) -> usize {
+        self.queues.tenants().count()
     }
 
     /// The job held by a worker, if any.
@@ -753,6 +758,7 @@ impl Dispatch {
 mod tests {
     use super::*;
     use crate::job::{Command, JobSpec, QueueName, Requirements};
+    use crate::matching::fits;
     use crate::tenancy::{Limit, Resource, Tenant};
     use crate::worker::{Labels, WorkerCapabilities};
     use proptest::prelude::*;

@@ -1,17 +1,19 @@
-//! `hodei bench schedule`: the dispatcher's decisions alone, in process, no IO: admission
-//! of a backlog across many tenants, then weighted fair planning of starts as workers free
-//! up, until the backlog has run.
+//! `hodei bench schedule`: the dispatcher's core state machine alone (`hodei_core::dispatch`),
+//! in process, no IO: admission of a backlog across many tenants, then weighted fair,
+//! quota-checked starts, acceptances and results as workers free up, until the backlog has
+//! run. Every proposed write is committed as if recorded.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
+use hodei_core::dispatch::{Dispatch, DispatchConfig, Effect, Input};
 use hodei_core::matching::IdleWorker;
-use hodei_core::tenancy::{self, BurstState, FairShare, Limit, Resource, Tenant, Tenants, Tier};
+use hodei_core::tenancy::{self, Limit, Resource, Tenant, Tenants, Tier};
 use hodei_core::{
-    JobId, Labels, Priority, QueueConfig, QueueEntry, QueueName, Queues, Requirements, TenantName,
-    WorkerCapabilities, WorkerId,
+    AttemptOutcome, Job, JobId, JobSpec, Labels, QueueConfig, QueueName, Queues, Requirements,
+    TenantName, WorkerCapabilities, WorkerId,
 };
 use serde::Serialize;
 
@@ -44,22 +46,35 @@ struct ScheduleReport {
     workers: u32,
     tenants: u32,
     ends_per_pass: u32,
-    /// Admission decisions (quota and queue-cap checks, then the queue push).
+    /// Every decision the machine made: job writes proposed and committed (admissions,
+    /// assignments, starts, ends) and answers that needed none.
+    decisions: u64,
+    /// Jobs admitted (queue capacity and tenant quota checks passed).
     admissions: u64,
     /// Starts planned (a job given a worker), each a weighted fair, quota-checked choice.
     starts: u64,
-    /// Planning passes run.
+    /// Ticks (deadline checks and planning passes) run.
     passes: u64,
     /// Jobs ended (usage given back).
     ends: u64,
     seconds: f64,
-    /// `(admissions + starts) / seconds`.
+    /// `decisions / seconds`.
     decisions_per_sec: f64,
     admissions_per_sec: f64,
     starts_per_sec: f64,
-    /// Largest difference, in percentage points, between a tenant's share of the starts
-    /// made while every tenant still had jobs queued and its weight's share.
+    /// Largest difference, in percentage points, between a tenant's share of the work
+    /// started (in cost units: cores or 2 GB asked) while every tenant still had jobs
+    /// queued, and its weight's share.
     max_share_error_pp: f64,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    decisions: u64,
+    admissions: u64,
+    starts: u64,
+    passes: u64,
+    ends: u64,
 }
 
 pub fn schedule(args: ScheduleArgs) -> anyhow::Result<()> {
@@ -87,7 +102,7 @@ pub fn schedule(args: ScheduleArgs) -> anyhow::Result<()> {
         auto_create: None,
         burst: tenancy::BurstPolicy::default(),
     };
-    let mut queues = Queues::new([QueueConfig {
+    let queues = Queues::new([QueueConfig {
         name: QueueName::default(),
         capacity: args.queued.max(1) as usize,
     }])?;
@@ -120,64 +135,128 @@ pub fn schedule(args: ScheduleArgs) -> anyhow::Result<()> {
         .iter()
         .map(|n| (n, tenants.configured[n].weight))
         .collect();
+    let jobs: Vec<Job> = specs
+        .into_iter()
+        .enumerate()
+        .map(|(sequence, (id, tenant, requirements))| {
+            let mut spec = JobSpec::new(hodei_core::Command::Script("true".into()));
+            spec.tenant = tenant;
+            spec.requirements = requirements;
+            let mut job = Job::new(id, spec, 0, SystemTime::UNIX_EPOCH)?;
+            job.sequence = sequence as u64;
+            Ok(job)
+        })
+        .collect::<Result<_, hodei_core::ValidationError>>()?;
+    let mut machine = Dispatch::new(DispatchConfig::default(), queues, tenants);
+    let mut now_ms = 1_000u64;
+    // Every write is recorded: the bench measures the decisions, not a store.
+    let feed = |machine: &mut Dispatch, input: Input, now_ms: u64, counts: &mut Counts| {
+        let proposal = machine.step(input, now_ms);
+        counts.decisions += proposal.writes.len() as u64 + proposal.immediate.len() as u64;
+        let recorded = vec![true; proposal.writes.len()];
+        machine.commit(proposal, &recorded, now_ms)
+    };
+    let mut counts = Counts::default();
+    for worker in &workers {
+        feed(
+            &mut machine,
+            Input::WorkerUp {
+                worker: worker.clone(),
+                pool_max_uses: None,
+            },
+            now_ms,
+            &mut counts,
+        );
+        feed(
+            &mut machine,
+            Input::Connected {
+                worker: worker.id.clone(),
+                running: Vec::new(),
+            },
+            now_ms,
+            &mut counts,
+        );
+    }
+    counts.decisions = 0;
 
     let started = Instant::now();
-    let mut admissions = 0u64;
-    for (sequence, (id, tenant, requirements)) in specs.into_iter().enumerate() {
-        tenants
-            .admit(&tenant, &requirements, queues.tenant_depth(&tenant))
-            .context("admission")?;
-        queues.push(QueueEntry {
-            job_id: id,
-            queue: QueueName::default(),
-            tenant,
-            priority: Priority::DEFAULT,
-            sequence: sequence as u64,
-            requirements,
-        })?;
-        admissions += 1;
+    // Submissions arrive in batches, as the server's dispatcher takes them.
+    let total = jobs.len();
+    let mut jobs = jobs.into_iter();
+    loop {
+        let batch: Vec<Job> = jobs.by_ref().take(512).collect();
+        if batch.is_empty() {
+            break;
+        }
+        for effect in feed(&mut machine, Input::Submit(batch), now_ms, &mut counts) {
+            if matches!(effect, Effect::Admitted { .. }) {
+                counts.admissions += 1;
+            }
+        }
     }
-    let mut usage = BTreeMap::new();
-    let bursts: BTreeMap<TenantName, BurstState> = BTreeMap::new();
-    let mut fair = FairShare::default();
-    let mut idle = workers;
-    let mut running: VecDeque<(TenantName, Requirements, IdleWorker)> = VecDeque::new();
-    let (mut starts, mut passes, mut ends) = (0u64, 0u64, 0u64);
+    if counts.admissions != total as u64 {
+        bail!("only {} of {total} jobs admitted", counts.admissions);
+    }
+    let mut running: VecDeque<(WorkerId, JobId)> = VecDeque::new();
     let mut contended: BTreeMap<TenantName, u64> = BTreeMap::new();
     let mut contended_total = 0u64;
-    while !queues.is_empty() {
-        let all_waiting = queues.tenants().count() == names.len();
-        let plan = tenancy::plan_fair_dispatch(
-            &queues, &idle, &tenants, &mut usage, &bursts, &mut fair, 0,
-        );
-        passes += 1;
-        if plan.assignments.is_empty() && running.is_empty() {
-            bail!("no progress: {} jobs queued, none can start", queues.len());
-        }
-        for (job, worker) in plan.assignments {
-            let entry = queues.remove(&job).context("planned job not queued")?;
-            let position = idle
-                .iter()
-                .position(|w| w.id == worker)
-                .context("planned worker not idle")?;
-            if all_waiting {
-                *contended.entry(entry.tenant.clone()).or_default() += 1;
-                contended_total += 1;
+    while machine.counts().0 > 0 || !running.is_empty() {
+        now_ms += 10;
+        let all_waiting = machine.queued_tenants() == names.len();
+        counts.passes += 1;
+        let effects = feed(&mut machine, Input::Tick, now_ms, &mut counts);
+        for effect in effects {
+            if let Effect::Assign { worker, job } = effect {
+                counts.starts += 1;
+                if all_waiting {
+                    // Fair share divides resource asks (cost units), not job counts.
+                    let cost = tenancy::job_cost(&job.spec.requirements);
+                    *contended.entry(job.spec.tenant.clone()).or_default() += cost;
+                    contended_total += cost;
+                }
+                feed(
+                    &mut machine,
+                    Input::Accepted {
+                        worker: worker.clone(),
+                        job: job.id.clone(),
+                    },
+                    now_ms,
+                    &mut counts,
+                );
+                running.push_back((worker, job.id));
             }
-            running.push_back((entry.tenant, entry.requirements, idle.swap_remove(position)));
-            starts += 1;
+        }
+        if running.is_empty() && machine.counts().0 > 0 {
+            bail!(
+                "no progress: {} jobs queued, none can start",
+                machine.counts().0
+            );
         }
         for _ in 0..args.ends_per_pass {
-            let Some((tenant, requirements, worker)) = running.pop_front() else {
+            let Some((worker, job)) = running.pop_front() else {
                 break;
             };
-            if let Some(held) = usage.get_mut(&tenant) {
-                held.remove_job(&requirements);
-            }
-            idle.push(worker);
-            ends += 1;
+            feed(
+                &mut machine,
+                Input::Result {
+                    worker,
+                    job,
+                    outcome: AttemptOutcome::Exited(0),
+                    healthy: true,
+                },
+                now_ms,
+                &mut counts,
+            );
+            counts.ends += 1;
         }
     }
+    let Counts {
+        decisions,
+        admissions,
+        starts,
+        passes,
+        ends,
+    } = counts;
     let seconds = started.elapsed().as_secs_f64();
     let total_weight: u32 = weights.values().sum();
     let max_share_error_pp = if contended_total == 0 {
@@ -205,7 +284,8 @@ pub fn schedule(args: ScheduleArgs) -> anyhow::Result<()> {
         passes,
         ends,
         seconds: round(seconds, 4),
-        decisions_per_sec: round((admissions + starts) as f64 / seconds, 0),
+        decisions,
+        decisions_per_sec: round(decisions as f64 / seconds, 0),
         admissions_per_sec: round(admissions as f64 / seconds, 0),
         starts_per_sec: round(starts as f64 / seconds, 0),
         max_share_error_pp: round(max_share_error_pp, 3),
