@@ -231,10 +231,16 @@ fn bench_schedule_prints_one_json_object_with_every_field() {
     assert_eq!(report["ends"], 400);
     // Each job: admitted, assigned, started, ended.
     assert_eq!(report["decisions"], 1600);
-    assert!(report["decisions_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["decisions_per_sec"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
     // Shares follow weights while every tenant waits (a property of the core's fair
     // queuing, not a timing).
-    assert!(report["max_share_error_pp"].as_f64().unwrap() < 2.0, "{report}");
+    assert!(
+        report["max_share_error_pp"].as_f64().unwrap() < 2.0,
+        "{report}"
+    );
 
     let (status, _, stderr) = run_hodei(&["bench", "schedule", "--tenants", "0"]);
     assert!(!status.success());

@@ -940,6 +940,14 @@ mod tests {
         assert_eq!(t.validate().unwrap_err().field, "weight");
     }
 
+    type StartCase<'a> = (
+        &'a Tenant,
+        Usage,
+        Requirements,
+        Option<f64>,
+        Result<StartKind, &'a str>,
+    );
+
     #[test]
     fn start_checks_hard_soft_and_burst() {
         use Resource::*;
@@ -957,13 +965,7 @@ mod tests {
             daily_cost: 10.0,
             ..Usage::default()
         };
-        let table: Vec<(
-            &Tenant,
-            Usage,
-            Requirements,
-            Option<f64>,
-            Result<StartKind, &str>,
-        )> = vec![
+        let table: Vec<StartCase> = vec![
             (&hard, usage(3, 0), ask(0, 0), None, Ok(StartKind::Within)),
             (
                 &hard,
