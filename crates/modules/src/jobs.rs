@@ -680,7 +680,7 @@ impl Dispatcher {
                 Event::Pools(settings) => self.config.pools = settings,
                 Event::Tenants(tenants) => {
                     self.config.tenants = *tenants;
-                    self.update_gauges();
+                    self.update_tenant_gauges();
                 }
                 Event::TenantStatus { reply } => {
                     let _ = reply.send(self.tenant_status());
@@ -1090,8 +1090,8 @@ impl Dispatcher {
                 self.assigned(job).await;
             }
         }
-        // Burst states follow what tenants hold after this pass's starts.
-        let usage = self.usage(now_ms);
+        // Burst states follow what tenants hold after this pass's starts (as planned; the
+        // next tick corrects any start that could not be recorded).
         self.update_bursts(&usage, now_ms);
         self.update_gauges();
     }
@@ -1463,6 +1463,9 @@ impl Dispatcher {
         let now_ms = now_ms();
         let usage = self.usage(now_ms);
         self.update_bursts(&usage, now_ms);
+        // Per-tenant gauges once per tick, not per dispatch pass: they cost a walk over
+        // the tenants and the jobs in flight.
+        self.update_tenant_gauges();
         let now = Instant::now();
         let mut lost = Vec::new();
         for live in self.jobs.values_mut() {
@@ -1518,7 +1521,6 @@ impl Dispatcher {
         self.metrics
             .running
             .set(i64::try_from(running).unwrap_or(i64::MAX));
-        self.update_tenant_gauges();
     }
 
     fn update_tenant_gauges(&mut self) {
