@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hodei/v1/scheduler.proto",
         "hodei/v1/jobs.proto",
         "hodei/v1/tenants.proto",
+        "hodei/v1/credentials.proto",
     ]
     .map(|file| root.join(file));
     println!("cargo:rerun-if-changed={}", root.join("hodei/v1").display());

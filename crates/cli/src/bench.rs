@@ -84,11 +84,19 @@ pub struct RegistrationArgs {
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Registration(args) => registration(args).await,
-        BenchCommand::Dispatch(args) => dispatch::dispatch(args).await,
-        BenchCommand::Coldstart(args) => coldstart::coldstart(args).await,
-        BenchCommand::Schedule(args) => schedule::schedule(args),
+    let bench = async move {
+        match command {
+            BenchCommand::Registration(args) => registration(args).await,
+            BenchCommand::Dispatch(args) => dispatch::dispatch(args).await,
+            BenchCommand::Coldstart(args) => coldstart::coldstart(args).await,
+            BenchCommand::Schedule(args) => schedule::schedule(args),
+        }
+    };
+    // Ctrl-C or SIGTERM drops the bench, and with it its `ServerProcess`, whose drop stops
+    // the server cleanly (and the server its agents).
+    tokio::select! {
+        result = bench => result,
+        () = crate::shutdown_signal() => bail!("interrupted; the bench's server and its workers were stopped"),
     }
 }
 
@@ -511,14 +519,20 @@ impl ServerProcess {
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let program = std::env::current_exe().context("cannot find the hodei executable")?;
+        // The server is ours alone: the caller's `HODEI_TOKEN` (the README exports one for
+        // the CLI) would override the token written above, and the caller's CA file is not
+        // the one of our certificates. `--exit-with-parent` stops the server if this process
+        // is killed before it can stop the server itself.
         let mut child = Command::new(program)
             .arg("server")
+            .arg("--exit-with-parent")
             .arg("--config")
             .arg(&config_path)
+            .env_remove("HODEI_TOKEN")
+            .env_remove("HODEI_CA_CERT")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log_file)
-            .kill_on_drop(true)
             .spawn()
             .context("cannot start hodei server")?;
         let pid = child
@@ -611,6 +625,29 @@ impl ServerProcess {
                 self.child.kill().await?;
                 bail!("the server did not stop within {SERVER_STOP_LIMIT:?} of SIGTERM; killed it")
             }
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    /// A bench that fails or is interrupted still stops its server, and gently: SIGTERM lets
+    /// the server stop the agents it started, which SIGKILL would leave running.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let Ok(raw) = i32::try_from(self.pid) else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(raw);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + SERVER_STOP_LIMIT;
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = self.child.start_kill();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

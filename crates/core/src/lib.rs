@@ -6,7 +6,9 @@
 
 pub mod autoscale;
 pub mod backoff;
+pub mod credential;
 pub mod dispatch;
+pub mod fence;
 pub mod health;
 pub mod job;
 pub mod lifecycle;
@@ -17,6 +19,7 @@ pub mod reconcile;
 pub mod tenancy;
 pub mod worker;
 
+pub use credential::{Operation, Principal, Role};
 pub use job::{
     AttemptOutcome, Command, Job, JobId, JobSpec, JobState, JobTransitionError, Priority,
     QueueName, Requirements, SlaClass, TenantName,

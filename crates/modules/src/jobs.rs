@@ -5,13 +5,17 @@
 //! code paths can move the same job; every change is written to the store before anyone
 //! (a client, an agent) is told. The decisions come from `hodei_core`: queue order
 //! (`queue`), who runs what (`matching::plan_dispatch`), what an attempt's end means
-//! (`job::after_attempt`).
+//! (`job::after_attempt`), when an attempt in flight is given up on and whether a report is
+//! about the attempt in flight (`fence::judge`, `fence::classify_report`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
+use hodei_core::fence::{
+    self, CurrentAttempt, FencePolicy, InFlight, LostBecause, Presence, Report, Verdict,
+};
 use hodei_core::job::{AttemptOutcome, after_attempt};
 use hodei_core::matching::{self, IdleWorker};
 use hodei_core::tenancy::{
@@ -40,12 +44,9 @@ use crate::SchedulerRegistry;
 pub struct JobServiceConfig {
     /// Named queues and their capacities.
     pub queues: Vec<QueueConfig>,
-    /// How long an assigned or running job waits for its worker's session to come back (after
-    /// a server restart, a network blip, a killed agent) before the attempt counts as lost.
-    pub lost_worker_grace: Duration,
-    /// How long a reconnected agent has to deliver the result of a job it no longer runs
-    /// (results produced while disconnected are sent after the reconnect).
-    pub result_grace: Duration,
+    /// The deadlines of attempts in flight: the agents' lease and the server's margin on it,
+    /// the assign timeout, the grace for results after a reconnect and past a job's timeout.
+    pub fence: FencePolicy,
     /// How often deadlines are checked.
     pub tick: Duration,
     /// What the dispatcher knows of the pools; the pool manager replaces it whenever a
@@ -93,8 +94,7 @@ impl Default for JobServiceConfig {
     fn default() -> Self {
         Self {
             queues: vec![QueueConfig::default()],
-            lost_worker_grace: Duration::from_secs(15),
-            result_grace: Duration::from_secs(2),
+            fence: FencePolicy::default(),
             tick: Duration::from_millis(250),
             pools: PoolSettings::default(),
             tenants: Tenants::default(),
@@ -160,6 +160,7 @@ enum Event {
     Accepted {
         worker_id: WorkerId,
         job_id: String,
+        attempt: u32,
     },
     Log {
         worker_id: WorkerId,
@@ -168,8 +169,12 @@ enum Event {
     Result {
         worker_id: WorkerId,
         job_id: String,
+        attempt: u32,
         outcome: AttemptOutcome,
         healthy: bool,
+    },
+    WorkerDead {
+        worker_id: WorkerId,
     },
     Snapshot {
         reply: oneshot::Sender<JobSnapshot>,
@@ -248,6 +253,8 @@ impl JobService {
             bursts: BTreeMap::new(),
             daily_cost: DailyCost::default(),
             starts: StartWindow::default(),
+            dead: HashSet::new(),
+            started: Instant::now(),
         };
         dispatcher.recover().await?;
         tokio::spawn(dispatcher.run(inbox, cancel));
@@ -417,31 +424,58 @@ impl JobService {
         self.tell(Event::Connected { worker_id, running }).await;
     }
 
-    pub async fn job_accepted(&self, worker_id: WorkerId, job_id: String) {
-        self.tell(Event::Accepted { worker_id, job_id }).await;
+    /// The agent started attempt `attempt` of a job (0: it did not say which).
+    pub async fn job_accepted(&self, worker_id: WorkerId, job_id: String, attempt: u32) {
+        self.tell(Event::Accepted {
+            worker_id,
+            job_id,
+            attempt,
+        })
+        .await;
     }
 
-    /// Output of a running job; `attempt` is filled in by the dispatcher.
+    /// The provider confirmed the worker's agent is dead (its session closed and its
+    /// process is gone): its attempts are lost at once, without waiting for the lease.
+    pub async fn worker_dead(&self, worker_id: WorkerId) {
+        self.tell(Event::WorkerDead { worker_id }).await;
+    }
+
+    /// Output of a running job, for the attempt `chunk.attempt` (0: the agent did not say;
+    /// the dispatcher fills in the attempt in flight). Output of another attempt is dropped.
     pub async fn job_log(&self, worker_id: WorkerId, chunk: LogChunk) {
         self.tell(Event::Log { worker_id, chunk }).await;
     }
 
-    /// An attempt ended on `worker_id`; `healthy` is the agent's health check after it.
+    /// Attempt `attempt` ended on `worker_id` (0: the agent did not say which); `healthy`
+    /// is the agent's health check after it. A result for an attempt the dispatcher already
+    /// gave up on is counted as stale and otherwise ignored.
     pub async fn job_result(
         &self,
         worker_id: WorkerId,
         job_id: String,
+        attempt: u32,
         outcome: AttemptOutcome,
         healthy: bool,
     ) {
         self.tell(Event::Result {
             worker_id,
             job_id,
+            attempt,
             outcome,
             healthy,
         })
         .await;
     }
+}
+
+/// An agent's report that an attempt ended.
+#[derive(Debug)]
+struct ReportedEnd {
+    worker_id: WorkerId,
+    job_id: String,
+    attempt: u32,
+    outcome: AttemptOutcome,
+    healthy: bool,
 }
 
 /// An attempt's end, decided but not yet recorded.
@@ -474,7 +508,8 @@ struct Slot {
     retired: bool,
     /// When it last became idle; `None` until the dispatcher first sees it.
     idle_since: Option<Instant>,
-    /// An assignment could not be delivered; cleared when the agent connects again.
+    /// An assignment could not be delivered, or was not accepted in time; cleared when the
+    /// agent connects again.
     unreachable: bool,
 }
 
@@ -484,13 +519,34 @@ struct Live {
     job: Job,
     /// When it (re-)entered its queue, for the wait-time histogram.
     queued_at: Instant,
-    /// When it was handed to a worker, for the dispatch-latency histogram.
+    /// When it was handed to a worker, for the dispatch-latency histogram and the assign
+    /// timeout.
     assigned_at: Option<Instant>,
-    /// When its attempt counts as lost unless the worker shows up (or reports) first.
-    lost_at: Option<Instant>,
-    /// Whether the deadline holds even while the worker is connected: it reconnected
-    /// without the job among its running ones.
-    unconfirmed: bool,
+    /// When its agent said it started, for the job's timeout.
+    started_at: Option<Instant>,
+    /// When its agent reconnected without listing it among its running jobs.
+    unconfirmed_since: Option<Instant>,
+}
+
+impl Live {
+    fn new(job: Job, queued_at: Instant) -> Self {
+        Self {
+            job,
+            queued_at,
+            assigned_at: None,
+            started_at: None,
+            unconfirmed_since: None,
+        }
+    }
+
+    /// The attempt in flight, for [`fence::classify_report`].
+    fn current(&self) -> CurrentAttempt<'_> {
+        CurrentAttempt {
+            state: self.job.state,
+            worker: self.job.worker_id.as_ref(),
+            attempt: self.job.attempts,
+        }
+    }
 }
 
 /// Workers busy with a job or cleaning after one; absent means idle (as far as jobs go).
@@ -519,6 +575,11 @@ struct Dispatcher {
     /// Since the previous snapshot: submitted jobs' requirements, and (pool, seconds run).
     arrived: Vec<Requirements>,
     ran: Vec<(String, f64)>,
+    /// Workers the provider confirmed dead, until they connect again.
+    dead: HashSet<WorkerId>,
+    /// When the dispatcher started: the silence of workers it has not seen since counts
+    /// from here.
+    started: Instant,
     /// Virtual time of weighted fair queuing across tenants.
     fair: FairShare,
     /// Tenants bursting or cooling down; absent means ready.
@@ -551,13 +612,7 @@ impl Dispatcher {
         let unfinished = self.store.list_jobs(&JobFilter::unfinished()).await?;
         let (mut queued, mut in_flight) = (0usize, 0usize);
         for job in unfinished {
-            let mut live = Live {
-                job,
-                queued_at: now,
-                assigned_at: None,
-                lost_at: None,
-                unconfirmed: false,
-            };
+            let mut live = Live::new(job, now);
             if live.job.state == JobState::Queued {
                 if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
                     // A queue removed from the configuration: the job still runs, from the
@@ -571,8 +626,12 @@ impl Dispatcher {
                 }
                 queued += 1;
             } else {
-                // Its agent gets the grace period to reconnect and say it still runs it.
-                live.lost_at = Some(now + self.config.lost_worker_grace);
+                // Its agent has its lease (plus the margin) to reconnect and say it still
+                // runs it; the timeouts count from now, as the instants before are unknown.
+                live.assigned_at = Some(now);
+                if live.job.state == JobState::Running {
+                    live.started_at = Some(now);
+                }
                 if let Some(worker) = &live.job.worker_id {
                     self.slots.entry(worker.clone()).or_default().job = Some(live.job.id.clone());
                     lock(&self.activity).insert(worker.clone(), WorkerState::Busy);
@@ -633,11 +692,20 @@ impl Dispatcher {
                     }
                     self.submit_batch(batch).await;
                 }
-                Event::Accepted { worker_id, job_id } => {
-                    let mut batch = vec![(worker_id, job_id)];
+                Event::Accepted {
+                    worker_id,
+                    job_id,
+                    attempt,
+                } => {
+                    let mut batch = vec![(worker_id, job_id, attempt)];
                     while let Some(Event::Accepted { .. }) = events.peek() {
-                        if let Some(Event::Accepted { worker_id, job_id }) = events.next() {
-                            batch.push((worker_id, job_id));
+                        if let Some(Event::Accepted {
+                            worker_id,
+                            job_id,
+                            attempt,
+                        }) = events.next()
+                        {
+                            batch.push((worker_id, job_id, attempt));
                         }
                     }
                     self.accepted_batch(batch).await;
@@ -645,19 +713,33 @@ impl Dispatcher {
                 Event::Result {
                     worker_id,
                     job_id,
+                    attempt,
                     outcome,
                     healthy,
                 } => {
-                    let mut batch = vec![(worker_id, job_id, outcome, healthy)];
+                    let mut batch = vec![ReportedEnd {
+                        worker_id,
+                        job_id,
+                        attempt,
+                        outcome,
+                        healthy,
+                    }];
                     while let Some(Event::Result { .. }) = events.peek() {
                         if let Some(Event::Result {
                             worker_id,
                             job_id,
+                            attempt,
                             outcome,
                             healthy,
                         }) = events.next()
                         {
-                            batch.push((worker_id, job_id, outcome, healthy));
+                            batch.push(ReportedEnd {
+                                worker_id,
+                                job_id,
+                                attempt,
+                                outcome,
+                                healthy,
+                            });
                         }
                     }
                     // Output first: whoever sees the job ended finds all of it stored.
@@ -671,6 +753,11 @@ impl Dispatcher {
                     let _ = reply.send(self.explain(&id));
                 }
                 Event::Connected { worker_id, running } => self.connected(&worker_id, &running),
+                Event::WorkerDead { worker_id } => {
+                    tracing::info!(%worker_id, "worker confirmed dead, its attempts are lost now");
+                    self.dead.insert(worker_id);
+                    self.check_deadlines().await;
+                }
                 Event::Snapshot { reply } => {
                     let _ = reply.send(self.snapshot());
                 }
@@ -845,16 +932,8 @@ impl Dispatcher {
         // Capacity was checked at admission; an accepted job is never dropped.
         self.queues.requeue(QueueEntry::from_job(&job))?;
         tracing::debug!(job_id = %job.id, queue = %job.spec.queue, priority = job.spec.priority.get(), "job queued");
-        self.jobs.insert(
-            job.id.clone(),
-            Live {
-                job: job.clone(),
-                queued_at: Instant::now(),
-                assigned_at: None,
-                lost_at: None,
-                unconfirmed: false,
-            },
-        );
+        self.jobs
+            .insert(job.id.clone(), Live::new(job.clone(), Instant::now()));
         self.metrics.submitted.inc();
         if self.arrived.len() < MAX_SNAPSHOT_QUEUED {
             self.arrived.push(job.spec.requirements.clone());
@@ -899,9 +978,15 @@ impl Dispatcher {
     }
 
     fn idle_workers(&self) -> Vec<IdleWorker> {
+        let now = Instant::now();
         self.registry.filter_map(|entry| {
+            // Not heard from for a lease: its agent has fenced itself, and any job given to
+            // it would only be lost again.
+            let heard = now.saturating_duration_since(entry.last_seen_at) < self.config.fence.lease;
             let idle = entry.connected
+                && heard
                 && entry.liveness == hodei_core::health::Liveness::Healthy
+                && !self.dead.contains(&entry.worker.id)
                 && self
                     .slots
                     .get(&entry.worker.id)
@@ -1117,8 +1202,8 @@ impl Dispatcher {
             .observe(waited);
         live.job = job;
         live.assigned_at = Some(now);
-        live.lost_at = None;
-        live.unconfirmed = false;
+        live.started_at = None;
+        live.unconfirmed_since = None;
         let slot = self.slots.entry(worker_id.clone()).or_default();
         slot.job = Some(job_id.clone());
         self.metrics.dispatched.inc();
@@ -1140,13 +1225,23 @@ impl Dispatcher {
         slot.job = None;
         slot.unreachable = true;
         lock(&self.activity).remove(worker_id);
+        let reason = format!("worker {worker_id} was not reachable, requeued");
+        self.withdraw(job_id, reason).await;
+    }
+
+    /// Takes an assignment back before it started: the job goes back to its queue with the
+    /// attempt counted as withdrawn (its number is never reused, its retry is not spent).
+    async fn withdraw(&mut self, job_id: &JobId, reason: String) -> bool {
         let Some(live) = self.jobs.get_mut(job_id) else {
-            return;
+            return false;
         };
+        if live.job.state != JobState::Assigned {
+            return false;
+        }
         let mut job = live.job.clone();
         job.state = JobState::Queued;
-        job.attempts = job.attempts.saturating_sub(1);
-        job.reason = Some(format!("worker {worker_id} was not reachable, requeued"));
+        job.withdrawn = job.withdrawn.saturating_add(1);
+        job.reason = Some(reason);
         if log_store_error(
             "a requeue",
             job_id,
@@ -1154,53 +1249,83 @@ impl Dispatcher {
         )
         .is_none()
         {
-            // The attempt stands as recorded; the deadline check treats it as lost.
-            live.lost_at = Some(Instant::now());
-            return;
+            // The attempt stands as recorded; the deadline check comes back to it.
+            return false;
         }
         live.job = job;
         live.assigned_at = None;
+        live.started_at = None;
+        live.unconfirmed_since = None;
         if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
             tracing::error!(%job_id, %error, "cannot queue a job again");
         }
+        true
     }
 
     fn connected(&mut self, worker_id: &WorkerId, running: &[String]) {
         let now = Instant::now();
+        self.dead.remove(worker_id);
         if let Some(slot) = self.slots.get_mut(worker_id) {
             slot.unreachable = false;
         }
+        {
+            // Marked unhealthy for an assignment it never accepted: a new session, a new chance.
+            let mut activity = lock(&self.activity);
+            if activity.get(worker_id) == Some(&WorkerState::Unhealthy) {
+                activity.remove(worker_id);
+            }
+        }
         for live in self.jobs.values_mut() {
-            if live.job.worker_id.as_ref() != Some(worker_id) || live.job.state == JobState::Queued
+            if live.job.worker_id.as_ref() != Some(worker_id)
+                || !matches!(live.job.state, JobState::Assigned | JobState::Running)
             {
                 continue;
             }
             if running.iter().any(|id| id == live.job.id.as_str()) {
-                live.lost_at = None;
-                live.unconfirmed = false;
+                live.unconfirmed_since = None;
             } else {
                 // Its result may still be on its way; if not, it is lost.
-                live.lost_at = Some(now + self.config.result_grace);
-                live.unconfirmed = true;
+                live.unconfirmed_since = Some(now);
             }
         }
     }
 
-    /// The job `job_id` if it is in flight on `worker_id`; a stale message otherwise.
-    fn in_flight_on(&mut self, worker_id: &WorkerId, job_id: &str) -> Option<&mut Live> {
+    /// The job `job_id` if `attempt` of it is in flight on `worker_id`
+    /// ([`fence::classify_report`]); `None` for a stale report.
+    fn in_flight_on(
+        &mut self,
+        worker_id: &WorkerId,
+        job_id: &str,
+        attempt: u32,
+    ) -> Option<&mut Live> {
         let id = JobId::new(job_id).ok()?;
         let live = self.jobs.get_mut(&id)?;
-        (live.job.worker_id.as_ref() == Some(worker_id)
-            && matches!(live.job.state, JobState::Assigned | JobState::Running))
-        .then_some(live)
+        match fence::classify_report(Some(live.current()), worker_id, attempt) {
+            Report::Current => Some(live),
+            Report::Stale => None,
+        }
     }
 
     /// Agents started these jobs: each moves from assigned to running, with one commit.
-    async fn accepted_batch(&mut self, batch: Vec<(WorkerId, String)>) {
+    /// An agent that started a numbered attempt the dispatcher gave up on is told to stop it.
+    async fn accepted_batch(&mut self, batch: Vec<(WorkerId, String, u32)>) {
         let mut updates: Vec<(Job, JobState)> = Vec::with_capacity(batch.len());
-        for (worker_id, job_id) in batch {
-            let Some(live) = self.in_flight_on(&worker_id, &job_id) else {
-                tracing::debug!(%worker_id, job_id, "ignoring a stale job acceptance");
+        for (worker_id, job_id, attempt) in batch {
+            let Some(live) = self.in_flight_on(&worker_id, &job_id, attempt) else {
+                self.metrics.stale("accepted");
+                // Attempt 0: not one of the dispatcher's assignments (or an agent that does
+                // not number them); nothing to stop on its behalf.
+                if attempt == 0 {
+                    tracing::debug!(%worker_id, job_id, "ignoring an acceptance of an unknown attempt");
+                    continue;
+                }
+                tracing::warn!(%worker_id, job_id, attempt, "stale job acceptance, telling the agent to stop it");
+                if let Ok(id) = JobId::new(job_id.clone()) {
+                    let _ = self
+                        .link
+                        .cancel(&worker_id, &id, "this attempt was given up on")
+                        .await;
+                }
                 continue;
             };
             if live.job.state != JobState::Assigned
@@ -1233,12 +1358,14 @@ impl Dispatcher {
                 && let Some(live) = self.jobs.get_mut(&job.id)
             {
                 live.job = job;
+                live.started_at = Some(Instant::now());
             }
         }
     }
 
     fn log(&mut self, worker_id: &WorkerId, mut chunk: LogChunk) {
-        let Some(live) = self.in_flight_on(worker_id, chunk.job_id.as_str()) else {
+        let Some(live) = self.in_flight_on(worker_id, chunk.job_id.as_str(), chunk.attempt) else {
+            self.metrics.stale("log");
             return;
         };
         chunk.attempt = live.job.attempts;
@@ -1257,11 +1384,20 @@ impl Dispatcher {
 
     /// Attempts that agents report ended: each job's next state is recorded (one commit for
     /// all), then workers are freed or retired and jobs with attempts left requeued.
-    async fn result_batch(&mut self, batch: Vec<(WorkerId, String, AttemptOutcome, bool)>) {
+    async fn result_batch(&mut self, batch: Vec<ReportedEnd>) {
         let mut ends = Vec::with_capacity(batch.len());
-        for (worker_id, job_id, outcome, healthy) in batch {
-            let Some(live) = self.in_flight_on(&worker_id, &job_id) else {
-                tracing::debug!(%worker_id, job_id, "ignoring a stale job result");
+        for ReportedEnd {
+            worker_id,
+            job_id,
+            attempt,
+            outcome,
+            healthy,
+        } in batch
+        {
+            let Some(live) = self.in_flight_on(&worker_id, &job_id, attempt) else {
+                // Never the job's result: the attempt was given up on (and maybe retried).
+                tracing::warn!(%worker_id, job_id, attempt, ?outcome, "stale job result recorded, not applied");
+                self.metrics.stale("result");
                 continue;
             };
             let id = live.job.id.clone();
@@ -1374,8 +1510,8 @@ impl Dispatcher {
                 live.job = job;
                 live.queued_at = Instant::now();
                 live.assigned_at = None;
-                live.lost_at = None;
-                live.unconfirmed = false;
+                live.started_at = None;
+                live.unconfirmed_since = None;
                 if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
                     tracing::error!(job_id = %id, %error, "cannot queue a job again");
                 }
@@ -1459,6 +1595,30 @@ impl Dispatcher {
         }
     }
 
+    /// What the dispatcher knows of the worker of an attempt, for [`fence::judge`].
+    fn presence(&self, worker: Option<&WorkerId>) -> Presence {
+        let Some(worker) = worker else {
+            return Presence::Dead;
+        };
+        if self.dead.contains(worker) {
+            return Presence::Dead;
+        }
+        match self.registry.get(worker) {
+            Some(entry) if entry.connected => Presence::Connected {
+                last_heard: entry.last_seen_at.max(self.started).into_std(),
+            },
+            Some(entry) => Presence::Disconnected {
+                since: entry.last_seen_at.max(self.started).into_std(),
+            },
+            None => Presence::Disconnected {
+                since: self.started.into_std(),
+            },
+        }
+    }
+
+    /// Judges every attempt in flight ([`fence::judge`]) and applies the verdicts: lost
+    /// attempts end as worker losses, late assignments are withdrawn, overdue jobs end as
+    /// timed out; the agent is told to stop whatever it might still run of them.
     async fn check_deadlines(&mut self) {
         let now_ms = now_ms();
         let usage = self.usage(now_ms);
@@ -1467,33 +1627,91 @@ impl Dispatcher {
         // the tenants and the jobs in flight.
         self.update_tenant_gauges();
         let now = Instant::now();
-        let mut lost = Vec::new();
-        for live in self.jobs.values_mut() {
+        let mut verdicts = Vec::new();
+        for live in self.jobs.values() {
             if !matches!(live.job.state, JobState::Assigned | JobState::Running) {
                 continue;
             }
-            let present = live
-                .job
-                .worker_id
-                .as_ref()
-                .and_then(|worker| self.registry.get(worker))
-                .is_some_and(|entry| entry.connected);
-            match live.lost_at {
-                Some(at) if now >= at && (!present || live.unconfirmed) => {
-                    lost.push(live.job.id.clone());
-                }
-                Some(_) if present && !live.unconfirmed => live.lost_at = None,
-                Some(_) => {}
-                None if !present => live.lost_at = Some(now + self.config.lost_worker_grace),
-                None => {}
+            let in_flight = InFlight {
+                state: live.job.state,
+                assigned_at: live.assigned_at.unwrap_or(now).into_std(),
+                started_at: live.started_at.map(Instant::into_std),
+                timeout: live.job.spec.timeout,
+                presence: self.presence(live.job.worker_id.as_ref()),
+                unconfirmed_since: live.unconfirmed_since.map(Instant::into_std),
+            };
+            let verdict = fence::judge(&in_flight, &self.config.fence, now.into_std());
+            if !matches!(verdict, Verdict::Wait { .. }) {
+                verdicts.push((live.job.id.clone(), live.job.worker_id.clone(), verdict));
             }
         }
-        for id in lost {
-            tracing::warn!(job_id = %id, "the job's worker is gone, its attempt is lost");
-            self.end_attempt(&id, AttemptOutcome::WorkerLost, true)
-                .await;
+        for (id, worker, verdict) in verdicts {
+            self.apply_verdict(&id, worker, verdict).await;
         }
         self.update_gauges();
+    }
+
+    async fn apply_verdict(&mut self, id: &JobId, worker: Option<WorkerId>, verdict: Verdict) {
+        // Whatever the verdict, the worker (if it is there at all) must not run the attempt
+        // any more.
+        let link = self.link.clone();
+        let stop = |reason: &'static str| {
+            let (link, worker, id) = (link.clone(), worker.clone(), id.clone());
+            async move {
+                if let Some(worker) = worker {
+                    let _ = link.cancel(&worker, &id, reason).await;
+                }
+            }
+        };
+        match verdict {
+            Verdict::Wait { .. } => {}
+            Verdict::Lost(because) => {
+                tracing::warn!(job_id = %id, worker_id = ?worker, because = because.as_str(), "the attempt is lost");
+                self.metrics.lost(because);
+                // A silent agent whose session is still open (frozen, or its network is
+                // gone one way) hears it if it ever comes back; it will have fenced itself.
+                let connected = worker
+                    .as_ref()
+                    .and_then(|w| self.registry.get(w))
+                    .is_some_and(|entry| entry.connected);
+                if because != LostBecause::WorkerDead && connected {
+                    stop("the server gave up on this attempt").await;
+                }
+                self.end_attempt(id, AttemptOutcome::WorkerLost, true).await;
+            }
+            Verdict::TimedOut => {
+                tracing::warn!(job_id = %id, worker_id = ?worker, "the job ran past its timeout and its agent never said so, ending it");
+                stop("timed out (enforced by the server)").await;
+                if let Some(end) = self.attempt_end(id, AttemptOutcome::TimedOut, true) {
+                    // Its agent does not enforce timeouts: no more work for it until it
+                    // reconnects.
+                    let end = AttemptEnd { lost: true, ..end };
+                    self.record_ends(vec![end]).await;
+                }
+                if let Some(worker) = &worker {
+                    self.slots.entry(worker.clone()).or_default().unreachable = true;
+                }
+                self.metrics.server_timeouts.inc();
+            }
+            Verdict::Withdraw => {
+                let Some(worker) = worker.clone() else {
+                    return;
+                };
+                let reason = format!(
+                    "not accepted by worker {worker} within {:?}, requeued",
+                    self.config.fence.assign_timeout
+                );
+                tracing::warn!(job_id = %id, worker_id = %worker, "assignment not accepted in time, withdrawing it and marking the worker unhealthy");
+                if self.withdraw(id, reason).await {
+                    let slot = self.slots.entry(worker.clone()).or_default();
+                    slot.job = None;
+                    slot.unreachable = true;
+                    self.worker_state(&worker, WorkerState::Unhealthy);
+                    self.metrics.withdrawn.inc();
+                    stop("assignment withdrawn: not accepted in time").await;
+                }
+            }
+        }
     }
 
     fn update_gauges(&mut self) {
@@ -1637,6 +1855,15 @@ pub struct JobMetrics {
     tenant_rejections: Family<TenantReasonLabels, Counter>,
     tenant_burst: Family<TenantLabels, Gauge>,
     tenant_queue_wait: HistogramFamily<TenantLabels>,
+    stale_reports: Family<KindLabels, Counter>,
+    lost_attempts: Family<KindLabels, Counter>,
+    withdrawn: Counter,
+    server_timeouts: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -1670,6 +1897,10 @@ impl JobMetrics {
             tenant_rejections: Family::default(),
             tenant_burst: Family::default(),
             tenant_queue_wait: Family::new_with_constructor(queue_wait_histogram),
+            stale_reports: Family::default(),
+            lost_attempts: Family::default(),
+            withdrawn: Counter::default(),
+            server_timeouts: Counter::default(),
         };
         registry.register(
             "hodei_tenant_jobs_running",
@@ -1711,6 +1942,32 @@ impl JobMetrics {
             "Time from entering a queue to being handed to a worker, by tenant",
             metrics.tenant_queue_wait.clone(),
         );
+        registry.register(
+            "hodei_job_stale_reports",
+            "Reports (accepted, log, result) about attempts the server had already given up on: recorded, never applied",
+            metrics.stale_reports.clone(),
+        );
+        registry.register(
+            "hodei_job_lost_attempts",
+            "Attempts given up on, by why: worker_dead (confirmed by its provider), silent (past lease and margin), not_running (agent came back without it)",
+            metrics.lost_attempts.clone(),
+        );
+        registry.register(
+            "hodei_job_assignments_withdrawn",
+            "Assignments not accepted within jobs.assign_timeout, taken back without spending an attempt",
+            metrics.withdrawn.clone(),
+        );
+        registry.register(
+            "hodei_job_server_timeouts",
+            "Attempts the server ended as timed out because their agent never reported the timeout",
+            metrics.server_timeouts.clone(),
+        );
+        for kind in ["accepted", "log", "result"] {
+            let _ = metrics.stale_reports.get_or_create(&KindLabels { kind });
+        }
+        for kind in ["worker_dead", "silent", "not_running"] {
+            let _ = metrics.lost_attempts.get_or_create(&KindLabels { kind });
+        }
         registry.register(
             "hodei_tenant_worker_seconds",
             "Seconds tenants' jobs held a worker of a pool",
@@ -1820,6 +2077,19 @@ impl JobMetrics {
                 reason,
             })
             .inc();
+    }
+
+    fn stale(&self, kind: &'static str) {
+        self.stale_reports.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    fn lost(&self, because: LostBecause) {
+        let kind = match because {
+            LostBecause::WorkerDead => "worker_dead",
+            LostBecause::Silent => "silent",
+            LostBecause::NotRunning => "not_running",
+        };
+        self.lost_attempts.get_or_create(&KindLabels { kind }).inc();
     }
 
     fn finished(&self, state: JobState) {

@@ -2,12 +2,14 @@
 //! between the ports (provider, store, scheduler) and the pure functions, and own no IO of
 //! their own.
 
+pub mod credentials;
 pub mod jobs;
 pub mod pools;
 pub mod scheduler_registry;
 pub mod tenants;
 pub mod worker_management;
 
+pub use credentials::{CredentialError, Credentials, NewCredential, Token};
 pub use jobs::{
     JobError, JobMetrics, JobService, JobServiceConfig, JobSnapshot, LogPage, PoolSettings,
     Retired, TenantStatus,

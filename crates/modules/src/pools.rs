@@ -30,6 +30,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::jobs::{JobSnapshot, PoolSettings};
 use crate::{JobService, SchedulerRegistry, WorkerManagementService, WorkerStatus};
@@ -67,7 +68,7 @@ pub enum PoolError {
     AlreadyExists(String),
     #[error("pool {0} not found")]
     NotFound(String),
-    #[error("pool.provider: {0} is not configured on this server")]
+    #[error("pool.provider: {0} is not configured on this server: {how}", how = .0.how_to_enable())]
     ProviderNotConfigured(ProviderKind),
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -77,6 +78,10 @@ pub enum PoolError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecisionRecord {
     pub at: SystemTime,
+    /// The same decision made again on later passes (holds only): the last time, and how
+    /// many passes in all, the reason being the latest.
+    pub last_at: SystemTime,
+    pub repeats: u32,
     /// `up`, `down` or `hold`.
     pub action: &'static str,
     /// Workers added or drained.
@@ -212,10 +217,29 @@ struct Inner {
     registry: Arc<SchedulerRegistry>,
     store: Arc<dyn Store>,
     pools: Mutex<BTreeMap<String, PoolState>>,
+    /// Names being created now: a second create of one of them is refused at once, so
+    /// concurrent creates of one name have exactly one winner.
+    creating: Mutex<BTreeSet<String>>,
     metrics: PoolMetrics,
     config: PoolManagerConfig,
     wake: Notify,
     last_pass: Mutex<Option<Instant>>,
+    /// Cancelled by [`PoolManager::stop`]: no pass and no provisioning starts after it.
+    stopping: CancellationToken,
+    /// The background provisioning and termination tasks, so that `stop` can wait for them.
+    tasks: TaskTracker,
+}
+
+/// Holds a name in [`Inner::creating`] until dropped.
+struct Reservation<'a> {
+    creating: &'a Mutex<BTreeSet<String>>,
+    name: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(self.creating).remove(&self.name);
+    }
 }
 
 /// See the module docs. Cheap to clone.
@@ -263,10 +287,13 @@ impl PoolManager {
                 registry,
                 store,
                 pools: Mutex::new(pools),
+                creating: Mutex::new(BTreeSet::new()),
                 metrics,
                 config,
                 wake: Notify::new(),
                 last_pass: Mutex::new(None),
+                stopping: CancellationToken::new(),
+                tasks: TaskTracker::new(),
             }),
         };
         manager.publish_settings().await;
@@ -279,8 +306,12 @@ impl PoolManager {
         let mut tick = tokio::time::interval(self.inner.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Biased: at shutdown the dispatcher changes too (sessions close), and a pass
+            // chosen over the cancel would replace the workers being terminated.
             tokio::select! {
+                biased;
                 () = cancel.cancelled() => return,
+                () = self.inner.stopping.cancelled() => return,
                 _ = tick.tick() => {}
                 () = self.inner.wake.notified() => {}
                 changed = changes.changed() => {
@@ -295,6 +326,9 @@ impl PoolManager {
                 && since < self.inner.config.min_pass_interval
             {
                 tokio::time::sleep(self.inner.config.min_pass_interval - since).await;
+            }
+            if cancel.is_cancelled() || self.inner.stopping.is_cancelled() {
+                return;
             }
             self.pass().await;
         }
@@ -319,6 +353,15 @@ impl PoolManager {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Stops for good: no pass or provisioning starts from now on, and this returns once
+    /// the provisioning and terminations already under way have finished, so that a
+    /// shutdown that then terminates every worker sees them all.
+    pub async fn stop(&self) {
+        self.inner.stopping.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// Asks for a pass soon.
@@ -354,13 +397,34 @@ impl PoolManager {
     pub async fn create(&self, spec: PoolSpec) -> Result<PoolStatus, PoolError> {
         spec.validate()?;
         self.check_provider(&spec)?;
-        if lock(&self.inner.pools)
-            .get(&spec.name)
-            .is_some_and(|pool| !pool.removing)
-        {
-            return Err(PoolError::AlreadyExists(spec.name));
+        let over_removed = {
+            let pools = lock(&self.inner.pools);
+            let existing = pools.get(&spec.name);
+            if existing.is_some_and(|pool| !pool.removing)
+                || !lock(&self.inner.creating).insert(spec.name.clone())
+            {
+                return Err(PoolError::AlreadyExists(spec.name));
+            }
+            existing.is_some()
+        };
+        let _reservation = Reservation {
+            creating: &self.inner.creating,
+            name: spec.name.clone(),
+        };
+        // A pool still being removed has its row in the store: the new spec replaces it.
+        // Otherwise the store's unique name decides, for replicas sharing one store too.
+        let stored = if over_removed {
+            self.inner.store.put_pool(&spec).await
+        } else {
+            self.inner.store.insert_pool(&spec).await
+        };
+        match stored {
+            Ok(()) => {}
+            Err(hodei_ports::store::Error::PoolExists(name)) => {
+                return Err(PoolError::AlreadyExists(name));
+            }
+            Err(error) => return Err(error.into()),
         }
-        self.inner.store.put_pool(&spec).await?;
         let status = {
             let mut pools = lock(&self.inner.pools);
             let pool = pools
@@ -466,6 +530,9 @@ impl PoolManager {
 
     /// One pass over every pool.
     pub async fn pass(&self) {
+        if self.inner.stopping.is_cancelled() {
+            return;
+        }
         let Ok(snapshot) = self.inner.jobs.snapshot().await else {
             return;
         };
@@ -493,10 +560,11 @@ impl PoolManager {
                     PoolCandidate::from_spec(&pool.spec, busy, now_ms)
                 })
                 .collect();
-            let queued: BTreeMap<String, u32> = candidates
+            let queued: BTreeMap<String, (u32, u32)> = candidates
                 .iter()
                 .zip(autoscale::attribute_demand(&candidates, &snapshot.queued))
-                .map(|(candidate, count)| (candidate.name.clone(), count))
+                .zip(autoscale::queued_that_fit(&candidates, &snapshot.queued))
+                .map(|((candidate, share), fitting)| (candidate.name.clone(), (share, fitting)))
                 .collect();
             let mut arrived: BTreeMap<String, u32> = BTreeMap::new();
             for job in &snapshot.arrived {
@@ -529,8 +597,10 @@ impl PoolManager {
                 }
                 pool.arrivals
                     .push_back((now, arrived.get(name).copied().unwrap_or(0)));
+                let (share, fitting) = queued.get(name).copied().unwrap_or((0, 0));
                 let demand = Demand {
-                    queued: queued.get(name).copied().unwrap_or(0),
+                    queued: share,
+                    queued_fitting: fitting,
                     arrivals_per_sec: pool.arrivals_per_sec(now),
                     mean_run_secs: pool.mean_run_secs.unwrap_or(0.0),
                 };
@@ -666,13 +736,17 @@ impl PoolManager {
             ScaleAction::Up(n) => *n,
             ScaleAction::Down(workers) => u32::try_from(workers.len()).unwrap_or(u32::MAX),
         };
-        // Holds are recorded when they follow something else, not on every pass.
-        let repeat_hold = decision.action == ScaleAction::Hold
-            && pool
-                .decisions
-                .back()
-                .is_none_or(|last| last.action == "hold");
-        if repeat_hold {
+        // A hold after a hold is one row with a count, so that a pool holding for hours
+        // does not push its scaling out of the recent decisions.
+        if decision.action == ScaleAction::Hold
+            && let Some(last) = pool.decisions.back_mut()
+            && last.action == "hold"
+        {
+            last.repeats = last.repeats.saturating_add(1);
+            last.last_at = wall;
+            last.desired = decision.desired;
+            last.supply = decision.supply;
+            last.reason.clone_from(&decision.reason);
             return;
         }
         pool.history.record(&decision.action, now_ms);
@@ -689,6 +763,8 @@ impl PoolManager {
         }
         pool.decisions.push_back(DecisionRecord {
             at: wall,
+            last_at: wall,
+            repeats: 1,
             action: decision.action.as_str(),
             count,
             desired: decision.desired,
@@ -722,8 +798,18 @@ impl PoolManager {
             let manager = self.clone();
             let spec = spec.clone();
             let semaphore = semaphore.clone();
-            tokio::spawn(async move {
-                let Ok(_permit) = semaphore.acquire_owned().await else {
+            self.inner.tasks.spawn(async move {
+                let stopping = manager.inner.stopping.clone();
+                let permit = tokio::select! {
+                    biased;
+                    () = stopping.cancelled() => None,
+                    permit = semaphore.acquire_owned() => permit.ok(),
+                };
+                let Some(_permit) = permit else {
+                    if let Some(pool) = lock(&manager.inner.pools).get_mut(&spec.name) {
+                        pool.starting.remove(&id);
+                        pool.started_at.remove(&id);
+                    }
                     return;
                 };
                 let result = manager
@@ -771,7 +857,7 @@ impl PoolManager {
         for id in drained {
             let manager = self.clone();
             let pool = spec.name.clone();
-            tokio::spawn(async move {
+            self.inner.tasks.spawn(async move {
                 tracing::info!(%pool, worker_id = %id, "terminating a drained worker");
                 if let Err(error) = manager.inner.management.terminate_worker(&id).await {
                     tracing::warn!(%pool, worker_id = %id, %error, "could not terminate a drained worker; the reconciler will");

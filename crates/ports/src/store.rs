@@ -6,6 +6,7 @@
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use hodei_core::credential::{Role, WorkerOrigin};
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
     Job, JobId, JobState, JobTransitionError, PoolSpec, QueueName, TenantName, TransitionError,
@@ -20,6 +21,28 @@ pub struct WorkerRecord {
     /// Whether the scheduler confirmed the registration the last time we tried.
     pub registered: bool,
     pub updated_at: SystemTime,
+}
+
+/// A stored credential. The store never sees a secret: only its SHA-256 (hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRecord {
+    /// Public id, part of the token (`hodei_<id>_<secret>`).
+    pub id: String,
+    pub role: Role,
+    /// For worker credentials: the worker, and how its credential came to be.
+    pub worker_id: Option<WorkerId>,
+    pub origin: Option<WorkerOrigin>,
+    /// For tenant credentials: the tenant.
+    pub tenant: Option<TenantName>,
+    /// What the operator wrote when creating it.
+    pub description: String,
+    /// The credential that minted this one (an agent token enrolling a worker); revoking
+    /// it revokes this one too.
+    pub issued_by: Option<String>,
+    /// SHA-256 of the secret, lowercase hex.
+    pub secret_sha256: String,
+    pub created_at: SystemTime,
+    pub revoked_at: Option<SystemTime>,
 }
 
 /// Which workers [`Store::list_workers`] returns.
@@ -113,6 +136,10 @@ pub enum Error {
     WorkerExists(WorkerId),
     #[error("job {0} not found")]
     JobNotFound(JobId),
+    #[error("pool {0} already exists")]
+    PoolExists(String),
+    #[error("credential {0} already exists")]
+    CredentialExists(String),
     #[error("job {0} already exists")]
     JobExists(JobId),
     #[error(transparent)]
@@ -165,6 +192,10 @@ pub trait Store: Send + Sync {
 
     /// Creates or replaces a pool definition.
     async fn put_pool(&self, pool: &PoolSpec) -> Result<(), Error>;
+
+    /// Records a new pool; [`Error::PoolExists`] when the name is taken, atomically, so
+    /// of concurrent creates of one name exactly one wins.
+    async fn insert_pool(&self, pool: &PoolSpec) -> Result<(), Error>;
 
     async fn get_pool(&self, name: &str) -> Result<Option<PoolSpec>, Error>;
 
@@ -224,6 +255,16 @@ pub trait Store: Send + Sync {
         }
         Ok(results)
     }
+
+    /// Records a new credential; [`Error::CredentialExists`] when the id is taken.
+    async fn insert_credential(&self, credential: &CredentialRecord) -> Result<(), Error>;
+
+    /// Every credential, revoked ones included, ordered by creation then id.
+    async fn list_credentials(&self) -> Result<Vec<CredentialRecord>, Error>;
+
+    /// Revokes the credential `id` and every live credential it issued, at `at`. Returns
+    /// the ids revoked now (empty when `id` is unknown or already revoked).
+    async fn revoke_credential(&self, id: &str, at: SystemTime) -> Result<Vec<String>, Error>;
 
     /// Appends output chunks; a chunk already stored (same job, attempt and sequence) is
     /// skipped. Unknown jobs are [`Error::JobNotFound`].

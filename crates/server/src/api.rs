@@ -136,12 +136,22 @@ pub struct PoolWorkers {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionView {
     pub at: String,
+    /// A hold repeated over several passes is one decision: when it was last made, and
+    /// how many times.
+    #[serde(default)]
+    pub last_at: String,
+    #[serde(default = "one")]
+    pub repeats: u32,
     /// `up`, `down` or `hold`.
     pub action: String,
     pub count: u32,
     pub desired: u32,
     pub supply: u32,
     pub reason: String,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl PoolView {
@@ -170,6 +180,8 @@ impl PoolView {
                 .iter()
                 .map(|d| DecisionView {
                     at: rfc3339(d.at),
+                    last_at: rfc3339(d.last_at),
+                    repeats: d.repeats,
                     action: d.action.to_owned(),
                     count: d.count,
                     desired: d.desired,
@@ -436,6 +448,97 @@ pub struct LogsView {
     pub exit_code: Option<i32>,
     /// The job has ended and `chunks` holds the last of its output.
     pub complete: bool,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// `admin`, `agent` or `tenant`; worker credentials are minted by the server only.
+    pub role: String,
+    #[serde(default)]
+    pub description: String,
+    /// For `tenant` tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+impl CreateToken {
+    /// The credential to mint, checked: the role exists and may be asked for.
+    pub fn into_new(self) -> Result<hodei_modules::NewCredential, hodei_core::ValidationError> {
+        use hodei_core::credential::Role;
+        let role: Role = self.role.parse()?;
+        if role == Role::Worker {
+            return Err(hodei_core::ValidationError::new(
+                "role",
+                "worker credentials are minted by the server for the worker they belong to",
+            ));
+        }
+        let tenant = self.tenant.map(hodei_core::TenantName::new).transpose()?;
+        Ok(hodei_modules::NewCredential {
+            role: Some(role),
+            tenant,
+            description: self.description,
+            ..hodei_modules::NewCredential::default()
+        })
+    }
+}
+
+/// A credential without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_by: Option<String>,
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_ms: Option<u64>,
+}
+
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl TokenView {
+    pub fn new(record: &hodei_ports::CredentialRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            role: record.role.to_string(),
+            worker_id: record.worker_id.as_ref().map(ToString::to_string),
+            tenant: record.tenant.as_ref().map(|t| t.as_str().to_owned()),
+            description: record.description.clone(),
+            issued_by: record.issued_by.clone(),
+            created_at_ms: millis(record.created_at),
+            revoked_at_ms: record.revoked_at.map(millis),
+        }
+    }
+}
+
+/// `POST /api/v1/tokens` answers with the token, once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub info: TokenView,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+}
+
+/// `DELETE /api/v1/tokens/{id}` answers with what was revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedTokens {
+    pub revoked: Vec<String>,
 }
 
 /// A tenant as `GET /api/v1/tenants` shows it: its settings (as in `[[tenant]]`), the

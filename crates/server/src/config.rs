@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hodei_adapters::RegistrationConfig;
+use hodei_core::fence::FencePolicy;
 use hodei_core::health::HeartbeatPolicy;
 use hodei_core::{PoolSpec, ValidationError};
 use hodei_modules::WorkerManagementConfig;
@@ -35,8 +36,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The URL agents use to reach the server; derived from `listen` when unset.
     pub advertise_url: Option<String>,
-    /// Bearer token for agents and API clients. Generated and saved under `data_dir` when
-    /// unset. `HODEI_TOKEN` overrides it.
+    /// The admin token (the whole API; not a worker session). Generated and saved under
+    /// `data_dir` (mode 0600) when unset. `HODEI_TOKEN` overrides it. Agents get their own
+    /// credentials (see the README's security model).
     pub token: Option<String>,
     /// Where the SQLite database, the token and local agents' pid files and logs live.
     pub data_dir: PathBuf,
@@ -51,13 +53,14 @@ pub struct ServerConfig {
     /// The `kubernetes` provider; used by pools with `provider = "kubernetes"` (defaults
     /// when absent).
     pub kubernetes: KubernetesSection,
-    /// The `docker` provider; used by pools with `provider = "docker"` (defaults when
-    /// absent).
-    pub docker: DockerSection,
+    /// The `docker` provider, on when the section is present (an empty `[docker]` takes
+    /// every default) or a pool has `provider = "docker"`.
+    pub docker: Option<DockerSection>,
     /// Register workers with the scheduler of another Hodei server at this URL, over gRPC,
     /// instead of this server's own. Agents then connect to that server too.
     pub scheduler_url: Option<String>,
     pub tls: TlsSection,
+    pub connections: ConnectionsSection,
     /// Pools kept warm from start-up: `[[pool]]` tables.
     #[serde(rename = "pool")]
     pub pools: Vec<PoolSpec>,
@@ -228,12 +231,52 @@ impl Default for ServerConfig {
             jobs: JobsSection::default(),
             autoscaler: AutoscalerSection::default(),
             kubernetes: KubernetesSection::default(),
-            docker: DockerSection::default(),
+            docker: None,
             scheduler_url: None,
             tls: TlsSection::default(),
+            connections: ConnectionsSection::default(),
             pools: Vec::new(),
             tenants: TenantsSection::default(),
             tenant_list: Vec::new(),
+        }
+    }
+}
+
+/// `[connections]`: bounds on what clients may hold open, so that idle, slow or
+/// abandoned connections cannot exhaust the server's file descriptors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsSection {
+    /// Most connections open at once; past it new ones are closed at once. Capped at
+    /// start-up below the file-descriptor limit (which is raised to its hard limit).
+    pub max: usize,
+    /// Time a client has to send a request's headers (HTTP/1.1) or finish its TLS
+    /// handshake.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 and
+    /// HTTP/2 without streams). Agents' sessions are streams, so they are never idle.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 keepalive pings: the interval, and how long a ping may go unanswered before
+    /// the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Largest request body accepted by the REST API; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ConnectionsSection {
+    fn default() -> Self {
+        Self {
+            max: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(20),
+            max_body_bytes: 2 * 1024 * 1024,
         }
     }
 }
@@ -402,14 +445,12 @@ impl DockerSection {
     pub fn provider_config(
         &self,
         server_url: &str,
-        token: &str,
         ca_cert: Option<&Path>,
     ) -> hodei_docker::DockerProviderConfig {
         let mut config = hodei_docker::DockerProviderConfig::new(
             self.server_url
                 .clone()
                 .unwrap_or_else(|| server_url.to_owned()),
-            token.to_owned(),
             self.instance.clone(),
         );
         config.docker_host = self.host.clone();
@@ -431,8 +472,8 @@ pub struct KubernetesSection {
     pub image: String,
     /// The URL agents in pods use to reach this server; the advertised URL when unset.
     pub server_url: Option<String>,
-    /// A Secret (key `token`) holding the token, referenced from the pods instead of
-    /// putting the token in their spec.
+    /// No longer used: every pod gets its own worker credential, minted for it. Setting
+    /// it is an error, so nobody believes a shared Secret is in use.
     pub token_secret: Option<String>,
     /// A Pod (YAML, or JSON by extension) whose `agent` container is filled in: node
     /// selectors, tolerations, volumes and sidecars are kept.
@@ -472,12 +513,8 @@ impl Default for KubernetesSection {
 }
 
 impl KubernetesSection {
-    pub fn provider_config(
-        &self,
-        server_url: &str,
-        token: &str,
-    ) -> hodei_kubernetes::KubernetesProviderConfig {
-        use hodei_kubernetes::{KubernetesAccess, PodTemplate, SecretKey};
+    pub fn provider_config(&self, server_url: &str) -> hodei_kubernetes::KubernetesProviderConfig {
+        use hodei_kubernetes::{KubernetesAccess, PodTemplate};
         let access = if let Some(url) = &self.api_url {
             KubernetesAccess::Url(url.clone())
         } else if let Some(path) = &self.kubeconfig {
@@ -497,8 +534,6 @@ impl KubernetesSection {
                 .server_url
                 .clone()
                 .unwrap_or_else(|| server_url.to_owned()),
-            token: token.to_owned(),
-            token_secret: self.token_secret.clone().map(SecretKey::new),
             pod_template: self.pod_template.clone().map(PodTemplate::File),
             service_account: self.service_account.clone(),
             instance: self.instance.clone(),
@@ -557,6 +592,14 @@ pub struct AgentsSection {
     pub unhealthy_after: u32,
     /// Missed heartbeats before a worker is removed (terminated if a provider runs it).
     pub remove_after: u32,
+    /// An agent that has not heard from the server for this long kills its running jobs and
+    /// reports them lost when it reconnects. At least twice `heartbeat_interval`.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// What the server adds to the lease before it gives up on a silent worker's jobs (a
+    /// worker whose provider confirms it dead is given up on at once).
+    #[serde(with = "humantime_serde")]
+    pub lease_margin: Duration,
 }
 
 impl Default for AgentsSection {
@@ -566,11 +609,13 @@ impl Default for AgentsSection {
             heartbeat_interval: policy.interval,
             unhealthy_after: policy.unhealthy_after,
             remove_after: policy.remove_after,
+            lease: FencePolicy::default().lease,
+            lease_margin: FencePolicy::default().lease_margin,
         }
     }
 }
 
-/// `[jobs]`: queues and how long a job waits for a vanished worker.
+/// `[jobs]`: queues and the deadlines of jobs in flight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobsSection {
@@ -578,10 +623,14 @@ pub struct JobsSection {
     /// full queue are refused (HTTP 429, gRPC RESOURCE_EXHAUSTED).
     #[serde(rename = "queue")]
     pub queues: Vec<QueueSection>,
-    /// How long an assigned or running job waits for its worker's session to come back
-    /// before the attempt counts as lost and the job is retried or failed.
+    /// An assignment not accepted by its agent within this is withdrawn, the job queued
+    /// again without spending an attempt, and the worker marked unhealthy.
     #[serde(with = "humantime_serde")]
-    pub lost_worker_grace: Duration,
+    pub assign_timeout: Duration,
+    /// How long past a job's own timeout the server waits for the agent to report it before
+    /// it ends the attempt as timed out itself.
+    #[serde(with = "humantime_serde")]
+    pub timeout_grace: Duration,
 }
 
 /// One `[[jobs.queue]]`.
@@ -599,14 +648,19 @@ impl Default for JobsSection {
                 name: hodei_core::job::DEFAULT_QUEUE.to_owned(),
                 capacity: hodei_core::queue::DEFAULT_QUEUE_CAPACITY,
             }],
-            lost_worker_grace: Duration::from_secs(15),
+            assign_timeout: FencePolicy::default().assign_timeout,
+            timeout_grace: FencePolicy::default().timeout_grace,
         }
     }
 }
 
 impl JobsSection {
-    /// The job service's configuration; fails naming the key of a bad queue.
-    pub fn service_config(&self) -> Result<hodei_modules::JobServiceConfig, ValidationError> {
+    /// The job service's configuration (the lease comes from `[agents]`); fails naming the
+    /// key of a bad queue or deadline.
+    pub fn service_config(
+        &self,
+        agents: &AgentsSection,
+    ) -> Result<hodei_modules::JobServiceConfig, ValidationError> {
         let queues = self
             .queues
             .iter()
@@ -621,15 +675,26 @@ impl JobsSection {
             .collect::<Result<Vec<_>, ValidationError>>()?;
         hodei_core::Queues::new(queues.clone())
             .map_err(|e| ValidationError::new(format!("jobs.{}", e.field), e.reason))?;
-        if self.lost_worker_grace < Duration::from_millis(100) {
+        let fence = FencePolicy {
+            lease: agents.lease,
+            lease_margin: agents.lease_margin,
+            assign_timeout: self.assign_timeout,
+            timeout_grace: self.timeout_grace,
+            ..FencePolicy::default()
+        };
+        fence.validate()?;
+        if agents.lease < agents.heartbeat_interval.saturating_mul(2) {
             return Err(ValidationError::new(
-                "jobs.lost_worker_grace",
-                "must be at least 100ms",
+                "agents.lease",
+                format!(
+                    "is {:?}, must be at least twice agents.heartbeat_interval ({:?})",
+                    agents.lease, agents.heartbeat_interval
+                ),
             ));
         }
         Ok(hodei_modules::JobServiceConfig {
             queues,
-            lost_worker_grace: self.lost_worker_grace,
+            fence,
             // The pools are the pool manager's to tell (`JobService::set_pools`).
             ..hodei_modules::JobServiceConfig::default()
         })
@@ -690,7 +755,7 @@ impl ServerConfig {
         self.registration_config().validate()?;
         self.worker_management().validate()?;
         self.agents.policy().validate()?;
-        self.jobs.service_config()?;
+        self.jobs.service_config(&self.agents)?;
         let is_url = |url: &&String| url.starts_with("http://") || url.starts_with("https://");
         if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {
             return Err(ValidationError::new(
@@ -723,6 +788,43 @@ impl ServerConfig {
                 "reconcile.interval",
                 "must be at least 100ms",
             ));
+        }
+        if self.kubernetes.token_secret.is_some() {
+            return Err(ValidationError::new(
+                "kubernetes.token_secret",
+                "is no longer used: every pod gets its own worker credential; remove it",
+            ));
+        }
+        if self.connections.max == 0 {
+            return Err(ValidationError::new(
+                "connections.max",
+                "must be at least 1",
+            ));
+        }
+        if self.connections.max_body_bytes < 1024 {
+            return Err(ValidationError::new(
+                "connections.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        for (field, value) in [
+            (
+                "connections.header_read_timeout",
+                self.connections.header_read_timeout,
+            ),
+            ("connections.idle_timeout", self.connections.idle_timeout),
+            (
+                "connections.keepalive_interval",
+                self.connections.keepalive_interval,
+            ),
+            (
+                "connections.keepalive_timeout",
+                self.connections.keepalive_timeout,
+            ),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(ValidationError::new(field, "must be at least 100ms"));
+            }
         }
         if self.token.as_ref().is_some_and(|token| token.len() < 16) {
             return Err(ValidationError::new(
@@ -816,6 +918,17 @@ mod tests {
         assert_eq!(config.registration.timeout, Duration::from_secs(30));
         assert_eq!(config.registration.batch_concurrency, 10);
         assert_eq!(config.provisioning.max_concurrent_provisioning, 5);
+    }
+
+    #[test]
+    fn a_docker_section_switches_docker_on_even_when_it_only_holds_defaults() {
+        assert_eq!(ServerConfig::parse("").unwrap().docker, None);
+        assert_eq!(
+            ServerConfig::parse("[docker]").unwrap().docker,
+            Some(DockerSection::default())
+        );
+        let config = ServerConfig::parse("[docker]\nnetwork = \"bridge\"").unwrap();
+        assert_eq!(config.docker.unwrap().network, "bridge");
     }
 
     #[test]
@@ -959,6 +1072,36 @@ mod tests {
             bad_burst.validate().unwrap_err().field,
             "tenants.burst_factor"
         );
+    }
+
+    #[test]
+    fn fencing_deadlines_parse_and_are_checked() {
+        let config = ServerConfig::parse(
+            "[agents]\nheartbeat_interval = \"1s\"\nlease = \"4s\"\nlease_margin = \"500ms\"\n[jobs]\nassign_timeout = \"3s\"\ntimeout_grace = \"1s\"\n",
+        )
+        .unwrap();
+        let fence = config.jobs.service_config(&config.agents).unwrap().fence;
+        assert_eq!(fence.lease, Duration::from_secs(4));
+        assert_eq!(fence.lease_margin, Duration::from_millis(500));
+        assert_eq!(fence.assign_timeout, Duration::from_secs(3));
+        assert_eq!(fence.timeout_grace, Duration::from_secs(1));
+        let defaults = ServerConfig::default();
+        let fence = defaults
+            .jobs
+            .service_config(&defaults.agents)
+            .unwrap()
+            .fence;
+        assert_eq!(fence, hodei_core::fence::FencePolicy::default());
+
+        let mut config = ServerConfig::default();
+        config.agents.lease = Duration::from_secs(9);
+        // Heartbeats every 5 s: a 9 s lease would expire on one late answer.
+        assert_eq!(config.validate().unwrap_err().field, "agents.lease");
+        let mut config = ServerConfig::default();
+        config.jobs.assign_timeout = Duration::ZERO;
+        assert_eq!(config.validate().unwrap_err().field, "jobs.assign_timeout");
+        let error = ServerConfig::parse("[jobs]\nlost_worker_grace = \"15s\"\n").unwrap_err();
+        assert!(error.contains("lost_worker_grace"), "{error}");
     }
 
     #[test]

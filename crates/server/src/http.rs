@@ -1,28 +1,29 @@
-//! The HTTP side of the one address: REST under `/api/v1` (bearer token), `/metrics`,
-//! `/healthz` and `/readyz` (open, for Prometheus and load balancers).
+//! The HTTP side of the one address: REST under `/api/v1` (credentials are checked before
+//! routing, in `serve.rs` with `auth.rs`), `/metrics`, `/healthz` and `/readyz` (open, for
+//! Prometheus and load balancers).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hodei_core::{JobId, PoolSpec, WorkerId, WorkerState};
 use hodei_modules::{
-    JobService, PoolManager, SchedulerRegistry, TenantService, WorkerManagementService,
+    Credentials, JobService, PoolManager, SchedulerRegistry, TenantService, WorkerManagementService,
 };
 use hodei_ports::{Store, WorkerFilter};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::api::{
-    JobList, JobView, LogChunkView, LogsView, PoolList, PoolView, ScalePool, SubmitJob, TenantList,
-    TenantView, WorkerList, WorkerView, job_filter,
+    CreateToken, CreatedToken, JobList, JobView, LogChunkView, LogsView, PoolList, PoolView,
+    RevokedTokens, ScalePool, SubmitJob, TenantList, TenantView, TokenList, TokenView, WorkerList,
+    WorkerView, job_filter,
 };
 use crate::error::{ApiError, Code};
 
@@ -35,7 +36,9 @@ pub(crate) struct AppState {
     pub pools: PoolManager,
     pub tenants: TenantService,
     pub metrics: Arc<Registry>,
-    pub token: Arc<str>,
+    pub credentials: Credentials,
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
     /// Set once start-up (first reconciliation, pool pre-warming) is done.
     pub ready: Arc<AtomicBool>,
 }
@@ -59,41 +62,16 @@ pub(crate) fn router(state: AppState) -> Router {
             "/tenants/{name}",
             get(get_tenant).put(set_tenant).delete(remove_tenant),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}", axum::routing::delete(revoke_token))
+        .fallback(|| async { ApiError::not_found("no such API path") });
     Router::new()
         .nest("/api/v1", api)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
-}
-
-/// Checks `Authorization: Bearer <token>` in constant time; never logs the token.
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(token)
-            if constant_time_eq::constant_time_eq(token.as_bytes(), state.token.as_bytes()) =>
-        {
-            next.run(request).await
-        }
-        Some(_) => {
-            tracing::warn!(path = %request.uri().path(), "rejected request with a wrong token");
-            ApiError::new(Code::Unauthenticated, "invalid bearer token").into_response()
-        }
-        None => {
-            tracing::warn!(path = %request.uri().path(), "rejected request without a token");
-            ApiError::new(
-                Code::Unauthenticated,
-                "missing bearer token (Authorization: Bearer <token>)",
-            )
-            .into_response()
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,11 +182,48 @@ async fn get_pool(
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(value)| value).map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(Code::PayloadTooLarge, "the request body is too large");
+        }
         ApiError::from(hodei_core::ValidationError::new(
             "body",
             rejection.body_text(),
         ))
     })
+}
+
+async fn list_tokens(State(state): State<AppState>) -> Json<TokenList> {
+    Json(TokenList {
+        tokens: state
+            .credentials
+            .list()
+            .iter()
+            .map(TokenView::new)
+            .collect(),
+    })
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    body: Result<Json<CreateToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let new = json_body(body)?.into_new()?;
+    let (record, token) = state.credentials.create(new).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            info: TokenView::new(&record),
+            token: token.expose().to_owned(),
+        }),
+    ))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RevokedTokens>, ApiError> {
+    let revoked = state.credentials.revoke(&id).await?;
+    Ok(Json(RevokedTokens { revoked }))
 }
 
 async fn create_pool(

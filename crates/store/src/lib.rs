@@ -5,6 +5,7 @@
 //! The contract it must meet is `hodei_testkit::store_contract`, which the in-memory fake passes
 //! too.
 
+mod credentials;
 mod jobs;
 mod sqlite;
 

@@ -8,13 +8,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use hodei_core::tenancy::Tenant;
 use hodei_core::{Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState};
-use hodei_ports::store::{Error, JobFilter, LogChunk, Store, WorkerFilter, WorkerRecord};
+use hodei_ports::store::{
+    CredentialRecord, Error, JobFilter, LogChunk, Store, WorkerFilter, WorkerRecord,
+};
 use sqlx::error::{DatabaseError, ErrorKind};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::jobs;
+use crate::{credentials, jobs};
 
 /// How long a statement waits for another connection's write lock before giving up as
 /// [`Error::Unavailable`].
@@ -235,6 +237,24 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn insert_pool(&self, pool: &PoolSpec) -> Result<(), Error> {
+        let spec_json = serde_json::to_string(pool)
+            .map_err(|err| Error::Corrupt(format!("cannot encode pool {}: {err}", pool.name)))?;
+        sqlx::query("INSERT INTO pools (name, spec_json, updated_at_ms) VALUES (?1, ?2, ?3)")
+            .bind(&pool.name)
+            .bind(spec_json)
+            .bind(millis_since_epoch(SystemTime::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(|err| match &err {
+                sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => {
+                    Error::PoolExists(pool.name.clone())
+                }
+                _ => map_sqlx_error(err),
+            })?;
+        Ok(())
+    }
+
     async fn get_pool(&self, name: &str) -> Result<Option<PoolSpec>, Error> {
         sqlx::query_as::<_, PoolRow>("SELECT name, spec_json FROM pools WHERE name = ?1")
             .bind(name)
@@ -309,6 +329,18 @@ impl Store for SqliteStore {
             .await
             .map_err(map_sqlx_error)?;
         Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn insert_credential(&self, credential: &CredentialRecord) -> Result<(), Error> {
+        credentials::insert(&self.pool, credential).await
+    }
+
+    async fn list_credentials(&self) -> Result<Vec<CredentialRecord>, Error> {
+        credentials::list(&self.pool).await
+    }
+
+    async fn revoke_credential(&self, id: &str, at: SystemTime) -> Result<Vec<String>, Error> {
+        credentials::revoke(&self.pool, id, at).await
     }
 
     async fn insert_job(&self, job: &Job) -> Result<Job, Error> {
@@ -393,7 +425,7 @@ pub(crate) fn millis_since_epoch(time: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn time_from_millis(millis: i64) -> Result<SystemTime, Error> {
+pub(crate) fn time_from_millis(millis: i64) -> Result<SystemTime, Error> {
     u64::try_from(millis)
         .ok()
         .and_then(|millis| UNIX_EPOCH.checked_add(Duration::from_millis(millis)))

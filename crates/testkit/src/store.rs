@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use hodei_core::credential::{Role, WorkerOrigin};
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
     Command, Job, JobId, JobSpec, JobState, PoolSpec, Priority, ProviderKind, QueueName,
@@ -16,7 +17,7 @@ use hodei_core::{
     WorkerMetadata, WorkerSpec, WorkerState, WorkerType,
 };
 use hodei_ports::store::{
-    Error, JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord,
+    CredentialRecord, Error, JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord,
 };
 
 /// A real, working store that keeps everything in memory; it forgets all on drop.
@@ -33,6 +34,7 @@ struct Contents {
     workers: BTreeMap<WorkerId, WorkerRecord>,
     pools: BTreeMap<String, PoolSpec>,
     tenants: BTreeMap<TenantName, Tenant>,
+    credentials: Vec<CredentialRecord>,
     jobs: BTreeMap<JobId, Job>,
     /// The sequence of the newest job ever inserted; the next one gets one more.
     last_job_sequence: u64,
@@ -141,8 +143,48 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn insert_pool(&self, pool: &PoolSpec) -> Result<(), Error> {
+        let mut contents = self.contents();
+        if contents.pools.contains_key(&pool.name) {
+            return Err(Error::PoolExists(pool.name.clone()));
+        }
+        contents.pools.insert(pool.name.clone(), pool.clone());
+        Ok(())
+    }
+
     async fn get_pool(&self, name: &str) -> Result<Option<PoolSpec>, Error> {
         Ok(self.contents().pools.get(name).cloned())
+    }
+
+    async fn insert_credential(&self, credential: &CredentialRecord) -> Result<(), Error> {
+        let mut contents = self.contents();
+        if contents.credentials.iter().any(|c| c.id == credential.id) {
+            return Err(Error::CredentialExists(credential.id.clone()));
+        }
+        let mut stored = credential.clone();
+        stored.created_at = truncate_to_millis(stored.created_at);
+        stored.revoked_at = stored.revoked_at.map(truncate_to_millis);
+        contents.credentials.push(stored);
+        Ok(())
+    }
+
+    async fn list_credentials(&self) -> Result<Vec<CredentialRecord>, Error> {
+        let mut all = self.contents().credentials.clone();
+        all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(all)
+    }
+
+    async fn revoke_credential(&self, id: &str, at: SystemTime) -> Result<Vec<String>, Error> {
+        let mut revoked = Vec::new();
+        for credential in &mut self.contents().credentials {
+            let hit = credential.id == id || credential.issued_by.as_deref() == Some(id);
+            if hit && credential.revoked_at.is_none() {
+                credential.revoked_at = Some(truncate_to_millis(at));
+                revoked.push(credential.id.clone());
+            }
+        }
+        revoked.sort();
+        Ok(revoked)
     }
 
     async fn list_pools(&self) -> Result<Vec<PoolSpec>, Error> {
@@ -299,6 +341,8 @@ pub async fn store_contract(store: &dyn Store) {
     registration_round_trips(store).await;
     pools_round_trip(store).await;
     tenants_round_trip(store).await;
+    pool_insert_is_unique(store).await;
+    credentials_round_trip_and_revoke(store).await;
     job_fields_round_trip_exactly(store).await;
     duplicate_job_insert_is_refused(store).await;
     job_sequences_strictly_increase(store).await;
@@ -784,6 +828,7 @@ fn pool(name: &str, size: u32) -> PoolSpec {
             tags: vec!["b".to_owned(), "a".to_owned()],
             image: Some("registry.example/agent:1".to_owned()),
             env: [("RUST_LOG".to_owned(), "debug".to_owned())].into(),
+            user: Some("65534:65534".to_owned()),
         },
         max_uses: Some(3),
         cost_per_hour: 0.25,
@@ -831,6 +876,106 @@ async fn delete_pool(store: &dyn Store, name: &str) -> bool {
         Ok(existed) => existed,
         Err(err) => panic!("delete_pool({name}) failed: {err}"),
     }
+}
+
+async fn pool_insert_is_unique(store: &dyn Store) {
+    let first = pool("pool-unique", 1);
+    let second = pool("pool-unique", 2);
+    let results = futures_join(store, &first, &second).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "exactly one of two concurrent inserts of one pool name wins: {results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(Error::PoolExists(name)) if name == &first.name)),
+        "the loser is told the pool exists: {results:?}"
+    );
+    assert!(matches!(
+        store.insert_pool(&first).await,
+        Err(Error::PoolExists(_))
+    ));
+    assert!(delete_pool(store, &first.name).await);
+}
+
+async fn futures_join(
+    store: &dyn Store,
+    first: &PoolSpec,
+    second: &PoolSpec,
+) -> Vec<Result<(), Error>> {
+    let (a, b) = tokio::join!(store.insert_pool(first), store.insert_pool(second));
+    vec![a, b]
+}
+
+async fn credentials_round_trip_and_revoke(store: &dyn Store) {
+    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms);
+    let agent = CredentialRecord {
+        id: "c-agent".into(),
+        role: Role::Agent,
+        worker_id: None,
+        origin: None,
+        tenant: None,
+        description: "rack 4".into(),
+        issued_by: None,
+        secret_sha256: "aa".repeat(32),
+        created_at: at(1),
+        revoked_at: None,
+    };
+    let enrolled = CredentialRecord {
+        id: "c-worker".into(),
+        role: Role::Worker,
+        worker_id: Some(id("enrolled")),
+        origin: Some(WorkerOrigin::Enrolled),
+        issued_by: Some("c-agent".into()),
+        description: String::new(),
+        secret_sha256: "bb".repeat(32),
+        created_at: at(2),
+        ..agent.clone()
+    };
+    let tenant = CredentialRecord {
+        id: "c-tenant".into(),
+        role: Role::Tenant,
+        tenant: Some(TenantName::new("team-a").unwrap_or_default()),
+        secret_sha256: "cc".repeat(32),
+        created_at: at(3),
+        ..agent.clone()
+    };
+    for credential in [&tenant, &agent, &enrolled] {
+        if let Err(err) = store.insert_credential(credential).await {
+            panic!("insert_credential({}) failed: {err}", credential.id);
+        }
+    }
+    assert!(matches!(
+        store.insert_credential(&agent).await,
+        Err(Error::CredentialExists(_))
+    ));
+    let listed = store.list_credentials().await.unwrap_or_default();
+    assert_eq!(
+        listed,
+        vec![agent.clone(), enrolled.clone(), tenant.clone()],
+        "credentials round trip, ordered by creation"
+    );
+    let revoked = store.revoke_credential("c-agent", at(10)).await;
+    assert_eq!(
+        revoked.ok(),
+        Some(vec!["c-agent".to_owned(), "c-worker".to_owned()]),
+        "revoking an agent token revokes the worker credentials it issued"
+    );
+    let again = store.revoke_credential("c-agent", at(11)).await;
+    assert_eq!(
+        again.ok(),
+        Some(Vec::new()),
+        "revoking twice changes nothing"
+    );
+    assert_eq!(
+        store.revoke_credential("nobody", at(11)).await.ok(),
+        Some(Vec::new())
+    );
+    let listed = store.list_credentials().await.unwrap_or_default();
+    let revoked_at: Vec<Option<SystemTime>> = listed.iter().map(|c| c.revoked_at).collect();
+    assert_eq!(revoked_at, vec![Some(at(10)), Some(at(10)), None]);
 }
 
 async fn pools_round_trip(store: &dyn Store) {
@@ -974,6 +1119,7 @@ fn rich_job(name: &str, command: Command) -> Job {
         },
         state: JobState::Running,
         attempts: 2,
+        withdrawn: 0,
         worker_id: Some(id("rich-worker")),
         exit_code: Some(-9),
         reason: Some("exited with code 137 on attempt 1, retry 1 of 3".to_owned()),
@@ -1085,6 +1231,7 @@ async fn job_fields_round_trip_exactly(store: &dyn Store) {
         finished_at: None,
         state: JobState::Queued,
         attempts: 0,
+        withdrawn: 0,
         sequence: 0,
         spec: JobSpec {
             timeout: None,
@@ -1502,6 +1649,7 @@ async fn batched_job_writes_have_one_result_each(store: &dyn Store) {
     let assigned = |job: &Job| Job {
         state: JobState::Assigned,
         attempts: 1,
+        withdrawn: 0,
         ..job.clone()
     };
     let updates = [
