@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "hodei/v1/scheduler.proto",
         "hodei/v1/jobs.proto",
+        "hodei/v1/tenants.proto",
         "hodei/v1/credentials.proto",
     ]
     .map(|file| root.join(file));

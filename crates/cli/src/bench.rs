@@ -6,6 +6,7 @@
 
 mod coldstart;
 mod dispatch;
+mod schedule;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +47,11 @@ pub enum BenchCommand {
     /// it); then keep one warm worker and do the same `--warm-runs` times. Prints one JSON
     /// object with both latency distributions.
     Coldstart(coldstart::ColdstartArgs),
+    /// The dispatcher's decisions alone, in this process, no server and no IO: admit
+    /// `--queued` jobs spread over `--tenants` tenants (weights by tier, some with soft
+    /// quotas), then plan weighted fair, quota-checked starts on `--workers` workers as jobs
+    /// end, until all have started. Prints one JSON object with `decisions_per_sec`.
+    Schedule(schedule::ScheduleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +89,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             BenchCommand::Registration(args) => registration(args).await,
             BenchCommand::Dispatch(args) => dispatch::dispatch(args).await,
             BenchCommand::Coldstart(args) => coldstart::coldstart(args).await,
+            BenchCommand::Schedule(args) => schedule::schedule(args),
         }
     };
     // Ctrl-C or SIGTERM drops the bench, and with it its `ServerProcess`, whose drop stops

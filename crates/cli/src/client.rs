@@ -260,7 +260,7 @@ impl Client {
         Self::decode(self.send(self.http.delete(self.url(path))).await?).await
     }
 
-    async fn delete(&self, path: &str) -> anyhow::Result<()> {
+    pub(crate) async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.delete(self.url(path))).await?;
         Ok(())
     }

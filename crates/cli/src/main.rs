@@ -5,6 +5,7 @@ mod client;
 mod dev;
 mod jobs;
 mod report;
+mod tenants;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -38,6 +39,9 @@ enum Command {
     /// Inspect pools.
     #[command(subcommand)]
     Pool(client::PoolCommand),
+    /// Tenants: weights, quotas, what they hold, their share of starts.
+    #[command(subcommand)]
+    Tenant(tenants::TenantCommand),
     /// Submit, list, follow and cancel jobs.
     #[command(subcommand)]
     Job(jobs::JobCommand),
@@ -304,6 +308,10 @@ async fn run(command: Command) -> ExitCode {
         Command::Pool(command) => {
             init_logging("warn", format);
             client::pool(command).await
+        }
+        Command::Tenant(command) => {
+            init_logging("warn", format);
+            tenants::tenant(command).await
         }
         Command::Token(command) => {
             init_logging("warn", format);

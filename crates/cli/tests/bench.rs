@@ -224,6 +224,44 @@ fn bench_coldstart_refuses_bad_flags() {
     }
 }
 
+#[test]
+fn bench_schedule_prints_one_json_object_with_every_field() {
+    let (status, stdout, stderr) = run_hodei(&[
+        "bench",
+        "schedule",
+        "--queued",
+        "400",
+        "--workers",
+        "20",
+        "--tenants",
+        "8",
+    ]);
+    assert!(status.success(), "{status}\nstderr:\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object on stdout, got {stdout:?}");
+    let report: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(report["bench"], "schedule");
+    assert_eq!(report["admissions"], 400);
+    assert_eq!(report["starts"], 400);
+    assert_eq!(report["ends"], 400);
+    // Each job: admitted, assigned, started, ended.
+    assert_eq!(report["decisions"], 1600);
+    assert!(
+        report["decisions_per_sec"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    // Shares follow weights while every tenant waits (a property of the core's fair
+    // queuing, not a timing).
+    assert!(
+        report["max_share_error_pp"].as_f64().unwrap() < 2.0,
+        "{report}"
+    );
+
+    let (status, _, stderr) = run_hodei(&["bench", "schedule", "--tenants", "0"]);
+    assert!(!status.success());
+    assert!(stderr.contains("--tenants"), "{stderr}");
+}
+
 /// Parent pid of `pid`, from `/proc/PID/stat` (the field after the parenthesised name).
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -8,6 +8,7 @@ pub mod autoscale;
 pub mod backoff;
 pub mod cost;
 pub mod credential;
+pub mod dispatch;
 pub mod fence;
 pub mod health;
 pub mod job;
@@ -16,6 +17,7 @@ pub mod matching;
 pub mod pool;
 pub mod queue;
 pub mod reconcile;
+pub mod tenancy;
 pub mod trace;
 pub mod worker;
 

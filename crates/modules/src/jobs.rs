@@ -19,9 +19,12 @@ use hodei_core::fence::{
 };
 use hodei_core::job::{AttemptOutcome, after_attempt};
 use hodei_core::matching::{self, IdleWorker};
+use hodei_core::tenancy::{
+    self, AdmissionError, BurstState, DailyCost, FairShare, Resource, StartWindow, Tenants, Usage,
+};
 use hodei_core::{
     Job, JobId, JobSpec, JobState, QueueConfig, QueueEntry, QueueError, Queues, Requirements,
-    ValidationError, WorkerCapabilities, WorkerId, WorkerState,
+    TenantName, ValidationError, WorkerCapabilities, WorkerId, WorkerState,
 };
 use hodei_ports::store::{self, JobFilter, LogChunk};
 use hodei_ports::{AgentLink, Store};
@@ -50,6 +53,9 @@ pub struct JobServiceConfig {
     /// What the dispatcher knows of the pools; the pool manager replaces it whenever a
     /// pool is created, changed or removed ([`JobService::set_pools`]).
     pub pools: PoolSettings,
+    /// Tenants, their weights and quotas, and the burst policy; replaced at runtime with
+    /// [`JobService::set_tenants`].
+    pub tenants: Tenants,
 }
 
 /// What the dispatcher needs to know of the pools.
@@ -92,6 +98,7 @@ impl Default for JobServiceConfig {
             fence: FencePolicy::default(),
             tick: Duration::from_millis(250),
             pools: PoolSettings::default(),
+            tenants: Tenants::default(),
         }
     }
 }
@@ -104,6 +111,10 @@ pub enum JobError {
     /// The queue is full (retry later) or unknown.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The tenant's quotas refuse the job: it can never start, the tenant is unknown, or
+    /// its queued cap is reached.
+    #[error(transparent)]
+    Tenant(#[from] AdmissionError),
     /// No pool or worker could ever hold the job.
     #[error("no pool or worker can run this job: {0}")]
     Unsatisfiable(String),
@@ -174,6 +185,22 @@ enum Event {
         reply: oneshot::Sender<Vec<WorkerId>>,
     },
     Pools(PoolSettings),
+    Tenants(Box<Tenants>),
+    TenantStatus {
+        reply: oneshot::Sender<Vec<TenantStatus>>,
+    },
+}
+
+/// What a tenant holds and how it fares now, from [`JobService::tenant_status`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantStatus {
+    pub tenant: TenantName,
+    pub usage: Usage,
+    pub queued: usize,
+    pub burst: BurstState,
+    /// Its share of the jobs started in the last hour (0 to 1), and how many it started.
+    pub share_last_hour: f64,
+    pub started_last_hour: u64,
 }
 
 /// The handle the API and the session layer use. Cheap to clone.
@@ -225,6 +252,10 @@ impl JobService {
             retired,
             arrived: Vec::new(),
             ran: Vec::new(),
+            fair: FairShare::default(),
+            bursts: BTreeMap::new(),
+            daily_cost: DailyCost::default(),
+            starts: StartWindow::default(),
             dead: HashSet::new(),
             started: Instant::now(),
             usage,
@@ -277,6 +308,18 @@ impl JobService {
     /// Applies changed pool settings (max uses, worker shapes, prices).
     pub async fn set_pools(&self, settings: PoolSettings) {
         self.tell(Event::Pools(settings)).await;
+    }
+
+    /// Applies changed tenants (weights, quotas, burst policy, auto-creation) from the next
+    /// planning pass on. Running jobs are never stopped by a lower quota.
+    pub async fn set_tenants(&self, tenants: Tenants) {
+        self.tell(Event::Tenants(Box::new(tenants))).await;
+    }
+
+    /// Every tenant with jobs in flight, queued or started in the last hour, and every
+    /// configured one: usage, queue, burst state and share of starts over the last hour.
+    pub async fn tenant_status(&self) -> Result<Vec<TenantStatus>, JobError> {
+        self.ask(|reply| Event::TenantStatus { reply }).await
     }
 
     /// Cancels a job: a queued one at once, a running one by telling its agent (the job
@@ -541,6 +584,12 @@ struct Dispatcher {
     /// When the dispatcher started: the silence of workers it has not seen since counts
     /// from here.
     started: Instant,
+    /// Virtual time of weighted fair queuing across tenants.
+    fair: FairShare,
+    /// Tenants bursting or cooling down; absent means ready.
+    bursts: BTreeMap<TenantName, BurstState>,
+    daily_cost: DailyCost,
+    starts: StartWindow,
     /// Ended attempts' usage, to [`write_usage`].
     usage: mpsc::UnboundedSender<AttemptUsage>,
 }
@@ -563,6 +612,13 @@ async fn write_usage(store: Arc<dyn Store>, mut rows: mpsc::UnboundedReceiver<At
             tracing::error!(%error, attempts = batch.len(), "could not record attempts' usage");
         }
     }
+}
+
+/// Milliseconds since the Unix epoch: the clock the core's tenancy decisions are given.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn log_store_error<T>(what: &str, job_id: &JobId, result: Result<T, store::Error>) -> Option<T> {
@@ -739,6 +795,13 @@ impl Dispatcher {
                     let _ = reply.send(self.drain(&workers));
                 }
                 Event::Pools(settings) => self.config.pools = settings,
+                Event::Tenants(tenants) => {
+                    self.config.tenants = *tenants;
+                    self.update_tenant_gauges();
+                }
+                Event::TenantStatus { reply } => {
+                    let _ = reply.send(self.tenant_status());
+                }
                 Event::Log { worker_id, chunk } => self.log(&worker_id, chunk),
             }
         }
@@ -767,6 +830,7 @@ impl Dispatcher {
         spec: JobSpec,
         shapes: &[WorkerCapabilities],
         reserved: &mut HashMap<hodei_core::QueueName, usize>,
+        tenant_reserved: &mut HashMap<TenantName, usize>,
     ) -> Result<Job, JobError> {
         let queue = &spec.queue;
         let (depth, capacity) = match (self.queues.depth(queue), self.queues.capacity(queue)) {
@@ -782,12 +846,22 @@ impl Dispatcher {
             }
             .into());
         }
+        let tenant_pending = tenant_reserved.entry(spec.tenant.clone()).or_default();
+        if let Err(refused) = self.config.tenants.admit(
+            &spec.tenant,
+            &spec.requirements,
+            self.queues.tenant_depth(&spec.tenant) + *tenant_pending,
+        ) {
+            self.metrics.tenant_rejected(&spec.tenant, &refused);
+            return Err(refused.into());
+        }
         if let Some(why) = matching::exceeds_every_shape(&spec.requirements, shapes) {
             return Err(JobError::Unsatisfiable(why));
         }
         let id = JobId::new(format!("j-{}", uuid::Uuid::new_v4().simple()))?;
         let job = Job::new(id, spec, 0, SystemTime::now())?;
         *pending += 1;
+        *tenant_reserved.entry(job.spec.tenant.clone()).or_default() += 1;
         Ok(job)
     }
 
@@ -847,10 +921,11 @@ impl Dispatcher {
     ) {
         let shapes = self.shapes();
         let mut reserved = HashMap::new();
+        let mut tenant_reserved = HashMap::new();
         let mut admitted = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         for (spec, reply) in batch {
-            match self.admit(spec, &shapes, &mut reserved) {
+            match self.admit(spec, &shapes, &mut reserved, &mut tenant_reserved) {
                 Ok(job) => {
                     admitted.push(job);
                     replies.push(reply);
@@ -950,7 +1025,123 @@ impl Dispatcher {
         })
     }
 
-    fn explain(&self, id: &JobId) -> Option<String> {
+    /// What each tenant holds now: jobs assigned or running, and today's cost.
+    fn usage(&mut self, now_ms: u64) -> BTreeMap<TenantName, Usage> {
+        let mut usage: BTreeMap<TenantName, Usage> = BTreeMap::new();
+        for live in self.jobs.values() {
+            if matches!(live.job.state, JobState::Assigned | JobState::Running) {
+                usage
+                    .entry(live.job.spec.tenant.clone())
+                    .or_default()
+                    .add_job(&live.job.spec.requirements);
+            }
+        }
+        let tenants: Vec<TenantName> = self.queues.tenants().chain(usage.keys()).cloned().collect();
+        for tenant in tenants {
+            let spent = self.daily_cost.spent(&tenant, now_ms);
+            usage.entry(tenant).or_default().daily_cost = spent;
+        }
+        usage
+    }
+
+    /// Moves each tenant's burst state on, given what it holds now.
+    fn update_bursts(&mut self, usage: &BTreeMap<TenantName, Usage>, now_ms: u64) {
+        let policy = self.config.tenants.burst;
+        let names: std::collections::BTreeSet<TenantName> =
+            usage.keys().chain(self.bursts.keys()).cloned().collect();
+        for name in names {
+            let over = match (self.config.tenants.get(&name), usage.get(&name)) {
+                (Some(tenant), Some(held)) => held.over_soft(&tenant.quotas),
+                _ => false,
+            };
+            let state = self.bursts.get(&name).copied().unwrap_or_default();
+            match state.next(over, &policy, now_ms) {
+                BurstState::Ready => {
+                    self.bursts.remove(&name);
+                }
+                next => {
+                    if next != state {
+                        tracing::info!(tenant = %name, from = state.as_str(), to = next.as_str(), "tenant burst state changed");
+                    }
+                    self.bursts.insert(name, next);
+                }
+            }
+        }
+    }
+
+    fn tenant_status(&mut self) -> Vec<TenantStatus> {
+        let now_ms = now_ms();
+        let mut usage = self.usage(now_ms);
+        let (started, total) = self.starts.counts(now_ms);
+        let names: std::collections::BTreeSet<TenantName> = usage
+            .keys()
+            .chain(started.keys())
+            .chain(self.config.tenants.configured.keys())
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .map(|tenant| {
+                let count = started.get(&tenant).copied().unwrap_or(0);
+                TenantStatus {
+                    usage: usage.remove(&tenant).unwrap_or_default(),
+                    queued: self.queues.tenant_depth(&tenant),
+                    burst: self.bursts.get(&tenant).copied().unwrap_or_default(),
+                    share_last_hour: if total == 0 {
+                        0.0
+                    } else {
+                        count as f64 / total as f64
+                    },
+                    started_last_hour: count,
+                    tenant,
+                }
+            })
+            .collect()
+    }
+
+    /// Why a queued job waits because of its tenant's quotas, if it does.
+    fn quota_reason(&mut self, job: &Job) -> Option<String> {
+        let now_ms = now_ms();
+        let usage = self
+            .usage(now_ms)
+            .remove(&job.spec.tenant)
+            .unwrap_or_default();
+        let Some(tenant) = self.config.tenants.get(&job.spec.tenant) else {
+            return Some(format!(
+                "tenant {} is not configured (tenants.auto_create is off)",
+                job.spec.tenant
+            ));
+        };
+        let burst = self
+            .bursts
+            .get(&job.spec.tenant)
+            .copied()
+            .unwrap_or_default();
+        let factor = burst
+            .may_burst(&self.config.tenants.burst, now_ms)
+            .then_some(self.config.tenants.burst.factor);
+        // Held to its limits first; past a soft one only while others leave workers idle.
+        match tenancy::check_start(&tenant, &usage, &job.spec.requirements, None) {
+            Ok(_) => None,
+            Err(strict) => {
+                match tenancy::check_start(&tenant, &usage, &job.spec.requirements, factor) {
+                    Ok(_) => Some(format!("{strict}; may burst when workers are idle")),
+                    Err(at_quota) => Some(at_quota.to_string()),
+                }
+            }
+        }
+    }
+
+    fn explain(&mut self, id: &JobId) -> Option<String> {
+        let job = self
+            .jobs
+            .get(id)
+            .filter(|live| live.job.state == JobState::Queued)?
+            .job
+            .clone();
+        if let Some(reason) = self.quota_reason(&job) {
+            return Some(reason);
+        }
         let live = self.jobs.get(id)?;
         (live.job.state == JobState::Queued).then(|| {
             let idle = self.idle_workers();
@@ -973,10 +1164,23 @@ impl Dispatcher {
         if idle.is_empty() {
             return;
         }
-        let plan = matching::plan_dispatch(self.queues.iter_in_order(), &idle);
+        let now_ms = now_ms();
+        let mut usage = self.usage(now_ms);
+        let plan = tenancy::plan_fair_dispatch(
+            &self.queues,
+            &idle,
+            &self.config.tenants,
+            &mut usage,
+            &self.bursts,
+            &mut self.fair,
+            now_ms,
+        );
+        if !plan.bursts.is_empty() {
+            tracing::debug!(jobs = plan.bursts.len(), "starts past soft quotas (burst)");
+        }
         // Every assignment of the plan is recorded with one commit, then sent.
-        let mut updates = Vec::with_capacity(plan.len());
-        for (job_id, worker_id) in plan {
+        let mut updates = Vec::with_capacity(plan.assignments.len());
+        for (job_id, worker_id) in plan.assignments {
             let Some(live) = self.jobs.get(&job_id) else {
                 self.queues.remove(&job_id);
                 continue;
@@ -996,9 +1200,14 @@ impl Dispatcher {
         };
         for ((job, _), result) in updates.into_iter().zip(results) {
             if log_store_error("an assignment", &job.id, result).is_some() {
+                self.starts.record(&job.spec.tenant, now_ms);
+                self.metrics.tenant_started(&job.spec.tenant);
                 self.assigned(job).await;
             }
         }
+        // Burst states follow what tenants hold after this pass's starts (as planned; the
+        // next tick corrects any start that could not be recorded).
+        self.update_bursts(&usage, now_ms);
         self.update_gauges();
     }
 
@@ -1013,9 +1222,14 @@ impl Dispatcher {
         };
         self.queues.remove(&job_id);
         let now = Instant::now();
+        let waited = now.duration_since(live.queued_at).as_secs_f64();
+        self.metrics.queue_wait.observe(waited);
         self.metrics
-            .queue_wait
-            .observe(now.duration_since(live.queued_at).as_secs_f64());
+            .tenant_queue_wait
+            .get_or_create(&TenantLabels {
+                tenant: job.spec.tenant.to_string(),
+            })
+            .observe(waited);
         live.job = job;
         live.assigned_at = Some(now);
         live.started_at = None;
@@ -1340,6 +1554,8 @@ impl Dispatcher {
                         worker_seconds: secs,
                         cost: cost::cost_of(secs, rate),
                     });
+                    self.daily_cost
+                        .charge(&job.spec.tenant, secs * rate / 3600.0, now_ms());
                     if self.ran.len() < MAX_SNAPSHOT_QUEUED {
                         self.ran.push((pool, secs));
                     }
@@ -1465,6 +1681,12 @@ impl Dispatcher {
     /// attempts end as worker losses, late assignments are withdrawn, overdue jobs end as
     /// timed out; the agent is told to stop whatever it might still run of them.
     async fn check_deadlines(&mut self) {
+        let now_ms = now_ms();
+        let usage = self.usage(now_ms);
+        self.update_bursts(&usage, now_ms);
+        // Per-tenant gauges once per tick, not per dispatch pass: they cost a walk over
+        // the tenants and the jobs in flight.
+        self.update_tenant_gauges();
         let now = Instant::now();
         let mut verdicts = Vec::new();
         for live in self.jobs.values() {
@@ -1553,7 +1775,7 @@ impl Dispatcher {
         }
     }
 
-    fn update_gauges(&self) {
+    fn update_gauges(&mut self) {
         self.metrics.queue_depth.clear();
         for ((queue, priority), depth) in self.queues.depth_by_priority() {
             self.metrics
@@ -1579,12 +1801,89 @@ impl Dispatcher {
             .running
             .set(i64::try_from(running).unwrap_or(i64::MAX));
     }
+
+    fn update_tenant_gauges(&mut self) {
+        let now_ms = now_ms();
+        let usage = self.usage(now_ms);
+        let metrics = &self.metrics;
+        metrics.tenant_running.clear();
+        metrics.tenant_queued.clear();
+        metrics.tenant_usage.clear();
+        metrics.tenant_quota.clear();
+        metrics.tenant_burst.clear();
+        let names: std::collections::BTreeSet<&TenantName> = usage
+            .keys()
+            .chain(self.config.tenants.configured.keys())
+            .chain(self.queues.tenants())
+            .collect();
+        for name in names {
+            let labels = TenantLabels {
+                tenant: name.to_string(),
+            };
+            let held = usage.get(name).copied().unwrap_or_default();
+            metrics
+                .tenant_running
+                .get_or_create(&labels)
+                .set(i64::from(held.running_jobs));
+            metrics
+                .tenant_queued
+                .get_or_create(&labels)
+                .set(i64::try_from(self.queues.tenant_depth(name)).unwrap_or(i64::MAX));
+            let bursting = matches!(self.bursts.get(name), Some(BurstState::Active { .. }));
+            metrics
+                .tenant_burst
+                .get_or_create(&labels)
+                .set(i64::from(bursting));
+            let quotas = self
+                .config
+                .tenants
+                .get(name)
+                .map(|tenant| tenant.quotas.clone())
+                .unwrap_or_default();
+            for resource in Resource::ALL {
+                let labels = TenantResourceLabels {
+                    tenant: name.to_string(),
+                    resource: resource.as_str(),
+                };
+                metrics
+                    .tenant_usage
+                    .get_or_create(&labels)
+                    .set(held.get(resource));
+                if let Some(limit) = quotas.get(&resource) {
+                    metrics.tenant_quota.get_or_create(&labels).set(limit.value);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     queue: String,
     priority: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantResourceLabels {
+    tenant: String,
+    resource: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantReasonLabels {
+    tenant: String,
+    reason: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn queue_wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 20))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -1609,6 +1908,14 @@ pub struct JobMetrics {
     uses_at_retirement: Histogram,
     tenant_seconds: Family<TenantPoolLabels, Counter<f64, AtomicU64>>,
     tenant_cost: Family<TenantPoolLabels, Counter<f64, AtomicU64>>,
+    tenant_running: Family<TenantLabels, Gauge>,
+    tenant_queued: Family<TenantLabels, Gauge>,
+    tenant_usage: Family<TenantResourceLabels, Gauge<f64, AtomicU64>>,
+    tenant_quota: Family<TenantResourceLabels, Gauge<f64, AtomicU64>>,
+    tenant_started: Family<TenantLabels, Counter>,
+    tenant_rejections: Family<TenantReasonLabels, Counter>,
+    tenant_burst: Family<TenantLabels, Gauge>,
+    tenant_queue_wait: HistogramFamily<TenantLabels>,
     stale_reports: Family<KindLabels, Counter>,
     lost_attempts: Family<KindLabels, Counter>,
     withdrawn: Counter,
@@ -1643,11 +1950,59 @@ impl JobMetrics {
             uses_at_retirement: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             tenant_seconds: Family::default(),
             tenant_cost: Family::default(),
+            tenant_running: Family::default(),
+            tenant_queued: Family::default(),
+            tenant_usage: Family::default(),
+            tenant_quota: Family::default(),
+            tenant_started: Family::default(),
+            tenant_rejections: Family::default(),
+            tenant_burst: Family::default(),
+            tenant_queue_wait: Family::new_with_constructor(queue_wait_histogram),
             stale_reports: Family::default(),
             lost_attempts: Family::default(),
             withdrawn: Counter::default(),
             server_timeouts: Counter::default(),
         };
+        registry.register(
+            "hodei_tenant_jobs_running",
+            "Jobs assigned or running, by tenant",
+            metrics.tenant_running.clone(),
+        );
+        registry.register(
+            "hodei_tenant_jobs_queued",
+            "Jobs queued, by tenant",
+            metrics.tenant_queued.clone(),
+        );
+        registry.register(
+            "hodei_tenant_usage",
+            "What a tenant holds now, by resource (running_jobs, cpu, memory_mb, workers, daily_cost)",
+            metrics.tenant_usage.clone(),
+        );
+        registry.register(
+            "hodei_tenant_quota",
+            "A tenant's configured quota, by resource (absent: unlimited)",
+            metrics.tenant_quota.clone(),
+        );
+        registry.register(
+            "hodei_tenant_jobs_started",
+            "Attempts started, by tenant: its share of started work",
+            metrics.tenant_started.clone(),
+        );
+        registry.register(
+            "hodei_tenant_quota_rejections",
+            "Submissions refused by a tenant's quotas, by reason (never_fits, queue_full, unknown_tenant)",
+            metrics.tenant_rejections.clone(),
+        );
+        registry.register(
+            "hodei_tenant_burst_active",
+            "1 while a tenant is past a soft quota (bursting)",
+            metrics.tenant_burst.clone(),
+        );
+        registry.register(
+            "hodei_tenant_queue_wait_seconds",
+            "Time from entering a queue to being handed to a worker, by tenant",
+            metrics.tenant_queue_wait.clone(),
+        );
         registry.register(
             "hodei_job_stale_reports",
             "Reports (accepted, log, result) about attempts the server had already given up on: recorded, never applied",
@@ -1770,6 +2125,28 @@ impl JobMetrics {
         for row in totals {
             self.add_tenant_usage(&row.tenant, &row.pool, row.worker_seconds, row.cost);
         }
+    }
+
+    fn tenant_started(&self, tenant: &TenantName) {
+        self.tenant_started
+            .get_or_create(&TenantLabels {
+                tenant: tenant.to_string(),
+            })
+            .inc();
+    }
+
+    fn tenant_rejected(&self, tenant: &TenantName, refused: &AdmissionError) {
+        let reason = match refused {
+            AdmissionError::NeverFits { .. } => "never_fits",
+            AdmissionError::QueueFull { .. } => "queue_full",
+            AdmissionError::UnknownTenant(_) => "unknown_tenant",
+        };
+        self.tenant_rejections
+            .get_or_create(&TenantReasonLabels {
+                tenant: tenant.to_string(),
+                reason,
+            })
+            .inc();
     }
 
     fn stale(&self, kind: &'static str) {

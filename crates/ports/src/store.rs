@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
 use hodei_core::credential::{Role, WorkerOrigin};
+use hodei_core::tenancy::Tenant;
 use hodei_core::{
     Job, JobId, JobState, JobTransitionError, PoolSpec, QueueName, TenantName, TransitionError,
     Worker, WorkerId, WorkerState,
@@ -204,6 +205,15 @@ pub trait Store: Send + Sync {
 
     /// Removes a pool definition; returns whether it existed.
     async fn delete_pool(&self, name: &str) -> Result<bool, Error>;
+
+    /// Creates or replaces a tenant.
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error>;
+
+    /// Tenants ordered by name.
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, Error>;
+
+    /// Removes a tenant; returns whether it existed.
+    async fn delete_tenant(&self, name: &TenantName) -> Result<bool, Error>;
 
     /// Records a newly submitted job durably and returns it with its `sequence` assigned
     /// (strictly increasing across the store's life, restarts included; the caller's value

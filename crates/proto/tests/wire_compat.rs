@@ -21,6 +21,7 @@ fn compile(root: &Path) -> FileDescriptorSet {
         [
             "hodei/v1/scheduler.proto",
             "hodei/v1/jobs.proto",
+            "hodei/v1/tenants.proto",
             "hodei/v1/credentials.proto",
         ]
         .map(|file| root.join(file)),
@@ -195,7 +196,11 @@ fn the_check_catches_removed_renumbered_and_retyped_fields() {
 /// A copy of the schema's files other than `scheduler.proto`, which each case edits.
 fn copy_other_files(dir: &Path) {
     std::fs::create_dir_all(dir.join("hodei/v1")).unwrap();
-    for file in ["hodei/v1/jobs.proto", "hodei/v1/credentials.proto"] {
+    for file in [
+        "hodei/v1/jobs.proto",
+        "hodei/v1/tenants.proto",
+        "hodei/v1/credentials.proto",
+    ] {
         std::fs::copy(proto_root().join(file), dir.join(file)).unwrap();
     }
 }

@@ -558,3 +558,61 @@ pub struct TokenList {
 pub struct RevokedTokens {
     pub revoked: Vec<String>,
 }
+
+/// A tenant as `GET /api/v1/tenants` shows it: its settings (as in `[[tenant]]`), the
+/// weight in force, and what it holds and has started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantView {
+    pub name: String,
+    pub settings: crate::config::TenantSettings,
+    pub weight: u32,
+    /// Configured (file or API), or let in by `tenants.auto_create` with the defaults.
+    pub configured: bool,
+    pub usage: TenantUsage,
+    pub queued: usize,
+    /// `ready`, `active` (past a soft quota) or `cooldown`.
+    pub burst: String,
+    /// Its share (0 to 1) of the jobs started over the last hour, and how many it started.
+    pub share_last_hour: f64,
+    pub started_last_hour: u64,
+}
+
+/// What a tenant holds now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantUsage {
+    pub running_jobs: u32,
+    pub cpu: u32,
+    pub memory_mb: u64,
+    pub workers: u32,
+    pub daily_cost: f64,
+}
+
+impl TenantView {
+    pub fn new(view: &hodei_modules::TenantView) -> Self {
+        let status = view.status.as_ref();
+        let usage = status.map(|s| s.usage).unwrap_or_default();
+        Self {
+            name: view.tenant.name.to_string(),
+            settings: crate::config::TenantSettings::from_tenant(&view.tenant),
+            weight: view.tenant.weight,
+            configured: view.configured,
+            usage: TenantUsage {
+                running_jobs: usage.running_jobs,
+                cpu: usage.cpu,
+                memory_mb: usage.memory_mb,
+                workers: usage.workers,
+                daily_cost: usage.daily_cost,
+            },
+            queued: status.map_or(0, |s| s.queued),
+            burst: status.map_or("ready", |s| s.burst.as_str()).to_owned(),
+            share_last_hour: status.map_or(0.0, |s| s.share_last_hour),
+            started_last_hour: status.map_or(0, |s| s.started_last_hour),
+        }
+    }
+}
+
+/// `GET /api/v1/tenants`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantList {
+    pub tenants: Vec<TenantView>,
+}

@@ -43,7 +43,10 @@ pub(crate) fn grpc_operation(path: &str) -> Operation {
         "/hodei.v1.SchedulerService/WorkerSession" => Operation::WorkerSession,
         "/hodei.v1.SchedulerService/RegisterWorker"
         | "/hodei.v1.SchedulerService/UnregisterWorker" => Operation::Register,
-        "/hodei.v1.JobService/SubmitJob" | "/hodei.v1.JobService/CancelJob" => Operation::Write,
+        "/hodei.v1.JobService/SubmitJob"
+        | "/hodei.v1.JobService/CancelJob"
+        | "/hodei.v1.TenantService/SetTenant"
+        | "/hodei.v1.TenantService/DeleteTenant" => Operation::Write,
         _ if path.starts_with("/hodei.v1.TokenService/") => Operation::ManageCredentials,
         _ => Operation::Read,
     }

@@ -65,6 +65,155 @@ pub struct ServerConfig {
     /// Pools kept warm from start-up: `[[pool]]` tables.
     #[serde(rename = "pool")]
     pub pools: Vec<PoolSpec>,
+    pub tenants: TenantsSection,
+    /// Tenants with their weights and quotas: `[[tenant]]` tables. Stored at start-up;
+    /// changes made at runtime (`hodei tenant set-quota`) last until the file is read again.
+    #[serde(rename = "tenant")]
+    pub tenant_list: Vec<TenantSettings>,
+}
+
+/// `[tenants]`: what happens to jobs of unconfigured tenants, and burst.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantsSection {
+    /// Accept jobs of a tenant nobody configured, as a bronze tenant (weight 1) without
+    /// quotas. On by default: every job has a tenant (`default` unless given), and an
+    /// installation without `[[tenant]]` tables must keep running its jobs; fair share
+    /// still applies among such tenants. Turn off to accept only configured tenants.
+    pub auto_create: bool,
+    /// Soft quotas are multiplied by this while a tenant bursts on idle capacity.
+    pub burst_factor: f64,
+    /// Longest a burst lasts before it cools down.
+    #[serde(with = "humantime_serde")]
+    pub burst_max: Duration,
+    /// Longest cooldown after a burst (an early end cools down as long as the burst lasted).
+    #[serde(with = "humantime_serde")]
+    pub burst_cooldown: Duration,
+}
+
+impl Default for TenantsSection {
+    fn default() -> Self {
+        let policy = hodei_core::tenancy::BurstPolicy::default();
+        Self {
+            auto_create: true,
+            burst_factor: policy.factor,
+            burst_max: Duration::from_millis(policy.max_ms),
+            burst_cooldown: Duration::from_millis(policy.cooldown_ms),
+        }
+    }
+}
+
+impl TenantsSection {
+    pub fn burst_policy(&self) -> Result<hodei_core::tenancy::BurstPolicy, ValidationError> {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let policy = hodei_core::tenancy::BurstPolicy {
+            factor: self.burst_factor,
+            max_ms: millis(self.burst_max),
+            cooldown_ms: millis(self.burst_cooldown),
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+}
+
+/// One tenant as written in `[[tenant]]` and sent to `PUT /api/v1/tenants/{name}`:
+/// a tier or an explicit weight, and quotas; quotas named in `soft` are soft.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantSettings {
+    pub name: String,
+    /// bronze (1), silver (2), gold (3) or platinum (5).
+    pub tier: Option<String>,
+    /// An explicit weight, 1 to 1000, instead of a tier.
+    pub weight: Option<u32>,
+    pub max_running_jobs: Option<u32>,
+    pub max_cpu: Option<u32>,
+    pub max_memory_mb: Option<u64>,
+    pub max_workers: Option<u32>,
+    pub max_daily_cost: Option<f64>,
+    /// Most jobs queued at once; more are refused (HTTP 429, RESOURCE_EXHAUSTED).
+    pub max_queued: Option<u32>,
+    /// Quotas that are soft: `running_jobs`, `cpu`, `memory_mb`, `workers`, `daily_cost`.
+    pub soft: Vec<String>,
+}
+
+impl TenantSettings {
+    /// The tenant these settings describe; errors name the field.
+    pub fn to_tenant(&self) -> Result<hodei_core::tenancy::Tenant, ValidationError> {
+        use hodei_core::tenancy::{Limit, Resource, Tenant, Tier};
+        let name = hodei_core::TenantName::new(self.name.clone())?;
+        let mut tenant = Tenant::new(name);
+        match (&self.tier, self.weight) {
+            (Some(_), Some(_)) => {
+                return Err(ValidationError::new(
+                    "weight",
+                    "give a tier or a weight, not both",
+                ));
+            }
+            (Some(tier), None) => {
+                let tier: Tier = tier.parse()?;
+                tenant.tier = Some(tier);
+                tenant.weight = tier.weight();
+            }
+            (None, Some(weight)) => {
+                tenant.tier = None;
+                tenant.weight = weight;
+            }
+            (None, None) => {}
+        }
+        let soft: Vec<Resource> = self
+            .soft
+            .iter()
+            .map(|name| {
+                name.parse()
+                    .map_err(|e: ValidationError| ValidationError::new("soft", e.reason))
+            })
+            .collect::<Result<_, _>>()?;
+        let quotas = [
+            (Resource::RunningJobs, self.max_running_jobs.map(f64::from)),
+            (Resource::Cpu, self.max_cpu.map(f64::from)),
+            (Resource::MemoryMb, self.max_memory_mb.map(|v| v as f64)),
+            (Resource::Workers, self.max_workers.map(f64::from)),
+            (Resource::DailyCost, self.max_daily_cost),
+        ];
+        for (resource, value) in quotas {
+            if let Some(value) = value {
+                let soft = soft.contains(&resource);
+                tenant.quotas.insert(resource, Limit { value, soft });
+            } else if soft.contains(&resource) {
+                return Err(ValidationError::new(
+                    "soft",
+                    format!("names {resource}, which has no quota"),
+                ));
+            }
+        }
+        tenant.max_queued = self.max_queued;
+        tenant.validate()?;
+        Ok(tenant)
+    }
+
+    /// The settings that describe `tenant`.
+    pub fn from_tenant(tenant: &hodei_core::tenancy::Tenant) -> Self {
+        use hodei_core::tenancy::Resource;
+        let value = |resource| tenant.quotas.get(&resource).map(|limit| limit.value);
+        Self {
+            name: tenant.name.to_string(),
+            tier: tenant.tier.map(|tier| tier.as_str().to_owned()),
+            weight: tenant.tier.is_none().then_some(tenant.weight),
+            max_running_jobs: value(Resource::RunningJobs).map(|v| v as u32),
+            max_cpu: value(Resource::Cpu).map(|v| v as u32),
+            max_memory_mb: value(Resource::MemoryMb).map(|v| v as u64),
+            max_workers: value(Resource::Workers).map(|v| v as u32),
+            max_daily_cost: value(Resource::DailyCost),
+            max_queued: tenant.max_queued,
+            soft: tenant
+                .quotas
+                .iter()
+                .filter(|(_, limit)| limit.soft)
+                .map(|(resource, _)| resource.as_str().to_owned())
+                .collect(),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -89,6 +238,8 @@ impl Default for ServerConfig {
             tls: TlsSection::default(),
             connections: ConnectionsSection::default(),
             pools: Vec::new(),
+            tenants: TenantsSection::default(),
+            tenant_list: Vec::new(),
         }
     }
 }
@@ -719,6 +870,7 @@ impl ServerConfig {
                 "must be at least 16 characters",
             ));
         }
+        self.tenant_config()?;
         let mut names = std::collections::BTreeSet::new();
         for pool in &self.pools {
             // Name the pool in the field: `pool[burst].min`.
@@ -734,6 +886,34 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+
+    /// The tenants of `[[tenant]]` and `[tenants]`; errors name the tenant and field.
+    pub fn tenant_config(&self) -> Result<hodei_core::tenancy::Tenants, ValidationError> {
+        let burst = self.tenants.burst_policy()?;
+        let mut configured = std::collections::BTreeMap::new();
+        for settings in &self.tenant_list {
+            let tenant = settings.to_tenant().map_err(|error| {
+                ValidationError::new(
+                    format!("tenant[{}].{}", settings.name, error.field),
+                    error.reason,
+                )
+            })?;
+            if configured.insert(tenant.name.clone(), tenant).is_some() {
+                return Err(ValidationError::new(
+                    "tenant.name",
+                    format!("tenant {:?} is defined twice", settings.name),
+                ));
+            }
+        }
+        Ok(hodei_core::tenancy::Tenants {
+            configured,
+            auto_create: self
+                .tenants
+                .auto_create
+                .then(|| hodei_core::tenancy::Tenant::new(hodei_core::TenantName::default())),
+            burst,
+        })
     }
 
     pub fn registration_config(&self) -> RegistrationConfig {
@@ -876,6 +1056,77 @@ mod tests {
         let error = ServerConfig::default().apply_env(bad).unwrap_err();
         assert_eq!(error.field, "REGISTRATION_MAX_RETRIES");
         assert!(ServerConfig::default().apply_env(no_env).is_ok());
+    }
+
+    #[test]
+    fn tenants_parse_and_bad_ones_are_named() {
+        use hodei_core::tenancy::{Limit, Resource};
+        let config = ServerConfig::parse(
+            r#"
+            [tenants]
+            auto_create = false
+            burst_factor = 2.0
+            burst_max = "10m"
+            [[tenant]]
+            name = "ci-team"
+            tier = "gold"
+            max_running_jobs = 4
+            max_cpu = 16
+            soft = ["cpu"]
+            [[tenant]]
+            name = "nightly"
+            weight = 7
+            max_daily_cost = 12.5
+            max_queued = 100
+            "#,
+        )
+        .unwrap();
+        let tenants = config.tenant_config().unwrap();
+        assert!(tenants.auto_create.is_none());
+        assert_eq!(tenants.burst.factor, 2.0);
+        assert_eq!(tenants.burst.max_ms, 600_000);
+        let ci = &tenants.configured[&hodei_core::TenantName::new("ci-team").unwrap()];
+        assert_eq!(ci.weight, 3);
+        assert_eq!(ci.quotas[&Resource::RunningJobs], Limit::hard(4.0));
+        assert_eq!(ci.quotas[&Resource::Cpu], Limit::soft(16.0));
+        let nightly = &tenants.configured[&hodei_core::TenantName::new("nightly").unwrap()];
+        assert_eq!((nightly.weight, nightly.max_queued), (7, Some(100)));
+        assert_eq!(
+            TenantSettings::from_tenant(ci).to_tenant().unwrap(),
+            ci.clone()
+        );
+        assert!(
+            ServerConfig::default()
+                .tenant_config()
+                .unwrap()
+                .auto_create
+                .is_some()
+        );
+
+        let cases = [
+            ("name = \"a\"\ntier = \"iron\"", "tenant[a].tier"),
+            ("name = \"a\"\nweight = 0", "tenant[a].weight"),
+            (
+                "name = \"a\"\ntier = \"gold\"\nweight = 3",
+                "tenant[a].weight",
+            ),
+            ("name = \"a\"\nsoft = [\"cpu\"]", "tenant[a].soft"),
+            ("name = \"a\"\nsoft = [\"disk\"]", "tenant[a].soft"),
+            ("name = \"a b\"", "tenant[a b].tenant"),
+        ];
+        for (table, field) in cases {
+            let config = ServerConfig::parse(&format!("[[tenant]]\n{table}\n")).unwrap();
+            assert_eq!(config.validate().unwrap_err().field, field, "{table}");
+        }
+        let twice =
+            ServerConfig::parse("[[tenant]]\nname = \"a\"\n[[tenant]]\nname = \"a\"\n").unwrap();
+        assert_eq!(twice.validate().unwrap_err().field, "tenant.name");
+        let mut bad_burst = ServerConfig::default();
+        bad_burst.tenants.burst_factor = 0.5;
+        assert_eq!(
+            bad_burst.validate().unwrap_err().field,
+            "tenants.burst_factor"
+        );
     }
 
     #[test]

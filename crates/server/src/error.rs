@@ -13,7 +13,8 @@
 //! | unknown queue, requirements nothing can satisfy | `INVALID_ARGUMENT`   | 400  |
 //! | unknown worker, pool or job                     | `NOT_FOUND`          | 404  |
 //! | conflicting registration, illegal transition, cancel of an ended job | `ALREADY_EXISTS` / `FAILED_PRECONDITION` | 409 |
-//! | queue full (backpressure: retry later)          | `RESOURCE_EXHAUSTED` | 429  |
+//! | job above its tenant's quota, unknown tenant    | `INVALID_ARGUMENT`   | 400  |
+//! | queue full, tenant's queued cap (retry later)   | `RESOURCE_EXHAUSTED` | 429  |
 //! | store, provider or scheduler unavailable        | `UNAVAILABLE`        | 503  |
 //! | anything else                                   | `INTERNAL`           | 500  |
 
@@ -22,7 +23,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hodei_core::QueueError;
 use hodei_core::ValidationError;
-use hodei_modules::{CredentialError, JobError, PoolError, WorkerManagementError};
+use hodei_core::tenancy::{AdmissionError, Resource};
+use hodei_modules::{CredentialError, JobError, PoolError, TenantError, WorkerManagementError};
 use hodei_ports::{ProviderError, SchedulerError, store};
 
 use crate::api::{ErrorBody, ErrorDetail};
@@ -197,6 +199,20 @@ impl From<JobError> for ApiError {
             JobError::Queue(QueueError::Duplicate(_)) => {
                 Self::new(Code::AlreadyExists, error.to_string())
             }
+            JobError::Tenant(AdmissionError::QueueFull { .. }) => {
+                Self::new(Code::ResourceExhausted, error.to_string())
+            }
+            JobError::Tenant(AdmissionError::NeverFits { resource, .. }) => {
+                let field = match resource {
+                    Resource::Cpu => "requirements.cpu_cores",
+                    Resource::MemoryMb => "requirements.memory_mb",
+                    _ => "tenant",
+                };
+                ValidationError::new(field, error.to_string()).into()
+            }
+            JobError::Tenant(AdmissionError::UnknownTenant(_)) => {
+                ValidationError::new("tenant", error.to_string()).into()
+            }
             JobError::Unsatisfiable(why) => ValidationError::new("requirements", why).into(),
             JobError::NotFound(_) => Self::new(Code::NotFound, error.to_string()),
             JobError::AlreadyEnded { .. } => Self::new(Code::FailedPrecondition, error.to_string()),
@@ -212,6 +228,18 @@ impl From<CredentialError> for ApiError {
             CredentialError::Invalid(invalid) => invalid.into(),
             CredentialError::NotFound(_) => Self::new(Code::NotFound, error.to_string()),
             CredentialError::Store(store) => store.into(),
+        }
+    }
+}
+
+impl From<TenantError> for ApiError {
+    fn from(error: TenantError) -> Self {
+        match error {
+            TenantError::Invalid(invalid) => invalid.into(),
+            TenantError::NotFound(_) => Self::new(Code::NotFound, error.to_string()),
+            TenantError::InUse { .. } => Self::new(Code::FailedPrecondition, error.to_string()),
+            TenantError::Store(store) => store.into(),
+            TenantError::Jobs(jobs) => jobs.into(),
         }
     }
 }

@@ -16,7 +16,7 @@ use hodei_core::cost::{self, CostReport, GroupBy};
 use hodei_core::trace;
 use hodei_core::{JobId, PoolSpec, WorkerId, WorkerState};
 use hodei_modules::{
-    Credentials, JobService, PoolManager, SchedulerRegistry, WorkerManagementService,
+    Credentials, JobService, PoolManager, SchedulerRegistry, TenantService, WorkerManagementService,
 };
 use hodei_ports::{Store, WorkerFilter};
 use prometheus_client::registry::Registry;
@@ -24,7 +24,8 @@ use serde::Deserialize;
 
 use crate::api::{
     CreateToken, CreatedToken, JobList, JobView, LogChunkView, LogsView, PoolList, PoolView,
-    RevokedTokens, ScalePool, SubmitJob, TokenList, TokenView, WorkerList, WorkerView, job_filter,
+    RevokedTokens, ScalePool, SubmitJob, TenantList, TenantView, TokenList, TokenView, WorkerList,
+    WorkerView, job_filter,
 };
 use crate::error::{ApiError, Code};
 use crate::exposition;
@@ -36,6 +37,7 @@ pub(crate) struct AppState {
     pub scheduler: Arc<SchedulerRegistry>,
     pub jobs: JobService,
     pub pools: PoolManager,
+    pub tenants: TenantService,
     pub metrics: Arc<Registry>,
     pub credentials: Credentials,
     /// Largest request body; larger ones get 413.
@@ -58,6 +60,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/logs", get(job_logs))
+        .route("/tenants", get(list_tenants))
+        .route(
+            "/tenants/{name}",
+            get(get_tenant).put(set_tenant).delete(remove_tenant),
+        )
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/reports/cost", get(cost_report))
@@ -440,4 +447,57 @@ async fn job_logs(
         exit_code: page.job.exit_code,
         complete: page.complete,
     }))
+}
+
+async fn list_tenants(State(state): State<AppState>) -> Result<Json<TenantList>, ApiError> {
+    Ok(Json(TenantList {
+        tenants: state
+            .tenants
+            .list()
+            .await?
+            .iter()
+            .map(TenantView::new)
+            .collect(),
+    }))
+}
+
+async fn get_tenant(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    let name = hodei_core::TenantName::new(name)?;
+    Ok(Json(TenantView::new(&state.tenants.get(&name).await?)))
+}
+
+/// Creates or replaces a tenant with the settings in the body (the `[[tenant]]` fields;
+/// `name` may be left out).
+async fn set_tenant(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<crate::config::TenantSettings>, JsonRejection>,
+) -> Result<Json<TenantView>, ApiError> {
+    let mut settings = json_body(body)?;
+    if settings.name.is_empty() {
+        settings.name.clone_from(&name);
+    }
+    if settings.name != name {
+        return Err(hodei_core::ValidationError::new(
+            "name",
+            format!("is {}, but the URL names tenant {name}", settings.name),
+        )
+        .into());
+    }
+    let tenant = state.tenants.set(settings.to_tenant()?).await?;
+    Ok(Json(TenantView::new(
+        &state.tenants.get(&tenant.name).await?,
+    )))
+}
+
+async fn remove_tenant(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = hodei_core::TenantName::new(name)?;
+    state.tenants.remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

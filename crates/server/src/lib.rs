@@ -9,6 +9,7 @@ pub mod error;
 mod exposition;
 pub mod grpc;
 pub mod grpc_jobs;
+pub mod grpc_tenants;
 pub mod grpc_tokens;
 mod http;
 mod serve;
@@ -27,11 +28,12 @@ use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{ProviderKind, WorkerId, WorkerState};
 use hodei_modules::{
     Credentials, JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
-    WorkerManagementMetrics, WorkerManagementService, WorkerUsageMetrics,
+    TenantService, WorkerManagementMetrics, WorkerManagementService, WorkerUsageMetrics,
 };
 use hodei_ports::{SchedulerPort, Store};
 use hodei_proto::v1::job_service_server::JobServiceServer;
 use hodei_proto::v1::scheduler_service_server::SchedulerServiceServer;
+use hodei_proto::v1::tenant_service_server::TenantServiceServer;
 use hodei_proto::v1::token_service_server::TokenServiceServer;
 use hodei_proto::{ClientConfig, SchedulerPortClient};
 use hodei_store::SqliteStore;
@@ -43,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{DockerSection, KubernetesSection, LogFormat, ServerConfig};
+pub use config::{DockerSection, KubernetesSection, LogFormat, ServerConfig, TenantSettings};
 use grpc::{SchedulerGrpc, SessionHub};
 use grpc_jobs::JobGrpc;
 use grpc_tokens::TokenGrpc;
@@ -59,6 +61,8 @@ pub enum Error {
     Store(#[from] hodei_ports::store::Error),
     #[error("cannot start the job service: {0}")]
     Jobs(#[from] hodei_modules::JobError),
+    #[error("cannot load the tenants: {0}")]
+    Tenants(#[from] hodei_modules::TenantError),
     #[error("cannot load the pools: {0}")]
     Pools(#[from] hodei_modules::PoolError),
     #[error("cannot start a provider: {0}")]
@@ -92,6 +96,7 @@ pub struct Server {
     sessions: Arc<SessionHub>,
     jobs: JobService,
     pools: PoolManager,
+    tenants: TenantService,
     cancel: CancellationToken,
     http: JoinHandle<()>,
     background: JoinHandle<()>,
@@ -305,7 +310,10 @@ impl Server {
         job_metrics.restore_tenant_totals(&store.attempt_totals(0).await?);
         registry.register_collector(Box::new(WorkerUsageMetrics::new(scheduler.clone())));
         let (jobs, retired) = JobService::start(
-            config.jobs.service_config(&config.agents)?,
+            hodei_modules::JobServiceConfig {
+                tenants: config.tenant_config()?,
+                ..config.jobs.service_config(&config.agents)?
+            },
             store.clone(),
             scheduler.clone(),
             sessions.clone(),
@@ -313,6 +321,8 @@ impl Server {
             cancel.clone(),
         )
         .await?;
+        let tenants =
+            TenantService::start(config.tenant_config()?, store.clone(), jobs.clone()).await?;
         let pools = PoolManager::new(
             management.clone(),
             jobs.clone(),
@@ -336,8 +346,12 @@ impl Server {
         let token_grpc = TokenServiceServer::new(TokenGrpc {
             credentials: credentials.clone(),
         });
+        let tenant_grpc = TenantServiceServer::new(grpc_tenants::TenantGrpc {
+            tenants: tenants.clone(),
+        });
         let grpc = tonic::service::Routes::new(grpc)
             .add_service(job_grpc)
+            .add_service(tenant_grpc)
             .add_service(token_grpc)
             .prepare();
         let http = http::router(http::AppState {
@@ -346,6 +360,7 @@ impl Server {
             scheduler: scheduler.clone(),
             jobs: jobs.clone(),
             pools: pools.clone(),
+            tenants: tenants.clone(),
             metrics: Arc::new(registry),
             credentials: credentials.clone(),
             max_body_bytes: config.connections.max_body_bytes,
@@ -422,7 +437,12 @@ impl Server {
             dead_watch,
             jobs,
             pools,
+            tenants,
         })
+    }
+
+    pub fn tenants(&self) -> &TenantService {
+        &self.tenants
     }
 
     pub fn addr(&self) -> SocketAddr {

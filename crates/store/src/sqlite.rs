@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
-use hodei_core::{Job, JobId, JobState, PoolSpec, Worker, WorkerId, WorkerState};
+use hodei_core::tenancy::Tenant;
+use hodei_core::{Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState};
 use hodei_ports::store::{
     CredentialRecord, Error, JobFilter, LogChunk, Store, WorkerFilter, WorkerRecord,
 };
@@ -278,6 +279,53 @@ impl Store for SqliteStore {
     async fn delete_pool(&self, name: &str) -> Result<bool, Error> {
         let deleted = sqlx::query("DELETE FROM pools WHERE name = ?1")
             .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx_error)?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
+        let json = serde_json::to_string(tenant).map_err(|err| {
+            Error::Corrupt(format!("cannot encode tenant {}: {err}", tenant.name))
+        })?;
+        sqlx::query(
+            "INSERT INTO tenants (name, tenant_json, updated_at_ms) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE \
+             SET tenant_json = excluded.tenant_json, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(tenant.name.as_str())
+        .bind(json)
+        .bind(millis_since_epoch(SystemTime::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx_error)?;
+        Ok(())
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, Error> {
+        sqlx::query_as::<_, (String, String)>("SELECT name, tenant_json FROM tenants ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx_error)?
+            .into_iter()
+            .map(|(name, json)| {
+                let tenant: Tenant = serde_json::from_str(&json)
+                    .map_err(|err| Error::Corrupt(format!("tenant {name}: invalid json: {err}")))?;
+                if tenant.name.as_str() != name {
+                    return Err(Error::Corrupt(format!(
+                        "row {name} holds tenant {}",
+                        tenant.name
+                    )));
+                }
+                Ok(tenant)
+            })
+            .collect()
+    }
+
+    async fn delete_tenant(&self, name: &TenantName) -> Result<bool, Error> {
+        let deleted = sqlx::query("DELETE FROM tenants WHERE name = ?1")
+            .bind(name.as_str())
             .execute(&self.pool)
             .await
             .map_err(map_sqlx_error)?;

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, HOUR_MS, PoolUsage, hour_start};
 use hodei_core::credential::{Role, WorkerOrigin};
+use hodei_core::tenancy::Tenant;
 use hodei_core::{
     Command, Job, JobId, JobSpec, JobState, PoolSpec, Priority, ProviderKind, QueueName,
     Requirements, SlaClass, TenantName, TransitionError, Worker, WorkerCapabilities, WorkerId,
@@ -33,6 +34,7 @@ pub struct MemoryStore {
 struct Contents {
     workers: BTreeMap<WorkerId, WorkerRecord>,
     pools: BTreeMap<String, PoolSpec>,
+    tenants: BTreeMap<TenantName, Tenant>,
     credentials: Vec<CredentialRecord>,
     jobs: BTreeMap<JobId, Job>,
     /// The sequence of the newest job ever inserted; the next one gets one more.
@@ -196,6 +198,21 @@ impl Store for MemoryStore {
 
     async fn delete_pool(&self, name: &str) -> Result<bool, Error> {
         Ok(self.contents().pools.remove(name).is_some())
+    }
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
+        self.contents()
+            .tenants
+            .insert(tenant.name.clone(), tenant.clone());
+        Ok(())
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, Error> {
+        Ok(self.contents().tenants.values().cloned().collect())
+    }
+
+    async fn delete_tenant(&self, name: &TenantName) -> Result<bool, Error> {
+        Ok(self.contents().tenants.remove(name).is_some())
     }
 
     async fn insert_job(&self, job: &Job) -> Result<Job, Error> {
@@ -416,6 +433,7 @@ pub async fn store_contract(store: &dyn Store) {
     concurrent_transitions_have_one_winner(store).await;
     registration_round_trips(store).await;
     pools_round_trip(store).await;
+    tenants_round_trip(store).await;
     pool_insert_is_unique(store).await;
     credentials_round_trip_and_revoke(store).await;
     job_fields_round_trip_exactly(store).await;
@@ -2157,4 +2175,39 @@ async fn usage_adds_up_and_counts_an_attempt_once(store: &dyn Store) {
         Some((hour + HOUR_MS, 10.0)),
         "pool usage since"
     );
+}
+
+async fn tenants_round_trip(store: &dyn Store) {
+    use hodei_core::tenancy::{Limit, Resource, Tier};
+    let name = |s: &str| TenantName::new(format!("{PREFIX}{s}")).expect("valid tenant name");
+    let mut gold = Tenant::new(name("gold"));
+    gold.tier = Some(Tier::Gold);
+    gold.weight = 3;
+    gold.quotas.insert(Resource::RunningJobs, Limit::hard(4.0));
+    gold.quotas.insert(Resource::DailyCost, Limit::soft(12.5));
+    gold.max_queued = Some(100);
+    let plain = Tenant::new(name("a-plain"));
+    store.put_tenant(&gold).await.expect("put tenant");
+    store.put_tenant(&plain).await.expect("put tenant");
+    let mine = |all: Vec<Tenant>| -> Vec<Tenant> {
+        all.into_iter()
+            .filter(|t| t.name.as_str().starts_with(PREFIX))
+            .collect()
+    };
+    let listed = mine(store.list_tenants().await.expect("list tenants"));
+    assert_eq!(
+        listed,
+        vec![plain.clone(), gold.clone()],
+        "ordered by name, fields exact"
+    );
+    gold.weight = 5;
+    gold.tier = Some(Tier::Platinum);
+    gold.quotas.remove(&Resource::DailyCost);
+    store.put_tenant(&gold).await.expect("replace tenant");
+    let listed = mine(store.list_tenants().await.expect("list tenants"));
+    assert_eq!(listed, vec![plain.clone(), gold.clone()], "put replaces");
+    assert!(store.delete_tenant(&gold.name).await.expect("delete"));
+    assert!(!store.delete_tenant(&gold.name).await.expect("delete again"));
+    assert!(store.delete_tenant(&plain.name).await.expect("delete"));
+    assert!(mine(store.list_tenants().await.expect("list")).is_empty());
 }
