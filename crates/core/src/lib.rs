@@ -6,6 +6,7 @@
 
 pub mod autoscale;
 pub mod backoff;
+pub mod console;
 pub mod credential;
 pub mod fence;
 pub mod health;
