@@ -152,7 +152,11 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let hour = Duration::from_secs(3600);
         assert!(!session_expired(t0, t0, hour));
-        assert!(!session_expired(t0, t0 + hour - Duration::from_secs(1), hour));
+        assert!(!session_expired(
+            t0,
+            t0 + hour - Duration::from_secs(1),
+            hour
+        ));
         assert!(session_expired(t0, t0 + hour, hour));
         assert!(!session_expired(t0, t0 - hour, hour), "clock stepped back");
     }

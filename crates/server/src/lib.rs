@@ -5,6 +5,7 @@
 pub mod api;
 mod auth;
 pub mod config;
+mod console;
 pub mod error;
 pub mod grpc;
 pub mod grpc_jobs;
