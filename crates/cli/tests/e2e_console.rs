@@ -290,7 +290,7 @@ struct Browser {
     _driver: KillChild,
 }
 
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735a4fb2b1";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl Browser {
     async fn start() -> Self {
@@ -367,7 +367,7 @@ impl Browser {
     }
 
     async fn type_into(&self, css: &str, text: &str) {
-        let element = self.find(css).await.unwrap();
+        let element = wait_for(&format!("{css} to appear"), LIMIT, move || self.find(css)).await;
         self.call(
             reqwest::Method::POST,
             &format!("/element/{element}/value"),
