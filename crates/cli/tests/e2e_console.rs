@@ -168,6 +168,26 @@ async fn console_sessions_csrf_and_tenant_scope() {
     );
     wait_state(&server, &mine, JobState::Running).await;
 
+    // The pool filter: jobs on the pool's workers (a queued job has none yet).
+    for (pool, expected) in [("default", vec![mine.as_str()]), ("elsewhere", vec![])] {
+        let listed: Value = http
+            .get(format!("{url}/console/api/jobs?pool={pool}"))
+            .header("cookie", &admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = listed["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, expected, "pool {pool}");
+    }
+
     let team_a = tenant_token(&server, "team-a").await;
     let (status, cookie) = sign_in(&server, &team_a).await;
     assert_eq!(status, 303);
@@ -425,6 +445,26 @@ impl Browser {
         .await
     }
 
+    async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
+    /// The viewport's width, and whether the page is wider than it.
+    async fn scrolls_sideways(&self) -> (u64, bool) {
+        let answer = self
+            .script(
+                "return [window.innerWidth,
+                         document.documentElement.scrollWidth > document.documentElement.clientWidth];",
+            )
+            .await;
+        (answer[0].as_u64().unwrap(), answer[1].as_bool().unwrap())
+    }
+
     async fn screenshot(&self, path: &Path) {
         let png = self.call(reqwest::Method::GET, "/screenshot", None).await;
         let bytes = base64_decode(png.as_str().unwrap());
@@ -526,6 +566,25 @@ async fn the_console_in_a_real_browser() {
         .wait_text(&["succeeded", "hello from the console test", "done"])
         .await;
     browser.screenshot(&docs_dir().join("job.png")).await;
+
+    // Phone width: the narrow layout, and no page wider than the screen.
+    browser.resize(390, 844).await;
+    let phone_pages = [
+        (format!("#/jobs/{job}"), "Log"),
+        ("#/pools/default".to_owned(), "Recent scaling decisions"),
+        ("#/".to_owned(), "Queues"),
+        ("#/workers".to_owned(), "Terminate"),
+        ("#/jobs".to_owned(), "Filter"),
+    ];
+    for (page, marker) in phone_pages {
+        browser.go(&format!("{}/{page}", server.url())).await;
+        browser.wait_text(&[marker]).await;
+        let (width, sideways) = browser.scrolls_sideways().await;
+        assert!(width < 640, "the viewport is phone-sized: {width}");
+        assert!(!sideways, "{page} scrolls sideways at {width} px");
+    }
+    browser.screenshot(&docs_dir().join("phone-jobs.png")).await;
+    browser.resize(1280, 900).await;
 
     // Cancel a running job from its page.
     let long = hodei_cli(
