@@ -611,6 +611,16 @@ async fn the_console_in_a_real_browser() {
     browser.go(&format!("{}/#/jobs", server.url())).await;
     let text = browser.wait_text(&[&job, &blocker]).await;
     assert!(!text.contains(&long), "team-b's job is hidden: {text}");
+    browser.go(&format!("{}/#/", server.url())).await;
+    let text = browser.wait_text(&["Tenants", "team-a"]).await;
+    assert!(
+        !text.contains("team-b"),
+        "the overview shows only team-a: {text}"
+    );
+    assert!(!text.contains("Pools"), "a tenant sees no pools: {text}");
+    browser.go(&format!("{}/#/jobs", server.url())).await;
+    let text = browser.wait_text(&[&job, &blocker]).await;
+    assert!(!text.contains(&long), "team-b's job is hidden: {text}");
     browser
         .go(&format!("{}/#/jobs/{blocker}", server.url()))
         .await;

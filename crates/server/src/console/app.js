@@ -92,6 +92,7 @@ const views = {
       view(`<h1>Overview</h1>
         ${ADMIN ? '<section class="card"><h2>Pools</h2><div id="pools">Loading…</div></section>' : ""}
         <section class="card"><h2>Queues</h2><div id="queues">Loading…</div></section>
+        <section class="card"><h2>Tenants</h2><div id="tenants">Loading…</div></section>
         <section class="card"><h2>Jobs waiting</h2><div id="waiting">Loading…</div></section>`);
     },
     async refresh() {
@@ -103,7 +104,16 @@ const views = {
             workersByState(p.workers), `${p.desired} / ${p.min} / ${p.max}`, esc(costRate(p)), esc(p.cost.toFixed(4))]),
           "No pools."));
       }
-      const { jobs } = await api("/jobs?state=queued&limit=1000");
+      const { jobs: active } = await api("/jobs?state=queued,assigned,running&limit=1000");
+      const jobs = active.filter((j) => j.state === "queued");
+      const byTenant = {};
+      for (const job of active) {
+        const t = byTenant[job.tenant] || (byTenant[job.tenant] = { queued: 0, running: 0 });
+        if (job.state === "queued") t.queued += 1; else t.running += 1;
+      }
+      fill("tenants", table([{ label: "Tenant" }, { label: "Waiting", num: true }, { label: "Assigned or running", num: true }],
+        Object.keys(byTenant).sort().map((t) => [ADMIN ? link("#/jobs?tenant=" + encodeURIComponent(t), t) : esc(t), String(byTenant[t].queued), String(byTenant[t].running)]),
+        "No tenant has a job waiting or running."));
       const byQueue = {};
       for (const job of jobs) {
         const q = byQueue[job.queue] || (byQueue[job.queue] = { depth: 0, oldest: job.submitted_at });
