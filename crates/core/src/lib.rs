@@ -6,6 +6,7 @@
 
 pub mod autoscale;
 pub mod backoff;
+pub mod console;
 pub mod cost;
 pub mod credential;
 pub mod dispatch;

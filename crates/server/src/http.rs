@@ -71,6 +71,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such API path") });
     Router::new()
         .nest("/api/v1", api)
+        .merge(crate::console::router(state.clone()))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -79,15 +80,15 @@ pub(crate) fn router(state: AppState) -> Router {
 }
 
 #[derive(Debug, Deserialize)]
-struct WorkerQuery {
-    pool: Option<String>,
-    state: Option<String>,
+pub(crate) struct WorkerQuery {
+    pub(crate) pool: Option<String>,
+    pub(crate) state: Option<String>,
     /// Include terminated workers.
     #[serde(default)]
-    all: bool,
+    pub(crate) all: bool,
 }
 
-async fn list_workers(
+pub(crate) async fn list_workers(
     State(state): State<AppState>,
     Query(query): Query<WorkerQuery>,
 ) -> Result<Json<WorkerList>, ApiError> {
@@ -123,7 +124,7 @@ async fn list_workers(
     Ok(Json(WorkerList { workers }))
 }
 
-async fn get_worker(
+pub(crate) async fn get_worker(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<WorkerView>, ApiError> {
@@ -139,7 +140,7 @@ async fn get_worker(
     }
 }
 
-async fn terminate_worker(
+pub(crate) async fn terminate_worker(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -167,13 +168,13 @@ fn registered_only(jobs: &JobService, entry: &hodei_modules::RegisteredWorker) -
     view
 }
 
-async fn list_pools(State(state): State<AppState>) -> Json<PoolList> {
+pub(crate) async fn list_pools(State(state): State<AppState>) -> Json<PoolList> {
     Json(PoolList {
         pools: state.pools.list().iter().map(PoolView::new).collect(),
     })
 }
 
-async fn get_pool(
+pub(crate) async fn get_pool(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PoolView>, ApiError> {
@@ -369,15 +370,15 @@ async fn submit_job(
 }
 
 #[derive(Debug, Deserialize)]
-struct JobQuery {
+pub(crate) struct JobQuery {
     /// Comma-separated states.
-    state: Option<String>,
-    tenant: Option<String>,
-    queue: Option<String>,
-    limit: Option<usize>,
+    pub(crate) state: Option<String>,
+    pub(crate) tenant: Option<String>,
+    pub(crate) queue: Option<String>,
+    pub(crate) limit: Option<usize>,
 }
 
-async fn list_jobs(
+pub(crate) async fn list_jobs(
     State(state): State<AppState>,
     Query(query): Query<JobQuery>,
 ) -> Result<Json<JobList>, ApiError> {
@@ -393,7 +394,7 @@ async fn list_jobs(
     }))
 }
 
-async fn get_job(
+pub(crate) async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
@@ -407,7 +408,7 @@ async fn get_job(
     Ok(Json(view))
 }
 
-async fn cancel_job(
+pub(crate) async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
@@ -416,11 +417,11 @@ async fn cancel_job(
 }
 
 #[derive(Debug, Deserialize)]
-struct LogsQuery {
+pub(crate) struct LogsQuery {
     #[serde(default)]
-    after: usize,
+    pub(crate) after: usize,
     #[serde(default)]
-    follow: bool,
+    pub(crate) follow: bool,
 }
 
 /// How long a followed log request waits for news before answering with nothing new.
@@ -428,7 +429,7 @@ const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most chunks one answer carries.
 const LOG_PAGE: usize = 1000;
 
-async fn job_logs(
+pub(crate) async fn job_logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,

@@ -5,6 +5,7 @@
 pub mod api;
 mod auth;
 pub mod config;
+mod console;
 pub mod error;
 mod exposition;
 pub mod grpc;
