@@ -4,6 +4,10 @@
 //! which stops agents in order, and stopping an agent also stops the jobs it started). A pid
 //! file per worker, with the process start time to survive pid reuse, lets a restarted
 //! server find the agents it started before, and the reconciler tell ours from strangers.
+//!
+//! Each agent's work root is `<state_dir>/work/<id>`, where the agent records its running
+//! job groups (`.hodei-jobs/<job>.json`, pid and start time): when an agent dies, the
+//! provider kills those groups before it confirms the worker dead.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use hodei_core::{ProviderKind, Worker, WorkerId, WorkerSpec};
-use hodei_ports::{ProviderError, WorkerProvider};
+use hodei_ports::{AgentCredential, ProviderError, WorkerProvider};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -31,8 +35,6 @@ pub struct LocalProviderConfig {
     /// The CA certificate agents trust for an `https://` server URL, passed as
     /// `HODEI_CA_CERT`; the system's roots when `None`.
     pub ca_cert: Option<PathBuf>,
-    /// The token agents present; passed in the environment, never on the command line.
-    pub token: String,
     /// Pid files and agent logs live here.
     pub state_dir: PathBuf,
     /// How long an agent gets to stop after SIGTERM before it is killed.
@@ -61,6 +63,15 @@ impl LocalProvider {
         std::fs::create_dir_all(&config.state_dir).map_err(|e| {
             ProviderError::Unavailable(format!("cannot create {}: {e}", config.state_dir.display()))
         })?;
+        // Pid files, logs and credential files are the server's business only.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| {
+                ProviderError::Unavailable(format!(
+                    "cannot protect {}: {e}",
+                    config.state_dir.display()
+                ))
+            })?;
         Ok(Self {
             config,
             children: Mutex::new(HashMap::new()),
@@ -75,6 +86,19 @@ impl LocalProvider {
 
     fn pid_path(&self, id: &WorkerId) -> PathBuf {
         self.config.state_dir.join(format!("{id}.pid"))
+    }
+
+    /// Where the agent finds its credential; it reads the file and removes it.
+    fn credential_path(&self, id: &WorkerId) -> PathBuf {
+        self.config.state_dir.join(format!("{id}.credential"))
+    }
+
+    /// The agent's work root: jobs' fresh directories and its records of running jobs.
+    /// Outside the state directory, which is the server's alone (0700): a pool whose jobs
+    /// run as another user (`template.user`) must reach its job directories. Worker ids are
+    /// unique, so agents of several servers on one machine never share one.
+    pub fn work_root(&self, id: &WorkerId) -> PathBuf {
+        std::env::temp_dir().join("hodei-work").join(id.as_str())
     }
 
     /// The agent's log file: its stdout and stderr.
@@ -118,6 +142,25 @@ impl LocalProvider {
     }
 }
 
+/// Writes `contents` to a new file only its owner can read (mode 0600 from the start).
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // A leftover of an earlier attempt for the same worker is replaced.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
 fn read_pid_file(path: &Path) -> Option<PidFile> {
     let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str(&text).ok()
@@ -156,6 +199,26 @@ fn process_alive(record: PidFile) -> bool {
     }
 }
 
+/// Kills the job groups an agent recorded under `work_root` that still run (a dead
+/// agent's jobs normally die with it; this catches what escaped). Returns them.
+fn kill_job_groups(work_root: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(work_root.join(".hodei-jobs")) else {
+        return Vec::new();
+    };
+    let mut killed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if let Some(record) = read_pid_file(&path)
+            && process_alive(record)
+            && killpg(Pid::from_raw(record.pid), Signal::SIGKILL).is_ok()
+        {
+            killed.push(record.pid);
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    killed
+}
+
 fn signal_group(pid: i32, signal: Signal) {
     // The agent leads its own process group: signal the group so its jobs stop too.
     match killpg(Pid::from_raw(pid), signal) {
@@ -174,10 +237,17 @@ impl WorkerProvider for LocalProvider {
         &self,
         id: &WorkerId,
         spec: &WorkerSpec,
+        credential: &AgentCredential,
     ) -> Result<Worker, ProviderError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let credential_path = self.credential_path(id);
+        write_private(&credential_path, credential.expose().as_bytes()).map_err(|e| {
+            ProviderError::Unavailable(format!("cannot write {}: {e}", credential_path.display()))
+        })?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(self.log_path(id))
             .map_err(|e| ProviderError::Unavailable(format!("cannot open agent log: {e}")))?;
         let log_err = log
@@ -192,7 +262,11 @@ impl WorkerProvider for LocalProvider {
             .arg(&self.config.server_url)
             .arg("--worker-id")
             .arg(id.as_str())
-            .env("HODEI_TOKEN", &self.config.token)
+            .arg("--token-file")
+            .arg(&credential_path)
+            .env_remove("HODEI_TOKEN")
+            .arg("--work-dir")
+            .arg(self.work_root(id))
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -201,10 +275,14 @@ impl WorkerProvider for LocalProvider {
         for (key, value) in &spec.labels {
             command.arg("--label").arg(format!("{key}={value}"));
         }
+        if let Some(user) = &spec.user {
+            command.arg("--job-user").arg(user);
+        }
         if let Some(ca_cert) = &self.config.ca_cert {
             command.env("HODEI_CA_CERT", ca_cert);
         }
         let child = command.spawn().map_err(|e| {
+            let _ = std::fs::remove_file(&credential_path);
             ProviderError::Failed(format!(
                 "cannot start agent {}: {e}",
                 self.config.program.display()
@@ -221,7 +299,7 @@ impl WorkerProvider for LocalProvider {
         self.children().insert(id.clone(), child);
         let text = serde_json::to_string(&record)
             .map_err(|e| ProviderError::Failed(format!("cannot encode pid file: {e}")))?;
-        if let Err(e) = std::fs::write(self.pid_path(id), text) {
+        if let Err(e) = write_private(&self.pid_path(id), text.as_bytes()) {
             // Without a pid file the agent would be invisible after a restart: stop it now.
             signal_group(pid, Signal::SIGKILL);
             self.wait_for_exit(id, record, self.config.stop_grace).await;
@@ -257,6 +335,12 @@ impl WorkerProvider for LocalProvider {
             }
         }
         self.children().remove(id);
+        // An agent that died before reading its credential leaves it behind.
+        let _ = std::fs::remove_file(self.credential_path(id));
+        for pgid in kill_job_groups(&self.work_root(id)) {
+            tracing::warn!(worker_id = %id, pgid, "killed a job group the agent left");
+        }
+        let _ = std::fs::remove_dir_all(self.work_root(id));
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -268,6 +352,20 @@ impl WorkerProvider for LocalProvider {
         }
         tracing::info!(worker_id = %id, pid = record.pid, "local agent stopped");
         Ok(())
+    }
+
+    async fn confirm_dead(&self, id: &WorkerId) -> Result<bool, ProviderError> {
+        let Some(record) = read_pid_file(&self.pid_path(id)) else {
+            // Not an agent of ours (or already cleaned up): cannot tell.
+            return Ok(false);
+        };
+        if self.is_running(id, record) {
+            return Ok(false);
+        }
+        for pgid in kill_job_groups(&self.work_root(id)) {
+            tracing::warn!(worker_id = %id, pgid, "killed a job group of a dead agent");
+        }
+        Ok(true)
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerId>, ProviderError> {

@@ -17,7 +17,6 @@ fn config(dir: &std::path::Path, script: &str) -> LocalProviderConfig {
         args: vec!["-c".into(), script.into(), "fake-agent".into()],
         server_url: "http://127.0.0.1:1".into(),
         ca_cert: None,
-        token: "secret".into(),
         state_dir: dir.to_path_buf(),
         stop_grace: Duration::from_secs(5),
     }
@@ -43,7 +42,11 @@ async fn a_restarted_provider_finds_running_agents_and_can_stop_them() {
     let id = WorkerId::new("adopt-me").unwrap();
     let first = LocalProvider::new(config(dir.path(), "exec sleep 600")).unwrap();
     first
-        .create_worker(&id, &WorkerSpec::default())
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .unwrap();
     let pid = first.pid(&id).unwrap();
@@ -64,7 +67,11 @@ async fn a_dead_agent_is_not_listed() {
     let provider = LocalProvider::new(config(dir.path(), "exit 3")).unwrap();
     let id = WorkerId::new("short-lived").unwrap();
     provider
-        .create_worker(&id, &WorkerSpec::default())
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .unwrap();
 
@@ -87,7 +94,11 @@ async fn terminate_stops_the_whole_process_group_and_kills_what_ignores_sigterm(
     let provider = LocalProvider::new(cfg).unwrap();
     let id = WorkerId::new("stubborn").unwrap();
     provider
-        .create_worker(&id, &WorkerSpec::default())
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .unwrap();
     let pid = provider.pid(&id).unwrap();

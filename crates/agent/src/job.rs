@@ -1,20 +1,163 @@
 //! Running one assigned job: a real process in its own process group, its output streamed
-//! in order, its timeout enforced, cancellation honoured, its exit reported.
+//! in order, its timeout enforced, cancellation honoured, its exit reported. Through the
+//! shims of [`crate::exec`] the job's group also dies with the agent and when the agent's
+//! lease runs out.
 
+use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hodei_proto::v1::{self, agent_message};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{ChildStdin, Command};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::exec::{self, JobRecords};
+
+/// The agent's lease: when it last heard from the server (the send time of the heartbeat
+/// the server answered), and for how long that lets its jobs run. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    heard: Arc<watch::Sender<Instant>>,
+    length_ms: Arc<AtomicU64>,
+}
+
+impl Lease {
+    pub fn new(length: Duration) -> Self {
+        Self {
+            heard: Arc::new(watch::channel(Instant::now()).0),
+            length_ms: Arc::new(AtomicU64::new(millis(length))),
+        }
+    }
+
+    pub fn length(&self) -> Duration {
+        Duration::from_millis(self.length_ms.load(Ordering::Relaxed))
+    }
+
+    /// Takes the server's lease length (from its hello answer).
+    pub fn set_length(&self, length: Duration) {
+        self.length_ms.store(millis(length), Ordering::Relaxed);
+        self.heard.send_modify(|_| {});
+    }
+
+    /// The server was reached at `at`; never moves the lease back.
+    pub fn renew(&self, at: Instant) {
+        self.heard.send_if_modified(|heard| {
+            let later = at > *heard;
+            if later {
+                *heard = at;
+            }
+            later
+        });
+    }
+
+    pub fn last_heard(&self) -> Instant {
+        *self.heard.borrow()
+    }
+
+    /// What is left of the lease now.
+    pub fn left(&self) -> Duration {
+        (self.last_heard() + self.length()).saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the agent must kill its jobs ([`hodei_core::fence::agent_must_fence`]).
+    pub fn expired(&self) -> bool {
+        hodei_core::fence::agent_must_fence(
+            self.last_heard().into_std(),
+            self.length(),
+            Instant::now().into_std(),
+        )
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Instant> {
+        self.heard.subscribe()
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How the agent runs jobs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    /// The `hodei` binary, to run every job through its supervisor ([`crate::exec`]); `None`
+    /// runs commands directly, without the lease or the death signal (this crate's tests).
+    pub shim: Option<PathBuf>,
+    pub lease: Lease,
+    /// Leaders of the job groups running now. Held while spawning, so a sweep for stray
+    /// processes never mistakes a job just started for one.
+    active: Arc<Mutex<HashSet<i32>>>,
+}
+
+impl Runner {
+    pub fn new(shim: Option<PathBuf>, lease: Lease) -> Self {
+        Self {
+            shim,
+            lease,
+            active: Arc::default(),
+        }
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
+        self.active
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Kills the agent's children that are no job's supervisor: processes a job left behind
+    /// that were re-parented to the agent (it is a child subreaper). Returns them; the
+    /// caller reaps them ([`reap`]).
+    pub fn kill_strays(&self) -> Vec<i32> {
+        let active = self.active();
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        let strays: Vec<i32> = exec::children_of(me)
+            .into_iter()
+            .filter(|pid| !active.contains(pid))
+            .collect();
+        for pid in &strays {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        strays
+    }
+}
+
+/// Waits for the killed strays so no zombie stays behind.
+pub async fn reap(strays: Vec<i32>) {
+    if strays.is_empty() {
+        return;
+    }
+    tracing::info!(?strays, "killed processes left behind by jobs");
+    let _ = tokio::task::spawn_blocking(move || {
+        for pid in strays {
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+        }
+    })
+    .await;
+}
+
+/// Tells the job's supervisor what is left of the lease whenever it changes.
+async fn renew_supervisor(mut stdin: ChildStdin, lease: Lease) {
+    let mut heard = lease.subscribe();
+    loop {
+        let line = format!("{}\n", millis(lease.left()));
+        if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
+            return;
+        }
+        if heard.changed().await.is_err() {
+            // The agent is going away; keep the pipe open until the job task ends.
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 /// Largest log chunk sent in one message.
 pub const MAX_CHUNK: usize = 64 * 1024;
@@ -28,6 +171,7 @@ fn message(body: agent_message::Body) -> v1::AgentMessage {
 
 fn result(
     job_id: &str,
+    attempt: u32,
     outcome: v1::JobOutcome,
     exit_code: i32,
     text: impl Into<String>,
@@ -38,12 +182,14 @@ fn result(
         exit_code,
         message: text.into(),
         health_problem: String::new(),
+        attempt,
     }))
 }
 
 async fn pump(
     mut reader: impl AsyncRead + Unpin,
     job_id: String,
+    attempt: u32,
     stream: v1::LogStream,
     sequence: Arc<AtomicU64>,
     out: mpsc::Sender<v1::AgentMessage>,
@@ -59,6 +205,7 @@ async fn pump(
             sequence: sequence.fetch_add(1, Ordering::SeqCst),
             stream: stream.into(),
             data: buffer[..read].to_vec(),
+            attempt,
         };
         if out
             .send(message(agent_message::Body::LogChunk(chunk)))
@@ -76,29 +223,117 @@ fn signal_group(pid: Option<u32>, signal: Signal) {
     }
 }
 
+/// What a job gets from its agent besides the assignment.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// Set as `HODEI_WORKER_ID`.
+    pub worker_id: String,
+    /// Run the job as this user (`uid[:gid]` or a name) instead of the agent's.
+    pub user: Option<String>,
+}
+
+/// The `PATH` jobs get when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A job's whole environment: `PATH` (the agent's, which holds no secret), `HOME` (the
+/// job's directory), `HODEI_JOB_ID`, `HODEI_WORKER_ID`, then the spec's own variables.
+/// Nothing else of the agent's environment reaches a job.
+pub fn job_environment(
+    spec_env: &std::collections::BTreeMap<String, String>,
+    job_id: &str,
+    worker_id: &str,
+    directory: &std::path::Path,
+) -> Vec<(String, String)> {
+    let path = std::env::var("PATH")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| DEFAULT_PATH.to_owned());
+    let mut env: std::collections::BTreeMap<String, String> = [
+        ("PATH".to_owned(), path),
+        ("HOME".to_owned(), directory.display().to_string()),
+    ]
+    .into();
+    env.extend(spec_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // Ours last: a spec cannot pretend to be another job.
+    env.insert("HODEI_JOB_ID".to_owned(), job_id.to_owned());
+    env.insert("HODEI_WORKER_ID".to_owned(), worker_id.to_owned());
+    env.into_iter().collect()
+}
+
+/// `uid[:gid]`, or a user name looked up in the user database (its primary group).
+/// A bare uid runs with the group of the same number.
+pub fn resolve_user(user: &str) -> Result<(u32, u32), String> {
+    let number = |text: &str| {
+        text.parse::<u32>()
+            .map_err(|_| format!("{text:?} is not a number"))
+    };
+    match user.split_once(':') {
+        Some((uid, gid)) => Ok((number(uid)?, number(gid)?)),
+        None if user.bytes().all(|b| b.is_ascii_digit()) => {
+            let uid = number(user)?;
+            Ok((uid, uid))
+        }
+        None => match nix::unistd::User::from_name(user) {
+            Ok(Some(found)) => Ok((found.uid.as_raw(), found.gid.as_raw())),
+            Ok(None) => Err(format!("no user named {user:?}")),
+            Err(errno) => Err(format!("cannot look up user {user:?}: {errno}")),
+        },
+    }
+}
+
 enum End {
     Exited(std::io::Result<std::process::ExitStatus>),
     TimedOut,
     Cancelled,
 }
 
-/// Runs `assignment` to its end and reports everything on `out`: `JobAccepted`, the log
-/// chunks, then exactly one `JobResult`.
+/// Runs `assignment` directly, without the supervisor: see [`run_with`].
 pub async fn run(
     assignment: v1::JobAssignment,
     work_root: PathBuf,
+    context: Context,
+    cancel: CancellationToken,
+    out: mpsc::Sender<v1::AgentMessage>,
+) {
+    let runner = Runner::new(None, Lease::new(Duration::from_secs(10)));
+    run_with(assignment, &runner, work_root, context, cancel, out).await;
+}
+
+/// Runs `assignment` to its end and reports everything on `out`: `JobAccepted`, the log
+/// chunks, then exactly one `JobResult`, each quoting the assignment's attempt. A job
+/// cancelled or killed after the lease ran out is reported lost.
+pub async fn run_with(
+    assignment: v1::JobAssignment,
+    runner: &Runner,
+    work_root: PathBuf,
+    context: Context,
     cancel: CancellationToken,
     out: mpsc::Sender<v1::AgentMessage>,
 ) {
     let job_id = assignment.job_id.clone();
-    let mut command = if !assignment.argv.is_empty() {
-        let mut command = Command::new(&assignment.argv[0]);
-        command.args(&assignment.argv[1..]);
-        command
+    let attempt = assignment.attempt;
+    let program: Vec<&str> = if !assignment.argv.is_empty() {
+        assignment.argv.iter().map(String::as_str).collect()
     } else {
-        let mut command = Command::new("/bin/sh");
-        command.arg("-c").arg(&assignment.script);
-        command
+        vec!["/bin/sh", "-c", &assignment.script]
+    };
+    let mut command = match &runner.shim {
+        Some(shim) => {
+            let mut command = Command::new(shim);
+            command
+                .arg(exec::SUPERVISE)
+                .arg("--lease-ms")
+                .arg(millis(runner.lease.left()).to_string())
+                .arg("--")
+                .args(&program)
+                .stdin(Stdio::piped());
+            command
+        }
+        None => {
+            let mut command = Command::new(program[0]);
+            command.args(&program[1..]).stdin(Stdio::null());
+            command
+        }
     };
     let directory = if assignment.working_dir.is_empty() {
         work_root.join(&job_id)
@@ -111,25 +346,68 @@ pub async fn run(
             directory.display()
         );
         let _ = out
-            .send(result(&job_id, v1::JobOutcome::FailedToStart, -1, text))
+            .send(result(
+                &job_id,
+                attempt,
+                v1::JobOutcome::FailedToStart,
+                -1,
+                text,
+            ))
             .await;
         return;
     }
+    if let Some(user) = &context.user {
+        let owner = resolve_user(user).and_then(|(uid, gid)| {
+            std::os::unix::fs::chown(&directory, Some(uid), Some(gid))
+                .map_err(|e| format!("cannot give {} to {user}: {e}", directory.display()))?;
+            Ok((uid, gid))
+        });
+        match owner {
+            Ok((uid, gid)) => {
+                command.uid(uid).gid(gid);
+            }
+            Err(text) => {
+                let _ = out
+                    .send(result(
+                        &job_id,
+                        attempt,
+                        v1::JobOutcome::FailedToStart,
+                        -1,
+                        text,
+                    ))
+                    .await;
+                return;
+            }
+        }
+    }
     command
-        .envs(&assignment.env)
-        .env("HODEI_JOB_ID", &job_id)
+        .env_clear()
+        .envs(job_environment(
+            &assignment.env,
+            &job_id,
+            &context.worker_id,
+            &directory,
+        ))
         .current_dir(&directory)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match command.spawn() {
+    let spawned = {
+        let mut active = runner.active();
+        let spawned = command.spawn();
+        if let Some(pid) = spawned.as_ref().ok().and_then(|child| child.id()) {
+            active.insert(i32::try_from(pid).unwrap_or(0));
+        }
+        spawned
+    };
+    let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
             let _ = out
                 .send(result(
                     &job_id,
+                    attempt,
                     v1::JobOutcome::FailedToStart,
                     -1,
                     format!("cannot start: {error}"),
@@ -139,10 +417,21 @@ pub async fn run(
         }
     };
     let pid = child.id();
-    tracing::info!(%job_id, pid, "job started");
+    let records = JobRecords::new(&work_root);
+    if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok())
+        && let Err(error) = records.write(&job_id, pid)
+    {
+        tracing::warn!(%job_id, %error, "cannot record the job's process group");
+    }
+    let renewals = child
+        .stdin
+        .take()
+        .map(|stdin| tokio::spawn(renew_supervisor(stdin, runner.lease.clone())));
+    tracing::info!(%job_id, attempt, pid, "job started");
     let _ = out
         .send(message(agent_message::Body::JobAccepted(v1::JobAccepted {
             job_id: job_id.clone(),
+            attempt,
         })))
         .await;
 
@@ -152,6 +441,7 @@ pub async fn run(
         pumps.push(tokio::spawn(pump(
             stdout,
             job_id.clone(),
+            attempt,
             v1::LogStream::Stdout,
             sequence.clone(),
             out.clone(),
@@ -161,6 +451,7 @@ pub async fn run(
         pumps.push(tokio::spawn(pump(
             stderr,
             job_id.clone(),
+            attempt,
             v1::LogStream::Stderr,
             sequence.clone(),
             out.clone(),
@@ -180,7 +471,26 @@ pub async fn run(
         () = deadline => End::TimedOut,
         () = cancel.cancelled() => End::Cancelled,
     };
+    let lost = || {
+        (
+            v1::JobOutcome::Lost,
+            -1,
+            "killed: the agent had not heard from the server for its lease".to_owned(),
+        )
+    };
     let (outcome, exit_code, text) = match end {
+        End::Cancelled if runner.lease.expired() => {
+            // Fencing: no grace, the server will give the job to another worker.
+            signal_group(pid, Signal::SIGKILL);
+            let _ = child.wait().await;
+            lost()
+        }
+        End::Exited(Ok(status))
+            if status.signal() == Some(Signal::SIGKILL as i32) && runner.lease.expired() =>
+        {
+            // The supervisor fenced the job itself (the agent may have been stopped).
+            lost()
+        }
         End::Exited(Ok(status)) => match (status.code(), status.signal()) {
             (Some(code), _) => (v1::JobOutcome::Exited, code, String::new()),
             (None, Some(signal)) => (
@@ -225,6 +535,25 @@ pub async fn run(
     for pump in pumps {
         let _ = pump.await;
     }
+    if let Some(renewals) = renewals {
+        renewals.abort();
+    }
+    records.remove(&job_id);
+    let strays = {
+        let mut active = runner.active();
+        if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) {
+            active.remove(&pid);
+        }
+        drop(active);
+        // Only the agent proper (it runs jobs through the shim, and is a subreaper) owns all
+        // of its process's children.
+        if runner.shim.is_some() {
+            runner.kill_strays()
+        } else {
+            Vec::new()
+        }
+    };
+    reap(strays).await;
     tracing::info!(%job_id, ?outcome, exit_code, "job ended");
     let fresh_directory = assignment
         .working_dir
@@ -234,7 +563,7 @@ pub async fn run(
     if let Some(problem) = &health_problem {
         tracing::warn!(%job_id, %problem, "health check after the job failed");
     }
-    let mut report = result(&job_id, outcome, exit_code, text);
+    let mut report = result(&job_id, attempt, outcome, exit_code, text);
     if let Some(agent_message::Body::JobResult(job_result)) = &mut report.body {
         job_result.health_problem = health_problem.unwrap_or_default();
     }

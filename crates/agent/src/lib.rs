@@ -2,10 +2,17 @@
 //! heartbeats on the interval the server chooses, runs the jobs it is assigned (streaming
 //! their output and reporting their results), honours cancels and drain requests, and
 //! reconnects with capped exponential backoff when the server goes away, as the same worker.
+//!
+//! It also fences itself: every answer of the server renews a lease (`agents.lease`, told in
+//! the hello answer); when the lease runs out the agent kills its running jobs and reports
+//! them lost, so the server can run them elsewhere without two attempts alive at once. The
+//! agent is a child subreaper, runs each job under a supervisor that dies with it
+//! ([`exec`]), and kills what an earlier agent left in its work root when it starts.
 
+pub mod exec;
 pub mod job;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -18,7 +25,10 @@ use hodei_proto::BearerToken;
 use hodei_proto::v1::scheduler_service_client::SchedulerServiceClient;
 use hodei_proto::v1::{self, agent_message, server_message};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::job::{Lease, Runner};
 use tonic::Code;
 use tonic::transport::Endpoint;
 
@@ -32,8 +42,12 @@ pub struct AgentConfig {
     pub server: String,
     /// PEM CA certificate(s) to trust for an `https://` server instead of the system's roots.
     pub ca_cert: Option<PathBuf>,
-    /// The bearer token; never logged.
+    /// The credential presented first: this worker's own, or an agent enrollment token
+    /// (then the server hands back the worker's credential, used from then on). Never
+    /// logged.
     pub token: String,
+    /// The user jobs run as (`uid[:gid]` or a name), when the agent runs as root.
+    pub job_user: Option<String>,
     pub worker_id: WorkerId,
     pub labels: Labels,
     /// What this machine offers; detected unless given.
@@ -43,6 +57,11 @@ pub struct AgentConfig {
     /// First reconnect delay; doubles up to `reconnect_max`.
     pub reconnect_base: Duration,
     pub reconnect_max: Duration,
+    /// The lease until the server tells its own (see the module docs).
+    pub lease: Duration,
+    /// The `hodei` binary, to run jobs through its supervisor (`hodei __job-supervise`);
+    /// `None` runs them directly, without the lease or the death signal.
+    pub job_shim: Option<PathBuf>,
 }
 
 /// Why the agent stopped for good.
@@ -111,13 +130,45 @@ impl AgentConfig {
             server,
             ca_cert: None,
             token,
+            job_user: None,
             worker_id,
             labels,
             capabilities: detect_capabilities(),
             work_dir,
             reconnect_base: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            lease: Duration::from_secs(10),
+            job_shim: None,
         })
+    }
+}
+
+/// Reads the credential from `path` and removes the file, so nothing that runs later
+/// (a job) can read it there. The file must be removable: a credential left behind is
+/// an error, not a warning.
+pub fn take_token_file(path: &std::path::Path) -> Result<String, ValidationError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ValidationError::new("token_file", format!("cannot read {}: {e}", path.display()))
+    })?;
+    std::fs::remove_file(path).map_err(|e| {
+        ValidationError::new(
+            "token_file",
+            format!("cannot remove {} after reading it: {e}", path.display()),
+        )
+    })?;
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        return Err(ValidationError::new("token_file", "is empty"));
+    }
+    Ok(token)
+}
+
+/// Makes this process's `/proc/<pid>/environ`, `mem` and friends unreadable to other
+/// processes of the same user (such as the jobs it starts), and keeps it from being
+/// ptraced by them. Exec resets it, so jobs are ordinary processes.
+pub fn protect_process_memory() {
+    if let Err(errno) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(%errno, "cannot make the process non-dumpable");
     }
 }
 
@@ -174,7 +225,7 @@ fn message(body: agent_message::Body) -> v1::AgentMessage {
 /// Runs the agent until `shutdown` completes or a drain finishes. Returns an error only
 /// when the server refuses the agent for good.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let token = BearerToken::new(&config.token)?;
+    let mut token = BearerToken::new(&config.token)?;
     let endpoint = Endpoint::from_shared(config.server.clone())
         .map_err(|e| ValidationError::new("server", e.to_string()))?;
     let endpoint = hodei_proto::tls::client_tls(endpoint, config.ca_cert.as_deref())?
@@ -184,19 +235,30 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         .keep_alive_timeout(Duration::from_secs(10));
     let stop = CancellationToken::new();
     let jobs = Jobs::default();
+    // Orphans of jobs (a daemonised grandchild) come to this agent rather than to init, so
+    // they are found and killed after each job.
+    if let Err(errno) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(%errno, "cannot become a child subreaper; a job's daemons may outlive it");
+    }
+    for pgid in exec::kill_leftovers(&config.work_dir) {
+        tracing::warn!(pgid, "killed a job group left by an earlier agent");
+    }
+    let runner = Runner::new(config.job_shim.clone(), Lease::new(config.lease));
     // Everything jobs report goes through this queue, which outlives sessions: what is
     // produced while disconnected is sent after the reconnect.
     let (report, mut reports) = mpsc::channel::<v1::AgentMessage>(4096);
     tracing::info!(worker_id = %config.worker_id, server = %config.server, labels = ?config.labels, "agent started");
 
+    let watchdog = fence_watchdog(&runner.lease, &jobs);
     let session_loop = async {
         let mut failures = 0u32;
         loop {
             match session(
                 &config,
                 &endpoint,
-                &token,
+                &mut token,
                 &jobs,
+                &runner,
                 &report,
                 &mut reports,
                 &stop,
@@ -221,6 +283,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     tokio::pin!(session_loop);
     let outcome = tokio::select! {
         outcome = &mut session_loop => outcome,
+        never = watchdog => match never {},
         () = shutdown => {
             stop.cancel();
             // Let the session say goodbye by closing its stream.
@@ -233,12 +296,53 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     outcome
 }
 
+/// Kills the running jobs whenever the lease runs out; they report themselves lost.
+async fn fence_watchdog(lease: &Lease, jobs: &Jobs) -> std::convert::Infallible {
+    loop {
+        let left = lease.left();
+        if !left.is_zero() {
+            tokio::time::sleep(left).await;
+            continue;
+        }
+        if lease.expired() && jobs.len() > 0 {
+            tracing::warn!(running = jobs.len(), lease = ?lease.length(), "no word from the server for the lease, killing running jobs");
+            jobs.cancel_all();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Heartbeats sent and not yet answered: their sequence and when they left.
+#[derive(Debug, Default)]
+struct Unanswered(VecDeque<(u64, Instant)>);
+
+impl Unanswered {
+    const KEEP: usize = 64;
+
+    fn sent(&mut self, sequence: u64, at: Instant) {
+        if self.0.len() == Self::KEEP {
+            self.0.pop_front();
+        }
+        self.0.push_back((sequence, at));
+    }
+
+    /// When the answered heartbeat left: the server was certainly reachable then.
+    fn answered(&mut self, sequence: u64) -> Option<Instant> {
+        let position = self.0.iter().position(|(s, _)| *s == sequence)?;
+        let (_, at) = self.0[position];
+        self.0.drain(..=position);
+        Some(at)
+    }
+}
+
 /// One session. `Err(None)`: could not connect (try again); `Err(Some(_))`: refused.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     config: &AgentConfig,
     endpoint: &Endpoint,
-    token: &BearerToken,
+    token: &mut BearerToken,
     jobs: &Jobs,
+    runner: &Runner,
     report: &mpsc::Sender<v1::AgentMessage>,
     reports: &mut mpsc::Receiver<v1::AgentMessage>,
     stop: &CancellationToken,
@@ -259,6 +363,7 @@ async fn session(
         version: VERSION.to_owned(),
         running_job_ids: jobs.ids(),
     };
+    let hello_sent = Instant::now();
     outbound
         .send(message(agent_message::Body::Hello(hello)))
         .await
@@ -283,7 +388,29 @@ async fn session(
     let interval = match inbound.message().await {
         Ok(Some(v1::ServerMessage {
             body: Some(server_message::Body::HelloAck(ack)),
-        })) => Duration::from_millis(u64::from(ack.heartbeat_interval_ms.max(10))),
+        })) => {
+            if !ack.worker_credential.is_empty() {
+                // Enrolled: from now on this worker speaks with its own credential.
+                match BearerToken::new(&ack.worker_credential) {
+                    Ok(own) => {
+                        *token = own;
+                        tracing::info!(worker_id = %config.worker_id, "enrolled, using this worker's own credential from now on");
+                    }
+                    Err(error) => {
+                        return Err(Some(Error::Refused(format!(
+                            "the server sent an unusable worker credential: {error}"
+                        ))));
+                    }
+                }
+            }
+            if ack.lease_ms > 0 {
+                runner
+                    .lease
+                    .set_length(Duration::from_millis(u64::from(ack.lease_ms)));
+            }
+            runner.lease.renew(hello_sent);
+            Duration::from_millis(u64::from(ack.heartbeat_interval_ms.max(10)))
+        }
         Ok(_) => return Ok(SessionEnd::Lost("no hello answer".into())),
         Err(status) => return Ok(SessionEnd::Lost(status.to_string())),
     };
@@ -291,6 +418,7 @@ async fn session(
     let mut heartbeat = tokio::time::interval(interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sequence = 0u64;
+    let mut unanswered = Unanswered::default();
     let mut draining = false;
     loop {
         if draining && jobs.len() == 0 {
@@ -305,6 +433,7 @@ async fn session(
                     sequence,
                     usage: Some(usage(jobs.len())),
                 };
+                unanswered.sent(sequence, Instant::now());
                 if outbound.send(message(agent_message::Body::Heartbeat(beat))).await.is_err() {
                     return Ok(SessionEnd::Lost("outbound closed".into()));
                 }
@@ -327,10 +456,11 @@ async fn session(
                                 exit_code: -1,
                                 message: "worker is draining".into(),
                                 health_problem: String::new(),
+                                attempt: assignment.attempt,
                             };
                             let _ = report.send(message(agent_message::Body::JobResult(refused))).await;
                         } else {
-                            start_job(assignment, config, jobs, report);
+                            start_job(assignment, config, runner, jobs, report);
                         }
                     }
                     server_message::Body::CancelJob(cancel) => {
@@ -340,6 +470,11 @@ async fn session(
                     server_message::Body::Drain(drain) => {
                         tracing::info!(reason = %drain.reason, running = jobs.len(), "drain requested");
                         draining = true;
+                    }
+                    server_message::Body::HeartbeatAck(ack) => {
+                        if let Some(sent) = unanswered.answered(ack.sequence) {
+                            runner.lease.renew(sent);
+                        }
                     }
                     server_message::Body::HelloAck(_) => {}
                 },
@@ -354,6 +489,7 @@ async fn session(
 fn start_job(
     assignment: v1::JobAssignment,
     config: &AgentConfig,
+    runner: &Runner,
     jobs: &Jobs,
     report: &mpsc::Sender<v1::AgentMessage>,
 ) {
@@ -366,8 +502,13 @@ fn start_job(
     let jobs = jobs.clone();
     let report = report.clone();
     let work_root = config.work_dir.clone();
+    let context = job::Context {
+        worker_id: config.worker_id.to_string(),
+        user: config.job_user.clone(),
+    };
+    let runner = runner.clone();
     tokio::spawn(async move {
-        job::run(assignment, work_root, cancel, report).await;
+        job::run_with(assignment, &runner, work_root, context, cancel, report).await;
         jobs.lock().remove(&job_id);
     });
 }

@@ -60,7 +60,13 @@ fn script(id: &str, script: &str, timeout_secs: u32) -> v1::JobAssignment {
 async fn run(assignment: v1::JobAssignment, cancel: CancellationToken) -> Ran {
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = mpsc::channel(1024);
-    let job = tokio::spawn(job::run(assignment, dir.path().to_path_buf(), cancel, tx));
+    let job = tokio::spawn(job::run(
+        assignment,
+        dir.path().to_path_buf(),
+        job::Context::default(),
+        cancel,
+        tx,
+    ));
     let ran = collect(rx).await;
     job.await.unwrap();
     ran
@@ -127,6 +133,7 @@ async fn cancel_stops_the_whole_process_tree() {
     let job = tokio::spawn(job::run(
         assignment,
         dir.path().to_path_buf(),
+        job::Context::default(),
         cancel.clone(),
         tx,
     ));
@@ -181,4 +188,50 @@ async fn a_program_that_does_not_exist_fails_to_start() {
         "{}",
         ran.result.message
     );
+}
+
+/// A job sees its spec's variables and the documented ones, never the agent's own
+/// environment (this test process has dozens of variables, `CARGO_*` among them).
+#[tokio::test]
+async fn a_job_sees_only_its_own_environment() {
+    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+    let mut assignment = script("j-env", "env", 0);
+    assignment.env.insert("MINE".into(), "yes".into());
+    assignment
+        .env
+        .insert("HODEI_JOB_ID".into(), "spoofed".into());
+    let ran = run(assignment, CancellationToken::new()).await;
+    let names: Vec<&str> = ran
+        .stdout
+        .lines()
+        .filter_map(|line| line.split_once('=').map(|(k, _)| k))
+        .collect();
+    for name in &names {
+        assert!(
+            [
+                "PATH",
+                "HOME",
+                "HODEI_JOB_ID",
+                "HODEI_WORKER_ID",
+                "MINE",
+                "PWD",
+                "SHLVL",
+                "_"
+            ]
+            .contains(name),
+            "unexpected variable {name} in {}",
+            ran.stdout
+        );
+    }
+    assert!(ran.stdout.contains("MINE=yes"));
+    assert!(ran.stdout.contains("HODEI_JOB_ID=j-env"), "{}", ran.stdout);
+}
+
+#[test]
+fn job_users_resolve() {
+    assert_eq!(job::resolve_user("65534"), Ok((65534, 65534)));
+    assert_eq!(job::resolve_user("1000:100"), Ok((1000, 100)));
+    assert_eq!(job::resolve_user("root"), Ok((0, 0)));
+    assert!(job::resolve_user("no-such-user-here").is_err());
+    assert!(job::resolve_user("1:x").is_err());
 }

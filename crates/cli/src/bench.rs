@@ -6,6 +6,7 @@
 
 mod coldstart;
 mod dispatch;
+mod schedule;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +47,11 @@ pub enum BenchCommand {
     /// it); then keep one warm worker and do the same `--warm-runs` times. Prints one JSON
     /// object with both latency distributions.
     Coldstart(coldstart::ColdstartArgs),
+    /// The dispatcher's decisions alone, in this process, no server and no IO: admit
+    /// `--queued` jobs spread over `--tenants` tenants (weights by tier, some with soft
+    /// quotas), then plan weighted fair, quota-checked starts on `--workers` workers as jobs
+    /// end, until all have started. Prints one JSON object with `decisions_per_sec`.
+    Schedule(schedule::ScheduleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -78,10 +84,19 @@ pub struct RegistrationArgs {
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Registration(args) => registration(args).await,
-        BenchCommand::Dispatch(args) => dispatch::dispatch(args).await,
-        BenchCommand::Coldstart(args) => coldstart::coldstart(args).await,
+    let bench = async move {
+        match command {
+            BenchCommand::Registration(args) => registration(args).await,
+            BenchCommand::Dispatch(args) => dispatch::dispatch(args).await,
+            BenchCommand::Coldstart(args) => coldstart::coldstart(args).await,
+            BenchCommand::Schedule(args) => schedule::schedule(args),
+        }
+    };
+    // Ctrl-C or SIGTERM drops the bench, and with it its `ServerProcess`, whose drop stops
+    // the server cleanly (and the server its agents).
+    tokio::select! {
+        result = bench => result,
+        () = crate::shutdown_signal() => bail!("interrupted; the bench's server and its workers were stopped"),
     }
 }
 
@@ -504,14 +519,20 @@ impl ServerProcess {
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let program = std::env::current_exe().context("cannot find the hodei executable")?;
+        // The server is ours alone: the caller's `HODEI_TOKEN` (the README exports one for
+        // the CLI) would override the token written above, and the caller's CA file is not
+        // the one of our certificates. `--exit-with-parent` stops the server if this process
+        // is killed before it can stop the server itself.
         let mut child = Command::new(program)
             .arg("server")
+            .arg("--exit-with-parent")
             .arg("--config")
             .arg(&config_path)
+            .env_remove("HODEI_TOKEN")
+            .env_remove("HODEI_CA_CERT")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log_file)
-            .kill_on_drop(true)
             .spawn()
             .context("cannot start hodei server")?;
         let pid = child
@@ -604,6 +625,31 @@ impl ServerProcess {
                 self.child.kill().await?;
                 bail!("the server did not stop within {SERVER_STOP_LIMIT:?} of SIGTERM; killed it")
             }
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    /// A bench that fails or is interrupted still stops its server, and gently: SIGTERM lets
+    /// the server stop the agents it started, which SIGKILL would leave running.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let Ok(raw) = i32::try_from(self.pid) else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(raw);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        // Longer than `stop` waits: SIGKILL now would leave the server's agents running,
+        // and a loaded machine can take a while to stop a hundred of them.
+        let deadline = Instant::now() + SERVER_STOP_LIMIT * 4;
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = self.child.start_kill();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -32,7 +32,7 @@ pub struct Connection {
     /// PEM CA certificate(s) to trust for an https:// server instead of the system's roots.
     #[arg(long, env = "HODEI_CA_CERT", value_name = "FILE", global = true)]
     ca_cert: Option<std::path::PathBuf>,
-    /// Output format.
+    /// Output format (csv: `hodei report cost` only).
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
     pub(crate) output: Output,
 }
@@ -41,6 +41,26 @@ pub struct Connection {
 pub enum Output {
     Table,
     Json,
+    Csv,
+}
+
+/// The formats of every command but the report: a table or JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shown {
+    Table,
+    Json,
+}
+
+impl Output {
+    pub(crate) fn shown(self) -> anyhow::Result<Shown> {
+        match self {
+            Output::Table => Ok(Shown::Table),
+            Output::Json => Ok(Shown::Json),
+            Output::Csv => {
+                bail!("-o csv is supported by `hodei report cost` only; use table or json")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,8 +107,8 @@ pub enum PoolCommand {
         #[command(flatten)]
         connection: Connection,
     },
-    /// Create a pool, or change it if it exists, from a file: one pool in TOML (the keys of
-    /// a `[[pool]]` table in hodei.toml) or JSON. Running workers keep running: a smaller
+    /// Create pools, or change those that exist, from a file: TOML (`[[pool]]` tables as in
+    /// hodei.toml, or one pool's keys bare) or JSON (an object, a list, or `{"pool": [...]}`). Running workers keep running: a smaller
     /// pool drains idle workers only, and a new template applies to new workers.
     Apply {
         /// The pool file; `-` reads standard input.
@@ -235,7 +255,12 @@ impl Client {
         self.with_body(reqwest::Method::PUT, path, body).await
     }
 
-    async fn delete(&self, path: &str) -> anyhow::Result<()> {
+    /// `DELETE` with a JSON answer.
+    pub(crate) async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        Self::decode(self.send(self.http.delete(self.url(path))).await?).await
+    }
+
+    pub(crate) async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.delete(self.url(path))).await?;
         Ok(())
     }
@@ -344,9 +369,18 @@ fn print_decisions(pool: &PoolView) {
     println!("\nRecent decisions (newest first):");
     let mut t = table(&["AGE", "ACTION", "COUNT", "SUPPLY", "DESIRED", "REASON"]);
     for d in &pool.decisions {
+        // A repeated hold: its span and how many passes made it.
+        let (when, action) = if d.repeats > 1 {
+            (
+                format!("{}..{}", age(&d.at), age(&d.last_at)),
+                format!("{} x{}", d.action, d.repeats),
+            )
+        } else {
+            (age(&d.at), d.action.clone())
+        };
         t.add_row(vec![
-            age(&d.at),
-            d.action.clone(),
+            when,
+            action,
             d.count.to_string(),
             d.supply.to_string(),
             d.desired.to_string(),
@@ -356,23 +390,54 @@ fn print_decisions(pool: &PoolView) {
     println!("{t}");
 }
 
-/// Reads one pool from TOML or JSON (by extension, else by trying JSON first).
-fn read_pool_file(path: &std::path::Path) -> anyhow::Result<hodei_core::PoolSpec> {
+/// Reads pools from TOML or JSON (by extension, else by trying JSON first): one bare pool
+/// (the keys of a `[[pool]]` table), or the `[[pool]]` form of hodei.toml (`{"pool": [...]}`
+/// or a list in JSON), so a snippet copied from a configuration file applies as it is.
+fn read_pool_file(path: &std::path::Path) -> anyhow::Result<Vec<hodei_core::PoolSpec>> {
     let text = if path.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
     } else {
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
     };
     let is_json = path.extension().is_some_and(|e| e == "json")
-        || (path.extension().is_none() && text.trim_start().starts_with('{'));
-    let spec: hodei_core::PoolSpec = if is_json {
-        serde_json::from_str(&text).with_context(|| format!("{}: not a pool", path.display()))?
+        || (path.extension().is_none() && text.trim_start().starts_with(['{', '[']));
+    let value: serde_json::Value = if is_json {
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?
     } else {
-        toml::from_str(&text).with_context(|| format!("{}: not a pool", path.display()))?
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{}: not TOML", path.display()))?;
+        serde_json::to_value(table)?
     };
-    spec.validate()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(spec)
+    let (listed, pools) = match value {
+        serde_json::Value::Array(pools) => (true, pools),
+        serde_json::Value::Object(mut object)
+            if object.len() == 1 && object.get("pool").is_some_and(|p| p.is_array()) =>
+        {
+            match object.remove("pool") {
+                Some(serde_json::Value::Array(pools)) => (true, pools),
+                _ => (true, Vec::new()),
+            }
+        }
+        bare => (false, vec![bare]),
+    };
+    if pools.is_empty() {
+        anyhow::bail!("{}: no pool in the file", path.display());
+    }
+    pools
+        .into_iter()
+        .enumerate()
+        .map(|(index, pool)| {
+            let at = if listed {
+                format!("{}: pool[{index}]", path.display())
+            } else {
+                path.display().to_string()
+            };
+            let spec: hodei_core::PoolSpec =
+                serde_json::from_value(pool).with_context(|| format!("{at}: not a pool"))?;
+            spec.validate().map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+            Ok(spec)
+        })
+        .collect()
 }
 
 pub async fn worker(command: WorkerCommand) -> anyhow::Result<()> {
@@ -388,13 +453,13 @@ pub async fn worker(command: WorkerCommand) -> anyhow::Result<()> {
             query.extend(pool.map(|p| ("pool", p)));
             query.extend(state.map(|s| ("state", s)));
             let list: WorkerList = client.get("/workers", &query).await?;
-            match connection.output {
-                Output::Json => print_json(&list),
-                Output::Table if list.workers.is_empty() => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&list),
+                Shown::Table if list.workers.is_empty() => {
                     println!("No workers.");
                     Ok(())
                 }
-                Output::Table => {
+                Shown::Table => {
                     print_workers(&list.workers);
                     Ok(())
                 }
@@ -403,10 +468,17 @@ pub async fn worker(command: WorkerCommand) -> anyhow::Result<()> {
         WorkerCommand::Get { id, connection } => {
             let client = Client::new(&connection)?;
             let worker: WorkerView = client.get(&format!("/workers/{id}"), &[]).await?;
-            match connection.output {
-                Output::Json => print_json(&worker),
-                Output::Table => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&worker),
+                Shown::Table => {
                     print_workers(std::slice::from_ref(&worker));
+                    match (worker.load_average, worker.memory_used_mb) {
+                        (Some(load), Some(memory)) => println!(
+                            "\nlast heartbeat: load {load:.2}, memory used {memory} MiB of {} MiB",
+                            worker.capabilities.memory_mb
+                        ),
+                        _ => println!("\nlast heartbeat: no usage reported yet"),
+                    }
                     if !worker.labels.is_empty() {
                         let labels: Vec<_> = worker
                             .labels
@@ -433,13 +505,13 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
         PoolCommand::Ls { connection } => {
             let client = Client::new(&connection)?;
             let list: PoolList = client.get("/pools", &[]).await?;
-            match connection.output {
-                Output::Json => print_json(&list),
-                Output::Table if list.pools.is_empty() => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&list),
+                Shown::Table if list.pools.is_empty() => {
                     println!("No pools.");
                     Ok(())
                 }
-                Output::Table => {
+                Shown::Table => {
                     print_pools(&list.pools);
                     Ok(())
                 }
@@ -448,9 +520,9 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
         PoolCommand::Get { name, connection } => {
             let client = Client::new(&connection)?;
             let pool: PoolView = client.get(&format!("/pools/{name}"), &[]).await?;
-            match connection.output {
-                Output::Json => print_json(&pool),
-                Output::Table => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&pool),
+                Shown::Table => {
                     print_pools(std::slice::from_ref(&pool));
                     println!(
                         "\nworker-seconds {:.1}, cost {:.4} at {}/hour",
@@ -462,22 +534,29 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
             }
         }
         PoolCommand::Apply { file, connection } => {
-            let spec = read_pool_file(&file)?;
+            // Every pool is checked before the first is sent.
+            let specs = read_pool_file(&file)?;
+            let shown = connection.output.shown()?;
             let client = Client::new(&connection)?;
-            let path = format!("/pools/{}", spec.name);
-            let exists = client.get_optional::<PoolView>(&path).await?.is_some();
-            let pool: PoolView = if exists {
-                client.put(&path, &spec).await?
-            } else {
-                client.post("/pools", &spec).await?
-            };
-            match connection.output {
-                Output::Json => print_json(&pool),
-                Output::Table => {
+            let mut applied = Vec::new();
+            for spec in specs {
+                let path = format!("/pools/{}", spec.name);
+                let exists = client.get_optional::<PoolView>(&path).await?.is_some();
+                let pool: PoolView = if exists {
+                    client.put(&path, &spec).await?
+                } else {
+                    client.post("/pools", &spec).await?
+                };
+                if shown == Shown::Table {
                     let verb = if exists { "changed" } else { "created" };
                     println!("pool {} {verb}", pool.name);
-                    Ok(())
                 }
+                applied.push(pool);
+            }
+            match shown {
+                Shown::Json if applied.len() == 1 => print_json(&applied[0]),
+                Shown::Json => print_json(&applied),
+                Shown::Table => Ok(()),
             }
         }
         PoolCommand::Scale {
@@ -492,9 +571,9 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
                     &hodei_server::api::ScalePool { workers },
                 )
                 .await?;
-            match connection.output {
-                Output::Json => print_json(&pool),
-                Output::Table => {
+            match connection.output.shown()? {
+                Shown::Json => print_json(&pool),
+                Shown::Table => {
                     println!(
                         "pool {} now keeps {} to {} workers",
                         pool.name, pool.min, pool.max
@@ -514,7 +593,87 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    /// Every `[[pool]]` example of the README's TOML blocks applies with `pool apply -f`.
+    #[test]
+    fn the_readme_pool_examples_are_valid_pool_files() {
+        let readme = include_str!("../../../README.md");
+        let dir = tempfile::tempdir().unwrap();
+        let mut examples = 0;
+        for (index, block) in readme.split("```toml").skip(1).enumerate() {
+            let block = block.split("```").next().unwrap();
+            if !block.contains("[[pool]]") {
+                continue;
+            }
+            // Only the pool tables: a configuration example also has other sections.
+            let file = dir.path().join(format!("example-{index}.toml"));
+            std::fs::write(&file, pools_only(block)).unwrap();
+            let pools = read_pool_file(&file).unwrap_or_else(|e| panic!("{e:#}\n{block}"));
+            assert!(!pools.is_empty());
+            examples += 1;
+        }
+        assert!(examples >= 2, "the README has pool examples");
+    }
+
+    /// The `[[pool]]` and `[pool.*]` tables of a TOML text.
+    fn pools_only(text: &str) -> String {
+        let mut keep = false;
+        let mut out = String::new();
+        for line in text.lines() {
+            let header = line.trim_start();
+            if header.starts_with('[') {
+                keep = header.starts_with("[[pool]]")
+                    || header.starts_with("[pool.")
+                    || header.starts_with("[[pool.");
+            }
+            if keep {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_bare_pool_a_pool_list_and_json_all_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = dir.path().join("bare.toml");
+        std::fs::write(&bare, "name = \"a\"\nprovider = \"local\"\nsize = 1\n").unwrap();
+        assert_eq!(read_pool_file(&bare).unwrap()[0].name, "a");
+        let listed = dir.path().join("listed.toml");
+        std::fs::write(
+            &listed,
+            "[[pool]]\nname = \"a\"\nprovider = \"local\"\nsize = 1\n[[pool]]\nname = \"b\"\nprovider = \"local\"\nsize = 2\n",
+        )
+        .unwrap();
+        let names: Vec<String> = read_pool_file(&listed)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        let json = dir.path().join("pools.json");
+        std::fs::write(
+            &json,
+            r#"{"pool": [{"name": "c", "provider": "local", "size": 1}]}"#,
+        )
+        .unwrap();
+        assert_eq!(read_pool_file(&json).unwrap()[0].name, "c");
+        // A bad second pool is named by its index, and nothing is applied.
+        std::fs::write(
+            &listed,
+            "[[pool]]\nname = \"a\"\nprovider = \"local\"\nsize = 1\n[[pool]]\nname = \"b\"\nprovider = \"local\"\nkind = \"dynamic\"\nmin = 3\nmax = 2\n",
+        )
+        .unwrap();
+        let error = format!("{:#}", read_pool_file(&listed).unwrap_err());
+        assert!(
+            error.contains("pool[1]") && error.contains("min"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn ages_read_like_kubectl() {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use hodei_core::{PoolSpec, ProviderKind};
-use hodei_server::{Server, ServerConfig};
+use hodei_server::{DockerSection, Server, ServerConfig};
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -19,6 +19,22 @@ pub struct DevArgs {
     /// Warm workers in the `default` pool.
     #[arg(long, default_value_t = 2, value_name = "N")]
     workers: u32,
+    /// Where the `default` pool's workers run: `local` processes, or `docker` containers of
+    /// the image `hodei-agent:latest` on the local engine (build it first with
+    /// `scripts/build-agent-image`; nothing is pulled).
+    #[arg(long, default_value = "local", value_name = "PROVIDER", value_parser = parse_dev_provider)]
+    provider: ProviderKind,
+}
+
+fn parse_dev_provider(text: &str) -> Result<ProviderKind, String> {
+    match text {
+        "local" => Ok(ProviderKind::Local),
+        "docker" => Ok(ProviderKind::Docker),
+        other => Err(format!(
+            "{other}: hodei dev runs `local` or `docker` workers (kubernetes needs a \
+             configuration file: hodei server --config)"
+        )),
+    }
 }
 
 /// The configuration `hodei dev` runs with.
@@ -26,11 +42,8 @@ pub fn dev_config(args: &DevArgs) -> ServerConfig {
     ServerConfig {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
-        pools: vec![PoolSpec::fixed(
-            "default",
-            ProviderKind::Local,
-            args.workers,
-        )],
+        pools: vec![PoolSpec::fixed("default", args.provider, args.workers)],
+        docker: (args.provider == ProviderKind::Docker).then(DockerSection::default),
         ..ServerConfig::default()
     }
 }
@@ -38,6 +51,15 @@ pub fn dev_config(args: &DevArgs) -> ServerConfig {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut config = dev_config(&args);
     config.apply_env(|key| std::env::var(key).ok())?;
+    if let Some(docker) = &config.docker {
+        // Say now, not in a log line per failed worker, that the image is missing.
+        if let Err(error) = hodei_server::check_docker(docker).await {
+            let (hodei_ports::ProviderError::InvalidSpec(why)
+            | hodei_ports::ProviderError::Unavailable(why)
+            | hodei_ports::ProviderError::Failed(why)) = error;
+            anyhow::bail!("hodei dev --provider docker: {why}");
+        }
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
@@ -54,8 +76,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  data               {}", server.data_dir().display());
     println!("  token              {}", server.token());
     println!(
-        "  pool default       {} local workers, starting",
-        args.workers
+        "  pool default       {} {} workers, starting",
+        args.workers, args.provider
     );
     println!();
     println!("In another terminal:");

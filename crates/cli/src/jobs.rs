@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use hodei_server::api::{JobList, JobView, LogsView, SubmitJob};
 
-use crate::client::{Client, Connection, Output, age, print_json, table};
+use crate::client::{Client, Connection, Shown, age, print_json, table};
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
@@ -148,6 +148,12 @@ fn print_job(job: &JobView) {
     if let Some(waiting) = &job.waiting_reason {
         println!("\nwaiting: {waiting}");
     }
+    if job.worker_seconds > 0.0 {
+        println!(
+            "\nworker time {:.1}s, cost {:.6}",
+            job.worker_seconds, job.cost
+        );
+    }
 }
 
 /// The exit status `hodei job ... --wait` ends with: the job's exit code when it exited,
@@ -233,9 +239,9 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
             let client = Client::new(&connection)?;
             let job: JobView = client.post("/jobs", &request).await?;
             if !wait {
-                match connection.output {
-                    Output::Json => print_json(&job)?,
-                    Output::Table => println!("{}", job.id),
+                match connection.output.shown()? {
+                    Shown::Json => print_json(&job)?,
+                    Shown::Table => println!("{}", job.id),
                 }
                 return Ok(0);
             }
@@ -264,19 +270,19 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
             query.extend(tenant.map(|t| ("tenant", t)));
             query.extend(queue.map(|q| ("queue", q)));
             let list: JobList = client.get("/jobs", &query).await?;
-            match connection.output {
-                Output::Json => print_json(&list)?,
-                Output::Table if list.jobs.is_empty() => println!("No jobs."),
-                Output::Table => print_jobs(&list.jobs),
+            match connection.output.shown()? {
+                Shown::Json => print_json(&list)?,
+                Shown::Table if list.jobs.is_empty() => println!("No jobs."),
+                Shown::Table => print_jobs(&list.jobs),
             }
             Ok(0)
         }
         JobCommand::Get { id, connection } => {
             let client = Client::new(&connection)?;
             let job: JobView = client.get(&format!("/jobs/{id}"), &[]).await?;
-            match connection.output {
-                Output::Json => print_json(&job)?,
-                Output::Table => print_job(&job),
+            match connection.output.shown()? {
+                Shown::Json => print_json(&job)?,
+                Shown::Table => print_job(&job),
             }
             Ok(0)
         }
@@ -295,10 +301,10 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
                 .post(&format!("/jobs/{id}/cancel"), &serde_json::json!({}))
                 .await
                 .with_context(|| format!("cannot cancel job {id}"))?;
-            match connection.output {
-                Output::Json => print_json(&job)?,
-                Output::Table if job.state == "cancelled" => println!("job {id} cancelled"),
-                Output::Table => println!("job {id} is {}, stopping it", job.state),
+            match connection.output.shown()? {
+                Shown::Json => print_json(&job)?,
+                Shown::Table if job.state == "cancelled" => println!("job {id} cancelled"),
+                Shown::Table => println!("job {id} is {}, stopping it", job.state),
             }
             Ok(0)
         }

@@ -4,6 +4,9 @@ mod bench;
 mod client;
 mod dev;
 mod jobs;
+mod report;
+mod tenants;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use hodei_server::LogFormat;
 
 /// Hodei keeps pools of CI build workers warm and feeds them jobs.
 #[derive(Debug, Parser)]
@@ -35,12 +39,48 @@ enum Command {
     /// Inspect pools.
     #[command(subcommand)]
     Pool(client::PoolCommand),
+    /// Tenants: weights, quotas, what they hold, their share of starts.
+    #[command(subcommand)]
+    Tenant(tenants::TenantCommand),
     /// Submit, list, follow and cancel jobs.
     #[command(subcommand)]
     Job(jobs::JobCommand),
+    /// Create, list and revoke credentials (admin tokens, agent enrollment tokens).
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
+    /// Reports: what workers cost, by tenant, pool or queue, with recommendations.
+    #[command(subcommand)]
+    Report(report::ReportCommand),
     /// Measure a real server; each run prints one JSON object on stdout.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// (Internal) The agent runs every job under this supervisor: it leads the job's process
+    /// group and kills it when the agent dies or its lease (renewed on stdin) runs out.
+    #[command(name = "__job-supervise", hide = true)]
+    JobSupervise(JobSuperviseArgs),
+    /// (Internal) Becomes the job's command with SIGKILL as its parent-death signal.
+    #[command(name = "__job-exec", hide = true)]
+    JobExec(JobExecArgs),
+}
+
+#[derive(Debug, Args)]
+struct JobSuperviseArgs {
+    /// The lease left at start, milliseconds.
+    #[arg(long, value_name = "MS")]
+    lease_ms: u64,
+    /// The job's command and arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+struct JobExecArgs {
+    /// The supervisor's pid: if it is already gone, nothing runs.
+    #[arg(long, value_name = "PID")]
+    parent: i32,
+    /// The job's command and arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +91,10 @@ struct ServerArgs {
     /// Listen on this address instead of the file's `listen`.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Stop (as on SIGTERM) when the process that started this one exits; `hodei bench`
+    /// uses it so that a killed bench leaves no server behind.
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
 }
 
 #[derive(Debug, Args)]
@@ -58,14 +102,25 @@ struct AgentArgs {
     /// Server URL.
     #[arg(long, env = "HODEI_SERVER", value_name = "URL")]
     server: String,
-    /// Bearer token; prefer the environment variable, which `ps` does not show.
+    /// A file holding this agent's credential (its worker credential, or an agent
+    /// enrollment token from `hodei token create --role agent`). The agent reads it and
+    /// removes it, so the jobs it runs cannot find it. The way providers start agents.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// The credential itself. Jobs running as the agent's user could read it from the
+    /// agent's environment or command line were the agent dumpable; prefer --token-file.
     #[arg(
         long,
         env = "HODEI_TOKEN",
         hide_env_values = true,
-        value_name = "TOKEN"
+        value_name = "TOKEN",
+        required_unless_present = "token_file"
     )]
-    token: String,
+    token: Option<String>,
+    /// Run jobs as this user (`uid[:gid]` or a name) when the agent runs as root, so they
+    /// cannot read the agent's credential or memory.
+    #[arg(long, value_name = "USER")]
+    job_user: Option<String>,
     /// PEM CA certificate(s) to trust for an https:// server instead of the system's roots.
     #[arg(long, env = "HODEI_CA_CERT", value_name = "FILE")]
     ca_cert: Option<PathBuf>,
@@ -107,17 +162,47 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-fn init_logging(default: &str) {
+/// Asks the kernel for SIGTERM when our parent exits, then checks that the parent has not
+/// already gone (re-parented to init or a subreaper) before the request took effect.
+fn exit_with_parent() -> anyhow::Result<()> {
+    let parent = nix::unistd::getppid();
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+        .context("cannot ask to be stopped with the parent process")?;
+    if nix::unistd::getppid() != parent {
+        anyhow::bail!("the process that started this server has already exited");
+    }
+    Ok(())
+}
+
+/// Log lines to stderr: coloured only when stderr is a terminal (local agents' logs go to
+/// files), JSON when `format` says so.
+fn init_logging(default: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}
+
+/// `HODEI_LOG_FORMAT` for every command but `server` (which reads `[log] format` too).
+fn log_format_from_env() -> anyhow::Result<LogFormat> {
+    match std::env::var("HODEI_LOG_FORMAT") {
+        Ok(text) if !text.is_empty() => Ok(text.parse::<LogFormat>()?),
+        _ => Ok(LogFormat::Text),
+    }
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    if args.exit_with_parent {
+        exit_with_parent()?;
+    }
     let mut config = hodei_server::ServerConfig::load(&args.config, |key| std::env::var(key).ok())?;
+    init_logging("info", config.log.format);
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -129,8 +214,25 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    hodei_agent::protect_process_memory();
+    let token = match (args.token_file, args.token) {
+        (Some(path), _) => hodei_agent::take_token_file(&path)?,
+        (None, Some(token)) => {
+            tracing::warn!(
+                "the credential came from --token or HODEI_TOKEN; --token-file keeps it out of the agent's command line and environment"
+            );
+            token
+        }
+        (None, None) => anyhow::bail!("pass --token-file FILE (or --token / HODEI_TOKEN)"),
+    };
     let mut config =
-        hodei_agent::AgentConfig::new(args.server, args.token, args.worker_id, args.labels)?;
+        hodei_agent::AgentConfig::new(args.server, token, args.worker_id, args.labels)?;
+    if let Some(user) = args.job_user {
+        hodei_core::worker::validate_user("job_user", &user)?;
+        hodei_agent::job::resolve_user(&user)
+            .map_err(|reason| hodei_core::ValidationError::new("job_user", reason))?;
+        config.job_user = Some(user);
+    }
     if let Some(cpu) = args.cpu {
         config.capabilities.cpu_cores = cpu;
     }
@@ -145,44 +247,94 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         config.work_dir = work_dir;
     }
     config.ca_cert = args.ca_cert;
+    config.job_shim =
+        Some(std::env::current_exe().context("cannot find the hodei executable for jobs")?);
     hodei_agent::run(config, shutdown_signal()).await?;
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    // The job shims run before any runtime or thread exists: they are on every job's path.
+    match cli.command {
+        Command::JobSupervise(args) => {
+            let lease = std::time::Duration::from_millis(args.lease_ms);
+            exit_code(hodei_agent::exec::supervise(lease, args.command))
+        }
+        Command::JobExec(args) => exit_code(hodei_agent::exec::exec(args.parent, args.command)),
+        command => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(run(command)),
+            Err(error) => {
+                eprintln!("error: cannot start the runtime: {error}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+async fn run(command: Command) -> ExitCode {
+    let format = match log_format_from_env() {
+        Ok(format) => format,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match command {
         Command::Dev(args) => {
-            init_logging("info");
+            init_logging("info", format);
+            hodei_agent::protect_process_memory();
             dev::run(args).await
         }
+        // Logging starts once the configuration file is read.
         Command::Server(args) => {
-            init_logging("info");
+            // Other processes of this user (a local job) cannot read our environment or
+            // memory.
+            hodei_agent::protect_process_memory();
             server(args).await
         }
         Command::Agent(args) => {
-            init_logging("info");
+            init_logging("info", format);
             agent(args).await
         }
         Command::Worker(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             client::worker(command).await
         }
         Command::Pool(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             client::pool(command).await
         }
+        Command::Tenant(command) => {
+            init_logging("warn", format);
+            tenants::tenant(command).await
+        }
+        Command::Token(command) => {
+            init_logging("warn", format);
+            tokens::token(command).await
+        }
+        Command::Report(command) => {
+            init_logging("warn", format);
+            report::report(command).await
+        }
         Command::Bench(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             bench::run(command).await
         }
         Command::Job(command) => {
-            init_logging("warn");
+            init_logging("warn", format);
             match jobs::job(command).await {
                 Ok(code) => return ExitCode::from(code),
                 Err(error) => Err(error),
             }
+        }
+        // Handled in `main`, before the runtime starts.
+        Command::JobSupervise(_) | Command::JobExec(_) => {
+            Err(anyhow::anyhow!("internal command run in the wrong place"))
         }
     };
     match result {

@@ -16,9 +16,18 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// Runs `hodei` with `args` to completion (killed after [`LIMIT`]); returns its exit
 /// status, stdout and stderr.
 fn run_hodei(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    run_hodei_with_env(args, &[])
+}
+
+/// As [`run_hodei`], with `env` added to the environment.
+fn run_hodei_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String, String) {
     let mut child = Command::new(HODEI)
         .args(args)
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -124,18 +133,24 @@ fn bench_registration_refuses_bad_flags() {
 
 #[test]
 fn bench_dispatch_runs_every_job_and_prints_one_json_object() {
-    let (status, stdout, stderr) = run_hodei(&[
-        "bench",
-        "dispatch",
-        "--jobs",
-        "30",
-        "--workers",
-        "2",
-        "--concurrency",
-        "4",
-        "--latency-jobs",
-        "4",
-    ]);
+    // The README has users export a token for the CLI: the bench's own server must not take
+    // it (it did, and the bench then waited for workers forever on 401s).
+    let env = [("HODEI_TOKEN", "a-token-of-some-other-server")];
+    let (status, stdout, stderr) = run_hodei_with_env(
+        &[
+            "bench",
+            "dispatch",
+            "--jobs",
+            "30",
+            "--workers",
+            "2",
+            "--concurrency",
+            "4",
+            "--latency-jobs",
+            "4",
+        ],
+        &env,
+    );
     assert!(status.success(), "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "one JSON object: {stdout}");
@@ -206,5 +221,121 @@ fn bench_coldstart_refuses_bad_flags() {
         assert!(!status.success());
         assert!(stdout.is_empty(), "{stdout}");
         assert!(stderr.contains(flag), "{stderr}");
+    }
+}
+
+#[test]
+fn bench_schedule_prints_one_json_object_with_every_field() {
+    let (status, stdout, stderr) = run_hodei(&[
+        "bench",
+        "schedule",
+        "--queued",
+        "400",
+        "--workers",
+        "20",
+        "--tenants",
+        "8",
+    ]);
+    assert!(status.success(), "{status}\nstderr:\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON object on stdout, got {stdout:?}");
+    let report: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(report["bench"], "schedule");
+    assert_eq!(report["admissions"], 400);
+    assert_eq!(report["starts"], 400);
+    assert_eq!(report["ends"], 400);
+    // Each job: admitted, assigned, started, ended.
+    assert_eq!(report["decisions"], 1600);
+    assert!(
+        report["decisions_per_sec"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    // Shares follow weights while every tenant waits (a property of the core's fair
+    // queuing, not a timing).
+    assert!(
+        report["max_share_error_pp"].as_f64().unwrap() < 2.0,
+        "{report}"
+    );
+
+    let (status, _, stderr) = run_hodei(&["bench", "schedule", "--tenants", "0"]);
+    assert!(!status.success());
+    assert!(stderr.contains("--tenants"), "{stderr}");
+}
+
+/// Parent pid of `pid`, from `/proc/PID/stat` (the field after the parenthesised name).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.split(' ').nth(1)?.parse().ok()
+}
+
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| parent_of(*pid) == Some(parent))
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry: only the running ones count.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
+/// Interrupting a bench (Ctrl-C, SIGTERM) or killing it outright leaves neither its server
+/// nor the agents that server started running.
+#[test]
+fn an_interrupted_or_killed_bench_leaves_no_server_or_agent_behind() {
+    for signal in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGKILL,
+    ] {
+        let mut bench = Command::new(HODEI)
+            .args(["bench", "dispatch", "--jobs", "1000000", "--workers", "2"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The bench's server is its child; the agents are the server's children.
+        let deadline = Instant::now() + LIMIT;
+        let (server, agents) = loop {
+            let found = children_of(bench.id())
+                .into_iter()
+                .map(|server| (server, children_of(server)))
+                .find(|(_, agents)| agents.len() == 2);
+            if let Some(found) = found {
+                break found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the bench never started 2 agents"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(bench.id()).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
+        let status = bench.wait().unwrap();
+        assert!(!status.success(), "{signal}: {status}");
+        let deadline = Instant::now() + LIMIT;
+        let mut left: Vec<u32> = Vec::new();
+        while Instant::now() < deadline {
+            left = std::iter::once(server)
+                .chain(agents.iter().copied())
+                .filter(|pid| alive(*pid))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in &left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(*pid).unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert!(left.is_empty(), "after {signal}: still running {left:?}");
     }
 }

@@ -298,6 +298,7 @@ async fn a_job_no_worker_fits_waits_and_runs_when_a_fitting_worker_arrives() {
         "{shown}"
     );
 
+    let agent_token = agent_token(&server).await;
     let _agent = KillOnDrop(
         Command::new(HODEI)
             .args([
@@ -311,7 +312,7 @@ async fn a_job_no_worker_fits_waits_and_runs_when_a_fitting_worker_arrives() {
                 "--work-dir",
             ])
             .arg(dir.path().join("gpu-work"))
-            .env("HODEI_TOKEN", server.token())
+            .env("HODEI_TOKEN", &agent_token)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -387,8 +388,10 @@ token = "{token}"
 agent_program = "{hodei}"
 [reconcile]
 interval = "200ms"
-[jobs]
-lost_worker_grace = "2s"
+[agents]
+heartbeat_interval = "500ms"
+lease = "2s"
+lease_margin = "1s"
 [[pool]]
 name = "default"
 provider = "local"

@@ -184,12 +184,13 @@ async fn the_rest_api_checks_tokens_and_input() {
         .text()
         .await
         .unwrap();
+    // Without an Accept header: the classic text format, counters' families named with _total.
     assert!(
-        metrics.contains("# TYPE worker_registration_operations counter"),
+        metrics.contains("# TYPE worker_registration_operations_total counter"),
         "{metrics}"
     );
     assert!(metrics.contains("# TYPE worker_registration_duration_seconds histogram"));
-    assert!(metrics.contains("# TYPE worker_provisioning_registration_failed counter"));
+    assert!(metrics.contains("# TYPE worker_provisioning_registration_failed_total counter"));
     server.shutdown().await.unwrap();
 }
 

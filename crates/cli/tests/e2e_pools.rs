@@ -189,6 +189,15 @@ async fn burst(config: ServerConfig, provider: ProviderKind) {
         status.decisions
     );
     assert!(status.decisions.iter().any(|d| d.action == "down"));
+    // Repeated holds are one row with a count: never two hold rows in a row.
+    assert!(
+        status
+            .decisions
+            .windows(2)
+            .all(|pair| !(pair[0].action == "hold" && pair[1].action == "hold")),
+        "{:?}",
+        status.decisions
+    );
     assert!(status.worker_seconds > 0.0);
     server.shutdown().await.unwrap();
 }
@@ -205,8 +214,14 @@ async fn a_burst_scales_a_docker_pool_to_its_max_and_back_to_zero() {
     let mut config = config(dir.path(), 0);
     // This run's containers only, so parallel runs on one engine never adopt each other's.
     let instance = format!("e2e-{}", uuid::Uuid::new_v4().simple());
-    config.docker.instance = instance.clone();
-    config.docker.stop_grace = Duration::from_secs(2);
+    config.docker = Some(hodei_server::DockerSection {
+        instance: instance.clone(),
+        stop_grace: Duration::from_secs(2),
+        // The engine is shared: a worktree's tests can ask for its own image.
+        image: std::env::var("HODEI_TEST_AGENT_IMAGE")
+            .unwrap_or_else(|_| hodei_server::DockerSection::default().image),
+        ..hodei_server::DockerSection::default()
+    });
     burst(config, ProviderKind::Docker).await;
     // Scaled in means removed: no container of this run is left, running or exited.
     wait_for("the containers to be removed", LIMIT, || async {
@@ -383,7 +398,12 @@ async fn pools_change_at_runtime_and_a_busy_worker_is_never_killed() {
         (server.pools().get("gpu")?.counts.idle == 1).then_some(())
     })
     .await;
-    std::fs::write(&file, "name = \"gpu\"\nprovider = \"local\"\nsize = 2\n").unwrap();
+    // The `[[pool]]` form of hodei.toml applies as it is.
+    std::fs::write(
+        &file,
+        "[[pool]]\nname = \"gpu\"\nprovider = \"local\"\nsize = 2\n[pool.template]\nlabels = { accel = \"yes\" }\n",
+    )
+    .unwrap();
     let out = hodei(&server, &["pool", "apply", "-f", file.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("pool gpu changed"));
     wait_for("the changed pool's workers", LIMIT, || async {
@@ -411,6 +431,15 @@ async fn pools_change_at_runtime_and_a_busy_worker_is_never_killed() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(server.pools().get("gpu").unwrap().spec.size, Some(2));
+    // A provider this server lacks is refused saying how to switch it on.
+    std::fs::write(&file, "name = \"boxes\"\nprovider = \"docker\"\nsize = 1\n").unwrap();
+    let out = hodei(&server, &["pool", "apply", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("add a [docker] section"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = hodei(&server, &["pool", "rm", "gpu"]);
     assert!(

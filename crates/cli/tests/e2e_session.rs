@@ -182,7 +182,7 @@ async fn an_agent_reconnects_to_a_restarted_server_as_the_same_worker() {
     let first = start_anywhere(config(dir.path(), 0)).await;
     let addr = first.addr();
     let url = first.url().to_owned();
-    let token = first.token().to_owned();
+    let token = agent_token(&first).await;
     let id = WorkerId::new("hand-1").unwrap();
     let _agent = hand_started_agent(&url, &token, "hand-1");
     wait_for_connected(&first, &id).await;
@@ -286,7 +286,7 @@ async fn a_drained_agent_finishes_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_anywhere(config(dir.path(), 0)).await;
     let id = WorkerId::new("drain-me").unwrap();
-    let mut agent = hand_started_agent(server.url(), server.token(), "drain-me");
+    let mut agent = hand_started_agent(server.url(), &agent_token(&server).await, "drain-me");
     wait_for_connected(&server, &id).await;
 
     server

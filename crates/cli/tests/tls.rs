@@ -144,12 +144,13 @@ async fn local_agents_and_the_cli_work_over_tls() {
     common::wait_for_connected(&server, &ids[0]).await;
 
     // An agent started by hand, with --ca-cert.
+    let agent_token = common::agent_token(&server).await;
     let agent = KillOnDrop(
         Command::new(HODEI)
             .args(["agent", "--server", server.url(), "--worker-id", "by-hand"])
             .arg("--ca-cert")
             .arg(&pki.ca)
-            .env("HODEI_TOKEN", server.token())
+            .env("HODEI_TOKEN", &agent_token)
             .env_remove("HODEI_CA_CERT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

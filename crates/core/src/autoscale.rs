@@ -37,6 +37,17 @@ pub struct PoolView {
 }
 
 impl PoolView {
+    /// `5 workers (2 idle, 2 busy, 1 starting)`: what a reason calls supply, spelled out.
+    fn supply_text(&self) -> String {
+        format!(
+            "{} workers ({} idle, {} busy, {} starting)",
+            self.supply(),
+            self.idle.len(),
+            self.busy,
+            self.starting
+        )
+    }
+
     pub fn supply(&self) -> u32 {
         u32::try_from(self.idle.len())
             .unwrap_or(u32::MAX)
@@ -50,6 +61,9 @@ impl PoolView {
 pub struct Demand {
     /// Queued jobs this pool should take (see [`attribute_demand`]).
     pub queued: u32,
+    /// Every queued job that fits this pool, its share and the rest (cheaper pools', or
+    /// waiting for room): reasons show both, so a share is not read as the whole queue.
+    pub queued_fitting: u32,
     /// Jobs for this pool arriving per second, recently.
     pub arrivals_per_sec: f64,
     /// Mean seconds a job runs on this pool, recently.
@@ -145,12 +159,20 @@ fn div_ceil_f(value: f64) -> u32 {
 fn wanted(spec: &PoolSpec, view: &PoolView, demand: &Demand) -> (u32, String) {
     let policy = &spec.scaling;
     let busy = view.busy;
+    let queued = if demand.queued_fitting > demand.queued {
+        format!(
+            "{} queued here (this pool's share of {} queued jobs that fit it)",
+            demand.queued, demand.queued_fitting
+        )
+    } else {
+        format!("{} queued", demand.queued)
+    };
     let (need, why) = match policy.policy {
         PolicyKind::QueueDepth => {
             let for_queue = demand.queued.div_ceil(policy.jobs_per_worker);
             (
                 busy.saturating_add(for_queue),
-                format!("{busy} busy + {} queued", demand.queued),
+                format!("{busy} busy + {queued}"),
             )
         }
         PolicyKind::Utilisation => {
@@ -158,8 +180,7 @@ fn wanted(spec: &PoolSpec, view: &PoolView, demand: &Demand) -> (u32, String) {
             (
                 div_ceil_f(load / policy.target_utilisation),
                 format!(
-                    "{busy} busy + {} queued at {:.0}% target utilisation",
-                    demand.queued,
+                    "{busy} busy + {queued} at {:.0}% target utilisation",
                     policy.target_utilisation * 100.0
                 ),
             )
@@ -203,6 +224,7 @@ pub fn decide(
 ) -> Decision {
     let (min, max) = bounds(spec, now_ms);
     let supply = view.supply();
+    let have = view.supply_text();
     let (desired, why) = match spec.kind {
         PoolKind::Static => (min, format!("static pool of {min}")),
         PoolKind::Dynamic => {
@@ -236,16 +258,16 @@ pub fn decide(
         return match blocked {
             None => decision(
                 ScaleAction::Up(desired - supply),
-                format!("{supply} workers, {desired} needed: {why}"),
+                format!("{have}, {desired} needed: {why}"),
             ),
             // Below the minimum is a repair (a worker died): no cooldown applies.
             Some(_) if supply < min => decision(
                 ScaleAction::Up(min - supply),
-                format!("{supply} workers, below the minimum of {min}"),
+                format!("{have}, below the minimum of {min}"),
             ),
             Some(blocked) => decision(
                 ScaleAction::Hold,
-                format!("{supply} workers, {desired} needed, waiting: {blocked}"),
+                format!("{have}, {desired} needed, waiting: {blocked}"),
             ),
         };
     }
@@ -289,21 +311,21 @@ pub fn decide(
             });
             return decision(
                 ScaleAction::Hold,
-                format!("{supply} workers, {desired} needed: {because}"),
+                format!("{have}, {desired} needed ({why}): {because}"),
             );
         }
         let count = drained.len();
         let reason = if now > 0 {
-            format!("{supply} workers, above the maximum of {max}: draining {count} idle")
+            format!("{have}, above the maximum of {max}: draining {count} idle")
         } else {
             format!(
-                "{supply} workers, {desired} needed ({why}): draining {count} idle past {} s",
+                "{have}, {desired} needed ({why}): draining {count} idle past {} s",
                 spec.idle_timeout
             )
         };
         return decision(ScaleAction::Down(drained), reason);
     }
-    decision(ScaleAction::Hold, format!("{supply} workers as needed"))
+    decision(ScaleAction::Hold, format!("{have} as needed: {why}"))
 }
 
 /// A pool as a home for queued jobs.
@@ -365,6 +387,22 @@ pub fn attribute_demand<'a>(
     counts
 }
 
+/// For each pool, how many of `jobs` fit it at all, whatever its room.
+pub fn queued_that_fit<'a>(
+    pools: &[PoolCandidate],
+    jobs: impl IntoIterator<Item = &'a Requirements>,
+) -> Vec<u32> {
+    let mut counts = vec![0u32; pools.len()];
+    for job in jobs {
+        for (count, pool) in counts.iter_mut().zip(pools) {
+            if matching::fits(job, &pool.capabilities, &pool.labels).is_ok() {
+                *count = count.saturating_add(1);
+            }
+        }
+    }
+    counts
+}
+
 /// The cheapest pool that fits a job, whether or not it has room: where its arrival counts.
 pub fn home_pool<'a>(pools: &'a [PoolCandidate], job: &Requirements) -> Option<&'a str> {
     pools
@@ -416,6 +454,73 @@ mod tests {
 
     fn up(n: u32) -> ScaleAction {
         ScaleAction::Up(n)
+    }
+
+    #[test]
+    fn reasons_tell_the_pools_share_from_the_whole_queue_and_starting_from_busy() {
+        let spec = dynamic(0, 10);
+        let demand = Demand {
+            queued: 2,
+            queued_fitting: 20,
+            ..Demand::default()
+        };
+        let decision = decide(
+            &spec,
+            &view(1, 0, 3, 2),
+            &demand,
+            &ScalingHistory::default(),
+            NOW,
+        );
+        assert!(
+            decision.reason.contains("2 queued here")
+                && decision.reason.contains("20 queued jobs that fit"),
+            "{}",
+            decision.reason
+        );
+        assert!(
+            decision.reason.contains("3 busy") && decision.reason.contains("2 starting"),
+            "{}",
+            decision.reason
+        );
+        // The whole queue is this pool's: no share to explain.
+        let demand = Demand {
+            queued: 20,
+            queued_fitting: 20,
+            ..Demand::default()
+        };
+        let decision = decide(
+            &spec,
+            &view(0, 0, 0, 0),
+            &demand,
+            &ScalingHistory::default(),
+            NOW,
+        );
+        assert!(
+            decision.reason.contains("0 busy + 20 queued"),
+            "{}",
+            decision.reason
+        );
+        assert!(!decision.reason.contains("share"), "{}", decision.reason);
+    }
+
+    #[test]
+    fn queued_that_fit_counts_every_fitting_pool_whatever_its_room() {
+        let mut small = dynamic(0, 1);
+        small.name = "small".into();
+        let mut big = dynamic(0, 1);
+        big.name = "big".into();
+        big.template.capabilities.cpu_cores = 8;
+        let pools = vec![
+            PoolCandidate::from_spec(&small, 1, NOW),
+            PoolCandidate::from_spec(&big, 0, NOW),
+        ];
+        let light = Requirements::default();
+        let heavy = Requirements {
+            cpu_cores: 8,
+            ..Requirements::default()
+        };
+        let jobs = [light.clone(), light, heavy];
+        assert_eq!(queued_that_fit(&pools, &jobs), [2, 3]);
     }
 
     /// (name, spec, view, demand, history, expected action: Up(n) / Down(count) / Hold)
@@ -625,6 +730,7 @@ mod tests {
             queued: 1,
             arrivals_per_sec: 2.0,
             mean_run_secs: 5.0,
+            ..Demand::default()
         };
         let decision = decide(&spec, &view(0, 0, 3, 0), &demand, &fresh, NOW);
         assert_eq!(decision.desired, 10, "2/s x 5 s");

@@ -621,8 +621,13 @@ pub struct Job {
     pub id: JobId,
     pub spec: JobSpec,
     pub state: JobState,
-    /// Attempts started so far, counting worker losses; incremented on each assignment.
+    /// Attempts started so far, counting worker losses; incremented on each assignment, so
+    /// it is also the number of the attempt in flight, which agents quote back.
     pub attempts: u32,
+    /// Attempts taken back before they started (an assignment not delivered or not accepted
+    /// in time). They keep their numbers in `attempts` but do not spend the retry budget.
+    #[serde(default)]
+    pub withdrawn: u32,
     /// The worker of the current or last attempt.
     pub worker_id: Option<WorkerId>,
     /// The exit code of the last attempt that exited.
@@ -651,6 +656,7 @@ impl Job {
             spec,
             state: JobState::Queued,
             attempts: 0,
+            withdrawn: 0,
             worker_id: None,
             exit_code: None,
             reason: None,
@@ -680,8 +686,8 @@ pub enum AttemptOutcome {
 
 /// The state a job moves to after an attempt, and why. The one place retry policy lives.
 ///
-/// `attempts` is the job's attempt count including the one that just ended; worker losses
-/// count as attempts too.
+/// `attempts` is the job's attempt count including the one that just ended, less the
+/// withdrawn ones; worker losses count as attempts too.
 ///
 /// | outcome                                | condition                            | next state     |
 /// |----------------------------------------|--------------------------------------|----------------|
@@ -699,7 +705,7 @@ pub enum AttemptOutcome {
 /// retries when it has any; the grace only guarantees that losses alone cannot fail a job
 /// before `max_retries + 1 + LOST_GRACE` attempts.
 pub fn after_attempt(job: &Job, outcome: AttemptOutcome) -> (JobState, Option<String>) {
-    let attempts = job.attempts;
+    let attempts = job.attempts.saturating_sub(job.withdrawn);
     let max_retries = job.spec.max_retries;
     let (failed_state, what) = match outcome {
         AttemptOutcome::Exited(0) => return (JobState::Succeeded, None),
@@ -1125,6 +1131,20 @@ mod tests {
                 "{label}: {reason:?}"
             );
         }
+    }
+
+    #[test]
+    fn withdrawn_attempts_do_not_spend_the_budget() {
+        use AttemptOutcome as O;
+        // Attempt 3 of a job with one retry, two of them withdrawn: its first real failure.
+        let mut withdrawn = job(1, 3);
+        withdrawn.withdrawn = 2;
+        assert_eq!(after_attempt(&withdrawn, O::Exited(1)).0, Queued);
+        withdrawn.attempts = 4;
+        assert_eq!(after_attempt(&withdrawn, O::Exited(1)).0, DeadLettered);
+        // More withdrawn than attempts (never recorded so) is not an underflow.
+        withdrawn.withdrawn = 9;
+        assert_eq!(after_attempt(&withdrawn, O::WorkerLost).0, Queued);
     }
 
     #[test]

@@ -6,6 +6,11 @@
 
 pub mod autoscale;
 pub mod backoff;
+pub mod console;
+pub mod cost;
+pub mod credential;
+pub mod dispatch;
+pub mod fence;
 pub mod health;
 pub mod job;
 pub mod lifecycle;
@@ -13,8 +18,11 @@ pub mod matching;
 pub mod pool;
 pub mod queue;
 pub mod reconcile;
+pub mod tenancy;
+pub mod trace;
 pub mod worker;
 
+pub use credential::{Operation, Principal, Role};
 pub use job::{
     AttemptOutcome, Command, Job, JobId, JobSpec, JobState, JobTransitionError, Priority,
     QueueName, Requirements, SlaClass, TenantName,

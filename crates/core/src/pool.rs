@@ -233,6 +233,9 @@ impl PoolSpec {
         self.template.capabilities.validate()?;
         crate::worker::validate_labels("pool.template.labels", &self.template.labels)?;
         validate_env(&self.template.env)?;
+        if let Some(user) = &self.template.user {
+            crate::worker::validate_user("pool.template.user", user)?;
+        }
         if let Some(image) = &self.template.image
             && (image.is_empty() || image.len() > 512 || image.chars().any(char::is_whitespace))
         {
@@ -587,6 +590,24 @@ mod tests {
         ];
         for (spec, expected) in cases {
             assert_eq!(field(spec), expected);
+        }
+        for (user, ok) in [
+            ("65534", true),
+            ("1000:1000", true),
+            ("build-user", true),
+            ("0", false),
+            ("0:0", false),
+            ("root", false),
+            ("a b", false),
+            ("1:", false),
+            ("", false),
+        ] {
+            let mut with_user = pool();
+            with_user.template.user = Some(user.into());
+            assert_eq!(with_user.validate().is_ok(), ok, "{user:?}");
+            if !ok {
+                assert_eq!(field(with_user), "pool.template.user");
+            }
         }
         let mut bad_env = pool();
         bad_env.template.env.insert("1X".into(), "v".into());

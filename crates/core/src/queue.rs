@@ -4,7 +4,7 @@
 //! job in the store, not entries of a queue.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -104,6 +104,8 @@ pub struct Queues {
     slots: BTreeMap<QueueName, QueueSlot>,
     order: BTreeMap<OrderKey, QueueEntry>,
     index: BTreeMap<JobId, OrderKey>,
+    /// The same entries grouped by tenant, each group in dispatch order, for fair share.
+    by_tenant: BTreeMap<TenantName, BTreeSet<OrderKey>>,
 }
 
 impl Default for Queues {
@@ -153,6 +155,7 @@ impl Queues {
             slots,
             order: BTreeMap::new(),
             index: BTreeMap::new(),
+            by_tenant: BTreeMap::new(),
         }
     }
 
@@ -188,6 +191,10 @@ impl Queues {
         *slot.by_priority.entry(entry.priority).or_default() += 1;
         let key = entry.order_key();
         self.index.insert(entry.job_id.clone(), key.clone());
+        self.by_tenant
+            .entry(entry.tenant.clone())
+            .or_default()
+            .insert(key.clone());
         self.order.insert(key, entry);
         Ok(())
     }
@@ -210,6 +217,12 @@ impl Queues {
 
     /// Updates the per-queue counts for an entry that has left `order` and `index`.
     fn forget(&mut self, entry: &QueueEntry) {
+        if let Some(keys) = self.by_tenant.get_mut(&entry.tenant) {
+            keys.remove(&entry.order_key());
+            if keys.is_empty() {
+                self.by_tenant.remove(&entry.tenant);
+            }
+        }
         if let Some(slot) = self.slots.get_mut(&entry.queue) {
             slot.len = slot.len.saturating_sub(1);
             if let Some(count) = slot.by_priority.get_mut(&entry.priority) {
@@ -233,6 +246,28 @@ impl Queues {
     /// Every queued job across all queues: priority descending, then sequence ascending.
     pub fn iter_in_order(&self) -> impl Iterator<Item = &QueueEntry> {
         self.order.values()
+    }
+
+    /// The tenants with queued jobs, sorted by name.
+    pub fn tenants(&self) -> impl Iterator<Item = &TenantName> {
+        self.by_tenant.keys()
+    }
+
+    /// One tenant's queued jobs across all queues, in dispatch order: priority, then FIFO.
+    pub fn iter_tenant<'a>(
+        &'a self,
+        tenant: &TenantName,
+    ) -> impl Iterator<Item = &'a QueueEntry> + 'a {
+        self.by_tenant
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.order.get(key))
+    }
+
+    /// How many jobs a tenant has queued, across all queues.
+    pub fn tenant_depth(&self, tenant: &TenantName) -> usize {
+        self.by_tenant.get(tenant).map_or(0, BTreeSet::len)
     }
 
     /// Jobs queued in one queue, or `None` if there is no such queue.
@@ -285,7 +320,9 @@ mod tests {
         QueueEntry {
             job_id: JobId::new(id).unwrap(),
             queue: name(queue),
-            tenant: TenantName::default(),
+            // Spread over three tenants so the per-tenant index is exercised too.
+            tenant: TenantName::new(format!("t{}", id.bytes().map(u32::from).sum::<u32>() % 3))
+                .unwrap(),
             priority: Priority::new(priority).unwrap(),
             sequence,
             requirements: Requirements::default(),
@@ -481,6 +518,13 @@ mod tests {
                     prop_assert_eq!(depth, order.iter().filter(|e| e.queue.as_str() == *queue).count());
                 }
                 prop_assert_eq!(q.depth_by_priority().values().sum::<usize>(), q.len());
+                let per_tenant: usize = q.tenants().map(|t| q.tenant_depth(t)).sum();
+                prop_assert_eq!(per_tenant, q.len());
+                for tenant in q.tenants() {
+                    let mine: Vec<&QueueEntry> = q.iter_tenant(tenant).collect();
+                    let expected: Vec<&QueueEntry> = order.iter().filter(|e| &e.tenant == tenant).collect();
+                    prop_assert_eq!(mine, expected);
+                }
                 for e in &order {
                     prop_assert_eq!(q.get(&e.job_id), Some(e));
                 }

@@ -45,6 +45,14 @@ impl Action {
     }
 
     /// Stable name for logs and the `action` metric label.
+    /// Every value [`Action::kind`] can return, for metrics present before the first fix.
+    pub const KINDS: [&'static str; 4] = [
+        "register",
+        "unregister",
+        "terminate_orphan",
+        "mark_terminated",
+    ];
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Register(_) => "register",

@@ -195,6 +195,21 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// What an operator adds to the server's configuration to switch this provider on.
+    pub fn how_to_enable(self) -> &'static str {
+        match self {
+            Self::Local => "the local provider is always on",
+            Self::External => "external workers are started by hand (hodei agent), not by a pool",
+            Self::Docker => {
+                "add a [docker] section to the server's configuration (an empty one takes \
+                 the defaults), or run `hodei dev --provider docker`"
+            }
+            Self::Kubernetes => {
+                "add a [kubernetes] section with server_url to the server's configuration"
+            }
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Local => "local",
@@ -375,9 +390,51 @@ pub struct WorkerSpec {
     /// agent image when absent. Ignored by the `local` provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Environment variables set for the worker's agent, and so for the jobs it runs.
+    /// Environment variables set for the worker's agent (not for its jobs: a job's
+    /// environment is its own spec's `env` plus the documented `HODEI_JOB_*` variables).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// The user jobs run as, `uid[:gid]` or a user name, when the agent runs as root (in
+    /// containers); jobs run as the agent's own user when absent. See [`validate_user`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// Checks a job user: `uid`, `uid:gid` (decimal), or a user name
+/// (`[a-z_][a-z0-9_-]*`, at most 32 characters). Root (`0`, `root`) is refused: the point
+/// of the setting is a user that cannot read the agent's credential.
+pub fn validate_user(field: &str, user: &str) -> Result<(), ValidationError> {
+    let numeric = |text: &str| {
+        !text.is_empty()
+            && text.len() <= 10
+            && text.bytes().all(|b| b.is_ascii_digit())
+            && text.parse::<u32>().is_ok()
+    };
+    let ok = match user.split_once(':') {
+        Some((uid, gid)) => numeric(uid) && numeric(gid),
+        None => {
+            numeric(user)
+                || (user.len() <= 32
+                    && user
+                        .bytes()
+                        .next()
+                        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                    && user.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    }))
+        }
+    };
+    if !ok {
+        return Err(ValidationError::new(
+            field,
+            format!("{user:?} is not uid, uid:gid or a user name"),
+        ));
+    }
+    let uid = user.split(':').next().unwrap_or(user);
+    if uid == "root" || uid.parse::<u32>().is_ok_and(|uid| uid == 0) {
+        return Err(ValidationError::new(field, "jobs must not run as root"));
+    }
+    Ok(())
 }
 
 fn default_worker_type() -> WorkerType {
@@ -399,6 +456,7 @@ impl Default for WorkerSpec {
             tags: Vec::new(),
             image: None,
             env: BTreeMap::new(),
+            user: None,
         }
     }
 }

@@ -20,7 +20,7 @@ fn millis(samples: &mut [Duration], quantile: f64) -> f64 {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runs: usize = std::env::args().nth(1).map_or(Ok(10), |n| n.parse())?;
     let instance = format!("timing-{}", std::process::id());
-    let mut config = DockerProviderConfig::new("http://127.0.0.1:9", "token", &instance);
+    let mut config = DockerProviderConfig::new("http://127.0.0.1:9", &instance);
     config.stop_grace = Duration::from_secs(2);
     let provider = DockerProvider::new(config)?;
     provider.ping().await?;
@@ -29,7 +29,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for n in 0..runs.max(1) {
         let id = WorkerId::new(format!("{instance}-{n}"))?;
         let started = Instant::now();
-        provider.create_worker(&id, &spec).await?;
+        provider
+            .create_worker(
+                &id,
+                &spec,
+                &hodei_ports::AgentCredential::new("test-credential"),
+            )
+            .await?;
         create.push(started.elapsed());
         let started = Instant::now();
         provider.terminate_worker(&id).await?;

@@ -36,11 +36,11 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-    StopContainerOptions,
+    StopContainerOptions, UploadToContainerOptions,
 };
 use futures::StreamExt;
 use hodei_core::{ProviderKind, Worker, WorkerId, WorkerSpec};
-use hodei_ports::{ProviderError, WorkerProvider};
+use hodei_ports::{AgentCredential, ProviderError, WorkerProvider};
 use tokio::sync::OnceCell;
 
 /// The image a worker runs when its spec names none; built by `scripts/build-agent-image`.
@@ -57,6 +57,9 @@ pub const LABEL_POOL: &str = "io.hodei.pool";
 pub const CONTAINER_CA_CERT: &str = "/etc/hodei/ca.pem";
 /// The agent's work root inside the container; the image makes it writable.
 pub const CONTAINER_WORK_DIR: &str = "/work";
+/// Where the agent finds its credential in the container: uploaded (mode 0600) between
+/// create and start, read and removed by the agent before it connects.
+pub const CONTAINER_CREDENTIAL: &str = "/hodei-credential";
 /// A container of ours still in `created` after this long is the leftover of a create that
 /// never started it, and `list_workers` removes it.
 pub const STALE_CREATED: Duration = Duration::from_secs(120);
@@ -74,8 +77,6 @@ pub struct DockerProviderConfig {
     pub network_mode: String,
     /// Where agents connect.
     pub server_url: String,
-    /// The token agents present; passed in the environment, never on the command line.
-    pub token: String,
     /// The CA certificate agents trust for an `https://` server URL: mounted read-only at
     /// [`CONTAINER_CA_CERT`] and passed as `HODEI_CA_CERT`. The image has no system roots,
     /// so an `https://` server needs it.
@@ -90,17 +91,12 @@ pub struct DockerProviderConfig {
 impl DockerProviderConfig {
     /// A configuration with the defaults: the local engine, [`DEFAULT_IMAGE`], host
     /// networking, no CA certificate, a 10 s stop grace.
-    pub fn new(
-        server_url: impl Into<String>,
-        token: impl Into<String>,
-        instance: impl Into<String>,
-    ) -> Self {
+    pub fn new(server_url: impl Into<String>, instance: impl Into<String>) -> Self {
         Self {
             docker_host: None,
             default_image: DEFAULT_IMAGE.to_owned(),
             network_mode: "host".to_owned(),
             server_url: server_url.into(),
-            token: token.into(),
             ca_cert: None,
             stop_grace: Duration::from_secs(10),
             instance: instance.into(),
@@ -187,6 +183,25 @@ impl DockerProvider {
             .map_err(|e| self.error("cannot ping the docker engine", e))
     }
 
+    /// Checks that the engine answers and holds `image` (the default image when `None`):
+    /// nothing can be pulled, so a missing image is an error naming how to build it.
+    pub async fn check_image(&self, image: Option<&str>) -> Result<(), ProviderError> {
+        let image = image.unwrap_or(&self.config.default_image);
+        let docker = self.docker().await?;
+        match docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(ProviderError::InvalidSpec(format!(
+                "image {image} is not on the docker engine at {}; nothing is pulled: build it \
+                 with scripts/build-agent-image (from this machine's hodei), or load {image} \
+                 into the engine",
+                self.host
+            ))),
+            Err(e) => Err(self.error(&format!("cannot inspect image {image}"), e)),
+        }
+    }
+
     async fn docker(&self) -> Result<&Docker, ProviderError> {
         self.docker
             .get_or_try_init(|| async {
@@ -259,7 +274,12 @@ impl DockerProvider {
             id.as_str().to_owned(),
             "--work-dir".to_owned(),
             CONTAINER_WORK_DIR.to_owned(),
+            "--token-file".to_owned(),
+            CONTAINER_CREDENTIAL.to_owned(),
         ];
+        if let Some(user) = &spec.user {
+            cmd.extend(["--job-user".to_owned(), user.clone()]);
+        }
         // The agent would announce the host's cpu and memory; announce the limits instead.
         let capabilities = &spec.capabilities;
         if capabilities.cpu_cores > 0 {
@@ -281,8 +301,9 @@ impl DockerProvider {
             }
             env.insert(key, value);
         }
-        // Ours win over the spec's: the agent must reach its own server.
-        env.insert("HODEI_TOKEN", &self.config.token);
+        // The credential travels in a file (see `create_worker`), never in the
+        // container's configuration, which anyone who can inspect the container reads.
+        env.remove("HODEI_TOKEN");
         let mut mounts = Vec::new();
         if let Some(ca_cert) = &self.config.ca_cert {
             env.insert("HODEI_CA_CERT", CONTAINER_CA_CERT);
@@ -459,6 +480,39 @@ impl DockerProvider {
     }
 }
 
+/// A tar archive (ustar) of one regular file `name`, mode 0600, owned by root: what the
+/// engine's archive upload takes.
+fn single_file_tar(name: &str, contents: &[u8]) -> Vec<u8> {
+    fn octal(field: &mut [u8], value: u64) {
+        // Zero-padded octal, then a NUL, filling the field.
+        let digits = field.len() - 1;
+        let text = format!("{value:0digits$o}");
+        field[..digits].copy_from_slice(&text.as_bytes()[text.len() - digits..]);
+        field[digits] = 0;
+    }
+    let mut header = [0u8; 512];
+    let name = &name.as_bytes()[..name.len().min(99)];
+    header[..name.len()].copy_from_slice(name);
+    octal(&mut header[100..108], 0o600);
+    octal(&mut header[108..116], 0);
+    octal(&mut header[116..124], 0);
+    octal(&mut header[124..136], contents.len() as u64);
+    octal(&mut header[136..148], 0);
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    // The checksum is computed with its own field as spaces.
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u64 = header.iter().map(|b| u64::from(*b)).sum();
+    let text = format!("{sum:06o}\0 ");
+    header[148..156].copy_from_slice(text.as_bytes());
+    let mut archive = header.to_vec();
+    archive.extend_from_slice(contents);
+    let padding = (512 - contents.len() % 512) % 512;
+    archive.extend(std::iter::repeat_n(0u8, padding + 1024));
+    archive
+}
+
 fn is_stale_created(summary: &ContainerSummary, now: SystemTime) -> bool {
     let Some(created) = summary.created.and_then(|s| u64::try_from(s).ok()) else {
         return false;
@@ -479,12 +533,31 @@ impl WorkerProvider for DockerProvider {
         &self,
         id: &WorkerId,
         spec: &WorkerSpec,
+        credential: &AgentCredential,
     ) -> Result<Worker, ProviderError> {
         let body = self.container_body(id, spec)?;
         let image = body.image.clone().unwrap_or_default();
         let docker = self.docker().await?;
         let name = container_name(id);
         self.create_container(docker, id, body).await?;
+        let archive = single_file_tar(
+            CONTAINER_CREDENTIAL.trim_start_matches('/'),
+            credential.expose().as_bytes(),
+        );
+        let upload = UploadToContainerOptions {
+            path: "/".to_owned(),
+            ..Default::default()
+        };
+        if let Err(e) = docker
+            .upload_to_container(&name, Some(upload), bollard::body_full(archive.into()))
+            .await
+        {
+            let error = self.error(&format!("cannot hand container {name} its credential"), e);
+            if let Err(cleanup) = self.remove(docker, &name).await {
+                tracing::warn!(worker_id = %id, container = %name, error = %cleanup, "cannot remove container that did not get its credential");
+            }
+            return Err(error);
+        }
         if let Err(e) = docker.start_container(&name, None).await {
             // A 400 here is mostly an image that cannot run `hodei agent`.
             let error = self.error(&format!("cannot start container {name} (image {image})"), e);
@@ -543,6 +616,26 @@ impl WorkerProvider for DockerProvider {
         self.remove(docker, &target).await?;
         tracing::info!(worker_id = %id, container = %target, "docker agent removed");
         Ok(())
+    }
+
+    /// Dead when its container is gone or has stopped: the container's processes (the
+    /// agent and its jobs) went with it.
+    async fn confirm_dead(&self, id: &WorkerId) -> Result<bool, ProviderError> {
+        let docker = self.docker().await?;
+        let name = container_name(id);
+        let existing = match docker.inspect_container(&name, None).await {
+            Ok(existing) => existing,
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(true),
+            Err(e) => return Err(self.error(&format!("cannot inspect container {name}"), e)),
+        };
+        let labels = existing
+            .config
+            .and_then(|config| config.labels)
+            .unwrap_or_default();
+        let running = existing.state.and_then(|state| state.running);
+        Ok(self.owns(&labels, Some(id)) && running == Some(false))
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerId>, ProviderError> {
@@ -612,7 +705,7 @@ mod tests {
 
     #[test]
     fn body_has_command_env_labels_and_limits() {
-        let mut config = DockerProviderConfig::new("http://127.0.0.1:50051", "secret", "test");
+        let mut config = DockerProviderConfig::new("http://127.0.0.1:50051", "test");
         config.ca_cert = Some(PathBuf::from("/etc/ssl/ca.pem"));
         let provider = provider(config);
         let id = WorkerId::new("w-1").expect("valid id");
@@ -630,10 +723,13 @@ mod tests {
         assert_eq!(
             cmd,
             "hodei agent --server http://127.0.0.1:50051 --worker-id w-1 --work-dir /work \
-             --cpu 2 --memory-mb 4096 --label arch=x86"
+             --token-file /hodei-credential --cpu 2 --memory-mb 4096 --label arch=x86"
         );
         let env = body.env.expect("env");
-        assert!(env.contains(&"HODEI_TOKEN=secret".to_owned()), "{env:?}");
+        assert!(
+            !env.iter().any(|e| e.starts_with("HODEI_TOKEN")),
+            "no token in the container's configuration: {env:?}"
+        );
         assert!(env.contains(&"FOO=bar".to_owned()));
         assert!(env.contains(&format!("HODEI_CA_CERT={CONTAINER_CA_CERT}")));
         let labels = body.labels.expect("labels");
@@ -651,8 +747,23 @@ mod tests {
     }
 
     #[test]
+    fn the_credential_archive_is_a_valid_tar() {
+        let archive = single_file_tar("hodei-credential", b"hodei_abc_secret");
+        assert_eq!(archive.len() % 512, 0);
+        assert_eq!(&archive[..16], b"hodei-credential");
+        assert_eq!(&archive[257..262], b"ustar");
+        let mut header = archive[..512].to_vec();
+        let stored = std::str::from_utf8(&header[148..154]).expect("octal");
+        let stored = u64::from_str_radix(stored, 8).expect("octal");
+        header[148..156].copy_from_slice(b"        ");
+        assert_eq!(stored, header.iter().map(|b| u64::from(*b)).sum::<u64>());
+        assert_eq!(&archive[124..135], b"00000000020");
+        assert_eq!(&archive[512..528], b"hodei_abc_secret");
+    }
+
+    #[test]
     fn zero_means_no_limit_and_no_announcement() {
-        let provider = provider(DockerProviderConfig::new("http://x", "t", "i"));
+        let provider = provider(DockerProviderConfig::new("http://x", "i"));
         let id = WorkerId::new("w").expect("valid id");
         let mut spec = WorkerSpec::default();
         spec.capabilities.cpu_cores = 0;
@@ -666,7 +777,7 @@ mod tests {
 
     #[test]
     fn bad_env_name_is_invalid_spec() {
-        let provider = provider(DockerProviderConfig::new("http://x", "t", "i"));
+        let provider = provider(DockerProviderConfig::new("http://x", "i"));
         let id = WorkerId::new("w").expect("valid id");
         let mut spec = WorkerSpec::default();
         spec.env.insert("A=B".into(), "c".into());
@@ -678,7 +789,7 @@ mod tests {
 
     #[test]
     fn unsupported_host_is_rejected() {
-        let mut config = DockerProviderConfig::new("http://x", "t", "i");
+        let mut config = DockerProviderConfig::new("http://x", "i");
         config.docker_host = Some("ssh://somewhere".into());
         assert!(DockerProvider::new(config).is_err());
     }

@@ -22,7 +22,8 @@ use hodei_ports::{ProviderError, WorkerProvider};
 use hodei_testkit::{provider_contract, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const TOKEN: &str = "test-token";
+/// The credential the containers are created with.
+const TOKEN: &str = "test-credential";
 
 /// One test's installation: a unique instance label whose containers are removed on drop.
 struct Instance {
@@ -43,8 +44,9 @@ impl Instance {
     }
 
     fn config(&self, server_url: &str) -> DockerProviderConfig {
-        let mut config = DockerProviderConfig::new(server_url, TOKEN, &self.name);
+        let mut config = DockerProviderConfig::new(server_url, &self.name);
         config.stop_grace = Duration::from_secs(2);
+        config.default_image = agent_image();
         config
     }
 
@@ -84,11 +86,18 @@ async fn engine() -> Docker {
         .expect("the docker engine answers")
 }
 
+/// The agent image the tests run: `HODEI_TEST_AGENT_IMAGE` (the engine may be shared with
+/// other checkouts, each with its own tag), else [`DEFAULT_IMAGE`].
+fn agent_image() -> String {
+    std::env::var("HODEI_TEST_AGENT_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_owned())
+}
+
 /// The tests need the agent image; there is no registry to pull it from.
 async fn require_image() {
-    if let Err(error) = engine().await.inspect_image(DEFAULT_IMAGE).await {
+    let image = agent_image();
+    if let Err(error) = engine().await.inspect_image(&image).await {
         panic!(
-            "the agent image {DEFAULT_IMAGE} is missing ({error}): build it with \
+            "the agent image {image} is missing ({error}): build it with \
              scripts/build-agent-image (scripts/test does)"
         );
     }
@@ -141,7 +150,14 @@ async fn container_gets_the_intended_labels_env_limits_and_command() {
     spec.labels.insert("arch".into(), "amd64".into());
     spec.env.insert("FOO".into(), "bar".into());
 
-    let worker = provider.create_worker(&id, &spec).await.expect("create");
+    let worker = provider
+        .create_worker(
+            &id,
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
+        .await
+        .expect("create");
     assert_eq!(worker.metadata.provider, hodei_core::ProviderKind::Docker);
     assert_eq!(worker.metadata.pool.as_deref(), Some("builds"));
 
@@ -162,8 +178,12 @@ async fn container_gets_the_intended_labels_env_limits_and_command() {
         assert_eq!(labels.get(key).map(String::as_str), Some(value), "{key}");
     }
     let env = config.env.expect("env");
+    assert!(
+        !env.iter()
+            .any(|e| e.starts_with("HODEI_TOKEN") || e.contains(TOKEN)),
+        "no credential in the container's configuration: {env:?}"
+    );
     for expected in [
-        format!("HODEI_TOKEN={TOKEN}"),
         format!("HODEI_CA_CERT={CONTAINER_CA_CERT}"),
         "FOO=bar".to_owned(),
     ] {
@@ -180,6 +200,8 @@ async fn container_gets_the_intended_labels_env_limits_and_command() {
             id.as_str(),
             "--work-dir",
             "/work",
+            "--token-file",
+            "/hodei-credential",
             "--cpu",
             "1",
             "--memory-mb",
@@ -188,7 +210,7 @@ async fn container_gets_the_intended_labels_env_limits_and_command() {
             "arch=amd64",
         ]
     );
-    assert_eq!(config.image.as_deref(), Some(DEFAULT_IMAGE));
+    assert_eq!(config.image.as_deref(), Some(agent_image().as_str()));
     let host = inspect.host_config.expect("host config");
     assert_eq!(host.nano_cpus, Some(1_000_000_000));
     assert_eq!(host.memory, Some(256 * 1024 * 1024));
@@ -215,7 +237,11 @@ async fn a_new_provider_of_the_same_instance_adopts_containers_and_another_does_
     let id = instance.worker(1);
     instance
         .provider()
-        .create_worker(&id, &WorkerSpec::default())
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("create");
 
@@ -242,7 +268,11 @@ async fn a_new_provider_of_the_same_instance_adopts_containers_and_another_does_
         "another instance never removes our container"
     );
     let conflict = stranger
-        .create_worker(&id, &WorkerSpec::default())
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect_err("the name is taken by another instance");
     assert!(
@@ -262,7 +292,11 @@ async fn terminate_removes_the_container_and_is_idempotent() {
     let docker = engine().await;
     let id = instance.worker(1);
     provider
-        .create_worker(&id, &WorkerSpec::default())
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("create");
     assert!(container_exists(&docker, &id).await);
@@ -284,13 +318,27 @@ async fn creating_an_existing_worker_replaces_its_container() {
     let docker = engine().await;
     let id = instance.worker(1);
     let spec = WorkerSpec::default();
-    provider.create_worker(&id, &spec).await.expect("create");
+    provider
+        .create_worker(
+            &id,
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
+        .await
+        .expect("create");
     let first = docker
         .inspect_container(&container_name(&id), None)
         .await
         .expect("inspect")
         .id;
-    provider.create_worker(&id, &spec).await.expect("again");
+    provider
+        .create_worker(
+            &id,
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
+        .await
+        .expect("again");
     let second = docker
         .inspect_container(&container_name(&id), None)
         .await
@@ -309,7 +357,11 @@ async fn an_exited_container_is_not_listed_and_is_removed() {
     let (dies, lives) = (instance.worker(1), instance.worker(2));
     for id in [&dies, &lives] {
         provider
-            .create_worker(id, &WorkerSpec::default())
+            .create_worker(
+                id,
+                &WorkerSpec::default(),
+                &hodei_ports::AgentCredential::new("test-credential"),
+            )
             .await
             .expect("create");
     }
@@ -331,7 +383,17 @@ async fn an_exited_container_is_not_listed_and_is_removed() {
     )
     .await;
 
-    assert_eq!(provider.list_workers().await.expect("list"), vec![lives]);
+    // Its agent died with it, its jobs too: the provider says so, and not of the live one.
+    assert!(provider.confirm_dead(&dies).await.expect("inspect"));
+    assert!(!provider.confirm_dead(&lives).await.expect("inspect"));
+    assert_eq!(
+        provider.list_workers().await.expect("list"),
+        vec![lives.clone()]
+    );
+    assert!(
+        provider.confirm_dead(&dies).await.expect("inspect"),
+        "a removed container is dead too"
+    );
     assert!(
         !container_exists(&docker, &dies).await,
         "the exited container is removed, not leaked"
@@ -348,7 +410,11 @@ async fn a_missing_image_is_an_invalid_spec_naming_it() {
         ..WorkerSpec::default()
     };
     let error = provider
-        .create_worker(&instance.worker(1), &spec)
+        .create_worker(
+            &instance.worker(1),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect_err("no such image");
     match &error {
@@ -363,6 +429,24 @@ async fn a_missing_image_is_an_invalid_spec_naming_it() {
 }
 
 #[tokio::test]
+async fn check_image_finds_the_agent_image_and_names_how_to_build_a_missing_one() {
+    let provider = Instance::new().provider();
+    provider
+        .check_image(None)
+        .await
+        .expect("scripts/test builds the agent image before the tests");
+    let error = provider
+        .check_image(Some("hodei-no-such-image:never"))
+        .await
+        .expect_err("missing image");
+    assert!(
+        matches!(&error, ProviderError::InvalidSpec(m)
+            if m.contains("hodei-no-such-image:never") && m.contains("scripts/build-agent-image")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_engine_is_unavailable_naming_the_socket() {
     let instance = Instance::new();
     let mut config = instance.config("http://127.0.0.1:9");
@@ -372,7 +456,11 @@ async fn an_unreachable_engine_is_unavailable_naming_the_socket() {
         provider.ping().await.expect_err("ping"),
         provider.list_workers().await.expect_err("list"),
         provider
-            .create_worker(&instance.worker(1), &WorkerSpec::default())
+            .create_worker(
+                &instance.worker(1),
+                &WorkerSpec::default(),
+                &hodei_ports::AgentCredential::new("test-credential"),
+            )
             .await
             .expect_err("create"),
         provider
@@ -405,7 +493,14 @@ async fn the_agent_in_the_container_runs_and_reaches_the_host_loopback() {
     // Connection failures are debug lines; the spec's environment reaches the agent.
     spec.env
         .insert("RUST_LOG".into(), "info,hodei_agent=debug".into());
-    provider.create_worker(&id, &spec).await.expect("create");
+    provider
+        .create_worker(
+            &id,
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
+        .await
+        .expect("create");
 
     let accepted = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await;
     let docker = engine().await;
@@ -519,12 +614,26 @@ async fn a_job_runs_in_a_docker_worker_of_a_real_server() {
     )
     .await;
 
-    let mut provider_config = DockerProviderConfig::new(&url, token, &instance.name);
+    // An agent enrollment token: the agent enrols its worker with it.
+    let created = tokio::process::Command::new(&hodei)
+        .args(["token", "create", "--role", "agent"])
+        .env("HODEI_SERVER", &url)
+        .env("HODEI_TOKEN", token)
+        .output()
+        .await
+        .expect("hodei token create");
+    assert!(created.status.success(), "{created:?}");
+    let agent_token = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    let mut provider_config = instance.config(&url);
     provider_config.stop_grace = Duration::from_secs(2);
     let provider = DockerProvider::new(provider_config).expect("provider");
     let id = instance.worker(1);
     provider
-        .create_worker(&id, &WorkerSpec::default())
+        .create_worker(
+            &id,
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new(agent_token),
+        )
         .await
         .expect("create");
 

@@ -79,12 +79,6 @@ pub struct KubernetesProviderConfig {
     /// Where agents connect: a URL the pods can reach, such as the server's Service
     /// (`http://hodei.hodei-system.svc:50051`). Required; empty by default.
     pub server_url: String,
-    /// The token agents present, set as the plain `HODEI_TOKEN` value when `token_secret`
-    /// is `None`.
-    pub token: String,
-    /// When set, `HODEI_TOKEN` comes from this Secret through `secretKeyRef`, and `token` is
-    /// never written into a pod.
-    pub token_secret: Option<SecretKey>,
     /// The CA file agents trust for an `https://` server URL, as a path inside the pod (the
     /// pod template mounts it), passed as `HODEI_CA_CERT`.
     pub ca_cert_path: Option<String>,
@@ -111,8 +105,6 @@ impl Default for KubernetesProviderConfig {
             namespace: "default".to_owned(),
             default_image: "hodei-agent:latest".to_owned(),
             server_url: String::new(),
-            token: String::new(),
-            token_secret: None,
             ca_cert_path: None,
             pod_template: None,
             service_account: None,

@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 
 use hodei_core::{WorkerId, WorkerSpec};
 use hodei_ports::ProviderError;
-use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, Pod, PodSpec, ResourceRequirements, SecretKeySelector,
-};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
@@ -98,6 +96,7 @@ pub fn build_pod(
     template: Option<&Pod>,
     id: &WorkerId,
     spec: &WorkerSpec,
+    credential: &str,
 ) -> Result<Pod, ProviderError> {
     let name = pod_name(id)?;
     let mut pod = template.cloned().unwrap_or_default();
@@ -171,7 +170,7 @@ pub fn build_pod(
             0
         }
     };
-    fill_agent_container(&mut containers[index], config, id, spec);
+    fill_agent_container(&mut containers[index], config, id, spec, credential);
     Ok(pod)
 }
 
@@ -180,6 +179,7 @@ fn fill_agent_container(
     config: &KubernetesProviderConfig,
     id: &WorkerId,
     spec: &WorkerSpec,
+    credential: &str,
 ) {
     container.image = Some(
         spec.image
@@ -197,24 +197,15 @@ fn fill_agent_container(
         args.push("--label".to_owned());
         args.push(format!("{key}={value}"));
     }
+    if let Some(user) = &spec.user {
+        args.push("--job-user".to_owned());
+        args.push(user.clone());
+    }
     container.args = Some(args);
 
     let mut ours = Vec::new();
-    ours.push(match &config.token_secret {
-        Some(secret) => EnvVar {
-            name: "HODEI_TOKEN".to_owned(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.name.clone(),
-                    key: secret.key.clone(),
-                    optional: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
-        None => plain_env("HODEI_TOKEN", &config.token),
-    });
+    // The worker's own credential: it opens this worker's session and nothing else.
+    ours.push(plain_env("HODEI_TOKEN", credential));
     if let Some(ca_cert) = &config.ca_cert_path {
         ours.push(plain_env("HODEI_CA_CERT", ca_cert));
     }
@@ -341,7 +332,14 @@ mod tests {
         let mut spec = WorkerSpec::default();
         spec.capabilities.cpu_cores = 0;
         spec.capabilities.memory_mb = 0;
-        let pod = build_pod(&KubernetesProviderConfig::default(), None, &id("w"), &spec).unwrap();
+        let pod = build_pod(
+            &KubernetesProviderConfig::default(),
+            None,
+            &id("w"),
+            &spec,
+            "real",
+        )
+        .unwrap();
         let agent = &pod.spec.unwrap().containers[0];
         assert_eq!(agent.resources, None);
     }
@@ -351,11 +349,8 @@ mod tests {
         let mut spec = WorkerSpec::default();
         spec.env.insert("HODEI_TOKEN".into(), "stolen".into());
         spec.env.insert("A".into(), "1".into());
-        let config = KubernetesProviderConfig {
-            token: "real".into(),
-            ..KubernetesProviderConfig::default()
-        };
-        let pod = build_pod(&config, None, &id("w"), &spec).unwrap();
+        let config = KubernetesProviderConfig::default();
+        let pod = build_pod(&config, None, &id("w"), &spec, "real").unwrap();
         let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
         let tokens: Vec<_> = env.iter().filter(|e| e.name == "HODEI_TOKEN").collect();
         assert_eq!(tokens.len(), 1);

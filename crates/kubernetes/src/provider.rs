@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use hodei_core::{ProviderKind, Worker, WorkerId, WorkerSpec};
-use hodei_ports::{ProviderError, WorkerProvider};
+use hodei_ports::{AgentCredential, ProviderError, WorkerProvider};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions, PropagationPolicy};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -128,9 +128,20 @@ impl KubernetesProvider {
         &self.config
     }
 
-    /// The pod `create_worker` would send for `id` and `spec`.
-    pub fn pod_for(&self, id: &WorkerId, spec: &WorkerSpec) -> Result<Pod, ProviderError> {
-        pod::build_pod(&self.config, self.template.as_ref(), id, spec)
+    /// The pod `create_worker` would send for `id`, `spec` and the worker's credential.
+    pub fn pod_for(
+        &self,
+        id: &WorkerId,
+        spec: &WorkerSpec,
+        credential: &AgentCredential,
+    ) -> Result<Pod, ProviderError> {
+        pod::build_pod(
+            &self.config,
+            self.template.as_ref(),
+            id,
+            spec,
+            credential.expose(),
+        )
     }
 
     async fn call<T>(
@@ -313,8 +324,9 @@ impl WorkerProvider for KubernetesProvider {
         &self,
         id: &WorkerId,
         spec: &WorkerSpec,
+        credential: &AgentCredential,
     ) -> Result<Worker, ProviderError> {
-        let pod = self.pod_for(id, spec)?;
+        let pod = self.pod_for(id, spec, credential)?;
         let name = pod.metadata.name.clone().unwrap_or_default();
         match self
             .call("create pod", self.pods.create(&PostParams::default(), &pod))

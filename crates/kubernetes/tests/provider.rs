@@ -10,7 +10,6 @@ use axum::http::Method;
 use hodei_core::{ProviderKind, WorkerId, WorkerSpec};
 use hodei_kubernetes::{
     KubernetesAccess, KubernetesProvider, KubernetesProviderConfig, PodOwner, PodTemplate,
-    SecretKey,
 };
 use hodei_ports::{ProviderError, WorkerProvider};
 use k8s_openapi::api::core::v1::Pod;
@@ -23,7 +22,6 @@ fn config(fake: &FakeKubeApi) -> KubernetesProviderConfig {
     KubernetesProviderConfig {
         namespace: NS.to_owned(),
         server_url: "https://hodei.hodei-system.svc:50051".to_owned(),
-        token: "secret-token".to_owned(),
         instance: "test".to_owned(),
         delete_grace: Duration::from_secs(7),
         access: KubernetesAccess::Url(fake.url()),
@@ -108,10 +106,6 @@ async fn contract_holds_when_deletes_are_graceful() {
 async fn the_pod_sent_carries_everything_the_agent_needs() {
     let fake = FakeKubeApi::start().await;
     let provider = provider(KubernetesProviderConfig {
-        token_secret: Some(SecretKey {
-            name: "hodei-agent-token".to_owned(),
-            key: "agent-token".to_owned(),
-        }),
         ca_cert_path: Some("/etc/hodei/ca.pem".to_owned()),
         service_account: Some("hodei-worker".to_owned()),
         owner: Some(PodOwner {
@@ -135,7 +129,11 @@ async fn the_pod_sent_carries_everything_the_agent_needs() {
     spec.env.insert("RUST_LOG".into(), "debug".into());
 
     let worker = provider
-        .create_worker(&id("Linux-Large_1a2b"), &spec)
+        .create_worker(
+            &id("Linux-Large_1a2b"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("create");
     assert_eq!(worker.id, id("Linux-Large_1a2b"));
@@ -199,12 +197,12 @@ async fn the_pod_sent_carries_everything_the_agent_needs() {
         env["HODEI_TOKEN"],
         json!({
             "name": "HODEI_TOKEN",
-            "valueFrom": { "secretKeyRef": { "name": "hodei-agent-token", "key": "agent-token" } },
+            "value": "test-credential",
         })
     );
     assert!(
         !pod.to_string().contains("secret-token"),
-        "the plain token never reaches the pod when a Secret is configured"
+        "only the worker's own credential reaches its pod"
     );
     assert_eq!(env["HODEI_CA_CERT"]["value"], "/etc/hodei/ca.pem");
     assert_eq!(env["RUST_LOG"]["value"], "debug");
@@ -223,7 +221,11 @@ async fn without_a_secret_the_token_is_a_plain_value_and_the_default_image_is_us
     let fake = FakeKubeApi::start().await;
     let provider = provider(config(&fake)).await;
     provider
-        .create_worker(&id("w-1"), &WorkerSpec::default())
+        .create_worker(
+            &id("w-1"),
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("create");
     let pod = &posted_pods(&fake)[0];
@@ -231,7 +233,7 @@ async fn without_a_secret_the_token_is_a_plain_value_and_the_default_image_is_us
     assert_eq!(agent["image"], "hodei-agent:latest");
     assert_eq!(
         env_of(agent)["HODEI_TOKEN"],
-        json!({ "name": "HODEI_TOKEN", "value": "secret-token" })
+        json!({ "name": "HODEI_TOKEN", "value": "test-credential" })
     );
     assert!(!env_of(agent).contains_key("HODEI_CA_CERT"));
     assert_eq!(pod["spec"].get("serviceAccountName"), None);
@@ -297,7 +299,7 @@ fn check_template_kept(pod: &Value) {
     assert_eq!(agent["volumeMounts"][0]["mountPath"], "/etc/hodei");
     let env = env_of(agent);
     assert_eq!(env["DOCKER_HOST"]["value"], "tcp://localhost:2375");
-    assert_eq!(env["HODEI_TOKEN"]["value"], "secret-token");
+    assert_eq!(env["HODEI_TOKEN"]["value"], "test-credential");
     assert_eq!(
         agent["env"]
             .as_array()
@@ -323,7 +325,11 @@ async fn a_pod_template_keeps_its_fields_and_gets_the_agent_put_over_it() {
     })
     .await;
     provider
-        .create_worker(&id("w-1"), &WorkerSpec::default())
+        .create_worker(
+            &id("w-1"),
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("create");
     check_template_kept(&posted_pods(&fake)[0]);
@@ -382,7 +388,11 @@ spec:
         })
         .await;
         provider
-            .create_worker(&id("w-1"), &WorkerSpec::default())
+            .create_worker(
+                &id("w-1"),
+                &WorkerSpec::default(),
+                &hodei_ports::AgentCredential::new("test-credential"),
+            )
             .await
             .expect("create");
         check_template_kept(&posted_pods(&fake)[0]);
@@ -443,11 +453,19 @@ async fn creating_the_same_worker_twice_adopts_the_existing_pod() {
     let provider = provider(config(&fake)).await;
     let spec = WorkerSpec::default();
     provider
-        .create_worker(&id("w-1"), &spec)
+        .create_worker(
+            &id("w-1"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("first");
     let again = provider
-        .create_worker(&id("w-1"), &spec)
+        .create_worker(
+            &id("w-1"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("a retried create of our own pod counts as created");
     assert_eq!(again.id, id("w-1"));
@@ -463,7 +481,11 @@ async fn conflicts_with_other_pods_are_reported() {
     // Someone else's pod.
     fake.insert_pod(NS, json!({ "metadata": { "name": "hodei-stranger" } }));
     let error = provider
-        .create_worker(&id("stranger"), &spec)
+        .create_worker(
+            &id("stranger"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect_err("not ours");
     assert!(
@@ -473,11 +495,19 @@ async fn conflicts_with_other_pods_are_reported() {
 
     // Another worker whose id differs only in case.
     provider
-        .create_worker(&id("case"), &spec)
+        .create_worker(
+            &id("case"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("create");
     let error = provider
-        .create_worker(&id("CASE"), &spec)
+        .create_worker(
+            &id("CASE"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect_err("collision");
     assert!(
@@ -490,7 +520,11 @@ async fn conflicts_with_other_pods_are_reported() {
     leaving["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
     fake.insert_pod(NS, leaving);
     let error = provider
-        .create_worker(&id("leaving"), &spec)
+        .create_worker(
+            &id("leaving"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect_err("terminating");
     assert!(
@@ -502,7 +536,11 @@ async fn conflicts_with_other_pods_are_reported() {
     // A bare 409 from the API server on create, then the GET shows our live pod: created.
     fake.insert_pod(NS, our_pod("hodei-raced", "raced", "test"));
     provider
-        .create_worker(&id("raced"), &spec)
+        .create_worker(
+            &id("raced"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("adopted");
 }
@@ -512,7 +550,11 @@ async fn terminate_deletes_with_the_grace_period_and_a_missing_pod_is_ok() {
     let fake = FakeKubeApi::start().await;
     let provider = provider(config(&fake)).await;
     provider
-        .create_worker(&id("w-1"), &WorkerSpec::default())
+        .create_worker(
+            &id("w-1"),
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("create");
     let uid = fake.pod(NS, "hodei-w-1").expect("pod")["metadata"]["uid"].clone();
@@ -535,7 +577,11 @@ async fn terminate_deletes_with_the_grace_period_and_a_missing_pod_is_ok() {
 
     // Gone between our get and our delete: the API's 404 is Ok too.
     provider
-        .create_worker(&id("w-2"), &WorkerSpec::default())
+        .create_worker(
+            &id("w-2"),
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("create");
     fake.fail_next_on(
@@ -576,7 +622,11 @@ async fn ids_that_cannot_be_pod_names_are_invalid_specs() {
     let provider = provider(config(&fake)).await;
     for bad in ["ends-", "ends.", "ends_", "a..b"] {
         let error = provider
-            .create_worker(&id(bad), &WorkerSpec::default())
+            .create_worker(
+                &id(bad),
+                &WorkerSpec::default(),
+                &hodei_ports::AgentCredential::new("test-credential"),
+            )
             .await
             .expect_err(bad);
         assert!(
@@ -599,7 +649,11 @@ async fn api_errors_map_to_provider_errors() {
         "pods is forbidden: User \"system:serviceaccount:ci:hodei\" cannot create resource \"pods\"",
     );
     let error = provider
-        .create_worker(&id("w-1"), &spec)
+        .create_worker(
+            &id("w-1"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect_err("403");
     assert!(
@@ -617,7 +671,11 @@ async fn api_errors_map_to_provider_errors() {
     let invalid = "Pod \"hodei-w-1\" is invalid: spec.containers[0].image: Required value";
     fake.fail_next(422, "Invalid", invalid);
     let error = provider
-        .create_worker(&id("w-1"), &spec)
+        .create_worker(
+            &id("w-1"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect_err("422");
     assert!(
@@ -631,7 +689,11 @@ async fn api_errors_map_to_provider_errors() {
         "quantities must match the regular expression",
     );
     let error = provider
-        .create_worker(&id("w-1"), &spec)
+        .create_worker(
+            &id("w-1"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect_err("400");
     assert!(
@@ -641,7 +703,11 @@ async fn api_errors_map_to_provider_errors() {
 
     fake.fail_next(500, "InternalError", "etcdserver: request timed out");
     let error = provider
-        .create_worker(&id("w-1"), &spec)
+        .create_worker(
+            &id("w-1"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect_err("500");
     assert!(
@@ -674,7 +740,11 @@ async fn api_errors_map_to_provider_errors() {
 
     // And after all that, the API works again.
     provider
-        .create_worker(&id("w-1"), &spec)
+        .create_worker(
+            &id("w-1"),
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect("create");
 }
@@ -696,7 +766,11 @@ async fn an_unreachable_api_is_unavailable() {
         "{error}"
     );
     let error = provider
-        .create_worker(&id("w-1"), &WorkerSpec::default())
+        .create_worker(
+            &id("w-1"),
+            &WorkerSpec::default(),
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
         .await
         .expect_err("refused");
     assert!(matches!(error, ProviderError::Unavailable(_)), "{error}");

@@ -5,18 +5,26 @@
 //! code paths can move the same job; every change is written to the store before anyone
 //! (a client, an agent) is told. The decisions come from `hodei_core`: queue order
 //! (`queue`), who runs what (`matching::plan_dispatch`), what an attempt's end means
-//! (`job::after_attempt`).
+//! (`job::after_attempt`), when an attempt in flight is given up on and whether a report is
+//! about the attempt in flight (`fence::judge`, `fence::classify_report`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
+use hodei_core::cost::{self, AttemptTotals, AttemptUsage};
+use hodei_core::fence::{
+    self, CurrentAttempt, FencePolicy, InFlight, LostBecause, Presence, Report, Verdict,
+};
 use hodei_core::job::{AttemptOutcome, after_attempt};
 use hodei_core::matching::{self, IdleWorker};
+use hodei_core::tenancy::{
+    self, AdmissionError, BurstState, DailyCost, FairShare, Resource, StartWindow, Tenants, Usage,
+};
 use hodei_core::{
     Job, JobId, JobSpec, JobState, QueueConfig, QueueEntry, QueueError, Queues, Requirements,
-    ValidationError, WorkerCapabilities, WorkerId, WorkerState,
+    TenantName, ValidationError, WorkerCapabilities, WorkerId, WorkerState,
 };
 use hodei_ports::store::{self, JobFilter, LogChunk};
 use hodei_ports::{AgentLink, Store};
@@ -37,17 +45,17 @@ use crate::SchedulerRegistry;
 pub struct JobServiceConfig {
     /// Named queues and their capacities.
     pub queues: Vec<QueueConfig>,
-    /// How long an assigned or running job waits for its worker's session to come back (after
-    /// a server restart, a network blip, a killed agent) before the attempt counts as lost.
-    pub lost_worker_grace: Duration,
-    /// How long a reconnected agent has to deliver the result of a job it no longer runs
-    /// (results produced while disconnected are sent after the reconnect).
-    pub result_grace: Duration,
+    /// The deadlines of attempts in flight: the agents' lease and the server's margin on it,
+    /// the assign timeout, the grace for results after a reconnect and past a job's timeout.
+    pub fence: FencePolicy,
     /// How often deadlines are checked.
     pub tick: Duration,
     /// What the dispatcher knows of the pools; the pool manager replaces it whenever a
     /// pool is created, changed or removed ([`JobService::set_pools`]).
     pub pools: PoolSettings,
+    /// Tenants, their weights and quotas, and the burst policy; replaced at runtime with
+    /// [`JobService::set_tenants`].
+    pub tenants: Tenants,
 }
 
 /// What the dispatcher needs to know of the pools.
@@ -87,10 +95,10 @@ impl Default for JobServiceConfig {
     fn default() -> Self {
         Self {
             queues: vec![QueueConfig::default()],
-            lost_worker_grace: Duration::from_secs(15),
-            result_grace: Duration::from_secs(2),
+            fence: FencePolicy::default(),
             tick: Duration::from_millis(250),
             pools: PoolSettings::default(),
+            tenants: Tenants::default(),
         }
     }
 }
@@ -103,6 +111,10 @@ pub enum JobError {
     /// The queue is full (retry later) or unknown.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The tenant's quotas refuse the job: it can never start, the tenant is unknown, or
+    /// its queued cap is reached.
+    #[error(transparent)]
+    Tenant(#[from] AdmissionError),
     /// No pool or worker could ever hold the job.
     #[error("no pool or worker can run this job: {0}")]
     Unsatisfiable(String),
@@ -149,6 +161,7 @@ enum Event {
     Accepted {
         worker_id: WorkerId,
         job_id: String,
+        attempt: u32,
     },
     Log {
         worker_id: WorkerId,
@@ -157,8 +170,12 @@ enum Event {
     Result {
         worker_id: WorkerId,
         job_id: String,
+        attempt: u32,
         outcome: AttemptOutcome,
         healthy: bool,
+    },
+    WorkerDead {
+        worker_id: WorkerId,
     },
     Snapshot {
         reply: oneshot::Sender<JobSnapshot>,
@@ -168,6 +185,22 @@ enum Event {
         reply: oneshot::Sender<Vec<WorkerId>>,
     },
     Pools(PoolSettings),
+    Tenants(Box<Tenants>),
+    TenantStatus {
+        reply: oneshot::Sender<Vec<TenantStatus>>,
+    },
+}
+
+/// What a tenant holds and how it fares now, from [`JobService::tenant_status`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantStatus {
+    pub tenant: TenantName,
+    pub usage: Usage,
+    pub queued: usize,
+    pub burst: BurstState,
+    /// Its share of the jobs started in the last hour (0 to 1), and how many it started.
+    pub share_last_hour: f64,
+    pub started_last_hour: u64,
 }
 
 /// The handle the API and the session layer use. Cheap to clone.
@@ -201,6 +234,8 @@ impl JobService {
         let (retired, retirements) = mpsc::unbounded_channel();
         let (changed, changes) = watch::channel(0);
         let activity = Activity::default();
+        let (usage, usage_rows) = mpsc::unbounded_channel();
+        tokio::spawn(write_usage(store.clone(), usage_rows));
         let mut dispatcher = Dispatcher {
             activity: activity.clone(),
             changed,
@@ -217,6 +252,13 @@ impl JobService {
             retired,
             arrived: Vec::new(),
             ran: Vec::new(),
+            fair: FairShare::default(),
+            bursts: BTreeMap::new(),
+            daily_cost: DailyCost::default(),
+            starts: StartWindow::default(),
+            dead: HashSet::new(),
+            started: Instant::now(),
+            usage,
         };
         dispatcher.recover().await?;
         tokio::spawn(dispatcher.run(inbox, cancel));
@@ -266,6 +308,18 @@ impl JobService {
     /// Applies changed pool settings (max uses, worker shapes, prices).
     pub async fn set_pools(&self, settings: PoolSettings) {
         self.tell(Event::Pools(settings)).await;
+    }
+
+    /// Applies changed tenants (weights, quotas, burst policy, auto-creation) from the next
+    /// planning pass on. Running jobs are never stopped by a lower quota.
+    pub async fn set_tenants(&self, tenants: Tenants) {
+        self.tell(Event::Tenants(Box::new(tenants))).await;
+    }
+
+    /// Every tenant with jobs in flight, queued or started in the last hour, and every
+    /// configured one: usage, queue, burst state and share of starts over the last hour.
+    pub async fn tenant_status(&self) -> Result<Vec<TenantStatus>, JobError> {
+        self.ask(|reply| Event::TenantStatus { reply }).await
     }
 
     /// Cancels a job: a queued one at once, a running one by telling its agent (the job
@@ -374,31 +428,58 @@ impl JobService {
         self.tell(Event::Connected { worker_id, running }).await;
     }
 
-    pub async fn job_accepted(&self, worker_id: WorkerId, job_id: String) {
-        self.tell(Event::Accepted { worker_id, job_id }).await;
+    /// The agent started attempt `attempt` of a job (0: it did not say which).
+    pub async fn job_accepted(&self, worker_id: WorkerId, job_id: String, attempt: u32) {
+        self.tell(Event::Accepted {
+            worker_id,
+            job_id,
+            attempt,
+        })
+        .await;
     }
 
-    /// Output of a running job; `attempt` is filled in by the dispatcher.
+    /// The provider confirmed the worker's agent is dead (its session closed and its
+    /// process is gone): its attempts are lost at once, without waiting for the lease.
+    pub async fn worker_dead(&self, worker_id: WorkerId) {
+        self.tell(Event::WorkerDead { worker_id }).await;
+    }
+
+    /// Output of a running job, for the attempt `chunk.attempt` (0: the agent did not say;
+    /// the dispatcher fills in the attempt in flight). Output of another attempt is dropped.
     pub async fn job_log(&self, worker_id: WorkerId, chunk: LogChunk) {
         self.tell(Event::Log { worker_id, chunk }).await;
     }
 
-    /// An attempt ended on `worker_id`; `healthy` is the agent's health check after it.
+    /// Attempt `attempt` ended on `worker_id` (0: the agent did not say which); `healthy`
+    /// is the agent's health check after it. A result for an attempt the dispatcher already
+    /// gave up on is counted as stale and otherwise ignored.
     pub async fn job_result(
         &self,
         worker_id: WorkerId,
         job_id: String,
+        attempt: u32,
         outcome: AttemptOutcome,
         healthy: bool,
     ) {
         self.tell(Event::Result {
             worker_id,
             job_id,
+            attempt,
             outcome,
             healthy,
         })
         .await;
     }
+}
+
+/// An agent's report that an attempt ended.
+#[derive(Debug)]
+struct ReportedEnd {
+    worker_id: WorkerId,
+    job_id: String,
+    attempt: u32,
+    outcome: AttemptOutcome,
+    healthy: bool,
 }
 
 /// An attempt's end, decided but not yet recorded.
@@ -431,7 +512,8 @@ struct Slot {
     retired: bool,
     /// When it last became idle; `None` until the dispatcher first sees it.
     idle_since: Option<Instant>,
-    /// An assignment could not be delivered; cleared when the agent connects again.
+    /// An assignment could not be delivered, or was not accepted in time; cleared when the
+    /// agent connects again.
     unreachable: bool,
 }
 
@@ -441,13 +523,34 @@ struct Live {
     job: Job,
     /// When it (re-)entered its queue, for the wait-time histogram.
     queued_at: Instant,
-    /// When it was handed to a worker, for the dispatch-latency histogram.
+    /// When it was handed to a worker, for the dispatch-latency histogram and the assign
+    /// timeout.
     assigned_at: Option<Instant>,
-    /// When its attempt counts as lost unless the worker shows up (or reports) first.
-    lost_at: Option<Instant>,
-    /// Whether the deadline holds even while the worker is connected: it reconnected
-    /// without the job among its running ones.
-    unconfirmed: bool,
+    /// When its agent said it started, for the job's timeout.
+    started_at: Option<Instant>,
+    /// When its agent reconnected without listing it among its running jobs.
+    unconfirmed_since: Option<Instant>,
+}
+
+impl Live {
+    fn new(job: Job, queued_at: Instant) -> Self {
+        Self {
+            job,
+            queued_at,
+            assigned_at: None,
+            started_at: None,
+            unconfirmed_since: None,
+        }
+    }
+
+    /// The attempt in flight, for [`fence::classify_report`].
+    fn current(&self) -> CurrentAttempt<'_> {
+        CurrentAttempt {
+            state: self.job.state,
+            worker: self.job.worker_id.as_ref(),
+            attempt: self.job.attempts,
+        }
+    }
 }
 
 /// Workers busy with a job or cleaning after one; absent means idle (as far as jobs go).
@@ -476,6 +579,46 @@ struct Dispatcher {
     /// Since the previous snapshot: submitted jobs' requirements, and (pool, seconds run).
     arrived: Vec<Requirements>,
     ran: Vec<(String, f64)>,
+    /// Workers the provider confirmed dead, until they connect again.
+    dead: HashSet<WorkerId>,
+    /// When the dispatcher started: the silence of workers it has not seen since counts
+    /// from here.
+    started: Instant,
+    /// Virtual time of weighted fair queuing across tenants.
+    fair: FairShare,
+    /// Tenants bursting or cooling down; absent means ready.
+    bursts: BTreeMap<TenantName, BurstState>,
+    daily_cost: DailyCost,
+    starts: StartWindow,
+    /// Ended attempts' usage, to [`write_usage`].
+    usage: mpsc::UnboundedSender<AttemptUsage>,
+}
+
+/// How long the usage writer gathers rows before one commit.
+const USAGE_BATCH_WINDOW: Duration = Duration::from_millis(250);
+
+/// Writes ended attempts' usage off the dispatch path: what arrives within
+/// [`USAGE_BATCH_WINDOW`] of a first row goes in one commit, so the dispatcher never waits on
+/// it and a busy server makes a few usage commits a second, not one per batch of results.
+/// Ends, after writing what is left, when the dispatcher is gone.
+async fn write_usage(store: Arc<dyn Store>, mut rows: mpsc::UnboundedReceiver<AttemptUsage>) {
+    while let Some(first) = rows.recv().await {
+        tokio::time::sleep(USAGE_BATCH_WINDOW).await;
+        let mut batch = vec![first];
+        while let Ok(row) = rows.try_recv() {
+            batch.push(row);
+        }
+        if let Err(error) = store.record_attempt_usage(&batch).await {
+            tracing::error!(%error, attempts = batch.len(), "could not record attempts' usage");
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the clock the core's tenancy decisions are given.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn log_store_error<T>(what: &str, job_id: &JobId, result: Result<T, store::Error>) -> Option<T> {
@@ -495,13 +638,7 @@ impl Dispatcher {
         let unfinished = self.store.list_jobs(&JobFilter::unfinished()).await?;
         let (mut queued, mut in_flight) = (0usize, 0usize);
         for job in unfinished {
-            let mut live = Live {
-                job,
-                queued_at: now,
-                assigned_at: None,
-                lost_at: None,
-                unconfirmed: false,
-            };
+            let mut live = Live::new(job, now);
             if live.job.state == JobState::Queued {
                 if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
                     // A queue removed from the configuration: the job still runs, from the
@@ -515,8 +652,12 @@ impl Dispatcher {
                 }
                 queued += 1;
             } else {
-                // Its agent gets the grace period to reconnect and say it still runs it.
-                live.lost_at = Some(now + self.config.lost_worker_grace);
+                // Its agent has its lease (plus the margin) to reconnect and say it still
+                // runs it; the timeouts count from now, as the instants before are unknown.
+                live.assigned_at = Some(now);
+                if live.job.state == JobState::Running {
+                    live.started_at = Some(now);
+                }
                 if let Some(worker) = &live.job.worker_id {
                     self.slots.entry(worker.clone()).or_default().job = Some(live.job.id.clone());
                     lock(&self.activity).insert(worker.clone(), WorkerState::Busy);
@@ -577,11 +718,20 @@ impl Dispatcher {
                     }
                     self.submit_batch(batch).await;
                 }
-                Event::Accepted { worker_id, job_id } => {
-                    let mut batch = vec![(worker_id, job_id)];
+                Event::Accepted {
+                    worker_id,
+                    job_id,
+                    attempt,
+                } => {
+                    let mut batch = vec![(worker_id, job_id, attempt)];
                     while let Some(Event::Accepted { .. }) = events.peek() {
-                        if let Some(Event::Accepted { worker_id, job_id }) = events.next() {
-                            batch.push((worker_id, job_id));
+                        if let Some(Event::Accepted {
+                            worker_id,
+                            job_id,
+                            attempt,
+                        }) = events.next()
+                        {
+                            batch.push((worker_id, job_id, attempt));
                         }
                     }
                     self.accepted_batch(batch).await;
@@ -589,19 +739,33 @@ impl Dispatcher {
                 Event::Result {
                     worker_id,
                     job_id,
+                    attempt,
                     outcome,
                     healthy,
                 } => {
-                    let mut batch = vec![(worker_id, job_id, outcome, healthy)];
+                    let mut batch = vec![ReportedEnd {
+                        worker_id,
+                        job_id,
+                        attempt,
+                        outcome,
+                        healthy,
+                    }];
                     while let Some(Event::Result { .. }) = events.peek() {
                         if let Some(Event::Result {
                             worker_id,
                             job_id,
+                            attempt,
                             outcome,
                             healthy,
                         }) = events.next()
                         {
-                            batch.push((worker_id, job_id, outcome, healthy));
+                            batch.push(ReportedEnd {
+                                worker_id,
+                                job_id,
+                                attempt,
+                                outcome,
+                                healthy,
+                            });
                         }
                     }
                     // Output first: whoever sees the job ended finds all of it stored.
@@ -614,7 +778,16 @@ impl Dispatcher {
                 Event::Explain { id, reply } => {
                     let _ = reply.send(self.explain(&id));
                 }
-                Event::Connected { worker_id, running } => self.connected(&worker_id, &running),
+                Event::Connected { worker_id, running } => {
+                    let started = self.connected(&worker_id, &running);
+                    // Its acceptance of these was lost (a server restart): it runs them.
+                    self.accepted_batch(started).await;
+                }
+                Event::WorkerDead { worker_id } => {
+                    tracing::info!(%worker_id, "worker confirmed dead, its attempts are lost now");
+                    self.dead.insert(worker_id);
+                    self.check_deadlines().await;
+                }
                 Event::Snapshot { reply } => {
                     let _ = reply.send(self.snapshot());
                 }
@@ -622,6 +795,13 @@ impl Dispatcher {
                     let _ = reply.send(self.drain(&workers));
                 }
                 Event::Pools(settings) => self.config.pools = settings,
+                Event::Tenants(tenants) => {
+                    self.config.tenants = *tenants;
+                    self.update_tenant_gauges();
+                }
+                Event::TenantStatus { reply } => {
+                    let _ = reply.send(self.tenant_status());
+                }
                 Event::Log { worker_id, chunk } => self.log(&worker_id, chunk),
             }
         }
@@ -650,6 +830,7 @@ impl Dispatcher {
         spec: JobSpec,
         shapes: &[WorkerCapabilities],
         reserved: &mut HashMap<hodei_core::QueueName, usize>,
+        tenant_reserved: &mut HashMap<TenantName, usize>,
     ) -> Result<Job, JobError> {
         let queue = &spec.queue;
         let (depth, capacity) = match (self.queues.depth(queue), self.queues.capacity(queue)) {
@@ -665,12 +846,22 @@ impl Dispatcher {
             }
             .into());
         }
+        let tenant_pending = tenant_reserved.entry(spec.tenant.clone()).or_default();
+        if let Err(refused) = self.config.tenants.admit(
+            &spec.tenant,
+            &spec.requirements,
+            self.queues.tenant_depth(&spec.tenant) + *tenant_pending,
+        ) {
+            self.metrics.tenant_rejected(&spec.tenant, &refused);
+            return Err(refused.into());
+        }
         if let Some(why) = matching::exceeds_every_shape(&spec.requirements, shapes) {
             return Err(JobError::Unsatisfiable(why));
         }
         let id = JobId::new(format!("j-{}", uuid::Uuid::new_v4().simple()))?;
         let job = Job::new(id, spec, 0, SystemTime::now())?;
         *pending += 1;
+        *tenant_reserved.entry(job.spec.tenant.clone()).or_default() += 1;
         Ok(job)
     }
 
@@ -730,10 +921,11 @@ impl Dispatcher {
     ) {
         let shapes = self.shapes();
         let mut reserved = HashMap::new();
+        let mut tenant_reserved = HashMap::new();
         let mut admitted = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         for (spec, reply) in batch {
-            match self.admit(spec, &shapes, &mut reserved) {
+            match self.admit(spec, &shapes, &mut reserved, &mut tenant_reserved) {
                 Ok(job) => {
                     admitted.push(job);
                     replies.push(reply);
@@ -770,16 +962,8 @@ impl Dispatcher {
         // Capacity was checked at admission; an accepted job is never dropped.
         self.queues.requeue(QueueEntry::from_job(&job))?;
         tracing::debug!(job_id = %job.id, queue = %job.spec.queue, priority = job.spec.priority.get(), "job queued");
-        self.jobs.insert(
-            job.id.clone(),
-            Live {
-                job: job.clone(),
-                queued_at: Instant::now(),
-                assigned_at: None,
-                lost_at: None,
-                unconfirmed: false,
-            },
-        );
+        self.jobs
+            .insert(job.id.clone(), Live::new(job.clone(), Instant::now()));
         self.metrics.submitted.inc();
         if self.arrived.len() < MAX_SNAPSHOT_QUEUED {
             self.arrived.push(job.spec.requirements.clone());
@@ -824,9 +1008,15 @@ impl Dispatcher {
     }
 
     fn idle_workers(&self) -> Vec<IdleWorker> {
+        let now = Instant::now();
         self.registry.filter_map(|entry| {
+            // Not heard from for a lease: its agent has fenced itself, and any job given to
+            // it would only be lost again.
+            let heard = now.saturating_duration_since(entry.last_seen_at) < self.config.fence.lease;
             let idle = entry.connected
+                && heard
                 && entry.liveness == hodei_core::health::Liveness::Healthy
+                && !self.dead.contains(&entry.worker.id)
                 && self
                     .slots
                     .get(&entry.worker.id)
@@ -835,7 +1025,123 @@ impl Dispatcher {
         })
     }
 
-    fn explain(&self, id: &JobId) -> Option<String> {
+    /// What each tenant holds now: jobs assigned or running, and today's cost.
+    fn usage(&mut self, now_ms: u64) -> BTreeMap<TenantName, Usage> {
+        let mut usage: BTreeMap<TenantName, Usage> = BTreeMap::new();
+        for live in self.jobs.values() {
+            if matches!(live.job.state, JobState::Assigned | JobState::Running) {
+                usage
+                    .entry(live.job.spec.tenant.clone())
+                    .or_default()
+                    .add_job(&live.job.spec.requirements);
+            }
+        }
+        let tenants: Vec<TenantName> = self.queues.tenants().chain(usage.keys()).cloned().collect();
+        for tenant in tenants {
+            let spent = self.daily_cost.spent(&tenant, now_ms);
+            usage.entry(tenant).or_default().daily_cost = spent;
+        }
+        usage
+    }
+
+    /// Moves each tenant's burst state on, given what it holds now.
+    fn update_bursts(&mut self, usage: &BTreeMap<TenantName, Usage>, now_ms: u64) {
+        let policy = self.config.tenants.burst;
+        let names: std::collections::BTreeSet<TenantName> =
+            usage.keys().chain(self.bursts.keys()).cloned().collect();
+        for name in names {
+            let over = match (self.config.tenants.get(&name), usage.get(&name)) {
+                (Some(tenant), Some(held)) => held.over_soft(&tenant.quotas),
+                _ => false,
+            };
+            let state = self.bursts.get(&name).copied().unwrap_or_default();
+            match state.next(over, &policy, now_ms) {
+                BurstState::Ready => {
+                    self.bursts.remove(&name);
+                }
+                next => {
+                    if next != state {
+                        tracing::info!(tenant = %name, from = state.as_str(), to = next.as_str(), "tenant burst state changed");
+                    }
+                    self.bursts.insert(name, next);
+                }
+            }
+        }
+    }
+
+    fn tenant_status(&mut self) -> Vec<TenantStatus> {
+        let now_ms = now_ms();
+        let mut usage = self.usage(now_ms);
+        let (started, total) = self.starts.counts(now_ms);
+        let names: std::collections::BTreeSet<TenantName> = usage
+            .keys()
+            .chain(started.keys())
+            .chain(self.config.tenants.configured.keys())
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .map(|tenant| {
+                let count = started.get(&tenant).copied().unwrap_or(0);
+                TenantStatus {
+                    usage: usage.remove(&tenant).unwrap_or_default(),
+                    queued: self.queues.tenant_depth(&tenant),
+                    burst: self.bursts.get(&tenant).copied().unwrap_or_default(),
+                    share_last_hour: if total == 0 {
+                        0.0
+                    } else {
+                        count as f64 / total as f64
+                    },
+                    started_last_hour: count,
+                    tenant,
+                }
+            })
+            .collect()
+    }
+
+    /// Why a queued job waits because of its tenant's quotas, if it does.
+    fn quota_reason(&mut self, job: &Job) -> Option<String> {
+        let now_ms = now_ms();
+        let usage = self
+            .usage(now_ms)
+            .remove(&job.spec.tenant)
+            .unwrap_or_default();
+        let Some(tenant) = self.config.tenants.get(&job.spec.tenant) else {
+            return Some(format!(
+                "tenant {} is not configured (tenants.auto_create is off)",
+                job.spec.tenant
+            ));
+        };
+        let burst = self
+            .bursts
+            .get(&job.spec.tenant)
+            .copied()
+            .unwrap_or_default();
+        let factor = burst
+            .may_burst(&self.config.tenants.burst, now_ms)
+            .then_some(self.config.tenants.burst.factor);
+        // Held to its limits first; past a soft one only while others leave workers idle.
+        match tenancy::check_start(&tenant, &usage, &job.spec.requirements, None) {
+            Ok(_) => None,
+            Err(strict) => {
+                match tenancy::check_start(&tenant, &usage, &job.spec.requirements, factor) {
+                    Ok(_) => Some(format!("{strict}; may burst when workers are idle")),
+                    Err(at_quota) => Some(at_quota.to_string()),
+                }
+            }
+        }
+    }
+
+    fn explain(&mut self, id: &JobId) -> Option<String> {
+        let job = self
+            .jobs
+            .get(id)
+            .filter(|live| live.job.state == JobState::Queued)?
+            .job
+            .clone();
+        if let Some(reason) = self.quota_reason(&job) {
+            return Some(reason);
+        }
         let live = self.jobs.get(id)?;
         (live.job.state == JobState::Queued).then(|| {
             let idle = self.idle_workers();
@@ -858,10 +1164,23 @@ impl Dispatcher {
         if idle.is_empty() {
             return;
         }
-        let plan = matching::plan_dispatch(self.queues.iter_in_order(), &idle);
+        let now_ms = now_ms();
+        let mut usage = self.usage(now_ms);
+        let plan = tenancy::plan_fair_dispatch(
+            &self.queues,
+            &idle,
+            &self.config.tenants,
+            &mut usage,
+            &self.bursts,
+            &mut self.fair,
+            now_ms,
+        );
+        if !plan.bursts.is_empty() {
+            tracing::debug!(jobs = plan.bursts.len(), "starts past soft quotas (burst)");
+        }
         // Every assignment of the plan is recorded with one commit, then sent.
-        let mut updates = Vec::with_capacity(plan.len());
-        for (job_id, worker_id) in plan {
+        let mut updates = Vec::with_capacity(plan.assignments.len());
+        for (job_id, worker_id) in plan.assignments {
             let Some(live) = self.jobs.get(&job_id) else {
                 self.queues.remove(&job_id);
                 continue;
@@ -881,9 +1200,14 @@ impl Dispatcher {
         };
         for ((job, _), result) in updates.into_iter().zip(results) {
             if log_store_error("an assignment", &job.id, result).is_some() {
+                self.starts.record(&job.spec.tenant, now_ms);
+                self.metrics.tenant_started(&job.spec.tenant);
                 self.assigned(job).await;
             }
         }
+        // Burst states follow what tenants hold after this pass's starts (as planned; the
+        // next tick corrects any start that could not be recorded).
+        self.update_bursts(&usage, now_ms);
         self.update_gauges();
     }
 
@@ -898,13 +1222,18 @@ impl Dispatcher {
         };
         self.queues.remove(&job_id);
         let now = Instant::now();
+        let waited = now.duration_since(live.queued_at).as_secs_f64();
+        self.metrics.queue_wait.observe(waited);
         self.metrics
-            .queue_wait
-            .observe(now.duration_since(live.queued_at).as_secs_f64());
+            .tenant_queue_wait
+            .get_or_create(&TenantLabels {
+                tenant: job.spec.tenant.to_string(),
+            })
+            .observe(waited);
         live.job = job;
         live.assigned_at = Some(now);
-        live.lost_at = None;
-        live.unconfirmed = false;
+        live.started_at = None;
+        live.unconfirmed_since = None;
         let slot = self.slots.entry(worker_id.clone()).or_default();
         slot.job = Some(job_id.clone());
         self.metrics.dispatched.inc();
@@ -926,13 +1255,23 @@ impl Dispatcher {
         slot.job = None;
         slot.unreachable = true;
         lock(&self.activity).remove(worker_id);
+        let reason = format!("worker {worker_id} was not reachable, requeued");
+        self.withdraw(job_id, reason).await;
+    }
+
+    /// Takes an assignment back before it started: the job goes back to its queue with the
+    /// attempt counted as withdrawn (its number is never reused, its retry is not spent).
+    async fn withdraw(&mut self, job_id: &JobId, reason: String) -> bool {
         let Some(live) = self.jobs.get_mut(job_id) else {
-            return;
+            return false;
         };
+        if live.job.state != JobState::Assigned {
+            return false;
+        }
         let mut job = live.job.clone();
         job.state = JobState::Queued;
-        job.attempts = job.attempts.saturating_sub(1);
-        job.reason = Some(format!("worker {worker_id} was not reachable, requeued"));
+        job.withdrawn = job.withdrawn.saturating_add(1);
+        job.reason = Some(reason);
         if log_store_error(
             "a requeue",
             job_id,
@@ -940,53 +1279,98 @@ impl Dispatcher {
         )
         .is_none()
         {
-            // The attempt stands as recorded; the deadline check treats it as lost.
-            live.lost_at = Some(Instant::now());
-            return;
+            // The attempt stands as recorded; the deadline check comes back to it.
+            return false;
         }
         live.job = job;
         live.assigned_at = None;
+        live.started_at = None;
+        live.unconfirmed_since = None;
         if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
             tracing::error!(%job_id, %error, "cannot queue a job again");
         }
+        true
     }
 
-    fn connected(&mut self, worker_id: &WorkerId, running: &[String]) {
+    /// An agent (re)connected listing the jobs it runs. Returns those of its jobs still
+    /// recorded as assigned, as acceptances to apply.
+    fn connected(
+        &mut self,
+        worker_id: &WorkerId,
+        running: &[String],
+    ) -> Vec<(WorkerId, String, u32)> {
+        let mut started = Vec::new();
         let now = Instant::now();
+        self.dead.remove(worker_id);
         if let Some(slot) = self.slots.get_mut(worker_id) {
             slot.unreachable = false;
         }
+        {
+            // Marked unhealthy for an assignment it never accepted: a new session, a new chance.
+            let mut activity = lock(&self.activity);
+            if activity.get(worker_id) == Some(&WorkerState::Unhealthy) {
+                activity.remove(worker_id);
+            }
+        }
         for live in self.jobs.values_mut() {
-            if live.job.worker_id.as_ref() != Some(worker_id) || live.job.state == JobState::Queued
+            if live.job.worker_id.as_ref() != Some(worker_id)
+                || !matches!(live.job.state, JobState::Assigned | JobState::Running)
             {
                 continue;
             }
             if running.iter().any(|id| id == live.job.id.as_str()) {
-                live.lost_at = None;
-                live.unconfirmed = false;
+                live.unconfirmed_since = None;
+                if live.job.state == JobState::Assigned {
+                    started.push((
+                        worker_id.clone(),
+                        live.job.id.to_string(),
+                        live.job.attempts,
+                    ));
+                }
             } else {
                 // Its result may still be on its way; if not, it is lost.
-                live.lost_at = Some(now + self.config.result_grace);
-                live.unconfirmed = true;
+                live.unconfirmed_since = Some(now);
             }
+        }
+        started
+    }
+
+    /// The job `job_id` if `attempt` of it is in flight on `worker_id`
+    /// ([`fence::classify_report`]); `None` for a stale report.
+    fn in_flight_on(
+        &mut self,
+        worker_id: &WorkerId,
+        job_id: &str,
+        attempt: u32,
+    ) -> Option<&mut Live> {
+        let id = JobId::new(job_id).ok()?;
+        let live = self.jobs.get_mut(&id)?;
+        match fence::classify_report(Some(live.current()), worker_id, attempt) {
+            Report::Current => Some(live),
+            Report::Stale => None,
         }
     }
 
-    /// The job `job_id` if it is in flight on `worker_id`; a stale message otherwise.
-    fn in_flight_on(&mut self, worker_id: &WorkerId, job_id: &str) -> Option<&mut Live> {
-        let id = JobId::new(job_id).ok()?;
-        let live = self.jobs.get_mut(&id)?;
-        (live.job.worker_id.as_ref() == Some(worker_id)
-            && matches!(live.job.state, JobState::Assigned | JobState::Running))
-        .then_some(live)
-    }
-
     /// Agents started these jobs: each moves from assigned to running, with one commit.
-    async fn accepted_batch(&mut self, batch: Vec<(WorkerId, String)>) {
+    /// An agent that started a numbered attempt the dispatcher gave up on is told to stop it.
+    async fn accepted_batch(&mut self, batch: Vec<(WorkerId, String, u32)>) {
         let mut updates: Vec<(Job, JobState)> = Vec::with_capacity(batch.len());
-        for (worker_id, job_id) in batch {
-            let Some(live) = self.in_flight_on(&worker_id, &job_id) else {
-                tracing::debug!(%worker_id, job_id, "ignoring a stale job acceptance");
+        for (worker_id, job_id, attempt) in batch {
+            let Some(live) = self.in_flight_on(&worker_id, &job_id, attempt) else {
+                self.metrics.stale("accepted");
+                // Attempt 0: not one of the dispatcher's assignments (or an agent that does
+                // not number them); nothing to stop on its behalf.
+                if attempt == 0 {
+                    tracing::debug!(%worker_id, job_id, "ignoring an acceptance of an unknown attempt");
+                    continue;
+                }
+                tracing::warn!(%worker_id, job_id, attempt, "stale job acceptance, telling the agent to stop it");
+                if let Ok(id) = JobId::new(job_id.clone()) {
+                    let _ = self
+                        .link
+                        .cancel(&worker_id, &id, "this attempt was given up on")
+                        .await;
+                }
                 continue;
             };
             if live.job.state != JobState::Assigned
@@ -1019,12 +1403,14 @@ impl Dispatcher {
                 && let Some(live) = self.jobs.get_mut(&job.id)
             {
                 live.job = job;
+                live.started_at = Some(Instant::now());
             }
         }
     }
 
     fn log(&mut self, worker_id: &WorkerId, mut chunk: LogChunk) {
-        let Some(live) = self.in_flight_on(worker_id, chunk.job_id.as_str()) else {
+        let Some(live) = self.in_flight_on(worker_id, chunk.job_id.as_str(), chunk.attempt) else {
+            self.metrics.stale("log");
             return;
         };
         chunk.attempt = live.job.attempts;
@@ -1043,11 +1429,20 @@ impl Dispatcher {
 
     /// Attempts that agents report ended: each job's next state is recorded (one commit for
     /// all), then workers are freed or retired and jobs with attempts left requeued.
-    async fn result_batch(&mut self, batch: Vec<(WorkerId, String, AttemptOutcome, bool)>) {
+    async fn result_batch(&mut self, batch: Vec<ReportedEnd>) {
         let mut ends = Vec::with_capacity(batch.len());
-        for (worker_id, job_id, outcome, healthy) in batch {
-            let Some(live) = self.in_flight_on(&worker_id, &job_id) else {
-                tracing::debug!(%worker_id, job_id, "ignoring a stale job result");
+        for ReportedEnd {
+            worker_id,
+            job_id,
+            attempt,
+            outcome,
+            healthy,
+        } in batch
+        {
+            let Some(live) = self.in_flight_on(&worker_id, &job_id, attempt) else {
+                // Never the job's result: the attempt was given up on (and maybe retried).
+                tracing::warn!(%worker_id, job_id, attempt, ?outcome, "stale job result recorded, not applied");
+                self.metrics.stale("result");
                 continue;
             };
             let id = live.job.id.clone();
@@ -1121,6 +1516,7 @@ impl Dispatcher {
                 return;
             }
         };
+        let mut usage = Vec::new();
         for (end, result) in ends.into_iter().zip(results) {
             let id = end.job.id.clone();
             if log_store_error("a job result", &id, result).is_none() {
@@ -1147,6 +1543,19 @@ impl Dispatcher {
                         .unwrap_or(0.0);
                     self.metrics
                         .charge(job.spec.tenant.as_str(), &pool, secs, rate);
+                    usage.push(AttemptUsage {
+                        job_id: id.to_string(),
+                        attempt: job.attempts,
+                        tenant: job.spec.tenant.to_string(),
+                        queue: job.spec.queue.to_string(),
+                        pool: pool.clone(),
+                        worker_id: worker.to_string(),
+                        ended_at_ms: crate::pools::unix_ms(SystemTime::now()),
+                        worker_seconds: secs,
+                        cost: cost::cost_of(secs, rate),
+                    });
+                    self.daily_cost
+                        .charge(&job.spec.tenant, secs * rate / 3600.0, now_ms());
                     if self.ran.len() < MAX_SNAPSHOT_QUEUED {
                         self.ran.push((pool, secs));
                     }
@@ -1158,8 +1567,8 @@ impl Dispatcher {
                 live.job = job;
                 live.queued_at = Instant::now();
                 live.assigned_at = None;
-                live.lost_at = None;
-                live.unconfirmed = false;
+                live.started_at = None;
+                live.unconfirmed_since = None;
                 if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
                     tracing::error!(job_id = %id, %error, "cannot queue a job again");
                 }
@@ -1172,6 +1581,10 @@ impl Dispatcher {
             if let Some(worker) = worker {
                 self.release(&worker, end.lost, end.healthy).await;
             }
+        }
+        for row in usage {
+            // The writer lives as long as the service; a send fails only at shutdown.
+            let _ = self.usage.send(row);
         }
     }
 
@@ -1243,38 +1656,126 @@ impl Dispatcher {
         }
     }
 
+    /// What the dispatcher knows of the worker of an attempt, for [`fence::judge`].
+    fn presence(&self, worker: Option<&WorkerId>) -> Presence {
+        let Some(worker) = worker else {
+            return Presence::Dead;
+        };
+        if self.dead.contains(worker) {
+            return Presence::Dead;
+        }
+        match self.registry.get(worker) {
+            Some(entry) if entry.connected => Presence::Connected {
+                last_heard: entry.last_seen_at.max(self.started).into_std(),
+            },
+            Some(entry) => Presence::Disconnected {
+                since: entry.last_seen_at.max(self.started).into_std(),
+            },
+            None => Presence::Disconnected {
+                since: self.started.into_std(),
+            },
+        }
+    }
+
+    /// Judges every attempt in flight ([`fence::judge`]) and applies the verdicts: lost
+    /// attempts end as worker losses, late assignments are withdrawn, overdue jobs end as
+    /// timed out; the agent is told to stop whatever it might still run of them.
     async fn check_deadlines(&mut self) {
+        let now_ms = now_ms();
+        let usage = self.usage(now_ms);
+        self.update_bursts(&usage, now_ms);
+        // Per-tenant gauges once per tick, not per dispatch pass: they cost a walk over
+        // the tenants and the jobs in flight.
+        self.update_tenant_gauges();
         let now = Instant::now();
-        let mut lost = Vec::new();
-        for live in self.jobs.values_mut() {
+        let mut verdicts = Vec::new();
+        for live in self.jobs.values() {
             if !matches!(live.job.state, JobState::Assigned | JobState::Running) {
                 continue;
             }
-            let present = live
-                .job
-                .worker_id
-                .as_ref()
-                .and_then(|worker| self.registry.get(worker))
-                .is_some_and(|entry| entry.connected);
-            match live.lost_at {
-                Some(at) if now >= at && (!present || live.unconfirmed) => {
-                    lost.push(live.job.id.clone());
-                }
-                Some(_) if present && !live.unconfirmed => live.lost_at = None,
-                Some(_) => {}
-                None if !present => live.lost_at = Some(now + self.config.lost_worker_grace),
-                None => {}
+            let in_flight = InFlight {
+                state: live.job.state,
+                assigned_at: live.assigned_at.unwrap_or(now).into_std(),
+                started_at: live.started_at.map(Instant::into_std),
+                timeout: live.job.spec.timeout,
+                presence: self.presence(live.job.worker_id.as_ref()),
+                unconfirmed_since: live.unconfirmed_since.map(Instant::into_std),
+            };
+            let verdict = fence::judge(&in_flight, &self.config.fence, now.into_std());
+            if !matches!(verdict, Verdict::Wait { .. }) {
+                verdicts.push((live.job.id.clone(), live.job.worker_id.clone(), verdict));
             }
         }
-        for id in lost {
-            tracing::warn!(job_id = %id, "the job's worker is gone, its attempt is lost");
-            self.end_attempt(&id, AttemptOutcome::WorkerLost, true)
-                .await;
+        for (id, worker, verdict) in verdicts {
+            self.apply_verdict(&id, worker, verdict).await;
         }
         self.update_gauges();
     }
 
-    fn update_gauges(&self) {
+    async fn apply_verdict(&mut self, id: &JobId, worker: Option<WorkerId>, verdict: Verdict) {
+        // Whatever the verdict, the worker (if it is there at all) must not run the attempt
+        // any more.
+        let link = self.link.clone();
+        let stop = |reason: &'static str| {
+            let (link, worker, id) = (link.clone(), worker.clone(), id.clone());
+            async move {
+                if let Some(worker) = worker {
+                    let _ = link.cancel(&worker, &id, reason).await;
+                }
+            }
+        };
+        match verdict {
+            Verdict::Wait { .. } => {}
+            Verdict::Lost(because) => {
+                tracing::warn!(job_id = %id, worker_id = ?worker, because = because.as_str(), "the attempt is lost");
+                self.metrics.lost(because);
+                // A silent agent whose session is still open (frozen, or its network is
+                // gone one way) hears it if it ever comes back; it will have fenced itself.
+                let connected = worker
+                    .as_ref()
+                    .and_then(|w| self.registry.get(w))
+                    .is_some_and(|entry| entry.connected);
+                if because != LostBecause::WorkerDead && connected {
+                    stop("the server gave up on this attempt").await;
+                }
+                self.end_attempt(id, AttemptOutcome::WorkerLost, true).await;
+            }
+            Verdict::TimedOut => {
+                tracing::warn!(job_id = %id, worker_id = ?worker, "the job ran past its timeout and its agent never said so, ending it");
+                stop("timed out (enforced by the server)").await;
+                if let Some(end) = self.attempt_end(id, AttemptOutcome::TimedOut, true) {
+                    // Its agent does not enforce timeouts: no more work for it until it
+                    // reconnects.
+                    let end = AttemptEnd { lost: true, ..end };
+                    self.record_ends(vec![end]).await;
+                }
+                if let Some(worker) = &worker {
+                    self.slots.entry(worker.clone()).or_default().unreachable = true;
+                }
+                self.metrics.server_timeouts.inc();
+            }
+            Verdict::Withdraw => {
+                let Some(worker) = worker.clone() else {
+                    return;
+                };
+                let reason = format!(
+                    "not accepted by worker {worker} within {:?}, requeued",
+                    self.config.fence.assign_timeout
+                );
+                tracing::warn!(job_id = %id, worker_id = %worker, "assignment not accepted in time, withdrawing it and marking the worker unhealthy");
+                if self.withdraw(id, reason).await {
+                    let slot = self.slots.entry(worker.clone()).or_default();
+                    slot.job = None;
+                    slot.unreachable = true;
+                    self.worker_state(&worker, WorkerState::Unhealthy);
+                    self.metrics.withdrawn.inc();
+                    stop("assignment withdrawn: not accepted in time").await;
+                }
+            }
+        }
+    }
+
+    fn update_gauges(&mut self) {
         self.metrics.queue_depth.clear();
         for ((queue, priority), depth) in self.queues.depth_by_priority() {
             self.metrics
@@ -1300,12 +1801,89 @@ impl Dispatcher {
             .running
             .set(i64::try_from(running).unwrap_or(i64::MAX));
     }
+
+    fn update_tenant_gauges(&mut self) {
+        let now_ms = now_ms();
+        let usage = self.usage(now_ms);
+        let metrics = &self.metrics;
+        metrics.tenant_running.clear();
+        metrics.tenant_queued.clear();
+        metrics.tenant_usage.clear();
+        metrics.tenant_quota.clear();
+        metrics.tenant_burst.clear();
+        let names: std::collections::BTreeSet<&TenantName> = usage
+            .keys()
+            .chain(self.config.tenants.configured.keys())
+            .chain(self.queues.tenants())
+            .collect();
+        for name in names {
+            let labels = TenantLabels {
+                tenant: name.to_string(),
+            };
+            let held = usage.get(name).copied().unwrap_or_default();
+            metrics
+                .tenant_running
+                .get_or_create(&labels)
+                .set(i64::from(held.running_jobs));
+            metrics
+                .tenant_queued
+                .get_or_create(&labels)
+                .set(i64::try_from(self.queues.tenant_depth(name)).unwrap_or(i64::MAX));
+            let bursting = matches!(self.bursts.get(name), Some(BurstState::Active { .. }));
+            metrics
+                .tenant_burst
+                .get_or_create(&labels)
+                .set(i64::from(bursting));
+            let quotas = self
+                .config
+                .tenants
+                .get(name)
+                .map(|tenant| tenant.quotas.clone())
+                .unwrap_or_default();
+            for resource in Resource::ALL {
+                let labels = TenantResourceLabels {
+                    tenant: name.to_string(),
+                    resource: resource.as_str(),
+                };
+                metrics
+                    .tenant_usage
+                    .get_or_create(&labels)
+                    .set(held.get(resource));
+                if let Some(limit) = quotas.get(&resource) {
+                    metrics.tenant_quota.get_or_create(&labels).set(limit.value);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     queue: String,
     priority: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantResourceLabels {
+    tenant: String,
+    resource: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantReasonLabels {
+    tenant: String,
+    reason: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn queue_wait_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 20))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -1330,6 +1908,23 @@ pub struct JobMetrics {
     uses_at_retirement: Histogram,
     tenant_seconds: Family<TenantPoolLabels, Counter<f64, AtomicU64>>,
     tenant_cost: Family<TenantPoolLabels, Counter<f64, AtomicU64>>,
+    tenant_running: Family<TenantLabels, Gauge>,
+    tenant_queued: Family<TenantLabels, Gauge>,
+    tenant_usage: Family<TenantResourceLabels, Gauge<f64, AtomicU64>>,
+    tenant_quota: Family<TenantResourceLabels, Gauge<f64, AtomicU64>>,
+    tenant_started: Family<TenantLabels, Counter>,
+    tenant_rejections: Family<TenantReasonLabels, Counter>,
+    tenant_burst: Family<TenantLabels, Gauge>,
+    tenant_queue_wait: HistogramFamily<TenantLabels>,
+    stale_reports: Family<KindLabels, Counter>,
+    lost_attempts: Family<KindLabels, Counter>,
+    withdrawn: Counter,
+    server_timeouts: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -1355,7 +1950,85 @@ impl JobMetrics {
             uses_at_retirement: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             tenant_seconds: Family::default(),
             tenant_cost: Family::default(),
+            tenant_running: Family::default(),
+            tenant_queued: Family::default(),
+            tenant_usage: Family::default(),
+            tenant_quota: Family::default(),
+            tenant_started: Family::default(),
+            tenant_rejections: Family::default(),
+            tenant_burst: Family::default(),
+            tenant_queue_wait: Family::new_with_constructor(queue_wait_histogram),
+            stale_reports: Family::default(),
+            lost_attempts: Family::default(),
+            withdrawn: Counter::default(),
+            server_timeouts: Counter::default(),
         };
+        registry.register(
+            "hodei_tenant_jobs_running",
+            "Jobs assigned or running, by tenant",
+            metrics.tenant_running.clone(),
+        );
+        registry.register(
+            "hodei_tenant_jobs_queued",
+            "Jobs queued, by tenant",
+            metrics.tenant_queued.clone(),
+        );
+        registry.register(
+            "hodei_tenant_usage",
+            "What a tenant holds now, by resource (running_jobs, cpu, memory_mb, workers, daily_cost)",
+            metrics.tenant_usage.clone(),
+        );
+        registry.register(
+            "hodei_tenant_quota",
+            "A tenant's configured quota, by resource (absent: unlimited)",
+            metrics.tenant_quota.clone(),
+        );
+        registry.register(
+            "hodei_tenant_jobs_started",
+            "Attempts started, by tenant: its share of started work",
+            metrics.tenant_started.clone(),
+        );
+        registry.register(
+            "hodei_tenant_quota_rejections",
+            "Submissions refused by a tenant's quotas, by reason (never_fits, queue_full, unknown_tenant)",
+            metrics.tenant_rejections.clone(),
+        );
+        registry.register(
+            "hodei_tenant_burst_active",
+            "1 while a tenant is past a soft quota (bursting)",
+            metrics.tenant_burst.clone(),
+        );
+        registry.register(
+            "hodei_tenant_queue_wait_seconds",
+            "Time from entering a queue to being handed to a worker, by tenant",
+            metrics.tenant_queue_wait.clone(),
+        );
+        registry.register(
+            "hodei_job_stale_reports",
+            "Reports (accepted, log, result) about attempts the server had already given up on: recorded, never applied",
+            metrics.stale_reports.clone(),
+        );
+        registry.register(
+            "hodei_job_lost_attempts",
+            "Attempts given up on, by why: worker_dead (confirmed by its provider), silent (past lease and margin), not_running (agent came back without it)",
+            metrics.lost_attempts.clone(),
+        );
+        registry.register(
+            "hodei_job_assignments_withdrawn",
+            "Assignments not accepted within jobs.assign_timeout, taken back without spending an attempt",
+            metrics.withdrawn.clone(),
+        );
+        registry.register(
+            "hodei_job_server_timeouts",
+            "Attempts the server ended as timed out because their agent never reported the timeout",
+            metrics.server_timeouts.clone(),
+        );
+        for kind in ["accepted", "log", "result"] {
+            let _ = metrics.stale_reports.get_or_create(&KindLabels { kind });
+        }
+        for kind in ["worker_dead", "silent", "not_running"] {
+            let _ = metrics.lost_attempts.get_or_create(&KindLabels { kind });
+        }
         registry.register(
             "hodei_tenant_worker_seconds",
             "Seconds tenants' jobs held a worker of a pool",
@@ -1435,14 +2108,58 @@ impl JobMetrics {
     }
 
     fn charge(&self, tenant: &str, pool: &str, secs: f64, cost_per_hour: f64) {
+        self.add_tenant_usage(tenant, pool, secs, cost::cost_of(secs, cost_per_hour));
+    }
+
+    fn add_tenant_usage(&self, tenant: &str, pool: &str, secs: f64, cost: f64) {
         let labels = TenantPoolLabels {
             tenant: tenant.to_owned(),
             pool: pool.to_owned(),
         };
         self.tenant_seconds.get_or_create(&labels).inc_by(secs);
-        self.tenant_cost
-            .get_or_create(&labels)
-            .inc_by(secs * cost_per_hour / 3600.0);
+        self.tenant_cost.get_or_create(&labels).inc_by(cost);
+    }
+
+    /// Starts the tenant counters at the stored totals, so that they survive restarts.
+    pub fn restore_tenant_totals(&self, totals: &[AttemptTotals]) {
+        for row in totals {
+            self.add_tenant_usage(&row.tenant, &row.pool, row.worker_seconds, row.cost);
+        }
+    }
+
+    fn tenant_started(&self, tenant: &TenantName) {
+        self.tenant_started
+            .get_or_create(&TenantLabels {
+                tenant: tenant.to_string(),
+            })
+            .inc();
+    }
+
+    fn tenant_rejected(&self, tenant: &TenantName, refused: &AdmissionError) {
+        let reason = match refused {
+            AdmissionError::NeverFits { .. } => "never_fits",
+            AdmissionError::QueueFull { .. } => "queue_full",
+            AdmissionError::UnknownTenant(_) => "unknown_tenant",
+        };
+        self.tenant_rejections
+            .get_or_create(&TenantReasonLabels {
+                tenant: tenant.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    fn stale(&self, kind: &'static str) {
+        self.stale_reports.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    fn lost(&self, because: LostBecause) {
+        let kind = match because {
+            LostBecause::WorkerDead => "worker_dead",
+            LostBecause::Silent => "silent",
+            LostBecause::NotRunning => "not_running",
+        };
+        self.lost_attempts.get_or_create(&KindLabels { kind }).inc();
     }
 
     fn finished(&self, state: JobState) {

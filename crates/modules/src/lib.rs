@@ -2,20 +2,26 @@
 //! between the ports (provider, store, scheduler) and the pure functions, and own no IO of
 //! their own.
 
+pub mod credentials;
 pub mod jobs;
 pub mod pools;
 pub mod scheduler_registry;
+pub mod tenants;
 pub mod worker_management;
 
+pub use credentials::{CredentialError, Credentials, NewCredential, Token};
 pub use jobs::{
-    JobError, JobMetrics, JobService, JobServiceConfig, JobSnapshot, LogPage, PoolSettings, Retired,
+    JobError, JobMetrics, JobService, JobServiceConfig, JobSnapshot, LogPage, PoolSettings,
+    Retired, TenantStatus,
 };
 pub use pools::{
     DecisionRecord, PoolCounts, PoolError, PoolManager, PoolManagerConfig, PoolMetrics, PoolStatus,
 };
 pub use scheduler_registry::{
-    LivenessChange, RegisteredWorker, RegistrationSource, SchedulerRegistry,
+    LivenessChange, RegisteredWorker, RegistrationSource, ResourceUsage, SchedulerRegistry,
+    WorkerUsageMetrics,
 };
+pub use tenants::{TenantError, TenantService, TenantView};
 pub use worker_management::{
     PoolCreated, WorkerManagementConfig, WorkerManagementError, WorkerManagementMetrics,
     WorkerManagementService, WorkerProvisioned, WorkerStatus,

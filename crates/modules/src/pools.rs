@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hodei_core::autoscale::{
     self, Demand, IdleSince, PoolCandidate, PoolView, ScaleAction, ScalingHistory,
 };
+use hodei_core::cost::{self, PoolUsage};
 use hodei_core::health::Liveness;
 use hodei_core::{PoolSpec, ProviderKind, ValidationError, WorkerId};
 use hodei_ports::{Store, store};
@@ -30,6 +31,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::jobs::{JobSnapshot, PoolSettings};
 use crate::{JobService, SchedulerRegistry, WorkerManagementService, WorkerStatus};
@@ -67,7 +69,7 @@ pub enum PoolError {
     AlreadyExists(String),
     #[error("pool {0} not found")]
     NotFound(String),
-    #[error("pool.provider: {0} is not configured on this server")]
+    #[error("pool.provider: {0} is not configured on this server: {how}", how = .0.how_to_enable())]
     ProviderNotConfigured(ProviderKind),
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -77,6 +79,10 @@ pub enum PoolError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecisionRecord {
     pub at: SystemTime,
+    /// The same decision made again on later passes (holds only): the last time, and how
+    /// many passes in all, the reason being the latest.
+    pub last_at: SystemTime,
+    pub repeats: u32,
     /// `up`, `down` or `hold`.
     pub action: &'static str,
     /// Workers added or drained.
@@ -105,7 +111,8 @@ pub struct PoolStatus {
     pub desired: u32,
     /// Newest first.
     pub decisions: Vec<DecisionRecord>,
-    /// Worker-seconds the pool has held, starting workers included, since this server started.
+    /// Worker-seconds the pool has held, starting workers included, since it was first
+    /// created (kept in the store across restarts).
     pub worker_seconds: f64,
     /// `worker_seconds` priced at `cost_per_hour`.
     pub cost: f64,
@@ -134,6 +141,8 @@ struct PoolState {
     mean_run_secs: Option<f64>,
     worker_seconds: f64,
     cost: f64,
+    /// Jobs the autoscaler attributed to this pool at the last pass.
+    queued: u32,
 }
 
 impl PoolState {
@@ -153,6 +162,7 @@ impl PoolState {
             mean_run_secs: None,
             worker_seconds: 0.0,
             cost: 0.0,
+            queued: 0,
         }
     }
 
@@ -201,7 +211,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn unix_ms(now: SystemTime) -> u64 {
+pub(crate) fn unix_ms(now: SystemTime) -> u64 {
     now.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
@@ -212,11 +222,39 @@ struct Inner {
     registry: Arc<SchedulerRegistry>,
     store: Arc<dyn Store>,
     pools: Mutex<BTreeMap<String, PoolState>>,
+    /// Names being created now: a second create of one of them is refused at once, so
+    /// concurrent creates of one name have exactly one winner.
+    creating: Mutex<BTreeSet<String>>,
     metrics: PoolMetrics,
     config: PoolManagerConfig,
     wake: Notify,
     last_pass: Mutex<Option<Instant>>,
+    /// Cancelled by [`PoolManager::stop`]: no pass and no provisioning starts after it.
+    stopping: CancellationToken,
+    /// The background provisioning and termination tasks, so that `stop` can wait for them.
+    tasks: TaskTracker,
+    /// Pool usage not yet in the store, and when it was last written.
+    unsaved_usage: Mutex<(UnsavedUsage, Instant)>,
 }
+
+/// Holds a name in [`Inner::creating`] until dropped.
+struct Reservation<'a> {
+    creating: &'a Mutex<BTreeSet<String>>,
+    name: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(self.creating).remove(&self.name);
+    }
+}
+
+/// Pool usage by (pool, hour start).
+type UnsavedUsage = BTreeMap<(String, u64), PoolUsage>;
+
+/// How often pool usage is written to the store: passes can come every
+/// `min_pass_interval` under load, and each write is a commit.
+const USAGE_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// See the module docs. Cheap to clone.
 #[derive(Clone)]
@@ -251,6 +289,14 @@ impl PoolManager {
             store.put_pool(spec).await?;
             pools.insert(spec.name.clone(), PoolState::new(spec.clone()));
         }
+        // Totals survive restarts: the pools' and the counters' start where the store is.
+        for usage in store.pool_usage(0).await? {
+            if let Some(pool) = pools.get_mut(&usage.pool) {
+                pool.worker_seconds = usage.worker_seconds;
+                pool.cost = usage.cost;
+            }
+            metrics.restore(&usage);
+        }
         for spec in pools.values().map(|p| &p.spec) {
             if !management.provider_kinds().contains(&spec.provider) {
                 tracing::error!(pool = %spec.name, provider = %spec.provider, "pool's provider is not configured; it will not get workers");
@@ -263,10 +309,14 @@ impl PoolManager {
                 registry,
                 store,
                 pools: Mutex::new(pools),
+                creating: Mutex::new(BTreeSet::new()),
                 metrics,
                 config,
                 wake: Notify::new(),
                 last_pass: Mutex::new(None),
+                stopping: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                unsaved_usage: Mutex::new((BTreeMap::new(), Instant::now())),
             }),
         };
         manager.publish_settings().await;
@@ -279,8 +329,12 @@ impl PoolManager {
         let mut tick = tokio::time::interval(self.inner.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Biased: at shutdown the dispatcher changes too (sessions close), and a pass
+            // chosen over the cancel would replace the workers being terminated.
             tokio::select! {
+                biased;
                 () = cancel.cancelled() => return,
+                () = self.inner.stopping.cancelled() => return,
                 _ = tick.tick() => {}
                 () = self.inner.wake.notified() => {}
                 changed = changes.changed() => {
@@ -295,6 +349,9 @@ impl PoolManager {
                 && since < self.inner.config.min_pass_interval
             {
                 tokio::time::sleep(self.inner.config.min_pass_interval - since).await;
+            }
+            if cancel.is_cancelled() || self.inner.stopping.is_cancelled() {
+                return;
             }
             self.pass().await;
         }
@@ -319,6 +376,15 @@ impl PoolManager {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Stops for good: no pass or provisioning starts from now on, and this returns once
+    /// the provisioning and terminations already under way have finished, so that a
+    /// shutdown that then terminates every worker sees them all.
+    pub async fn stop(&self) {
+        self.inner.stopping.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// Asks for a pass soon.
@@ -354,13 +420,34 @@ impl PoolManager {
     pub async fn create(&self, spec: PoolSpec) -> Result<PoolStatus, PoolError> {
         spec.validate()?;
         self.check_provider(&spec)?;
-        if lock(&self.inner.pools)
-            .get(&spec.name)
-            .is_some_and(|pool| !pool.removing)
-        {
-            return Err(PoolError::AlreadyExists(spec.name));
+        let over_removed = {
+            let pools = lock(&self.inner.pools);
+            let existing = pools.get(&spec.name);
+            if existing.is_some_and(|pool| !pool.removing)
+                || !lock(&self.inner.creating).insert(spec.name.clone())
+            {
+                return Err(PoolError::AlreadyExists(spec.name));
+            }
+            existing.is_some()
+        };
+        let _reservation = Reservation {
+            creating: &self.inner.creating,
+            name: spec.name.clone(),
+        };
+        // A pool still being removed has its row in the store: the new spec replaces it.
+        // Otherwise the store's unique name decides, for replicas sharing one store too.
+        let stored = if over_removed {
+            self.inner.store.put_pool(&spec).await
+        } else {
+            self.inner.store.insert_pool(&spec).await
+        };
+        match stored {
+            Ok(()) => {}
+            Err(hodei_ports::store::Error::PoolExists(name)) => {
+                return Err(PoolError::AlreadyExists(name));
+            }
+            Err(error) => return Err(error.into()),
         }
-        self.inner.store.put_pool(&spec).await?;
         let status = {
             let mut pools = lock(&self.inner.pools);
             let pool = pools
@@ -466,6 +553,9 @@ impl PoolManager {
 
     /// One pass over every pool.
     pub async fn pass(&self) {
+        if self.inner.stopping.is_cancelled() {
+            return;
+        }
         let Ok(snapshot) = self.inner.jobs.snapshot().await else {
             return;
         };
@@ -478,6 +568,7 @@ impl PoolManager {
         let members = self.members();
 
         let mut actions = Vec::new();
+        let mut usage = Vec::new();
         {
             let mut pools = lock(&self.inner.pools);
             let mut views: BTreeMap<String, (PoolView, PoolCounts)> = BTreeMap::new();
@@ -493,10 +584,11 @@ impl PoolManager {
                     PoolCandidate::from_spec(&pool.spec, busy, now_ms)
                 })
                 .collect();
-            let queued: BTreeMap<String, u32> = candidates
+            let queued: BTreeMap<String, (u32, u32)> = candidates
                 .iter()
                 .zip(autoscale::attribute_demand(&candidates, &snapshot.queued))
-                .map(|(candidate, count)| (candidate.name.clone(), count))
+                .zip(autoscale::queued_that_fit(&candidates, &snapshot.queued))
+                .map(|((candidate, share), fitting)| (candidate.name.clone(), (share, fitting)))
                 .collect();
             let mut arrived: BTreeMap<String, u32> = BTreeMap::new();
             for job in &snapshot.arrived {
@@ -510,7 +602,10 @@ impl PoolManager {
                     continue;
                 };
                 pool.counts = counts;
-                self.account(pool, &counts, elapsed);
+                let used = self.account(pool, &counts, elapsed, now_ms);
+                if used.worker_seconds > 0.0 {
+                    usage.push(used);
+                }
                 for (_, secs) in snapshot.ran.iter().filter(|(p, _)| p == name) {
                     pool.mean_run_secs = Some(match pool.mean_run_secs {
                         None => *secs,
@@ -529,8 +624,11 @@ impl PoolManager {
                 }
                 pool.arrivals
                     .push_back((now, arrived.get(name).copied().unwrap_or(0)));
+                let (share, fitting) = queued.get(name).copied().unwrap_or((0, 0));
+                pool.queued = share;
                 let demand = Demand {
-                    queued: queued.get(name).copied().unwrap_or(0),
+                    queued: share,
+                    queued_fitting: fitting,
                     arrivals_per_sec: pool.arrivals_per_sec(now),
                     mean_run_secs: pool.mean_run_secs.unwrap_or(0.0),
                 };
@@ -550,6 +648,14 @@ impl PoolManager {
                 tracing::info!(pool = %name, "removed pool has no workers left");
             }
         }
+        {
+            let mut unsaved = lock(&self.inner.unsaved_usage);
+            for used in usage {
+                let key = (used.pool.clone(), cost::hour_start(used.hour_start_ms));
+                unsaved.0.entry(key).or_default().merge(used);
+            }
+        }
+        self.save_usage(false).await;
         for (spec, action) in actions {
             match action {
                 ScaleAction::Up(count) => self.provision(&spec, count, now),
@@ -636,13 +742,56 @@ impl PoolManager {
         (view, counts)
     }
 
-    fn account(&self, pool: &mut PoolState, counts: &PoolCounts, elapsed: Duration) {
+    /// Writes the pool usage not yet in the store; the server calls it when it stops.
+    pub async fn flush_usage(&self) {
+        self.save_usage(true).await;
+    }
+
+    /// Writes the pool usage gathered since the last write, at most every
+    /// [`USAGE_SAVE_INTERVAL`] unless `now`.
+    async fn save_usage(&self, now: bool) {
+        let rows: Vec<PoolUsage> = {
+            let mut unsaved = lock(&self.inner.unsaved_usage);
+            if unsaved.0.is_empty() || (!now && unsaved.1.elapsed() < USAGE_SAVE_INTERVAL) {
+                return;
+            }
+            unsaved.1 = Instant::now();
+            std::mem::take(&mut unsaved.0).into_values().collect()
+        };
+        if let Err(error) = self.inner.store.add_pool_usage(&rows).await {
+            tracing::error!(%error, "could not record pool usage");
+        }
+    }
+
+    /// Charges the pool for the workers it held since the last pass; the usage to store.
+    fn account(
+        &self,
+        pool: &mut PoolState,
+        counts: &PoolCounts,
+        elapsed: Duration,
+        now_ms: u64,
+    ) -> PoolUsage {
         let workers =
             counts.idle + counts.busy + counts.starting + counts.unhealthy + counts.leaving;
         let seconds = f64::from(workers) * elapsed.as_secs_f64();
-        let cost = seconds * pool.spec.cost_per_hour / 3600.0;
+        let cost = cost::cost_of(seconds, pool.spec.cost_per_hour);
         pool.worker_seconds += seconds;
         pool.cost += cost;
+        // What the last pass decided held until now.
+        let (_, max) = autoscale::bounds(&pool.spec, now_ms);
+        let at_max_waiting = pool.queued > 0 && pool.desired >= max && !pool.removing;
+        let usage = PoolUsage {
+            pool: pool.spec.name.clone(),
+            hour_start_ms: now_ms,
+            worker_seconds: seconds,
+            busy_seconds: f64::from(counts.busy) * elapsed.as_secs_f64(),
+            cost,
+            at_max_waiting_seconds: if at_max_waiting {
+                elapsed.as_secs_f64()
+            } else {
+                0.0
+            },
+        };
         let labels = PoolLabels {
             pool: pool.spec.name.clone(),
         };
@@ -652,6 +801,7 @@ impl PoolManager {
             .get_or_create(&labels)
             .inc_by(seconds);
         self.inner.metrics.cost.get_or_create(&labels).inc_by(cost);
+        usage
     }
 
     fn record(
@@ -666,13 +816,17 @@ impl PoolManager {
             ScaleAction::Up(n) => *n,
             ScaleAction::Down(workers) => u32::try_from(workers.len()).unwrap_or(u32::MAX),
         };
-        // Holds are recorded when they follow something else, not on every pass.
-        let repeat_hold = decision.action == ScaleAction::Hold
-            && pool
-                .decisions
-                .back()
-                .is_none_or(|last| last.action == "hold");
-        if repeat_hold {
+        // A hold after a hold is one row with a count, so that a pool holding for hours
+        // does not push its scaling out of the recent decisions.
+        if decision.action == ScaleAction::Hold
+            && let Some(last) = pool.decisions.back_mut()
+            && last.action == "hold"
+        {
+            last.repeats = last.repeats.saturating_add(1);
+            last.last_at = wall;
+            last.desired = decision.desired;
+            last.supply = decision.supply;
+            last.reason.clone_from(&decision.reason);
             return;
         }
         pool.history.record(&decision.action, now_ms);
@@ -689,6 +843,8 @@ impl PoolManager {
         }
         pool.decisions.push_back(DecisionRecord {
             at: wall,
+            last_at: wall,
+            repeats: 1,
             action: decision.action.as_str(),
             count,
             desired: decision.desired,
@@ -722,8 +878,18 @@ impl PoolManager {
             let manager = self.clone();
             let spec = spec.clone();
             let semaphore = semaphore.clone();
-            tokio::spawn(async move {
-                let Ok(_permit) = semaphore.acquire_owned().await else {
+            self.inner.tasks.spawn(async move {
+                let stopping = manager.inner.stopping.clone();
+                let permit = tokio::select! {
+                    biased;
+                    () = stopping.cancelled() => None,
+                    permit = semaphore.acquire_owned() => permit.ok(),
+                };
+                let Some(_permit) = permit else {
+                    if let Some(pool) = lock(&manager.inner.pools).get_mut(&spec.name) {
+                        pool.starting.remove(&id);
+                        pool.started_at.remove(&id);
+                    }
                     return;
                 };
                 let result = manager
@@ -771,7 +937,7 @@ impl PoolManager {
         for id in drained {
             let manager = self.clone();
             let pool = spec.name.clone();
-            tokio::spawn(async move {
+            self.inner.tasks.spawn(async move {
                 tracing::info!(%pool, worker_id = %id, "terminating a drained worker");
                 if let Err(error) = manager.inner.management.terminate_worker(&id).await {
                     tracing::warn!(%pool, worker_id = %id, %error, "could not terminate a drained worker; the reconciler will");
@@ -900,6 +1066,17 @@ impl PoolMetrics {
                 .set(i64::from(value));
         }
         let labels = PoolLabels { pool: pool.clone() };
+        // Counters present at zero from the pool's first pass, so that alerts can use them.
+        let _ = self.provisioning_failures.get_or_create(&labels);
+        let _ = self.worker_seconds.get_or_create(&labels);
+        let _ = self.cost.get_or_create(&labels);
+        let _ = self.cold_start.get_or_create(&labels);
+        for action in ["up", "down"] {
+            let _ = self.decisions.get_or_create(&DecisionLabels {
+                pool: pool.clone(),
+                action,
+            });
+        }
         self.desired.get_or_create(&labels).set(i64::from(desired));
         let (min, max) = autoscale::bounds(spec, now_ms);
         self.min.get_or_create(&labels).set(i64::from(min));
@@ -907,6 +1084,17 @@ impl PoolMetrics {
         self.healthy
             .get_or_create(&labels)
             .set(i64::from(counts.idle + counts.busy >= min));
+    }
+
+    /// Starts a pool's counters at its stored totals.
+    fn restore(&self, usage: &PoolUsage) {
+        let labels = PoolLabels {
+            pool: usage.pool.clone(),
+        };
+        self.worker_seconds
+            .get_or_create(&labels)
+            .inc_by(usage.worker_seconds);
+        self.cost.get_or_create(&labels).inc_by(usage.cost);
     }
 
     fn forget(&self, pool: &str) {

@@ -3,13 +3,17 @@
 //! `SchedulerService` serves when it runs elsewhere.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{Worker, WorkerId};
 use hodei_ports::{SchedulerError, SchedulerPort};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::time::Instant;
 
 /// Who registered a worker.
@@ -37,6 +41,17 @@ pub struct RegisteredWorker {
     pub last_seen_at: Instant,
     pub liveness: Liveness,
     pub agent_version: Option<String>,
+    /// What the agent's last heartbeat said about its machine.
+    pub usage: Option<ResourceUsage>,
+}
+
+/// A worker's machine at one heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResourceUsage {
+    /// One-minute load average.
+    pub load_average: f64,
+    pub memory_used_mb: u64,
+    pub running_jobs: u32,
 }
 
 /// A change of liveness found by [`SchedulerRegistry::sweep`].
@@ -81,6 +96,7 @@ impl SchedulerRegistry {
             last_seen_at: Instant::now(),
             liveness: Liveness::Healthy,
             agent_version: None,
+            usage: None,
         }
     }
 
@@ -127,6 +143,13 @@ impl SchedulerRegistry {
         entry.last_seen_at = Instant::now();
         entry.agent_version = Some(agent_version.to_owned());
         Ok(before)
+    }
+
+    /// Keeps what a heartbeat said about the worker's machine; unknown workers are ignored.
+    pub fn record_usage(&self, worker_id: &WorkerId, usage: ResourceUsage) {
+        if let Some(entry) = self.write().get_mut(worker_id) {
+            entry.usage = Some(usage);
+        }
     }
 
     /// Records a heartbeat. Returns the liveness before it, or `None` for an unknown worker.
@@ -194,6 +217,67 @@ impl SchedulerRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.read().is_empty()
+    }
+}
+
+/// `hodei_worker_load_average`, `hodei_worker_memory_used_bytes` and
+/// `hodei_worker_running_jobs` by worker and pool, read from the registry at each scrape so
+/// that a worker's series leave with it.
+#[derive(Debug)]
+pub struct WorkerUsageMetrics {
+    registry: Arc<SchedulerRegistry>,
+}
+
+impl WorkerUsageMetrics {
+    pub fn new(registry: Arc<SchedulerRegistry>) -> Self {
+        Self { registry }
+    }
+}
+
+/// Reads one figure out of a heartbeat's usage.
+type UsageValue = fn(&ResourceUsage) -> f64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+    pool: String,
+}
+
+impl Collector for WorkerUsageMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let usage = self.registry.filter_map(|entry| {
+            entry.usage.map(|usage| {
+                let labels = WorkerLabels {
+                    worker: entry.worker.id.to_string(),
+                    pool: entry.worker.metadata.pool.clone().unwrap_or_default(),
+                };
+                (labels, usage)
+            })
+        });
+        let families: [(&str, &str, UsageValue); 3] = [
+            (
+                "hodei_worker_load_average",
+                "One-minute load average of the worker's machine, from its last heartbeat",
+                |u| u.load_average,
+            ),
+            (
+                "hodei_worker_memory_used_bytes",
+                "Memory used on the worker's machine, from its last heartbeat",
+                |u| u.memory_used_mb as f64 * 1024.0 * 1024.0,
+            ),
+            (
+                "hodei_worker_running_jobs",
+                "Jobs the worker's agent runs, from its last heartbeat",
+                |u| f64::from(u.running_jobs),
+            ),
+        ];
+        for (name, help, value) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (labels, usage) in &usage {
+                ConstGauge::new(value(usage)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
+use hodei_core::credential::WorkerOrigin;
 use hodei_core::reconcile::{self, Action, Views};
 use hodei_core::{
     PoolSpec, ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata,
@@ -22,7 +23,8 @@ use hodei_core::{
 };
 use hodei_ports::store::{self, WorkerFilter};
 use hodei_ports::{
-    ProviderError, RegistrationError, SchedulerError, Store, WorkerProvider, WorkerRegistrationPort,
+    AgentCredential, ProviderError, RegistrationError, SchedulerError, Store, WorkerProvider,
+    WorkerRegistrationPort,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -187,8 +189,11 @@ pub enum WorkerManagementError {
     #[error("worker {0} not found")]
     WorkerNotFound(WorkerId),
     /// A pool names a provider this server was not configured with.
-    #[error("provider {0} is not configured on this server")]
+    #[error("provider {0} is not configured on this server: {how}", how = .0.how_to_enable())]
     ProviderNotConfigured(ProviderKind),
+    /// The worker's credential could not be minted.
+    #[error("cannot mint the worker's credential: {0}")]
+    Credential(String),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -259,6 +264,27 @@ impl WorkerManagementMetrics {
                 .get_or_create(&WorkerTypeLabels {
                     worker_type: worker_type.as_str(),
                 });
+            // Present at zero from the start, so that alerts on them can be written.
+            for provider in [
+                ProviderKind::Local,
+                ProviderKind::Docker,
+                ProviderKind::Kubernetes,
+            ] {
+                let labels = ProviderLabels {
+                    provider: provider.as_str(),
+                    worker_type: worker_type.as_str(),
+                };
+                let _ = metrics.provisioned.get_or_create(&labels);
+                let _ = metrics.provisioning_failed.get_or_create(&labels);
+                let _ = metrics.terminated.get_or_create(&labels);
+            }
+        }
+        for action in Action::KINDS {
+            for result in ["success", "failure"] {
+                let _ = metrics
+                    .reconcile_actions
+                    .get_or_create(&ReconcileLabels { action, result });
+            }
         }
         metrics
     }
@@ -299,6 +325,9 @@ pub struct WorkerManagementService {
     config: WorkerManagementConfig,
     metrics: WorkerManagementMetrics,
     in_flight: Mutex<BTreeSet<WorkerId>>,
+    /// Mints each provisioned worker's credential; without it (tests with fake
+    /// providers) workers get a random credential no server accepts.
+    credentials: Option<crate::Credentials>,
 }
 
 impl std::fmt::Debug for WorkerManagementService {
@@ -327,6 +356,7 @@ impl WorkerManagementService {
             config,
             metrics,
             in_flight: Mutex::new(BTreeSet::new()),
+            credentials: None,
         }
     }
 
@@ -351,6 +381,32 @@ impl WorkerManagementService {
     pub fn with_provider(mut self, provider: Arc<dyn WorkerProvider>) -> Self {
         self.providers.insert(provider.kind(), provider);
         self
+    }
+
+    /// Mints every provisioned worker's credential through `credentials`, and revokes it
+    /// when the worker is terminated.
+    #[must_use]
+    pub fn with_credentials(mut self, credentials: crate::Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// The credential the agent of worker `id` will present.
+    async fn mint_credential(
+        &self,
+        id: &WorkerId,
+    ) -> Result<AgentCredential, WorkerManagementError> {
+        match &self.credentials {
+            Some(credentials) => credentials
+                .mint_worker(id, WorkerOrigin::Provisioned, None)
+                .await
+                .map(|token| AgentCredential::new(token.expose()))
+                .map_err(|error| WorkerManagementError::Credential(error.to_string())),
+            None => Ok(AgentCredential::new(format!(
+                "unminted-{}",
+                uuid::Uuid::new_v4().simple()
+            ))),
+        }
     }
 
     /// The provider of workers provisioned without a pool.
@@ -520,7 +576,16 @@ impl WorkerManagementService {
         self.store
             .insert_worker(&worker, WorkerState::Provisioning)
             .await?;
-        if let Err(source) = backend.create_worker(id, spec).await {
+        let credential = match self.mint_credential(id).await {
+            Ok(credential) => credential,
+            Err(error) => {
+                self.store
+                    .transition_worker(id, WorkerState::Terminated)
+                    .await?;
+                return Err(error);
+            }
+        };
+        if let Err(source) = backend.create_worker(id, spec, &credential).await {
             self.metrics
                 .provisioning_failed
                 .get_or_create(&labels)
@@ -587,6 +652,26 @@ impl WorkerManagementService {
         })
     }
 
+    /// Whether the worker's provider confirms its agent dead, with nothing of it left
+    /// running ([`WorkerProvider::confirm_dead`]); `false` for unknown workers and providers
+    /// that cannot tell.
+    pub async fn confirm_dead(&self, id: &WorkerId) -> bool {
+        let kind = match self.store.get_worker(id).await {
+            Ok(Some(record)) if record.state.is_live() => record.worker.metadata.provider,
+            _ => return false,
+        };
+        let Ok(provider) = self.provider(kind) else {
+            return false;
+        };
+        match provider.confirm_dead(id).await {
+            Ok(dead) => dead,
+            Err(error) => {
+                tracing::debug!(worker_id = %id, %error, "cannot tell whether the worker is dead");
+                false
+            }
+        }
+    }
+
     /// Terminates a worker: unregisters it, stops it at the provider, records it as
     /// terminated.
     pub async fn terminate_worker(&self, id: &WorkerId) -> Result<(), WorkerManagementError> {
@@ -616,6 +701,12 @@ impl WorkerManagementService {
             .terminate_worker(id)
             .await
             .map_err(|source| WorkerManagementError::Provider { provider, source })?;
+        // A terminated worker's credential opens nothing any more, open session included.
+        if let Some(credentials) = &self.credentials
+            && let Err(error) = credentials.revoke_worker(id).await
+        {
+            tracing::warn!(worker_id = %id, %error, "could not revoke a terminated worker's credential");
+        }
         let record = self
             .store
             .transition_worker(id, WorkerState::Terminated)

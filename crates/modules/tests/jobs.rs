@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use hodei_core::fence::FencePolicy;
 use hodei_core::job::AttemptOutcome;
 use hodei_core::{
     Command, JobId, JobSpec, JobState, Priority, ProviderKind, QueueConfig, QueueError, QueueName,
@@ -40,8 +41,12 @@ fn config() -> JobServiceConfig {
             name: QueueName::default(),
             capacity: 100,
         }],
-        lost_worker_grace: Duration::from_secs(5),
-        result_grace: Duration::from_secs(1),
+        fence: FencePolicy {
+            lease: Duration::from_secs(4),
+            lease_margin: Duration::from_secs(1),
+            result_grace: Duration::from_secs(1),
+            ..FencePolicy::default()
+        },
         tick: Duration::from_millis(50),
         ..JobServiceConfig::default()
     }
@@ -153,7 +158,7 @@ async fn wait_state(h: &Harness, id: &JobId, state: JobState) -> hodei_core::Job
 
 /// Plays the agent: starts the job, writes output, exits with `code`.
 async fn run_to_end(h: &Harness, worker: &WorkerId, id: &JobId, output: &str, code: i32) {
-    h.jobs.job_accepted(worker.clone(), id.to_string()).await;
+    h.jobs.job_accepted(worker.clone(), id.to_string(), 0).await;
     h.jobs
         .job_log(
             worker.clone(),
@@ -170,6 +175,7 @@ async fn run_to_end(h: &Harness, worker: &WorkerId, id: &JobId, output: &str, co
         .job_result(
             worker.clone(),
             id.to_string(),
+            0,
             AttemptOutcome::Exited(code),
             true,
         )
@@ -365,7 +371,7 @@ async fn cancel_a_queued_job_at_once_and_a_running_one_through_its_agent() {
     let w = connect(&h.registry, worker("w-1", 2, &[]));
     let running = h.jobs.submit(argv(&["sleep", "60"])).await.unwrap();
     let (_, id) = next_assignment(&mut h).await;
-    h.jobs.job_accepted(w.clone(), id.to_string()).await;
+    h.jobs.job_accepted(w.clone(), id.to_string(), 0).await;
     wait_state(&h, &id, JobState::Running).await;
     h.jobs.cancel(running.id.clone()).await.unwrap();
     assert_eq!(
@@ -376,7 +382,13 @@ async fn cancel_a_queued_job_at_once_and_a_running_one_through_its_agent() {
         }
     );
     h.jobs
-        .job_result(w.clone(), id.to_string(), AttemptOutcome::Cancelled, true)
+        .job_result(
+            w.clone(),
+            id.to_string(),
+            0,
+            AttemptOutcome::Cancelled,
+            true,
+        )
         .await;
     wait_state(&h, &running.id, JobState::Cancelled).await;
     assert!(matches!(
@@ -397,7 +409,13 @@ async fn a_result_reported_twice_is_recorded_once() {
     let (_, id) = next_assignment(&mut h).await;
     run_to_end(&h, &w, &id, "", 0).await;
     h.jobs
-        .job_result(w.clone(), id.to_string(), AttemptOutcome::Exited(1), true)
+        .job_result(
+            w.clone(),
+            id.to_string(),
+            0,
+            AttemptOutcome::Exited(1),
+            true,
+        )
         .await;
     wait_state(&h, &submitted.id, JobState::Succeeded).await;
     // Let the duplicate through the dispatcher, then check nothing changed.
@@ -425,7 +443,7 @@ async fn a_lost_worker_requeues_its_job_after_the_grace_period() {
     let (to, _) = next_assignment(&mut h).await;
     assert_eq!(to, gone);
     h.jobs
-        .job_accepted(gone.clone(), submitted.id.to_string())
+        .job_accepted(gone.clone(), submitted.id.to_string(), 0)
         .await;
     h.registry.disconnect(&gone);
     // Inside the grace period the job waits for its worker.
@@ -440,6 +458,161 @@ async fn a_lost_worker_requeues_its_job_after_the_grace_period() {
     run_to_end(&h, &other, &id, "", 0).await;
     let done = wait_state(&h, &submitted.id, JobState::Succeeded).await;
     assert_eq!(done.attempts, 2);
+    h.stop.cancel();
+}
+
+async fn next_cancel(h: &mut Harness) -> (WorkerId, JobId) {
+    match next_sent(h).await {
+        Sent::Cancel { worker, job_id } => (worker, job_id),
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_assignment_not_accepted_in_time_is_withdrawn_without_spending_an_attempt() {
+    let mut h = harness().await;
+    let silent = connect(&h.registry, worker("a-silent", 2, &[]));
+    // max_retries 0: a spent attempt would end the job at its first failure.
+    let submitted = h.jobs.submit(argv(&["true"])).await.unwrap();
+    let (to, id) = next_assignment(&mut h).await;
+    assert_eq!(to, silent);
+    for _ in 0..19 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        h.registry.heartbeat(&silent);
+    }
+    assert_eq!(
+        job(&h, &id).await.state,
+        JobState::Assigned,
+        "within the 10 s"
+    );
+    assert_eq!(next_cancel(&mut h).await, (silent.clone(), id.clone()));
+    let withdrawn = wait_state(&h, &id, JobState::Queued).await;
+    assert_eq!((withdrawn.attempts, withdrawn.withdrawn), (1, 1));
+    assert_eq!(
+        h.jobs.worker_activity(&silent),
+        Some(hodei_core::WorkerState::Unhealthy)
+    );
+    // The unhealthy worker gets nothing more; a healthy one runs it, and fails it once.
+    let other = connect(&h.registry, worker("b-other", 2, &[]));
+    let (to, id) = next_assignment(&mut h).await;
+    assert_eq!((to, &id), (other.clone(), &submitted.id));
+    run_to_end(&h, &other, &id, "", 1).await;
+    let done = wait_state(&h, &id, JobState::Failed).await;
+    assert_eq!((done.attempts, done.withdrawn), (2, 1));
+    assert_eq!(
+        metric_value(&h.metrics, "hodei_job_assignments_withdrawn_total", &[]),
+        Some(1.0)
+    );
+    h.stop.cancel();
+}
+
+#[tokio::test]
+async fn an_agent_that_reconnects_running_an_assigned_job_has_accepted_it() {
+    let mut h = harness().await;
+    let w = connect(&h.registry, worker("w-1", 2, &[]));
+    let submitted = h.jobs.submit(argv(&["true"])).await.unwrap();
+    let (_, id) = next_assignment(&mut h).await;
+    // Its acceptance was lost with its session; it says it runs the job when it is back.
+    h.registry.disconnect(&w);
+    connect(&h.registry, worker("w-1", 2, &[]));
+    h.jobs
+        .agent_connected(w.clone(), vec![id.to_string()])
+        .await;
+    wait_state(&h, &id, JobState::Running).await;
+    run_to_end(&h, &w, &id, "", 0).await;
+    let done = wait_state(&h, &submitted.id, JobState::Succeeded).await;
+    assert_eq!((done.attempts, done.withdrawn), (1, 0));
+    h.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_result_for_an_attempt_given_up_on_is_stale_and_never_the_jobs_result() {
+    let mut h = harness().await;
+    let first = connect(&h.registry, worker("a-first", 2, &[]));
+    let submitted = h.jobs.submit(argv(&["true"])).await.unwrap();
+    let (_, id) = next_assignment(&mut h).await;
+    h.jobs.job_accepted(first.clone(), id.to_string(), 1).await;
+    wait_state(&h, &id, JobState::Running).await;
+    // Its provider confirms the worker dead: the attempt is lost at once.
+    h.registry.disconnect(&first);
+    h.jobs.worker_dead(first.clone()).await;
+    wait_state(&h, &id, JobState::Queued).await;
+    let second = connect(&h.registry, worker("b-second", 2, &[]));
+    let (to, _) = next_assignment(&mut h).await;
+    assert_eq!(to, second);
+    h.jobs.job_accepted(second.clone(), id.to_string(), 2).await;
+    wait_state(&h, &id, JobState::Running).await;
+    // Attempt 1 reports late (its worker came back), and attempt 2 of the right worker
+    // with a wrong number: both stale.
+    h.jobs
+        .job_result(
+            first.clone(),
+            id.to_string(),
+            1,
+            AttemptOutcome::Exited(0),
+            true,
+        )
+        .await;
+    h.jobs
+        .job_result(
+            second.clone(),
+            id.to_string(),
+            1,
+            AttemptOutcome::Exited(0),
+            true,
+        )
+        .await;
+    h.jobs
+        .job_result(
+            second.clone(),
+            id.to_string(),
+            2,
+            AttemptOutcome::Exited(7),
+            true,
+        )
+        .await;
+    let done = wait_state(&h, &submitted.id, JobState::Failed).await;
+    assert_eq!((done.attempts, done.exit_code), (2, Some(7)));
+    assert_eq!(
+        metric_value(
+            &h.metrics,
+            "hodei_job_stale_reports_total",
+            &[("kind", "result")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric_value(
+            &h.metrics,
+            "hodei_job_lost_attempts_total",
+            &[("kind", "worker_dead")]
+        ),
+        Some(1.0)
+    );
+    h.stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_server_ends_a_job_past_its_timeout_when_its_agent_never_reports() {
+    let mut h = harness().await;
+    let mute = connect(&h.registry, worker("mute", 2, &[]));
+    let spec = JobSpec {
+        timeout: Some(Duration::from_secs(1)),
+        ..argv(&["sleep", "100"])
+    };
+    let submitted = h.jobs.submit(spec).await.unwrap();
+    let (_, id) = next_assignment(&mut h).await;
+    h.jobs.job_accepted(mute.clone(), id.to_string(), 1).await;
+    wait_state(&h, &id, JobState::Running).await;
+    // Default grace: 10 s past the job's own 1 s; the worker keeps heartbeating.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.registry.heartbeat(&mute);
+    }
+    assert_eq!(job(&h, &id).await.state, JobState::Running);
+    assert_eq!(next_cancel(&mut h).await, (mute.clone(), id.clone()));
+    let done = wait_state(&h, &submitted.id, JobState::TimedOut).await;
+    assert_eq!(done.attempts, 1);
     h.stop.cancel();
 }
 
@@ -485,11 +658,12 @@ async fn workers_are_retired_after_max_uses_or_a_failed_health_check() {
     let sick = connect(&h.registry, worker("sick", 2, &[]));
     let (to, id) = next_assignment(&mut h).await;
     assert_eq!(to, sick);
-    h.jobs.job_accepted(sick.clone(), id.to_string()).await;
+    h.jobs.job_accepted(sick.clone(), id.to_string(), 0).await;
     h.jobs
         .job_result(
             sick.clone(),
             id.to_string(),
+            0,
             AttemptOutcome::Exited(0),
             false,
         )
@@ -516,7 +690,7 @@ async fn after_a_restart_queued_jobs_wait_and_running_ones_finish_or_are_retried
     let mut on = BTreeMap::new();
     for _ in 0..2 {
         let (worker, id) = next_assignment(&mut h).await;
-        h.jobs.job_accepted(worker.clone(), id.to_string()).await;
+        h.jobs.job_accepted(worker.clone(), id.to_string(), 0).await;
         on.insert(worker, id);
     }
     let queued = h.jobs.submit(argv(&["three"])).await.unwrap();
@@ -532,6 +706,16 @@ async fn after_a_restart_queued_jobs_wait_and_running_ones_finish_or_are_retried
     assert_eq!(job(&h, &queued.id).await.state, JobState::Queued);
     // The surviving agent reconnects and says it still runs its job.
     registry.connect(worker("a-stays", 2, &[]), "test").unwrap();
+    // It heartbeats (a worker silent for a lease gets no work).
+    let beating = {
+        let (registry, stays) = (registry.clone(), stays.clone());
+        tokio::spawn(async move {
+            loop {
+                registry.heartbeat(&stays);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
     h.jobs
         .agent_connected(stays.clone(), vec![on[&stays].to_string()])
         .await;
@@ -545,6 +729,7 @@ async fn after_a_restart_queued_jobs_wait_and_running_ones_finish_or_are_retried
         .job_result(
             stays.clone(),
             on[&stays].to_string(),
+            0,
             AttemptOutcome::Exited(0),
             true,
         )
@@ -562,6 +747,7 @@ async fn after_a_restart_queued_jobs_wait_and_running_ones_finish_or_are_retried
         let done = wait_state(&h, id, JobState::Succeeded).await;
         assert!(done.finished_at.is_some());
     }
+    beating.abort();
     // Each result recorded once: three jobs, three successes since the restart.
     assert_eq!(
         metric_value(

@@ -9,6 +9,8 @@ pub mod worker_registration;
 
 pub use agent_link::{AgentLink, LinkError};
 pub use scheduler_port::{SchedulerError, SchedulerPort};
-pub use store::{JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord};
-pub use worker_provider::{ProviderError, WorkerProvider};
+pub use store::{
+    CredentialRecord, JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord,
+};
+pub use worker_provider::{AgentCredential, ProviderError, WorkerProvider};
 pub use worker_registration::{RegistrationError, WorkerRegistrationPort};

@@ -6,6 +6,9 @@
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
+use hodei_core::credential::{Role, WorkerOrigin};
+use hodei_core::tenancy::Tenant;
 use hodei_core::{
     Job, JobId, JobState, JobTransitionError, PoolSpec, QueueName, TenantName, TransitionError,
     Worker, WorkerId, WorkerState,
@@ -19,6 +22,28 @@ pub struct WorkerRecord {
     /// Whether the scheduler confirmed the registration the last time we tried.
     pub registered: bool,
     pub updated_at: SystemTime,
+}
+
+/// A stored credential. The store never sees a secret: only its SHA-256 (hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRecord {
+    /// Public id, part of the token (`hodei_<id>_<secret>`).
+    pub id: String,
+    pub role: Role,
+    /// For worker credentials: the worker, and how its credential came to be.
+    pub worker_id: Option<WorkerId>,
+    pub origin: Option<WorkerOrigin>,
+    /// For tenant credentials: the tenant.
+    pub tenant: Option<TenantName>,
+    /// What the operator wrote when creating it.
+    pub description: String,
+    /// The credential that minted this one (an agent token enrolling a worker); revoking
+    /// it revokes this one too.
+    pub issued_by: Option<String>,
+    /// SHA-256 of the secret, lowercase hex.
+    pub secret_sha256: String,
+    pub created_at: SystemTime,
+    pub revoked_at: Option<SystemTime>,
 }
 
 /// Which workers [`Store::list_workers`] returns.
@@ -112,6 +137,10 @@ pub enum Error {
     WorkerExists(WorkerId),
     #[error("job {0} not found")]
     JobNotFound(JobId),
+    #[error("pool {0} already exists")]
+    PoolExists(String),
+    #[error("credential {0} already exists")]
+    CredentialExists(String),
     #[error("job {0} already exists")]
     JobExists(JobId),
     #[error(transparent)]
@@ -165,6 +194,10 @@ pub trait Store: Send + Sync {
     /// Creates or replaces a pool definition.
     async fn put_pool(&self, pool: &PoolSpec) -> Result<(), Error>;
 
+    /// Records a new pool; [`Error::PoolExists`] when the name is taken, atomically, so
+    /// of concurrent creates of one name exactly one wins.
+    async fn insert_pool(&self, pool: &PoolSpec) -> Result<(), Error>;
+
     async fn get_pool(&self, name: &str) -> Result<Option<PoolSpec>, Error>;
 
     /// Pools ordered by name.
@@ -172,6 +205,15 @@ pub trait Store: Send + Sync {
 
     /// Removes a pool definition; returns whether it existed.
     async fn delete_pool(&self, name: &str) -> Result<bool, Error>;
+
+    /// Creates or replaces a tenant.
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error>;
+
+    /// Tenants ordered by name.
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, Error>;
+
+    /// Removes a tenant; returns whether it existed.
+    async fn delete_tenant(&self, name: &TenantName) -> Result<bool, Error>;
 
     /// Records a newly submitted job durably and returns it with its `sequence` assigned
     /// (strictly increasing across the store's life, restarts included; the caller's value
@@ -215,6 +257,16 @@ pub trait Store: Send + Sync {
         Ok(results)
     }
 
+    /// Records a new credential; [`Error::CredentialExists`] when the id is taken.
+    async fn insert_credential(&self, credential: &CredentialRecord) -> Result<(), Error>;
+
+    /// Every credential, revoked ones included, ordered by creation then id.
+    async fn list_credentials(&self) -> Result<Vec<CredentialRecord>, Error>;
+
+    /// Revokes the credential `id` and every live credential it issued, at `at`. Returns
+    /// the ids revoked now (empty when `id` is unknown or already revoked).
+    async fn revoke_credential(&self, id: &str, at: SystemTime) -> Result<Vec<String>, Error>;
+
     /// Appends output chunks; a chunk already stored (same job, attempt and sequence) is
     /// skipped. Unknown jobs are [`Error::JobNotFound`].
     async fn append_logs(&self, chunks: &[LogChunk]) -> Result<(), Error>;
@@ -227,4 +279,22 @@ pub trait Store: Send + Sync {
         after: usize,
         limit: usize,
     ) -> Result<Vec<LogChunk>, Error>;
+
+    /// Records ended attempts' worker time and cost. A row already recorded (same job,
+    /// attempt number, worker and end) is skipped, so writing it twice charges it once.
+    async fn record_attempt_usage(&self, usage: &[AttemptUsage]) -> Result<(), Error>;
+
+    /// Adds pool usage to the rows of the same pool and hour.
+    async fn add_pool_usage(&self, usage: &[PoolUsage]) -> Result<(), Error>;
+
+    /// Attempts that ended at or after `since_ms`, summed by (tenant, queue, pool), in that
+    /// order.
+    async fn attempt_totals(&self, since_ms: u64) -> Result<Vec<AttemptTotals>, Error>;
+
+    /// Pool usage of the hours from the one `since_ms` falls in, summed per pool (in name
+    /// order, `hour_start_ms` the earliest hour).
+    async fn pool_usage(&self, since_ms: u64) -> Result<Vec<PoolUsage>, Error>;
+
+    /// One job's attempts' usage, in attempt order.
+    async fn job_usage(&self, id: &JobId) -> Result<Vec<AttemptUsage>, Error>;
 }

@@ -3,6 +3,29 @@
 use async_trait::async_trait;
 use hodei_core::{ProviderKind, Worker, WorkerId, WorkerSpec};
 
+/// The credential a worker's agent presents to the server: minted for that one worker id
+/// and handed to its provider, which must deliver it to the agent without putting it in the
+/// agent's environment or command line (a file the agent reads and removes). Its `Debug`
+/// hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AgentCredential(String);
+
+impl AgentCredential {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AgentCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentCredential(..)")
+    }
+}
+
 /// Provider failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -34,11 +57,12 @@ pub trait WorkerProvider: Send + Sync {
     fn kind(&self) -> ProviderKind;
 
     /// Creates the worker `id` from `spec` and returns it once it exists. The worker runs
-    /// `hodei agent`, which connects back to the server on its own.
+    /// `hodei agent`, which connects back to the server on its own, presenting `credential`.
     async fn create_worker(
         &self,
         id: &WorkerId,
         spec: &WorkerSpec,
+        credential: &AgentCredential,
     ) -> Result<Worker, ProviderError>;
 
     /// Stops and removes the worker. A worker that is already gone is not an error.
@@ -46,4 +70,12 @@ pub trait WorkerProvider: Send + Sync {
 
     /// The workers this provider runs now, ours only, ordered by id.
     async fn list_workers(&self) -> Result<Vec<WorkerId>, ProviderError>;
+
+    /// Whether the worker's agent is certainly dead, with nothing it started still running
+    /// (the provider kills what is left first). `false` when it may be alive or the provider
+    /// cannot tell; the server then waits out the agent's lease before it runs the worker's
+    /// jobs elsewhere.
+    async fn confirm_dead(&self, _id: &WorkerId) -> Result<bool, ProviderError> {
+        Ok(false)
+    }
 }

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hodei_core::{ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata};
+use hodei_core::{
+    ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata, WorkerType,
+};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -57,15 +59,31 @@ impl From<&WorkerMetadata> for v1::WorkerMetadata {
     }
 }
 
+/// Metadata from the wire, where every field may be left empty: an outside client
+/// registering a worker it started itself need say nothing but what the worker offers.
+/// Empty `provider` is `external` (started by hand, not by a provider of this server),
+/// empty `worker_type` is `dynamic` (no pool keeps it warm), a missing
+/// `provision_timestamp_ms` is the time of registration.
 fn metadata_from_wire(m: v1::WorkerMetadata) -> Result<WorkerMetadata, ValidationError> {
-    let worker_type = m
-        .worker_type
-        .parse()
-        .map_err(|e: ValidationError| ValidationError::new("metadata.worker_type", e.reason))?;
-    let provider = m
-        .provider
-        .parse()
-        .map_err(|e: ValidationError| ValidationError::new("metadata.provider", e.reason))?;
+    let worker_type = if m.worker_type.is_empty() {
+        WorkerType::Dynamic
+    } else {
+        m.worker_type
+            .parse()
+            .map_err(|e: ValidationError| ValidationError::new("metadata.worker_type", e.reason))?
+    };
+    let provider = if m.provider.is_empty() {
+        ProviderKind::External
+    } else {
+        m.provider
+            .parse()
+            .map_err(|e: ValidationError| ValidationError::new("metadata.provider", e.reason))?
+    };
+    let provision_timestamp = if m.provision_timestamp_ms > 0 {
+        from_millis(m.provision_timestamp_ms)
+    } else {
+        SystemTime::now()
+    };
     Ok(WorkerMetadata {
         worker_type,
         provider,
@@ -77,7 +95,7 @@ fn metadata_from_wire(m: v1::WorkerMetadata) -> Result<WorkerMetadata, Validatio
         },
         labels: m.labels,
         tags: m.tags,
-        provision_timestamp: from_millis(m.provision_timestamp_ms),
+        provision_timestamp,
     })
 }
 
@@ -96,9 +114,8 @@ pub fn worker_from_request(request: v1::RegisterWorkerRequest) -> Result<Worker,
     let capabilities = request
         .capabilities
         .ok_or_else(|| ValidationError::new("capabilities", "is required"))?;
-    let metadata = request
-        .metadata
-        .ok_or_else(|| ValidationError::new("metadata", "is required"))?;
+    // Absent metadata is all defaults (see `metadata_from_wire`).
+    let metadata = request.metadata.unwrap_or_default();
     let worker = Worker {
         id,
         capabilities: capabilities.into(),

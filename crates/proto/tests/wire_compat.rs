@@ -18,7 +18,13 @@ fn proto_root() -> PathBuf {
 
 fn compile(root: &Path) -> FileDescriptorSet {
     protox::compile(
-        ["hodei/v1/scheduler.proto", "hodei/v1/jobs.proto"].map(|file| root.join(file)),
+        [
+            "hodei/v1/scheduler.proto",
+            "hodei/v1/jobs.proto",
+            "hodei/v1/tenants.proto",
+            "hodei/v1/credentials.proto",
+        ]
+        .map(|file| root.join(file)),
         [root],
     )
     .expect("schema compiles")
@@ -148,7 +154,10 @@ fn the_check_catches_removed_renumbered_and_retyped_fields() {
     let edits = [
         ("uint32 cpu_cores = 1;", "uint64 cpu_cores = 1;"),
         ("uint32 cpu_cores = 1;", "uint32 cpu_cores = 9;"),
-        ("  string worker_id = 1;\n  // Required.", "  // Required."),
+        (
+            "  string worker_id = 1;\n  // Required: cpu_cores",
+            "  // Required: cpu_cores",
+        ),
         ("JOB_OUTCOME_TIMED_OUT = 2;", "JOB_OUTCOME_TIMED_OUT = 7;"),
         (
             "rpc GetWorker(GetWorkerRequest) returns (GetWorkerResponse);",
@@ -187,11 +196,13 @@ fn the_check_catches_removed_renumbered_and_retyped_fields() {
 /// A copy of the schema's files other than `scheduler.proto`, which each case edits.
 fn copy_other_files(dir: &Path) {
     std::fs::create_dir_all(dir.join("hodei/v1")).unwrap();
-    std::fs::copy(
-        proto_root().join("hodei/v1/jobs.proto"),
-        dir.join("hodei/v1/jobs.proto"),
-    )
-    .unwrap();
+    for file in [
+        "hodei/v1/jobs.proto",
+        "hodei/v1/tenants.proto",
+        "hodei/v1/credentials.proto",
+    ] {
+        std::fs::copy(proto_root().join(file), dir.join(file)).unwrap();
+    }
 }
 
 fn tempfile_dir() -> PathBuf {

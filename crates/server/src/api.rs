@@ -30,6 +30,12 @@ pub struct WorkerView {
     /// When the agent was last heard from (RFC 3339), if ever.
     #[serde(default)]
     pub last_seen: Option<String>,
+    /// The one-minute load average of the worker's machine at its last heartbeat.
+    #[serde(default)]
+    pub load_average: Option<f64>,
+    /// Memory used on the worker's machine at its last heartbeat, MiB.
+    #[serde(default)]
+    pub memory_used_mb: Option<u64>,
     pub capabilities: WorkerCapabilities,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
@@ -71,6 +77,8 @@ impl WorkerView {
         if let Some(entry) = registration {
             self.connected = entry.connected;
             self.last_seen = entry.last_seen.map(rfc3339);
+            self.load_average = entry.usage.map(|u| u.load_average);
+            self.memory_used_mb = entry.usage.map(|u| u.memory_used_mb);
         }
     }
 
@@ -84,6 +92,8 @@ impl WorkerView {
             registered: false,
             connected: false,
             last_seen: None,
+            load_average: None,
+            memory_used_mb: None,
             capabilities: worker.capabilities.clone(),
             namespace: worker.metadata.namespace.clone(),
             labels: worker.metadata.labels.clone(),
@@ -136,12 +146,22 @@ pub struct PoolWorkers {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionView {
     pub at: String,
+    /// A hold repeated over several passes is one decision: when it was last made, and
+    /// how many times.
+    #[serde(default)]
+    pub last_at: String,
+    #[serde(default = "one")]
+    pub repeats: u32,
     /// `up`, `down` or `hold`.
     pub action: String,
     pub count: u32,
     pub desired: u32,
     pub supply: u32,
     pub reason: String,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl PoolView {
@@ -170,6 +190,8 @@ impl PoolView {
                 .iter()
                 .map(|d| DecisionView {
                     at: rfc3339(d.at),
+                    last_at: rfc3339(d.last_at),
+                    repeats: d.repeats,
                     action: d.action.to_owned(),
                     count: d.count,
                     desired: d.desired,
@@ -340,6 +362,12 @@ pub struct JobView {
     pub finished_at: Option<String>,
     /// Whether the job has ended for good.
     pub finished: bool,
+    /// Seconds its ended attempts held a worker (`GET /jobs/{id}` only).
+    #[serde(default)]
+    pub worker_seconds: f64,
+    /// What those seconds cost at their pools' `cost_per_hour` (`GET /jobs/{id}` only).
+    #[serde(default)]
+    pub cost: f64,
     pub spec: SubmitJob,
 }
 
@@ -365,6 +393,8 @@ impl JobView {
             started_at: job.started_at.map(rfc3339),
             finished_at: job.finished_at.map(rfc3339),
             finished: job.state.is_terminal(),
+            worker_seconds: 0.0,
+            cost: 0.0,
             spec: SubmitJob::from_spec(&job.spec),
         }
     }
@@ -436,4 +466,153 @@ pub struct LogsView {
     pub exit_code: Option<i32>,
     /// The job has ended and `chunks` holds the last of its output.
     pub complete: bool,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// `admin`, `agent` or `tenant`; worker credentials are minted by the server only.
+    pub role: String,
+    #[serde(default)]
+    pub description: String,
+    /// For `tenant` tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+impl CreateToken {
+    /// The credential to mint, checked: the role exists and may be asked for.
+    pub fn into_new(self) -> Result<hodei_modules::NewCredential, hodei_core::ValidationError> {
+        use hodei_core::credential::Role;
+        let role: Role = self.role.parse()?;
+        if role == Role::Worker {
+            return Err(hodei_core::ValidationError::new(
+                "role",
+                "worker credentials are minted by the server for the worker they belong to",
+            ));
+        }
+        let tenant = self.tenant.map(hodei_core::TenantName::new).transpose()?;
+        Ok(hodei_modules::NewCredential {
+            role: Some(role),
+            tenant,
+            description: self.description,
+            ..hodei_modules::NewCredential::default()
+        })
+    }
+}
+
+/// A credential without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_by: Option<String>,
+    pub created_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_ms: Option<u64>,
+}
+
+fn millis(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl TokenView {
+    pub fn new(record: &hodei_ports::CredentialRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            role: record.role.to_string(),
+            worker_id: record.worker_id.as_ref().map(ToString::to_string),
+            tenant: record.tenant.as_ref().map(|t| t.as_str().to_owned()),
+            description: record.description.clone(),
+            issued_by: record.issued_by.clone(),
+            created_at_ms: millis(record.created_at),
+            revoked_at_ms: record.revoked_at.map(millis),
+        }
+    }
+}
+
+/// `POST /api/v1/tokens` answers with the token, once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub info: TokenView,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+}
+
+/// `DELETE /api/v1/tokens/{id}` answers with what was revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedTokens {
+    pub revoked: Vec<String>,
+}
+
+/// A tenant as `GET /api/v1/tenants` shows it: its settings (as in `[[tenant]]`), the
+/// weight in force, and what it holds and has started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantView {
+    pub name: String,
+    pub settings: crate::config::TenantSettings,
+    pub weight: u32,
+    /// Configured (file or API), or let in by `tenants.auto_create` with the defaults.
+    pub configured: bool,
+    pub usage: TenantUsage,
+    pub queued: usize,
+    /// `ready`, `active` (past a soft quota) or `cooldown`.
+    pub burst: String,
+    /// Its share (0 to 1) of the jobs started over the last hour, and how many it started.
+    pub share_last_hour: f64,
+    pub started_last_hour: u64,
+}
+
+/// What a tenant holds now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantUsage {
+    pub running_jobs: u32,
+    pub cpu: u32,
+    pub memory_mb: u64,
+    pub workers: u32,
+    pub daily_cost: f64,
+}
+
+impl TenantView {
+    pub fn new(view: &hodei_modules::TenantView) -> Self {
+        let status = view.status.as_ref();
+        let usage = status.map(|s| s.usage).unwrap_or_default();
+        Self {
+            name: view.tenant.name.to_string(),
+            settings: crate::config::TenantSettings::from_tenant(&view.tenant),
+            weight: view.tenant.weight,
+            configured: view.configured,
+            usage: TenantUsage {
+                running_jobs: usage.running_jobs,
+                cpu: usage.cpu,
+                memory_mb: usage.memory_mb,
+                workers: usage.workers,
+                daily_cost: usage.daily_cost,
+            },
+            queued: status.map_or(0, |s| s.queued),
+            burst: status.map_or("ready", |s| s.burst.as_str()).to_owned(),
+            share_last_hour: status.map_or(0.0, |s| s.share_last_hour),
+            started_last_hour: status.map_or(0, |s| s.started_last_hour),
+        }
+    }
+}
+
+/// `GET /api/v1/tenants`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantList {
+    pub tenants: Vec<TenantView>,
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hodei_adapters::RegistrationConfig;
+use hodei_core::fence::FencePolicy;
 use hodei_core::health::HeartbeatPolicy;
 use hodei_core::{PoolSpec, ValidationError};
 use hodei_modules::WorkerManagementConfig;
@@ -35,8 +36,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The URL agents use to reach the server; derived from `listen` when unset.
     pub advertise_url: Option<String>,
-    /// Bearer token for agents and API clients. Generated and saved under `data_dir` when
-    /// unset. `HODEI_TOKEN` overrides it.
+    /// The admin token (the whole API; not a worker session). Generated and saved under
+    /// `data_dir` (mode 0600) when unset. `HODEI_TOKEN` overrides it. Agents get their own
+    /// credentials (see the README's security model).
     pub token: Option<String>,
     /// Where the SQLite database, the token and local agents' pid files and logs live.
     pub data_dir: PathBuf,
@@ -47,22 +49,173 @@ pub struct ServerConfig {
     pub reconcile: ReconcileSection,
     pub local: LocalSection,
     pub shutdown: ShutdownSection,
+    pub log: LogSection,
     pub agents: AgentsSection,
     pub jobs: JobsSection,
     pub autoscaler: AutoscalerSection,
     /// The `kubernetes` provider; used by pools with `provider = "kubernetes"` (defaults
     /// when absent).
     pub kubernetes: KubernetesSection,
-    /// The `docker` provider; used by pools with `provider = "docker"` (defaults when
-    /// absent).
-    pub docker: DockerSection,
+    /// The `docker` provider, on when the section is present (an empty `[docker]` takes
+    /// every default) or a pool has `provider = "docker"`.
+    pub docker: Option<DockerSection>,
     /// Register workers with the scheduler of another Hodei server at this URL, over gRPC,
     /// instead of this server's own. Agents then connect to that server too.
     pub scheduler_url: Option<String>,
     pub tls: TlsSection,
+    pub connections: ConnectionsSection,
     /// Pools kept warm from start-up: `[[pool]]` tables.
     #[serde(rename = "pool")]
     pub pools: Vec<PoolSpec>,
+    pub tenants: TenantsSection,
+    /// Tenants with their weights and quotas: `[[tenant]]` tables. Stored at start-up;
+    /// changes made at runtime (`hodei tenant set-quota`) last until the file is read again.
+    #[serde(rename = "tenant")]
+    pub tenant_list: Vec<TenantSettings>,
+}
+
+/// `[tenants]`: what happens to jobs of unconfigured tenants, and burst.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantsSection {
+    /// Accept jobs of a tenant nobody configured, as a bronze tenant (weight 1) without
+    /// quotas. On by default: every job has a tenant (`default` unless given), and an
+    /// installation without `[[tenant]]` tables must keep running its jobs; fair share
+    /// still applies among such tenants. Turn off to accept only configured tenants.
+    pub auto_create: bool,
+    /// Soft quotas are multiplied by this while a tenant bursts on idle capacity.
+    pub burst_factor: f64,
+    /// Longest a burst lasts before it cools down.
+    #[serde(with = "humantime_serde")]
+    pub burst_max: Duration,
+    /// Longest cooldown after a burst (an early end cools down as long as the burst lasted).
+    #[serde(with = "humantime_serde")]
+    pub burst_cooldown: Duration,
+}
+
+impl Default for TenantsSection {
+    fn default() -> Self {
+        let policy = hodei_core::tenancy::BurstPolicy::default();
+        Self {
+            auto_create: true,
+            burst_factor: policy.factor,
+            burst_max: Duration::from_millis(policy.max_ms),
+            burst_cooldown: Duration::from_millis(policy.cooldown_ms),
+        }
+    }
+}
+
+impl TenantsSection {
+    pub fn burst_policy(&self) -> Result<hodei_core::tenancy::BurstPolicy, ValidationError> {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let policy = hodei_core::tenancy::BurstPolicy {
+            factor: self.burst_factor,
+            max_ms: millis(self.burst_max),
+            cooldown_ms: millis(self.burst_cooldown),
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+}
+
+/// One tenant as written in `[[tenant]]` and sent to `PUT /api/v1/tenants/{name}`:
+/// a tier or an explicit weight, and quotas; quotas named in `soft` are soft.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantSettings {
+    pub name: String,
+    /// bronze (1), silver (2), gold (3) or platinum (5).
+    pub tier: Option<String>,
+    /// An explicit weight, 1 to 1000, instead of a tier.
+    pub weight: Option<u32>,
+    pub max_running_jobs: Option<u32>,
+    pub max_cpu: Option<u32>,
+    pub max_memory_mb: Option<u64>,
+    pub max_workers: Option<u32>,
+    pub max_daily_cost: Option<f64>,
+    /// Most jobs queued at once; more are refused (HTTP 429, RESOURCE_EXHAUSTED).
+    pub max_queued: Option<u32>,
+    /// Quotas that are soft: `running_jobs`, `cpu`, `memory_mb`, `workers`, `daily_cost`.
+    pub soft: Vec<String>,
+}
+
+impl TenantSettings {
+    /// The tenant these settings describe; errors name the field.
+    pub fn to_tenant(&self) -> Result<hodei_core::tenancy::Tenant, ValidationError> {
+        use hodei_core::tenancy::{Limit, Resource, Tenant, Tier};
+        let name = hodei_core::TenantName::new(self.name.clone())?;
+        let mut tenant = Tenant::new(name);
+        match (&self.tier, self.weight) {
+            (Some(_), Some(_)) => {
+                return Err(ValidationError::new(
+                    "weight",
+                    "give a tier or a weight, not both",
+                ));
+            }
+            (Some(tier), None) => {
+                let tier: Tier = tier.parse()?;
+                tenant.tier = Some(tier);
+                tenant.weight = tier.weight();
+            }
+            (None, Some(weight)) => {
+                tenant.tier = None;
+                tenant.weight = weight;
+            }
+            (None, None) => {}
+        }
+        let soft: Vec<Resource> = self
+            .soft
+            .iter()
+            .map(|name| {
+                name.parse()
+                    .map_err(|e: ValidationError| ValidationError::new("soft", e.reason))
+            })
+            .collect::<Result<_, _>>()?;
+        let quotas = [
+            (Resource::RunningJobs, self.max_running_jobs.map(f64::from)),
+            (Resource::Cpu, self.max_cpu.map(f64::from)),
+            (Resource::MemoryMb, self.max_memory_mb.map(|v| v as f64)),
+            (Resource::Workers, self.max_workers.map(f64::from)),
+            (Resource::DailyCost, self.max_daily_cost),
+        ];
+        for (resource, value) in quotas {
+            if let Some(value) = value {
+                let soft = soft.contains(&resource);
+                tenant.quotas.insert(resource, Limit { value, soft });
+            } else if soft.contains(&resource) {
+                return Err(ValidationError::new(
+                    "soft",
+                    format!("names {resource}, which has no quota"),
+                ));
+            }
+        }
+        tenant.max_queued = self.max_queued;
+        tenant.validate()?;
+        Ok(tenant)
+    }
+
+    /// The settings that describe `tenant`.
+    pub fn from_tenant(tenant: &hodei_core::tenancy::Tenant) -> Self {
+        use hodei_core::tenancy::Resource;
+        let value = |resource| tenant.quotas.get(&resource).map(|limit| limit.value);
+        Self {
+            name: tenant.name.to_string(),
+            tier: tenant.tier.map(|tier| tier.as_str().to_owned()),
+            weight: tenant.tier.is_none().then_some(tenant.weight),
+            max_running_jobs: value(Resource::RunningJobs).map(|v| v as u32),
+            max_cpu: value(Resource::Cpu).map(|v| v as u32),
+            max_memory_mb: value(Resource::MemoryMb).map(|v| v as u64),
+            max_workers: value(Resource::Workers).map(|v| v as u32),
+            max_daily_cost: value(Resource::DailyCost),
+            max_queued: tenant.max_queued,
+            soft: tenant
+                .quotas
+                .iter()
+                .filter(|(_, limit)| limit.soft)
+                .map(|(resource, _)| resource.as_str().to_owned())
+                .collect(),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -78,14 +231,57 @@ impl Default for ServerConfig {
             reconcile: ReconcileSection::default(),
             local: LocalSection::default(),
             shutdown: ShutdownSection::default(),
+            log: LogSection::default(),
             agents: AgentsSection::default(),
             jobs: JobsSection::default(),
             autoscaler: AutoscalerSection::default(),
             kubernetes: KubernetesSection::default(),
-            docker: DockerSection::default(),
+            docker: None,
             scheduler_url: None,
             tls: TlsSection::default(),
+            connections: ConnectionsSection::default(),
             pools: Vec::new(),
+            tenants: TenantsSection::default(),
+            tenant_list: Vec::new(),
+        }
+    }
+}
+
+/// `[connections]`: bounds on what clients may hold open, so that idle, slow or
+/// abandoned connections cannot exhaust the server's file descriptors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsSection {
+    /// Most connections open at once; past it new ones are closed at once. Capped at
+    /// start-up below the file-descriptor limit (which is raised to its hard limit).
+    pub max: usize,
+    /// Time a client has to send a request's headers (HTTP/1.1) or finish its TLS
+    /// handshake.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 and
+    /// HTTP/2 without streams). Agents' sessions are streams, so they are never idle.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 keepalive pings: the interval, and how long a ping may go unanswered before
+    /// the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Largest request body accepted by the REST API; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ConnectionsSection {
+    fn default() -> Self {
+        Self {
+            max: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(20),
+            max_body_bytes: 2 * 1024 * 1024,
         }
     }
 }
@@ -286,14 +482,12 @@ impl DockerSection {
     pub fn provider_config(
         &self,
         server_url: &str,
-        token: &str,
         ca_cert: Option<&Path>,
     ) -> hodei_docker::DockerProviderConfig {
         let mut config = hodei_docker::DockerProviderConfig::new(
             self.server_url
                 .clone()
                 .unwrap_or_else(|| server_url.to_owned()),
-            token.to_owned(),
             self.instance.clone(),
         );
         config.docker_host = self.host.clone();
@@ -315,8 +509,8 @@ pub struct KubernetesSection {
     pub image: String,
     /// The URL agents in pods use to reach this server; the advertised URL when unset.
     pub server_url: Option<String>,
-    /// A Secret (key `token`) holding the token, referenced from the pods instead of
-    /// putting the token in their spec.
+    /// No longer used: every pod gets its own worker credential, minted for it. Setting
+    /// it is an error, so nobody believes a shared Secret is in use.
     pub token_secret: Option<String>,
     /// A Pod (YAML, or JSON by extension) whose `agent` container is filled in: node
     /// selectors, tolerations, volumes and sidecars are kept.
@@ -356,12 +550,8 @@ impl Default for KubernetesSection {
 }
 
 impl KubernetesSection {
-    pub fn provider_config(
-        &self,
-        server_url: &str,
-        token: &str,
-    ) -> hodei_kubernetes::KubernetesProviderConfig {
-        use hodei_kubernetes::{KubernetesAccess, PodTemplate, SecretKey};
+    pub fn provider_config(&self, server_url: &str) -> hodei_kubernetes::KubernetesProviderConfig {
+        use hodei_kubernetes::{KubernetesAccess, PodTemplate};
         let access = if let Some(url) = &self.api_url {
             KubernetesAccess::Url(url.clone())
         } else if let Some(path) = &self.kubeconfig {
@@ -381,8 +571,6 @@ impl KubernetesSection {
                 .server_url
                 .clone()
                 .unwrap_or_else(|| server_url.to_owned()),
-            token: token.to_owned(),
-            token_secret: self.token_secret.clone().map(SecretKey::new),
             pod_template: self.pod_template.clone().map(PodTemplate::File),
             service_account: self.service_account.clone(),
             instance: self.instance.clone(),
@@ -409,6 +597,39 @@ impl Default for LocalSection {
         Self {
             agent_program: None,
             stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[log]`: how the server writes its log lines (to stderr).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `text` (the default: human-readable, coloured only on a terminal) or `json` (one
+    /// object per line, for log shippers). `HODEI_LOG_FORMAT` overrides it.
+    pub format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = ValidationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(ValidationError::new(
+                "log.format",
+                format!("{other:?} is neither \"text\" nor \"json\""),
+            )),
         }
     }
 }
@@ -441,6 +662,14 @@ pub struct AgentsSection {
     pub unhealthy_after: u32,
     /// Missed heartbeats before a worker is removed (terminated if a provider runs it).
     pub remove_after: u32,
+    /// An agent that has not heard from the server for this long kills its running jobs and
+    /// reports them lost when it reconnects. At least twice `heartbeat_interval`.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// What the server adds to the lease before it gives up on a silent worker's jobs (a
+    /// worker whose provider confirms it dead is given up on at once).
+    #[serde(with = "humantime_serde")]
+    pub lease_margin: Duration,
 }
 
 impl Default for AgentsSection {
@@ -450,11 +679,13 @@ impl Default for AgentsSection {
             heartbeat_interval: policy.interval,
             unhealthy_after: policy.unhealthy_after,
             remove_after: policy.remove_after,
+            lease: FencePolicy::default().lease,
+            lease_margin: FencePolicy::default().lease_margin,
         }
     }
 }
 
-/// `[jobs]`: queues and how long a job waits for a vanished worker.
+/// `[jobs]`: queues and the deadlines of jobs in flight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobsSection {
@@ -462,10 +693,14 @@ pub struct JobsSection {
     /// full queue are refused (HTTP 429, gRPC RESOURCE_EXHAUSTED).
     #[serde(rename = "queue")]
     pub queues: Vec<QueueSection>,
-    /// How long an assigned or running job waits for its worker's session to come back
-    /// before the attempt counts as lost and the job is retried or failed.
+    /// An assignment not accepted by its agent within this is withdrawn, the job queued
+    /// again without spending an attempt, and the worker marked unhealthy.
     #[serde(with = "humantime_serde")]
-    pub lost_worker_grace: Duration,
+    pub assign_timeout: Duration,
+    /// How long past a job's own timeout the server waits for the agent to report it before
+    /// it ends the attempt as timed out itself.
+    #[serde(with = "humantime_serde")]
+    pub timeout_grace: Duration,
 }
 
 /// One `[[jobs.queue]]`.
@@ -483,14 +718,19 @@ impl Default for JobsSection {
                 name: hodei_core::job::DEFAULT_QUEUE.to_owned(),
                 capacity: hodei_core::queue::DEFAULT_QUEUE_CAPACITY,
             }],
-            lost_worker_grace: Duration::from_secs(15),
+            assign_timeout: FencePolicy::default().assign_timeout,
+            timeout_grace: FencePolicy::default().timeout_grace,
         }
     }
 }
 
 impl JobsSection {
-    /// The job service's configuration; fails naming the key of a bad queue.
-    pub fn service_config(&self) -> Result<hodei_modules::JobServiceConfig, ValidationError> {
+    /// The job service's configuration (the lease comes from `[agents]`); fails naming the
+    /// key of a bad queue or deadline.
+    pub fn service_config(
+        &self,
+        agents: &AgentsSection,
+    ) -> Result<hodei_modules::JobServiceConfig, ValidationError> {
         let queues = self
             .queues
             .iter()
@@ -505,15 +745,26 @@ impl JobsSection {
             .collect::<Result<Vec<_>, ValidationError>>()?;
         hodei_core::Queues::new(queues.clone())
             .map_err(|e| ValidationError::new(format!("jobs.{}", e.field), e.reason))?;
-        if self.lost_worker_grace < Duration::from_millis(100) {
+        let fence = FencePolicy {
+            lease: agents.lease,
+            lease_margin: agents.lease_margin,
+            assign_timeout: self.assign_timeout,
+            timeout_grace: self.timeout_grace,
+            ..FencePolicy::default()
+        };
+        fence.validate()?;
+        if agents.lease < agents.heartbeat_interval.saturating_mul(2) {
             return Err(ValidationError::new(
-                "jobs.lost_worker_grace",
-                "must be at least 100ms",
+                "agents.lease",
+                format!(
+                    "is {:?}, must be at least twice agents.heartbeat_interval ({:?})",
+                    agents.lease, agents.heartbeat_interval
+                ),
             ));
         }
         Ok(hodei_modules::JobServiceConfig {
             queues,
-            lost_worker_grace: self.lost_worker_grace,
+            fence,
             // The pools are the pool manager's to tell (`JobService::set_pools`).
             ..hodei_modules::JobServiceConfig::default()
         })
@@ -551,8 +802,8 @@ impl ServerConfig {
         toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
     }
 
-    /// Applies `HODEI_TOKEN`, `HODEI_CA_CERT`, `REGISTRATION_ENABLED` and
-    /// `REGISTRATION_MAX_RETRIES`.
+    /// Applies `HODEI_TOKEN`, `HODEI_CA_CERT`, `HODEI_LOG_FORMAT`, `REGISTRATION_ENABLED`
+    /// and `REGISTRATION_MAX_RETRIES`.
     pub fn apply_env(
         &mut self,
         env: impl Fn(&str) -> Option<String>,
@@ -566,6 +817,9 @@ impl ServerConfig {
         if let Some(ca_cert) = env("HODEI_CA_CERT").filter(|p| !p.is_empty()) {
             self.tls.ca_cert = Some(PathBuf::from(ca_cert));
         }
+        if let Some(format) = env("HODEI_LOG_FORMAT").filter(|f| !f.is_empty()) {
+            self.log.format = format.parse()?;
+        }
         let mut management = self.worker_management();
         management.apply_env(&env)?;
         self.registration.enabled = management.registration_enabled;
@@ -577,7 +831,7 @@ impl ServerConfig {
         self.registration_config().validate()?;
         self.worker_management().validate()?;
         self.agents.policy().validate()?;
-        self.jobs.service_config()?;
+        self.jobs.service_config(&self.agents)?;
         self.store.postgres_url()?;
         let is_url = |url: &&String| url.starts_with("http://") || url.starts_with("https://");
         if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {
@@ -612,12 +866,50 @@ impl ServerConfig {
                 "must be at least 100ms",
             ));
         }
+        if self.kubernetes.token_secret.is_some() {
+            return Err(ValidationError::new(
+                "kubernetes.token_secret",
+                "is no longer used: every pod gets its own worker credential; remove it",
+            ));
+        }
+        if self.connections.max == 0 {
+            return Err(ValidationError::new(
+                "connections.max",
+                "must be at least 1",
+            ));
+        }
+        if self.connections.max_body_bytes < 1024 {
+            return Err(ValidationError::new(
+                "connections.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        for (field, value) in [
+            (
+                "connections.header_read_timeout",
+                self.connections.header_read_timeout,
+            ),
+            ("connections.idle_timeout", self.connections.idle_timeout),
+            (
+                "connections.keepalive_interval",
+                self.connections.keepalive_interval,
+            ),
+            (
+                "connections.keepalive_timeout",
+                self.connections.keepalive_timeout,
+            ),
+        ] {
+            if value < Duration::from_millis(100) {
+                return Err(ValidationError::new(field, "must be at least 100ms"));
+            }
+        }
         if self.token.as_ref().is_some_and(|token| token.len() < 16) {
             return Err(ValidationError::new(
                 "token",
                 "must be at least 16 characters",
             ));
         }
+        self.tenant_config()?;
         let mut names = std::collections::BTreeSet::new();
         for pool in &self.pools {
             // Name the pool in the field: `pool[burst].min`.
@@ -633,6 +925,34 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+
+    /// The tenants of `[[tenant]]` and `[tenants]`; errors name the tenant and field.
+    pub fn tenant_config(&self) -> Result<hodei_core::tenancy::Tenants, ValidationError> {
+        let burst = self.tenants.burst_policy()?;
+        let mut configured = std::collections::BTreeMap::new();
+        for settings in &self.tenant_list {
+            let tenant = settings.to_tenant().map_err(|error| {
+                ValidationError::new(
+                    format!("tenant[{}].{}", settings.name, error.field),
+                    error.reason,
+                )
+            })?;
+            if configured.insert(tenant.name.clone(), tenant).is_some() {
+                return Err(ValidationError::new(
+                    "tenant.name",
+                    format!("tenant {:?} is defined twice", settings.name),
+                ));
+            }
+        }
+        Ok(hodei_core::tenancy::Tenants {
+            configured,
+            auto_create: self
+                .tenants
+                .auto_create
+                .then(|| hodei_core::tenancy::Tenant::new(hodei_core::TenantName::default())),
+            burst,
+        })
     }
 
     pub fn registration_config(&self) -> RegistrationConfig {
@@ -675,6 +995,34 @@ mod tests {
         assert_eq!(config.registration.timeout, Duration::from_secs(30));
         assert_eq!(config.registration.batch_concurrency, 10);
         assert_eq!(config.provisioning.max_concurrent_provisioning, 5);
+    }
+
+    #[test]
+    fn a_docker_section_switches_docker_on_even_when_it_only_holds_defaults() {
+        assert_eq!(ServerConfig::parse("").unwrap().docker, None);
+        assert_eq!(
+            ServerConfig::parse("[docker]").unwrap().docker,
+            Some(DockerSection::default())
+        );
+        let config = ServerConfig::parse("[docker]\nnetwork = \"bridge\"").unwrap();
+        assert_eq!(config.docker.unwrap().network, "bridge");
+    }
+
+    #[test]
+    fn log_format_from_the_file_and_the_environment() {
+        assert_eq!(ServerConfig::parse("").unwrap().log.format, LogFormat::Text);
+        let mut config = ServerConfig::parse("[log]\nformat = \"json\"").unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        config
+            .apply_env(|key| (key == "HODEI_LOG_FORMAT").then(|| "text".to_owned()))
+            .unwrap();
+        assert_eq!(config.log.format, LogFormat::Text);
+        let error = config
+            .apply_env(|key| (key == "HODEI_LOG_FORMAT").then(|| "xml".to_owned()))
+            .unwrap_err();
+        assert_eq!(error.field, "log.format");
+        let error = ServerConfig::parse("[log]\nformat = \"xml\"").unwrap_err();
+        assert!(error.contains("format"), "{error}");
     }
 
     #[test]
@@ -770,6 +1118,107 @@ mod tests {
         let env = |key: &str| (key == "HODEI_STORE_URL").then(|| "postgres://e/h".to_owned());
         config.apply_env(env).unwrap();
         assert_eq!(config.store.url.as_deref(), Some("postgres://e/h"));
+    }
+
+    #[test]
+    fn tenants_parse_and_bad_ones_are_named() {
+        use hodei_core::tenancy::{Limit, Resource};
+        let config = ServerConfig::parse(
+            r#"
+            [tenants]
+            auto_create = false
+            burst_factor = 2.0
+            burst_max = "10m"
+            [[tenant]]
+            name = "ci-team"
+            tier = "gold"
+            max_running_jobs = 4
+            max_cpu = 16
+            soft = ["cpu"]
+            [[tenant]]
+            name = "nightly"
+            weight = 7
+            max_daily_cost = 12.5
+            max_queued = 100
+            "#,
+        )
+        .unwrap();
+        let tenants = config.tenant_config().unwrap();
+        assert!(tenants.auto_create.is_none());
+        assert_eq!(tenants.burst.factor, 2.0);
+        assert_eq!(tenants.burst.max_ms, 600_000);
+        let ci = &tenants.configured[&hodei_core::TenantName::new("ci-team").unwrap()];
+        assert_eq!(ci.weight, 3);
+        assert_eq!(ci.quotas[&Resource::RunningJobs], Limit::hard(4.0));
+        assert_eq!(ci.quotas[&Resource::Cpu], Limit::soft(16.0));
+        let nightly = &tenants.configured[&hodei_core::TenantName::new("nightly").unwrap()];
+        assert_eq!((nightly.weight, nightly.max_queued), (7, Some(100)));
+        assert_eq!(
+            TenantSettings::from_tenant(ci).to_tenant().unwrap(),
+            ci.clone()
+        );
+        assert!(
+            ServerConfig::default()
+                .tenant_config()
+                .unwrap()
+                .auto_create
+                .is_some()
+        );
+
+        let cases = [
+            ("name = \"a\"\ntier = \"iron\"", "tenant[a].tier"),
+            ("name = \"a\"\nweight = 0", "tenant[a].weight"),
+            (
+                "name = \"a\"\ntier = \"gold\"\nweight = 3",
+                "tenant[a].weight",
+            ),
+            ("name = \"a\"\nsoft = [\"cpu\"]", "tenant[a].soft"),
+            ("name = \"a\"\nsoft = [\"disk\"]", "tenant[a].soft"),
+            ("name = \"a b\"", "tenant[a b].tenant"),
+        ];
+        for (table, field) in cases {
+            let config = ServerConfig::parse(&format!("[[tenant]]\n{table}\n")).unwrap();
+            assert_eq!(config.validate().unwrap_err().field, field, "{table}");
+        }
+        let twice =
+            ServerConfig::parse("[[tenant]]\nname = \"a\"\n[[tenant]]\nname = \"a\"\n").unwrap();
+        assert_eq!(twice.validate().unwrap_err().field, "tenant.name");
+        let mut bad_burst = ServerConfig::default();
+        bad_burst.tenants.burst_factor = 0.5;
+        assert_eq!(
+            bad_burst.validate().unwrap_err().field,
+            "tenants.burst_factor"
+        );
+    }
+
+    #[test]
+    fn fencing_deadlines_parse_and_are_checked() {
+        let config = ServerConfig::parse(
+            "[agents]\nheartbeat_interval = \"1s\"\nlease = \"4s\"\nlease_margin = \"500ms\"\n[jobs]\nassign_timeout = \"3s\"\ntimeout_grace = \"1s\"\n",
+        )
+        .unwrap();
+        let fence = config.jobs.service_config(&config.agents).unwrap().fence;
+        assert_eq!(fence.lease, Duration::from_secs(4));
+        assert_eq!(fence.lease_margin, Duration::from_millis(500));
+        assert_eq!(fence.assign_timeout, Duration::from_secs(3));
+        assert_eq!(fence.timeout_grace, Duration::from_secs(1));
+        let defaults = ServerConfig::default();
+        let fence = defaults
+            .jobs
+            .service_config(&defaults.agents)
+            .unwrap()
+            .fence;
+        assert_eq!(fence, hodei_core::fence::FencePolicy::default());
+
+        let mut config = ServerConfig::default();
+        config.agents.lease = Duration::from_secs(9);
+        // Heartbeats every 5 s: a 9 s lease would expire on one late answer.
+        assert_eq!(config.validate().unwrap_err().field, "agents.lease");
+        let mut config = ServerConfig::default();
+        config.jobs.assign_timeout = Duration::ZERO;
+        assert_eq!(config.validate().unwrap_err().field, "jobs.assign_timeout");
+        let error = ServerConfig::parse("[jobs]\nlost_worker_grace = \"15s\"\n").unwrap_err();
+        assert!(error.contains("lost_worker_grace"), "{error}");
     }
 
     #[test]

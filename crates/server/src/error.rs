@@ -5,10 +5,16 @@
 //! |-------------------------------------------------|----------------------|------|
 //! | `ValidationError` (names the field)             | `INVALID_ARGUMENT`   | 400  |
 //! | missing or wrong token                          | `UNAUTHENTICATED`    | 401  |
+//! | a credential whose role may not do this         | `PERMISSION_DENIED`  | 403  |
+//! | two `authorization` headers, or not text        | `INVALID_ARGUMENT`   | 400  |
+//! | undecodable or truncated protobuf               | `INVALID_ARGUMENT`   | -    |
+//! | request body too large                          | `RESOURCE_EXHAUSTED` | 413  |
+//! | unknown credential id                           | `NOT_FOUND`          | 404  |
 //! | unknown queue, requirements nothing can satisfy | `INVALID_ARGUMENT`   | 400  |
 //! | unknown worker, pool or job                     | `NOT_FOUND`          | 404  |
 //! | conflicting registration, illegal transition, cancel of an ended job | `ALREADY_EXISTS` / `FAILED_PRECONDITION` | 409 |
-//! | queue full (backpressure: retry later)          | `RESOURCE_EXHAUSTED` | 429  |
+//! | job above its tenant's quota, unknown tenant    | `INVALID_ARGUMENT`   | 400  |
+//! | queue full, tenant's queued cap (retry later)   | `RESOURCE_EXHAUSTED` | 429  |
 //! | store, provider or scheduler unavailable        | `UNAVAILABLE`        | 503  |
 //! | anything else                                   | `INTERNAL`           | 500  |
 
@@ -17,7 +23,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hodei_core::QueueError;
 use hodei_core::ValidationError;
-use hodei_modules::{JobError, PoolError, WorkerManagementError};
+use hodei_core::tenancy::{AdmissionError, Resource};
+use hodei_modules::{CredentialError, JobError, PoolError, TenantError, WorkerManagementError};
 use hodei_ports::{ProviderError, SchedulerError, store};
 
 use crate::api::{ErrorBody, ErrorDetail};
@@ -35,6 +42,8 @@ pub struct ApiError {
 pub enum Code {
     InvalidArgument,
     Unauthenticated,
+    PermissionDenied,
+    PayloadTooLarge,
     NotFound,
     AlreadyExists,
     FailedPrecondition,
@@ -48,6 +57,8 @@ impl Code {
         match self {
             Self::InvalidArgument => "INVALID_ARGUMENT",
             Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::PayloadTooLarge => "RESOURCE_EXHAUSTED",
             Self::NotFound => "NOT_FOUND",
             Self::AlreadyExists => "ALREADY_EXISTS",
             Self::FailedPrecondition => "FAILED_PRECONDITION",
@@ -61,6 +72,8 @@ impl Code {
         match self {
             Self::InvalidArgument => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::PermissionDenied => StatusCode::FORBIDDEN,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::AlreadyExists | Self::FailedPrecondition => StatusCode::CONFLICT,
             Self::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
@@ -101,7 +114,10 @@ impl From<store::Error> for ApiError {
             store::Error::IllegalTransition(_)
             | store::Error::IllegalJobTransition(_)
             | store::Error::JobStateConflict { .. } => Code::FailedPrecondition,
-            store::Error::WorkerExists(_) | store::Error::JobExists(_) => Code::AlreadyExists,
+            store::Error::WorkerExists(_)
+            | store::Error::JobExists(_)
+            | store::Error::PoolExists(_)
+            | store::Error::CredentialExists(_) => Code::AlreadyExists,
             store::Error::Unavailable(_) => Code::Unavailable,
             store::Error::Corrupt(_) => Code::Internal,
         };
@@ -149,6 +165,7 @@ impl From<WorkerManagementError> for ApiError {
             WorkerManagementError::ProviderNotConfigured(_) => {
                 Self::new(Code::FailedPrecondition, error.to_string())
             }
+            WorkerManagementError::Credential(_) => Self::new(Code::Unavailable, error.to_string()),
         }
     }
 }
@@ -182,11 +199,47 @@ impl From<JobError> for ApiError {
             JobError::Queue(QueueError::Duplicate(_)) => {
                 Self::new(Code::AlreadyExists, error.to_string())
             }
+            JobError::Tenant(AdmissionError::QueueFull { .. }) => {
+                Self::new(Code::ResourceExhausted, error.to_string())
+            }
+            JobError::Tenant(AdmissionError::NeverFits { resource, .. }) => {
+                let field = match resource {
+                    Resource::Cpu => "requirements.cpu_cores",
+                    Resource::MemoryMb => "requirements.memory_mb",
+                    _ => "tenant",
+                };
+                ValidationError::new(field, error.to_string()).into()
+            }
+            JobError::Tenant(AdmissionError::UnknownTenant(_)) => {
+                ValidationError::new("tenant", error.to_string()).into()
+            }
             JobError::Unsatisfiable(why) => ValidationError::new("requirements", why).into(),
             JobError::NotFound(_) => Self::new(Code::NotFound, error.to_string()),
             JobError::AlreadyEnded { .. } => Self::new(Code::FailedPrecondition, error.to_string()),
             JobError::Store(store) => store.into(),
             JobError::Stopped => Self::new(Code::Unavailable, error.to_string()),
+        }
+    }
+}
+
+impl From<CredentialError> for ApiError {
+    fn from(error: CredentialError) -> Self {
+        match error {
+            CredentialError::Invalid(invalid) => invalid.into(),
+            CredentialError::NotFound(_) => Self::new(Code::NotFound, error.to_string()),
+            CredentialError::Store(store) => store.into(),
+        }
+    }
+}
+
+impl From<TenantError> for ApiError {
+    fn from(error: TenantError) -> Self {
+        match error {
+            TenantError::Invalid(invalid) => invalid.into(),
+            TenantError::NotFound(_) => Self::new(Code::NotFound, error.to_string()),
+            TenantError::InUse { .. } => Self::new(Code::FailedPrecondition, error.to_string()),
+            TenantError::Store(store) => store.into(),
+            TenantError::Jobs(jobs) => jobs.into(),
         }
     }
 }
@@ -280,6 +333,26 @@ mod tests {
                 "UNAUTHENTICATED",
                 401,
             ),
+            (
+                ApiError::new(Code::PermissionDenied, "not yours"),
+                "PERMISSION_DENIED",
+                403,
+            ),
+            (
+                ApiError::new(Code::PayloadTooLarge, "too big"),
+                "RESOURCE_EXHAUSTED",
+                413,
+            ),
+            (
+                CredentialError::NotFound("c1".into()).into(),
+                "NOT_FOUND",
+                404,
+            ),
+            (
+                store::Error::PoolExists("p".into()).into(),
+                "ALREADY_EXISTS",
+                409,
+            ),
         ];
         for (error, code, status) in cases {
             assert_eq!(error.code.as_str(), code);
@@ -295,6 +368,8 @@ impl Code {
         match self {
             Self::InvalidArgument => tonic::Code::InvalidArgument,
             Self::Unauthenticated => tonic::Code::Unauthenticated,
+            Self::PermissionDenied => tonic::Code::PermissionDenied,
+            Self::PayloadTooLarge => tonic::Code::ResourceExhausted,
             Self::NotFound => tonic::Code::NotFound,
             Self::AlreadyExists => tonic::Code::AlreadyExists,
             Self::FailedPrecondition => tonic::Code::FailedPrecondition,

@@ -1,5 +1,6 @@
 //! The gRPC side of the one address: `hodei.v1.SchedulerService` over the scheduler
-//! registry, the agents' sessions, and bearer-token authentication.
+//! registry, and the agents' sessions, each bound to the worker credential that opened it
+//! (credentials are checked before routing, in `serve.rs` with `auth.rs`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -7,18 +8,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use hodei_core::credential::{self, Principal, SessionDecision, WorkerOrigin};
 use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::job::AttemptOutcome;
 use hodei_core::{Command, Job, JobId};
 use hodei_core::{
     ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata, WorkerType,
 };
-use hodei_modules::{JobService, RegisteredWorker, SchedulerRegistry};
+use hodei_modules::{Credentials, JobService, RegisteredWorker, SchedulerRegistry};
 use hodei_ports::{AgentLink, LinkError, LogChunk, LogStream};
 use hodei_proto::convert::{invalid_argument, to_millis, worker_from_request};
 use hodei_proto::v1::{self, agent_message, server_message};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::ApiError;
@@ -55,10 +58,20 @@ pub enum SendError {
 
 type Outbound = mpsc::Sender<Result<v1::ServerMessage, Status>>;
 
+/// One open session: its generation, where to send, the credential that opened it, and
+/// what ends it.
+#[derive(Debug)]
+struct Session {
+    generation: u64,
+    sender: Outbound,
+    credential_id: Option<String>,
+    closed: CancellationToken,
+}
+
 /// Open sessions by worker, and a broadcast of everything agents say.
 #[derive(Debug)]
 pub struct SessionHub {
-    sessions: Mutex<HashMap<WorkerId, (u64, Outbound)>>,
+    sessions: Mutex<HashMap<WorkerId, Session>>,
     next_generation: AtomicU64,
     events: broadcast::Sender<SessionEvent>,
 }
@@ -74,7 +87,7 @@ impl Default for SessionHub {
 }
 
 impl SessionHub {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, (u64, Outbound)>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Session>> {
         self.sessions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -89,7 +102,7 @@ impl SessionHub {
         let sender = self
             .sessions()
             .get(worker_id)
-            .map(|(_, sender)| sender.clone())
+            .map(|session| session.sender.clone())
             .ok_or_else(|| SendError::NotConnected(worker_id.clone()))?;
         sender
             .send(Ok(v1::ServerMessage {
@@ -119,14 +132,55 @@ impl SessionHub {
     /// Ends every open session (at shutdown): the server's half of each stream closes, so
     /// agents see the server go away and reconnect to its successor.
     pub fn close_all(&self) {
-        self.sessions().clear();
+        for (_, session) in self.sessions().drain() {
+            session.closed.cancel();
+        }
     }
 
-    /// Attaches a session, replacing an older one of the same worker (a reconnect).
-    fn attach(&self, worker_id: &WorkerId, sender: Outbound) -> u64 {
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+    /// Ends the sessions opened with credential `credential_id` (it was revoked). Returns
+    /// the workers whose session ended.
+    pub fn close_credential(&self, credential_id: &str) -> Vec<WorkerId> {
+        let mut sessions = self.sessions();
+        let ended: Vec<WorkerId> = sessions
+            .iter()
+            .filter(|(_, s)| s.credential_id.as_deref() == Some(credential_id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ended {
+            if let Some(session) = sessions.remove(id) {
+                session.closed.cancel();
+            }
+        }
+        ended
+    }
+
+    /// The credentials behind the open sessions.
+    pub fn credential_ids(&self) -> Vec<String> {
         self.sessions()
-            .insert(worker_id.clone(), (generation, sender));
+            .values()
+            .filter_map(|s| s.credential_id.clone())
+            .collect()
+    }
+
+    /// Attaches a session, replacing an older one of the same worker (a reconnect, with
+    /// the same worker credential: the session decision made sure of it).
+    fn attach(
+        &self,
+        worker_id: &WorkerId,
+        sender: Outbound,
+        credential_id: Option<String>,
+        closed: CancellationToken,
+    ) -> u64 {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let session = Session {
+            generation,
+            sender,
+            credential_id,
+            closed,
+        };
+        if let Some(older) = self.sessions().insert(worker_id.clone(), session) {
+            older.closed.cancel();
+        }
         generation
     }
 
@@ -134,7 +188,7 @@ impl SessionHub {
     fn detach(&self, worker_id: &WorkerId, generation: u64) -> bool {
         let mut sessions = self.sessions();
         match sessions.get(worker_id) {
-            Some((current, _)) if *current == generation => {
+            Some(current) if current.generation == generation => {
                 sessions.remove(worker_id);
                 true
             }
@@ -180,6 +234,7 @@ fn assignment(job: &Job) -> v1::JobAssignment {
             .timeout
             .map(|t| u32::try_from(t.as_secs().max(1)).unwrap_or(u32::MAX))
             .unwrap_or(0),
+        attempt: job.attempts,
     }
 }
 
@@ -190,6 +245,8 @@ fn attempt_outcome(result: &v1::JobResult) -> AttemptOutcome {
         Ok(v1::JobOutcome::TimedOut) => AttemptOutcome::TimedOut,
         Ok(v1::JobOutcome::Cancelled) => AttemptOutcome::Cancelled,
         Ok(v1::JobOutcome::FailedToStart) => AttemptOutcome::FailedToStart(result.message.clone()),
+        // The agent fenced itself: it killed the job after losing the server for its lease.
+        Ok(v1::JobOutcome::Lost) => AttemptOutcome::WorkerLost,
         Ok(v1::JobOutcome::Unspecified) | Err(_) => AttemptOutcome::FailedToStart(format!(
             "the agent reported an unknown outcome {}",
             result.outcome
@@ -201,7 +258,7 @@ fn attempt_outcome(result: &v1::JobResult) -> AttemptOutcome {
 async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentEvent) {
     match event {
         AgentEvent::JobAccepted(accepted) => {
-            jobs.job_accepted(worker_id.clone(), accepted.job_id.clone())
+            jobs.job_accepted(worker_id.clone(), accepted.job_id.clone(), accepted.attempt)
                 .await;
         }
         AgentEvent::Log(chunk) => {
@@ -214,8 +271,8 @@ async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentE
             };
             let chunk = LogChunk {
                 job_id,
-                // The agent does not know the attempt; the dispatcher sets it from the job.
-                attempt: 0,
+                // Checked against the attempt in flight by the dispatcher (0: not given).
+                attempt: chunk.attempt,
                 sequence: chunk.sequence,
                 stream,
                 data: chunk.data.clone(),
@@ -226,6 +283,7 @@ async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentE
             jobs.job_result(
                 worker_id.clone(),
                 result.job_id.clone(),
+                result.attempt,
                 attempt_outcome(result),
                 result.health_problem.is_empty(),
             )
@@ -238,9 +296,12 @@ async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentE
 /// `SchedulerService` over the in-process registry.
 #[derive(Debug, Clone)]
 pub struct SchedulerGrpc {
+    pub credentials: Credentials,
     pub registry: Arc<SchedulerRegistry>,
     pub hub: Arc<SessionHub>,
     pub heartbeat: HeartbeatPolicy,
+    /// `agents.lease`, told to agents in the hello answer.
+    pub lease: Duration,
     pub jobs: JobService,
 }
 
@@ -278,7 +339,8 @@ fn worker_from_hello(hello: &v1::Hello) -> Result<Worker, ValidationError> {
         id,
         capabilities,
         metadata: WorkerMetadata {
-            worker_type: WorkerType::Static,
+            // Started by hand (or by an outside program), not kept warm by a pool.
+            worker_type: WorkerType::Dynamic,
             provider: ProviderKind::External,
             pool: None,
             namespace: "default".into(),
@@ -305,7 +367,17 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         &self,
         request: Request<v1::RegisterWorkerRequest>,
     ) -> Result<Response<v1::RegisterWorkerResponse>, Status> {
-        let worker = worker_from_request(request.into_inner()).map_err(|e| invalid_argument(&e))?;
+        let request = request.into_inner();
+        let stamped = request
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.provision_timestamp_ms > 0);
+        let mut worker = worker_from_request(request).map_err(|e| invalid_argument(&e))?;
+        // Unset, the time defaults to now; registering the same worker again is still the
+        // same data (ALREADY_REGISTERED), so it keeps the time it was first given.
+        if !stamped && let Some(existing) = self.registry.get(&worker.id) {
+            worker.metadata.provision_timestamp = existing.worker.metadata.provision_timestamp;
+        }
         let worker_id = worker.id.to_string();
         let changed = self.registry.register(worker).map_err(ApiError::from)?;
         let status = if changed {
@@ -358,6 +430,15 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         &self,
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::WorkerSessionStream>, Status> {
+        let principal = request
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no credential"))?;
+        let remote = request
+            .extensions()
+            .get::<crate::serve::RemoteAddr>()
+            .map(|remote| remote.0);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.next())
             .await
@@ -377,12 +458,38 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         };
         let worker = worker_from_hello(&hello).map_err(|e| invalid_argument(&e))?;
         let id = worker.id.clone();
+        let decision = credential::decide_session(
+            &principal,
+            &id,
+            self.credentials.bound(&id),
+            self.hub.is_connected(&id),
+        );
+        let (credential_id, worker_credential) = match decision {
+            SessionDecision::Open => (principal.credential_id.clone(), String::new()),
+            SessionDecision::Enroll => {
+                let token = self
+                    .credentials
+                    .mint_worker(&id, WorkerOrigin::Enrolled, principal.credential_id.clone())
+                    .await
+                    .map_err(ApiError::from)?;
+                let minted = credential::parse_token(token.expose()).map(|(id, _)| id.to_owned());
+                tracing::info!(worker_id = %id, agent_token = ?principal.credential_id, "agent enrolled, worker credential minted");
+                (minted, token.expose().to_owned())
+            }
+            SessionDecision::Deny(reason) => {
+                tracing::warn!(worker_id = %id, ?remote, credential_id = ?principal.credential_id, role = %principal.role, %reason, "refused a worker session");
+                return Err(Status::permission_denied(reason));
+            }
+        };
         let before = self
             .registry
             .connect(worker, &hello.version)
             .map_err(ApiError::from)?;
         let (sender, receiver) = mpsc::channel(256);
-        let generation = self.hub.attach(&id, sender.clone());
+        let closed = CancellationToken::new();
+        let generation = self
+            .hub
+            .attach(&id, sender.clone(), credential_id, closed.clone());
         tracing::info!(worker_id = %id, agent_version = %hello.version, running_jobs = hello.running_job_ids.len(), recovered = (before != Liveness::Healthy), "agent session opened");
         self.hub.publish(&id, AgentEvent::Connected);
         self.jobs
@@ -394,18 +501,32 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                 worker_id: id.to_string(),
                 heartbeat_interval_ms: interval_ms,
                 server_version: SERVER_VERSION.to_owned(),
+                worker_credential,
+                lease_ms: u32::try_from(self.lease.as_millis()).unwrap_or(u32::MAX),
             })),
         };
         sender
             .send(Ok(ack))
             .await
             .map_err(|_| Status::internal("session closed during hello"))?;
+        // Weak, so that closing the session (at shutdown, on revocation) is not held up by
+        // this task: the hub holds the only strong sender.
+        let acks = sender.downgrade();
+        drop(sender);
 
         let registry = self.registry.clone();
         let hub = self.hub.clone();
         let jobs = self.jobs.clone();
         tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
+            loop {
+                let message = tokio::select! {
+                    message = inbound.next() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    // Revoked, replaced, or the server is stopping.
+                    () = closed.cancelled() => break,
+                };
                 let body = match message {
                     Ok(v1::AgentMessage { body: Some(body) }) => body,
                     Ok(_) => continue,
@@ -417,6 +538,26 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                 let event = match body {
                     agent_message::Body::Heartbeat(heartbeat) => {
                         registry.heartbeat(&id);
+                        // The answer renews the agent's lease. Never wait for room: an agent
+                        // that does not read its session goes without, and fences itself.
+                        let ack = v1::HeartbeatAck {
+                            sequence: heartbeat.sequence,
+                        };
+                        if let Some(sender) = acks.upgrade() {
+                            let _ = sender.try_send(Ok(v1::ServerMessage {
+                                body: Some(server_message::Body::HeartbeatAck(ack)),
+                            }));
+                        }
+                        if let Some(usage) = &heartbeat.usage {
+                            registry.record_usage(
+                                &id,
+                                hodei_modules::ResourceUsage {
+                                    load_average: usage.load_average,
+                                    memory_used_mb: usage.memory_used_mb,
+                                    running_jobs: usage.running_jobs,
+                                },
+                            );
+                        }
                         AgentEvent::Heartbeat(heartbeat)
                     }
                     agent_message::Body::JobAccepted(accepted) => AgentEvent::JobAccepted(accepted),
@@ -430,7 +571,10 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                 forward_to_jobs(&jobs, &id, &event).await;
                 hub.publish(&id, event);
             }
-            if hub.detach(&id, generation) {
+            // Ended by its agent or by a revocation (then the hub already forgot it); a
+            // session replaced by a newer one of the same worker leaves the worker connected.
+            let current = hub.detach(&id, generation);
+            if current || !hub.is_connected(&id) {
                 registry.disconnect(&id);
                 hub.publish(&id, AgentEvent::Disconnected);
                 tracing::info!(worker_id = %id, "agent session closed");
@@ -438,45 +582,5 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
         Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-/// Checks `authorization: Bearer <token>` on every gRPC call, in constant time, and never
-/// logs the token.
-#[derive(Clone)]
-pub struct Authenticate {
-    pub token: Arc<str>,
-}
-
-impl std::fmt::Debug for Authenticate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Authenticate")
-    }
-}
-
-impl tonic::service::Interceptor for Authenticate {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        match presented {
-            Some(token)
-                if constant_time_eq::constant_time_eq(token.as_bytes(), self.token.as_bytes()) =>
-            {
-                Ok(request)
-            }
-            Some(_) => {
-                tracing::warn!(remote = ?request.remote_addr(), "rejected gRPC call with a wrong token");
-                Err(Status::unauthenticated("invalid bearer token"))
-            }
-            None => {
-                tracing::warn!(remote = ?request.remote_addr(), "rejected gRPC call without a token");
-                Err(Status::unauthenticated(
-                    "missing bearer token (authorization: Bearer <token>)",
-                ))
-            }
-        }
     }
 }

@@ -110,15 +110,28 @@ impl v1::job_service_server::JobService for JobGrpc {
         &self,
         request: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
+        // A valid W3C `traceparent` in the metadata goes to the job as `TRACEPARENT` and
+        // comes back in the response's metadata.
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| status(hodei_core::ValidationError::new("spec", "is missing")))?;
-        let spec = submit_request(spec).into_spec().map_err(status)?;
+        let mut spec = submit_request(spec).into_spec().map_err(status)?;
+        let applied = hodei_core::trace::apply_traceparent(&mut spec, traceparent.as_deref())
+            .map(str::to_owned);
         let job = self.jobs.submit(spec).await.map_err(status)?;
-        Ok(Response::new(v1::SubmitJobResponse {
+        let mut response = Response::new(v1::SubmitJobResponse {
             job: Some(job_info(&job)),
-        }))
+        });
+        if let Some(value) = applied.and_then(|v| v.parse().ok()) {
+            response.metadata_mut().insert("traceparent", value);
+        }
+        Ok(response)
     }
 
     async fn get_job(

@@ -1,28 +1,34 @@
-//! The HTTP side of the one address: REST under `/api/v1` (bearer token), `/metrics`,
-//! `/healthz` and `/readyz` (open, for Prometheus and load balancers).
+//! The HTTP side of the one address: REST under `/api/v1` (credentials are checked before
+//! routing, in `serve.rs` with `auth.rs`), `/metrics`, `/healthz` and `/readyz` (open, for
+//! Prometheus and load balancers).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hodei_core::cost::{self, CostReport, GroupBy};
+use hodei_core::trace;
 use hodei_core::{JobId, PoolSpec, WorkerId, WorkerState};
-use hodei_modules::{JobService, PoolManager, SchedulerRegistry, WorkerManagementService};
+use hodei_modules::{
+    Credentials, JobService, PoolManager, SchedulerRegistry, TenantService, WorkerManagementService,
+};
 use hodei_ports::{Store, WorkerFilter};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::api::{
-    JobList, JobView, LogChunkView, LogsView, PoolList, PoolView, ScalePool, SubmitJob, WorkerList,
+    CreateToken, CreatedToken, JobList, JobView, LogChunkView, LogsView, PoolList, PoolView,
+    RevokedTokens, ScalePool, SubmitJob, TenantList, TenantView, TokenList, TokenView, WorkerList,
     WorkerView, job_filter,
 };
 use crate::error::{ApiError, Code};
+use crate::exposition;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -31,8 +37,11 @@ pub(crate) struct AppState {
     pub scheduler: Arc<SchedulerRegistry>,
     pub jobs: JobService,
     pub pools: PoolManager,
+    pub tenants: TenantService,
     pub metrics: Arc<Registry>,
-    pub token: Arc<str>,
+    pub credentials: Credentials,
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
     /// Set once start-up (first reconciliation, pool pre-warming) is done.
     pub ready: Arc<AtomicBool>,
 }
@@ -51,53 +60,35 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/logs", get(job_logs))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/tenants", get(list_tenants))
+        .route(
+            "/tenants/{name}",
+            get(get_tenant).put(set_tenant).delete(remove_tenant),
+        )
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/reports/cost", get(cost_report))
+        .fallback(|| async { ApiError::not_found("no such API path") });
     Router::new()
         .nest("/api/v1", api)
+        .merge(crate::console::router(state.clone()))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
 }
 
-/// Checks `Authorization: Bearer <token>` in constant time; never logs the token.
-async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(token)
-            if constant_time_eq::constant_time_eq(token.as_bytes(), state.token.as_bytes()) =>
-        {
-            next.run(request).await
-        }
-        Some(_) => {
-            tracing::warn!(path = %request.uri().path(), "rejected request with a wrong token");
-            ApiError::new(Code::Unauthenticated, "invalid bearer token").into_response()
-        }
-        None => {
-            tracing::warn!(path = %request.uri().path(), "rejected request without a token");
-            ApiError::new(
-                Code::Unauthenticated,
-                "missing bearer token (Authorization: Bearer <token>)",
-            )
-            .into_response()
-        }
-    }
-}
-
 #[derive(Debug, Deserialize)]
-struct WorkerQuery {
-    pool: Option<String>,
-    state: Option<String>,
+pub(crate) struct WorkerQuery {
+    pub(crate) pool: Option<String>,
+    pub(crate) state: Option<String>,
     /// Include terminated workers.
     #[serde(default)]
-    all: bool,
+    pub(crate) all: bool,
 }
 
-async fn list_workers(
+pub(crate) async fn list_workers(
     State(state): State<AppState>,
     Query(query): Query<WorkerQuery>,
 ) -> Result<Json<WorkerList>, ApiError> {
@@ -133,7 +124,7 @@ async fn list_workers(
     Ok(Json(WorkerList { workers }))
 }
 
-async fn get_worker(
+pub(crate) async fn get_worker(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<WorkerView>, ApiError> {
@@ -149,7 +140,7 @@ async fn get_worker(
     }
 }
 
-async fn terminate_worker(
+pub(crate) async fn terminate_worker(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -177,13 +168,13 @@ fn registered_only(jobs: &JobService, entry: &hodei_modules::RegisteredWorker) -
     view
 }
 
-async fn list_pools(State(state): State<AppState>) -> Json<PoolList> {
+pub(crate) async fn list_pools(State(state): State<AppState>) -> Json<PoolList> {
     Json(PoolList {
         pools: state.pools.list().iter().map(PoolView::new).collect(),
     })
 }
 
-async fn get_pool(
+pub(crate) async fn get_pool(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PoolView>, ApiError> {
@@ -196,11 +187,48 @@ async fn get_pool(
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(value)| value).map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(Code::PayloadTooLarge, "the request body is too large");
+        }
         ApiError::from(hodei_core::ValidationError::new(
             "body",
             rejection.body_text(),
         ))
     })
+}
+
+async fn list_tokens(State(state): State<AppState>) -> Json<TokenList> {
+    Json(TokenList {
+        tokens: state
+            .credentials
+            .list()
+            .iter()
+            .map(TokenView::new)
+            .collect(),
+    })
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    body: Result<Json<CreateToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let new = json_body(body)?.into_new()?;
+    let (record, token) = state.credentials.create(new).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            info: TokenView::new(&record),
+            token: token.expose().to_owned(),
+        }),
+    ))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RevokedTokens>, ApiError> {
+    let revoked = state.credentials.revoke(&id).await?;
+    Ok(Json(RevokedTokens { revoked }))
 }
 
 async fn create_pool(
@@ -246,21 +274,66 @@ async fn remove_pool(
     Ok(StatusCode::ACCEPTED)
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let format = exposition::negotiate(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|value| value.to_str().ok()),
+    );
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &state.metrics) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+        Ok(()) => {
+            if format == exposition::Format::PrometheusText {
+                text = exposition::openmetrics_to_prometheus_text(&text);
+            }
+            ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
+        }
         Err(error) => {
             ApiError::new(Code::Internal, format!("cannot encode metrics: {error}")).into_response()
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct CostQuery {
+    /// How far back, as a duration (`24h`, `7d`); 24 hours when absent.
+    since: Option<String>,
+    /// `tenant`, `pool` (the default) or `queue`.
+    by: Option<String>,
+}
+
+/// `GET /api/v1/reports/cost?since=24h&by=pool`: the cost report with its recommendations.
+async fn cost_report(
+    State(state): State<AppState>,
+    Query(query): Query<CostQuery>,
+) -> Result<Json<CostReport>, ApiError> {
+    let by = match query.by.as_deref() {
+        None => GroupBy::default(),
+        Some(text) => text.parse::<GroupBy>()?,
+    };
+    let since = match query.since.as_deref() {
+        None => std::time::Duration::from_secs(24 * 3600),
+        Some(text) => humantime::parse_duration(text).map_err(|error| {
+            ApiError::new(
+                Code::InvalidArgument,
+                format!("since: {text:?} is not a duration such as 24h or 7d: {error}"),
+            )
+        })?,
+    };
+    let now = std::time::SystemTime::now();
+    let until_ms = unix_ms(now);
+    let since_ms = until_ms.saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+    let attempts = state.store.attempt_totals(since_ms).await?;
+    let pools = state.store.pool_usage(since_ms).await?;
+    let specs = state.store.list_pools().await?;
+    Ok(Json(cost::report(
+        by, since_ms, until_ms, &attempts, &pools, &specs,
+    )))
+}
+
+fn unix_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -273,25 +346,39 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// A valid W3C `traceparent` header is given to the job as `TRACEPARENT` and returned.
 async fn submit_job(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<SubmitJob>, JsonRejection>,
-) -> Result<(StatusCode, Json<JobView>), ApiError> {
+) -> Result<Response, ApiError> {
     let request = json_body(body)?;
-    let job = state.jobs.submit(request.into_spec()?).await?;
-    Ok((StatusCode::CREATED, Json(JobView::new(&job))))
+    let mut spec = request.into_spec()?;
+    let traceparent = trace::apply_traceparent(
+        &mut spec,
+        headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok()),
+    )
+    .map(str::to_owned);
+    let job = state.jobs.submit(spec).await?;
+    let mut response = (StatusCode::CREATED, Json(JobView::new(&job))).into_response();
+    if let Some(value) = traceparent.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+        response.headers_mut().insert("traceparent", value);
+    }
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]
-struct JobQuery {
+pub(crate) struct JobQuery {
     /// Comma-separated states.
-    state: Option<String>,
-    tenant: Option<String>,
-    queue: Option<String>,
-    limit: Option<usize>,
+    pub(crate) state: Option<String>,
+    pub(crate) tenant: Option<String>,
+    pub(crate) queue: Option<String>,
+    pub(crate) limit: Option<usize>,
 }
 
-async fn list_jobs(
+pub(crate) async fn list_jobs(
     State(state): State<AppState>,
     Query(query): Query<JobQuery>,
 ) -> Result<Json<JobList>, ApiError> {
@@ -307,17 +394,21 @@ async fn list_jobs(
     }))
 }
 
-async fn get_job(
+pub(crate) async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let (job, waiting) = state.jobs.describe(&JobId::new(id)?).await?;
     let mut view = JobView::new(&job);
     view.waiting_reason = waiting;
+    for attempt in state.store.job_usage(&job.id).await? {
+        view.worker_seconds += attempt.worker_seconds;
+        view.cost += attempt.cost;
+    }
     Ok(Json(view))
 }
 
-async fn cancel_job(
+pub(crate) async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
@@ -326,11 +417,11 @@ async fn cancel_job(
 }
 
 #[derive(Debug, Deserialize)]
-struct LogsQuery {
+pub(crate) struct LogsQuery {
     #[serde(default)]
-    after: usize,
+    pub(crate) after: usize,
     #[serde(default)]
-    follow: bool,
+    pub(crate) follow: bool,
 }
 
 /// How long a followed log request waits for news before answering with nothing new.
@@ -338,7 +429,7 @@ const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most chunks one answer carries.
 const LOG_PAGE: usize = 1000;
 
-async fn job_logs(
+pub(crate) async fn job_logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,
@@ -357,4 +448,57 @@ async fn job_logs(
         exit_code: page.job.exit_code,
         complete: page.complete,
     }))
+}
+
+async fn list_tenants(State(state): State<AppState>) -> Result<Json<TenantList>, ApiError> {
+    Ok(Json(TenantList {
+        tenants: state
+            .tenants
+            .list()
+            .await?
+            .iter()
+            .map(TenantView::new)
+            .collect(),
+    }))
+}
+
+async fn get_tenant(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    let name = hodei_core::TenantName::new(name)?;
+    Ok(Json(TenantView::new(&state.tenants.get(&name).await?)))
+}
+
+/// Creates or replaces a tenant with the settings in the body (the `[[tenant]]` fields;
+/// `name` may be left out).
+async fn set_tenant(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<crate::config::TenantSettings>, JsonRejection>,
+) -> Result<Json<TenantView>, ApiError> {
+    let mut settings = json_body(body)?;
+    if settings.name.is_empty() {
+        settings.name.clone_from(&name);
+    }
+    if settings.name != name {
+        return Err(hodei_core::ValidationError::new(
+            "name",
+            format!("is {}, but the URL names tenant {name}", settings.name),
+        )
+        .into());
+    }
+    let tenant = state.tenants.set(settings.to_tenant()?).await?;
+    Ok(Json(TenantView::new(
+        &state.tenants.get(&tenant.name).await?,
+    )))
+}
+
+async fn remove_tenant(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = hodei_core::TenantName::new(name)?;
+    state.tenants.remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

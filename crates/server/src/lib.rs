@@ -3,10 +3,15 @@
 //! listener and keeps pools warm; [`run`] is the whole life of a server for `main`.
 
 pub mod api;
+mod auth;
 pub mod config;
+mod console;
 pub mod error;
+mod exposition;
 pub mod grpc;
 pub mod grpc_jobs;
+pub mod grpc_tenants;
+pub mod grpc_tokens;
 mod http;
 mod serve;
 mod tls;
@@ -23,12 +28,14 @@ use hodei_adapters::{
 use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{ProviderKind, WorkerId, WorkerState};
 use hodei_modules::{
-    JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
-    WorkerManagementMetrics, WorkerManagementService,
+    Credentials, JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
+    TenantService, WorkerManagementMetrics, WorkerManagementService, WorkerUsageMetrics,
 };
 use hodei_ports::{SchedulerPort, Store};
 use hodei_proto::v1::job_service_server::JobServiceServer;
 use hodei_proto::v1::scheduler_service_server::SchedulerServiceServer;
+use hodei_proto::v1::tenant_service_server::TenantServiceServer;
+use hodei_proto::v1::token_service_server::TokenServiceServer;
 use hodei_proto::{ClientConfig, SchedulerPortClient};
 use hodei_store::{PostgresStore, SqliteStore};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -39,9 +46,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{DockerSection, KubernetesSection, ServerConfig};
-use grpc::{Authenticate, SchedulerGrpc, SessionHub};
+pub use config::{DockerSection, KubernetesSection, LogFormat, ServerConfig, TenantSettings};
+use grpc::{SchedulerGrpc, SessionHub};
 use grpc_jobs::JobGrpc;
+use grpc_tokens::TokenGrpc;
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +62,11 @@ pub enum Error {
     Store(#[from] hodei_ports::store::Error),
     #[error("cannot start the job service: {0}")]
     Jobs(#[from] hodei_modules::JobError),
+    #[error("cannot load the tenants: {0}")]
+    Tenants(#[from] hodei_modules::TenantError),
     #[error("cannot load the pools: {0}")]
     Pools(#[from] hodei_modules::PoolError),
-    #[error("cannot start the local provider: {0}")]
+    #[error("cannot start a provider: {0}")]
     Provider(#[from] hodei_ports::ProviderError),
     #[error("{what}: {source}")]
     Io {
@@ -83,14 +93,17 @@ pub struct Server {
     store: Arc<dyn Store>,
     scheduler: Arc<SchedulerRegistry>,
     management: Arc<WorkerManagementService>,
+    credentials: Credentials,
     sessions: Arc<SessionHub>,
     jobs: JobService,
     pools: PoolManager,
+    tenants: TenantService,
     cancel: CancellationToken,
     http: JoinHandle<()>,
     background: JoinHandle<()>,
     monitor: JoinHandle<()>,
     retirements: JoinHandle<()>,
+    dead_watch: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -115,12 +128,86 @@ fn load_or_create_token(config: &ServerConfig) -> Result<String, Error> {
         }
     }
     let token = uuid::Uuid::new_v4().simple().to_string();
-    std::fs::write(&path, format!("{token}\n"))
-        .map_err(io_error(format!("cannot write {}", path.display())))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_error(format!("cannot protect {}", path.display())))?;
+    write_private(&path, format!("{token}\n").as_bytes())?;
     Ok(token)
+}
+
+/// Writes a file only its owner can read: mode 0600 from its creation on.
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let what = || format!("cannot write {}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error(what()))?;
+    file.write_all(contents).map_err(io_error(what()))?;
+    protect(path, 0o600)
+}
+
+/// Sets `path`'s permission bits.
+fn protect(path: &Path, mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_error(format!("cannot protect {}", path.display())))
+}
+
+/// The data directory (0700) and the database file (0600, before SQLite opens it: its
+/// WAL and shared-memory files take the database's permissions).
+fn prepare_data_dir(data_dir: &Path) -> Result<PathBuf, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir)
+        .map_err(io_error(format!("cannot create {}", data_dir.display())))?;
+    protect(data_dir, 0o700)?;
+    let database = data_dir.join("hodei.db");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&database)
+        .map_err(io_error(format!("cannot create {}", database.display())))?;
+    protect(&database, 0o600)?;
+    for suffix in ["-wal", "-shm"] {
+        let path = data_dir.join(format!("hodei.db{suffix}"));
+        if path.exists() {
+            protect(&path, 0o600)?;
+        }
+    }
+    Ok(database)
+}
+
+/// Raises the soft limit on open files to the hard limit, and returns the soft limit now
+/// in force (so the connection cap can stay below it).
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(errno) => {
+                tracing::warn!(%errno, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(errno) => {
+            tracing::warn!(%errno, "cannot read the open-file limit");
+            1024
+        }
+    }
+}
+
+/// File descriptors kept for the store, providers, agents' pipes and logs, beyond the
+/// connections.
+const RESERVED_FDS: u64 = 256;
+
+/// The connection cap: the configured one, below the open-file limit.
+fn connection_limit(configured: usize, open_file_limit: u64) -> usize {
+    let available = open_file_limit.saturating_sub(RESERVED_FDS).max(16);
+    configured.min(usize::try_from(available).unwrap_or(usize::MAX))
 }
 
 fn advertise_url(config: &ServerConfig, addr: SocketAddr) -> String {
@@ -153,10 +240,8 @@ impl Server {
     /// pre-warming the configured pools, then reconciliation on an interval.
     pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Self, Error> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).map_err(io_error(format!(
-            "cannot create {}",
-            config.data_dir.display()
-        )))?;
+        let database = prepare_data_dir(&config.data_dir)?;
+        let max_connections = connection_limit(config.connections.max, raise_open_file_limit());
         let addr = listener
             .local_addr()
             .map_err(io_error("cannot read the listen address"))?;
@@ -166,8 +251,9 @@ impl Server {
 
         let store: Arc<dyn Store> = match config.store.postgres_url()? {
             Some(url) => Arc::new(PostgresStore::connect(url).await?),
-            None => Arc::new(SqliteStore::open(&config.data_dir.join("hodei.db")).await?),
+            None => Arc::new(SqliteStore::open(&database).await?),
         };
+        let credentials = Credentials::load(store.clone(), token.clone()).await?;
         let mut registry = Registry::default();
         let scheduler = Arc::new(SchedulerRegistry::new());
         // Workers register with, and their agents connect to, this server's scheduler, or
@@ -187,7 +273,6 @@ impl Server {
             args: Vec::new(),
             server_url: agent_url.clone(),
             ca_cert: config.tls.ca_cert.clone(),
-            token: token.clone(),
             state_dir: config.data_dir.join("local"),
             stop_grace: config.local.stop_grace,
         })?);
@@ -206,34 +291,42 @@ impl Server {
         let wants = |kind: ProviderKind| config.pools.iter().any(|pool| pool.provider == kind);
         if wants(ProviderKind::Kubernetes) || config.kubernetes != KubernetesSection::default() {
             let provider = hodei_kubernetes::KubernetesProvider::new(
-                config.kubernetes.provider_config(&agent_url, &token),
+                config.kubernetes.provider_config(&agent_url),
             )
             .await?;
             management = management.with_provider(Arc::new(provider));
         }
-        if wants(ProviderKind::Docker) || config.docker != DockerSection::default() {
-            let provider = hodei_docker::DockerProvider::new(config.docker.provider_config(
-                &agent_url,
-                &token,
-                config.tls.ca_cert.as_deref(),
-            ))?;
+        if wants(ProviderKind::Docker) || config.docker.is_some() {
+            let docker = config.docker.clone().unwrap_or_default();
+            let provider = hodei_docker::DockerProvider::new(
+                docker.provider_config(&agent_url, config.tls.ca_cert.as_deref()),
+            )?;
             management = management.with_provider(Arc::new(provider));
         }
-        let management = Arc::new(management);
+        let management = Arc::new(management.with_credentials(credentials.clone()));
 
         let sessions = Arc::new(SessionHub::default());
         let liveness = LivenessMetrics::new(&mut registry);
         let cancel = CancellationToken::new();
         // Unfinished jobs are loaded from the store before anything is served.
+        let job_metrics = JobMetrics::new(&mut registry);
+        // Tenant totals survive restarts: the counters start at what the store has.
+        job_metrics.restore_tenant_totals(&store.attempt_totals(0).await?);
+        registry.register_collector(Box::new(WorkerUsageMetrics::new(scheduler.clone())));
         let (jobs, retired) = JobService::start(
-            config.jobs.service_config()?,
+            hodei_modules::JobServiceConfig {
+                tenants: config.tenant_config()?,
+                ..config.jobs.service_config(&config.agents)?
+            },
             store.clone(),
             scheduler.clone(),
             sessions.clone(),
-            JobMetrics::new(&mut registry),
+            job_metrics,
             cancel.clone(),
         )
         .await?;
+        let tenants =
+            TenantService::start(config.tenant_config()?, store.clone(), jobs.clone()).await?;
         let pools = PoolManager::new(
             management.clone(),
             jobs.clone(),
@@ -245,26 +338,25 @@ impl Server {
         )
         .await?;
         let ready = Arc::new(AtomicBool::new(false));
-        let token_shared: Arc<str> = token.clone().into();
-        let grpc = SchedulerServiceServer::with_interceptor(
-            SchedulerGrpc {
-                registry: scheduler.clone(),
-                hub: sessions.clone(),
-                heartbeat: config.agents.policy(),
-                jobs: jobs.clone(),
-            },
-            Authenticate {
-                token: token_shared.clone(),
-            },
-        );
-        let job_grpc = JobServiceServer::with_interceptor(
-            JobGrpc { jobs: jobs.clone() },
-            Authenticate {
-                token: token_shared.clone(),
-            },
-        );
+        let grpc = SchedulerServiceServer::new(SchedulerGrpc {
+            credentials: credentials.clone(),
+            registry: scheduler.clone(),
+            hub: sessions.clone(),
+            heartbeat: config.agents.policy(),
+            lease: config.agents.lease,
+            jobs: jobs.clone(),
+        });
+        let job_grpc = JobServiceServer::new(JobGrpc { jobs: jobs.clone() });
+        let token_grpc = TokenServiceServer::new(TokenGrpc {
+            credentials: credentials.clone(),
+        });
+        let tenant_grpc = TenantServiceServer::new(grpc_tenants::TenantGrpc {
+            tenants: tenants.clone(),
+        });
         let grpc = tonic::service::Routes::new(grpc)
             .add_service(job_grpc)
+            .add_service(tenant_grpc)
+            .add_service(token_grpc)
             .prepare();
         let http = http::router(http::AppState {
             store: store.clone(),
@@ -272,14 +364,34 @@ impl Server {
             scheduler: scheduler.clone(),
             jobs: jobs.clone(),
             pools: pools.clone(),
+            tenants: tenants.clone(),
             metrics: Arc::new(registry),
-            token: token_shared,
+            credentials: credentials.clone(),
+            max_body_bytes: config.connections.max_body_bytes,
             ready: ready.clone(),
         });
+        let limits = serve::Limits {
+            max_connections,
+            header_read_timeout: config.connections.header_read_timeout,
+            idle_timeout: config.connections.idle_timeout,
+            keepalive_interval: config.connections.keepalive_interval,
+            keepalive_timeout: config.connections.keepalive_timeout,
+        };
         let http = tokio::spawn(serve::serve(
             listener,
-            serve::App { grpc, http },
+            serve::App {
+                grpc,
+                http,
+                credentials: credentials.clone(),
+            },
             tls,
+            limits,
+            cancel.clone(),
+        ));
+        // A revoked credential's open sessions end at once.
+        tokio::spawn(close_revoked_sessions(
+            credentials.clone(),
+            sessions.clone(),
             cancel.clone(),
         ));
         let background = tokio::spawn(background(
@@ -297,6 +409,13 @@ impl Server {
             liveness,
             cancel.clone(),
         ));
+        let dead_watch = tokio::spawn(confirm_dead_workers(
+            sessions.clone(),
+            management.clone(),
+            jobs.clone(),
+            pools.clone(),
+            cancel.clone(),
+        ));
         let retirements = tokio::spawn(terminate_retired(
             retired,
             management.clone(),
@@ -312,15 +431,22 @@ impl Server {
             store,
             scheduler,
             management,
+            credentials,
             cancel,
             sessions,
             http,
             background,
             monitor,
             retirements,
+            dead_watch,
             jobs,
             pools,
+            tenants,
         })
+    }
+
+    pub fn tenants(&self) -> &TenantService {
+        &self.tenants
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -332,8 +458,14 @@ impl Server {
         &self.url
     }
 
+    /// The configured admin token.
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// Credentials: mint, list, revoke.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -376,6 +508,10 @@ impl Server {
         let _ = self.background.await;
         let _ = self.monitor.await;
         let _ = self.retirements.await;
+        let _ = self.dead_watch.await;
+        // Before terminating: a pass or a provisioning still under way would start
+        // replacements for the workers being terminated.
+        self.pools.stop().await;
         if self.config.shutdown.terminate_workers {
             match self.management.terminate_all().await {
                 Ok(failures) => {
@@ -404,6 +540,103 @@ impl Server {
                 source: std::io::Error::other(join),
             }),
         }
+    }
+}
+
+/// Ends the sessions of every credential revoked, as it is revoked.
+async fn close_revoked_sessions(
+    credentials: Credentials,
+    sessions: Arc<SessionHub>,
+    cancel: CancellationToken,
+) {
+    let mut revocations = credentials.revocations();
+    loop {
+        let revoked = tokio::select! {
+            revoked = revocations.recv() => revoked,
+            () = cancel.cancelled() => return,
+        };
+        match revoked {
+            Ok(id) => {
+                for worker_id in sessions.close_credential(&id) {
+                    tracing::warn!(%worker_id, credential_id = %id, "credential revoked, session closed");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                // Missed some: close every session whose credential is no longer live.
+                tracing::warn!(missed, "revocations lagged, checking every session");
+                for id in sessions.credential_ids() {
+                    if !credentials.is_live(Some(&id)) {
+                        sessions.close_credential(&id);
+                    }
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// How often, and how long, a closed session's worker is checked for death: its process may
+/// take a moment to finish exiting after its socket closed.
+const DEATH_CHECKS: u32 = 10;
+const DEATH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// When an agent's session closes, asks its provider whether the agent is dead. If so, its
+/// jobs are lost at once (nothing of them runs any more: no lease to wait out), and the
+/// worker is terminated so its pool starts a replacement now, not at the next reconcile.
+async fn confirm_dead_workers(
+    hub: Arc<SessionHub>,
+    management: Arc<WorkerManagementService>,
+    jobs: JobService,
+    pools: PoolManager,
+    cancel: CancellationToken,
+) {
+    let mut events = hub.subscribe();
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = cancel.cancelled() => return,
+        };
+        let id = match event {
+            Ok(grpc::SessionEvent {
+                worker_id,
+                event: grpc::AgentEvent::Disconnected,
+            }) => worker_id,
+            Ok(_) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                // The lease still covers the workers whose close was missed.
+                tracing::warn!(
+                    missed,
+                    "missed agent events; dead workers among them wait for the lease"
+                );
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let (hub, management, jobs, pools, cancel) = (
+            hub.clone(),
+            management.clone(),
+            jobs.clone(),
+            pools.clone(),
+            cancel.clone(),
+        );
+        tokio::spawn(async move {
+            for _ in 0..DEATH_CHECKS {
+                if cancel.is_cancelled() || hub.is_connected(&id) {
+                    return;
+                }
+                if management.confirm_dead(&id).await {
+                    tracing::warn!(worker_id = %id, "agent died, its jobs are lost and it is replaced");
+                    jobs.worker_dead(id.clone()).await;
+                    pools.wake();
+                    if let Err(error) = management.terminate_worker(&id).await {
+                        tracing::debug!(worker_id = %id, %error, "could not clean up a dead worker");
+                    }
+                    pools.wake();
+                    return;
+                }
+                tokio::time::sleep(DEATH_CHECK_INTERVAL).await;
+            }
+        });
     }
 }
 
@@ -467,6 +700,8 @@ async fn background(
         () = startup => {}
         () = cancel.cancelled() => {}
     }
+    // Held time since the last write, so that totals carry over a restart.
+    pools.flush_usage().await;
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -591,6 +826,15 @@ async fn reconcile_once(management: &WorkerManagementService) {
     }
 }
 
+/// Checks that the Docker engine of `section` answers and has its agent image, so that
+/// `hodei dev --provider docker` can refuse to start with a message that says what to do.
+pub async fn check_docker(section: &DockerSection) -> Result<(), hodei_ports::ProviderError> {
+    // The URL only matters to containers, and none is started here.
+    let provider =
+        hodei_docker::DockerProvider::new(section.provider_config("http://127.0.0.1", None))?;
+    provider.check_image(None).await
+}
+
 /// The whole life of a server: start on `listener`, run until `shutdown` completes, stop.
 pub async fn run(
     config: ServerConfig,
@@ -600,4 +844,18 @@ pub async fn run(
     let server = Server::start(config, listener).await?;
     shutdown.await;
     server.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_limit;
+
+    #[test]
+    fn the_connection_cap_stays_below_the_open_file_limit() {
+        assert_eq!(connection_limit(4096, 1_048_576), 4096);
+        assert_eq!(connection_limit(4096, 1024), 1024 - 256);
+        assert_eq!(connection_limit(100, 1024), 100);
+        // A tiny limit still leaves a few connections rather than none.
+        assert_eq!(connection_limit(4096, 100), 16);
+    }
 }

@@ -5,9 +5,11 @@
 //! The contract both must meet is `hodei_testkit::store_contract`, which the in-memory fake
 //! passes too.
 
+mod credentials;
 mod jobs;
 mod postgres;
 mod sqlite;
+mod usage;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

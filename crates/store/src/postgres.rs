@@ -12,14 +12,16 @@
 //! nothing here relies on a statement failing inside a transaction: a taken job id is found by
 //! `ON CONFLICT DO NOTHING RETURNING`, not by a unique violation.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use hodei_core::{Job, JobId, JobState, PoolSpec, Worker, WorkerId, WorkerState};
+use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage, hour_start};
+use hodei_core::tenancy::Tenant;
+use hodei_core::{Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState};
 use hodei_ports::store::{
-    Error, JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord,
+    CredentialRecord, Error, JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord,
 };
 use sqlx::error::DatabaseError;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -33,6 +35,7 @@ use crate::sqlite::{
     MAX_TRANSITION_ATTEMPTS, PoolRow, WorkerRow, decode_pool, decode_worker, map_migrate_error,
     millis_since_epoch,
 };
+use crate::{credentials, usage};
 
 /// Connections per server. Every API call, agent stream and loop uses one only for the length
 /// of a statement or a short transaction, so a few serve many; the contract's sixteen
@@ -570,6 +573,316 @@ impl Store for PostgresStore {
             })
             .collect()
     }
+
+    async fn insert_pool(&self, pool: &PoolSpec) -> Result<(), Error> {
+        let spec_json = serde_json::to_string(pool)
+            .map_err(|err| Error::Corrupt(format!("cannot encode pool {}: {err}", pool.name)))?;
+        // `ON CONFLICT DO NOTHING`: of concurrent creates of one name, the one that commits
+        // first inserts; the others wait for it and then insert nothing.
+        let inserted = sqlx::query(
+            "INSERT INTO pools (name, spec_json, updated_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&pool.name)
+        .bind(spec_json)
+        .bind(millis_since_epoch(SystemTime::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        if inserted.rows_affected() == 0 {
+            return Err(Error::PoolExists(pool.name.clone()));
+        }
+        Ok(())
+    }
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
+        let json = serde_json::to_string(tenant).map_err(|err| {
+            Error::Corrupt(format!("cannot encode tenant {}: {err}", tenant.name))
+        })?;
+        sqlx::query(
+            "INSERT INTO tenants (name, tenant_json, updated_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE \
+             SET tenant_json = excluded.tenant_json, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(tenant.name.as_str())
+        .bind(json)
+        .bind(millis_since_epoch(SystemTime::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        Ok(())
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, Error> {
+        // The name column is `COLLATE "C"`: byte order, as in SQLite.
+        sqlx::query_as::<_, (String, String)>("SELECT name, tenant_json FROM tenants ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_pg_error)?
+            .into_iter()
+            .map(|(name, json)| {
+                let tenant: Tenant = serde_json::from_str(&json)
+                    .map_err(|err| Error::Corrupt(format!("tenant {name}: invalid json: {err}")))?;
+                if tenant.name.as_str() != name {
+                    return Err(Error::Corrupt(format!(
+                        "row {name} holds tenant {}",
+                        tenant.name
+                    )));
+                }
+                Ok(tenant)
+            })
+            .collect()
+    }
+
+    async fn delete_tenant(&self, name: &TenantName) -> Result<bool, Error> {
+        let deleted = sqlx::query("DELETE FROM tenants WHERE name = $1")
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(map_pg_error)?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn insert_credential(&self, record: &CredentialRecord) -> Result<(), Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO credentials (id, role, worker_id, origin, tenant, description, \
+             issued_by, secret_sha256, created_at_ms, revoked_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&record.id)
+        .bind(record.role.as_str())
+        .bind(record.worker_id.as_ref().map(WorkerId::as_str))
+        .bind(record.origin.map(credentials::origin_str))
+        .bind(record.tenant.as_ref().map(TenantName::as_str))
+        .bind(&record.description)
+        .bind(record.issued_by.as_deref())
+        .bind(&record.secret_sha256)
+        .bind(millis_since_epoch(record.created_at))
+        .bind(record.revoked_at.map(millis_since_epoch))
+        .execute(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        if inserted.rows_affected() == 0 {
+            return Err(Error::CredentialExists(record.id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn list_credentials(&self) -> Result<Vec<CredentialRecord>, Error> {
+        sqlx::query_as::<_, credentials::CredentialRow>(
+            "SELECT id, role, worker_id, origin, tenant, description, issued_by, secret_sha256, \
+             created_at_ms, revoked_at_ms FROM credentials ORDER BY created_at_ms, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_pg_error)?
+        .into_iter()
+        .map(credentials::decode)
+        .collect()
+    }
+
+    async fn revoke_credential(&self, id: &str, at: SystemTime) -> Result<Vec<String>, Error> {
+        // One statement: the credential and the live ones it issued are revoked together.
+        let mut ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE credentials SET revoked_at_ms = $2 \
+             WHERE (id = $1 OR issued_by = $1) AND revoked_at_ms IS NULL RETURNING id",
+        )
+        .bind(id)
+        .bind(millis_since_epoch(at))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn record_attempt_usage(&self, usage: &[AttemptUsage]) -> Result<(), Error> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        let mut columns = AttemptUsageColumns::default();
+        for row in usage {
+            columns.job_ids.push(&row.job_id);
+            columns.attempts.push(i64::from(row.attempt));
+            columns.tenants.push(&row.tenant);
+            columns.queues.push(&row.queue);
+            columns.pools.push(&row.pool);
+            columns.worker_ids.push(&row.worker_id);
+            columns.ended.push(usage::to_i64(row.ended_at_ms));
+            columns.worker_seconds.push(row.worker_seconds);
+            columns.costs.push(row.cost);
+        }
+        // One statement: all rows or none. A row already stored, or twice in the batch, is
+        // skipped (`DO NOTHING` may meet one key twice in a statement, unlike `DO UPDATE`).
+        sqlx::query(
+            "INSERT INTO attempt_usage (job_id, attempt, tenant, queue, pool, worker_id, \
+             ended_at_ms, worker_seconds, cost) \
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::int8[], $8::float8[], $9::float8[]) \
+             ON CONFLICT (job_id, attempt, worker_id, ended_at_ms) DO NOTHING",
+        )
+        .bind(&columns.job_ids)
+        .bind(&columns.attempts)
+        .bind(&columns.tenants)
+        .bind(&columns.queues)
+        .bind(&columns.pools)
+        .bind(&columns.worker_ids)
+        .bind(&columns.ended)
+        .bind(&columns.worker_seconds)
+        .bind(&columns.costs)
+        .execute(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        Ok(())
+    }
+
+    async fn add_pool_usage(&self, usage: &[PoolUsage]) -> Result<(), Error> {
+        if usage.is_empty() {
+            return Ok(());
+        }
+        // `ON CONFLICT DO UPDATE` may not touch a row twice in one statement, so rows of the
+        // same pool and hour are summed here first (in input order, as SQLite adds them one
+        // by one). Sorted keys make concurrent batches lock rows in one order: no deadlock.
+        let mut sums: BTreeMap<(&str, i64), [f64; 4]> = BTreeMap::new();
+        for row in usage {
+            let key = (
+                row.pool.as_str(),
+                usage::to_i64(hour_start(row.hour_start_ms)),
+            );
+            let sum = sums.entry(key).or_insert([0.0; 4]);
+            sum[0] += row.worker_seconds;
+            sum[1] += row.busy_seconds;
+            sum[2] += row.cost;
+            sum[3] += row.at_max_waiting_seconds;
+        }
+        let mut pools = Vec::with_capacity(sums.len());
+        let mut hours = Vec::with_capacity(sums.len());
+        let mut values: [Vec<f64>; 4] = Default::default();
+        for ((pool, hour), sum) in sums {
+            pools.push(pool);
+            hours.push(hour);
+            for (column, value) in values.iter_mut().zip(sum) {
+                column.push(value);
+            }
+        }
+        let [worker_seconds, busy_seconds, cost, at_max] = values;
+        sqlx::query(
+            "INSERT INTO pool_usage AS p (pool, hour_start_ms, worker_seconds, busy_seconds, \
+             cost, at_max_waiting_seconds) \
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::float8[], $4::float8[], \
+             $5::float8[], $6::float8[]) \
+             ON CONFLICT (pool, hour_start_ms) DO UPDATE SET \
+             worker_seconds = p.worker_seconds + excluded.worker_seconds, \
+             busy_seconds = p.busy_seconds + excluded.busy_seconds, \
+             cost = p.cost + excluded.cost, \
+             at_max_waiting_seconds = p.at_max_waiting_seconds + excluded.at_max_waiting_seconds",
+        )
+        .bind(&pools)
+        .bind(&hours)
+        .bind(&worker_seconds)
+        .bind(&busy_seconds)
+        .bind(&cost)
+        .bind(&at_max)
+        .execute(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        Ok(())
+    }
+
+    async fn attempt_totals(&self, since_ms: u64) -> Result<Vec<AttemptTotals>, Error> {
+        let rows: Vec<(String, String, String, i64, f64, f64)> = sqlx::query_as(
+            "SELECT tenant, queue, pool, COUNT(*), SUM(worker_seconds), SUM(cost) \
+             FROM attempt_usage WHERE ended_at_ms >= $1 \
+             GROUP BY tenant, queue, pool ORDER BY tenant, queue, pool",
+        )
+        .bind(usage::to_i64(since_ms))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(tenant, queue, pool, attempts, worker_seconds, cost)| AttemptTotals {
+                    tenant,
+                    queue,
+                    pool,
+                    attempts: usage::to_u64(attempts),
+                    worker_seconds,
+                    cost,
+                },
+            )
+            .collect())
+    }
+
+    async fn pool_usage(&self, since_ms: u64) -> Result<Vec<PoolUsage>, Error> {
+        let rows: Vec<(String, i64, f64, f64, f64, f64)> = sqlx::query_as(
+            "SELECT pool, MIN(hour_start_ms), SUM(worker_seconds), SUM(busy_seconds), \
+             SUM(cost), SUM(at_max_waiting_seconds) FROM pool_usage WHERE hour_start_ms >= $1 \
+             GROUP BY pool ORDER BY pool",
+        )
+        .bind(usage::to_i64(hour_start(since_ms)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(pool, hour, worker_seconds, busy_seconds, cost, at_max)| PoolUsage {
+                    pool,
+                    hour_start_ms: usage::to_u64(hour),
+                    worker_seconds,
+                    busy_seconds,
+                    cost,
+                    at_max_waiting_seconds: at_max,
+                },
+            )
+            .collect())
+    }
+
+    async fn job_usage(&self, id: &JobId) -> Result<Vec<AttemptUsage>, Error> {
+        type Row = (String, i64, String, String, String, String, i64, f64, f64);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT job_id, attempt, tenant, queue, pool, worker_id, ended_at_ms, \
+             worker_seconds, cost FROM attempt_usage WHERE job_id = $1 \
+             ORDER BY attempt, ended_at_ms",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(job_id, attempt, tenant, queue, pool, worker_id, ended, secs, cost)| {
+                    AttemptUsage {
+                        job_id,
+                        attempt: u32::try_from(attempt).unwrap_or(0),
+                        tenant,
+                        queue,
+                        pool,
+                        worker_id,
+                        ended_at_ms: usage::to_u64(ended),
+                        worker_seconds: secs,
+                        cost,
+                    }
+                },
+            )
+            .collect())
+    }
+}
+
+/// Attempt usage rows as one array per column, for one `INSERT ... SELECT FROM UNNEST(...)`.
+#[derive(Default)]
+struct AttemptUsageColumns<'a> {
+    job_ids: Vec<&'a str>,
+    attempts: Vec<i64>,
+    tenants: Vec<&'a str>,
+    queues: Vec<&'a str>,
+    pools: Vec<&'a str>,
+    worker_ids: Vec<&'a str>,
+    ended: Vec<i64>,
+    worker_seconds: Vec<f64>,
+    costs: Vec<f64>,
 }
 
 /// Log chunks as one array per column, for one `INSERT ... SELECT FROM UNNEST(...)`.

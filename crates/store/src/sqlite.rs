@@ -6,14 +6,18 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use hodei_core::{Job, JobId, JobState, PoolSpec, Worker, WorkerId, WorkerState};
-use hodei_ports::store::{Error, JobFilter, LogChunk, Store, WorkerFilter, WorkerRecord};
+use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
+use hodei_core::tenancy::Tenant;
+use hodei_core::{Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState};
+use hodei_ports::store::{
+    CredentialRecord, Error, JobFilter, LogChunk, Store, WorkerFilter, WorkerRecord,
+};
 use sqlx::error::{DatabaseError, ErrorKind};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::jobs;
+use crate::{credentials, jobs};
 
 /// How long a statement waits for another connection's write lock before giving up as
 /// [`Error::Unavailable`].
@@ -239,6 +243,24 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn insert_pool(&self, pool: &PoolSpec) -> Result<(), Error> {
+        let spec_json = serde_json::to_string(pool)
+            .map_err(|err| Error::Corrupt(format!("cannot encode pool {}: {err}", pool.name)))?;
+        sqlx::query("INSERT INTO pools (name, spec_json, updated_at_ms) VALUES (?1, ?2, ?3)")
+            .bind(&pool.name)
+            .bind(spec_json)
+            .bind(millis_since_epoch(SystemTime::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(|err| match &err {
+                sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => {
+                    Error::PoolExists(pool.name.clone())
+                }
+                _ => map_sqlx_error(err),
+            })?;
+        Ok(())
+    }
+
     async fn get_pool(&self, name: &str) -> Result<Option<PoolSpec>, Error> {
         sqlx::query_as::<_, PoolRow>("SELECT name, spec_json FROM pools WHERE name = ?1")
             .bind(name)
@@ -266,6 +288,65 @@ impl Store for SqliteStore {
             .await
             .map_err(map_sqlx_error)?;
         Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
+        let json = serde_json::to_string(tenant).map_err(|err| {
+            Error::Corrupt(format!("cannot encode tenant {}: {err}", tenant.name))
+        })?;
+        sqlx::query(
+            "INSERT INTO tenants (name, tenant_json, updated_at_ms) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE \
+             SET tenant_json = excluded.tenant_json, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(tenant.name.as_str())
+        .bind(json)
+        .bind(millis_since_epoch(SystemTime::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx_error)?;
+        Ok(())
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, Error> {
+        sqlx::query_as::<_, (String, String)>("SELECT name, tenant_json FROM tenants ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx_error)?
+            .into_iter()
+            .map(|(name, json)| {
+                let tenant: Tenant = serde_json::from_str(&json)
+                    .map_err(|err| Error::Corrupt(format!("tenant {name}: invalid json: {err}")))?;
+                if tenant.name.as_str() != name {
+                    return Err(Error::Corrupt(format!(
+                        "row {name} holds tenant {}",
+                        tenant.name
+                    )));
+                }
+                Ok(tenant)
+            })
+            .collect()
+    }
+
+    async fn delete_tenant(&self, name: &TenantName) -> Result<bool, Error> {
+        let deleted = sqlx::query("DELETE FROM tenants WHERE name = ?1")
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx_error)?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn insert_credential(&self, credential: &CredentialRecord) -> Result<(), Error> {
+        credentials::insert(&self.pool, credential).await
+    }
+
+    async fn list_credentials(&self) -> Result<Vec<CredentialRecord>, Error> {
+        credentials::list(&self.pool).await
+    }
+
+    async fn revoke_credential(&self, id: &str, at: SystemTime) -> Result<Vec<String>, Error> {
+        credentials::revoke(&self.pool, id, at).await
     }
 
     async fn insert_job(&self, job: &Job) -> Result<Job, Error> {
@@ -306,6 +387,26 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<LogChunk>, Error> {
         jobs::read_logs(&self.pool, id, after, limit).await
+    }
+
+    async fn record_attempt_usage(&self, usage: &[AttemptUsage]) -> Result<(), Error> {
+        crate::usage::record_attempt_usage(&self.pool, usage).await
+    }
+
+    async fn add_pool_usage(&self, usage: &[PoolUsage]) -> Result<(), Error> {
+        crate::usage::add_pool_usage(&self.pool, usage).await
+    }
+
+    async fn attempt_totals(&self, since_ms: u64) -> Result<Vec<AttemptTotals>, Error> {
+        crate::usage::attempt_totals(&self.pool, since_ms).await
+    }
+
+    async fn pool_usage(&self, since_ms: u64) -> Result<Vec<PoolUsage>, Error> {
+        crate::usage::pool_usage(&self.pool, since_ms).await
+    }
+
+    async fn job_usage(&self, id: &JobId) -> Result<Vec<AttemptUsage>, Error> {
+        crate::usage::job_usage(&self.pool, id).await
     }
 }
 

@@ -564,6 +564,108 @@ mod postgres {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_concurrent_usage_and_pool_creates_add_up_once() {
+        // Pool-manager passes adding to the same hourly rows from separate connections (each
+        // batch naming one row twice and two rows in opposite orders) all land; concurrent
+        // inserts of one attempt charge it once; of concurrent creates of one pool one wins.
+        use hodei_core::cost::{AttemptUsage, HOUR_MS, PoolUsage};
+        let Some((_, store)) = fresh("postgres_concurrent_usage").await else {
+            return;
+        };
+        let store = Arc::new(store);
+        let hour = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS;
+        let row = |pool: &str, hour_start_ms: u64| PoolUsage {
+            pool: pool.into(),
+            hour_start_ms,
+            worker_seconds: 2.0,
+            busy_seconds: 1.0,
+            cost: 0.5,
+            at_max_waiting_seconds: 0.25,
+        };
+        let attempt = AttemptUsage {
+            job_id: "j-usage".into(),
+            attempt: 1,
+            tenant: "t".into(),
+            queue: "default".into(),
+            pool: "p-a".into(),
+            worker_id: "w-1".into(),
+            ended_at_ms: hour + 1,
+            worker_seconds: 30.0,
+            cost: 1.0,
+        };
+        let tasks: Vec<_> = (0..8)
+            .map(|writer| {
+                let store = Arc::clone(&store);
+                let mut batch = vec![row("p-a", hour), row("p-a", hour + 10), row("p-b", hour)];
+                if writer % 2 == 1 {
+                    batch.reverse();
+                }
+                let attempt = attempt.clone();
+                tokio::spawn(async move {
+                    for _ in 0..5 {
+                        store.add_pool_usage(&batch).await.unwrap();
+                    }
+                    store
+                        .record_attempt_usage(&[attempt.clone(), attempt])
+                        .await
+                        .unwrap();
+                    store
+                        .insert_pool(&PoolSpec::fixed("raced", ProviderKind::Local, writer))
+                        .await
+                })
+            })
+            .collect();
+        let mut created = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(()) => created += 1,
+                Err(Error::PoolExists(name)) => assert_eq!(name, "raced"),
+                Err(err) => panic!("unexpected error: {err}"),
+            }
+        }
+        assert_eq!(created, 1, "exactly one create of a pool name wins");
+        let usage = store.pool_usage(0).await.unwrap();
+        let totals: Vec<_> = usage
+            .iter()
+            .map(|u| (u.pool.as_str(), u.hour_start_ms, u.worker_seconds, u.cost))
+            .collect();
+        // 8 writers x 5 passes: p-a twice per pass, p-b once.
+        assert_eq!(
+            totals,
+            [("p-a", hour, 160.0, 40.0), ("p-b", hour, 80.0, 20.0)]
+        );
+        let totals = store.attempt_totals(0).await.unwrap();
+        assert_eq!(totals.len(), 1);
+        assert_eq!((totals[0].attempts, totals[0].worker_seconds), (1, 30.0));
+    }
+
+    #[tokio::test]
+    async fn postgres_keys_are_listed_in_byte_order_whatever_the_locale() {
+        // COLLATE "C" on the key columns: "B" < "a" < "b", as in SQLite. (The test cluster's
+        // locale is C, so here this pins the order; on a cluster with a linguistic default
+        // collation, "a" < "B" < "b", the column's COLLATE is what keeps it.)
+        use hodei_core::TenantName;
+        use hodei_core::tenancy::Tenant;
+        let Some((_, store)) = fresh("postgres_keys_in_byte_order").await else {
+            return;
+        };
+        for name in ["b", "B", "a"] {
+            store
+                .put_tenant(&Tenant::new(TenantName::new(name).unwrap()))
+                .await
+                .unwrap();
+        }
+        let names: Vec<String> = store
+            .list_tenants()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|tenant| tenant.name.as_str().to_owned())
+            .collect();
+        assert_eq!(names, ["B", "a", "b"]);
+    }
+
     #[tokio::test]
     async fn a_bad_url_is_an_error_naming_the_setting() {
         match PostgresStore::connect("postgres://host:notaport/db").await {

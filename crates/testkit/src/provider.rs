@@ -1,13 +1,13 @@
 //! An in-memory worker provider: workers "run" from `create_worker` until
 //! `terminate_worker`, with knobs for failures, strangers and sudden deaths.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use hodei_core::{ProviderKind, Worker, WorkerId, WorkerSpec};
-use hodei_ports::{ProviderError, WorkerProvider};
+use hodei_ports::{AgentCredential, ProviderError, WorkerProvider};
 
 #[derive(Debug, Default)]
 struct State {
@@ -15,6 +15,7 @@ struct State {
     create_failures: VecDeque<ProviderError>,
     created: usize,
     terminated: Vec<WorkerId>,
+    credentials: BTreeMap<WorkerId, AgentCredential>,
 }
 
 /// See the module docs.
@@ -57,6 +58,11 @@ impl FakeProvider {
         self.state().created
     }
 
+    /// The credential the worker was created with.
+    pub fn credential(&self, id: &WorkerId) -> Option<AgentCredential> {
+        self.state().credentials.get(id).cloned()
+    }
+
     /// Ids passed to `terminate_worker`, in call order.
     pub fn terminated(&self) -> Vec<WorkerId> {
         self.state().terminated.clone()
@@ -73,11 +79,13 @@ impl WorkerProvider for FakeProvider {
         &self,
         id: &WorkerId,
         spec: &WorkerSpec,
+        credential: &AgentCredential,
     ) -> Result<Worker, ProviderError> {
         let mut state = self.state();
         if let Some(error) = state.create_failures.pop_front() {
             return Err(error);
         }
+        state.credentials.insert(id.clone(), credential.clone());
         state.running.insert(id.clone());
         state.created += 1;
         Ok(Worker::from_spec(
@@ -113,11 +121,25 @@ pub async fn provider_contract(provider: &dyn WorkerProvider, prefix: &str) {
         "ids already in use"
     );
 
-    let worker = provider.create_worker(&a, &spec).await.expect("create a");
+    let worker = provider
+        .create_worker(
+            &a,
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
+        .await
+        .expect("create a");
     assert_eq!(worker.id, a);
     assert_eq!(worker.metadata.provider, provider.kind());
     assert_eq!(worker.capabilities, spec.capabilities);
-    provider.create_worker(&b, &spec).await.expect("create b");
+    provider
+        .create_worker(
+            &b,
+            &spec,
+            &hodei_ports::AgentCredential::new("test-credential"),
+        )
+        .await
+        .expect("create b");
 
     let listed = provider.list_workers().await.expect("list");
     assert!(

@@ -9,13 +9,16 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use hodei_core::cost::{AttemptTotals, AttemptUsage, HOUR_MS, PoolUsage, hour_start};
+use hodei_core::credential::{Role, WorkerOrigin};
+use hodei_core::tenancy::Tenant;
 use hodei_core::{
     Command, Job, JobId, JobSpec, JobState, PoolSpec, Priority, ProviderKind, QueueName,
     Requirements, SlaClass, TenantName, TransitionError, Worker, WorkerCapabilities, WorkerId,
     WorkerMetadata, WorkerSpec, WorkerState, WorkerType,
 };
 use hodei_ports::store::{
-    Error, JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord,
+    CredentialRecord, Error, JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord,
 };
 
 /// A real, working store that keeps everything in memory; it forgets all on drop.
@@ -31,11 +34,17 @@ pub struct MemoryStore {
 struct Contents {
     workers: BTreeMap<WorkerId, WorkerRecord>,
     pools: BTreeMap<String, PoolSpec>,
+    tenants: BTreeMap<TenantName, Tenant>,
+    credentials: Vec<CredentialRecord>,
     jobs: BTreeMap<JobId, Job>,
     /// The sequence of the newest job ever inserted; the next one gets one more.
     last_job_sequence: u64,
     /// Output per job, ordered by (attempt, sequence) as the stores read it back.
     logs: BTreeMap<JobId, BTreeMap<(u32, u64), LogChunk>>,
+    /// Ended attempts by (job, attempt, end, worker), as the stores order them.
+    attempt_usage: BTreeMap<(String, u32, u64, String), AttemptUsage>,
+    /// Pool usage by (pool, hour).
+    pool_usage: BTreeMap<(String, u64), PoolUsage>,
 }
 
 impl MemoryStore {
@@ -139,8 +148,48 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn insert_pool(&self, pool: &PoolSpec) -> Result<(), Error> {
+        let mut contents = self.contents();
+        if contents.pools.contains_key(&pool.name) {
+            return Err(Error::PoolExists(pool.name.clone()));
+        }
+        contents.pools.insert(pool.name.clone(), pool.clone());
+        Ok(())
+    }
+
     async fn get_pool(&self, name: &str) -> Result<Option<PoolSpec>, Error> {
         Ok(self.contents().pools.get(name).cloned())
+    }
+
+    async fn insert_credential(&self, credential: &CredentialRecord) -> Result<(), Error> {
+        let mut contents = self.contents();
+        if contents.credentials.iter().any(|c| c.id == credential.id) {
+            return Err(Error::CredentialExists(credential.id.clone()));
+        }
+        let mut stored = credential.clone();
+        stored.created_at = truncate_to_millis(stored.created_at);
+        stored.revoked_at = stored.revoked_at.map(truncate_to_millis);
+        contents.credentials.push(stored);
+        Ok(())
+    }
+
+    async fn list_credentials(&self) -> Result<Vec<CredentialRecord>, Error> {
+        let mut all = self.contents().credentials.clone();
+        all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(all)
+    }
+
+    async fn revoke_credential(&self, id: &str, at: SystemTime) -> Result<Vec<String>, Error> {
+        let mut revoked = Vec::new();
+        for credential in &mut self.contents().credentials {
+            let hit = credential.id == id || credential.issued_by.as_deref() == Some(id);
+            if hit && credential.revoked_at.is_none() {
+                credential.revoked_at = Some(truncate_to_millis(at));
+                revoked.push(credential.id.clone());
+            }
+        }
+        revoked.sort();
+        Ok(revoked)
     }
 
     async fn list_pools(&self) -> Result<Vec<PoolSpec>, Error> {
@@ -149,6 +198,21 @@ impl Store for MemoryStore {
 
     async fn delete_pool(&self, name: &str) -> Result<bool, Error> {
         Ok(self.contents().pools.remove(name).is_some())
+    }
+
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
+        self.contents()
+            .tenants
+            .insert(tenant.name.clone(), tenant.clone());
+        Ok(())
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, Error> {
+        Ok(self.contents().tenants.values().cloned().collect())
+    }
+
+    async fn delete_tenant(&self, name: &TenantName) -> Result<bool, Error> {
+        Ok(self.contents().tenants.remove(name).is_some())
     }
 
     async fn insert_job(&self, job: &Job) -> Result<Job, Error> {
@@ -257,6 +321,94 @@ impl Store for MemoryStore {
             .cloned()
             .collect())
     }
+
+    async fn record_attempt_usage(&self, usage: &[AttemptUsage]) -> Result<(), Error> {
+        let mut contents = self.contents();
+        for row in usage {
+            contents
+                .attempt_usage
+                .entry((
+                    row.job_id.clone(),
+                    row.attempt,
+                    row.ended_at_ms,
+                    row.worker_id.clone(),
+                ))
+                .or_insert_with(|| row.clone());
+        }
+        Ok(())
+    }
+
+    async fn add_pool_usage(&self, usage: &[PoolUsage]) -> Result<(), Error> {
+        let mut contents = self.contents();
+        for row in usage {
+            let hour = hour_start(row.hour_start_ms);
+            contents
+                .pool_usage
+                .entry((row.pool.clone(), hour))
+                .or_insert_with(|| PoolUsage {
+                    pool: row.pool.clone(),
+                    hour_start_ms: hour,
+                    ..PoolUsage::default()
+                })
+                .add(row);
+        }
+        Ok(())
+    }
+
+    async fn attempt_totals(&self, since_ms: u64) -> Result<Vec<AttemptTotals>, Error> {
+        let contents = self.contents();
+        let mut totals: BTreeMap<(String, String, String), AttemptTotals> = BTreeMap::new();
+        for row in contents
+            .attempt_usage
+            .values()
+            .filter(|row| row.ended_at_ms >= since_ms)
+        {
+            let key = (row.tenant.clone(), row.queue.clone(), row.pool.clone());
+            let entry = totals.entry(key).or_insert_with(|| AttemptTotals {
+                tenant: row.tenant.clone(),
+                queue: row.queue.clone(),
+                pool: row.pool.clone(),
+                attempts: 0,
+                worker_seconds: 0.0,
+                cost: 0.0,
+            });
+            entry.attempts += 1;
+            entry.worker_seconds += row.worker_seconds;
+            entry.cost += row.cost;
+        }
+        Ok(totals.into_values().collect())
+    }
+
+    async fn pool_usage(&self, since_ms: u64) -> Result<Vec<PoolUsage>, Error> {
+        let contents = self.contents();
+        let since = hour_start(since_ms);
+        let mut totals: BTreeMap<String, PoolUsage> = BTreeMap::new();
+        for row in contents
+            .pool_usage
+            .values()
+            .filter(|row| row.hour_start_ms >= since)
+        {
+            totals
+                .entry(row.pool.clone())
+                .or_insert_with(|| PoolUsage {
+                    pool: row.pool.clone(),
+                    hour_start_ms: row.hour_start_ms,
+                    ..PoolUsage::default()
+                })
+                .add(row);
+        }
+        Ok(totals.into_values().collect())
+    }
+
+    async fn job_usage(&self, id: &JobId) -> Result<Vec<AttemptUsage>, Error> {
+        let contents = self.contents();
+        Ok(contents
+            .attempt_usage
+            .values()
+            .filter(|row| row.job_id == id.as_str())
+            .cloned()
+            .collect())
+    }
 }
 
 /// Prefix of every worker id and pool name the contract creates, so that it can run against a
@@ -281,6 +433,9 @@ pub async fn store_contract(store: &dyn Store) {
     concurrent_transitions_have_one_winner(store).await;
     registration_round_trips(store).await;
     pools_round_trip(store).await;
+    tenants_round_trip(store).await;
+    pool_insert_is_unique(store).await;
+    credentials_round_trip_and_revoke(store).await;
     job_fields_round_trip_exactly(store).await;
     duplicate_job_insert_is_refused(store).await;
     job_sequences_strictly_increase(store).await;
@@ -294,6 +449,7 @@ pub async fn store_contract(store: &dyn Store) {
     logs_of_unknown_jobs_are_not_found(store).await;
     batched_job_writes_have_one_result_each(store).await;
     batches_naming_a_job_twice_apply_in_order(store).await;
+    usage_adds_up_and_counts_an_attempt_once(store).await;
 }
 
 fn id(name: &str) -> WorkerId {
@@ -767,6 +923,7 @@ fn pool(name: &str, size: u32) -> PoolSpec {
             tags: vec!["b".to_owned(), "a".to_owned()],
             image: Some("registry.example/agent:1".to_owned()),
             env: [("RUST_LOG".to_owned(), "debug".to_owned())].into(),
+            user: Some("65534:65534".to_owned()),
         },
         max_uses: Some(3),
         cost_per_hour: 0.25,
@@ -814,6 +971,106 @@ async fn delete_pool(store: &dyn Store, name: &str) -> bool {
         Ok(existed) => existed,
         Err(err) => panic!("delete_pool({name}) failed: {err}"),
     }
+}
+
+async fn pool_insert_is_unique(store: &dyn Store) {
+    let first = pool("pool-unique", 1);
+    let second = pool("pool-unique", 2);
+    let results = futures_join(store, &first, &second).await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "exactly one of two concurrent inserts of one pool name wins: {results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(Error::PoolExists(name)) if name == &first.name)),
+        "the loser is told the pool exists: {results:?}"
+    );
+    assert!(matches!(
+        store.insert_pool(&first).await,
+        Err(Error::PoolExists(_))
+    ));
+    assert!(delete_pool(store, &first.name).await);
+}
+
+async fn futures_join(
+    store: &dyn Store,
+    first: &PoolSpec,
+    second: &PoolSpec,
+) -> Vec<Result<(), Error>> {
+    let (a, b) = tokio::join!(store.insert_pool(first), store.insert_pool(second));
+    vec![a, b]
+}
+
+async fn credentials_round_trip_and_revoke(store: &dyn Store) {
+    let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms);
+    let agent = CredentialRecord {
+        id: "c-agent".into(),
+        role: Role::Agent,
+        worker_id: None,
+        origin: None,
+        tenant: None,
+        description: "rack 4".into(),
+        issued_by: None,
+        secret_sha256: "aa".repeat(32),
+        created_at: at(1),
+        revoked_at: None,
+    };
+    let enrolled = CredentialRecord {
+        id: "c-worker".into(),
+        role: Role::Worker,
+        worker_id: Some(id("enrolled")),
+        origin: Some(WorkerOrigin::Enrolled),
+        issued_by: Some("c-agent".into()),
+        description: String::new(),
+        secret_sha256: "bb".repeat(32),
+        created_at: at(2),
+        ..agent.clone()
+    };
+    let tenant = CredentialRecord {
+        id: "c-tenant".into(),
+        role: Role::Tenant,
+        tenant: Some(TenantName::new("team-a").unwrap_or_default()),
+        secret_sha256: "cc".repeat(32),
+        created_at: at(3),
+        ..agent.clone()
+    };
+    for credential in [&tenant, &agent, &enrolled] {
+        if let Err(err) = store.insert_credential(credential).await {
+            panic!("insert_credential({}) failed: {err}", credential.id);
+        }
+    }
+    assert!(matches!(
+        store.insert_credential(&agent).await,
+        Err(Error::CredentialExists(_))
+    ));
+    let listed = store.list_credentials().await.unwrap_or_default();
+    assert_eq!(
+        listed,
+        vec![agent.clone(), enrolled.clone(), tenant.clone()],
+        "credentials round trip, ordered by creation"
+    );
+    let revoked = store.revoke_credential("c-agent", at(10)).await;
+    assert_eq!(
+        revoked.ok(),
+        Some(vec!["c-agent".to_owned(), "c-worker".to_owned()]),
+        "revoking an agent token revokes the worker credentials it issued"
+    );
+    let again = store.revoke_credential("c-agent", at(11)).await;
+    assert_eq!(
+        again.ok(),
+        Some(Vec::new()),
+        "revoking twice changes nothing"
+    );
+    assert_eq!(
+        store.revoke_credential("nobody", at(11)).await.ok(),
+        Some(Vec::new())
+    );
+    let listed = store.list_credentials().await.unwrap_or_default();
+    let revoked_at: Vec<Option<SystemTime>> = listed.iter().map(|c| c.revoked_at).collect();
+    assert_eq!(revoked_at, vec![Some(at(10)), Some(at(10)), None]);
 }
 
 async fn pools_round_trip(store: &dyn Store) {
@@ -957,6 +1214,7 @@ fn rich_job(name: &str, command: Command) -> Job {
         },
         state: JobState::Running,
         attempts: 2,
+        withdrawn: 0,
         worker_id: Some(id("rich-worker")),
         exit_code: Some(-9),
         reason: Some("exited with code 137 on attempt 1, retry 1 of 3".to_owned()),
@@ -1068,6 +1326,7 @@ async fn job_fields_round_trip_exactly(store: &dyn Store) {
         finished_at: None,
         state: JobState::Queued,
         attempts: 0,
+        withdrawn: 0,
         sequence: 0,
         spec: JobSpec {
             timeout: None,
@@ -1485,6 +1744,7 @@ async fn batched_job_writes_have_one_result_each(store: &dyn Store) {
     let assigned = |job: &Job| Job {
         state: JobState::Assigned,
         attempts: 1,
+        withdrawn: 0,
         ..job.clone()
     };
     let updates = [
@@ -1895,4 +2155,151 @@ async fn batches_naming_a_job_twice_apply_in_order(store: &dyn Store) {
         None,
         "update_jobs must not create"
     );
+}
+
+async fn usage_adds_up_and_counts_an_attempt_once(store: &dyn Store) {
+    let hour = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS;
+    let attempt =
+        |job: &str, attempt: u32, tenant: &str, ended_at_ms: u64, secs: f64| AttemptUsage {
+            job_id: format!("{PREFIX}usage-{job}"),
+            attempt,
+            tenant: format!("{PREFIX}{tenant}"),
+            queue: "default".into(),
+            pool: format!("{PREFIX}pool"),
+            worker_id: format!("{PREFIX}w1"),
+            ended_at_ms,
+            worker_seconds: secs,
+            cost: secs / 3600.0,
+        };
+    let first = [
+        attempt("a", 1, "t1", hour + 10, 30.0),
+        attempt("a", 2, "t1", hour + 20, 60.0),
+        attempt("b", 1, "t2", hour + HOUR_MS, 90.0),
+    ];
+    if let Err(err) = store.record_attempt_usage(&first).await {
+        panic!("record_attempt_usage failed: {err}");
+    }
+    // The same row again changes nothing; an attempt that shares its number with an earlier
+    // one (on another worker, ending later) is kept.
+    let mut shared_number = attempt("a", 2, "t1", hour + 40, 5.0);
+    shared_number.worker_id = format!("{PREFIX}w2");
+    let again = [
+        attempt("a", 1, "t1", hour + 10, 30.0),
+        shared_number.clone(),
+    ];
+    if let Err(err) = store.record_attempt_usage(&again).await {
+        panic!("record_attempt_usage failed: {err}");
+    }
+    let ours = |totals: Vec<AttemptTotals>| -> Vec<(String, u64, f64)> {
+        totals
+            .into_iter()
+            .filter(|t| t.pool.starts_with(PREFIX))
+            .map(|t| (t.tenant, t.attempts, t.worker_seconds))
+            .collect()
+    };
+    let all = ours(store.attempt_totals(0).await.unwrap_or_default());
+    assert_eq!(
+        all,
+        [
+            (format!("{PREFIX}t1"), 3, 95.0),
+            (format!("{PREFIX}t2"), 1, 90.0)
+        ],
+        "attempt totals by tenant"
+    );
+    let later = ours(
+        store
+            .attempt_totals(hour + HOUR_MS)
+            .await
+            .unwrap_or_default(),
+    );
+    assert_eq!(
+        later,
+        [(format!("{PREFIX}t2"), 1, 90.0)],
+        "attempt totals since"
+    );
+    let Ok(job_id) = JobId::new(format!("{PREFIX}usage-a")) else {
+        panic!("contract bug: bad job id");
+    };
+    let usage = match store.job_usage(&job_id).await {
+        Ok(usage) => usage,
+        Err(err) => panic!("job_usage failed: {err}"),
+    };
+    let mut expected = first[..2].to_vec();
+    expected.push(shared_number);
+    assert_eq!(usage, expected, "one job's attempts in order");
+
+    let pool = |hour_start_ms: u64, secs: f64| PoolUsage {
+        pool: format!("{PREFIX}pool"),
+        hour_start_ms,
+        worker_seconds: secs,
+        busy_seconds: secs / 2.0,
+        cost: secs / 3600.0,
+        at_max_waiting_seconds: 1.0,
+    };
+    // Two passes in one hour (the second not at the hour's start) and one an hour later.
+    let passes = [
+        pool(hour, 60.0),
+        pool(hour + 5_000, 40.0),
+        pool(hour + HOUR_MS, 10.0),
+    ];
+    if let Err(err) = store.add_pool_usage(&passes).await {
+        panic!("add_pool_usage failed: {err}");
+    }
+    let find = |rows: Vec<PoolUsage>| {
+        rows.into_iter()
+            .find(|row| row.pool == format!("{PREFIX}pool"))
+    };
+    let total = find(store.pool_usage(0).await.unwrap_or_default());
+    assert_eq!(
+        total.map(|t| (t.worker_seconds, t.busy_seconds, t.at_max_waiting_seconds)),
+        Some((110.0, 55.0, 3.0)),
+        "pool usage totals"
+    );
+    // A window starting inside the second hour includes that whole hour only.
+    let since = find(
+        store
+            .pool_usage(hour + HOUR_MS + 10)
+            .await
+            .unwrap_or_default(),
+    );
+    assert_eq!(
+        since.map(|t| (t.hour_start_ms, t.worker_seconds)),
+        Some((hour + HOUR_MS, 10.0)),
+        "pool usage since"
+    );
+}
+
+async fn tenants_round_trip(store: &dyn Store) {
+    use hodei_core::tenancy::{Limit, Resource, Tier};
+    let name = |s: &str| TenantName::new(format!("{PREFIX}{s}")).expect("valid tenant name");
+    let mut gold = Tenant::new(name("gold"));
+    gold.tier = Some(Tier::Gold);
+    gold.weight = 3;
+    gold.quotas.insert(Resource::RunningJobs, Limit::hard(4.0));
+    gold.quotas.insert(Resource::DailyCost, Limit::soft(12.5));
+    gold.max_queued = Some(100);
+    let plain = Tenant::new(name("a-plain"));
+    store.put_tenant(&gold).await.expect("put tenant");
+    store.put_tenant(&plain).await.expect("put tenant");
+    let mine = |all: Vec<Tenant>| -> Vec<Tenant> {
+        all.into_iter()
+            .filter(|t| t.name.as_str().starts_with(PREFIX))
+            .collect()
+    };
+    let listed = mine(store.list_tenants().await.expect("list tenants"));
+    assert_eq!(
+        listed,
+        vec![plain.clone(), gold.clone()],
+        "ordered by name, fields exact"
+    );
+    gold.weight = 5;
+    gold.tier = Some(Tier::Platinum);
+    gold.quotas.remove(&Resource::DailyCost);
+    store.put_tenant(&gold).await.expect("replace tenant");
+    let listed = mine(store.list_tenants().await.expect("list tenants"));
+    assert_eq!(listed, vec![plain.clone(), gold.clone()], "put replaces");
+    assert!(store.delete_tenant(&gold.name).await.expect("delete"));
+    assert!(!store.delete_tenant(&gold.name).await.expect("delete again"));
+    assert!(store.delete_tenant(&plain.name).await.expect("delete"));
+    assert!(mine(store.list_tenants().await.expect("list")).is_empty());
 }

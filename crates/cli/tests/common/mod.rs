@@ -38,6 +38,21 @@ pub async fn start_anywhere(mut config: ServerConfig) -> Server {
     start(config).await
 }
 
+/// A fresh agent enrollment token: what a hand-started agent presents (the admin token
+/// cannot open a worker session).
+pub async fn agent_token(server: &Server) -> String {
+    let (_, token) = server
+        .credentials()
+        .create(hodei_modules::NewCredential {
+            role: Some(hodei_core::credential::Role::Agent),
+            description: "test agent".into(),
+            ..hodei_modules::NewCredential::default()
+        })
+        .await
+        .unwrap();
+    token.expose().to_owned()
+}
+
 /// Whether `pid` is a live (not zombie) `hodei agent` for worker `id`.
 pub fn process_is_agent(pid: i32, id: &WorkerId) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {

@@ -1,0 +1,149 @@
+//! Authentication and authorization for both APIs, in one place, before any routing: the
+//! credential comes from the one `Authorization` header, [`Credentials`] says who it is,
+//! and `hodei_core::credential::permits` says whether that role may do what the request
+//! asks. Unknown `/api/v1` paths are authenticated before they can answer 404, so the API's
+//! shape is not visible without a credential.
+
+use axum::http::{HeaderMap, Method, header};
+use hodei_core::credential::{self, Operation, Principal};
+use hodei_modules::Credentials;
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// 401 / `UNAUTHENTICATED`.
+    Unauthenticated(&'static str),
+    /// 403 / `PERMISSION_DENIED`.
+    PermissionDenied(String),
+    /// 400 / `INVALID_ARGUMENT`: the `authorization` header is malformed.
+    BadHeader(&'static str),
+}
+
+/// What a REST request asks to do; `None` for what is open to everyone (`/healthz`,
+/// `/readyz`, `/metrics`) or not under `/api/v1`.
+pub(crate) fn http_operation(method: &Method, path: &str) -> Option<Operation> {
+    let rest = path.strip_prefix("/api/v1")?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    if rest == "/tokens" || rest.starts_with("/tokens/") {
+        return Some(Operation::ManageCredentials);
+    }
+    Some(if method == Method::GET || method == Method::HEAD {
+        Operation::Read
+    } else {
+        Operation::Write
+    })
+}
+
+/// What a gRPC call asks to do, by its path (`/package.Service/Method`). Unknown methods
+/// count as reads: they answer `UNIMPLEMENTED`, but only to someone authenticated.
+pub(crate) fn grpc_operation(path: &str) -> Operation {
+    match path {
+        "/hodei.v1.SchedulerService/WorkerSession" => Operation::WorkerSession,
+        "/hodei.v1.SchedulerService/RegisterWorker"
+        | "/hodei.v1.SchedulerService/UnregisterWorker" => Operation::Register,
+        "/hodei.v1.JobService/SubmitJob"
+        | "/hodei.v1.JobService/CancelJob"
+        | "/hodei.v1.TenantService/SetTenant"
+        | "/hodei.v1.TenantService/DeleteTenant" => Operation::Write,
+        _ if path.starts_with("/hodei.v1.TokenService/") => Operation::ManageCredentials,
+        _ => Operation::Read,
+    }
+}
+
+/// The token of the request's only `Authorization` header.
+fn presented(headers: &HeaderMap) -> Result<&str, Refusal> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let first = values.next().ok_or(Refusal::Unauthenticated(
+        "missing bearer token (authorization: Bearer <token>)",
+    ))?;
+    if values.next().is_some() {
+        return Err(Refusal::BadHeader("more than one authorization header"));
+    }
+    let text = first
+        .to_str()
+        .map_err(|_| Refusal::BadHeader("the authorization header is not text"))?;
+    credential::bearer_token(text).ok_or(Refusal::Unauthenticated(
+        "the authorization header is not `Bearer <token>`",
+    ))
+}
+
+/// Who sends `headers`, if they may perform `operation`.
+pub(crate) fn authorize(
+    credentials: &Credentials,
+    headers: &HeaderMap,
+    operation: Operation,
+) -> Result<Principal, Refusal> {
+    let token = presented(headers)?;
+    let principal = credentials
+        .authenticate(token)
+        .ok_or(Refusal::Unauthenticated("invalid bearer token"))?;
+    if !credential::permits(principal.role, operation) {
+        return Err(Refusal::PermissionDenied(format!(
+            "a {} credential may not do this ({operation:?})",
+            principal.role
+        )));
+    }
+    Ok(principal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_by_path() {
+        let cases = [
+            (Method::GET, "/api/v1/pools", Some(Operation::Read)),
+            (Method::POST, "/api/v1/pools", Some(Operation::Write)),
+            (Method::DELETE, "/api/v1/workers/w", Some(Operation::Write)),
+            (Method::GET, "/api/v1/no-such-thing", Some(Operation::Read)),
+            (Method::GET, "/api/v1", Some(Operation::Read)),
+            (
+                Method::GET,
+                "/api/v1/tokens",
+                Some(Operation::ManageCredentials),
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/tokens/abc",
+                Some(Operation::ManageCredentials),
+            ),
+            (Method::GET, "/api/v10/pools", None),
+            (Method::GET, "/healthz", None),
+            (Method::GET, "/metrics", None),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(http_operation(&method, path), expected, "{method} {path}");
+        }
+        assert_eq!(
+            grpc_operation("/hodei.v1.SchedulerService/WorkerSession"),
+            Operation::WorkerSession
+        );
+        assert_eq!(
+            grpc_operation("/hodei.v1.TokenService/RevokeToken"),
+            Operation::ManageCredentials
+        );
+        assert_eq!(grpc_operation("/x.Y/Z"), Operation::Read);
+    }
+
+    #[test]
+    fn one_bearer_header_only() {
+        let mut headers = HeaderMap::new();
+        assert!(matches!(
+            presented(&headers),
+            Err(Refusal::Unauthenticated(_))
+        ));
+        headers.append(header::AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(presented(&headers), Ok("abc"));
+        headers.append(header::AUTHORIZATION, "Bearer other".parse().unwrap());
+        assert!(matches!(presented(&headers), Err(Refusal::BadHeader(_))));
+        let mut basic = HeaderMap::new();
+        basic.append(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert!(matches!(
+            presented(&basic),
+            Err(Refusal::Unauthenticated(_))
+        ));
+    }
+}

@@ -1,0 +1,635 @@
+//! The web console: a sign-in page and a small single-page app at `/`, served from assets
+//! embedded in the binary (`console/`), over a session-authorised JSON API under
+//! `/console/api` that reuses the REST handlers.
+//!
+//! Why a static page polling JSON instead of server-rendered pages: the data already has a
+//! JSON API, the live parts (job log, worker states) need a script anyway, and a page that
+//! polls every 1.5 s needs no new dependency (no template engine, no SSE plumbing).
+//!
+//! Sessions live in memory (a restart signs everyone out): a random 256-bit id in an
+//! `HttpOnly; SameSite=Strict` cookie, a lifetime of [`SESSION_LIFETIME`], and a per-session
+//! CSRF token that every state-changing request carries (`x-csrf-token` header, or the
+//! `csrf` form field for signing out). What a session may see and do is decided by
+//! `hodei_core::console`. These paths are outside `/api/v1`, so the bearer-token check in
+//! `serve.rs` lets them through and this module does its own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hodei_core::console::{self, ConsoleAction, JobScope, SESSION_LIFETIME};
+use hodei_core::credential::Principal;
+use hodei_core::{JobId, TenantName};
+use serde::{Deserialize, Serialize};
+
+use crate::api::JobList;
+use crate::error::{ApiError, Code};
+use crate::http::{self, AppState, JobQuery, LogsQuery, WorkerQuery};
+
+const COOKIE: &str = "hodei_session";
+const CSRF_HEADER: &str = "x-csrf-token";
+/// Sessions held at most; past it the oldest is dropped.
+const MAX_SESSIONS: usize = 10_000;
+
+const APP_HTML: &str = include_str!("console/app.html");
+const SIGN_IN_HTML: &str = include_str!("console/sign_in.html");
+const APP_JS: &str = include_str!("console/app.js");
+const APP_CSS: &str = include_str!("console/app.css");
+
+#[derive(Debug, Clone)]
+struct Session {
+    principal: Principal,
+    csrf: String,
+    created: SystemTime,
+}
+
+/// Open sessions by id.
+#[derive(Debug, Clone, Default)]
+struct Sessions(Arc<Mutex<HashMap<String, Session>>>);
+
+impl Sessions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Session>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Opens a session for `principal`; returns its id.
+    fn open(&self, principal: Principal, now: SystemTime) -> String {
+        let id = random_id();
+        let mut sessions = self.lock();
+        sessions.retain(|_, s| !console::session_expired(s.created, now, SESSION_LIFETIME));
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.created)
+                .map(|(id, _)| id.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(
+            id.clone(),
+            Session {
+                principal,
+                csrf: random_id(),
+                created: now,
+            },
+        );
+        id
+    }
+
+    /// The live session `id` names, if any (an expired one is closed).
+    fn get(&self, id: &str, now: SystemTime) -> Option<Session> {
+        let mut sessions = self.lock();
+        let session = sessions.get(id)?;
+        if console::session_expired(session.created, now, SESSION_LIFETIME) {
+            sessions.remove(id);
+            return None;
+        }
+        Some(session.clone())
+    }
+
+    fn close(&self, id: &str) {
+        self.lock().remove(id);
+    }
+}
+
+/// 256 random bits from the OS (two v4 UUIDs' random parts), hex.
+fn random_id() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+#[derive(Clone)]
+struct ConsoleState {
+    app: AppState,
+    sessions: Sessions,
+}
+
+impl std::fmt::Debug for ConsoleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleState").finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn router<S>(app: AppState) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let state = ConsoleState {
+        app,
+        sessions: Sessions::default(),
+    };
+    Router::new()
+        .route("/", get(index))
+        .route("/console/app.js", get(asset_js))
+        .route("/console/app.css", get(asset_css))
+        .route("/console/sign-in", post(sign_in))
+        .route("/console/sign-out", post(sign_out))
+        .route("/console/api/session", get(session_info))
+        .route("/console/api/pools", get(pools))
+        .route("/console/api/workers", get(workers))
+        .route(
+            "/console/api/workers/{id}/terminate",
+            post(terminate_worker),
+        )
+        .route("/console/api/jobs", get(jobs))
+        .route("/console/api/jobs/{id}", get(job))
+        .route("/console/api/jobs/{id}/logs", get(job_logs))
+        .route("/console/api/jobs/{id}/cancel", post(cancel_job))
+        .with_state(state)
+}
+
+/// The value of cookie `name` among the request's `Cookie` headers.
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .map(str::trim)
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn current(state: &ConsoleState, headers: &HeaderMap) -> Option<(String, Session)> {
+    let id = cookie_value(headers, COOKIE)?;
+    let session = state.sessions.get(id, SystemTime::now())?;
+    Some((id.to_owned(), session))
+}
+
+fn csrf_matches(session: &Session, presented: Option<&str>) -> bool {
+    presented.is_some_and(|token| {
+        constant_time_eq::constant_time_eq(token.as_bytes(), session.csrf.as_bytes())
+    })
+}
+
+/// The session of a console API request, if it may do `action`; state-changing actions
+/// also need the session's CSRF token in `x-csrf-token`.
+fn authorize(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+    action: ConsoleAction,
+) -> Result<Session, ApiError> {
+    let (_, session) = current(state, headers).ok_or_else(|| {
+        ApiError::new(
+            Code::Unauthenticated,
+            "no console session: sign in at / first",
+        )
+    })?;
+    if !console::console_permits(session.principal.role, action) {
+        tracing::warn!(role = %session.principal.role, ?action, "console refused an action");
+        return Err(ApiError::new(
+            Code::PermissionDenied,
+            format!(
+                "a {} session may not do this ({action:?})",
+                session.principal.role
+            ),
+        ));
+    }
+    let changes = matches!(
+        action,
+        ConsoleAction::CancelJob | ConsoleAction::TerminateWorker
+    );
+    if changes {
+        let presented = headers
+            .get(CSRF_HEADER)
+            .and_then(|value| value.to_str().ok());
+        if !csrf_matches(&session, presented) {
+            return Err(ApiError::new(
+                Code::PermissionDenied,
+                "missing or wrong CSRF token (x-csrf-token)",
+            ));
+        }
+    }
+    Ok(session)
+}
+
+/// Text safe inside HTML element content and attribute values.
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Headers of every console page: no framing, no inline script, no referrer, no caching.
+fn page(status: StatusCode, html: String) -> Response {
+    (
+        status,
+        [
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+            ),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Html(html),
+    )
+        .into_response()
+}
+
+fn sign_in_page(status: StatusCode, error: &str) -> Response {
+    let error = if error.is_empty() {
+        String::new()
+    } else {
+        format!(
+            r#"<p class="error" role="alert">{}</p>"#,
+            escape_html(error)
+        )
+    };
+    page(status, SIGN_IN_HTML.replace("{{error}}", &error))
+}
+
+async fn index(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
+    match current(&state, &headers) {
+        None => sign_in_page(StatusCode::OK, ""),
+        Some((_, session)) => {
+            let principal = &session.principal;
+            let tenant = principal
+                .tenant
+                .as_ref()
+                .map(TenantName::as_str)
+                .unwrap_or_default();
+            let html = APP_HTML
+                .replace("{{csrf}}", &escape_html(&session.csrf))
+                .replace("{{role}}", &escape_html(principal.role.as_str()))
+                .replace("{{tenant}}", &escape_html(tenant));
+            page(StatusCode::OK, html)
+        }
+    }
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn asset_js() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn asset_css() -> Response {
+    asset("text/css; charset=utf-8", APP_CSS)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SignInForm {
+    #[serde(default)]
+    token: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SignOutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+fn session_cookie(id: &str, max_age_secs: u64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}"
+    ))
+    .ok()
+}
+
+fn see_other(cookie: Option<HeaderValue>) -> Response {
+    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
+    if let Some(cookie) = cookie {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+async fn sign_in(State(state): State<ConsoleState>, body: Bytes) -> Response {
+    let Ok(form) = serde_urlencoded::from_bytes::<SignInForm>(&body) else {
+        return sign_in_page(StatusCode::BAD_REQUEST, "token: the form could not be read");
+    };
+    let token = form.token.trim();
+    if token.is_empty() {
+        return sign_in_page(StatusCode::BAD_REQUEST, "token: enter a token");
+    }
+    let Some(principal) = state.app.credentials.authenticate(token) else {
+        tracing::warn!("console sign-in with an invalid token");
+        return sign_in_page(StatusCode::UNAUTHORIZED, "token: not a valid token");
+    };
+    if !console::may_sign_in(principal.role) {
+        return sign_in_page(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "token: a {} credential cannot sign in to the console (admin or tenant only)",
+                principal.role
+            ),
+        );
+    }
+    tracing::info!(role = %principal.role, credential = ?principal.credential_id, "console sign-in");
+    let id = state.sessions.open(principal, SystemTime::now());
+    see_other(session_cookie(&id, SESSION_LIFETIME.as_secs()))
+}
+
+async fn sign_out(State(state): State<ConsoleState>, headers: HeaderMap, body: Bytes) -> Response {
+    let form = serde_urlencoded::from_bytes::<SignOutForm>(&body).unwrap_or_default();
+    if let Some((id, session)) = current(&state, &headers) {
+        if !csrf_matches(&session, Some(&form.csrf)) {
+            return ApiError::new(Code::PermissionDenied, "missing or wrong CSRF token (csrf)")
+                .into_response();
+        }
+        state.sessions.close(&id);
+    }
+    see_other(session_cookie("", 0))
+}
+
+#[derive(Debug, Serialize)]
+struct SessionView {
+    role: String,
+    tenant: Option<String>,
+    csrf: String,
+}
+
+async fn session_info(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+) -> Result<Json<SessionView>, ApiError> {
+    let (_, session) = current(&state, &headers).ok_or_else(|| {
+        ApiError::new(
+            Code::Unauthenticated,
+            "no console session: sign in at / first",
+        )
+    })?;
+    Ok(Json(SessionView {
+        role: session.principal.role.to_string(),
+        tenant: session.principal.tenant.map(String::from),
+        csrf: session.csrf,
+    }))
+}
+
+async fn pools(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, ConsoleAction::ViewFleet)?;
+    Ok(http::list_pools(State(state.app)).await.into_response())
+}
+
+async fn workers(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(query): Query<WorkerQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, ConsoleAction::ViewFleet)?;
+    Ok(http::list_workers(State(state.app), Query(query))
+        .await?
+        .into_response())
+}
+
+async fn terminate_worker(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, ConsoleAction::TerminateWorker)?;
+    Ok(http::terminate_worker(State(state.app), Path(id))
+        .await?
+        .into_response())
+}
+
+/// `GET /console/api/jobs`: `GET /api/v1/jobs`'s filters plus `pool` (jobs that ran or run
+/// on the pool's workers), within the session's scope.
+#[derive(Debug, Deserialize)]
+struct ConsoleJobQuery {
+    state: Option<String>,
+    tenant: Option<String>,
+    queue: Option<String>,
+    pool: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The tenant a list is narrowed to: a tenant session's own, whatever it asked for.
+fn scoped_tenant(scope: &JobScope, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    match scope {
+        JobScope::All => Ok(asked.filter(|t| !t.is_empty())),
+        JobScope::Tenant(own) => Ok(Some(own.to_string())),
+        JobScope::Nothing => Err(ApiError::new(
+            Code::PermissionDenied,
+            "this session sees no jobs",
+        )),
+    }
+}
+
+async fn jobs(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(query): Query<ConsoleJobQuery>,
+) -> Result<Json<JobList>, ApiError> {
+    let session = authorize(&state, &headers, ConsoleAction::ViewJobs)?;
+    let scope = console::job_scope(&session.principal);
+    let tenant = scoped_tenant(&scope, query.tenant)?;
+    let pool = query.pool.filter(|p| !p.is_empty());
+    let Json(mut list) = http::list_jobs(
+        State(state.app.clone()),
+        Query(JobQuery {
+            state: query.state,
+            tenant,
+            queue: query.queue,
+            limit: query.limit,
+        }),
+    )
+    .await?;
+    if let Some(pool) = pool {
+        let Json(workers) = http::list_workers(
+            State(state.app),
+            Query(WorkerQuery {
+                pool: Some(pool),
+                state: None,
+                all: true,
+            }),
+        )
+        .await?;
+        let ids: std::collections::BTreeSet<String> =
+            workers.workers.into_iter().map(|w| w.id).collect();
+        list.jobs
+            .retain(|job| job.worker_id.as_ref().is_some_and(|id| ids.contains(id)));
+    }
+    list.jobs.retain(|job| in_scope(&scope, &job.tenant));
+    Ok(Json(list))
+}
+
+fn in_scope(scope: &JobScope, tenant: &str) -> bool {
+    TenantName::new(tenant).is_ok_and(|tenant| scope.covers(&tenant))
+}
+
+/// The job, if the session may see it; one it may not is "not found", as if absent.
+async fn visible_job(state: &ConsoleState, session: &Session, id: &str) -> Result<(), ApiError> {
+    let scope = console::job_scope(&session.principal);
+    let job_id = JobId::new(id)?;
+    match state.app.jobs.get(&job_id).await? {
+        Some(job) if scope.covers(&job.spec.tenant) => Ok(()),
+        _ => Err(ApiError::not_found(format!("job {id} not found"))),
+    }
+}
+
+async fn job(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let session = authorize(&state, &headers, ConsoleAction::ViewJobs)?;
+    visible_job(&state, &session, &id).await?;
+    Ok(http::get_job(State(state.app), Path(id))
+        .await?
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ConsoleLogsQuery {
+    #[serde(default)]
+    after: usize,
+}
+
+async fn job_logs(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<ConsoleLogsQuery>,
+) -> Result<Response, ApiError> {
+    let session = authorize(&state, &headers, ConsoleAction::ViewJobs)?;
+    visible_job(&state, &session, &id).await?;
+    // The page polls; a held request would only delay the next poll.
+    let query = LogsQuery {
+        after: query.after,
+        follow: false,
+    };
+    Ok(http::job_logs(State(state.app), Path(id), Query(query))
+        .await?
+        .into_response())
+}
+
+async fn cancel_job(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let session = authorize(&state, &headers, ConsoleAction::CancelJob)?;
+    visible_job(&state, &session, &id).await?;
+    Ok(http::cancel_job(State(state.app), Path(id))
+        .await?
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hodei_core::credential::Role;
+    use std::time::Duration;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(cookie_value(&headers, COOKIE), None);
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; hodei_session_x=no; hodei_session=abc"),
+        );
+        assert_eq!(cookie_value(&headers, COOKIE), Some("abc"));
+        let mut two = HeaderMap::new();
+        two.append(header::COOKIE, HeaderValue::from_static("x=1"));
+        two.append(
+            header::COOKIE,
+            HeaderValue::from_static("hodei_session=def"),
+        );
+        assert_eq!(cookie_value(&two, COOKIE), Some("def"));
+    }
+
+    #[test]
+    fn sessions_open_expire_and_close() {
+        let sessions = Sessions::default();
+        let t0 = SystemTime::now();
+        let principal = Principal::configured_admin();
+        let a = sessions.open(principal.clone(), t0);
+        let b = sessions.open(principal, t0);
+        assert_ne!(a, b, "ids are random");
+        assert_eq!(a.len(), 64);
+        let session = sessions.get(&a, t0).unwrap();
+        assert_eq!(session.csrf.len(), 64);
+        assert_ne!(session.csrf, a);
+        assert!(sessions.get("nope", t0).is_none());
+        assert!(sessions.get(&a, t0 + SESSION_LIFETIME).is_none(), "expired");
+        assert!(sessions.get(&a, t0).is_none(), "an expired session is gone");
+        sessions.close(&b);
+        assert!(sessions.get(&b, t0 + Duration::from_secs(1)).is_none());
+    }
+
+    #[test]
+    fn csrf_tokens_must_match_exactly() {
+        let session = Session {
+            principal: Principal::configured_admin(),
+            csrf: "abc".into(),
+            created: SystemTime::now(),
+        };
+        assert!(csrf_matches(&session, Some("abc")));
+        assert!(!csrf_matches(&session, Some("abd")));
+        assert!(!csrf_matches(&session, Some("")));
+        assert!(!csrf_matches(&session, None));
+    }
+
+    #[test]
+    fn a_tenant_list_is_its_own_whatever_it_asks() {
+        let team = TenantName::new("team").unwrap();
+        let scope = JobScope::Tenant(team);
+        assert_eq!(
+            scoped_tenant(&scope, Some("other".into())).unwrap(),
+            Some("team".into())
+        );
+        assert_eq!(scoped_tenant(&scope, None).unwrap(), Some("team".into()));
+        assert_eq!(
+            scoped_tenant(&JobScope::All, Some("other".into())).unwrap(),
+            Some("other".into())
+        );
+        assert_eq!(
+            scoped_tenant(&JobScope::All, Some(String::new())).unwrap(),
+            None
+        );
+        assert!(scoped_tenant(&JobScope::Nothing, None).is_err());
+        assert!(in_scope(&scope_of(Role::Admin), "anyone"));
+    }
+
+    fn scope_of(role: Role) -> JobScope {
+        console::job_scope(&Principal {
+            credential_id: None,
+            role,
+            worker_id: None,
+            tenant: None,
+        })
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape_html(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}

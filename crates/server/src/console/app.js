@@ -1,0 +1,325 @@
+// Hodei console: hash-routed views over /console/api, refreshed every POLL_MS.
+"use strict";
+
+const POLL_MS = 1500;
+const ROLE = document.body.dataset.role;
+const TENANT = document.body.dataset.tenant;
+const ADMIN = ROLE === "admin";
+const CSRF = document.querySelector('meta[name="csrf"]').content;
+
+let current = null; // { route, refresh, timer }
+
+function esc(value) {
+  return String(value ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+async function api(path, options) {
+  const response = await fetch("/console/api" + path, Object.assign({ credentials: "same-origin" }, options));
+  if (response.status === 401) { window.location.href = "/"; throw new Error("signed out"); }
+  const text = await response.text();
+  const body = text ? JSON.parse(text) : null;
+  if (!response.ok) throw new Error((body && body.error && body.error.message) || response.statusText);
+  return body;
+}
+
+function post(path) {
+  return api(path, { method: "POST", headers: { "x-csrf-token": CSRF } });
+}
+
+// Times: relative and absolute.
+function ago(seconds) {
+  if (seconds < 0) seconds = 0;
+  if (seconds < 60) return Math.floor(seconds) + "s";
+  if (seconds < 3600) return Math.floor(seconds / 60) + "m " + Math.floor(seconds % 60) + "s";
+  if (seconds < 86400) return Math.floor(seconds / 3600) + "h " + Math.floor((seconds % 3600) / 60) + "m";
+  return Math.floor(seconds / 86400) + "d";
+}
+function when(iso) {
+  if (!iso) return '<span class="muted">–</span>';
+  const t = new Date(iso);
+  const rel = ago((Date.now() - t.getTime()) / 1000);
+  return `<time datetime="${esc(iso)}" title="${esc(iso)}">${rel} ago</time> <span class="abs">${esc(t.toLocaleString())}</span>`;
+}
+
+// State: a word and a symbol, never colour alone.
+const STATES = {
+  succeeded: ["s-ok", "✓"], idle: ["s-ok", "○"], running: ["s-run", "▶"], busy: ["s-run", "▶"],
+  assigned: ["s-run", "→"], cleaning: ["s-run", "↺"], queued: ["s-wait", "…"], starting: ["s-wait", "…"],
+  creating: ["s-wait", "…"], draining: ["s-wait", "↓"], leaving: ["s-wait", "↓"], failed: ["s-bad", "✗"],
+  timed_out: ["s-bad", "⏱"], unhealthy: ["s-bad", "!"], cancelled: ["s-off", "⊘"], terminated: ["s-off", "■"],
+};
+function state(name) {
+  const [cls, icon] = STATES[name] || ["s-off", "•"];
+  return `<span class="state ${cls}" data-icon="${icon}">${esc(name)}</span>`;
+}
+
+function table(headers, rows, empty) {
+  if (!rows.length) return `<p class="muted">${esc(empty)}</p>`;
+  const head = headers.map((h) => `<th scope="col" class="${h.num ? "num" : ""}">${esc(h.label)}</th>`).join("");
+  const body = rows.map((cells) => "<tr>" + cells.map((cell, i) =>
+    `<td data-label="${esc(headers[i].label)}" class="${headers[i].num ? "num" : ""}">${cell}</td>`).join("") + "</tr>").join("");
+  return `<div class="table-wrap"><table class="stack"><thead><tr>${head}</tr></thead><tbody>${body}</tbody></table></div>`;
+}
+
+function link(href, text) { return `<a href="${esc(href)}">${esc(text)}</a>`; }
+
+function view(html) {
+  const main = document.getElementById("view");
+  main.innerHTML = html;
+  return main;
+}
+
+function fill(id, html) {
+  const el = document.getElementById(id);
+  if (el) el.innerHTML = html;
+}
+
+function workersByState(w) {
+  return ["idle", "busy", "starting", "unhealthy", "leaving"].map((s) => `${esc(s)} ${w[s]}`).join(" · ");
+}
+
+function costRate(pool) {
+  const live = pool.workers.idle + pool.workers.busy + pool.workers.starting + pool.workers.unhealthy + pool.workers.leaving;
+  if (!pool.worker_seconds) return "–";
+  return (pool.cost / pool.worker_seconds * live * 3600).toFixed(4) + "/h";
+}
+
+// ---- Views -----------------------------------------------------------------------------
+
+const views = {
+  overview: {
+    mount() {
+      view(`<h1>Overview</h1>
+        ${ADMIN ? '<section class="card"><h2>Pools</h2><div id="pools">Loading…</div></section>' : ""}
+        <section class="card"><h2>Queues</h2><div id="queues">Loading…</div></section>
+        <section class="card"><h2>Tenants</h2><div id="tenants">Loading…</div></section>
+        <section class="card"><h2>Jobs waiting</h2><div id="waiting">Loading…</div></section>`);
+    },
+    async refresh() {
+      if (ADMIN) {
+        const { pools } = await api("/pools");
+        fill("pools", table(
+          [{ label: "Pool" }, { label: "Provider" }, { label: "Workers by state" }, { label: "Desired / min / max", num: true }, { label: "Cost rate", num: true }, { label: "Cost so far", num: true }],
+          pools.map((p) => [link("#/pools/" + encodeURIComponent(p.name), p.name) + (p.removing ? " (removing)" : ""), esc(p.provider + " · " + p.kind),
+            workersByState(p.workers), `${p.desired} / ${p.min} / ${p.max}`, esc(costRate(p)), esc(p.cost.toFixed(4))]),
+          "No pools."));
+      }
+      const { jobs: active } = await api("/jobs?state=queued,assigned,running&limit=1000");
+      const jobs = active.filter((j) => j.state === "queued");
+      const byTenant = {};
+      for (const job of active) {
+        const t = byTenant[job.tenant] || (byTenant[job.tenant] = { queued: 0, running: 0 });
+        if (job.state === "queued") t.queued += 1; else t.running += 1;
+      }
+      fill("tenants", table([{ label: "Tenant" }, { label: "Waiting", num: true }, { label: "Assigned or running", num: true }],
+        Object.keys(byTenant).sort().map((t) => [ADMIN ? link("#/jobs?tenant=" + encodeURIComponent(t), t) : esc(t), String(byTenant[t].queued), String(byTenant[t].running)]),
+        "No tenant has a job waiting or running."));
+      const byQueue = {};
+      for (const job of jobs) {
+        const q = byQueue[job.queue] || (byQueue[job.queue] = { depth: 0, oldest: job.submitted_at });
+        q.depth += 1;
+        if (job.submitted_at < q.oldest) q.oldest = job.submitted_at;
+      }
+      fill("queues", table([{ label: "Queue" }, { label: "Depth", num: true }, { label: "Oldest waiting since" }],
+        Object.keys(byQueue).sort().map((q) => [link("#/jobs?state=queued&queue=" + encodeURIComponent(q), q), String(byQueue[q].depth), when(byQueue[q].oldest)]),
+        "No job is waiting."));
+      fill("waiting", table([{ label: "Job" }, { label: "Tenant" }, { label: "Queue" }, { label: "Command" }, { label: "Submitted" }],
+        jobs.slice(0, 20).map((j) => [link("#/jobs/" + j.id, j.id), esc(j.tenant), esc(j.queue), `<code>${esc(j.command_line)}</code>`, when(j.submitted_at)]),
+        "No job is waiting."));
+    },
+  },
+
+  pool: {
+    mount(name) {
+      view(`<h1>Pool ${esc(name)}</h1>
+        <section class="card"><div id="pool">Loading…</div></section>
+        <section class="card"><h2>Workers</h2><div id="pool-workers">Loading…</div></section>
+        <section class="card"><h2>Recent scaling decisions</h2><div id="decisions">Loading…</div></section>`);
+    },
+    async refresh(name) {
+      const { pools } = await api("/pools");
+      const pool = pools.find((p) => p.name === name);
+      if (!pool) { fill("pool", `<p class="error">No pool named ${esc(name)}.</p>`); return; }
+      fill("pool", `<dl class="facts">
+        <dt>Provider</dt><dd>${esc(pool.provider)} · ${esc(pool.kind)}</dd>
+        <dt>Workers</dt><dd>${workersByState(pool.workers)}</dd>
+        <dt>Desired / min / max</dt><dd>${pool.desired} / ${pool.min} / ${pool.max}</dd>
+        <dt>Cost rate</dt><dd>${esc(costRate(pool))}</dd>
+        <dt>Cost so far</dt><dd>${esc(pool.cost.toFixed(4))} (${esc(pool.worker_seconds.toFixed(0))} worker-seconds)</dd></dl>`);
+      const { workers } = await api("/workers?pool=" + encodeURIComponent(name));
+      fill("pool-workers", workerTable(workers, await runningJobs()));
+      fill("decisions", table(
+        [{ label: "When" }, { label: "Action" }, { label: "Count", num: true }, { label: "Desired", num: true }, { label: "Supply", num: true }, { label: "Reason" }],
+        pool.decisions.map((d) => [when(d.at) + (d.repeats > 1 ? ` <span class="muted">×${d.repeats}, last ${when(d.last_at)}</span>` : ""),
+          esc(d.action), String(d.count), String(d.desired), String(d.supply), esc(d.reason)]),
+        "No decision yet."));
+    },
+  },
+
+  jobs: {
+    mount(_, params) {
+      const value = (k) => esc(params.get(k) || "");
+      const states = ["", "queued", "assigned", "running", "succeeded", "failed", "cancelled", "timed_out", "dead_lettered"];
+      view(`<h1>Jobs</h1>
+        <form class="filters" id="filters">
+          <label>State<select name="state">${states.map((s) => `<option value="${s}"${params.get("state") === s ? " selected" : ""}>${s || "any"}</option>`).join("")}</select></label>
+          ${ADMIN ? `<label>Tenant<input name="tenant" value="${value("tenant")}" size="12"></label>` : ""}
+          <label>Queue<input name="queue" value="${value("queue")}" size="12"></label>
+          ${ADMIN ? `<label>Pool<input name="pool" value="${value("pool")}" size="12"></label>` : ""}
+          <button type="submit">Filter</button>
+        </form>
+        <div id="jobs">Loading…</div>`);
+      document.getElementById("filters").addEventListener("submit", (event) => {
+        event.preventDefault();
+        const form = new URLSearchParams();
+        for (const [k, v] of new FormData(event.target)) if (v) form.set(k, v);
+        window.location.hash = "#/jobs" + (form.toString() ? "?" + form : "");
+      });
+    },
+    async refresh(_, params) {
+      const query = new URLSearchParams();
+      for (const k of ["state", "tenant", "queue", "pool"]) if (params.get(k)) query.set(k, params.get(k));
+      const { jobs } = await api("/jobs?" + query);
+      fill("jobs", table(
+        [{ label: "Job" }, { label: "State" }, { label: "Tenant" }, { label: "Queue" }, { label: "Command" }, { label: "Worker" }, { label: "Submitted" }, { label: "Finished" }],
+        jobs.map((j) => [link("#/jobs/" + j.id, j.id), state(j.state), esc(j.tenant), esc(j.queue), `<code>${esc(j.command_line)}</code>`,
+          esc(j.worker_id || "–"), when(j.submitted_at), when(j.finished_at)]),
+        "No job matches."));
+    },
+  },
+
+  job: {
+    mount(id) {
+      this.next = 0;
+      this.complete = false;
+      view(`<h1>Job <code>${esc(id)}</code></h1>
+        <section class="card"><div id="job">Loading…</div><div id="job-actions"></div></section>
+        <section class="card"><h2>Log</h2><pre class="log" id="log" aria-live="off" tabindex="0"></pre></section>`);
+    },
+    async refresh(id) {
+      const job = await api("/jobs/" + encodeURIComponent(id));
+      fill("job", `<dl class="facts">
+        <dt>State</dt><dd id="job-state">${state(job.state)}</dd>
+        ${job.waiting_reason ? `<dt>Why it waits</dt><dd id="job-waiting">${esc(job.waiting_reason)}</dd>` : ""}
+        ${job.reason ? `<dt>Reason</dt><dd>${esc(job.reason)}</dd>` : ""}
+        <dt>Tenant / queue</dt><dd>${esc(job.tenant)} / ${esc(job.queue)}</dd>
+        <dt>Command</dt><dd><code>${esc(job.command_line)}</code></dd>
+        <dt>Worker</dt><dd>${esc(job.worker_id || "–")}</dd>
+        <dt>Attempts</dt><dd>${job.attempts}</dd>
+        <dt>Exit code</dt><dd>${job.exit_code ?? "–"}</dd>
+        <dt>Submitted</dt><dd>${when(job.submitted_at)}</dd>
+        <dt>Started</dt><dd>${when(job.started_at)}</dd>
+        <dt>Finished</dt><dd>${when(job.finished_at)}</dd></dl>`);
+      const actions = document.getElementById("job-actions");
+      if (ADMIN && !job.finished && !actions.querySelector("button")) {
+        actions.innerHTML = '<p><button type="button" class="danger" id="cancel">Cancel job</button> <span id="action-result" role="status"></span></p>';
+        document.getElementById("cancel").addEventListener("click", async () => {
+          try { await post("/jobs/" + encodeURIComponent(id) + "/cancel"); fill("action-result", "Cancel requested."); }
+          catch (e) { fill("action-result", `<span class="error">${esc(e.message)}</span>`); }
+          tick();
+        });
+      } else if (job.finished && actions.querySelector("button")) {
+        actions.innerHTML = "";
+      }
+      if (this.complete) return;
+      // Follow the log: fetch what came after what we have.
+      for (;;) {
+        const page = await api(`/jobs/${encodeURIComponent(id)}/logs?after=${this.next}`);
+        const log = document.getElementById("log");
+        if (!log) return;
+        const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+        for (const chunk of page.chunks) {
+          const span = document.createElement("span");
+          if (chunk.stream === "stderr") span.className = "stderr";
+          span.textContent = chunk.text;
+          log.appendChild(span);
+        }
+        if (atBottom) log.scrollTop = log.scrollHeight;
+        this.next = page.next;
+        if (page.complete) { this.complete = true; log.dataset.complete = "true"; return; }
+        if (!page.chunks.length) return;
+      }
+    },
+  },
+
+  workers: {
+    mount() {
+      view('<h1>Workers</h1><section class="card"><div id="workers">Loading…</div></section>');
+    },
+    async refresh() {
+      const { workers } = await api("/workers");
+      fill("workers", workerTable(workers, await runningJobs()));
+    },
+  },
+};
+
+async function runningJobs() {
+  const { jobs } = await api("/jobs?state=assigned,running&limit=1000");
+  const byWorker = {};
+  for (const j of jobs) if (j.worker_id) byWorker[j.worker_id] = j.id;
+  return byWorker;
+}
+
+function workerTable(workers, jobsByWorker) {
+  const html = table(
+    [{ label: "Worker" }, { label: "State" }, { label: "Pool" }, { label: "Current job" }, { label: "Connected" }, { label: "Heartbeat" }, { label: "Load" }, { label: "Since" }, { label: "Actions" }],
+    workers.map((w) => [esc(w.id), state(w.state), w.pool ? link("#/pools/" + encodeURIComponent(w.pool), w.pool) : "–",
+      jobsByWorker[w.id] ? link("#/jobs/" + jobsByWorker[w.id], jobsByWorker[w.id]) : "–",
+      w.connected ? "yes" : "no", w.last_seen ? when(w.last_seen) : '<span class="muted">never</span>',
+      esc(w.labels && w.labels.load ? w.labels.load : "–"), when(w.provisioned_at),
+      ADMIN && w.state !== "terminated" ? `<button type="button" class="danger" data-terminate="${esc(w.id)}">Terminate</button>` : "–"]),
+    "No worker.");
+  setTimeout(() => {
+    for (const button of document.querySelectorAll("button[data-terminate]")) {
+      button.addEventListener("click", async () => {
+        if (!window.confirm("Terminate worker " + button.dataset.terminate + "?")) return;
+        try { await post("/workers/" + encodeURIComponent(button.dataset.terminate) + "/terminate"); }
+        catch (e) { window.alert(e.message); }
+        tick();
+      });
+    }
+  });
+  return html;
+}
+
+// ---- Routing and polling ---------------------------------------------------------------
+
+function route() {
+  const hash = window.location.hash.replace(/^#/, "") || "/";
+  const [path, query] = hash.split("?");
+  const params = new URLSearchParams(query || "");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  if (parts[0] === "pools" && parts[1] && ADMIN) return { view: views.pool, arg: parts[1], params };
+  if (parts[0] === "jobs" && parts[1]) return { view: views.job, arg: parts[1], params };
+  if (parts[0] === "jobs") return { view: views.jobs, arg: null, params };
+  if (parts[0] === "workers" && ADMIN) return { view: views.workers, arg: null, params };
+  return { view: views.overview, arg: null, params };
+}
+
+async function tick() {
+  if (!current) return;
+  const mine = current;
+  if (mine.busy) return;
+  mine.busy = true;
+  try {
+    await mine.view.refresh(mine.arg, mine.params);
+    document.getElementById("updated").textContent = "Updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    document.getElementById("updated").textContent = "Update failed: " + e.message;
+  } finally {
+    mine.busy = false;
+  }
+}
+
+function navigate() {
+  if (current) clearInterval(current.timer);
+  current = route();
+  current.view.mount(current.arg, current.params);
+  document.getElementById("view").focus();
+  tick();
+  current.timer = setInterval(tick, POLL_MS);
+}
+
+document.getElementById("who").textContent = "Signed in: " + ROLE + (TENANT ? " (tenant " + TENANT + ")" : "");
+window.addEventListener("hashchange", navigate);
+navigate();
