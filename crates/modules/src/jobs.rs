@@ -261,6 +261,7 @@ impl JobService {
             usage,
         };
         dispatcher.recover().await?;
+        dispatcher.update_tenant_gauges();
         tokio::spawn(dispatcher.run(inbox, cancel));
         Ok((
             Self {
@@ -1811,10 +1812,14 @@ impl Dispatcher {
         metrics.tenant_usage.clear();
         metrics.tenant_quota.clear();
         metrics.tenant_burst.clear();
+        // The default tenant (every job without one) always has its series, so the
+        // families are there from the start, at zero.
+        let default_tenant = TenantName::default();
         let names: std::collections::BTreeSet<&TenantName> = usage
             .keys()
             .chain(self.config.tenants.configured.keys())
             .chain(self.queues.tenants())
+            .chain(std::iter::once(&default_tenant))
             .collect();
         for name in names {
             let labels = TenantLabels {
@@ -1849,9 +1854,11 @@ impl Dispatcher {
                     .tenant_usage
                     .get_or_create(&labels)
                     .set(held.get(resource));
-                if let Some(limit) = quotas.get(&resource) {
-                    metrics.tenant_quota.get_or_create(&labels).set(limit.value);
-                }
+                // +Inf when unlimited, so `usage / quota` reads 0 for those.
+                let limit = quotas
+                    .get(&resource)
+                    .map_or(f64::INFINITY, |limit| limit.value);
+                metrics.tenant_quota.get_or_create(&labels).set(limit);
             }
         }
     }
@@ -1980,7 +1987,7 @@ impl JobMetrics {
         );
         registry.register(
             "hodei_tenant_quota",
-            "A tenant's configured quota, by resource (absent: unlimited)",
+            "A tenant's configured quota, by resource (+Inf: unlimited)",
             metrics.tenant_quota.clone(),
         );
         registry.register(
@@ -1988,6 +1995,14 @@ impl JobMetrics {
             "Attempts started, by tenant: its share of started work",
             metrics.tenant_started.clone(),
         );
+        for reason in ["never_fits", "queue_full", "unknown_tenant"] {
+            let _ = metrics
+                .tenant_rejections
+                .get_or_create(&TenantReasonLabels {
+                    tenant: TenantName::default().to_string(),
+                    reason,
+                });
+        }
         registry.register(
             "hodei_tenant_quota_rejections",
             "Submissions refused by a tenant's quotas, by reason (never_fits, queue_full, unknown_tenant)",
