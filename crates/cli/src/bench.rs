@@ -523,7 +523,7 @@ impl ServerProcess {
         // the CLI) would override the token written above, and the caller's CA file is not
         // the one of our certificates. `--exit-with-parent` stops the server if this process
         // is killed before it can stop the server itself.
-        let mut child = Command::new(program)
+        let child = Command::new(program)
             .arg("server")
             .arg("--exit-with-parent")
             .arg("--config")
@@ -540,10 +540,21 @@ impl ServerProcess {
             .context("the server exited as soon as it started")?;
         let scheme = if tls { "https" } else { "http" };
         let url = format!("{scheme}://127.0.0.1:{port}");
+        // Owned from here, so that a bench interrupted while the server starts still stops
+        // it (see `Drop`).
+        let mut server = Self {
+            child,
+            pid,
+            url,
+            token,
+            ca_cert,
+            log,
+            _dir: dir,
+        };
 
-        let readyz = format!("{url}/readyz");
+        let readyz = format!("{}/readyz", server.url);
         let mut http = reqwest::Client::builder().use_rustls_tls();
-        if let Some(ca_cert) = &ca_cert {
+        if let Some(ca_cert) = &server.ca_cert {
             let pem = std::fs::read(ca_cert)?;
             http = http
                 .tls_built_in_root_certs(false)
@@ -552,10 +563,10 @@ impl ServerProcess {
         let http = http.build()?;
         let deadline = Instant::now() + SERVER_START_LIMIT;
         loop {
-            if let Some(status) = child.try_wait()? {
+            if let Some(status) = server.child.try_wait()? {
                 bail!(
                     "the server exited ({status}) before it was ready; its log:\n{}",
-                    log_tail(&log)
+                    log_tail(&server.log)
                 );
             }
             let ready = http
@@ -570,20 +581,12 @@ impl ServerProcess {
             if Instant::now() > deadline {
                 bail!(
                     "the server was not ready within {SERVER_START_LIMIT:?}; its log:\n{}",
-                    log_tail(&log)
+                    log_tail(&server.log)
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Self {
-            child,
-            pid,
-            url,
-            token,
-            ca_cert,
-            log,
-            _dir: dir,
-        })
+        Ok(server)
     }
 
     fn memory(&self) -> anyhow::Result<Memory> {

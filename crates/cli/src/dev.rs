@@ -49,6 +49,8 @@ pub fn dev_config(args: &DevArgs) -> ServerConfig {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    // Ctrl-C while the pool is still warming up stops everything cleanly too.
+    let stop = crate::shutdown_signal();
     let mut config = dev_config(&args);
     config.apply_env(|key| std::env::var(key).ok())?;
     if let Some(docker) = &config.docker {
@@ -85,7 +87,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  hodei worker ls");
     println!();
     println!("Ctrl-C stops the server and its workers.");
-    crate::shutdown_signal().await;
+    stop.await;
     println!("stopping workers...");
     server.shutdown().await?;
     Ok(())

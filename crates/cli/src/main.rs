@@ -145,20 +145,29 @@ pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
     hodei_agent::parse_label(text).map_err(|e| e.to_string())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C will stop");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+/// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled: a server gets SIGTERM during its start-up (pools
+/// pre-warming) too, and must then stop cleanly, stopping the agents it started, instead of
+/// dying by the signal's default action and leaving them behind.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
             }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+            (interrupt, terminate) => {
+                for error in [interrupt.err(), terminate.err()].into_iter().flatten() {
+                    tracing::error!(%error, "cannot listen for a stop signal; waiting for Ctrl-C");
+                }
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }
 
@@ -201,6 +210,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     if args.exit_with_parent {
         exit_with_parent()?;
     }
+    // Before anything slow: a stop signal from now on means a clean shutdown.
+    let stop = shutdown_signal();
     let mut config = hodei_server::ServerConfig::load(&args.config, |key| std::env::var(key).ok())?;
     init_logging("info", config.log.format);
     if let Some(listen) = args.listen {
@@ -209,7 +220,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    hodei_server::run(config, listener, shutdown_signal()).await?;
+    hodei_server::run(config, listener, stop).await?;
     Ok(())
 }
 

@@ -330,12 +330,25 @@ fn an_interrupted_or_killed_bench_leaves_no_server_or_agent_behind() {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let described: Vec<String> = left
+            .iter()
+            .map(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+                    .unwrap_or_default();
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                format!("{pid} [{}] {cmdline}", stat.trim())
+            })
+            .collect();
         for pid in &left {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(i32::try_from(*pid).unwrap()),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        assert!(left.is_empty(), "after {signal}: still running {left:?}");
+        assert!(
+            left.is_empty(),
+            "after {signal}: still running {described:#?}"
+        );
     }
 }
