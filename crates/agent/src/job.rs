@@ -186,12 +186,18 @@ fn result(
     }))
 }
 
+/// Reads one of the job's outputs into log chunks. Both outputs' pumps share `sequence`,
+/// and a chunk's number is taken and the chunk sent under its lock, so chunks reach the
+/// server in the order of their numbers. (Numbered first and sent after, the stdout and
+/// stderr pumps could overtake each other: the server then stored a later number before an
+/// earlier one, and a reader paging by position, such as `job submit --wait`, saw a chunk
+/// twice.)
 async fn pump(
     mut reader: impl AsyncRead + Unpin,
     job_id: String,
     attempt: u32,
     stream: v1::LogStream,
-    sequence: Arc<AtomicU64>,
+    sequence: Arc<tokio::sync::Mutex<u64>>,
     out: mpsc::Sender<v1::AgentMessage>,
 ) {
     let mut buffer = vec![0u8; MAX_CHUNK];
@@ -200,13 +206,15 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
+        let mut next = sequence.lock().await;
         let chunk = v1::LogChunk {
             job_id: job_id.clone(),
-            sequence: sequence.fetch_add(1, Ordering::SeqCst),
+            sequence: *next,
             stream: stream.into(),
             data: buffer[..read].to_vec(),
             attempt,
         };
+        *next += 1;
         if out
             .send(message(agent_message::Body::LogChunk(chunk)))
             .await
@@ -214,6 +222,7 @@ async fn pump(
         {
             return;
         }
+        drop(next);
     }
 }
 
@@ -435,7 +444,7 @@ pub async fn run_with(
         })))
         .await;
 
-    let sequence = Arc::new(AtomicU64::new(0));
+    let sequence = Arc::new(tokio::sync::Mutex::new(0u64));
     let mut pumps = Vec::new();
     if let Some(stdout) = child.stdout.take() {
         pumps.push(tokio::spawn(pump(

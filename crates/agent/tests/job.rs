@@ -95,6 +95,26 @@ async fn output_and_exit_code_are_reported_in_order() {
     assert_eq!(ran.result.exit_code, 7);
 }
 
+/// Both outputs busy at once, on two threads: chunks still arrive numbered 0, 1, 2, ... in
+/// the order they are sent, which is what lets the server store and page them by position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_stdout_and_stderr_arrive_in_the_order_of_their_numbers() {
+    let ran = run(
+        script(
+            "j-interleaved",
+            "i=0; while [ $i -lt 300 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done",
+            0,
+        ),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(ran.result.exit_code, 0);
+    assert_eq!(ran.stdout.lines().count(), 300);
+    assert_eq!(ran.stderr.lines().count(), 300);
+    let expected: Vec<u64> = (0..ran.sequences.len() as u64).collect();
+    assert_eq!(ran.sequences, expected);
+}
+
 #[tokio::test]
 async fn argv_runs_without_a_shell_in_its_own_directory_with_its_environment() {
     let mut assignment = v1::JobAssignment {
