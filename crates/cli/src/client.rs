@@ -291,6 +291,27 @@ pub(crate) fn age(rfc3339: &str) -> String {
     }
 }
 
+/// A list command's output: JSON, `empty` when there is nothing, or `print`'s table.
+pub(crate) fn show_list<T>(
+    output: Output,
+    list: &impl serde::Serialize,
+    items: &[T],
+    empty: &str,
+    print: impl FnOnce(&[T]),
+) -> anyhow::Result<()> {
+    match output.shown()? {
+        Shown::Json => print_json(list),
+        Shown::Table if items.is_empty() => {
+            println!("{empty}");
+            Ok(())
+        }
+        Shown::Table => {
+            print(items);
+            Ok(())
+        }
+    }
+}
+
 pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -453,17 +474,13 @@ pub async fn worker(command: WorkerCommand) -> anyhow::Result<()> {
             query.extend(pool.map(|p| ("pool", p)));
             query.extend(state.map(|s| ("state", s)));
             let list: WorkerList = client.get("/workers", &query).await?;
-            match connection.output.shown()? {
-                Shown::Json => print_json(&list),
-                Shown::Table if list.workers.is_empty() => {
-                    println!("No workers.");
-                    Ok(())
-                }
-                Shown::Table => {
-                    print_workers(&list.workers);
-                    Ok(())
-                }
-            }
+            show_list(
+                connection.output,
+                &list,
+                &list.workers,
+                "No workers.",
+                print_workers,
+            )
         }
         WorkerCommand::Get { id, connection } => {
             let client = Client::new(&connection)?;
@@ -505,17 +522,13 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
         PoolCommand::Ls { connection } => {
             let client = Client::new(&connection)?;
             let list: PoolList = client.get("/pools", &[]).await?;
-            match connection.output.shown()? {
-                Shown::Json => print_json(&list),
-                Shown::Table if list.pools.is_empty() => {
-                    println!("No pools.");
-                    Ok(())
-                }
-                Shown::Table => {
-                    print_pools(&list.pools);
-                    Ok(())
-                }
-            }
+            show_list(
+                connection.output,
+                &list,
+                &list.pools,
+                "No pools.",
+                print_pools,
+            )
         }
         PoolCommand::Get { name, connection } => {
             let client = Client::new(&connection)?;

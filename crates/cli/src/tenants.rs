@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use hodei_server::TenantSettings;
 use hodei_server::api::{TenantList, TenantView};
 
-use crate::client::{Client, Connection, Shown, print_json, table};
+use crate::client::{Client, Connection, Shown, print_json, show_list, table};
 
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
@@ -113,17 +113,13 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
         TenantCommand::Ls { connection } => {
             let client = Client::new(&connection)?;
             let list: TenantList = client.get("/tenants", &[]).await?;
-            match connection.output.shown()? {
-                Shown::Json => print_json(&list),
-                Shown::Table if list.tenants.is_empty() => {
-                    println!("No tenants.");
-                    Ok(())
-                }
-                Shown::Table => {
-                    print_tenants(&list.tenants);
-                    Ok(())
-                }
-            }
+            show_list(
+                connection.output,
+                &list,
+                &list.tenants,
+                "No tenants.",
+                print_tenants,
+            )
         }
         TenantCommand::Get { name, connection } => {
             let client = Client::new(&connection)?;

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use hodei_server::api::{CreateToken, CreatedToken, RevokedTokens, TokenList, TokenView};
 
-use crate::client::{Client, Connection, Shown, print_json, table};
+use crate::client::{Client, Connection, Shown, print_json, show_list, table};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -90,17 +90,13 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Ls { connection } => {
             let client = Client::new(&connection)?;
             let list: TokenList = client.get("/tokens", &[]).await?;
-            match connection.output.shown()? {
-                Shown::Json => print_json(&list),
-                Shown::Table if list.tokens.is_empty() => {
-                    println!("No credentials (the configured admin token is not listed).");
-                    Ok(())
-                }
-                Shown::Table => {
-                    print_tokens(&list.tokens);
-                    Ok(())
-                }
-            }
+            show_list(
+                connection.output,
+                &list,
+                &list.tokens,
+                "No credentials (the configured admin token is not listed).",
+                print_tokens,
+            )
         }
         TokenCommand::Revoke { id, connection } => {
             let client = Client::new(&connection)?;

@@ -9,6 +9,7 @@ mod credentials;
 mod jobs;
 mod postgres;
 mod sqlite;
+mod tenants;
 mod usage;
 
 pub use postgres::PostgresStore;

@@ -35,6 +35,7 @@ use crate::sqlite::{
     MAX_TRANSITION_ATTEMPTS, PoolRow, WorkerRow, decode_pool, decode_worker, map_migrate_error,
     millis_since_epoch,
 };
+use crate::tenants;
 use crate::{credentials, usage};
 
 /// Connections per server. Every API call, agent stream and loop uses one only for the length
@@ -596,9 +597,7 @@ impl Store for PostgresStore {
     }
 
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
-        let json = serde_json::to_string(tenant).map_err(|err| {
-            Error::Corrupt(format!("cannot encode tenant {}: {err}", tenant.name))
-        })?;
+        let json = tenants::encode(tenant)?;
         sqlx::query(
             "INSERT INTO tenants (name, tenant_json, updated_at_ms) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE \
@@ -620,17 +619,7 @@ impl Store for PostgresStore {
             .await
             .map_err(map_pg_error)?
             .into_iter()
-            .map(|(name, json)| {
-                let tenant: Tenant = serde_json::from_str(&json)
-                    .map_err(|err| Error::Corrupt(format!("tenant {name}: invalid json: {err}")))?;
-                if tenant.name.as_str() != name {
-                    return Err(Error::Corrupt(format!(
-                        "row {name} holds tenant {}",
-                        tenant.name
-                    )));
-                }
-                Ok(tenant)
-            })
+            .map(tenants::decode)
             .collect()
     }
 

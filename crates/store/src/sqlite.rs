@@ -17,6 +17,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use crate::tenants;
 use crate::{credentials, jobs};
 
 /// How long a statement waits for another connection's write lock before giving up as
@@ -291,9 +292,7 @@ impl Store for SqliteStore {
     }
 
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
-        let json = serde_json::to_string(tenant).map_err(|err| {
-            Error::Corrupt(format!("cannot encode tenant {}: {err}", tenant.name))
-        })?;
+        let json = tenants::encode(tenant)?;
         sqlx::query(
             "INSERT INTO tenants (name, tenant_json, updated_at_ms) VALUES (?1, ?2, ?3) \
              ON CONFLICT (name) DO UPDATE \
@@ -314,17 +313,7 @@ impl Store for SqliteStore {
             .await
             .map_err(map_sqlx_error)?
             .into_iter()
-            .map(|(name, json)| {
-                let tenant: Tenant = serde_json::from_str(&json)
-                    .map_err(|err| Error::Corrupt(format!("tenant {name}: invalid json: {err}")))?;
-                if tenant.name.as_str() != name {
-                    return Err(Error::Corrupt(format!(
-                        "row {name} holds tenant {}",
-                        tenant.name
-                    )));
-                }
-                Ok(tenant)
-            })
+            .map(tenants::decode)
             .collect()
     }
 
