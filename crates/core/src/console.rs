@@ -4,14 +4,13 @@
 //! | role   | sign in | pools, workers | jobs                | cancel a job, terminate a worker |
 //! |--------|---------|----------------|---------------------|----------------------------------|
 //! | admin  | yes     | yes            | all                 | yes                              |
-//! | tenant | yes     | no             | its own tenant only | no                               |
+//! | tenant | yes     | no             | its own tenant only | its own jobs; no worker          |
 //! | agent  | no      | -              | -                   | -                                |
 //! | worker | no      | -              | -                   | -                                |
 
 use std::time::{Duration, SystemTime};
 
-use crate::TenantName;
-use crate::credential::{Principal, Role};
+use crate::credential::Role;
 
 /// How long a console session lives after sign-in.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 60 * 60);
@@ -23,7 +22,7 @@ pub enum ConsoleAction {
     ViewFleet,
     /// Jobs and their logs (which ones: [`job_scope`]).
     ViewJobs,
-    /// Cancel a job.
+    /// Cancel a job (which ones: [`job_scope`]).
     CancelJob,
     /// Terminate a worker.
     TerminateWorker,
@@ -47,40 +46,12 @@ pub fn may_sign_in(role: Role) -> bool {
 pub fn console_permits(role: Role, action: ConsoleAction) -> bool {
     match role {
         Role::Admin => true,
-        Role::Tenant => action == ConsoleAction::ViewJobs,
+        Role::Tenant => matches!(action, ConsoleAction::ViewJobs | ConsoleAction::CancelJob),
         Role::Agent | Role::Worker => false,
     }
 }
 
-/// Which jobs a session sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobScope {
-    All,
-    /// Only this tenant's.
-    Tenant(TenantName),
-    /// None (a role that cannot sign in, or a tenant credential without its tenant).
-    Nothing,
-}
-
-impl JobScope {
-    /// Whether a job of `tenant` is in scope.
-    pub fn covers(&self, tenant: &TenantName) -> bool {
-        match self {
-            Self::All => true,
-            Self::Tenant(own) => own == tenant,
-            Self::Nothing => false,
-        }
-    }
-}
-
-/// The jobs `principal`'s session sees.
-pub fn job_scope(principal: &Principal) -> JobScope {
-    match (principal.role, &principal.tenant) {
-        (Role::Admin, _) => JobScope::All,
-        (Role::Tenant, Some(tenant)) => JobScope::Tenant(tenant.clone()),
-        _ => JobScope::Nothing,
-    }
-}
+pub use crate::credential::{JobScope, job_scope};
 
 /// Whether a session made at `created` has expired at `now`. A clock that went backwards
 /// does not extend a session beyond its lifetime from `now`'s point of view.
@@ -95,6 +66,8 @@ pub fn session_expired(created: SystemTime, now: SystemTime, lifetime: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TenantName;
+    use crate::credential::Principal;
     use proptest::prelude::*;
 
     fn principal(role: Role, tenant: Option<&str>) -> Principal {
@@ -111,7 +84,7 @@ mod tests {
         use ConsoleAction::*;
         let table: [(Role, bool, [bool; 4]); 4] = [
             (Role::Admin, true, [true, true, true, true]),
-            (Role::Tenant, true, [false, true, false, false]),
+            (Role::Tenant, true, [false, true, true, false]),
             (Role::Agent, false, [false, false, false, false]),
             (Role::Worker, false, [false, false, false, false]),
         ];
@@ -124,27 +97,6 @@ mod tests {
                 assert_eq!(console_permits(role, action), allowed, "{role} {action:?}");
             }
         }
-    }
-
-    #[test]
-    fn job_scopes() {
-        let team = TenantName::new("team").unwrap();
-        let other = TenantName::new("other").unwrap();
-        assert_eq!(job_scope(&principal(Role::Admin, None)), JobScope::All);
-        assert_eq!(
-            job_scope(&Principal::configured_admin()),
-            JobScope::All,
-            "the configured admin token"
-        );
-        let scope = job_scope(&principal(Role::Tenant, Some("team")));
-        assert_eq!(scope, JobScope::Tenant(team.clone()));
-        assert!(scope.covers(&team));
-        assert!(!scope.covers(&other));
-        assert!(!scope.covers(&TenantName::default()));
-        assert_eq!(job_scope(&principal(Role::Tenant, None)), JobScope::Nothing);
-        assert_eq!(job_scope(&principal(Role::Agent, None)), JobScope::Nothing);
-        assert!(!JobScope::Nothing.covers(&team));
-        assert!(JobScope::All.covers(&other));
     }
 
     #[test]
@@ -166,7 +118,7 @@ mod tests {
     }
 
     proptest! {
-        /// Only admin sessions act; a role that cannot sign in can do nothing; a session
+        /// Only admin sessions see the fleet and terminate workers; a role that cannot sign in can do nothing; a session
         /// that sees jobs of a tenant other than its own is an admin's.
         #[test]
         fn only_admins_act_and_tenants_see_their_own(
@@ -179,7 +131,7 @@ mod tests {
                 if console_permits(role, action) {
                     prop_assert!(may_sign_in(role));
                 }
-                if matches!(action, ConsoleAction::CancelJob | ConsoleAction::TerminateWorker | ConsoleAction::ViewFleet) && console_permits(role, action) {
+                if matches!(action, ConsoleAction::TerminateWorker | ConsoleAction::ViewFleet) && console_permits(role, action) {
                     prop_assert_eq!(role, Role::Admin);
                 }
             }
