@@ -502,6 +502,13 @@ impl CreateToken {
     }
 }
 
+/// `POST /api/v1/tenants/{name}/tokens`: a tenant token; the tenant is the URL's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreateTenantToken {
+    pub description: String,
+}
+
 /// A credential without its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenView {

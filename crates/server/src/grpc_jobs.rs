@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{SubmitJob, job_filter};
 use crate::error::ApiError;
+use crate::scope::Scope;
 
 /// `JobService` over the job dispatcher.
 #[derive(Debug, Clone)]
@@ -117,11 +118,16 @@ impl v1::job_service_server::JobService for JobGrpc {
             .get("traceparent")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        let scope = Scope::of_grpc(&request);
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| status(hodei_core::ValidationError::new("spec", "is missing")))?;
-        let mut spec = submit_request(spec).into_spec().map_err(status)?;
+        let mut submit = submit_request(spec);
+        submit.tenant = scope
+            .tenant_named(submit.tenant.as_deref())
+            .map_err(status)?;
+        let mut spec = submit.into_spec().map_err(status)?;
         let applied = hodei_core::trace::apply_traceparent(&mut spec, traceparent.as_deref())
             .map(str::to_owned);
         let job = self.jobs.submit(spec).await.map_err(status)?;
@@ -138,7 +144,9 @@ impl v1::job_service_server::JobService for JobGrpc {
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::GetJobResponse>, Status> {
+        let scope = Scope::of_grpc(&request);
         let id = job_id(request.into_inner().job_id)?;
+        scope.job(&self.jobs, &id).await.map_err(status)?;
         let (job, waiting) = self.jobs.describe(&id).await.map_err(status)?;
         let mut info = job_info(&job);
         if let Some(why) = waiting {
@@ -151,12 +159,13 @@ impl v1::job_service_server::JobService for JobGrpc {
         &self,
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let scope = Scope::of_grpc(&request);
         let request = request.into_inner();
         let limit =
             (request.limit > 0).then(|| usize::try_from(request.limit).unwrap_or(usize::MAX));
         let filter = job_filter(
             request.states.iter().map(String::as_str),
-            Some(request.tenant),
+            scope.tenant_named(Some(&request.tenant)).map_err(status)?,
             Some(request.queue),
             limit,
         )
@@ -171,7 +180,9 @@ impl v1::job_service_server::JobService for JobGrpc {
         &self,
         request: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::CancelJobResponse>, Status> {
+        let scope = Scope::of_grpc(&request);
         let id = job_id(request.into_inner().job_id)?;
+        scope.job(&self.jobs, &id).await.map_err(status)?;
         let job = self.jobs.cancel(id).await.map_err(status)?;
         Ok(Response::new(v1::CancelJobResponse {
             job: Some(job_info(&job)),
@@ -184,11 +195,10 @@ impl v1::job_service_server::JobService for JobGrpc {
         &self,
         request: Request<v1::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let scope = Scope::of_grpc(&request);
         let request = request.into_inner();
         let id = job_id(request.job_id)?;
-        if self.jobs.get(&id).await.map_err(status)?.is_none() {
-            return Err(status(ApiError::not_found(format!("job {id} not found"))));
-        }
+        scope.job(&self.jobs, &id).await.map_err(status)?;
         let jobs = self.jobs.clone();
         let mut after = usize::try_from(request.after).unwrap_or(usize::MAX);
         let follow = request.follow;

@@ -29,6 +29,7 @@ use crate::api::{
 };
 use crate::error::{ApiError, Code};
 use crate::exposition;
+use crate::scope::Scope;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -44,6 +45,8 @@ pub(crate) struct AppState {
     pub max_body_bytes: usize,
     /// Set once start-up (first reconciliation, pool pre-warming) is done.
     pub ready: Arc<AtomicBool>,
+    /// Served over TLS (`[tls]`): the console's cookie is `Secure`.
+    pub tls: bool,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -65,6 +68,7 @@ pub(crate) fn router(state: AppState) -> Router {
             "/tenants/{name}",
             get(get_tenant).put(set_tenant).delete(remove_tenant),
         )
+        .route("/tenants/{name}/tokens", post(create_tenant_token))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/reports/cost", get(cost_report))
@@ -223,6 +227,26 @@ async fn create_token(
     ))
 }
 
+/// `POST /api/v1/tenants/{name}/tokens`: a tenant token for `name` (body: optional
+/// `description`); the same as `POST /api/v1/tokens` with role `tenant`. The tenant needs
+/// not be configured yet (jobs of an unknown tenant follow `tenants.auto_create`).
+async fn create_tenant_token(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<crate::api::CreateTenantToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let request = json_body(body)?;
+    create_token(
+        State(state),
+        Ok(Json(CreateToken {
+            role: "tenant".into(),
+            description: request.description,
+            tenant: Some(name),
+        })),
+    )
+    .await
+}
+
 async fn revoke_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -349,10 +373,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// A valid W3C `traceparent` header is given to the job as `TRACEPARENT` and returned.
 async fn submit_job(
     State(state): State<AppState>,
+    scope: Scope,
     headers: HeaderMap,
     body: Result<Json<SubmitJob>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let request = json_body(body)?;
+    let mut request = json_body(body)?;
+    request.tenant = scope.tenant_named(request.tenant.as_deref())?;
     let mut spec = request.into_spec()?;
     let traceparent = trace::apply_traceparent(
         &mut spec,
@@ -380,11 +406,12 @@ pub(crate) struct JobQuery {
 
 pub(crate) async fn list_jobs(
     State(state): State<AppState>,
+    scope: Scope,
     Query(query): Query<JobQuery>,
 ) -> Result<Json<JobList>, ApiError> {
     let filter = job_filter(
         query.state.as_deref().unwrap_or_default().split(','),
-        query.tenant,
+        scope.tenant_named(query.tenant.as_deref())?,
         query.queue,
         query.limit,
     )?;
@@ -396,9 +423,12 @@ pub(crate) async fn list_jobs(
 
 pub(crate) async fn get_job(
     State(state): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let (job, waiting) = state.jobs.describe(&JobId::new(id)?).await?;
+    let id = JobId::new(id)?;
+    scope.job(&state.jobs, &id).await?;
+    let (job, waiting) = state.jobs.describe(&id).await?;
     let mut view = JobView::new(&job);
     view.waiting_reason = waiting;
     for attempt in state.store.job_usage(&job.id).await? {
@@ -410,9 +440,12 @@ pub(crate) async fn get_job(
 
 pub(crate) async fn cancel_job(
     State(state): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = state.jobs.cancel(JobId::new(id)?).await?;
+    let id = JobId::new(id)?;
+    scope.job(&state.jobs, &id).await?;
+    let job = state.jobs.cancel(id).await?;
     Ok(Json(JobView::new(&job)))
 }
 
@@ -431,15 +464,18 @@ const LOG_PAGE: usize = 1000;
 
 pub(crate) async fn job_logs(
     State(state): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Json<LogsView>, ApiError> {
+    let id = JobId::new(id)?;
+    scope.job(&state.jobs, &id).await?;
     let wait_until = query
         .follow
         .then(|| tokio::time::Instant::now() + FOLLOW_WAIT);
     let page = state
         .jobs
-        .logs_page(&JobId::new(id)?, query.after, LOG_PAGE, wait_until)
+        .logs_page(&id, query.after, LOG_PAGE, wait_until)
         .await?;
     Ok(Json(LogsView {
         next: query.after + page.chunks.len(),
@@ -450,7 +486,7 @@ pub(crate) async fn job_logs(
     }))
 }
 
-async fn list_tenants(State(state): State<AppState>) -> Result<Json<TenantList>, ApiError> {
+pub(crate) async fn list_tenants(State(state): State<AppState>) -> Result<Json<TenantList>, ApiError> {
     Ok(Json(TenantList {
         tenants: state
             .tenants
@@ -462,10 +498,12 @@ async fn list_tenants(State(state): State<AppState>) -> Result<Json<TenantList>,
     }))
 }
 
-async fn get_tenant(
+pub(crate) async fn get_tenant(
     State(state): State<AppState>,
+    scope: Scope,
     Path(name): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
+    scope.read_tenant(&name)?;
     let name = hodei_core::TenantName::new(name)?;
     Ok(Json(TenantView::new(&state.tenants.get(&name).await?)))
 }

@@ -13,6 +13,7 @@ pub mod grpc_jobs;
 pub mod grpc_tenants;
 pub mod grpc_tokens;
 mod http;
+mod scope;
 mod serve;
 mod tls;
 
@@ -369,6 +370,7 @@ impl Server {
             credentials: credentials.clone(),
             max_body_bytes: config.connections.max_body_bytes,
             ready: ready.clone(),
+            tls: config.tls.enabled(),
         });
         let limits = serve::Limits {
             max_connections,
