@@ -22,6 +22,15 @@ const ADMIN: &str = "console-admin-token-0123456789";
 fn console_config(dir: &Path) -> hodei_server::ServerConfig {
     let mut config = config(dir, 1);
     config.token = Some(ADMIN.into());
+    // team-a has quotas to show; team-b is let in by auto_create.
+    config.tenant_list = vec![hodei_server::TenantSettings {
+        name: "team-a".into(),
+        tier: Some("gold".into()),
+        max_running_jobs: Some(4),
+        max_cpu: Some(8),
+        soft: vec!["cpu".into()],
+        ..hodei_server::TenantSettings::default()
+    }];
     config
 }
 
@@ -324,11 +333,19 @@ async fn console_sessions_csrf_and_tenant_scope() {
         "signed out"
     );
 
-    // Ten failed sign-ins from one address, then even a good token waits (429).
-    for attempt in 0..10 {
+    // Ten failed sign-ins from one address (a few happened above), then even a good token
+    // waits (429).
+    let mut failed = 0;
+    loop {
         let (status, _) = sign_in(&server, "not-a-token").await;
-        assert_eq!(status, 401, "failed attempt {attempt}");
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 401);
+        failed += 1;
+        assert!(failed <= 10, "still no 429 after {failed} more failures");
     }
+    assert_eq!(failed, 8, "two failed above (a wrong token, an agent token), eight more");
     let limited = client()
         .post(format!("{url}/console/sign-in"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -718,7 +735,7 @@ async fn the_console_in_a_real_browser() {
     // Its own tenant, not the others.
     browser.go(&format!("{}/#/tenants", server.url())).await;
     let text = browser
-        .wait_text(&["Tenant team-a", "Usage / quota", "Burst"])
+        .wait_text(&["Tenant team-a", "3 (gold)", "/ 4 (hard)", "/ 8 (soft)", "Burst"])
         .await;
     assert!(!text.contains("team-b"), "only its own tenant: {text}");
 

@@ -129,8 +129,8 @@ pub struct HistoryEvent {
 }
 
 /// A job's history from what is recorded: submission, first start, each ended attempt
-/// (worker, pool, worker-seconds, from the usage rows) and the end, oldest first. Only
-/// these moments are stored; states in between are not.
+/// (worker, pool, worker-seconds, from the usage rows) and the end, oldest first, the end
+/// last. Only these moments are stored; states in between are not.
 pub fn job_history(
     submitted_ms: u64,
     started_ms: Option<u64>,
@@ -159,6 +159,9 @@ pub fn job_history(
             ),
         });
     }
+    // Stable: equal times keep the order above.
+    events.sort_by_key(|event| event.at_ms);
+    // The end is last: the last attempt's usage row may be written a moment after it.
     if let Some((at_ms, state)) = finished {
         events.push(HistoryEvent {
             at_ms,
@@ -166,8 +169,6 @@ pub fn job_history(
             detail: String::new(),
         });
     }
-    // Stable: equal times keep the order above (an attempt ends before the job does).
-    events.sort_by_key(|event| event.at_ms);
     events
 }
 
@@ -255,7 +256,7 @@ mod tests {
             1_000,
             Some(1_100),
             Some((3_000, "succeeded")),
-            &[attempt(2, 3_000), attempt(1, 2_000)],
+            &[attempt(2, 3_004), attempt(1, 2_000)],
         );
         let what: Vec<&str> = history.iter().map(|e| e.what.as_str()).collect();
         assert_eq!(

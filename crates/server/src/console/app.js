@@ -196,8 +196,8 @@ const views = {
       this.complete = false;
       view(`<h1>Job <code>${esc(id)}</code></h1>
         <section class="card"><div id="job">Loading…</div><div id="job-actions"></div></section>
-        <section class="card"><h2>History</h2><div id="history">Loading…</div></section>
-        <section class="card"><h2>Log</h2><pre class="log" id="log" aria-live="off" tabindex="0"></pre></section>`);
+        <section class="card"><h2>Log</h2><pre class="log" id="log" aria-live="off" tabindex="0"></pre></section>
+        <section class="card"><h2>History</h2><div id="history">Loading…</div></section>`);
     },
     async refresh(id) {
       const job = await api("/jobs/" + encodeURIComponent(id));
