@@ -146,7 +146,10 @@ async fn console_sessions_csrf_and_tenant_scope() {
     let (admin, raw) = cookie.unwrap();
     assert!(raw.contains("HttpOnly"), "{raw}");
     assert!(raw.contains("SameSite=Strict"), "{raw}");
-    assert!(!raw.contains("Secure"), "plain HTTP: no Secure attribute: {raw}");
+    assert!(
+        !raw.contains("Secure"),
+        "plain HTTP: no Secure attribute: {raw}"
+    );
     let pools: Value = http
         .get(&api)
         .header("cookie", &admin)
@@ -345,7 +348,10 @@ async fn console_sessions_csrf_and_tenant_scope() {
         failed += 1;
         assert!(failed <= 10, "still no 429 after {failed} more failures");
     }
-    assert_eq!(failed, 8, "two failed above (a wrong token, an agent token), eight more");
+    assert_eq!(
+        failed, 8,
+        "two failed above (a wrong token, an agent token), eight more"
+    );
     let limited = client()
         .post(format!("{url}/console/sign-in"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -722,20 +728,25 @@ async fn the_console_in_a_real_browser() {
         "forged admin actions are refused; another tenant's job is not found"
     );
     assert!(
-        server
-            .scheduler()
-            .get(&worker)
-            .is_some(),
+        server.scheduler().get(&worker).is_some(),
         "the worker was not terminated"
     );
     // Its own job it may cancel, from its page.
     browser.click("#cancel").await;
     wait_state(&server, &blocker, JobState::Cancelled).await;
-    browser.wait_text(&["cancelled", "History", "submitted"]).await;
+    browser
+        .wait_text(&["cancelled", "History", "submitted"])
+        .await;
     // Its own tenant, not the others.
     browser.go(&format!("{}/#/tenants", server.url())).await;
     let text = browser
-        .wait_text(&["Tenant team-a", "3 (gold)", "/ 4 (hard)", "/ 8 (soft)", "Burst"])
+        .wait_text(&[
+            "Tenant team-a",
+            "3 (gold)",
+            "/ 4 (hard)",
+            "/ 8 (soft)",
+            "Burst",
+        ])
         .await;
     assert!(!text.contains("team-b"), "only its own tenant: {text}");
 

@@ -190,10 +190,20 @@ async fn rest(
     let mut url = format!("{}{}", server.url(), fixture.path(path, whose));
     // Fleet routes get a real worker, pool and token id so a 403 is not a 404 in disguise.
     url = url
-        .replace(&format!("/workers/{}", fixture.own_done), &format!("/workers/{}", fixture.worker))
+        .replace(
+            &format!("/workers/{}", fixture.own_done),
+            &format!("/workers/{}", fixture.worker),
+        )
         .replace("/pools/team-a", "/pools/default")
-        .replace(&format!("/tokens/{}", fixture.own_done), &format!("/tokens/{}", fixture.token_id));
-    let tenant = if whose == Whose::Foreign { "team-b" } else { "team-a" };
+        .replace(
+            &format!("/tokens/{}", fixture.own_done),
+            &format!("/tokens/{}", fixture.token_id),
+        );
+    let tenant = if whose == Whose::Foreign {
+        "team-b"
+    } else {
+        "team-a"
+    };
     let (request, body) = match (method, path) {
         ("POST", "/api/v1/jobs") => {
             let mut body = json!({"command": ["true"]});
@@ -212,11 +222,15 @@ async fn rest(
         }
         ("POST", "/api/v1/pools") => (
             http.post(&url),
-            Some(json!({"name": "stolen", "provider": "local", "min_workers": 0, "max_workers": 1})),
+            Some(
+                json!({"name": "stolen", "provider": "local", "min_workers": 0, "max_workers": 1}),
+            ),
         ),
         ("PUT", "/api/v1/pools/{name}") => (
             http.put(&url),
-            Some(json!({"name": "default", "provider": "local", "min_workers": 0, "max_workers": 1})),
+            Some(
+                json!({"name": "default", "provider": "local", "min_workers": 0, "max_workers": 1}),
+            ),
         ),
         ("POST", "/api/v1/pools/{name}/scale") => (http.post(&url), Some(json!({"workers": 3}))),
         ("PUT", "/api/v1/tenants/{name}") => (
@@ -244,24 +258,49 @@ async fn rest(
 }
 
 /// One gRPC call with `token`; its code.
-async fn grpc(channel: &Channel, token: &str, method: &str, fixture: &Fixture, whose: Whose) -> Code {
+async fn grpc(
+    channel: &Channel,
+    token: &str,
+    method: &str,
+    fixture: &Fixture,
+    whose: Whose,
+) -> Code {
     let auth = BearerToken::new(token).unwrap();
     let job = match whose {
         Whose::Foreign => fixture.foreign.clone(),
         _ => fixture.own_done.clone(),
     };
-    let tenant = if whose == Whose::Foreign { "team-b" } else { "team-a" }.to_owned();
+    let tenant = if whose == Whose::Foreign {
+        "team-b"
+    } else {
+        "team-a"
+    }
+    .to_owned();
     let code = |result: Result<(), tonic::Status>| match result {
         Ok(()) => Code::Ok,
         Err(status) => status.code(),
     };
-    let scheduler =
-        || v1::scheduler_service_client::SchedulerServiceClient::with_interceptor(channel.clone(), auth.clone());
-    let jobs = || v1::job_service_client::JobServiceClient::with_interceptor(channel.clone(), auth.clone());
-    let tenants =
-        || v1::tenant_service_client::TenantServiceClient::with_interceptor(channel.clone(), auth.clone());
-    let tokens =
-        || v1::token_service_client::TokenServiceClient::with_interceptor(channel.clone(), auth.clone());
+    let scheduler = || {
+        v1::scheduler_service_client::SchedulerServiceClient::with_interceptor(
+            channel.clone(),
+            auth.clone(),
+        )
+    };
+    let jobs = || {
+        v1::job_service_client::JobServiceClient::with_interceptor(channel.clone(), auth.clone())
+    };
+    let tenants = || {
+        v1::tenant_service_client::TenantServiceClient::with_interceptor(
+            channel.clone(),
+            auth.clone(),
+        )
+    };
+    let tokens = || {
+        v1::token_service_client::TokenServiceClient::with_interceptor(
+            channel.clone(),
+            auth.clone(),
+        )
+    };
     match method {
         "SchedulerService/RegisterWorker" => code(
             scheduler()
@@ -322,7 +361,11 @@ async fn grpc(channel: &Channel, token: &str, method: &str, fixture: &Fixture, w
                 .submit_job(v1::SubmitJobRequest {
                     spec: Some(v1::JobSpec {
                         argv: vec!["true".into()],
-                        tenant: if whose == Whose::Foreign { tenant } else { String::new() },
+                        tenant: if whose == Whose::Foreign {
+                            tenant
+                        } else {
+                            String::new()
+                        },
                         ..Default::default()
                     }),
                 })
@@ -336,7 +379,11 @@ async fn grpc(channel: &Channel, token: &str, method: &str, fixture: &Fixture, w
                 .map(drop),
         ),
         "JobService/ListJobs" => {
-            let asked = if whose == Whose::Foreign { tenant } else { String::new() };
+            let asked = if whose == Whose::Foreign {
+                tenant
+            } else {
+                String::new()
+            };
             match jobs()
                 .list_jobs(v1::ListJobsRequest {
                     tenant: asked,
@@ -448,7 +495,9 @@ async fn grpc(channel: &Channel, token: &str, method: &str, fixture: &Fixture, w
                 .await
                 .map(drop),
         ),
-        other => panic!("gRPC method {other} has no case in this test: decide what a tenant token gets"),
+        other => {
+            panic!("gRPC method {other} has no case in this test: decide what a tenant token gets")
+        }
     }
 }
 
@@ -468,8 +517,16 @@ fn grpc_table() -> Vec<(&'static str, Code, Option<Code>)> {
         ("JobService/StreamLogs", Ok, Some(NotFound)),
         ("TenantService/ListTenants", PermissionDenied, None),
         ("TenantService/GetTenant", Ok, Some(PermissionDenied)),
-        ("TenantService/SetTenant", PermissionDenied, Some(PermissionDenied)),
-        ("TenantService/DeleteTenant", PermissionDenied, Some(PermissionDenied)),
+        (
+            "TenantService/SetTenant",
+            PermissionDenied,
+            Some(PermissionDenied),
+        ),
+        (
+            "TenantService/DeleteTenant",
+            PermissionDenied,
+            Some(PermissionDenied),
+        ),
         ("TokenService/CreateToken", PermissionDenied, None),
         ("TokenService/ListTokens", PermissionDenied, None),
         ("TokenService/RevokeToken", PermissionDenied, None),
@@ -497,7 +554,11 @@ fn every_route_and_method_has_a_row() {
         .into_iter()
         .map(|(m, _, _)| m.to_owned())
         .collect();
-    assert_eq!(grpc_methods(), table, "gRPC methods and grpc_table() differ");
+    assert_eq!(
+        grpc_methods(),
+        table,
+        "gRPC methods and grpc_table() differ"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -517,7 +578,14 @@ async fn a_tenant_token_reaches_only_its_tenants_jobs() {
     let token = ok(hodei(
         &server,
         ADMIN,
-        &["tenant", "token", "create", "team-a", "--description", "ci of team a"],
+        &[
+            "tenant",
+            "token",
+            "create",
+            "team-a",
+            "--description",
+            "ci of team a",
+        ],
     ));
     assert!(token.starts_with("hodei_"), "{token}");
     let listed: Value =
@@ -531,10 +599,16 @@ async fn a_tenant_token_reaches_only_its_tenants_jobs() {
         .clone();
     assert_eq!(row["tenant"], "team-a");
     assert_eq!(row["description"], "ci of team a");
-    assert!(!listed.to_string().contains(&token), "the secret is not listed");
+    assert!(
+        !listed.to_string().contains(&token),
+        "the secret is not listed"
+    );
     let token_id = row["id"].as_str().unwrap().to_owned();
     let table = ok(hodei(&server, ADMIN, &["token", "ls"]));
-    assert!(table.contains("team-a") && table.contains(&token_id), "{table}");
+    assert!(
+        table.contains("team-a") && table.contains(&token_id),
+        "{table}"
+    );
 
     // Jobs: one of team-a that ran, one of team-a that runs, one of team-b that runs.
     let own_done = ok(hodei(
@@ -549,7 +623,11 @@ async fn a_tenant_token_reaches_only_its_tenants_jobs() {
         &["job", "submit", "--tenant", "team-b", "--", "sleep", "300"],
     ));
     wait_state(&server, &foreign, JobState::Running).await;
-    let own_running = ok(hodei(&server, &token, &["job", "submit", "--", "sleep", "300"]));
+    let own_running = ok(hodei(
+        &server,
+        &token,
+        &["job", "submit", "--", "sleep", "300"],
+    ));
     let fixture = Fixture {
         own_running,
         own_done,
@@ -560,10 +638,17 @@ async fn a_tenant_token_reaches_only_its_tenants_jobs() {
 
     // The CLI with the tenant token.
     let mine = ok(hodei(&server, &token, &["job", "ls"]));
-    assert!(mine.contains(&fixture.own_done) && mine.contains(&fixture.own_running), "{mine}");
+    assert!(
+        mine.contains(&fixture.own_done) && mine.contains(&fixture.own_running),
+        "{mine}"
+    );
     assert!(!mine.contains(&fixture.foreign), "{mine}");
     assert_eq!(
-        ok(hodei(&server, &token, &["job", "logs", "-f", &fixture.own_done])),
+        ok(hodei(
+            &server,
+            &token,
+            &["job", "logs", "-f", &fixture.own_done]
+        )),
         "own output"
     );
     refused(
@@ -575,14 +660,30 @@ async fn a_tenant_token_reaches_only_its_tenants_jobs() {
         "not found",
     );
     refused(
-        hodei(&server, &token, &["job", "submit", "--tenant", "team-b", "--", "true"]),
+        hodei(
+            &server,
+            &token,
+            &["job", "submit", "--tenant", "team-b", "--", "true"],
+        ),
         "tenant",
     );
     refused(hodei(&server, &token, &["pool", "ls"]), "PERMISSION_DENIED");
-    refused(hodei(&server, &token, &["worker", "ls"]), "PERMISSION_DENIED");
-    refused(hodei(&server, &token, &["token", "ls"]), "PERMISSION_DENIED");
-    refused(hodei(&server, &token, &["tenant", "ls"]), "PERMISSION_DENIED");
-    refused(hodei(&server, &token, &["tenant", "get", "team-b"]), "PERMISSION_DENIED");
+    refused(
+        hodei(&server, &token, &["worker", "ls"]),
+        "PERMISSION_DENIED",
+    );
+    refused(
+        hodei(&server, &token, &["token", "ls"]),
+        "PERMISSION_DENIED",
+    );
+    refused(
+        hodei(&server, &token, &["tenant", "ls"]),
+        "PERMISSION_DENIED",
+    );
+    refused(
+        hodei(&server, &token, &["tenant", "get", "team-b"]),
+        "PERMISSION_DENIED",
+    );
     assert!(ok(hodei(&server, &token, &["tenant", "get", "team-a"])).contains("team-a"));
 
     // Every REST route.
@@ -590,7 +691,15 @@ async fn a_tenant_token_reaches_only_its_tenants_jobs() {
         foreign: "no-such-job".into(),
         ..fixture.clone()
     };
-    let missing = rest(&server, ADMIN, "GET", "/api/v1/jobs/{id}", &nowhere, Whose::Foreign).await;
+    let missing = rest(
+        &server,
+        ADMIN,
+        "GET",
+        "/api/v1/jobs/{id}",
+        &nowhere,
+        Whose::Foreign,
+    )
+    .await;
     assert_eq!(missing.0, 404);
     for (method, path, own, foreign) in rest_table() {
         let cases = match foreign {
@@ -604,7 +713,10 @@ async fn a_tenant_token_reaches_only_its_tenants_jobs() {
             let (status, body) = rest(&server, &token, method, path, &fixture, whose).await;
             assert_eq!(status, expected, "{method} {path} ({whose:?}): {body}");
             match status {
-                403 => assert_eq!(body["error"]["code"], "PERMISSION_DENIED", "{method} {path}: {body}"),
+                403 => assert_eq!(
+                    body["error"]["code"], "PERMISSION_DENIED",
+                    "{method} {path}: {body}"
+                ),
                 404 => assert_eq!(
                     body["error"]["message"],
                     format!("job {} not found", fixture.foreign),
@@ -639,7 +751,11 @@ async fn a_tenant_token_reaches_only_its_tenants_jobs() {
         .connect()
         .await
         .unwrap();
-    let grpc_running = ok(hodei(&server, &token, &["job", "submit", "--", "sleep", "300"]));
+    let grpc_running = ok(hodei(
+        &server,
+        &token,
+        &["job", "submit", "--", "sleep", "300"],
+    ));
     wait_state(&server, &grpc_running, JobState::Running).await;
     let fixture = Fixture {
         own_running: grpc_running,
@@ -661,19 +777,43 @@ async fn a_tenant_token_reaches_only_its_tenants_jobs() {
     assert!(server.scheduler().get(&worker).is_some());
     assert!(server.pools().get("stolen").is_none());
     assert_eq!(
-        server.credentials().list().iter().filter(|c| c.role == hodei_core::credential::Role::Admin).count(),
+        server
+            .credentials()
+            .list()
+            .iter()
+            .filter(|c| c.role == hodei_core::credential::Role::Admin)
+            .count(),
         0,
         "no admin credential was minted"
     );
 
     // The admin keeps everything: team-b's job, and revoking the tenant token.
-    let (status, _) = rest(&server, ADMIN, "GET", "/api/v1/jobs/{id}", &fixture, Whose::Foreign).await;
+    let (status, _) = rest(
+        &server,
+        ADMIN,
+        "GET",
+        "/api/v1/jobs/{id}",
+        &fixture,
+        Whose::Foreign,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(
-        grpc(&channel, ADMIN, "JobService/CancelJob", &fixture, Whose::Foreign).await,
+        grpc(
+            &channel,
+            ADMIN,
+            "JobService/CancelJob",
+            &fixture,
+            Whose::Foreign
+        )
+        .await,
         Code::Ok
     );
-    ok(hodei(&server, ADMIN, &["token", "revoke", &fixture.token_id]));
+    ok(hodei(
+        &server,
+        ADMIN,
+        &["token", "revoke", &fixture.token_id],
+    ));
     refused(hodei(&server, &token, &["job", "ls"]), "UNAUTHENTICATED");
     server.shutdown().await.unwrap();
 }

@@ -94,7 +94,11 @@ impl SignInFailures {
             return None;
         }
         let age = now.duration_since(self.window_start).unwrap_or_default();
-        Some(SIGN_IN_WINDOW.saturating_sub(age).max(Duration::from_secs(1)))
+        Some(
+            SIGN_IN_WINDOW
+                .saturating_sub(age)
+                .max(Duration::from_secs(1)),
+        )
     }
 
     /// The record after a failure at `now`.
@@ -224,7 +228,10 @@ mod tests {
         let mut record: Option<SignInFailures> = None;
         for i in 0..SIGN_IN_FAILURES {
             assert_eq!(record.and_then(|r| r.retry_after(t0)), None, "attempt {i}");
-            record = Some(SignInFailures::failed(record, t0 + Duration::from_secs(u64::from(i))));
+            record = Some(SignInFailures::failed(
+                record,
+                t0 + Duration::from_secs(u64::from(i)),
+            ));
         }
         let record = record.unwrap();
         assert_eq!(record.count, SIGN_IN_FAILURES);
@@ -261,10 +268,20 @@ mod tests {
         let what: Vec<&str> = history.iter().map(|e| e.what.as_str()).collect();
         assert_eq!(
             what,
-            ["submitted", "started", "attempt 1 ended", "attempt 2 ended", "succeeded"]
+            [
+                "submitted",
+                "started",
+                "attempt 1 ended",
+                "attempt 2 ended",
+                "succeeded"
+            ]
         );
         assert!(history[2].detail.contains("w-1"), "{:?}", history[2]);
-        assert_eq!(job_history(5, None, None, &[]).len(), 1, "queued: submitted only");
+        assert_eq!(
+            job_history(5, None, None, &[]).len(),
+            1,
+            "queued: submitted only"
+        );
     }
 
     #[test]

@@ -48,9 +48,7 @@ pub(crate) fn grpc_operation(path: &str) -> Operation {
         "/hodei.v1.SchedulerService/WorkerSession" => Operation::WorkerSession,
         "/hodei.v1.SchedulerService/RegisterWorker"
         | "/hodei.v1.SchedulerService/UnregisterWorker" => Operation::Register,
-        "/hodei.v1.JobService/SubmitJob" | "/hodei.v1.JobService/CancelJob" => {
-            Operation::WriteJobs
-        }
+        "/hodei.v1.JobService/SubmitJob" | "/hodei.v1.JobService/CancelJob" => Operation::WriteJobs,
         "/hodei.v1.JobService/GetJob"
         | "/hodei.v1.JobService/ListJobs"
         | "/hodei.v1.JobService/StreamLogs" => Operation::ReadJobs,
@@ -121,10 +119,18 @@ mod tests {
             (Method::GET, "/api/v1/tenants/t", Some(ReadTenant)),
             (Method::PUT, "/api/v1/tenants/t", Some(Write)),
             (Method::DELETE, "/api/v1/tenants/t", Some(Write)),
-            (Method::POST, "/api/v1/tenants/t/tokens", Some(ManageCredentials)),
+            (
+                Method::POST,
+                "/api/v1/tenants/t/tokens",
+                Some(ManageCredentials),
+            ),
             (Method::GET, "/api/v1/reports/cost", Some(Read)),
             (Method::GET, "/api/v1/tokens", Some(ManageCredentials)),
-            (Method::DELETE, "/api/v1/tokens/abc", Some(ManageCredentials)),
+            (
+                Method::DELETE,
+                "/api/v1/tokens/abc",
+                Some(ManageCredentials),
+            ),
             (Method::GET, "/api/v10/pools", None),
             (Method::GET, "/healthz", None),
             (Method::GET, "/metrics", None),

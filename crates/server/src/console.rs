@@ -402,7 +402,10 @@ async fn sign_in(
     };
     let token = form.token.trim();
     if token.is_empty() {
-        return failed(sign_in_page(StatusCode::BAD_REQUEST, "token: enter a token"));
+        return failed(sign_in_page(
+            StatusCode::BAD_REQUEST,
+            "token: enter a token",
+        ));
     }
     let Some(principal) = state.app.credentials.authenticate(token) else {
         tracing::warn!("console sign-in with an invalid token");

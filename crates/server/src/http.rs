@@ -486,7 +486,9 @@ pub(crate) async fn job_logs(
     }))
 }
 
-pub(crate) async fn list_tenants(State(state): State<AppState>) -> Result<Json<TenantList>, ApiError> {
+pub(crate) async fn list_tenants(
+    State(state): State<AppState>,
+) -> Result<Json<TenantList>, ApiError> {
     Ok(Json(TenantList {
         tenants: state
             .tenants
