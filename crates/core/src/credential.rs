@@ -434,8 +434,10 @@ mod tests {
     #[test]
     fn a_tenant_names_only_itself() {
         let scope = JobScope::Tenant(TenantName::new("team").unwrap());
-        // (asked, admin's answer, tenant's answer; None = refused)
-        let cases: [(Option<&str>, Option<Option<&str>>, Option<Option<&str>>); 4] = [
+        /// What a scope answers: `None` refused, `Some(tenant named)` accepted.
+        type Answer<'a> = Option<Option<&'a str>>;
+        // (asked, admin's answer, tenant's answer)
+        let cases: [(Option<&str>, Answer, Answer); 4] = [
             (None, Some(None), Some(Some("team"))),
             (Some(""), Some(None), Some(Some("team"))),
             (Some("team"), Some(Some("team")), Some(Some("team"))),
