@@ -655,6 +655,8 @@ async fn the_console_in_a_real_browser() {
         ("#/pools/default".to_owned(), "Recent scaling decisions"),
         ("#/".to_owned(), "Queues"),
         ("#/workers".to_owned(), "Terminate"),
+        ("#/tenants".to_owned(), "daily_cost"),
+        // Last: the phone screenshot below is of the jobs list.
         ("#/jobs".to_owned(), "Filter"),
     ];
     for (page, marker) in phone_pages {
