@@ -787,6 +787,37 @@ async fn a_tenant_token_reaches_only_its_tenants_jobs() {
         "no admin credential was minted"
     );
 
+    // A tenant token minted over gRPC (TokenService, role tenant) is scoped the same way.
+    let created = v1::token_service_client::TokenServiceClient::with_interceptor(
+        channel.clone(),
+        BearerToken::new(ADMIN).unwrap(),
+    )
+    .create_token(v1::CreateTokenRequest {
+        role: "tenant".into(),
+        tenant: "team-b".into(),
+        description: "over grpc".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(created.info.as_ref().unwrap().tenant, "team-b");
+    let team_b = created.token;
+    assert_eq!(
+        grpc(&channel, &team_b, "JobService/GetJob", &fixture, Whose::Own).await,
+        Code::NotFound,
+        "team-a's job, seen by team-b"
+    );
+    let (status, body) = rest(
+        &server,
+        &team_b,
+        "GET",
+        "/api/v1/jobs/{id}",
+        &fixture,
+        Whose::Foreign,
+    )
+    .await;
+    assert_eq!((status, body["tenant"].as_str()), (200, Some("team-b")));
+
     // The admin keeps everything: team-b's job, and revoking the tenant token.
     let (status, _) = rest(
         &server,
