@@ -59,7 +59,7 @@ impl QueueEntry {
             sequence: job.sequence,
             requirements: job.spec.requirements.clone(),
             sla_class: job.spec.sla_class,
-            sla: SlaClock::of_job(job),
+            sla: SlaClock::for_queue(job),
         }
     }
 

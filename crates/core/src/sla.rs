@@ -220,6 +220,17 @@ impl SlaClock {
         }
     }
 
+    /// The window a queued job is ordered by: its own until it first starts, then
+    /// [`SlaClock::NEVER`]. The deadline bounds the wait for the first start only, so a job
+    /// requeued after it started (a retry, a preemption) is not boosted again.
+    pub fn for_queue(job: &Job) -> Self {
+        if job.first_started_at.is_some() {
+            Self::NEVER
+        } else {
+            Self::of_job(job)
+        }
+    }
+
     /// The instant `percent` of the window has passed.
     fn point(self, percent: u64) -> u64 {
         let window = self.deadline_ms.saturating_sub(self.submitted_ms);
@@ -533,6 +544,9 @@ mod tests {
         };
         job.deadline = Some(settings.deadline_of(job.spec.sla_class, job.submitted_at));
         assert_eq!(SlaClock::of_job(&job).deadline_ms, 103_000);
+        assert_eq!(SlaClock::for_queue(&job), SlaClock::of_job(&job));
+        job.first_started_at = Some(job.submitted_at);
+        assert_eq!(SlaClock::for_queue(&job), SlaClock::NEVER);
     }
 
     #[test]

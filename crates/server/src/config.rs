@@ -72,6 +72,74 @@ pub struct ServerConfig {
     /// changes made at runtime (`hodei tenant set-quota`) last until the file is read again.
     #[serde(rename = "tenant")]
     pub tenant_list: Vec<TenantSettings>,
+    /// `[sla]`: each class's deadline and the preemption policy.
+    pub sla: SlaSection,
+}
+
+/// `[sla]`: how long after submission each class's jobs must have started, and when running
+/// jobs are preempted for at-risk critical and high ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlaSection {
+    #[serde(with = "humantime_serde")]
+    pub critical: Duration,
+    #[serde(with = "humantime_serde")]
+    pub high: Duration,
+    #[serde(with = "humantime_serde")]
+    pub medium: Duration,
+    #[serde(with = "humantime_serde")]
+    pub low: Duration,
+    #[serde(with = "humantime_serde")]
+    pub best_effort: Duration,
+    /// `never`, `at_risk` (the default) or `always`.
+    pub preemption: hodei_core::sla::PreemptionPolicy,
+    /// Time a preempted job gets between SIGTERM and SIGKILL.
+    #[serde(with = "humantime_serde")]
+    pub preemption_grace: Duration,
+    /// Tenants whose jobs are never preempted.
+    pub non_preemptible_tenants: Vec<String>,
+}
+
+impl Default for SlaSection {
+    fn default() -> Self {
+        let sla = hodei_core::sla::SlaSettings::default();
+        Self {
+            critical: sla.critical,
+            high: sla.high,
+            medium: sla.medium,
+            low: sla.low,
+            best_effort: sla.best_effort,
+            preemption: sla.preemption,
+            preemption_grace: sla.preemption_grace,
+            non_preemptible_tenants: Vec::new(),
+        }
+    }
+}
+
+impl SlaSection {
+    /// The core's settings; fails naming the key of a bad value.
+    pub fn settings(&self) -> Result<hodei_core::sla::SlaSettings, ValidationError> {
+        let non_preemptible_tenants = self
+            .non_preemptible_tenants
+            .iter()
+            .map(|name| {
+                hodei_core::TenantName::new(name.clone())
+                    .map_err(|e| ValidationError::new("sla.non_preemptible_tenants", e.reason))
+            })
+            .collect::<Result<_, _>>()?;
+        let settings = hodei_core::sla::SlaSettings {
+            critical: self.critical,
+            high: self.high,
+            medium: self.medium,
+            low: self.low,
+            best_effort: self.best_effort,
+            preemption: self.preemption,
+            preemption_grace: self.preemption_grace,
+            non_preemptible_tenants,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
 }
 
 /// `[tenants]`: what happens to jobs of unconfigured tenants, and burst.
@@ -243,6 +311,7 @@ impl Default for ServerConfig {
             pools: Vec::new(),
             tenants: TenantsSection::default(),
             tenant_list: Vec::new(),
+            sla: SlaSection::default(),
         }
     }
 }
@@ -832,6 +901,7 @@ impl ServerConfig {
         self.worker_management().validate()?;
         self.agents.policy().validate()?;
         self.jobs.service_config(&self.agents)?;
+        self.sla.settings()?;
         self.store.postgres_url()?;
         let is_url = |url: &&String| url.starts_with("http://") || url.starts_with("https://");
         if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {

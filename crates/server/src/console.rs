@@ -455,6 +455,7 @@ async fn jobs(
             tenant,
             queue: query.queue,
             limit: query.limit,
+            sla: None,
         }),
     )
     .await?;
