@@ -93,10 +93,29 @@ impl SlaMetrics {
             preemptions: Family::default(),
             time_to_deadline: Family::new_with_constructor(time_to_deadline_histogram),
         };
+        // Every series an alert or panel may name is there at zero from the start: the
+        // at-risk gauge and the histogram per class, met and missed per class for the
+        // default tenant, and every preemption a policy allows.
         for class in SlaClass::ALL {
-            let _ = metrics.at_risk.get_or_create(&ClassLabels {
+            let labels = ClassLabels {
                 class: class.as_str(),
-            });
+            };
+            let _ = metrics.at_risk.get_or_create(&labels);
+            let _ = metrics.time_to_deadline.get_or_create(&labels);
+            let default = ClassTenantLabels {
+                class: class.as_str(),
+                tenant: hodei_core::job::DEFAULT_TENANT.to_owned(),
+            };
+            let _ = metrics.met.get_or_create(&default);
+            let _ = metrics.missed.get_or_create(&default);
+            for for_class in [SlaClass::Critical, SlaClass::High] {
+                if class > for_class {
+                    let _ = metrics.preemptions.get_or_create(&PreemptionLabels {
+                        class: class.as_str(),
+                        for_class: for_class.as_str(),
+                    });
+                }
+            }
         }
         registry.register(
             "hodei_sla_jobs_met",
