@@ -420,7 +420,11 @@ mod tests {
     fn sla_classes_are_checked_and_shown() {
         assert_eq!(parse_sla("best-effort").unwrap(), "best_effort");
         assert_eq!(parse_sla("critical").unwrap(), "critical");
-        assert!(parse_sla("urgent").unwrap_err().contains("unknown sla class"));
+        assert!(
+            parse_sla("urgent")
+                .unwrap_err()
+                .contains("unknown sla class")
+        );
         assert_eq!(short_duration(4.4), "4s");
         assert_eq!(short_duration(-125.0), "2m 5s");
         assert_eq!(short_duration(7300.0), "2h 1m");
@@ -435,7 +439,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             sla_lines(&job),
-            ["sla: high, deadline 2026-01-01T00:15:00Z (30s left), AT RISK: starts before every job not at risk"]
+            [
+                "sla: high, deadline 2026-01-01T00:15:00Z (30s left), AT RISK: starts before every job not at risk"
+            ]
         );
         job.sla.met = Some(false);
         job.sla.risk = "none".into();

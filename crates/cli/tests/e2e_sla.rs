@@ -113,7 +113,9 @@ async fn an_at_risk_job_passes_the_queue_and_starts_within_its_deadline() {
 
     // Two low jobs hold both workers, twenty more queue behind them: half a second each,
     // about five seconds of queue for two workers.
-    let lows: Vec<JobSpec> = (0..22).map(|_| script(SlaClass::Low, "sleep 0.5")).collect();
+    let lows: Vec<JobSpec> = (0..22)
+        .map(|_| script(SlaClass::Low, "sleep 0.5"))
+        .collect();
     let low_ids = occupy(&server, lows).await;
 
     let submitted = hodei(
@@ -127,8 +129,12 @@ async fn an_at_risk_job_passes_the_queue_and_starts_within_its_deadline() {
     })
     .await;
 
+    eprintln!("the high job waited {:?} for its start", waited(&high));
     // It started within its deadline although twenty jobs were queued before it...
-    assert_eq!(high.deadline, Some(high.submitted_at + Duration::from_secs(3)));
+    assert_eq!(
+        high.deadline,
+        Some(high.submitted_at + Duration::from_secs(3))
+    );
     assert!(
         waited(&high) <= Duration::from_secs(3),
         "the high job waited {:?}",
@@ -143,9 +149,14 @@ async fn an_at_risk_job_passes_the_queue_and_starts_within_its_deadline() {
             passed += 1;
         }
     }
+    eprintln!("the high job passed {passed} of the 20 queued low jobs");
     assert!(passed >= 10, "the high job passed only {passed} low jobs");
     assert_eq!(
-        metric(&server, "hodei_sla_jobs_met_total{class=\"high\",tenant=\"default\"}").await,
+        metric(
+            &server,
+            "hodei_sla_jobs_met_total{class=\"high\",tenant=\"default\"}"
+        )
+        .await,
         1.0
     );
 
@@ -162,7 +173,11 @@ async fn an_at_risk_job_passes_the_queue_and_starts_within_its_deadline() {
     assert!(!listed.contains(low_ids[0].as_str()), "{listed}");
     let bad = hodei(&server, &["job", "ls", "--sla", "urgent"]);
     assert!(!bad.status.success());
-    assert!(text(&bad.stderr).contains("unknown sla class"), "{}", text(&bad.stderr));
+    assert!(
+        text(&bad.stderr).contains("unknown sla class"),
+        "{}",
+        text(&bad.stderr)
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -207,6 +222,10 @@ async fn a_critical_job_preempts_a_best_effort_one_which_later_succeeds_once() {
         j.state == JobState::Succeeded
     })
     .await;
+    eprintln!(
+        "the critical job waited {:?} for its start",
+        waited(&critical)
+    );
     assert!(
         waited(&critical) <= Duration::from_secs(5),
         "the critical job waited {:?}",
@@ -225,13 +244,22 @@ async fn a_critical_job_preempts_a_best_effort_one_which_later_succeeds_once() {
         j.state.is_terminal()
     })
     .await;
-    assert_eq!(preempted.state, JobState::Succeeded, "{:?}", preempted.reason);
+    assert_eq!(
+        preempted.state,
+        JobState::Succeeded,
+        "{:?}",
+        preempted.reason
+    );
     assert_eq!(preempted.spec.max_retries, 0);
     assert_eq!(preempted.attempts, 2);
     assert_eq!(preempted.preempted, 1);
     assert_eq!(preempted.preemptions.len(), 1);
     assert_eq!(preempted.preemptions[0].beneficiary, critical_id);
-    let name = if victim_id == victims[0] { "first" } else { "second" };
+    let name = if victim_id == victims[0] {
+        "first"
+    } else {
+        "second"
+    };
     let other = if name == "first" { "second" } else { "first" };
     assert_eq!(runs(dir.path(), name), 2);
     let other_id = victims.iter().find(|id| **id != victim_id).unwrap();
@@ -307,7 +335,11 @@ async fn without_preemption_the_critical_job_waits_and_the_miss_is_counted() {
     assert!(waited(&started) > Duration::from_secs(5));
     assert_eq!(metric(&server, missed).await, 1.0);
     assert_eq!(
-        metric(&server, "hodei_sla_jobs_met_total{class=\"critical\",tenant=\"default\"}").await,
+        metric(
+            &server,
+            "hodei_sla_jobs_met_total{class=\"critical\",tenant=\"default\"}"
+        )
+        .await,
         0.0
     );
     server.jobs().cancel(sleepers[1].clone()).await.unwrap();
