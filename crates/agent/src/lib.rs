@@ -187,12 +187,13 @@ pub fn parse_label(text: &str) -> Result<(String, String), ValidationError> {
 /// Jobs running now, by id, with the token that cancels each and the grace it gets between
 /// SIGTERM and SIGKILL when it is (0: the default).
 #[derive(Debug, Default, Clone)]
-struct Jobs(Arc<Mutex<HashMap<String, (CancellationToken, Arc<AtomicU64>)>>>);
+struct Jobs(Arc<Mutex<HashMap<String, RunningJob>>>);
+
+/// A running job's cancel token and its stop grace in milliseconds (0: the default).
+type RunningJob = (CancellationToken, Arc<AtomicU64>);
 
 impl Jobs {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (CancellationToken, Arc<AtomicU64>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningJob>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

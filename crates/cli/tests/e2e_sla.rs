@@ -278,7 +278,7 @@ async fn a_critical_job_preempts_a_best_effort_one_which_later_succeeds_once() {
 
     // `job get` shows the preemption on both jobs.
     let shown = text(&hodei(&server, &["job", "get", victim_id.as_str()]).stdout);
-    assert!(shown.contains(&format!("preempted at ")), "{shown}");
+    assert!(shown.contains("preempted at "), "{shown}");
     assert!(shown.contains(critical_id.as_str()), "{shown}");
     let shown = text(&hodei(&server, &["job", "get", critical_id.as_str()]).stdout);
     assert!(shown.contains(&format!("preempted {victim_id}")), "{shown}");

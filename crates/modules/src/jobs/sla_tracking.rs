@@ -66,12 +66,9 @@ struct PreemptionLabels {
 
 /// Seconds left before the deadline when a job first started; 0 for a miss.
 fn time_to_deadline_histogram() -> Histogram {
-    Histogram::new(
-        [
-            0.0, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
-        ]
-        .into_iter(),
-    )
+    Histogram::new([
+        0.0, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+    ])
 }
 
 /// The SLA metrics, all `hodei_sla_*`.
