@@ -1126,6 +1126,49 @@ mod tests {
     }
 
     #[test]
+    fn the_sla_section_sets_deadlines_and_preemption() {
+        let config = ServerConfig::parse(
+            r#"
+            [sla]
+            critical = "5s"
+            high = "3s"
+            medium = "1h"
+            low = "4h"
+            best_effort = "24h"
+            preemption = "never"
+            preemption_grace = "2s"
+            non_preemptible_tenants = ["release"]
+            "#,
+        )
+        .unwrap();
+        let settings = config.sla.settings().unwrap();
+        assert_eq!(settings.critical, Duration::from_secs(5));
+        assert_eq!(settings.high, Duration::from_secs(3));
+        assert_eq!(
+            settings.preemption,
+            hodei_core::sla::PreemptionPolicy::Never
+        );
+        assert_eq!(settings.preemption_grace, Duration::from_secs(2));
+        assert!(!settings.preemptible(&hodei_core::TenantName::new("release").unwrap(), false));
+        assert_eq!(
+            ServerConfig::default().sla.settings().unwrap(),
+            hodei_core::sla::SlaSettings::default()
+        );
+        let error = ServerConfig::parse("[sla]\npreemption = \"sometimes\"\n").unwrap_err();
+        assert!(error.contains("preemption"), "{error}");
+        let error = ServerConfig::parse("[sla]\nurgent = \"1m\"\n").unwrap_err();
+        assert!(error.contains("urgent"), "{error}");
+        let config = ServerConfig::parse("[sla]\nlow = \"0s\"\n").unwrap();
+        assert_eq!(config.validate().unwrap_err().field, "sla.low");
+        let mut config = ServerConfig::default();
+        config.sla.non_preemptible_tenants = vec!["no spaces".into()];
+        assert_eq!(
+            config.validate().unwrap_err().field,
+            "sla.non_preemptible_tenants"
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let error = ServerConfig::parse("[registration]\nmax_retires = 3\n").unwrap_err();
         assert!(error.contains("max_retires"), "{error}");

@@ -241,6 +241,7 @@ impl Store for MemoryStore {
             .filter(|job| filter.states.is_empty() || filter.states.contains(&job.state))
             .filter(|job| filter.tenant.as_ref().is_none_or(|t| *t == job.spec.tenant))
             .filter(|job| filter.queue.as_ref().is_none_or(|q| *q == job.spec.queue))
+            .filter(|job| filter.sla_class.is_none_or(|c| c == job.spec.sla_class))
             .filter(|job| {
                 filter
                     .worker_id
