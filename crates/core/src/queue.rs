@@ -270,6 +270,14 @@ impl Queues {
             .filter_map(|(_, key)| self.order.get(key))
     }
 
+    /// The earliest instant after `now_ms` at which a queued job is boosted, if any.
+    pub fn first_boost_after(&self, now_ms: u64) -> Option<u64> {
+        self.by_boost
+            .iter()
+            .map(|(boost_at, _)| *boost_at)
+            .find(|boost_at| *boost_at > now_ms)
+    }
+
     /// The tenants with queued jobs, sorted by name.
     pub fn tenants(&self) -> impl Iterator<Item = &TenantName> {
         self.by_tenant.keys()

@@ -301,6 +301,20 @@ pub fn boosted_by_tenant(queues: &Queues, now_ms: u64) -> BTreeMap<&TenantName, 
     boosted
 }
 
+/// The next instant after `now_ms` at which a queued job becomes boosted or at risk, if any:
+/// when the dispatcher should look again rather than wait for its next tick. Costs the jobs
+/// boosted already, not the whole queue.
+pub fn next_change_ms(queues: &Queues, now_ms: u64) -> Option<u64> {
+    let mut next = queues.first_boost_after(now_ms);
+    for entry in queues.boosted(now_ms) {
+        let at_risk = entry.sla.at_risk_at_ms();
+        if at_risk > now_ms {
+            next = Some(next.map_or(at_risk, |n| n.min(at_risk)));
+        }
+    }
+    next
+}
+
 /// Queued jobs at risk now, by class, for the gauge.
 pub fn at_risk_by_class(queues: &Queues, now_ms: u64) -> BTreeMap<SlaClass, usize> {
     let mut counts = BTreeMap::new();
@@ -810,6 +824,10 @@ mod tests {
         ] {
             queues.push(entry).unwrap();
         }
+        // Next: "boosted" at risk at 1_170; "old-low" boosted at 70_000.
+        assert_eq!(next_change_ms(&queues, NOW), Some(1_170));
+        assert_eq!(next_change_ms(&queues, 1_170), Some(70_000));
+        assert_eq!(next_change_ms(&queues, 90_000), None);
         let cpus: Vec<u32> = demand_order(&queues, NOW, 10)
             .iter()
             .map(|r| r.cpu_cores)

@@ -687,6 +687,7 @@ impl Dispatcher {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let sla_wake = self.sla_wake();
             tokio::select! {
                 () = cancel.cancelled() => break,
                 event = inbox.recv() => {
@@ -703,6 +704,8 @@ impl Dispatcher {
                     self.handle_all(events).await;
                 }
                 _ = tick.tick() => self.check_deadlines().await,
+                // A job becomes boosted or at risk: order and preempt at once, not a tick late.
+                () = tokio::time::sleep_until(sla_wake) => self.sla_tick().await,
             }
             self.flush_logs().await;
             self.dispatch().await;

@@ -203,6 +203,17 @@ impl Dispatcher {
         }
     }
 
+    /// When the next queued job becomes boosted or at risk (an hour away when none will).
+    pub(super) fn sla_wake(&self) -> Instant {
+        let now_ms = now_ms();
+        let after =
+            sla::next_change_ms(&self.queues, now_ms).map_or(Duration::from_secs(3600), |at| {
+                // One millisecond past the instant, so the job is past its threshold then.
+                Duration::from_millis(at.saturating_sub(now_ms).saturating_add(1))
+            });
+        Instant::now() + after
+    }
+
     /// Once a tick: counts deadlines missed by queued jobs, sets the at-risk gauge, and
     /// preempts for at-risk critical and high jobs as `[sla] preemption` allows.
     pub(super) async fn sla_tick(&mut self) {
