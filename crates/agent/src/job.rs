@@ -239,6 +239,9 @@ pub struct Context {
     pub worker_id: String,
     /// Run the job as this user (`uid[:gid]` or a name) instead of the agent's.
     pub user: Option<String>,
+    /// Milliseconds between SIGTERM and SIGKILL when the job is cancelled, as the cancel
+    /// asked (a preemption's grace); 0 means [`STOP_GRACE`].
+    pub stop_grace_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The `PATH` jobs get when the agent has none.
@@ -519,11 +522,16 @@ pub async fn run_with(
             format!("cannot wait for the job: {error}"),
         ),
         End::TimedOut | End::Cancelled => {
+            let asked = context
+                .stop_grace_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let grace = if matches!(end, End::Cancelled) && asked > 0 {
+                Duration::from_millis(asked)
+            } else {
+                STOP_GRACE
+            };
             signal_group(pid, Signal::SIGTERM);
-            if tokio::time::timeout(STOP_GRACE, child.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
                 signal_group(pid, Signal::SIGKILL);
                 let _ = child.wait().await;
             }

@@ -40,6 +40,13 @@ pub enum JobCommand {
         /// Retries after a failed or timed-out attempt.
         #[arg(long, default_value_t = 0, value_name = "N")]
         retries: u32,
+        /// SLA class: critical, high, medium (the default), low or best_effort. The class's
+        /// deadline ([sla] in the server's configuration) bounds the wait for a start.
+        #[arg(long, value_name = "CLASS", value_parser = parse_sla)]
+        sla: Option<String>,
+        /// Never preempt this job to make room for a more urgent one.
+        #[arg(long)]
+        no_preempt: bool,
         /// A label the worker must carry, `key=value`; repeat for more.
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::parse_label)]
         labels: Vec<(String, String)>,
@@ -79,6 +86,9 @@ pub enum JobCommand {
         /// Only this queue's jobs.
         #[arg(long)]
         queue: Option<String>,
+        /// Only jobs of this SLA class.
+        #[arg(long, value_name = "CLASS", value_parser = parse_sla)]
+        sla: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -115,6 +125,66 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// An SLA class as the API names it; `best-effort` is taken for `best_effort`.
+fn parse_sla(text: &str) -> Result<String, String> {
+    let class: hodei_core::SlaClass = text
+        .replace('-', "_")
+        .parse()
+        .map_err(|e: hodei_core::ValidationError| e.reason)?;
+    Ok(class.to_string())
+}
+
+/// `1h 2m`, `3m 4s`, `5s`: a short human duration.
+fn short_duration(secs: f64) -> String {
+    let total = secs.abs().round() as u64;
+    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s}s"),
+        _ => format!("{h}h {m}m"),
+    }
+}
+
+/// The SLA lines of `hodei job get`.
+fn sla_lines(job: &JobView) -> Vec<String> {
+    let sla = &job.sla;
+    let mut deadline = format!("sla: {}, deadline {}", sla.class, sla.deadline);
+    match (sla.met, sla.time_left_secs) {
+        (Some(true), _) => deadline.push_str(" (met)"),
+        (Some(false), _) => deadline.push_str(" (missed)"),
+        (None, Some(left)) if left >= 0.0 => {
+            deadline.push_str(&format!(" ({} left)", short_duration(left)));
+        }
+        (None, Some(left)) => {
+            deadline.push_str(&format!(" (missed by {})", short_duration(left)));
+        }
+        (None, None) => {}
+    }
+    match sla.risk.as_str() {
+        "at_risk" => deadline.push_str(", AT RISK: starts before every job not at risk"),
+        "boosted" => deadline.push_str(", boosted: ahead of its tenant's other jobs"),
+        _ => {}
+    }
+    if sla.no_preempt {
+        deadline.push_str(", not preemptible");
+    }
+    let mut lines = vec![deadline];
+    for p in &sla.preemptions {
+        lines.push(if p.role == "victim" {
+            format!(
+                "preempted at {} for {} on {}: {}",
+                p.at, p.beneficiary, p.worker_id, p.reason
+            )
+        } else {
+            format!(
+                "preempted {} at {} on {} to start: {}",
+                p.victim, p.at, p.worker_id, p.reason
+            )
+        });
+    }
+    lines
+}
+
 fn print_jobs(jobs: &[JobView]) {
     let mut t = table(&[
         "ID", "STATE", "EXIT", "TENANT", "QUEUE", "PRIO", "WORKER", "ATTEMPTS", "AGE", "COMMAND",
@@ -147,6 +217,10 @@ fn print_job(job: &JobView) {
     }
     if let Some(waiting) = &job.waiting_reason {
         println!("\nwaiting: {waiting}");
+    }
+    println!();
+    for line in sla_lines(job) {
+        println!("{line}");
     }
     if job.worker_seconds > 0.0 {
         println!(
@@ -200,6 +274,8 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
             priority,
             timeout,
             retries,
+            sla,
+            no_preempt,
             labels,
             cpu,
             memory_mb,
@@ -225,6 +301,8 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
                 priority,
                 timeout_secs: timeout,
                 max_retries: retries,
+                sla_class: sla,
+                no_preempt,
                 ..SubmitJob::default()
             };
             request.requirements.labels = labels.into_iter().collect::<BTreeMap<_, _>>();
@@ -261,6 +339,7 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
             state,
             tenant,
             queue,
+            sla,
             limit,
             connection,
         } => {
@@ -269,6 +348,7 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
             query.extend(state.map(|s| ("state", s)));
             query.extend(tenant.map(|t| ("tenant", t)));
             query.extend(queue.map(|q| ("queue", q)));
+            query.extend(sla.map(|class| ("sla", class)));
             let list: JobList = client.get("/jobs", &query).await?;
             match connection.output.shown()? {
                 Shown::Json => print_json(&list)?,
@@ -334,6 +414,38 @@ mod tests {
         assert_eq!(exit_status(&view("cancelled", None)), 1);
         assert_eq!(exit_status(&view("failed", Some(-1))), 1);
         assert_eq!(exit_status(&view("failed", Some(256))), 1);
+    }
+
+    #[test]
+    fn sla_classes_are_checked_and_shown() {
+        assert_eq!(parse_sla("best-effort").unwrap(), "best_effort");
+        assert_eq!(parse_sla("critical").unwrap(), "critical");
+        assert!(
+            parse_sla("urgent")
+                .unwrap_err()
+                .contains("unknown sla class")
+        );
+        assert_eq!(short_duration(4.4), "4s");
+        assert_eq!(short_duration(-125.0), "2m 5s");
+        assert_eq!(short_duration(7300.0), "2h 1m");
+        let mut job: JobView = serde_json::from_value(serde_json::json!({
+            "id": "j-1", "state": "queued", "tenant": "t", "queue": "default", "priority": 0,
+            "command_line": "true", "attempts": 0, "worker_id": null, "exit_code": null,
+            "reason": null, "submitted_at": "2026-01-01T00:00:00Z", "started_at": null,
+            "finished_at": null, "finished": false, "spec": {},
+            "sla": {"class": "high", "deadline": "2026-01-01T00:15:00Z", "time_left_secs": 30.0,
+                    "risk": "at_risk", "met": null, "no_preempt": false, "preemptions": []}
+        }))
+        .unwrap();
+        assert_eq!(
+            sla_lines(&job),
+            [
+                "sla: high, deadline 2026-01-01T00:15:00Z (30s left), AT RISK: starts before every job not at risk"
+            ]
+        );
+        job.sla.met = Some(false);
+        job.sla.risk = "none".into();
+        assert!(sla_lines(&job)[0].ends_with("(missed)"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod matching;
 pub mod pool;
 pub mod queue;
 pub mod reconcile;
+pub mod sla;
 pub mod tenancy;
 pub mod trace;
 pub mod worker;

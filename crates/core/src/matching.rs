@@ -346,6 +346,8 @@ mod tests {
             priority: Priority::DEFAULT,
             sequence: 0,
             requirements,
+            sla_class: crate::job::SlaClass::default(),
+            sla: crate::sla::SlaClock::NEVER,
         }
     }
 

@@ -40,6 +40,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::SchedulerRegistry;
 
+mod sla_tracking;
+pub use sla_tracking::SlaMetrics;
+
 /// How the job service behaves.
 #[derive(Debug, Clone)]
 pub struct JobServiceConfig {
@@ -56,6 +59,8 @@ pub struct JobServiceConfig {
     /// Tenants, their weights and quotas, and the burst policy; replaced at runtime with
     /// [`JobService::set_tenants`].
     pub tenants: Tenants,
+    /// `[sla]`: class deadlines and preemption.
+    pub sla: hodei_core::sla::SlaSettings,
 }
 
 /// What the dispatcher needs to know of the pools.
@@ -99,6 +104,7 @@ impl Default for JobServiceConfig {
             tick: Duration::from_millis(250),
             pools: PoolSettings::default(),
             tenants: Tenants::default(),
+            sla: hodei_core::sla::SlaSettings::default(),
         }
     }
 }
@@ -259,6 +265,7 @@ impl JobService {
             dead: HashSet::new(),
             started: Instant::now(),
             usage,
+            sla: sla_tracking::SlaState::default(),
         };
         dispatcher.recover().await?;
         dispatcher.update_tenant_gauges();
@@ -593,6 +600,8 @@ struct Dispatcher {
     starts: StartWindow,
     /// Ended attempts' usage, to [`write_usage`].
     usage: mpsc::UnboundedSender<AttemptUsage>,
+    /// Preemptions under way and missed deadlines counted.
+    sla: sla_tracking::SlaState,
 }
 
 /// How long the usage writer gathers rows before one commit.
@@ -678,6 +687,7 @@ impl Dispatcher {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let sla_wake = self.sla_wake();
             tokio::select! {
                 () = cancel.cancelled() => break,
                 event = inbox.recv() => {
@@ -694,6 +704,8 @@ impl Dispatcher {
                     self.handle_all(events).await;
                 }
                 _ = tick.tick() => self.check_deadlines().await,
+                // A job becomes boosted or at risk: order and preempt at once, not a tick late.
+                () = tokio::time::sleep_until(sla_wake) => self.sla_tick().await,
             }
             self.flush_logs().await;
             self.dispatch().await;
@@ -860,7 +872,8 @@ impl Dispatcher {
             return Err(JobError::Unsatisfiable(why));
         }
         let id = JobId::new(format!("j-{}", uuid::Uuid::new_v4().simple()))?;
-        let job = Job::new(id, spec, 0, SystemTime::now())?;
+        let mut job = Job::new(id, spec, 0, SystemTime::now())?;
+        self.stamp_deadline(&mut job);
         *pending += 1;
         *tenant_reserved.entry(job.spec.tenant.clone()).or_default() += 1;
         Ok(job)
@@ -877,12 +890,8 @@ impl Dispatcher {
         self.slots
             .retain(|id, slot| slot.job.is_some() || registered.contains(id));
         let mut snapshot = JobSnapshot {
-            queued: self
-                .queues
-                .iter_in_order()
-                .take(MAX_SNAPSHOT_QUEUED)
-                .map(|entry| entry.requirements.clone())
-                .collect(),
+            // At-risk jobs first, so pools grow for them before anything else.
+            queued: hodei_core::sla::demand_order(&self.queues, now_ms(), MAX_SNAPSHOT_QUEUED),
             arrived: std::mem::take(&mut self.arrived),
             ran: std::mem::take(&mut self.ran),
             ..JobSnapshot::default()
@@ -1190,6 +1199,7 @@ impl Dispatcher {
             job.state = JobState::Assigned;
             job.attempts += 1;
             job.worker_id = Some(worker_id);
+            job.first_started_at.get_or_insert_with(SystemTime::now);
             updates.push((job, JobState::Queued));
         }
         let results = match self.store.update_jobs(&updates).await {
@@ -1201,6 +1211,13 @@ impl Dispatcher {
         };
         for ((job, _), result) in updates.into_iter().zip(results) {
             if log_store_error("an assignment", &job.id, result).is_some() {
+                if self
+                    .jobs
+                    .get(&job.id)
+                    .is_some_and(|live| live.job.first_started_at.is_none())
+                {
+                    self.sla_first_start(&job);
+                }
                 self.starts.record(&job.spec.tenant, now_ms);
                 self.metrics.tenant_started(&job.spec.tenant);
                 self.assigned(job).await;
@@ -1479,9 +1496,13 @@ impl Dispatcher {
         } else {
             outcome
         };
+        let outcome = self.preempted_outcome(id, outcome);
         let previous = live.job.state;
         let (next, reason) = after_attempt(&live.job, outcome.clone());
         let mut job = live.job.clone();
+        if matches!(outcome, AttemptOutcome::Preempted(_)) {
+            job.preempted = job.preempted.saturating_add(1);
+        }
         job.state = next;
         job.reason = reason;
         if let AttemptOutcome::Exited(code) = outcome {
@@ -1528,6 +1549,7 @@ impl Dispatcher {
             };
             let job = end.job;
             let next = job.state;
+            self.sla.preempting.remove(&id);
             if let (Some(worker), Some(assigned_at)) = (&job.worker_id, live.assigned_at) {
                 let secs = assigned_at.elapsed().as_secs_f64();
                 if let Some(pool) = self
@@ -1565,6 +1587,8 @@ impl Dispatcher {
             tracing::debug!(job_id = %id, worker_id = ?job.worker_id, state = %next, reason = ?job.reason, "attempt ended");
             let worker = job.worker_id.clone();
             if next == JobState::Queued {
+                // A preemption is not a retry.
+                let retried = job.preempted == live.job.preempted;
                 live.job = job;
                 live.queued_at = Instant::now();
                 live.assigned_at = None;
@@ -1573,7 +1597,9 @@ impl Dispatcher {
                 if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
                     tracing::error!(job_id = %id, %error, "cannot queue a job again");
                 }
-                self.metrics.retried.inc();
+                if retried {
+                    self.metrics.retried.inc();
+                }
             } else {
                 self.jobs.remove(&id);
                 self.cancel_requested.remove(&id);
@@ -1710,6 +1736,7 @@ impl Dispatcher {
         for (id, worker, verdict) in verdicts {
             self.apply_verdict(&id, worker, verdict).await;
         }
+        self.sla_tick().await;
         self.update_gauges();
     }
 
@@ -1927,6 +1954,7 @@ pub struct JobMetrics {
     lost_attempts: Family<KindLabels, Counter>,
     withdrawn: Counter,
     server_timeouts: Counter,
+    sla: SlaMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -1969,6 +1997,7 @@ impl JobMetrics {
             lost_attempts: Family::default(),
             withdrawn: Counter::default(),
             server_timeouts: Counter::default(),
+            sla: SlaMetrics::new(registry),
         };
         registry.register(
             "hodei_tenant_jobs_running",

@@ -73,6 +73,8 @@ pub struct JobFilter {
     pub queue: Option<QueueName>,
     /// Only jobs whose current or last attempt ran on this worker.
     pub worker_id: Option<WorkerId>,
+    /// Only jobs of this SLA class.
+    pub sla_class: Option<hodei_core::SlaClass>,
     /// At most this many, newest (highest sequence) first when set; all, oldest first, when
     /// `None`.
     pub limit: Option<usize>,

@@ -538,6 +538,7 @@ async fn jobs(
             tenant,
             queue: query.queue,
             limit: query.limit,
+            sla: None,
         }),
     )
     .await?;

@@ -210,6 +210,24 @@ impl AgentLink for SessionHub {
         let cancel = v1::CancelJob {
             job_id: job.to_string(),
             reason: reason.to_owned(),
+            grace_ms: 0,
+        };
+        self.send(worker, server_message::Body::CancelJob(cancel))
+            .await
+            .map_err(|_| LinkError::NotConnected(worker.clone()))
+    }
+
+    async fn stop_with_grace(
+        &self,
+        worker: &WorkerId,
+        job: &JobId,
+        reason: &str,
+        grace: std::time::Duration,
+    ) -> Result<(), LinkError> {
+        let cancel = v1::CancelJob {
+            job_id: job.to_string(),
+            reason: reason.to_owned(),
+            grace_ms: u32::try_from(grace.as_millis()).unwrap_or(u32::MAX).max(1),
         };
         self.send(worker, server_message::Body::CancelJob(cancel))
             .await

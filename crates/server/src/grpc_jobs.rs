@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::time::SystemTime;
 
+use hodei_core::sla::{self, SlaClock};
 use hodei_core::{Job, JobId, Requirements};
 use hodei_modules::JobService;
 use hodei_proto::convert::to_millis;
@@ -48,6 +49,7 @@ fn submit_request(spec: v1::JobSpec) -> SubmitJob {
         timeout_secs: (spec.timeout_secs > 0).then_some(i64::from(spec.timeout_secs)),
         max_retries: spec.max_retries,
         sla_class: Some(spec.sla_class),
+        no_preempt: spec.no_preempt,
     }
 }
 
@@ -70,6 +72,7 @@ fn wire_spec(job: &Job) -> v1::JobSpec {
             .map_or(0, |secs| u32::try_from(secs).unwrap_or(u32::MAX)),
         max_retries: request.max_retries,
         sla_class: request.sla_class.unwrap_or_default(),
+        no_preempt: request.no_preempt,
     }
 }
 
@@ -95,7 +98,35 @@ pub fn job_info(job: &Job) -> v1::JobInfo {
         submitted_at_ms: to_millis(job.submitted_at),
         started_at_ms: millis(job.started_at),
         finished_at_ms: millis(job.finished_at),
+        deadline_ms: i64::try_from(SlaClock::of_job(job).deadline_ms).unwrap_or(i64::MAX),
+        sla_risk: sla_risk(job),
+        deadline: match job.first_started_at {
+            Some(start) if SlaClock::of_job(job).met_by(sla::unix_ms(start)) => "met".into(),
+            Some(_) => "missed".into(),
+            None => String::new(),
+        },
+        preemptions: job
+            .preemptions
+            .iter()
+            .map(|record| v1::Preemption {
+                at_ms: to_millis(record.at),
+                victim: record.victim.to_string(),
+                beneficiary: record.beneficiary.to_string(),
+                worker_id: record.worker_id.to_string(),
+                reason: record.reason.clone(),
+            })
+            .collect(),
     }
+}
+
+/// The risk of a job queued before its first start, empty otherwise.
+fn sla_risk(job: &Job) -> String {
+    if job.state != hodei_core::JobState::Queued || job.first_started_at.is_some() {
+        return String::new();
+    }
+    SlaClock::of_job(job)
+        .risk(sla::unix_ms(SystemTime::now()))
+        .to_string()
 }
 
 type LogStreamResponse = Pin<Box<dyn Stream<Item = Result<v1::StreamLogsResponse, Status>> + Send>>;
@@ -163,13 +194,16 @@ impl v1::job_service_server::JobService for JobGrpc {
         let request = request.into_inner();
         let limit =
             (request.limit > 0).then(|| usize::try_from(request.limit).unwrap_or(usize::MAX));
-        let filter = job_filter(
+        let mut filter = job_filter(
             request.states.iter().map(String::as_str),
             scope.tenant_named(Some(&request.tenant)).map_err(status)?,
             Some(request.queue),
             limit,
         )
         .map_err(status)?;
+        if !request.sla_class.is_empty() {
+            filter.sla_class = Some(request.sla_class.parse().map_err(status)?);
+        }
         let jobs = self.jobs.list(&filter).await.map_err(status)?;
         Ok(Response::new(v1::ListJobsResponse {
             jobs: jobs.iter().map(job_info).collect(),

@@ -402,6 +402,8 @@ pub(crate) struct JobQuery {
     pub(crate) tenant: Option<String>,
     pub(crate) queue: Option<String>,
     pub(crate) limit: Option<usize>,
+    /// An SLA class.
+    pub(crate) sla: Option<String>,
 }
 
 pub(crate) async fn list_jobs(
@@ -409,12 +411,17 @@ pub(crate) async fn list_jobs(
     scope: Scope,
     Query(query): Query<JobQuery>,
 ) -> Result<Json<JobList>, ApiError> {
-    let filter = job_filter(
+    let mut filter = job_filter(
         query.state.as_deref().unwrap_or_default().split(','),
         scope.tenant_named(query.tenant.as_deref())?,
         query.queue,
         query.limit,
     )?;
+    filter.sla_class = query
+        .sla
+        .filter(|class| !class.is_empty())
+        .map(|class| class.parse())
+        .transpose()?;
     let jobs = state.jobs.list(&filter).await?;
     Ok(Json(JobList {
         jobs: jobs.iter().map(JobView::new).collect(),

@@ -104,6 +104,12 @@ pub(crate) async fn list_jobs(pool: &SqlitePool, filter: &JobFilter) -> Result<V
             .push(" AND worker_id = ")
             .push_bind(worker_id.as_str());
     }
+    if let Some(class) = filter.sla_class {
+        // Every stored spec names its class (the field predates SLA tracking).
+        query
+            .push(" AND json_extract(job_json, '$.spec.sla_class') = ")
+            .push_bind(class.as_str());
+    }
     match filter.limit {
         None => {
             query.push(" ORDER BY sequence");
