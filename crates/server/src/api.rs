@@ -252,6 +252,10 @@ pub struct SubmitJob {
     pub max_retries: u32,
     /// critical, high, medium (the default), low or best_effort.
     pub sla_class: Option<String>,
+    /// Queue the job even if no pool and no connected worker could run it now (an unknown
+    /// pool, labels nobody has), for a worker yet to come; refused otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_pending: bool,
 }
 
 impl SubmitJob {
@@ -334,6 +338,7 @@ impl SubmitJob {
                 .map(|t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX)),
             max_retries: spec.max_retries,
             sla_class: Some(spec.sla_class.to_string()),
+            allow_pending: false,
         }
     }
 }
@@ -437,7 +442,7 @@ pub struct JobList {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogChunkView {
     pub attempt: u32,
-    /// `stdout` or `stderr`.
+    /// `output` (stdout and stderr in the order written), or `stdout`/`stderr` from older agents.
     pub stream: String,
     /// The bytes, as UTF-8 with invalid sequences replaced.
     pub text: String,

@@ -45,6 +45,8 @@ pub(crate) fn grpc_operation(path: &str) -> Operation {
         | "/hodei.v1.SchedulerService/UnregisterWorker" => Operation::Register,
         "/hodei.v1.JobService/SubmitJob"
         | "/hodei.v1.JobService/CancelJob"
+        | "/hodei.v1.SchedulerService/DrainWorker"
+        | "/hodei.v1.SchedulerService/UndrainWorker"
         | "/hodei.v1.TenantService/SetTenant"
         | "/hodei.v1.TenantService/DeleteTenant" => Operation::Write,
         _ if path.starts_with("/hodei.v1.TokenService/") => Operation::ManageCredentials,

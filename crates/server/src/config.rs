@@ -701,6 +701,10 @@ pub struct JobsSection {
     /// it ends the attempt as timed out itself.
     #[serde(with = "humantime_serde")]
     pub timeout_grace: Duration,
+    /// Accept jobs nothing could run now (an unknown pool, labels no pool template and no
+    /// connected worker has) and queue them for a worker yet to come, as every submission's
+    /// `allow_pending` does for itself. Off: such jobs are refused, naming why.
+    pub allow_pending: bool,
 }
 
 /// One `[[jobs.queue]]`.
@@ -720,6 +724,7 @@ impl Default for JobsSection {
             }],
             assign_timeout: FencePolicy::default().assign_timeout,
             timeout_grace: FencePolicy::default().timeout_grace,
+            allow_pending: false,
         }
     }
 }

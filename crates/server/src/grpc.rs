@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use hodei_core::credential::{self, Principal, SessionDecision, WorkerOrigin};
 use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::job::AttemptOutcome;
-use hodei_core::{Command, Job, JobId};
+use hodei_core::{AfterDrain, Command, Job, JobId};
 use hodei_core::{
     ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata, WorkerType,
 };
@@ -267,6 +267,7 @@ async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentE
             };
             let stream = match v1::LogStream::try_from(chunk.stream) {
                 Ok(v1::LogStream::Stderr) => LogStream::Stderr,
+                Ok(v1::LogStream::Output) => LogStream::Output,
                 _ => LogStream::Stdout,
             };
             let chunk = LogChunk {
@@ -303,6 +304,7 @@ pub struct SchedulerGrpc {
     /// `agents.lease`, told to agents in the hello answer.
     pub lease: Duration,
     pub jobs: JobService,
+    pub drains: hodei_modules::WorkerDrains,
 }
 
 fn worker_id(text: String) -> Result<WorkerId, Status> {
@@ -311,6 +313,7 @@ fn worker_id(text: String) -> Result<WorkerId, Status> {
 
 fn worker_info(entry: &RegisteredWorker) -> v1::WorkerInfo {
     let status = match (entry.liveness, entry.last_seen) {
+        _ if entry.draining.is_some() => v1::WorkerStatus::Draining,
         (Liveness::Unhealthy | Liveness::Gone, _) => v1::WorkerStatus::Unhealthy,
         (Liveness::Healthy, None) => v1::WorkerStatus::Starting,
         (Liveness::Healthy, Some(_)) => v1::WorkerStatus::Available,
@@ -421,6 +424,39 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
             .ok_or_else(|| Status::not_found(format!("worker {id} is not registered")))?;
         Ok(Response::new(v1::GetWorkerResponse {
             worker: Some(worker_info(&entry)),
+        }))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<v1::DrainWorkerRequest>,
+    ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
+        let request = request.into_inner();
+        let id = worker_id(request.worker_id)?;
+        let then = match v1::DrainThen::try_from(request.then) {
+            Ok(v1::DrainThen::Unspecified | v1::DrainThen::Terminate) => AfterDrain::Terminate,
+            Ok(v1::DrainThen::Keep) => AfterDrain::Keep,
+            Err(_) => {
+                return Err(invalid_argument(&ValidationError::new(
+                    "then",
+                    format!("unknown value {}", request.then),
+                )));
+            }
+        };
+        self.drains.drain(&id, then).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::DrainWorkerResponse {
+            worker: self.registry.get(&id).as_ref().map(worker_info),
+        }))
+    }
+
+    async fn undrain_worker(
+        &self,
+        request: Request<v1::UndrainWorkerRequest>,
+    ) -> Result<Response<v1::UndrainWorkerResponse>, Status> {
+        let id = worker_id(request.into_inner().worker_id)?;
+        self.drains.undrain(&id).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::UndrainWorkerResponse {
+            worker: self.registry.get(&id).as_ref().map(worker_info),
         }))
     }
 

@@ -18,6 +18,10 @@ use crate::error::ApiError;
 #[derive(Debug, Clone)]
 pub struct JobGrpc {
     pub jobs: JobService,
+    pub pools: hodei_modules::PoolManager,
+    pub scheduler: std::sync::Arc<hodei_modules::SchedulerRegistry>,
+    /// `[jobs] allow_pending`.
+    pub allow_pending: bool,
 }
 
 fn status(error: impl Into<ApiError>) -> Status {
@@ -47,6 +51,7 @@ fn submit_request(spec: v1::JobSpec) -> SubmitJob {
         timeout_secs: (spec.timeout_secs > 0).then_some(i64::from(spec.timeout_secs)),
         max_retries: spec.max_retries,
         sla_class: Some(spec.sla_class),
+        allow_pending: false,
     }
 }
 
@@ -117,11 +122,20 @@ impl v1::job_service_server::JobService for JobGrpc {
             .get("traceparent")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        let request = request.into_inner();
+        let allow_pending = request.allow_pending || self.allow_pending;
         let spec = request
-            .into_inner()
             .spec
             .ok_or_else(|| status(hodei_core::ValidationError::new("spec", "is missing")))?;
         let mut spec = submit_request(spec).into_spec().map_err(status)?;
+        if !allow_pending {
+            crate::runnable::refuse_never_runnable(
+                &self.pools,
+                &self.scheduler,
+                &spec.requirements,
+            )
+            .map_err(status)?;
+        }
         let applied = hodei_core::trace::apply_traceparent(&mut spec, traceparent.as_deref())
             .map(str::to_owned);
         let job = self.jobs.submit(spec).await.map_err(status)?;

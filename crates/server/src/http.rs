@@ -14,9 +14,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hodei_core::cost::{self, CostReport, GroupBy};
 use hodei_core::trace;
-use hodei_core::{JobId, PoolSpec, WorkerId, WorkerState};
+use hodei_core::{AfterDrain, JobId, PoolSpec, WorkerId, WorkerState};
 use hodei_modules::{
-    Credentials, JobService, PoolManager, SchedulerRegistry, TenantService, WorkerManagementService,
+    Credentials, JobService, PoolManager, SchedulerRegistry, TenantService, WorkerDrains,
+    WorkerManagementService,
 };
 use hodei_ports::{Store, WorkerFilter};
 use prometheus_client::registry::Registry;
@@ -38,6 +39,9 @@ pub(crate) struct AppState {
     pub jobs: JobService,
     pub pools: PoolManager,
     pub tenants: TenantService,
+    pub drains: WorkerDrains,
+    /// `[jobs] allow_pending`: accept jobs nothing could run now.
+    pub allow_pending: bool,
     pub metrics: Arc<Registry>,
     pub credentials: Credentials,
     /// Largest request body; larger ones get 413.
@@ -50,6 +54,8 @@ pub(crate) fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/workers", get(list_workers))
         .route("/workers/{id}", get(get_worker).delete(terminate_worker))
+        .route("/workers/{id}/drain", post(drain_worker))
+        .route("/workers/{id}/undrain", post(undrain_worker))
         .route("/pools", get(list_pools).post(create_pool))
         .route(
             "/pools/{name}",
@@ -151,6 +157,47 @@ pub(crate) async fn terminate_worker(
 
 /// The worker's state with what the dispatcher knows on top: a worker whose record says
 /// idle may be busy with a job or cleaning after one (those states live in memory).
+/// Body of `POST /api/v1/workers/{id}/drain`; empty means `{"then": "terminate"}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DrainWorker {
+    /// `terminate` (the default) or `keep`.
+    #[serde(default)]
+    pub then: Option<String>,
+}
+
+/// `POST /api/v1/workers/{id}/drain`: no new job for the worker; once its job is done it is
+/// terminated (and its pool replaces it) or, with `then: keep`, stays drained.
+pub(crate) async fn drain_worker(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<WorkerView>, ApiError> {
+    let id = WorkerId::new(id)?;
+    let body: DrainWorker = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainWorker::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|error| hodei_core::ValidationError::new("body", error.to_string()))?
+    };
+    let then = match body.then {
+        Some(then) => then.parse::<AfterDrain>()?,
+        None => AfterDrain::Terminate,
+    };
+    state.drains.drain(&id, then).await?;
+    get_worker(State(state), Path(id.to_string())).await
+}
+
+/// `POST /api/v1/workers/{id}/undrain`: the drained worker takes jobs again.
+pub(crate) async fn undrain_worker(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkerView>, ApiError> {
+    let id = WorkerId::new(id)?;
+    state.drains.undrain(&id).await?;
+    get_worker(State(state), Path(id.to_string())).await
+}
+
 fn with_activity(jobs: &JobService, record: &hodei_ports::WorkerRecord) -> WorkerState {
     match jobs.worker_activity(&record.worker.id) {
         Some(activity) if record.state == WorkerState::Idle => activity,
@@ -353,7 +400,11 @@ async fn submit_job(
     body: Result<Json<SubmitJob>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let request = json_body(body)?;
+    let allow_pending = request.allow_pending || state.allow_pending;
     let mut spec = request.into_spec()?;
+    if !allow_pending {
+        crate::runnable::refuse_never_runnable(&state.pools, &state.scheduler, &spec.requirements)?;
+    }
     let traceparent = trace::apply_traceparent(
         &mut spec,
         headers

@@ -13,6 +13,7 @@ pub mod grpc_jobs;
 pub mod grpc_tenants;
 pub mod grpc_tokens;
 mod http;
+mod runnable;
 mod serve;
 mod tls;
 
@@ -29,7 +30,8 @@ use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{ProviderKind, WorkerId, WorkerState};
 use hodei_modules::{
     Credentials, JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
-    TenantService, WorkerManagementMetrics, WorkerManagementService, WorkerUsageMetrics,
+    TenantService, WorkerDrains, WorkerManagementMetrics, WorkerManagementService,
+    WorkerUsageMetrics,
 };
 use hodei_ports::{SchedulerPort, Store};
 use hodei_proto::v1::job_service_server::JobServiceServer;
@@ -337,8 +339,17 @@ impl Server {
             PoolMetrics::new(&mut registry),
         )
         .await?;
+        let drains = WorkerDrains::new(
+            scheduler.clone(),
+            jobs.clone(),
+            management.clone(),
+            store.clone(),
+            pools.clone(),
+        );
+        tokio::spawn(drains.clone().run(cancel.clone()));
         let ready = Arc::new(AtomicBool::new(false));
         let grpc = SchedulerServiceServer::new(SchedulerGrpc {
+            drains: drains.clone(),
             credentials: credentials.clone(),
             registry: scheduler.clone(),
             hub: sessions.clone(),
@@ -346,7 +357,12 @@ impl Server {
             lease: config.agents.lease,
             jobs: jobs.clone(),
         });
-        let job_grpc = JobServiceServer::new(JobGrpc { jobs: jobs.clone() });
+        let job_grpc = JobServiceServer::new(JobGrpc {
+            jobs: jobs.clone(),
+            pools: pools.clone(),
+            scheduler: scheduler.clone(),
+            allow_pending: config.jobs.allow_pending,
+        });
         let token_grpc = TokenServiceServer::new(TokenGrpc {
             credentials: credentials.clone(),
         });
@@ -365,6 +381,8 @@ impl Server {
             jobs: jobs.clone(),
             pools: pools.clone(),
             tenants: tenants.clone(),
+            drains,
+            allow_pending: config.jobs.allow_pending,
             metrics: Arc::new(registry),
             credentials: credentials.clone(),
             max_body_bytes: config.connections.max_body_bytes,
