@@ -559,6 +559,43 @@ async fn wait_job_state(server: &Server, id: &str, state: JobState) -> hodei_cor
         .unwrap()
 }
 
+/// A clean shutdown that stops a running job records it (issue 19): the restarted server
+/// finds it queued again, not in flight, so it need not wait out the lease for an agent that
+/// will not come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_records_the_jobs_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_anywhere(config(dir.path(), 1)).await;
+    wait_for_registered_workers(&server, 1).await;
+    let job = server.jobs().submit(script("sleep 300")).await.unwrap();
+    wait_for("the job to run", LIMIT, || async {
+        server
+            .jobs()
+            .get(&job.id)
+            .await
+            .unwrap()
+            .filter(|j| j.state == JobState::Running)
+    })
+    .await;
+    server.shutdown().await.unwrap();
+
+    // Restarted without pools, so nothing takes the job before it is looked at.
+    let mut again = config(dir.path(), 0);
+    again.pools.clear();
+    let server = start_anywhere(again).await;
+    let recovered = server.jobs().get(&job.id).await.unwrap().unwrap();
+    assert_eq!(recovered.state, JobState::Queued, "{recovered:?}");
+    assert!(
+        recovered
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("the server shut down")),
+        "{recovered:?}"
+    );
+    assert_eq!(recovered.attempts, 1);
+    server.shutdown().await.unwrap();
+}
+
 /// `hodei server` as its own process, so that it can be killed with SIGKILL. Dropped, it
 /// is stopped with SIGTERM so that it terminates its agents.
 struct ServerProcess(std::process::Child);

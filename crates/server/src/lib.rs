@@ -533,9 +533,12 @@ impl Server {
         if self.config.shutdown.terminate_workers {
             match self.management.terminate_all().await {
                 Ok(failures) => {
+                    let still_running: std::collections::BTreeSet<WorkerId> =
+                        failures.iter().map(|(id, _)| id.clone()).collect();
                     for (worker_id, error) in failures {
                         tracing::error!(%worker_id, %error, "could not terminate worker at shutdown");
                     }
+                    record_stopped_jobs(self.store.as_ref(), &still_running).await;
                 }
                 Err(error) => tracing::error!(%error, "could not list workers to terminate"),
             }
@@ -655,6 +658,55 @@ async fn confirm_dead_workers(
                 tokio::time::sleep(DEATH_CHECK_INTERVAL).await;
             }
         });
+    }
+}
+
+/// After a shutdown stopped its workers (the dispatcher is stopped already): the attempts
+/// they ran end as lost now, in the store, so a restarted server requeues those jobs at once
+/// (or fails them, per [`hodei_core::job::after_attempt`]) instead of waiting out the lease
+/// for agents that will not come back. Jobs of workers that could not be stopped stay in
+/// flight.
+async fn record_stopped_jobs(
+    store: &dyn Store,
+    still_running: &std::collections::BTreeSet<WorkerId>,
+) {
+    use hodei_core::JobState;
+    use hodei_core::job::{AttemptOutcome, after_attempt};
+    let unfinished = match store.list_jobs(&hodei_ports::JobFilter::unfinished()).await {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            tracing::error!(%error, "cannot record the jobs the shutdown stopped; a restart waits out their lease");
+            return;
+        }
+    };
+    for job in unfinished {
+        let stopped = matches!(job.state, JobState::Assigned | JobState::Running)
+            && job
+                .worker_id
+                .as_ref()
+                .is_some_and(|w| !still_running.contains(w));
+        if !stopped {
+            continue;
+        }
+        let previous = job.state;
+        let (next, reason) = after_attempt(&job, AttemptOutcome::WorkerLost);
+        let mut ended = job;
+        ended.state = next;
+        ended.reason = Some(format!(
+            "{}: the server shut down and stopped its worker",
+            reason.unwrap_or_else(|| "worker lost".to_owned())
+        ));
+        if next.is_terminal() {
+            ended.finished_at = Some(std::time::SystemTime::now());
+        }
+        match store.update_job(&ended, previous).await {
+            Ok(()) => {
+                tracing::info!(job_id = %ended.id, state = %next, "recorded a job the shutdown stopped")
+            }
+            Err(error) => {
+                tracing::warn!(job_id = %ended.id, %error, "cannot record a job the shutdown stopped")
+            }
+        }
     }
 }
 
