@@ -122,6 +122,27 @@ async fn a_drained_worker_finishes_its_job_then_goes_or_stays_until_undrained() 
         answer.worker.unwrap().status,
         i32::from(v1::WorkerStatus::Draining)
     );
+    // One read model: REST (and so the CLI) and gRPC's listing agree.
+    let listed = hodei(&server, &["worker", "ls", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let rest_state = list["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == second.as_str())
+        .map(|w| w["state"].clone());
+    assert_eq!(rest_state, Some(serde_json::json!("draining")), "{list}");
+    let grpc_list = scheduler
+        .list_workers(v1::ListWorkersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let grpc_status = grpc_list
+        .workers
+        .iter()
+        .find(|w| w.worker_id == second.as_str())
+        .map(|w| w.status);
+    assert_eq!(grpc_status, Some(i32::from(v1::WorkerStatus::Draining)));
     let held = server.jobs().submit(script("echo held")).await.unwrap();
     // Watching for something that must not happen: a fixed window, not a wait.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -165,6 +165,28 @@ pub fn drained_to_terminate<'a>(
         .collect()
 }
 
+/// The state a worker is shown in (REST, gRPC, CLI, console), composed from what each part
+/// knows: `stored` is the store's lifecycle (`None` for a worker only the scheduler knows, an
+/// agent started by hand), `activity` the dispatcher's per-job state (busy, cleaning), and
+/// from the registry whether its agent is `unhealthy` and whether it is `draining`.
+pub fn shown_state(
+    stored: Option<WorkerState>,
+    activity: Option<WorkerState>,
+    unhealthy: bool,
+    draining: bool,
+) -> WorkerState {
+    use WorkerState::*;
+    let base = stored.unwrap_or(if unhealthy { Unhealthy } else { Idle });
+    match base {
+        Provisioning | Registering | Terminated => base,
+        _ if draining => Draining,
+        Idle => activity
+            .filter(|a| matches!(a, Busy | Cleaning))
+            .unwrap_or(Idle),
+        _ => base,
+    }
+}
+
 /// What happened to a worker, as told to the registration side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LifecycleEvent {
@@ -252,6 +274,32 @@ mod tests {
         ];
         let busy = |id: &WorkerId| id.as_str() == "b" || id.as_str() == "d";
         assert_eq!(drained_to_terminate(draining, busy), vec![ids[0].clone()]);
+    }
+
+    #[test]
+    fn the_shown_state_composes_store_activity_and_registry() {
+        // stored, activity, unhealthy, draining -> shown
+        let table = [
+            (Some(Idle), None, false, false, Idle),
+            (Some(Idle), Some(Busy), false, false, Busy),
+            (Some(Idle), Some(Cleaning), false, false, Cleaning),
+            (Some(Idle), Some(Busy), false, true, Draining),
+            (Some(Draining), Some(Busy), false, false, Draining),
+            (Some(Unhealthy), Some(Busy), true, false, Unhealthy),
+            (Some(Registering), None, false, true, Registering),
+            (Some(Terminated), Some(Busy), false, true, Terminated),
+            (None, None, false, false, Idle),
+            (None, Some(Busy), false, false, Busy),
+            (None, None, true, false, Unhealthy),
+            (None, Some(Busy), false, true, Draining),
+        ];
+        for (stored, activity, unhealthy, draining, shown) in table {
+            assert_eq!(
+                shown_state(stored, activity, unhealthy, draining),
+                shown,
+                "{stored:?} {activity:?} unhealthy={unhealthy} draining={draining}"
+            );
+        }
     }
 
     proptest::proptest! {

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use hodei_core::credential::{self, Principal, SessionDecision, WorkerOrigin};
 use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::job::AttemptOutcome;
-use hodei_core::{AfterDrain, Command, Job, JobId};
+use hodei_core::{AfterDrain, Command, Job, JobId, WorkerState};
 use hodei_core::{
     ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata, WorkerType,
 };
@@ -295,7 +295,7 @@ async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentE
 }
 
 /// `SchedulerService` over the in-process registry.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SchedulerGrpc {
     pub credentials: Credentials,
     pub registry: Arc<SchedulerRegistry>,
@@ -305,18 +305,33 @@ pub struct SchedulerGrpc {
     pub lease: Duration,
     pub jobs: JobService,
     pub drains: hodei_modules::WorkerDrains,
+    pub store: Arc<dyn hodei_ports::Store>,
 }
 
 fn worker_id(text: String) -> Result<WorkerId, Status> {
     WorkerId::new(text).map_err(|e| invalid_argument(&e))
 }
 
-fn worker_info(entry: &RegisteredWorker) -> v1::WorkerInfo {
-    let status = match (entry.liveness, entry.last_seen) {
-        _ if entry.draining.is_some() => v1::WorkerStatus::Draining,
-        (Liveness::Unhealthy | Liveness::Gone, _) => v1::WorkerStatus::Unhealthy,
-        (Liveness::Healthy, None) => v1::WorkerStatus::Starting,
-        (Liveness::Healthy, Some(_)) => v1::WorkerStatus::Available,
+impl std::fmt::Debug for SchedulerGrpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerGrpc")
+            .field("registry", &self.registry)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The gRPC shape of the one worker read model ([`crate::workers`]): a registered worker
+/// and the state every API shows it in.
+fn worker_info(entry: &RegisteredWorker, state: WorkerState) -> v1::WorkerInfo {
+    let status = match state {
+        WorkerState::Draining => v1::WorkerStatus::Draining,
+        WorkerState::Unhealthy | WorkerState::Terminated => v1::WorkerStatus::Unhealthy,
+        WorkerState::Provisioning | WorkerState::Registering => v1::WorkerStatus::Starting,
+        _ if entry.last_seen.is_none() => v1::WorkerStatus::Starting,
+        WorkerState::Idle | WorkerState::Busy | WorkerState::Cleaning => {
+            v1::WorkerStatus::Available
+        }
     };
     v1::WorkerInfo {
         worker_id: entry.worker.id.to_string(),
@@ -327,6 +342,23 @@ fn worker_info(entry: &RegisteredWorker) -> v1::WorkerInfo {
         registered_at_ms: to_millis(entry.registered_at),
         last_seen_ms: entry.last_seen.map(to_millis).unwrap_or(0),
         agent_version: entry.agent_version.clone().unwrap_or_default(),
+    }
+}
+
+impl SchedulerGrpc {
+    /// A registered worker as [`worker_info`] shows it, `NOT_FOUND` if it is not registered.
+    async fn registered_info(&self, id: &WorkerId) -> Result<v1::WorkerInfo, Status> {
+        let reading = crate::workers::get(self.store.as_ref(), &self.registry, &self.jobs, id)
+            .await
+            .map_err(ApiError::from)?;
+        reading
+            .as_ref()
+            .and_then(|r| {
+                r.registration
+                    .as_ref()
+                    .map(|entry| worker_info(entry, r.state))
+            })
+            .ok_or_else(|| Status::not_found(format!("worker {id} is not registered")))
     }
 }
 
@@ -409,7 +441,22 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         &self,
         _request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        let workers = self.registry.list().iter().map(worker_info).collect();
+        let readings = crate::workers::list(
+            self.store.as_ref(),
+            &self.registry,
+            &self.jobs,
+            &hodei_ports::WorkerFilter::live(),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        let workers = readings
+            .iter()
+            .filter_map(|r| {
+                r.registration
+                    .as_ref()
+                    .map(|entry| worker_info(entry, r.state))
+            })
+            .collect();
         Ok(Response::new(v1::ListWorkersResponse { workers }))
     }
 
@@ -418,12 +465,8 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         request: Request<v1::GetWorkerRequest>,
     ) -> Result<Response<v1::GetWorkerResponse>, Status> {
         let id = worker_id(request.into_inner().worker_id)?;
-        let entry = self
-            .registry
-            .get(&id)
-            .ok_or_else(|| Status::not_found(format!("worker {id} is not registered")))?;
         Ok(Response::new(v1::GetWorkerResponse {
-            worker: Some(worker_info(&entry)),
+            worker: Some(self.registered_info(&id).await?),
         }))
     }
 
@@ -445,7 +488,7 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         };
         self.drains.drain(&id, then).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::DrainWorkerResponse {
-            worker: self.registry.get(&id).as_ref().map(worker_info),
+            worker: Some(self.registered_info(&id).await?),
         }))
     }
 
@@ -456,7 +499,7 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         let id = worker_id(request.into_inner().worker_id)?;
         self.drains.undrain(&id).await.map_err(ApiError::from)?;
         Ok(Response::new(v1::UndrainWorkerResponse {
-            worker: self.registry.get(&id).as_ref().map(worker_info),
+            worker: Some(self.registered_info(&id).await?),
         }))
     }
 

@@ -2,7 +2,6 @@
 //! routing, in `serve.rs` with `auth.rs`), `/metrics`, `/healthz` and `/readyz` (open, for
 //! Prometheus and load balancers).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -107,27 +106,25 @@ pub(crate) async fn list_workers(
         pool: query.pool.clone(),
         live_only: !query.all && wanted_state != Some(WorkerState::Terminated),
     };
-    let mut records = state.store.list_workers(&filter).await?;
-    for record in &mut records {
-        record.state = with_activity(&state.jobs, record);
-    }
-    let known: BTreeSet<&WorkerId> = records.iter().map(|r| &r.worker.id).collect();
-    let mut workers: Vec<WorkerView> = records
+    let readings =
+        crate::workers::list(state.store.as_ref(), &state.scheduler, &state.jobs, &filter).await?;
+    let workers = readings
         .iter()
-        .filter(|record| wanted_state.is_none_or(|s| record.state == s))
-        .map(|record| WorkerView::new(record, state.scheduler.get(&record.worker.id).as_ref()))
+        .filter(|reading| wanted_state.is_none_or(|s| reading.state == s))
+        .filter_map(worker_view)
         .collect();
-    let registered = state.scheduler.list();
-    workers.extend(
-        registered
-            .iter()
-            .filter(|entry| !known.contains(&entry.worker.id))
-            .filter(|entry| query.pool.is_none() || entry.worker.metadata.pool == query.pool)
-            .map(|entry| registered_only(&state.jobs, entry))
-            .filter(|view| wanted_state.is_none_or(|s| view.state == s.as_str())),
-    );
-    workers.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Json(WorkerList { workers }))
+}
+
+/// The REST shape of the one worker read model.
+fn worker_view(reading: &crate::workers::WorkerReading) -> Option<WorkerView> {
+    let mut view = match (&reading.record, &reading.registration) {
+        (Some(record), registration) => WorkerView::new(record, registration.as_ref()),
+        (None, Some(entry)) => WorkerView::registered_only(entry),
+        (None, None) => return None,
+    };
+    view.state = reading.state.to_string();
+    Some(view)
 }
 
 pub(crate) async fn get_worker(
@@ -135,15 +132,12 @@ pub(crate) async fn get_worker(
     Path(id): Path<String>,
 ) -> Result<Json<WorkerView>, ApiError> {
     let id = WorkerId::new(id)?;
-    let registration = state.scheduler.get(&id);
-    match (state.store.get_worker(&id).await?, registration) {
-        (Some(mut record), registration) => {
-            record.state = with_activity(&state.jobs, &record);
-            Ok(Json(WorkerView::new(&record, registration.as_ref())))
-        }
-        (None, Some(entry)) => Ok(Json(registered_only(&state.jobs, &entry))),
-        (None, None) => Err(ApiError::not_found(format!("worker {id} not found"))),
-    }
+    crate::workers::get(state.store.as_ref(), &state.scheduler, &state.jobs, &id)
+        .await?
+        .as_ref()
+        .and_then(worker_view)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("worker {id} not found")))
 }
 
 pub(crate) async fn terminate_worker(
@@ -196,23 +190,6 @@ pub(crate) async fn undrain_worker(
     let id = WorkerId::new(id)?;
     state.drains.undrain(&id).await?;
     get_worker(State(state), Path(id.to_string())).await
-}
-
-fn with_activity(jobs: &JobService, record: &hodei_ports::WorkerRecord) -> WorkerState {
-    match jobs.worker_activity(&record.worker.id) {
-        Some(activity) if record.state == WorkerState::Idle => activity,
-        _ => record.state,
-    }
-}
-
-fn registered_only(jobs: &JobService, entry: &hodei_modules::RegisteredWorker) -> WorkerView {
-    let mut view = WorkerView::registered_only(entry);
-    if let Some(activity) = jobs.worker_activity(&entry.worker.id)
-        && view.state == WorkerState::Idle.as_str()
-    {
-        view.state = activity.to_string();
-    }
-    view
 }
 
 pub(crate) async fn list_pools(State(state): State<AppState>) -> Json<PoolList> {

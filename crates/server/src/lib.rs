@@ -16,6 +16,7 @@ mod http;
 mod runnable;
 mod serve;
 mod tls;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -350,6 +351,7 @@ impl Server {
         let ready = Arc::new(AtomicBool::new(false));
         let grpc = SchedulerServiceServer::new(SchedulerGrpc {
             drains: drains.clone(),
+            store: store.clone(),
             credentials: credentials.clone(),
             registry: scheduler.clone(),
             hub: sessions.clone(),
