@@ -559,6 +559,38 @@ async fn wait_job_state(server: &Server, id: &str, state: JobState) -> hodei_cor
         .unwrap()
 }
 
+/// `[jobs] max_log_bytes` keeps the first bytes of an attempt's output and ends the log
+/// with a marker saying it was cut; the job itself runs on to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_beyond_the_log_cap_is_cut_with_a_visible_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut capped = config(dir.path(), 1);
+    capped.jobs.max_log_bytes = 1000;
+    let server = start_anywhere(capped).await;
+    wait_for_registered_workers(&server, 1).await;
+    let job = server
+        .jobs()
+        .submit(script(
+            "i=0; while [ $i -lt 100 ]; do echo 0123456789abcdefghijklmnopqrstuvwxyz; i=$((i+1)); done; echo last-line",
+        ))
+        .await
+        .unwrap();
+    let ended = wait_job(&server, &job.id, LIMIT).await;
+    assert_eq!(ended.state, JobState::Succeeded);
+    let output = output_of(&server, &job.id).await;
+    let (kept, marker) = output.split_at(1000);
+    assert!(
+        kept.starts_with("0123456789abcdefghijklmnopqrstuvwxyz\n"),
+        "{output}"
+    );
+    assert!(
+        marker.starts_with("\n[hodei: output truncated") && marker.contains("1000 bytes"),
+        "{marker}"
+    );
+    assert!(!output.contains("last-line"), "{output}");
+    server.shutdown().await.unwrap();
+}
+
 /// A clean shutdown that stops a running job records it (issue 19): the restarted server
 /// finds it queued again, not in flight, so it need not wait out the lease for an agent that
 /// will not come back.

@@ -705,6 +705,9 @@ pub struct JobsSection {
     /// connected worker has) and queue them for a worker yet to come, as every submission's
     /// `allow_pending` does for itself. Off: such jobs are refused, naming why.
     pub allow_pending: bool,
+    /// Most bytes of output kept per attempt of a job; what comes after is dropped and the
+    /// log ends with a marker saying so. 0: no cap.
+    pub max_log_bytes: u64,
 }
 
 /// One `[[jobs.queue]]`.
@@ -725,6 +728,7 @@ impl Default for JobsSection {
             assign_timeout: FencePolicy::default().assign_timeout,
             timeout_grace: FencePolicy::default().timeout_grace,
             allow_pending: false,
+            max_log_bytes: hodei_core::job::DEFAULT_MAX_LOG_BYTES,
         }
     }
 }

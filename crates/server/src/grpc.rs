@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use hodei_core::credential::{self, Principal, SessionDecision, WorkerOrigin};
 use hodei_core::health::{HeartbeatPolicy, Liveness};
-use hodei_core::job::AttemptOutcome;
+use hodei_core::job::{AttemptOutcome, LogCap, cap_log, truncation_marker};
 use hodei_core::{AfterDrain, Command, Job, JobId, WorkerState};
 use hodei_core::{
     ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata, WorkerType,
@@ -306,6 +306,8 @@ pub struct SchedulerGrpc {
     pub jobs: JobService,
     pub drains: hodei_modules::WorkerDrains,
     pub store: Arc<dyn hodei_ports::Store>,
+    /// `[jobs] max_log_bytes`: output kept per attempt, 0 for no cap.
+    pub max_log_bytes: u64,
 }
 
 fn worker_id(text: String) -> Result<WorkerId, Status> {
@@ -596,7 +598,11 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         let registry = self.registry.clone();
         let hub = self.hub.clone();
         let jobs = self.jobs.clone();
+        let max_log_bytes = self.max_log_bytes;
         tokio::spawn(async move {
+            // Output kept so far per (job, attempt) of this session, for the log cap.
+            let mut logged: std::collections::HashMap<(String, u32), u64> =
+                std::collections::HashMap::new();
             loop {
                 let message = tokio::select! {
                     message = inbound.next() => match message {
@@ -640,8 +646,28 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                         AgentEvent::Heartbeat(heartbeat)
                     }
                     agent_message::Body::JobAccepted(accepted) => AgentEvent::JobAccepted(accepted),
-                    agent_message::Body::LogChunk(chunk) => AgentEvent::Log(chunk),
-                    agent_message::Body::JobResult(result) => AgentEvent::JobResult(result),
+                    agent_message::Body::LogChunk(mut chunk) => {
+                        let key = (chunk.job_id.clone(), chunk.attempt);
+                        let stored = logged.get(&key).copied().unwrap_or(0);
+                        match cap_log(stored, chunk.data.len(), max_log_bytes) {
+                            LogCap::Keep => {}
+                            LogCap::Truncate(keep) => {
+                                tracing::warn!(worker_id = %id, job_id = %chunk.job_id, max_log_bytes, "job output truncated at the log cap");
+                                chunk.data.truncate(keep);
+                                chunk
+                                    .data
+                                    .extend_from_slice(truncation_marker(max_log_bytes).as_bytes());
+                            }
+                            LogCap::Drop => continue,
+                        }
+                        let len = u64::try_from(chunk.data.len()).unwrap_or(u64::MAX);
+                        logged.insert(key, stored.saturating_add(len));
+                        AgentEvent::Log(chunk)
+                    }
+                    agent_message::Body::JobResult(result) => {
+                        logged.remove(&(result.job_id.clone(), result.attempt));
+                        AgentEvent::JobResult(result)
+                    }
                     agent_message::Body::Hello(_) => {
                         tracing::warn!(worker_id = %id, "ignoring a second hello in one session");
                         continue;

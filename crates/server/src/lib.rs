@@ -352,6 +352,7 @@ impl Server {
         let grpc = SchedulerServiceServer::new(SchedulerGrpc {
             drains: drains.clone(),
             store: store.clone(),
+            max_log_bytes: config.jobs.max_log_bytes,
             credentials: credentials.clone(),
             registry: scheduler.clone(),
             hub: sessions.clone(),
