@@ -264,7 +264,15 @@ async fn wait_for_end(client: &Client, submitted: &JobView) -> anyhow::Result<Lo
             } else {
                 String::new()
             };
-            match job.reason.filter(|_| view.state != "succeeded") {
+            // "exited with code N" would only repeat the exit code.
+            let said_by_exit = |reason: &String| {
+                view.exit_code
+                    .is_some_and(|c| *reason == format!("exited with code {c}"))
+            };
+            match job
+                .reason
+                .filter(|reason| view.state != "succeeded" && !said_by_exit(reason))
+            {
                 Some(reason) => eprintln!("job {id} {}{exit}{attempts}: {reason}", view.state),
                 None => eprintln!("job {id} {}{exit}{attempts}", view.state),
             }

@@ -232,7 +232,11 @@ async fn the_cli_submits_waits_streams_and_exits_with_the_jobs_code() {
     );
     assert_eq!(failing.status.code(), Some(3), "{}", text(&failing.stderr));
     assert_eq!(text(&failing.stdout), "before\n");
-    assert!(text(&failing.stderr).contains("failed (exit code 3)"));
+    assert!(
+        text(&failing.stderr).ends_with("failed (exit code 3)\n"),
+        "{}",
+        text(&failing.stderr)
+    );
 
     let timed_out = hodei(
         &server,
