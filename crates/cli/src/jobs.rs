@@ -68,6 +68,10 @@ pub enum JobCommand {
         /// Stream the job's output until it ends and exit with its exit code.
         #[arg(long)]
         wait: bool,
+        /// Queue the job even if no pool and no connected worker could run it now (an
+        /// unknown pool, a label nobody has), for a worker yet to come.
+        #[arg(long)]
+        allow_pending: bool,
         /// The program and its arguments.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -265,6 +269,104 @@ async fn stream_logs(client: &Client, id: &str, follow: bool) -> anyhow::Result<
     }
 }
 
+/// Exit status of `--wait` stopped by Ctrl-C, as a shell reports SIGINT.
+const INTERRUPTED: u8 = 130;
+
+/// How often `--wait` looks at a queued job, and says why it still waits.
+const QUEUED_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+const SAY_WHY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What `--wait` prints on stderr besides the job's output: why the job still waits (every
+/// [`SAY_WHY_EVERY`] while queued), a line where a new attempt starts, and at the end the
+/// state with the exit code and the reason. Returns the last log page.
+async fn wait_for_end(client: &Client, submitted: &JobView) -> anyhow::Result<LogsView> {
+    let id = &submitted.id;
+    let mut state = submitted.state.clone();
+    let (mut after, mut attempt) = (0, 0);
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let mut queued_since = std::time::Instant::now();
+    let mut said = None::<std::time::Instant>;
+    loop {
+        if state == "queued" {
+            let job: JobView = client.get(&format!("/jobs/{id}"), &[]).await?;
+            state = job.state.clone();
+            if state == "queued" {
+                let due = said.map_or(queued_since.elapsed() >= SAY_WHY_EVERY / 2, |at| {
+                    at.elapsed() >= SAY_WHY_EVERY
+                });
+                if due {
+                    let why = job
+                        .waiting_reason
+                        .as_deref()
+                        .unwrap_or("waiting for dispatch");
+                    let waited = queued_since.elapsed().as_secs();
+                    eprintln!("job {id} waits ({waited}s): {why}");
+                    said = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(QUEUED_POLL).await;
+                continue;
+            }
+        }
+        let query = [("after", after.to_string()), ("follow", "true".to_owned())];
+        let view: LogsView = client.get(&format!("/jobs/{id}/logs"), &query).await?;
+        for chunk in &view.chunks {
+            if chunk.attempt > attempt {
+                if attempt > 0 || chunk.attempt > 1 {
+                    stdout.flush()?;
+                    eprintln!("--- job {id}, attempt {} ---", chunk.attempt);
+                }
+                attempt = chunk.attempt;
+            }
+            let out: &mut dyn Write = if chunk.stream == "stderr" {
+                &mut stderr
+            } else {
+                &mut stdout
+            };
+            out.write_all(chunk.text.as_bytes())?;
+            out.flush()?;
+        }
+        after = view.next;
+        if view.complete {
+            let job: JobView = client.get(&format!("/jobs/{id}"), &[]).await?;
+            let exit = view
+                .exit_code
+                .map(|c| format!(" (exit code {c})"))
+                .unwrap_or_default();
+            let attempts = if job.attempts > 1 {
+                format!(" after {} attempts", job.attempts)
+            } else {
+                String::new()
+            };
+            // "exited with code N" would only repeat the exit code.
+            let said_by_exit = |reason: &String| {
+                view.exit_code
+                    .is_some_and(|c| *reason == format!("exited with code {c}"))
+            };
+            match job
+                .reason
+                .filter(|reason| view.state != "succeeded" && !said_by_exit(reason))
+            {
+                Some(reason) => eprintln!("job {id} {}{exit}{attempts}: {reason}", view.state),
+                None => eprintln!("job {id} {}{exit}{attempts}", view.state),
+            }
+            return Ok(view);
+        }
+        if view.state == "queued" {
+            // Back in the queue: the attempt ended and the job is retried.
+            let job: JobView = client.get(&format!("/jobs/{id}"), &[]).await?;
+            let why = job.reason.as_deref().unwrap_or("it ended");
+            eprintln!(
+                "--- job {id}, attempt {} ended: {why}; queued to retry ---",
+                job.attempts
+            );
+            queued_since = std::time::Instant::now();
+            said = None;
+        }
+        state = view.state;
+    }
+}
+
 pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
     match command {
         JobCommand::Submit {
@@ -283,6 +385,7 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
             workdir,
             script,
             wait,
+            allow_pending,
             command,
             connection,
         } => {
@@ -303,6 +406,7 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
                 max_retries: retries,
                 sla_class: sla,
                 no_preempt,
+                allow_pending,
                 ..SubmitJob::default()
             };
             request.requirements.labels = labels.into_iter().collect::<BTreeMap<_, _>>();
@@ -324,16 +428,24 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
                 return Ok(0);
             }
             eprintln!("job {} queued", job.id);
-            let end = stream_logs(&client, &job.id, true).await?;
-            eprintln!(
-                "job {} {}{}",
-                job.id,
-                end.state,
-                end.exit_code
-                    .map(|c| format!(" (exit code {c})"))
-                    .unwrap_or_default()
-            );
-            Ok(exit_status(&end))
+            tokio::select! {
+                end = wait_for_end(&client, &job) => {
+                    let end = end?;
+                    Ok(exit_status(&end))
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    let state = client
+                        .get::<JobView>(&format!("/jobs/{}", job.id), &[])
+                        .await
+                        .map_or_else(|_| "not finished".to_owned(), |now| now.state);
+                    eprintln!(
+                        "\nstopped waiting; job {id} is still {state} and will run without you: \
+                         follow it with `hodei job logs -f {id}`, cancel it with `hodei job cancel {id}`",
+                        id = job.id
+                    );
+                    Ok(INTERRUPTED)
+                }
+            }
         }
         JobCommand::Ls {
             state,

@@ -815,6 +815,96 @@ pub fn after_attempt(job: &Job, outcome: AttemptOutcome) -> (JobState, Option<St
     }
 }
 
+/// A job's output beyond this many bytes per attempt is dropped, unless configured
+/// otherwise (`[jobs] max_log_bytes`).
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What becomes of a chunk of output under a per-attempt cap ([`cap_log`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogCap {
+    /// Under the cap: keep the chunk whole.
+    Keep,
+    /// The chunk crosses the cap: keep its first this many bytes, then the truncation
+    /// marker ([`truncation_marker`]).
+    Truncate(usize),
+    /// The cap was reached before: drop the chunk.
+    Drop,
+}
+
+/// Whether a chunk of `len` bytes is kept when `stored` bytes of the attempt's output were
+/// kept before it (the marker included, so more than `cap` once it was cut) and at most
+/// `cap` may be (0: no cap).
+pub fn cap_log(stored: u64, len: usize, cap: u64) -> LogCap {
+    if cap == 0 {
+        return LogCap::Keep;
+    }
+    if stored > cap {
+        return LogCap::Drop;
+    }
+    let room = cap - stored;
+    match u64::try_from(len) {
+        Ok(len) if len <= room => LogCap::Keep,
+        _ => LogCap::Truncate(usize::try_from(room).unwrap_or(usize::MAX)),
+    }
+}
+
+/// The line that ends a truncated output, so a reader sees it was cut and why.
+pub fn truncation_marker(cap: u64) -> String {
+    format!(
+        "\n[hodei: output truncated: this attempt wrote more than {cap} bytes, the log cap ([jobs] max_log_bytes)]\n"
+    )
+}
+
+#[cfg(test)]
+mod log_cap_tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_keeps_then_cuts_once_then_drops() {
+        assert_eq!(cap_log(0, 10, 0), LogCap::Keep);
+        assert_eq!(cap_log(u64::MAX, 10, 0), LogCap::Keep);
+        assert_eq!(cap_log(0, 10, 10), LogCap::Keep);
+        assert_eq!(cap_log(5, 10, 10), LogCap::Truncate(5));
+        // Exactly at the cap: the next byte brings the marker.
+        assert_eq!(cap_log(10, 0, 10), LogCap::Keep);
+        assert_eq!(cap_log(10, 1, 10), LogCap::Truncate(0));
+        // Past it (the marker was counted): dropped.
+        assert_eq!(cap_log(11, 1, 10), LogCap::Drop);
+    }
+
+    proptest::proptest! {
+        /// However the output is chunked, what is kept is its first `cap` bytes and the
+        /// marker comes exactly once, after the cut.
+        #[test]
+        fn kept_output_is_a_prefix_of_at_most_cap_bytes(
+            chunks in proptest::collection::vec(0usize..50, 0..20),
+            cap in 0u64..200,
+        ) {
+            let (mut stored, mut markers) = (0u64, 0u64);
+            let total: usize = chunks.iter().sum();
+            for len in &chunks {
+                match cap_log(stored + markers, *len, cap) {
+                    LogCap::Keep => stored += *len as u64,
+                    LogCap::Truncate(keep) => {
+                        proptest::prop_assert!(keep < *len);
+                        stored += keep as u64;
+                        // The shell counts the marker too (here one byte).
+                        markers += 1;
+                    }
+                    LogCap::Drop => proptest::prop_assert_eq!(markers, 1),
+                }
+            }
+            if cap == 0 || total as u64 <= cap {
+                proptest::prop_assert_eq!(stored, total as u64);
+                proptest::prop_assert_eq!(markers, 0);
+            } else {
+                proptest::prop_assert_eq!(stored, cap);
+                proptest::prop_assert_eq!(markers, 1);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::JobState::*;

@@ -28,7 +28,7 @@ pub use job::{
     AttemptOutcome, Command, Job, JobId, JobSpec, JobState, JobTransitionError, Priority,
     QueueName, Requirements, SlaClass, TenantName,
 };
-pub use lifecycle::{LifecycleEvent, TransitionError, WorkerState};
+pub use lifecycle::{AfterDrain, LifecycleEvent, TransitionError, WorkerState};
 pub use matching::{IdleWorker, Mismatch};
 pub use pool::{PoolKind, PoolSpec};
 pub use queue::{QueueConfig, QueueEntry, QueueError, Queues};

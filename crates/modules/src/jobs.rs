@@ -1026,6 +1026,7 @@ impl Dispatcher {
             let idle = entry.connected
                 && heard
                 && entry.liveness == hodei_core::health::Liveness::Healthy
+                && entry.draining.is_none()
                 && !self.dead.contains(&entry.worker.id)
                 && self
                     .slots

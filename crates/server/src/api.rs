@@ -255,6 +255,10 @@ pub struct SubmitJob {
     pub sla_class: Option<String>,
     /// Never preempt this job for a more urgent one.
     pub no_preempt: bool,
+    /// Queue the job even if no pool and no connected worker could run it now (an unknown
+    /// pool, labels nobody has), for a worker yet to come; refused otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_pending: bool,
 }
 
 impl SubmitJob {
@@ -339,6 +343,7 @@ impl SubmitJob {
             max_retries: spec.max_retries,
             sla_class: Some(spec.sla_class.to_string()),
             no_preempt: spec.no_preempt,
+            allow_pending: false,
         }
     }
 }
@@ -517,7 +522,7 @@ pub struct JobList {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogChunkView {
     pub attempt: u32,
-    /// `stdout` or `stderr`.
+    /// `output` (stdout and stderr in the order written), or `stdout`/`stderr` from older agents.
     pub stream: String,
     /// The bytes, as UTF-8 with invalid sequences replaced.
     pub text: String,

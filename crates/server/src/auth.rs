@@ -53,9 +53,10 @@ pub(crate) fn grpc_operation(path: &str) -> Operation {
         | "/hodei.v1.JobService/ListJobs"
         | "/hodei.v1.JobService/StreamLogs" => Operation::ReadJobs,
         "/hodei.v1.TenantService/GetTenant" => Operation::ReadTenant,
-        "/hodei.v1.TenantService/SetTenant" | "/hodei.v1.TenantService/DeleteTenant" => {
-            Operation::Write
-        }
+        "/hodei.v1.SchedulerService/DrainWorker"
+        | "/hodei.v1.SchedulerService/UndrainWorker"
+        | "/hodei.v1.TenantService/SetTenant"
+        | "/hodei.v1.TenantService/DeleteTenant" => Operation::Write,
         _ if path.starts_with("/hodei.v1.TokenService/") => Operation::ManageCredentials,
         _ => Operation::Read,
     }

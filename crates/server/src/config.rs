@@ -770,6 +770,13 @@ pub struct JobsSection {
     /// it ends the attempt as timed out itself.
     #[serde(with = "humantime_serde")]
     pub timeout_grace: Duration,
+    /// Accept jobs nothing could run now (an unknown pool, labels no pool template and no
+    /// connected worker has) and queue them for a worker yet to come, as every submission's
+    /// `allow_pending` does for itself. Off: such jobs are refused, naming why.
+    pub allow_pending: bool,
+    /// Most bytes of output kept per attempt of a job; what comes after is dropped and the
+    /// log ends with a marker saying so. 0: no cap.
+    pub max_log_bytes: u64,
 }
 
 /// One `[[jobs.queue]]`.
@@ -789,6 +796,8 @@ impl Default for JobsSection {
             }],
             assign_timeout: FencePolicy::default().assign_timeout,
             timeout_grace: FencePolicy::default().timeout_grace,
+            allow_pending: false,
+            max_log_bytes: hodei_core::job::DEFAULT_MAX_LOG_BYTES,
         }
     }
 }

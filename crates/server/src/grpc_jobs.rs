@@ -20,6 +20,10 @@ use crate::scope::Scope;
 #[derive(Debug, Clone)]
 pub struct JobGrpc {
     pub jobs: JobService,
+    pub pools: hodei_modules::PoolManager,
+    pub scheduler: std::sync::Arc<hodei_modules::SchedulerRegistry>,
+    /// `[jobs] allow_pending`.
+    pub allow_pending: bool,
 }
 
 fn status(error: impl Into<ApiError>) -> Status {
@@ -50,6 +54,7 @@ fn submit_request(spec: v1::JobSpec) -> SubmitJob {
         max_retries: spec.max_retries,
         sla_class: Some(spec.sla_class),
         no_preempt: spec.no_preempt,
+        allow_pending: false,
     }
 }
 
@@ -150,8 +155,9 @@ impl v1::job_service_server::JobService for JobGrpc {
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
         let scope = Scope::of_grpc(&request);
+        let request = request.into_inner();
+        let allow_pending = request.allow_pending || self.allow_pending;
         let spec = request
-            .into_inner()
             .spec
             .ok_or_else(|| status(hodei_core::ValidationError::new("spec", "is missing")))?;
         let mut submit = submit_request(spec);
@@ -159,6 +165,14 @@ impl v1::job_service_server::JobService for JobGrpc {
             .tenant_named(submit.tenant.as_deref())
             .map_err(status)?;
         let mut spec = submit.into_spec().map_err(status)?;
+        if !allow_pending {
+            crate::runnable::refuse_never_runnable(
+                &self.pools,
+                &self.scheduler,
+                &spec.requirements,
+            )
+            .map_err(status)?;
+        }
         let applied = hodei_core::trace::apply_traceparent(&mut spec, traceparent.as_deref())
             .map(str::to_owned);
         let job = self.jobs.submit(spec).await.map_err(status)?;

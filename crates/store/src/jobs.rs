@@ -630,7 +630,7 @@ mod tests {
 
     #[test]
     fn streams_round_trip_through_their_column_names() {
-        for stream in [LogStream::Stdout, LogStream::Stderr] {
+        for stream in [LogStream::Stdout, LogStream::Stderr, LogStream::Output] {
             assert_eq!(LogStream::parse(stream.as_str()), Some(stream));
         }
         assert_eq!(LogStream::parse("stdin"), None);

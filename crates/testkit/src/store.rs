@@ -1961,7 +1961,7 @@ fn keys(chunks: &[LogChunk]) -> Vec<(u32, u64)> {
 }
 
 async fn logs_are_ordered_and_stored_once(store: &dyn Store) {
-    use LogStream::{Stderr, Stdout};
+    use LogStream::{Output, Stderr, Stdout};
     let job = insert_job(store, &plain_job("logs")).await;
     let other = insert_job(store, &plain_job("logs-other")).await;
     assert_eq!(
@@ -1974,7 +1974,8 @@ async fn logs_are_ordered_and_stored_once(store: &dyn Store) {
     // Out of order, across attempts, with bytes that are not text, and interleaved with
     // another job's output in the same call.
     let first = [
-        chunk(&job, 2, 0, Stdout, b"second attempt\n"),
+        // Current agents send stdout and stderr as one stream, `output`.
+        chunk(&job, 2, 0, Output, b"second attempt\n"),
         chunk(&job, 1, 1, Stderr, b"\xff\xfe not utf-8 \0 nul\n"),
         chunk(&other, 1, 0, Stdout, b"other job\n"),
         chunk(&job, 1, 0, Stdout, b"first line\n"),
@@ -1987,7 +1988,7 @@ async fn logs_are_ordered_and_stored_once(store: &dyn Store) {
     let resent = [
         chunk(&job, 1, 1, Stdout, b"changed when resent\n"),
         chunk(&job, 1, 2, Stdout, b"third line\n"),
-        chunk(&job, 2, 0, Stdout, b"second attempt\n"),
+        chunk(&job, 2, 0, Output, b"second attempt\n"),
     ];
     append_logs(store, &resent).await;
 
