@@ -6,7 +6,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use hodei_core::autoscale::{self, PoolCandidate, ScaleAction};
 use hodei_core::dispatch::{Dispatch, DispatchConfig, Effect, Input};
@@ -136,11 +136,13 @@ struct Sim<'a> {
     now: u64,
     next_arrival: usize,
     jobs: Vec<JobTrack>,
+    admitted: Vec<bool>,
     /// Queued jobs in dispatch order: (priority descending, sequence).
     queued: BTreeMap<(Reverse<Priority>, u64), usize>,
     queued_by_tenant: BTreeMap<TenantName, u32>,
     in_flight: usize,
     refused: usize,
+    refused_unfit: usize,
     arrived: Vec<Requirements>,
     ran: Vec<(String, f64)>,
     pass_at: Option<u64>,
@@ -196,10 +198,12 @@ impl<'a> Sim<'a> {
             now: START_MS,
             next_arrival: 0,
             jobs: vec![JobTrack::default(); trace.len()],
+            admitted: vec![false; trace.len()],
             queued: BTreeMap::new(),
             queued_by_tenant: BTreeMap::new(),
             in_flight: 0,
             refused: 0,
+            refused_unfit: 0,
             arrived: Vec::new(),
             ran: Vec::new(),
             pass_at: None,
@@ -473,8 +477,17 @@ impl<'a> Sim<'a> {
 
     fn submit(&mut self, batch: &[usize]) {
         let now = self.now;
+        // As the server: a job no pool could ever hold is refused at submission.
+        let shapes: Vec<PoolCandidate> = self.pools.iter().map(|p| p.candidate.clone()).collect();
         let jobs: Vec<Job> = batch
             .iter()
+            .filter(|&&i| {
+                let fits = autoscale::home_pool(&shapes, &self.trace[i].requirements).is_some();
+                if !fits {
+                    self.refused_unfit += 1;
+                }
+                fits
+            })
             .map(|&i| {
                 let traced = &self.trace[i];
                 let spec = JobSpec {
@@ -506,6 +519,7 @@ impl<'a> Sim<'a> {
             match effect {
                 Effect::Admitted { job, .. } => {
                     let Some(i) = job_index(&job.id) else { continue };
+                    self.admitted[i] = true;
                     self.queued.insert((Reverse(job.spec.priority), i as u64), i);
                     *self.queued_by_tenant.entry(job.spec.tenant.clone()).or_default() += 1;
                     self.arrived.push(job.spec.requirements);
@@ -716,9 +730,13 @@ impl<'a> Sim<'a> {
         let end = self.now;
         let mut report = RunReport::new(self.config.name());
         report.jobs = self.trace.len();
-        report.refused = self.refused;
+        report.refused = self.refused + self.refused_unfit;
+        report.refused_no_pool_fits = self.refused_unfit;
         report.span_seconds = secs(end - START_MS);
         for (i, traced) in self.trace.iter().enumerate() {
+            if !self.admitted[i] {
+                continue;
+            }
             let submitted = START_MS + traced.submit_ms;
             let (wait, started) = match self.jobs[i].started_ms {
                 Some(start) => (secs(start.saturating_sub(submitted)), true),
@@ -793,9 +811,4 @@ fn hodei_core_snapshot_cap() -> usize {
 /// The SLA class deadlines used (the core's defaults).
 pub fn deadline_seconds(class: SlaClass) -> f64 {
     class.deadline().as_secs_f64()
-}
-
-#[allow(dead_code)]
-fn _system_time(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
 }

@@ -105,8 +105,10 @@ pub struct Decisions {
 pub struct RunReport {
     pub config: String,
     pub jobs: usize,
-    /// Refused at submission (a full queue).
+    /// Refused at submission: a full queue, or no pool could ever hold the job. The
+    /// figures below are over the jobs admitted.
     pub refused: usize,
+    pub refused_no_pool_fits: usize,
     /// Admitted but not started when the run stopped (a day after the last arrival).
     pub unstarted: usize,
     /// Virtual time from the start to the last job's end.
@@ -274,10 +276,11 @@ impl RunReport {
             };
             met += class.met;
         }
-        self.sla_met_ratio = if self.jobs == 0 {
+        let admitted = self.waits.len();
+        self.sla_met_ratio = if admitted == 0 {
             1.0
         } else {
-            met as f64 / self.jobs as f64
+            met as f64 / admitted as f64
         };
     }
 }
