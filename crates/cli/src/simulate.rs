@@ -78,13 +78,21 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let jobs = trace::read_file(&trace_path)
         .with_context(|| format!("cannot read the trace {}", trace_path.display()))?;
-    let reports = configs
-        .iter()
-        .map(|config| {
-            hodei_sim::simulate(config, &jobs)
-                .with_context(|| format!("configuration {}", config.name()))
-        })
-        .collect::<anyhow::Result<Vec<RunReport>>>()?;
+    // One thread per configuration: they share nothing but the trace.
+    let reports = std::thread::scope(|scope| {
+        let runs: Vec<_> = configs
+            .iter()
+            .map(|config| scope.spawn(|| hodei_sim::simulate(config, &jobs)))
+            .collect();
+        runs.into_iter()
+            .zip(&configs)
+            .map(|(run, config)| {
+                run.join()
+                    .map_err(|_| anyhow::anyhow!("the simulation panicked"))?
+                    .with_context(|| format!("configuration {}", config.name()))
+            })
+            .collect::<anyhow::Result<Vec<RunReport>>>()
+    })?;
     let mut out = std::io::stdout().lock();
     match args.output {
         SimOutput::Table => out.write_all(hodei_sim::report::table(&reports).as_bytes())?,

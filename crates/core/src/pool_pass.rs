@@ -24,8 +24,9 @@ use crate::worker::WorkerId;
 
 /// How far back the arrival rate looks.
 pub const ARRIVAL_WINDOW_MS: u64 = 60_000;
-/// Weight of the newest run time in the running-time average.
-const RUN_TIME_WEIGHT: f64 = 0.2;
+/// Weight of the newest run time in the running-time average: small, since run times are
+/// heavy-tailed and one three-hour job must not make the pool expect only such jobs.
+const RUN_TIME_WEIGHT: f64 = 0.05;
 const HOUR_MS: u64 = 3_600_000;
 /// Hours in a week: the profile's slots.
 pub const HOURS_PER_WEEK: usize = 168;
@@ -247,20 +248,31 @@ pub struct PassPool<'a> {
     pub spec: &'a PoolSpec,
     /// Being removed: no new workers, idle ones drained, gone when empty.
     pub removing: bool,
-    /// Its registered workers.
+    /// Its workers known by id (the idle ones must be, to be drained).
     pub members: &'a [Member],
-    /// Workers being created that the registry does not show yet: starting supply.
-    pub unregistered_starting: u32,
+    /// Workers known only by count, added to the members': the server's workers being
+    /// created that the registry does not show yet (starting), the simulator's busy and
+    /// starting ones. Their `idle` is ignored.
+    pub counted: PoolCounts,
     /// Creations still pending of any kind (a removed pool waits for them before it goes).
     pub pending_creations: u32,
     pub track: &'a mut PoolTrack,
+}
+
+impl PassPool<'_> {
+    fn queue_free_counted(&self) -> PoolCounts {
+        PoolCounts {
+            idle: 0,
+            ..self.counted
+        }
+    }
 }
 
 /// What the dispatcher says about jobs since the last pass.
 #[derive(Debug, Clone, Copy)]
 pub struct PassJobs<'a> {
     /// Requirements of queued jobs, in dispatch order.
-    pub queued: &'a [Requirements],
+    pub queued: &'a [&'a Requirements],
     /// Requirements of jobs submitted since the last pass.
     pub arrived: &'a [Requirements],
     /// Attempts ended since the last pass: the worker's pool and the seconds it ran.
@@ -282,8 +294,8 @@ pub struct PoolOutcome {
     pub gone: bool,
 }
 
-/// The pool's view (supply) and counts from its members.
-pub fn view_of(members: &[Member], unregistered_starting: u32) -> (PoolView, PoolCounts) {
+/// The pool's view (supply) and counts from its members and the workers known by count.
+pub fn view_of(members: &[Member], counted: PoolCounts) -> (PoolView, PoolCounts) {
     let mut view = PoolView::default();
     let mut counts = PoolCounts::default();
     for member in members {
@@ -298,7 +310,10 @@ pub fn view_of(members: &[Member], unregistered_starting: u32) -> (PoolView, Poo
             }),
         }
     }
-    counts.starting = counts.starting.saturating_add(unregistered_starting);
+    counts.starting = counts.starting.saturating_add(counted.starting);
+    counts.busy = counts.busy.saturating_add(counted.busy);
+    counts.unhealthy = counts.unhealthy.saturating_add(counted.unhealthy);
+    counts.leaving = counts.leaving.saturating_add(counted.leaving);
     counts.idle = u32::try_from(view.idle.len()).unwrap_or(u32::MAX);
     view.busy = counts.busy;
     view.starting = counts.starting;
@@ -324,15 +339,15 @@ pub fn pass(
 ) -> Vec<PoolOutcome> {
     let views: Vec<(PoolView, PoolCounts)> = pools
         .iter()
-        .map(|pool| view_of(pool.members, pool.unregistered_starting))
+        .map(|pool| view_of(pool.members, pool.queue_free_counted()))
         .collect();
     let live: Vec<usize> = (0..pools.len()).filter(|i| !pools[*i].removing).collect();
     let candidates: Vec<PoolCandidate> = live
         .iter()
         .map(|&i| PoolCandidate::from_spec(pools[i].spec, views[i].0.busy, now_ms))
         .collect();
-    let shares = autoscale::attribute_demand(&candidates, jobs.queued);
-    let fitting = autoscale::queued_that_fit(&candidates, jobs.queued);
+    let shares = autoscale::attribute_demand(&candidates, jobs.queued.iter().copied());
+    let fitting = autoscale::queued_that_fit(&candidates, jobs.queued.iter().copied());
     let mut arrived: BTreeMap<&str, u32> = BTreeMap::new();
     for job in jobs.arrived {
         if let Some(home) = autoscale::home_pool(&candidates, job) {
@@ -452,13 +467,14 @@ mod tests {
         arrived: usize,
         now_ms: u64,
     ) -> PoolOutcome {
-        let queued = vec![Requirements::default(); queued];
+        let one = Requirements::default();
+        let queued = vec![&one; queued];
         let arrived = vec![Requirements::default(); arrived];
         let mut pools = [PassPool {
             spec,
             removing: false,
             members,
-            unregistered_starting: 0,
+            counted: PoolCounts::default(),
             pending_creations: 0,
             track,
         }];
@@ -518,7 +534,7 @@ mod tests {
             spec: &spec,
             removing: true,
             members: &workers,
-            unregistered_starting: 0,
+            counted: PoolCounts::default(),
             pending_creations: 0,
             track: &mut track,
         }];
@@ -535,7 +551,7 @@ mod tests {
             spec: &spec,
             removing: true,
             members: &[],
-            unregistered_starting: 0,
+            counted: PoolCounts::default(),
             pending_creations: 0,
             track: &mut track,
         }];
@@ -546,12 +562,12 @@ mod tests {
     fn running_time_is_a_moving_average_per_pool() {
         let spec = PoolSpec::autoscaled("p", ProviderKind::Local, 0, 4);
         let mut track = PoolTrack::default();
-        let ran = vec![("p".to_owned(), 10.0), ("q".to_owned(), 1000.0), ("p".to_owned(), 20.0)];
+        let ran = vec![("p".to_owned(), 10.0), ("q".to_owned(), 1000.0), ("p".to_owned(), 30.0)];
         let mut pools = [PassPool {
             spec: &spec,
             removing: false,
             members: &[],
-            unregistered_starting: 0,
+            counted: PoolCounts::default(),
             pending_creations: 0,
             track: &mut track,
         }];
@@ -561,7 +577,8 @@ mod tests {
             ran: &ran,
         };
         pass(&mut pools, jobs, MONDAY, 20);
-        assert!((track.mean_run_secs.unwrap() - 12.0).abs() < 1e-9);
+        // 10, then 95% of 10 + 5% of 30; the other pool's job does not count.
+        assert!((track.mean_run_secs.unwrap() - 11.0).abs() < 1e-9);
     }
 
     #[test]
@@ -704,16 +721,18 @@ mod tests {
             dear.name = "dear".into();
             dear.cost_per_hour = 1.0;
             let b: Vec<Member> = b.into_iter().map(|m| Member { id: WorkerId::new(format!("b-{}", m.id)).unwrap(), ..m }).collect();
-            let queued = vec![Requirements::default(); queued];
+            let one = Requirements::default();
+            let arrived = vec![one.clone(); queued];
+            let queued = vec![&one; queued];
             let (mut ta, mut tb) = (PoolTrack::default(), PoolTrack::default());
             let mut pools = [
-                PassPool { spec: &cheap, removing: false, members: &a, unregistered_starting: unregistered, pending_creations: unregistered, track: &mut ta },
-                PassPool { spec: &dear, removing: false, members: &b, unregistered_starting: 0, pending_creations: 0, track: &mut tb },
+                PassPool { spec: &cheap, removing: false, members: &a, counted: PoolCounts { starting: unregistered, ..PoolCounts::default() }, pending_creations: unregistered, track: &mut ta },
+                PassPool { spec: &dear, removing: false, members: &b, counted: PoolCounts::default(), pending_creations: 0, track: &mut tb },
             ];
-            let jobs = PassJobs { queued: &queued, arrived: &queued, ran: &[] };
+            let jobs = PassJobs { queued: &queued, arrived: &arrived, ran: &[] };
             let outcomes = pass(&mut pools, jobs, MONDAY, 20);
             for (outcome, members, unregistered) in [(&outcomes[0], &a, unregistered), (&outcomes[1], &b, 0)] {
-                let (view, counts) = view_of(members, unregistered);
+                let (view, counts) = view_of(members, PoolCounts { starting: unregistered, ..PoolCounts::default() });
                 prop_assert_eq!(counts.total() as usize, members.len() + unregistered as usize);
                 let supply = view.supply();
                 let decision = outcome.decision.as_ref().unwrap();

@@ -560,13 +560,17 @@ impl PoolManager {
                     spec: &pool.spec,
                     removing: pool.removing,
                     members,
-                    unregistered_starting: *unregistered,
+                    counted: PoolCounts {
+                        starting: *unregistered,
+                        ..PoolCounts::default()
+                    },
                     pending_creations: *pending,
                     track: &mut pool.track,
                 })
                 .collect();
+            let queued: Vec<&hodei_core::Requirements> = snapshot.queued.iter().collect();
             let jobs = PassJobs {
-                queued: &snapshot.queued,
+                queued: &queued,
                 arrived: &snapshot.arrived,
                 ran: &snapshot.ran,
             };

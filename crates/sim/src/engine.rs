@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use hodei_core::autoscale::{self, PoolCandidate, ScaleAction};
 use hodei_core::dispatch::{Dispatch, DispatchConfig, Effect, Input};
-use hodei_core::pool_pass::{self, Member, MemberState, PassJobs, PassPool, PoolTrack};
+use hodei_core::pool_pass::{self, Member, MemberState, PassJobs, PassPool, PoolCounts, PoolTrack};
 use hodei_core::queue::Queues;
 use hodei_core::tenancy::{self, Tenants};
 use hodei_core::{
@@ -597,27 +597,25 @@ impl<'a> Sim<'a> {
     fn pass(&mut self) {
         self.last_pass = self.now;
         let now = self.now;
+        // Idle workers by id (they may be drained); busy and starting ones by count.
         let mut members: Vec<Vec<Member>> = vec![Vec::new(); self.pools.len()];
         for &w in &self.live_workers {
             let worker = &self.workers[w];
-            let state = match worker.state {
-                WState::Starting => MemberState::Starting,
-                WState::Busy => MemberState::Busy,
-                WState::Idle { since_ms } => MemberState::Idle {
-                    idle_for: Duration::from_millis(now.saturating_sub(since_ms)),
-                },
-                WState::Gone => continue,
-            };
-            members[worker.pool].push(Member {
-                id: worker.id.clone(),
-                state,
-            });
+            if let WState::Idle { since_ms } = worker.state {
+                members[worker.pool].push(Member {
+                    id: worker.id.clone(),
+                    state: MemberState::Idle {
+                        idle_for: Duration::from_millis(now.saturating_sub(since_ms)),
+                    },
+                });
+            }
         }
-        let queued: Vec<Requirements> = self
+        let trace = self.trace;
+        let queued: Vec<&'a Requirements> = self
             .queued
             .values()
-            .take(hodei_core_snapshot_cap())
-            .map(|&j| self.trace[j].requirements.clone())
+            .take(SNAPSHOT_QUEUED)
+            .map(|&j| &trace[j].requirements)
             .collect();
         let arrived = std::mem::take(&mut self.arrived);
         let ran = std::mem::take(&mut self.ran);
@@ -629,7 +627,11 @@ impl<'a> Sim<'a> {
                 spec: &pool.spec,
                 removing: false,
                 members,
-                unregistered_starting: 0,
+                counted: PoolCounts {
+                    busy: pool.busy,
+                    starting: pool.starting,
+                    ..PoolCounts::default()
+                },
                 pending_creations: 0,
                 track: &mut pool.track,
             })
@@ -803,10 +805,8 @@ impl<'a> Sim<'a> {
     }
 }
 
-/// The most queued jobs a pass looks at, as the server's dispatcher snapshot.
-fn hodei_core_snapshot_cap() -> usize {
-    10_000
-}
+/// The most queued jobs a pass looks at, as in the server's dispatcher snapshot.
+const SNAPSHOT_QUEUED: usize = 10_000;
 
 /// The SLA class deadlines used (the core's defaults).
 pub fn deadline_seconds(class: SlaClass) -> f64 {

@@ -6,8 +6,8 @@
 //!   13:00, an evening tail (40% until 20:00), then 8% until midnight;
 //! - they come in pipelines, as merges do: each arrival starts 1 + a geometric number of
 //!   jobs (mean 6) submitted within the next 60 s;
-//! - run times are heavy-tailed: log-normal with a median of 100 s (sigma 1.0, so a mean of
-//!   about 165 s and a long tail), at least 5 s and at most 3 h;
+//! - run times are heavy-tailed: log-normal with a median of 70 s (sigma 1.0, so a mean of
+//!   about 115 s and a long tail), at least 5 s and at most 3 h;
 //! - tenants are not alike: their activity follows a Zipf law (exponent 0.8); their tiers
 //!   cycle platinum, gold, silver, bronze (see [`tenant_tier`]);
 //! - SLA classes: 3% critical (priority 100), 12% high (priority 50), 55% medium, 20% low,
@@ -90,7 +90,7 @@ fn normal(rng: &mut ChaCha8Rng) -> f64 {
 }
 
 fn run_time(rng: &mut ChaCha8Rng) -> f64 {
-    let secs = 100.0 * normal(rng).exp();
+    let secs = 70.0 * normal(rng).exp();
     (secs.clamp(5.0, 3.0 * 3600.0) * 1000.0).round() / 1000.0
 }
 
@@ -249,7 +249,7 @@ mod tests {
         runs.sort_by(f64::total_cmp);
         let median = runs[runs.len() / 2];
         let p99 = runs[runs.len() * 99 / 100];
-        assert!((80.0..125.0).contains(&median), "{median}");
+        assert!((55.0..90.0).contains(&median), "{median}");
         assert!(p99 > 8.0 * median, "heavy tail: p99 {p99}, median {median}");
         let tenants: std::collections::BTreeSet<&str> =
             jobs.iter().map(|j| j.tenant.as_str()).collect();

@@ -334,8 +334,11 @@ pub fn table(reports: &[RunReport]) -> String {
         format!("{} / {}", r.scaling_decisions.up, r.scaling_decisions.down)
     });
     row("peak workers", &|r| r.peak_workers.to_string());
-    row("max share deviation (pp)", &|r| {
-        format!("{:.2}", r.max_share_deviation_pp)
+    row("max share deviation (pp), over", &|r| {
+        format!(
+            "{:.2}, {} saturated starts",
+            r.max_share_deviation_pp, r.saturated_starts
+        )
     });
     let tenants: std::collections::BTreeSet<&String> = reports
         .iter()
