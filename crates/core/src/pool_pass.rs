@@ -424,7 +424,7 @@ pub fn pass(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::{ScalingStep, PoolKind};
+    use crate::pool::{PoolKind, ScalingStep};
     use crate::worker::ProviderKind;
     use proptest::prelude::*;
 
@@ -516,8 +516,10 @@ mod tests {
     fn the_arrival_window_forgets_after_a_minute() {
         let mut spec = PoolSpec::autoscaled("p", ProviderKind::Local, 0, 100);
         spec.scaling.policy = PolicyKind::ArrivalRate;
-        let mut track = PoolTrack::default();
-        track.mean_run_secs = Some(10.0);
+        let mut track = PoolTrack {
+            mean_run_secs: Some(10.0),
+            ..PoolTrack::default()
+        };
         one_pass(&spec, &mut track, &[], 0, 60, MONDAY);
         one_pass(&spec, &mut track, &[], 0, 0, MONDAY + 30_000);
         assert!((track.arrivals_per_sec(MONDAY + 30_000) - 2.0).abs() < 1e-9);
@@ -562,7 +564,11 @@ mod tests {
     fn running_time_is_a_moving_average_per_pool() {
         let spec = PoolSpec::autoscaled("p", ProviderKind::Local, 0, 4);
         let mut track = PoolTrack::default();
-        let ran = vec![("p".to_owned(), 10.0), ("q".to_owned(), 1000.0), ("p".to_owned(), 30.0)];
+        let ran = vec![
+            ("p".to_owned(), 10.0),
+            ("q".to_owned(), 1000.0),
+            ("p".to_owned(), 30.0),
+        ];
         let mut pools = [PassPool {
             spec: &spec,
             removing: false,
@@ -588,21 +594,40 @@ mod tests {
         spec.scaling.steps = vec![
             ScalingStep { queued: 1, add: 1 },
             ScalingStep { queued: 10, add: 5 },
-            ScalingStep { queued: 50, add: 20 },
+            ScalingStep {
+                queued: 50,
+                add: 20,
+            },
         ];
         spec.scaling.max_decisions_per_minute = 100;
         spec.scaling.scale_up_cooldown = 0;
         spec.validate().unwrap();
-        let cases = [(0, 0, 0, 0), (3, 0, 2, 1), (12, 0, 2, 5), (60, 0, 0, 20), (60, 4, 0, 16)];
+        let cases = [
+            (0, 0, 0, 0),
+            (3, 0, 2, 1),
+            (12, 0, 2, 5),
+            (60, 0, 0, 20),
+            (60, 4, 0, 16),
+        ];
         for (queued, idle, busy, up) in cases {
             let mut track = PoolTrack::default();
-            let outcome = one_pass(&spec, &mut track, &members(idle, 0, busy, 0), queued, 0, MONDAY);
+            let outcome = one_pass(
+                &spec,
+                &mut track,
+                &members(idle, 0, busy, 0),
+                queued,
+                0,
+                MONDAY,
+            );
             let want = if up == 0 {
                 ScaleAction::Hold
             } else {
                 ScaleAction::Up(up)
             };
-            assert_eq!(outcome.action, want, "{queued} queued, {idle} idle, {busy} busy");
+            assert_eq!(
+                outcome.action, want,
+                "{queued} queued, {idle} idle, {busy} busy"
+            );
         }
         // Starting workers are supply: a step already under way is not asked for twice.
         let mut track = PoolTrack::default();
@@ -624,10 +649,17 @@ mod tests {
             let arrived = if in_burst {
                 7
             } else {
-                usize::from((t - start) % 60_000 == 0)
+                usize::from((t - start).is_multiple_of(60_000))
             };
             track.mean_run_secs = Some(60.0);
-            let outcome = one_pass(spec, track, &[], if in_burst { arrived } else { 0 }, arrived, t);
+            let outcome = one_pass(
+                spec,
+                track,
+                &[],
+                if in_burst { arrived } else { 0 },
+                arrived,
+                t,
+            );
             out.push((t, outcome));
             t += 10_000;
         }
@@ -648,11 +680,13 @@ mod tests {
             day_of_bursts(spec, &mut track, 1)
                 .into_iter()
                 .find(|(t, o)| *t >= burst - HOUR_MS && matches!(o.action, ScaleAction::Up(_)))
-                .map(|(t, o)| (t, o))
         };
         let (reactive_at, _) = first_up(&reactive).unwrap();
         let (predictive_at, outcome) = first_up(&predictive).unwrap();
-        assert!(reactive_at >= burst, "reactive follows the burst: {reactive_at}");
+        assert!(
+            reactive_at >= burst,
+            "reactive follows the burst: {reactive_at}"
+        );
         assert!(
             predictive_at < burst,
             "predictive pre-warms before {burst}: {predictive_at}, {outcome:?}"
@@ -675,7 +709,10 @@ mod tests {
         assert_eq!(profile.forecast(MONDAY + 12 * HOUR_MS), None);
         // Survives a round trip through its stored form.
         let text = serde_json::to_string(&profile).unwrap();
-        assert_eq!(serde_json::from_str::<ArrivalProfile>(&text).unwrap(), profile);
+        assert_eq!(
+            serde_json::from_str::<ArrivalProfile>(&text).unwrap(),
+            profile
+        );
     }
 
     fn arb_members() -> impl Strategy<Value = Vec<Member>> {

@@ -574,12 +574,8 @@ impl PoolManager {
                 arrived: &snapshot.arrived,
                 ran: &snapshot.ran,
             };
-            let outcomes = pool_pass::pass(
-                &mut entries,
-                jobs,
-                now_ms,
-                self.inner.config.decisions_kept,
-            );
+            let outcomes =
+                pool_pass::pass(&mut entries, jobs, now_ms, self.inner.config.decisions_kept);
             drop(entries);
             let mut gone = Vec::new();
             for outcome in outcomes {
@@ -760,8 +756,7 @@ impl PoolManager {
         pool.cost += cost;
         // What the last pass decided held until now.
         let (_, max) = autoscale::bounds(&pool.spec, now_ms);
-        let at_max_waiting =
-            pool.track.queued > 0 && pool.track.desired >= max && !pool.removing;
+        let at_max_waiting = pool.track.queued > 0 && pool.track.desired >= max && !pool.removing;
         let usage = PoolUsage {
             pool: pool.spec.name.clone(),
             hour_start_ms: now_ms,

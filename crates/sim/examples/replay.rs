@@ -13,7 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             jobs: 100_000,
             seed: 1,
         });
-        hodei_sim::trace::write(&jobs, hodei_sim::trace::Format::of(std::path::Path::new(&trace)), std::fs::File::create(&trace)?)?;
+        hodei_sim::trace::write(
+            &jobs,
+            hodei_sim::trace::Format::of(std::path::Path::new(&trace)),
+            std::fs::File::create(&trace)?,
+        )?;
     }
     let jobs = hodei_sim::trace::read_file(std::path::Path::new(&trace))?;
     let mut reports = Vec::new();

@@ -121,10 +121,7 @@ impl SimConfig {
             source,
         })?;
         if config.name.is_none() {
-            config.name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .map(str::to_owned);
+            config.name = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned);
         }
         config.check().map_err(|e| ConfigError::Invalid {
             path: shown,
@@ -141,7 +138,10 @@ impl SimConfig {
     /// The checks the server makes, plus the simulation's own.
     pub fn check(&self) -> Result<(), ValidationError> {
         if self.pools.is_empty() {
-            return Err(ValidationError::new("pool", "at least one [[pool]] is needed"));
+            return Err(ValidationError::new(
+                "pool",
+                "at least one [[pool]] is needed",
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for pool in &self.pools {
@@ -243,16 +243,24 @@ mod tests {
 
     fn parse(text: &str) -> Result<(), String> {
         let config: SimConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.check().map_err(|e| format!("{}: {}", e.field, e.reason))
+        config
+            .check()
+            .map_err(|e| format!("{}: {}", e.field, e.reason))
     }
 
     #[test]
     fn bad_configurations_name_the_field() {
         let pool = "[[pool]]\nname = \"p\"\nprovider = \"local\"\nkind = \"dynamic\"\nmax = 4\n";
         assert_eq!(parse(pool), Ok(()));
-        let err = parse("[[pool]]\nname = \"p\"\nprovider = \"local\"\nkind = \"dynamic\"\nmin = 5\nmax = 4\n").unwrap_err();
+        let err = parse(
+            "[[pool]]\nname = \"p\"\nprovider = \"local\"\nkind = \"dynamic\"\nmin = 5\nmax = 4\n",
+        )
+        .unwrap_err();
         assert!(err.starts_with("pool[p].min"), "{err}");
-        let err = parse(&format!("{pool}[[tenant]]\nname = \"a\"\ntier = \"diamond\"\n")).unwrap_err();
+        let err = parse(&format!(
+            "{pool}[[tenant]]\nname = \"a\"\ntier = \"diamond\"\n"
+        ))
+        .unwrap_err();
         assert!(err.starts_with("tenant[a].tier"), "{err}");
         let err = parse(&format!("{pool}[sim.start_latency_ms]\nmars = 3\n")).unwrap_err();
         assert!(err.starts_with("sim.start_latency_ms.mars"), "{err}");

@@ -244,9 +244,7 @@ impl<'a> Sim<'a> {
                         came += 1;
                     }
                 }
-                pool.track
-                    .profile
-                    .observe(START_MS - WEEK_MS + t, came);
+                pool.track.profile.observe(START_MS - WEEK_MS + t, came);
                 t += 60_000;
             }
         }
@@ -394,9 +392,9 @@ impl<'a> Sim<'a> {
                 };
                 self.in_flight -= 1;
                 let effects = self.step_all(input);
-                let retired = effects
-                    .iter()
-                    .any(|e| matches!(e, Effect::Retire { worker, .. } if *worker == self.workers[w].id));
+                let retired = effects.iter().any(
+                    |e| matches!(e, Effect::Retire { worker, .. } if *worker == self.workers[w].id),
+                );
                 if retired {
                     self.terminate(w);
                 } else {
@@ -518,10 +516,16 @@ impl<'a> Sim<'a> {
         for effect in effects {
             match effect {
                 Effect::Admitted { job, .. } => {
-                    let Some(i) = job_index(&job.id) else { continue };
+                    let Some(i) = job_index(&job.id) else {
+                        continue;
+                    };
                     self.admitted[i] = true;
-                    self.queued.insert((Reverse(job.spec.priority), i as u64), i);
-                    *self.queued_by_tenant.entry(job.spec.tenant.clone()).or_default() += 1;
+                    self.queued
+                        .insert((Reverse(job.spec.priority), i as u64), i);
+                    *self
+                        .queued_by_tenant
+                        .entry(job.spec.tenant.clone())
+                        .or_default() += 1;
                     self.arrived.push(job.spec.requirements);
                 }
                 Effect::Refused { .. } => self.refused += 1,
@@ -544,7 +548,9 @@ impl<'a> Sim<'a> {
             let Effect::Assign { worker, job } = effect else {
                 continue;
             };
-            let Some(j) = job_index(&job.id) else { continue };
+            let Some(j) = job_index(&job.id) else {
+                continue;
+            };
             let Some(&w) = self.worker_index.get(&worker) else {
                 continue;
             };
@@ -707,15 +713,11 @@ impl<'a> Sim<'a> {
         pool.next_id += 1;
         #[allow(clippy::unwrap_used)] // A valid pool name and digits make a valid id.
         let id = WorkerId::new(format!("{}-{}", pool.spec.name, pool.next_id)).unwrap();
-        let slot = pool
-            .slots
-            .iter_mut()
-            .min()
-            .map_or(now, |free| {
-                let begin = (*free).max(now);
-                *free = begin + pool.latency_ms;
-                *free
-            });
+        let slot = pool.slots.iter_mut().min().map_or(now, |free| {
+            let begin = (*free).max(now);
+            *free = begin + pool.latency_ms;
+            *free
+        });
         let w = self.workers.len();
         self.workers.push(SimWorker {
             id: id.clone(),
@@ -792,13 +794,15 @@ impl<'a> Sim<'a> {
             .decisions
             .iter()
             .take(200)
-            .map(|(t, pool, action, count, reason)| crate::report::LoggedScaling {
-                t_s: secs(t - START_MS),
-                pool: pool.clone(),
-                action: (*action).to_owned(),
-                count: *count,
-                reason: reason.clone(),
-            })
+            .map(
+                |(t, pool, action, count, reason)| crate::report::LoggedScaling {
+                    t_s: secs(t - START_MS),
+                    pool: pool.clone(),
+                    action: (*action).to_owned(),
+                    count: *count,
+                    reason: reason.clone(),
+                },
+            )
             .collect();
         report.finish();
         report

@@ -225,7 +225,10 @@ mod tests {
             assert_eq!(a.len(), 2000);
             assert_eq!(a, generate(params));
             assert_ne!(a, generate(Params { seed: 8, ..params }));
-            assert!(a.windows(2).all(|w| w[0].submit_offset_s <= w[1].submit_offset_s));
+            assert!(
+                a.windows(2)
+                    .all(|w| w[0].submit_offset_s <= w[1].submit_offset_s)
+            );
             assert!(a.iter().all(|j| j.check().is_ok()));
         }
     }

@@ -170,7 +170,10 @@ impl RunReport {
         deadline: f64,
     ) {
         self.waits.push(wait);
-        self.by_tenant.entry(tenant.to_owned()).or_default().push(wait);
+        self.by_tenant
+            .entry(tenant.to_owned())
+            .or_default()
+            .push(wait);
         self.by_class
             .entry(class.as_str().to_owned())
             .or_default()
@@ -307,25 +310,35 @@ pub fn table(reports: &[RunReport]) -> String {
     };
     row("config", &|r| r.config.clone());
     row("jobs", &|r| r.jobs.to_string());
-    row("refused / unstarted", &|r| format!("{} / {}", r.refused, r.unstarted));
+    row("refused / unstarted", &|r| {
+        format!("{} / {}", r.refused, r.unstarted)
+    });
     row("wait p50 (s)", &|r| fmt_secs(r.wait_seconds.p50));
     row("wait p95 (s)", &|r| fmt_secs(r.wait_seconds.p95));
     row("wait p99 (s)", &|r| fmt_secs(r.wait_seconds.p99));
     row("SLA met", &|r| pct(r.sla_met_ratio));
     for class in SlaClass::ALL {
         let name = class.as_str();
-        if reports.iter().all(|r| !r.sla_met_by_class.contains_key(name)) {
+        if reports
+            .iter()
+            .all(|r| !r.sla_met_by_class.contains_key(name))
+        {
             continue;
         }
-        row(&format!("  {name}: met / p95 (s)"), &|r| {
-            match (r.sla_met_by_class.get(name), r.wait_seconds_by_sla_class.get(name)) {
-                (Some(met), Some(w)) => format!("{} / {}", pct(met.ratio), fmt_secs(w.p95)),
-                _ => "-".to_owned(),
-            }
+        row(&format!("  {name}: met / p95 (s)"), &|r| match (
+            r.sla_met_by_class.get(name),
+            r.wait_seconds_by_sla_class.get(name),
+        ) {
+            (Some(met), Some(w)) => format!("{} / {}", pct(met.ratio), fmt_secs(w.p95)),
+            _ => "-".to_owned(),
         });
     }
-    row("busy worker-s", &|r| format!("{:.0}", r.busy_worker_seconds));
-    row("idle worker-s", &|r| format!("{:.0}", r.idle_worker_seconds));
+    row("busy worker-s", &|r| {
+        format!("{:.0}", r.busy_worker_seconds)
+    });
+    row("idle worker-s", &|r| {
+        format!("{:.0}", r.idle_worker_seconds)
+    });
     row("starting worker-s", &|r| {
         format!("{:.0}", r.starting_worker_seconds)
     });
@@ -345,16 +358,17 @@ pub fn table(reports: &[RunReport]) -> String {
         .flat_map(|r| r.tenant_shares.keys())
         .collect();
     for tenant in tenants {
-        row(&format!("  {tenant}: share / due, p95 (s)"), &|r| {
-            match (r.tenant_shares.get(tenant), r.wait_seconds_by_tenant.get(tenant)) {
-                (Some(s), Some(w)) => format!(
-                    "{:.1}% / {:.1}%, {}",
-                    s.actual_share * 100.0,
-                    s.expected_share * 100.0,
-                    fmt_secs(w.p95)
-                ),
-                _ => "-".to_owned(),
-            }
+        row(&format!("  {tenant}: share / due, p95 (s)"), &|r| match (
+            r.tenant_shares.get(tenant),
+            r.wait_seconds_by_tenant.get(tenant),
+        ) {
+            (Some(s), Some(w)) => format!(
+                "{:.1}% / {:.1}%, {}",
+                s.actual_share * 100.0,
+                s.expected_share * 100.0,
+                fmt_secs(w.p95)
+            ),
+            _ => "-".to_owned(),
         });
     }
     let pools: std::collections::BTreeSet<&String> =

@@ -78,8 +78,10 @@ pub enum TraceError {
 }
 
 fn seconds_to_ms(field: &str, secs: f64) -> Result<u64, String> {
-    if !secs.is_finite() || secs < 0.0 || secs > 365.0 * 86_400.0 {
-        return Err(format!("{field}: is {secs}, seconds from 0 to a year expected"));
+    if !secs.is_finite() || !(0.0..=365.0 * 86_400.0).contains(&secs) {
+        return Err(format!(
+            "{field}: is {secs}, seconds from 0 to a year expected"
+        ));
     }
     // Bounded above: fits u64.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -205,7 +207,10 @@ pub fn read(input: impl BufRead, format: Format) -> Result<Vec<Checked>, TraceEr
                 if line.trim().is_empty() {
                     continue;
                 }
-                let bad = |reason: String| TraceError::Line { line: i + 1, reason };
+                let bad = |reason: String| TraceError::Line {
+                    line: i + 1,
+                    reason,
+                };
                 let job: TraceJob = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
                 jobs.push(job.check().map_err(bad)?);
             }

@@ -2,6 +2,8 @@
 //! results are reproducible, fair share holds under saturation, and the shipped baselines
 //! parse and run.
 
+#![allow(clippy::unwrap_used)] // Helpers of tests.
+
 use hodei_sim::generate::{Params, Profile, generate};
 use hodei_sim::trace::{self, Checked, Format};
 use hodei_sim::{SimConfig, simulate};
@@ -72,7 +74,9 @@ fn a_job_no_pool_can_hold_is_refused_as_the_server_would() {
     }));
     let four_cores = jobs.iter().filter(|j| j.requirements.cpu_cores > 2).count();
     assert!(four_cores > 0);
-    let small = DYNAMIC.replace("cpu_cores = 4", "cpu_cores = 2").replace("8192", "4096");
+    let small = DYNAMIC
+        .replace("cpu_cores = 4", "cpu_cores = 2")
+        .replace("8192", "4096");
     let report = simulate(&config(&small), &jobs).unwrap();
     assert_eq!(report.refused_no_pool_fits, four_cores);
     assert_eq!(report.wait_seconds.jobs, 200 - four_cores);
