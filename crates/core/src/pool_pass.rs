@@ -715,6 +715,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn step_and_predictive_read_from_a_pool_body_and_bad_values_name_the_field() {
+        let spec: PoolSpec = serde_json::from_str(
+            r#"{"name": "p", "provider": "kubernetes", "kind": "dynamic", "max": 9,
+                "scaling": {"policy": "step", "steps": [{"queued": 1, "add": 2}]}}"#,
+        )
+        .unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.scaling.steps, [ScalingStep { queued: 1, add: 2 }]);
+        let mut spec: PoolSpec = serde_json::from_str(
+            r#"{"name": "p", "provider": "kubernetes", "kind": "dynamic", "max": 9,
+                "scaling": {"policy": "predictive", "lead_secs": 30}}"#,
+        )
+        .unwrap();
+        spec.validate().unwrap();
+        assert_eq!(lead_ms(&spec), 30_000);
+        spec.scaling.lead_secs = None;
+        assert_eq!(lead_ms(&spec), 5_000, "the provider's start latency");
+        spec.scaling.lead_secs = Some(-1.0);
+        assert_eq!(spec.validate().unwrap_err().field, "pool.scaling.lead_secs");
+    }
+
     fn arb_members() -> impl Strategy<Value = Vec<Member>> {
         proptest::collection::vec((0u8..5, 0u64..200), 0..20).prop_map(|states| {
             states
