@@ -5,6 +5,7 @@ mod client;
 mod dev;
 mod jobs;
 mod report;
+mod simulate;
 mod tenants;
 mod tokens;
 
@@ -51,6 +52,9 @@ enum Command {
     /// Reports: what workers cost, by tenant, pool or queue, with recommendations.
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Replay a job trace against configurations on a virtual clock (`generate` makes a
+    /// trace); runs offline.
+    Simulate(simulate::SimulateArgs),
     /// Measure a real server; each run prints one JSON object on stdout.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -368,6 +372,10 @@ async fn run(command: Command) -> ExitCode {
         Command::Bench(command) => {
             init_logging("warn", format);
             bench::run(command).await
+        }
+        Command::Simulate(args) => {
+            init_logging("warn", format);
+            simulate::run(args)
         }
         Command::Job(command) => {
             init_logging("warn", format);

@@ -16,6 +16,7 @@ pub mod job;
 pub mod lifecycle;
 pub mod matching;
 pub mod pool;
+pub mod pool_pass;
 pub mod queue;
 pub mod reconcile;
 pub mod sla;
