@@ -154,6 +154,8 @@ fn rest_table() -> Vec<(&'static str, &'static str, u16, Option<u16>)> {
         ("GET", "/api/v1/workers", 403, None),
         ("GET", "/api/v1/workers/{id}", 403, None),
         ("DELETE", "/api/v1/workers/{id}", 403, None),
+        ("POST", "/api/v1/workers/{id}/drain", 403, None),
+        ("POST", "/api/v1/workers/{id}/undrain", 403, None),
         ("GET", "/api/v1/pools", 403, None),
         ("POST", "/api/v1/pools", 403, None),
         ("GET", "/api/v1/pools/{name}", 403, None),
@@ -338,6 +340,23 @@ async fn grpc(
                 .await
                 .map(drop),
         ),
+        "SchedulerService/DrainWorker" => code(
+            scheduler()
+                .drain_worker(v1::DrainWorkerRequest {
+                    worker_id: fixture.worker.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+        ),
+        "SchedulerService/UndrainWorker" => code(
+            scheduler()
+                .undrain_worker(v1::UndrainWorkerRequest {
+                    worker_id: fixture.worker.clone(),
+                })
+                .await
+                .map(drop),
+        ),
         "SchedulerService/WorkerSession" => {
             let hello = v1::AgentMessage {
                 body: Some(v1::agent_message::Body::Hello(v1::Hello {
@@ -509,6 +528,8 @@ fn grpc_table() -> Vec<(&'static str, Code, Option<Code>)> {
         ("SchedulerService/UnregisterWorker", PermissionDenied, None),
         ("SchedulerService/ListWorkers", PermissionDenied, None),
         ("SchedulerService/GetWorker", PermissionDenied, None),
+        ("SchedulerService/DrainWorker", PermissionDenied, None),
+        ("SchedulerService/UndrainWorker", PermissionDenied, None),
         ("SchedulerService/WorkerSession", PermissionDenied, None),
         ("JobService/SubmitJob", Ok, Some(PermissionDenied)),
         ("JobService/GetJob", Ok, Some(NotFound)),
