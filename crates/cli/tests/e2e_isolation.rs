@@ -387,6 +387,7 @@ async fn grpc(
                         },
                         ..Default::default()
                     }),
+                    ..Default::default()
                 })
                 .await
                 .map(drop),
