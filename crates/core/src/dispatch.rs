@@ -19,9 +19,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use crate::fence::{self, FencePolicy, InFlight, LostBecause, Millis, Presence, Report, Verdict};
+use crate::job::QueueName;
 use crate::job::{AttemptOutcome, Job, JobId, JobState, TenantName, after_attempt};
 use crate::matching::{self, IdleWorker};
-use crate::job::QueueName;
 use crate::queue::{QueueEntry, QueueError, Queues};
 use crate::tenancy::{
     self, AdmissionError, BurstState, DailyCost, FairShare, StartWindow, Tenants, Usage,
@@ -1027,9 +1027,9 @@ impl Dispatch {
     }
 
     fn in_flight_on(&self, worker: &WorkerId, job: &JobId) -> Option<&Live> {
-        self.jobs.get(job).filter(|live| {
-            live.job.worker_id.as_ref() == Some(worker) && in_flight(live.job.state)
-        })
+        self.jobs
+            .get(job)
+            .filter(|live| live.job.worker_id.as_ref() == Some(worker) && in_flight(live.job.state))
     }
 
     fn start(job: &Job, now_ms: u64) -> Write {
@@ -1587,7 +1587,10 @@ mod tests {
             }]
         );
         let job = m.job(&id).unwrap();
-        assert_eq!((job.state, job.attempts, job.withdrawn), (JobState::Queued, 1, 1));
+        assert_eq!(
+            (job.state, job.attempts, job.withdrawn),
+            (JobState::Queued, 1, 1)
+        );
         // The worker that did not accept gets nothing until it reconnects; another does.
         assert!(run(&mut m, Input::Tick, 10_001).is_empty());
         up_and_connected(&mut m, &w2, 10_002);
@@ -1630,7 +1633,10 @@ mod tests {
         );
         assert!(effects.iter().any(|e| matches!(e, Effect::Ended { job, lost: true, .. } if job.state == JobState::TimedOut)));
         assert_eq!(m.uses(&w.id), 0, "not one of its uses");
-        assert!(run(&mut m, Input::Tick, 16_001).is_empty(), "no work until it reconnects");
+        assert!(
+            run(&mut m, Input::Tick, 16_001).is_empty(),
+            "no work until it reconnects"
+        );
         run(
             &mut m,
             Input::Connected {
@@ -1639,7 +1645,10 @@ mod tests {
             },
             16_002,
         );
-        assert!(matches!(&run(&mut m, Input::Tick, 16_003)[..], [Effect::Assign { .. }]));
+        assert!(matches!(
+            &run(&mut m, Input::Tick, 16_003)[..],
+            [Effect::Assign { .. }]
+        ));
     }
 
     #[test]
@@ -1664,14 +1673,25 @@ mod tests {
                 0,
             );
         }
-        run(&mut m, Input::Submit(vec![job(1, "a", 1), job(2, "a", 1)]), 0);
+        run(
+            &mut m,
+            Input::Submit(vec![job(1, "a", 1), job(2, "a", 1)]),
+            0,
+        );
         let assigned = run(&mut m, Input::Tick, 0);
         assert_eq!(assigned.len(), 2);
         for effect in assigned {
             let Effect::Assign { worker, job } = effect else {
                 panic!()
             };
-            run(&mut m, Input::Accepted { worker, job: job.id }, 1);
+            run(
+                &mut m,
+                Input::Accepted {
+                    worker,
+                    job: job.id,
+                },
+                1,
+            );
         }
         let on_w1 = m.job_on(&w1.id).cloned().unwrap();
         let effects = run(&mut m, Input::WorkerDead(w1.id.clone()), 2);
@@ -1686,7 +1706,12 @@ mod tests {
         // and margin (10 s + 2 s).
         run(&mut m, Input::Presence(vec![seen(&w1, 2), seen(&w2, 0)]), 3);
         let on_w2 = m.job_on(&w2.id).cloned().unwrap();
-        assert!(m.step(Input::Tick, 11_999).writes.iter().all(|w| w.job.id != on_w2));
+        assert!(
+            m.step(Input::Tick, 11_999)
+                .writes
+                .iter()
+                .all(|w| w.job.id != on_w2)
+        );
         let effects = run(&mut m, Input::Tick, 12_000);
         assert!(effects.contains(&Effect::Fenced {
             worker: Some(w2.id.clone()),
@@ -1736,7 +1761,12 @@ mod tests {
             },
             105_000,
         );
-        assert!(m.step(Input::Tick, 112_000).writes.iter().all(|w| w.job.id.as_str() != "j2"));
+        assert!(
+            m.step(Input::Tick, 112_000)
+                .writes
+                .iter()
+                .all(|w| w.job.id.as_str() != "j2")
+        );
     }
 
     #[test]
@@ -1790,7 +1820,10 @@ mod tests {
         assert_eq!(m.job(&id).unwrap().state, JobState::Running);
         // Every write the machine proposes is a legal move from the state it expects.
         let proposal = m.step(Input::Cancel(id.clone()), 3);
-        assert!(proposal.writes.is_empty(), "a running job is cancelled by its agent");
+        assert!(
+            proposal.writes.is_empty(),
+            "a running job is cancelled by its agent"
+        );
     }
 
     #[test]
@@ -1802,11 +1835,24 @@ mod tests {
             ..WorkerCapabilities::default()
         }]);
         up_and_connected(&mut m, &worker(1, 4), 0);
-        let effects = run(&mut m, Input::Submit(vec![job(1, "a", 3), job(2, "a", 8)]), 0);
-        assert!(matches!(&effects[..], [
-            Effect::Refused { index: 1, refusal: Refusal::Unsatisfiable(_) },
-            Effect::Admitted { index: 0, .. },
-        ]), "{effects:?}");
+        let effects = run(
+            &mut m,
+            Input::Submit(vec![job(1, "a", 3), job(2, "a", 8)]),
+            0,
+        );
+        assert!(
+            matches!(
+                &effects[..],
+                [
+                    Effect::Refused {
+                        index: 1,
+                        refusal: Refusal::Unsatisfiable(_)
+                    },
+                    Effect::Admitted { index: 0, .. },
+                ]
+            ),
+            "{effects:?}"
+        );
     }
 
     #[derive(Debug, Clone)]
@@ -2022,7 +2068,7 @@ mod tests {
                 let tenant_of = |id: &JobId| m.job(id).map(|j| (j.spec.tenant.to_string(), j.spec.requirements.cpu_cores));
                 let capped = holder.keys().filter(|id| tenant_of(id).is_some_and(|(t, _)| t == "capped")).count();
                 prop_assert!(capped <= 2, "capped holds {capped}");
-                let b_cpu: u32 = holder.keys().filter_map(|id| tenant_of(id)).filter(|(t, _)| t == "b").map(|(_, cpu)| cpu).sum();
+                let b_cpu: u32 = holder.keys().filter_map(tenant_of).filter(|(t, _)| t == "b").map(|(_, cpu)| cpu).sum();
                 prop_assert!(b_cpu <= 3, "b holds {b_cpu} cores");
                 // The machine agrees with the store about every job it tracks.
                 for (id, job) in &stored {

@@ -643,6 +643,8 @@ impl Dispatcher {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Every turn plans after its events; a tick that changed nothing already did.
+            let mut planned = false;
             tokio::select! {
                 () = cancel.cancelled() => break,
                 event = inbox.recv() => {
@@ -661,14 +663,16 @@ impl Dispatcher {
                 }
                 _ = tick.tick() => {
                     self.observe_registry();
-                    self.drive(Input::Tick).await;
+                    // Planned in the same step as the deadlines, so what they freed or
+                    // requeued is planned again below.
+                    planned = self.drive(Input::Tick).await.is_empty();
                     // Per-tenant gauges once per tick, not per pass: they cost a walk over
                     // the tenants and the jobs in flight.
                     self.update_tenant_gauges();
                 }
             }
             self.flush_logs().await;
-            if self.machine.counts().0 > 0 {
+            if !planned && self.machine.counts().0 > 0 {
                 self.drive(Input::Plan).await;
             }
             self.update_gauges();
@@ -883,8 +887,7 @@ impl Dispatcher {
                     }
                 }
                 Effect::StopJob { worker, job } => {
-                    if let Err(error) = self.link.cancel(worker, job, "cancelled by a user").await
-                    {
+                    if let Err(error) = self.link.cancel(worker, job, "cancelled by a user").await {
                         // The attempt ends as cancelled when the worker is found lost.
                         tracing::info!(job_id = %job, %error, "cancel will apply when the worker's attempt ends");
                     }
@@ -1130,8 +1133,7 @@ impl Dispatcher {
                     let _ = reply.send(drained);
                 }
                 Event::Pools(settings) => {
-                    self.machine
-                        .set_pool_shapes(settings.pool_shapes.clone());
+                    self.machine.set_pool_shapes(settings.pool_shapes.clone());
                     self.config.pools = settings;
                 }
                 Event::Tenants(tenants) => {
@@ -1519,7 +1521,6 @@ impl Dispatcher {
 fn at(now_ms: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms)
 }
-
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
