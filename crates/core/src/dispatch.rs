@@ -61,6 +61,7 @@ pub enum Input {
         pool_max_uses: Option<u32>,
     },
     /// A worker left the registry; a job it held becomes lost after the lease and margin.
+    /// One without a job is forgotten (its uses, its retirement): pools never reuse an id.
     WorkerGone(WorkerId),
     /// An agent opened its session; `running` are the jobs it still runs. An assigned job
     /// it runs has been accepted (its acceptance was lost, a server restart).
@@ -1942,7 +1943,9 @@ mod tests {
                         Input::WorkerUp { worker: workers[w as usize].clone(), pool_max_uses: (w == 0).then_some(2) }
                     }
                     Op::Gone(w) => {
-                        model[w as usize] = Model { leaving: model[w as usize].leaving, ..Model::default() };
+                        // Forgotten unless it still holds a job (pools never reuse an id).
+                        let holds = m.job_on(&workers[w as usize].id).is_some();
+                        model[w as usize] = Model { leaving: model[w as usize].leaving && holds, ..Model::default() };
                         Input::WorkerGone(workers[w as usize].id.clone())
                     }
                     Op::Connect(w) => {
@@ -1978,8 +1981,11 @@ mod tests {
                             let listed = seen.get(&(i as u8));
                             model.registered = listed.is_some();
                             model.connected = listed.is_some_and(|s| s.connected);
-                            // A worker that left the registry is forgotten, deadness too.
+                            // A worker that left the registry without a job is forgotten:
+                            // its deadness, and its retirement (pools never reuse an id).
+                            let holds = m.job_on(&workers[i].id).is_some();
                             model.dead &= model.registered;
+                            model.leaving &= model.registered || holds;
                         }
                         Input::Presence(seen.into_values().collect())
                     }
@@ -2054,6 +2060,14 @@ mod tests {
                             }
                         }
                         _ => {}
+                    }
+                }
+                // A worker out of the registry without a job may be forgotten by the machine
+                // at any sweep (pools never reuse an id): its deadness and retirement too.
+                for (w, model) in workers.iter().zip(&mut model) {
+                    if !model.registered && m.job_on(&w.id).is_none() {
+                        model.dead = false;
+                        model.leaving = false;
                     }
                 }
                 // Jobs that left flight free their holder.
