@@ -186,35 +186,27 @@ fn result(
     }))
 }
 
-/// Reads one of the job's outputs into log chunks. Both outputs' pumps share `sequence`,
-/// and a chunk's number is taken and the chunk sent under its lock, so chunks reach the
-/// server in the order of their numbers. (Numbered first and sent after, the stdout and
-/// stderr pumps could overtake each other: the server then stored a later number before an
-/// earlier one, and a reader paging by position, such as `job submit --wait`, saw a chunk
-/// twice.)
+/// Reads the job's output into log chunks numbered from 0. The job's stdout and stderr are
+/// one pipe (see [`run_with`]), so the chunks hold the output in the order it was written.
 async fn pump(
     mut reader: impl AsyncRead + Unpin,
     job_id: String,
     attempt: u32,
-    stream: v1::LogStream,
-    sequence: Arc<tokio::sync::Mutex<u64>>,
     out: mpsc::Sender<v1::AgentMessage>,
 ) {
     let mut buffer = vec![0u8; MAX_CHUNK];
-    loop {
+    for sequence in 0u64.. {
         let read = match reader.read(&mut buffer).await {
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
-        let mut next = sequence.lock().await;
         let chunk = v1::LogChunk {
             job_id: job_id.clone(),
-            sequence: *next,
-            stream: stream.into(),
+            sequence,
+            stream: v1::LogStream::Output.into(),
             data: buffer[..read].to_vec(),
             attempt,
         };
-        *next += 1;
         if out
             .send(message(agent_message::Body::LogChunk(chunk)))
             .await
@@ -222,8 +214,19 @@ async fn pump(
         {
             return;
         }
-        drop(next);
     }
+}
+
+/// One pipe for the job's stdout and stderr both, as CI runners do (GitLab's runner, and
+/// Buildkite's agent through a pty): the kernel keeps the writes to one pipe in order,
+/// while no reader can tell the order of writes to two pipes. Which stream a write went to
+/// is not kept. Returns the read end and the two write ends.
+fn output_pipe() -> std::io::Result<(tokio::net::unix::pipe::Receiver, Stdio, Stdio)> {
+    let (reader, writer) = std::io::pipe()?;
+    let stderr = Stdio::from(writer.try_clone()?);
+    let reader =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))?;
+    Ok((reader, Stdio::from(writer), stderr))
 }
 
 fn signal_group(pid: Option<u32>, signal: Signal) {
@@ -239,6 +242,9 @@ pub struct Context {
     pub worker_id: String,
     /// Run the job as this user (`uid[:gid]` or a name) instead of the agent's.
     pub user: Option<String>,
+    /// Milliseconds between SIGTERM and SIGKILL when the job is cancelled, as the cancel
+    /// asked (a preemption's grace); 0 means [`STOP_GRACE`].
+    pub stop_grace_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The `PATH` jobs get when the agent has none.
@@ -389,6 +395,21 @@ pub async fn run_with(
             }
         }
     }
+    let (output, stdout, stderr) = match output_pipe() {
+        Ok(pipe) => pipe,
+        Err(error) => {
+            let _ = out
+                .send(result(
+                    &job_id,
+                    attempt,
+                    v1::JobOutcome::FailedToStart,
+                    -1,
+                    format!("cannot make the output pipe: {error}"),
+                ))
+                .await;
+            return;
+        }
+    };
     command
         .env_clear()
         .envs(job_environment(
@@ -398,8 +419,8 @@ pub async fn run_with(
             &directory,
         ))
         .current_dir(&directory)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
         .process_group(0)
         .kill_on_drop(true);
     let spawned = {
@@ -410,6 +431,9 @@ pub async fn run_with(
         }
         spawned
     };
+    // The command holds the pipe's write ends: closed now, the output ends when the job's
+    // group is gone.
+    drop(command);
     let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
@@ -444,28 +468,12 @@ pub async fn run_with(
         })))
         .await;
 
-    let sequence = Arc::new(tokio::sync::Mutex::new(0u64));
-    let mut pumps = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        pumps.push(tokio::spawn(pump(
-            stdout,
-            job_id.clone(),
-            attempt,
-            v1::LogStream::Stdout,
-            sequence.clone(),
-            out.clone(),
-        )));
-    }
-    if let Some(stderr) = child.stderr.take() {
-        pumps.push(tokio::spawn(pump(
-            stderr,
-            job_id.clone(),
-            attempt,
-            v1::LogStream::Stderr,
-            sequence.clone(),
-            out.clone(),
-        )));
-    }
+    let pumps = vec![tokio::spawn(pump(
+        output,
+        job_id.clone(),
+        attempt,
+        out.clone(),
+    ))];
 
     let limit = (assignment.timeout_secs > 0)
         .then(|| Duration::from_secs(u64::from(assignment.timeout_secs)));
@@ -519,11 +527,16 @@ pub async fn run_with(
             format!("cannot wait for the job: {error}"),
         ),
         End::TimedOut | End::Cancelled => {
+            let asked = context
+                .stop_grace_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let grace = if matches!(end, End::Cancelled) && asked > 0 {
+                Duration::from_millis(asked)
+            } else {
+                STOP_GRACE
+            };
             signal_group(pid, Signal::SIGTERM);
-            if tokio::time::timeout(STOP_GRACE, child.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
                 signal_group(pid, Signal::SIGKILL);
                 let _ = child.wait().await;
             }

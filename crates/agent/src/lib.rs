@@ -15,6 +15,7 @@ pub mod job;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -183,12 +184,16 @@ pub fn parse_label(text: &str) -> Result<(String, String), ValidationError> {
     }
 }
 
-/// Jobs running now, by id, with the token that cancels each.
+/// Jobs running now, by id, with the token that cancels each and the grace it gets between
+/// SIGTERM and SIGKILL when it is (0: the default).
 #[derive(Debug, Default, Clone)]
-struct Jobs(Arc<Mutex<HashMap<String, CancellationToken>>>);
+struct Jobs(Arc<Mutex<HashMap<String, RunningJob>>>);
+
+/// A running job's cancel token and its stop grace in milliseconds (0: the default).
+type RunningJob = (CancellationToken, Arc<AtomicU64>);
 
 impl Jobs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningJob>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -199,14 +204,19 @@ impl Jobs {
     fn len(&self) -> usize {
         self.lock().len()
     }
-    fn cancel(&self, job_id: &str) -> bool {
+    fn cancel(&self, job_id: &str, grace_ms: u32) -> bool {
         self.lock()
             .get(job_id)
-            .map(CancellationToken::cancel)
+            .map(|(token, grace)| {
+                if grace_ms > 0 {
+                    grace.store(u64::from(grace_ms), Ordering::Relaxed);
+                }
+                token.cancel();
+            })
             .is_some()
     }
     fn cancel_all(&self) {
-        self.lock().values().for_each(CancellationToken::cancel);
+        self.lock().values().for_each(|(token, _)| token.cancel());
     }
 }
 
@@ -464,8 +474,8 @@ async fn session(
                         }
                     }
                     server_message::Body::CancelJob(cancel) => {
-                        let found = jobs.cancel(&cancel.job_id);
-                        tracing::info!(job_id = %cancel.job_id, reason = %cancel.reason, found, "cancel requested");
+                        let found = jobs.cancel(&cancel.job_id, cancel.grace_ms);
+                        tracing::info!(job_id = %cancel.job_id, reason = %cancel.reason, grace_ms = cancel.grace_ms, found, "cancel requested");
                     }
                     server_message::Body::Drain(drain) => {
                         tracing::info!(reason = %drain.reason, running = jobs.len(), "drain requested");
@@ -495,7 +505,12 @@ fn start_job(
 ) {
     let job_id = assignment.job_id.clone();
     let cancel = CancellationToken::new();
-    if jobs.lock().insert(job_id.clone(), cancel.clone()).is_some() {
+    let stop_grace_ms = Arc::new(AtomicU64::new(0));
+    if jobs
+        .lock()
+        .insert(job_id.clone(), (cancel.clone(), stop_grace_ms.clone()))
+        .is_some()
+    {
         tracing::warn!(%job_id, "job assigned twice, keeping the running one");
         return;
     }
@@ -505,6 +520,7 @@ fn start_job(
     let context = job::Context {
         worker_id: config.worker_id.to_string(),
         user: config.job_user.clone(),
+        stop_grace_ms,
     };
     let runner = runner.clone();
     tokio::spawn(async move {

@@ -92,6 +92,22 @@ pub enum WorkerCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Drain a worker: it takes no new job and finishes the one it runs, then is
+    /// terminated (its pool replaces it) or, with `--then keep`, stays drained.
+    Drain {
+        id: String,
+        /// What becomes of it once its job is done: terminate or keep.
+        #[arg(long, default_value = "terminate", value_parser = ["terminate", "keep"])]
+        then: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Let a drained worker take jobs again.
+    Undrain {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -513,6 +529,47 @@ pub async fn worker(command: WorkerCommand) -> anyhow::Result<()> {
             client.delete(&format!("/workers/{id}")).await?;
             println!("worker {id} terminated");
             Ok(())
+        }
+        WorkerCommand::Drain {
+            id,
+            then,
+            connection,
+        } => {
+            let client = Client::new(&connection)?;
+            let worker: WorkerView = client
+                .post(
+                    &format!("/workers/{id}/drain"),
+                    &serde_json::json!({ "then": then }),
+                )
+                .await?;
+            match connection.output.shown()? {
+                Shown::Json => print_json(&worker),
+                Shown::Table if then == "keep" => {
+                    println!(
+                        "worker {id} draining: no new jobs; it stays after its current job until `hodei worker undrain {id}`"
+                    );
+                    Ok(())
+                }
+                Shown::Table => {
+                    println!(
+                        "worker {id} draining: no new jobs; it is terminated once its current job is done"
+                    );
+                    Ok(())
+                }
+            }
+        }
+        WorkerCommand::Undrain { id, connection } => {
+            let client = Client::new(&connection)?;
+            let worker: WorkerView = client
+                .post(&format!("/workers/{id}/undrain"), &serde_json::json!({}))
+                .await?;
+            match connection.output.shown()? {
+                Shown::Json => print_json(&worker),
+                Shown::Table => {
+                    println!("worker {id} undrained: it takes jobs again");
+                    Ok(())
+                }
+            }
         }
     }
 }

@@ -40,6 +40,13 @@ pub enum JobCommand {
         /// Retries after a failed or timed-out attempt.
         #[arg(long, default_value_t = 0, value_name = "N")]
         retries: u32,
+        /// SLA class: critical, high, medium (the default), low or best_effort. The class's
+        /// deadline ([sla] in the server's configuration) bounds the wait for a start.
+        #[arg(long, value_name = "CLASS", value_parser = parse_sla)]
+        sla: Option<String>,
+        /// Never preempt this job to make room for a more urgent one.
+        #[arg(long)]
+        no_preempt: bool,
         /// A label the worker must carry, `key=value`; repeat for more.
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::parse_label)]
         labels: Vec<(String, String)>,
@@ -61,6 +68,10 @@ pub enum JobCommand {
         /// Stream the job's output until it ends and exit with its exit code.
         #[arg(long)]
         wait: bool,
+        /// Queue the job even if no pool and no connected worker could run it now (an
+        /// unknown pool, a label nobody has), for a worker yet to come.
+        #[arg(long)]
+        allow_pending: bool,
         /// The program and its arguments.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -79,6 +90,9 @@ pub enum JobCommand {
         /// Only this queue's jobs.
         #[arg(long)]
         queue: Option<String>,
+        /// Only jobs of this SLA class.
+        #[arg(long, value_name = "CLASS", value_parser = parse_sla)]
+        sla: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -115,6 +129,66 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// An SLA class as the API names it; `best-effort` is taken for `best_effort`.
+fn parse_sla(text: &str) -> Result<String, String> {
+    let class: hodei_core::SlaClass = text
+        .replace('-', "_")
+        .parse()
+        .map_err(|e: hodei_core::ValidationError| e.reason)?;
+    Ok(class.to_string())
+}
+
+/// `1h 2m`, `3m 4s`, `5s`: a short human duration.
+fn short_duration(secs: f64) -> String {
+    let total = secs.abs().round() as u64;
+    let (h, m, s) = (total / 3600, total / 60 % 60, total % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s}s"),
+        _ => format!("{h}h {m}m"),
+    }
+}
+
+/// The SLA lines of `hodei job get`.
+fn sla_lines(job: &JobView) -> Vec<String> {
+    let sla = &job.sla;
+    let mut deadline = format!("sla: {}, deadline {}", sla.class, sla.deadline);
+    match (sla.met, sla.time_left_secs) {
+        (Some(true), _) => deadline.push_str(" (met)"),
+        (Some(false), _) => deadline.push_str(" (missed)"),
+        (None, Some(left)) if left >= 0.0 => {
+            deadline.push_str(&format!(" ({} left)", short_duration(left)));
+        }
+        (None, Some(left)) => {
+            deadline.push_str(&format!(" (missed by {})", short_duration(left)));
+        }
+        (None, None) => {}
+    }
+    match sla.risk.as_str() {
+        "at_risk" => deadline.push_str(", AT RISK: starts before every job not at risk"),
+        "boosted" => deadline.push_str(", boosted: ahead of its tenant's other jobs"),
+        _ => {}
+    }
+    if sla.no_preempt {
+        deadline.push_str(", not preemptible");
+    }
+    let mut lines = vec![deadline];
+    for p in &sla.preemptions {
+        lines.push(if p.role == "victim" {
+            format!(
+                "preempted at {} for {} on {}: {}",
+                p.at, p.beneficiary, p.worker_id, p.reason
+            )
+        } else {
+            format!(
+                "preempted {} at {} on {} to start: {}",
+                p.victim, p.at, p.worker_id, p.reason
+            )
+        });
+    }
+    lines
+}
+
 fn print_jobs(jobs: &[JobView]) {
     let mut t = table(&[
         "ID", "STATE", "EXIT", "TENANT", "QUEUE", "PRIO", "WORKER", "ATTEMPTS", "AGE", "COMMAND",
@@ -147,6 +221,10 @@ fn print_job(job: &JobView) {
     }
     if let Some(waiting) = &job.waiting_reason {
         println!("\nwaiting: {waiting}");
+    }
+    println!();
+    for line in sla_lines(job) {
+        println!("{line}");
     }
     if job.worker_seconds > 0.0 {
         println!(
@@ -191,6 +269,104 @@ async fn stream_logs(client: &Client, id: &str, follow: bool) -> anyhow::Result<
     }
 }
 
+/// Exit status of `--wait` stopped by Ctrl-C, as a shell reports SIGINT.
+const INTERRUPTED: u8 = 130;
+
+/// How often `--wait` looks at a queued job, and says why it still waits.
+const QUEUED_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+const SAY_WHY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What `--wait` prints on stderr besides the job's output: why the job still waits (every
+/// [`SAY_WHY_EVERY`] while queued), a line where a new attempt starts, and at the end the
+/// state with the exit code and the reason. Returns the last log page.
+async fn wait_for_end(client: &Client, submitted: &JobView) -> anyhow::Result<LogsView> {
+    let id = &submitted.id;
+    let mut state = submitted.state.clone();
+    let (mut after, mut attempt) = (0, 0);
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let mut queued_since = std::time::Instant::now();
+    let mut said = None::<std::time::Instant>;
+    loop {
+        if state == "queued" {
+            let job: JobView = client.get(&format!("/jobs/{id}"), &[]).await?;
+            state = job.state.clone();
+            if state == "queued" {
+                let due = said.map_or(queued_since.elapsed() >= SAY_WHY_EVERY / 2, |at| {
+                    at.elapsed() >= SAY_WHY_EVERY
+                });
+                if due {
+                    let why = job
+                        .waiting_reason
+                        .as_deref()
+                        .unwrap_or("waiting for dispatch");
+                    let waited = queued_since.elapsed().as_secs();
+                    eprintln!("job {id} waits ({waited}s): {why}");
+                    said = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(QUEUED_POLL).await;
+                continue;
+            }
+        }
+        let query = [("after", after.to_string()), ("follow", "true".to_owned())];
+        let view: LogsView = client.get(&format!("/jobs/{id}/logs"), &query).await?;
+        for chunk in &view.chunks {
+            if chunk.attempt > attempt {
+                if attempt > 0 || chunk.attempt > 1 {
+                    stdout.flush()?;
+                    eprintln!("--- job {id}, attempt {} ---", chunk.attempt);
+                }
+                attempt = chunk.attempt;
+            }
+            let out: &mut dyn Write = if chunk.stream == "stderr" {
+                &mut stderr
+            } else {
+                &mut stdout
+            };
+            out.write_all(chunk.text.as_bytes())?;
+            out.flush()?;
+        }
+        after = view.next;
+        if view.complete {
+            let job: JobView = client.get(&format!("/jobs/{id}"), &[]).await?;
+            let exit = view
+                .exit_code
+                .map(|c| format!(" (exit code {c})"))
+                .unwrap_or_default();
+            let attempts = if job.attempts > 1 {
+                format!(" after {} attempts", job.attempts)
+            } else {
+                String::new()
+            };
+            // "exited with code N" would only repeat the exit code.
+            let said_by_exit = |reason: &String| {
+                view.exit_code
+                    .is_some_and(|c| *reason == format!("exited with code {c}"))
+            };
+            match job
+                .reason
+                .filter(|reason| view.state != "succeeded" && !said_by_exit(reason))
+            {
+                Some(reason) => eprintln!("job {id} {}{exit}{attempts}: {reason}", view.state),
+                None => eprintln!("job {id} {}{exit}{attempts}", view.state),
+            }
+            return Ok(view);
+        }
+        if view.state == "queued" {
+            // Back in the queue: the attempt ended and the job is retried.
+            let job: JobView = client.get(&format!("/jobs/{id}"), &[]).await?;
+            let why = job.reason.as_deref().unwrap_or("it ended");
+            eprintln!(
+                "--- job {id}, attempt {} ended: {why}; queued to retry ---",
+                job.attempts
+            );
+            queued_since = std::time::Instant::now();
+            said = None;
+        }
+        state = view.state;
+    }
+}
+
 pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
     match command {
         JobCommand::Submit {
@@ -200,6 +376,8 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
             priority,
             timeout,
             retries,
+            sla,
+            no_preempt,
             labels,
             cpu,
             memory_mb,
@@ -207,6 +385,7 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
             workdir,
             script,
             wait,
+            allow_pending,
             command,
             connection,
         } => {
@@ -225,6 +404,9 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
                 priority,
                 timeout_secs: timeout,
                 max_retries: retries,
+                sla_class: sla,
+                no_preempt,
+                allow_pending,
                 ..SubmitJob::default()
             };
             request.requirements.labels = labels.into_iter().collect::<BTreeMap<_, _>>();
@@ -246,21 +428,30 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
                 return Ok(0);
             }
             eprintln!("job {} queued", job.id);
-            let end = stream_logs(&client, &job.id, true).await?;
-            eprintln!(
-                "job {} {}{}",
-                job.id,
-                end.state,
-                end.exit_code
-                    .map(|c| format!(" (exit code {c})"))
-                    .unwrap_or_default()
-            );
-            Ok(exit_status(&end))
+            tokio::select! {
+                end = wait_for_end(&client, &job) => {
+                    let end = end?;
+                    Ok(exit_status(&end))
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    let state = client
+                        .get::<JobView>(&format!("/jobs/{}", job.id), &[])
+                        .await
+                        .map_or_else(|_| "not finished".to_owned(), |now| now.state);
+                    eprintln!(
+                        "\nstopped waiting; job {id} is still {state} and will run without you: \
+                         follow it with `hodei job logs -f {id}`, cancel it with `hodei job cancel {id}`",
+                        id = job.id
+                    );
+                    Ok(INTERRUPTED)
+                }
+            }
         }
         JobCommand::Ls {
             state,
             tenant,
             queue,
+            sla,
             limit,
             connection,
         } => {
@@ -269,6 +460,7 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
             query.extend(state.map(|s| ("state", s)));
             query.extend(tenant.map(|t| ("tenant", t)));
             query.extend(queue.map(|q| ("queue", q)));
+            query.extend(sla.map(|class| ("sla", class)));
             let list: JobList = client.get("/jobs", &query).await?;
             match connection.output.shown()? {
                 Shown::Json => print_json(&list)?,
@@ -334,6 +526,38 @@ mod tests {
         assert_eq!(exit_status(&view("cancelled", None)), 1);
         assert_eq!(exit_status(&view("failed", Some(-1))), 1);
         assert_eq!(exit_status(&view("failed", Some(256))), 1);
+    }
+
+    #[test]
+    fn sla_classes_are_checked_and_shown() {
+        assert_eq!(parse_sla("best-effort").unwrap(), "best_effort");
+        assert_eq!(parse_sla("critical").unwrap(), "critical");
+        assert!(
+            parse_sla("urgent")
+                .unwrap_err()
+                .contains("unknown sla class")
+        );
+        assert_eq!(short_duration(4.4), "4s");
+        assert_eq!(short_duration(-125.0), "2m 5s");
+        assert_eq!(short_duration(7300.0), "2h 1m");
+        let mut job: JobView = serde_json::from_value(serde_json::json!({
+            "id": "j-1", "state": "queued", "tenant": "t", "queue": "default", "priority": 0,
+            "command_line": "true", "attempts": 0, "worker_id": null, "exit_code": null,
+            "reason": null, "submitted_at": "2026-01-01T00:00:00Z", "started_at": null,
+            "finished_at": null, "finished": false, "spec": {},
+            "sla": {"class": "high", "deadline": "2026-01-01T00:15:00Z", "time_left_secs": 30.0,
+                    "risk": "at_risk", "met": null, "no_preempt": false, "preemptions": []}
+        }))
+        .unwrap();
+        assert_eq!(
+            sla_lines(&job),
+            [
+                "sla: high, deadline 2026-01-01T00:15:00Z (30s left), AT RISK: starts before every job not at risk"
+            ]
+        );
+        job.sla.met = Some(false);
+        job.sla.risk = "none".into();
+        assert!(sla_lines(&job)[0].ends_with("(missed)"));
     }
 
     #[test]

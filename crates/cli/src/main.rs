@@ -5,6 +5,7 @@ mod client;
 mod dev;
 mod jobs;
 mod report;
+mod simulate;
 mod tenants;
 mod tokens;
 
@@ -51,6 +52,9 @@ enum Command {
     /// Reports: what workers cost, by tenant, pool or queue, with recommendations.
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Replay a job trace against configurations on a virtual clock (`generate` makes a
+    /// trace); runs offline.
+    Simulate(simulate::SimulateArgs),
     /// Measure a real server; each run prints one JSON object on stdout.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -274,13 +278,46 @@ fn main() -> ExitCode {
         }
         Command::JobExec(args) => exit_code(hodei_agent::exec::exec(args.parent, args.command)),
         command => match tokio::runtime::Runtime::new() {
-            Ok(runtime) => runtime.block_on(run(command)),
+            Ok(runtime) => {
+                quiet_on_broken_pipe();
+                runtime.block_on(run(command))
+            }
             Err(error) => {
                 eprintln!("error: cannot start the runtime: {error}");
                 ExitCode::FAILURE
             }
         },
     }
+}
+
+/// How a shell reports a process killed by SIGPIPE: what `hodei job ls | head` ends with
+/// once `head` has read its lines, as other Unix tools do.
+const BROKEN_PIPE: u8 = 141;
+
+/// Whether a panic message is `println!` failing because the reader of stdout went away.
+fn is_broken_pipe_panic(message: &str) -> bool {
+    message.starts_with("failed printing to stdout") && message.contains("Broken pipe")
+}
+
+/// A reader of our output that went away ends the command quietly instead of with a panic
+/// from `println!` (Rust ignores SIGPIPE, so the write fails instead of killing us).
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload_as_str().is_some_and(is_broken_pipe_panic) {
+            std::process::exit(i32::from(BROKEN_PIPE));
+        }
+        default(info);
+    }));
+}
+
+/// Whether `error` comes from writing to a reader that went away.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn exit_code(code: i32) -> ExitCode {
@@ -336,6 +373,10 @@ async fn run(command: Command) -> ExitCode {
             init_logging("warn", format);
             bench::run(command).await
         }
+        Command::Simulate(args) => {
+            init_logging("warn", format);
+            simulate::run(args)
+        }
         Command::Job(command) => {
             init_logging("warn", format);
             match jobs::job(command).await {
@@ -350,9 +391,27 @@ async fn run(command: Command) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if is_broken_pipe(&error) => ExitCode::from(BROKEN_PIPE),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_gone_away_is_told_from_other_failures() {
+        assert!(is_broken_pipe_panic(
+            "failed printing to stdout: Broken pipe (os error 32)"
+        ));
+        assert!(!is_broken_pipe_panic("index out of bounds"));
+        let error = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("cannot print the logs");
+        assert!(is_broken_pipe(&error));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("server said no")));
     }
 }

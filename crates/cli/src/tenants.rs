@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 use hodei_server::TenantSettings;
-use hodei_server::api::{TenantList, TenantView};
+use hodei_server::api::{CreateTenantToken, CreatedToken, TenantList, TenantView};
 
 use crate::client::{Client, Connection, Shown, print_json, show_list, table};
 
@@ -29,6 +29,28 @@ pub enum TenantCommand {
     /// on as a bronze tenant without quotas.
     Rm {
         name: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Tenant tokens: credentials that act for one tenant only.
+    Token {
+        #[command(subcommand)]
+        command: TenantTokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantTokenCommand {
+    /// Mint a token for tenant NAME and print it once (it is stored only hashed). With it,
+    /// `hodei job submit|ls|get|logs|cancel` reach only NAME's jobs (another tenant's job is
+    /// "not found", a submission naming another tenant is refused) and `hodei tenant get
+    /// NAME` its own tenant; everything else is refused (403). `hodei token ls` lists it,
+    /// `hodei token revoke ID` revokes it.
+    Create {
+        name: String,
+        /// What it is for, shown by `hodei token ls`.
+        #[arg(long, default_value = "")]
+        description: String,
         #[command(flatten)]
         connection: Connection,
     },
@@ -110,6 +132,33 @@ impl SetQuotaArgs {
 
 pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
     match command {
+        TenantCommand::Token {
+            command:
+                TenantTokenCommand::Create {
+                    name,
+                    description,
+                    connection,
+                },
+        } => {
+            let client = Client::new(&connection)?;
+            let created: CreatedToken = client
+                .post(
+                    &format!("/tenants/{name}/tokens"),
+                    &CreateTenantToken { description },
+                )
+                .await?;
+            match connection.output.shown()? {
+                Shown::Json => print_json(&created),
+                Shown::Table => {
+                    println!("{}", created.token);
+                    eprintln!(
+                        "tenant token {} for {name}; the token above is shown only now",
+                        created.info.id
+                    );
+                    Ok(())
+                }
+            }
+        }
         TenantCommand::Ls { connection } => {
             let client = Client::new(&connection)?;
             let list: TenantList = client.get("/tenants", &[]).await?;

@@ -13,7 +13,7 @@ pub enum TokenCommand {
     /// (`hodei agent --token-file`); each agent enrolling with it gets its own worker
     /// credential, and revoking the agent token revokes those too.
     Create {
-        /// admin or agent (tenant tokens come with tenants).
+        /// admin or agent (tenant tokens: `hodei tenant token create NAME`).
         #[arg(long, value_name = "ROLE")]
         role: String,
         /// What it is for, shown by `hodei token ls`.

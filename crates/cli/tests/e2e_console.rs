@@ -22,6 +22,15 @@ const ADMIN: &str = "console-admin-token-0123456789";
 fn console_config(dir: &Path) -> hodei_server::ServerConfig {
     let mut config = config(dir, 1);
     config.token = Some(ADMIN.into());
+    // team-a has quotas to show; team-b is let in by auto_create.
+    config.tenant_list = vec![hodei_server::TenantSettings {
+        name: "team-a".into(),
+        tier: Some("gold".into()),
+        max_running_jobs: Some(4),
+        max_cpu: Some(8),
+        soft: vec!["cpu".into()],
+        ..hodei_server::TenantSettings::default()
+    }];
     config
 }
 
@@ -137,6 +146,10 @@ async fn console_sessions_csrf_and_tenant_scope() {
     let (admin, raw) = cookie.unwrap();
     assert!(raw.contains("HttpOnly"), "{raw}");
     assert!(raw.contains("SameSite=Strict"), "{raw}");
+    assert!(
+        !raw.contains("Secure"),
+        "plain HTTP: no Secure attribute: {raw}"
+    );
     let pools: Value = http
         .get(&api)
         .header("cookie", &admin)
@@ -236,14 +249,47 @@ async fn console_sessions_csrf_and_tenant_scope() {
         .unwrap();
     let tenant_csrf = csrf_of(&tenant_page);
     let cancel = format!("{url}/console/api/jobs/{mine}/cancel");
-    let forged = http
-        .post(&cancel)
+    let foreign = http
+        .post(format!("{url}/console/api/jobs/{theirs}/cancel"))
         .header("cookie", &tenant)
         .header("x-csrf-token", &tenant_csrf)
         .send()
         .await
         .unwrap();
-    assert_eq!(forged.status(), 403, "a tenant session cannot cancel");
+    assert_eq!(
+        foreign.status(),
+        404,
+        "another tenant's job is not found, not refused"
+    );
+    let tenants: Value = http
+        .get(format!("{url}/console/api/tenants"))
+        .header("cookie", &tenant)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = tenants["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["team-a"], "a tenant sees its own tenant only");
+    let all: Value = http
+        .get(format!("{url}/console/api/tenants"))
+        .header("cookie", &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        all["tenants"].as_array().unwrap().len() >= 2,
+        "an admin sees every tenant: {all}"
+    );
     let no_csrf = http
         .post(&cancel)
         .header("cookie", &admin)
@@ -288,6 +334,41 @@ async fn console_sessions_csrf_and_tenant_scope() {
             .status(),
         401,
         "signed out"
+    );
+
+    // Ten failed sign-ins from one address (a few happened above), then even a good token
+    // waits (429).
+    let mut failed = 0;
+    loop {
+        let (status, _) = sign_in(&server, "not-a-token").await;
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 401);
+        failed += 1;
+        assert!(failed <= 10, "still no 429 after {failed} more failures");
+    }
+    assert_eq!(
+        failed, 8,
+        "two failed above (a wrong token, an agent token), eight more"
+    );
+    let limited = client()
+        .post(format!("{url}/console/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ADMIN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 429);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+    assert!(
+        limited.headers().get("set-cookie").is_none(),
+        "no session while limited"
     );
     server.shutdown().await.unwrap();
 }
@@ -574,6 +655,8 @@ async fn the_console_in_a_real_browser() {
         ("#/pools/default".to_owned(), "Recent scaling decisions"),
         ("#/".to_owned(), "Queues"),
         ("#/workers".to_owned(), "Terminate"),
+        ("#/tenants".to_owned(), "daily_cost"),
+        // Last: the phone screenshot below is of the jobs list.
         ("#/jobs".to_owned(), "Filter"),
     ];
     for (page, marker) in phone_pages {
@@ -626,33 +709,58 @@ async fn the_console_in_a_real_browser() {
         .await;
     browser.wait_text(&["running"]).await;
     assert!(
-        browser.find("#cancel").await.is_none(),
-        "no cancel button for a tenant"
+        browser.find("button[data-terminate]").await.is_none(),
+        "no admin action offered to a tenant"
     );
     let forged = browser
         .async_script(&format!(
             "const done = arguments[arguments.length - 1];
              const csrf = document.querySelector('meta[name=csrf]').content;
              Promise.all([
-               fetch('/console/api/jobs/{blocker}/cancel', {{method: 'POST', headers: {{'x-csrf-token': csrf}}}}),
                fetch('/console/api/workers/{worker}/terminate', {{method: 'POST', headers: {{'x-csrf-token': csrf}}}}),
+               fetch('/console/api/jobs/{long}/cancel', {{method: 'POST', headers: {{'x-csrf-token': csrf}}}}),
+               fetch('/console/api/workers', {{headers: {{'x-csrf-token': csrf}}}}),
+               fetch('/console/api/pools', {{headers: {{'x-csrf-token': csrf}}}}),
              ]).then(rs => done(rs.map(r => r.status)));"
         ))
         .await;
     assert_eq!(
         forged,
-        json!([403, 403]),
-        "forged admin actions are refused"
+        json!([403, 404, 403, 403]),
+        "forged admin actions are refused; another tenant's job is not found"
     );
-    wait_state(&server, &blocker, JobState::Running).await;
     assert!(
-        server
-            .jobs()
-            .get(&JobId::new(&blocker).unwrap())
-            .await
-            .unwrap()
-            .is_some_and(|job| job.state == JobState::Running)
+        server.scheduler().get(&worker).is_some(),
+        "the worker was not terminated"
     );
+    // Its own job it may cancel, from its page.
+    browser.click("#cancel").await;
+    wait_state(&server, &blocker, JobState::Cancelled).await;
+    browser
+        .wait_text(&["cancelled", "History", "submitted"])
+        .await;
+    // Its own tenant, not the others.
+    browser.go(&format!("{}/#/tenants", server.url())).await;
+    let text = browser
+        .wait_text(&[
+            "Tenant team-a",
+            "3 (gold)",
+            "/ 4 (hard)",
+            "/ 8 (soft)",
+            "Burst",
+        ])
+        .await;
+    assert!(!text.contains("team-b"), "only its own tenant: {text}");
+
+    // An admin's tenants page shows them all.
+    browser.click(".sign-out button").await;
+    browser.wait_text(&["Sign in"]).await;
+    browser.sign_in(&server, ADMIN).await;
+    browser.go(&format!("{}/#/tenants", server.url())).await;
+    browser
+        .wait_text(&["Tenants", "team-a", "team-b", "Share, last hour"])
+        .await;
+    browser.screenshot(&docs_dir().join("tenants.png")).await;
 
     browser.quit().await;
     server.shutdown().await.unwrap();

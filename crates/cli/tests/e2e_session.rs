@@ -145,6 +145,7 @@ async fn assigned_jobs_run_and_stream_logs_and_results_and_cancels_stop_them() {
     let cancel = server_message::Body::CancelJob(v1::CancelJob {
         job_id: "job-2".into(),
         reason: "test".into(),
+        grace_ms: 0,
     });
     server.sessions().send(&id, cancel).await.unwrap();
     let result = next_event(&mut events, &id, |e| match e {

@@ -626,6 +626,7 @@ async fn a_submitters_traceparent_reaches_the_job_and_comes_back() {
     let token = hodei_proto::BearerToken::new(server.token()).unwrap();
     let mut client = JobServiceClient::with_interceptor(channel, token);
     let mut request = tonic::Request::new(v1::SubmitJobRequest {
+        allow_pending: false,
         spec: Some(WireSpec {
             script: "echo \"tp=${TRACEPARENT:-none}\"".into(),
             ..WireSpec::default()

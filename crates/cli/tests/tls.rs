@@ -93,6 +93,28 @@ async fn registration_over_tls_works_for_a_client_that_trusts_the_ca() {
     let ids = trusted.get_registered_workers().await.unwrap();
     assert_eq!(ids, vec![WorkerId::new("over-tls").unwrap()]);
 
+    // The console's session cookie is Secure over TLS.
+    let https = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = https
+        .post(format!("{}/console/sign-in", server.url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", server.token()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+
     server.shutdown().await.unwrap();
 }
 

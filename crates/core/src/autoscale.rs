@@ -68,6 +68,9 @@ pub struct Demand {
     pub arrivals_per_sec: f64,
     /// Mean seconds a job runs on this pool, recently.
     pub mean_run_secs: f64,
+    /// `predictive`: jobs per second the pool's arrival profile expects at the lead time,
+    /// when it has seen that hour (see [`crate::pool_pass::ArrivalProfile`]).
+    pub forecast_arrivals_per_sec: Option<f64>,
 }
 
 /// When the pool last scaled, in milliseconds since the Unix epoch.
@@ -195,6 +198,49 @@ fn wanted(spec: &PoolSpec, view: &PoolView, demand: &Demand) -> (u32, String) {
                     demand.arrivals_per_sec, demand.mean_run_secs
                 ),
             )
+        }
+        PolicyKind::Step => {
+            let step = policy
+                .steps
+                .iter()
+                .filter(|step| demand.queued >= step.queued)
+                .max_by_key(|step| step.queued);
+            match step {
+                _ if demand.queued == 0 => (busy, format!("{busy} busy, nothing queued")),
+                None => (
+                    busy.saturating_add(view.starting),
+                    format!(
+                        "{busy} busy + {} starting, {queued}: below the first step",
+                        view.starting
+                    ),
+                ),
+                Some(step) => (
+                    busy.saturating_add(view.starting).saturating_add(step.add),
+                    format!(
+                        "{busy} busy + {} starting + step of {} for {queued} (>= {})",
+                        view.starting, step.add, step.queued
+                    ),
+                ),
+            }
+        }
+        PolicyKind::Predictive => {
+            let queue = busy.saturating_add(demand.queued.div_ceil(policy.jobs_per_worker));
+            match demand.forecast_arrivals_per_sec {
+                Some(rate) => {
+                    let expected = div_ceil_f(rate * demand.mean_run_secs);
+                    (
+                        expected.max(queue),
+                        format!(
+                            "forecast {rate:.2} jobs/s x {:.1} s = {expected} expected, {busy} busy + {queued}",
+                            demand.mean_run_secs
+                        ),
+                    )
+                }
+                None => (
+                    queue,
+                    format!("{busy} busy + {queued} (no forecast for this hour yet)"),
+                ),
+            }
         }
     };
     if spec.idle_buffer > 0 {

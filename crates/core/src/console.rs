@@ -1,17 +1,22 @@
 //! What a web-console session may see and do. Sans IO: the server's console module asks
 //! these questions and only moves data.
 //!
-//! | role   | sign in | pools, workers | jobs                | cancel a job, terminate a worker |
+//! | role   | sign in | pools, workers | jobs, tenants       | cancel a job, terminate a worker |
 //! |--------|---------|----------------|---------------------|----------------------------------|
 //! | admin  | yes     | yes            | all                 | yes                              |
-//! | tenant | yes     | no             | its own tenant only | no                               |
+//! | tenant | yes     | no             | its own tenant only | its own jobs; no worker          |
 //! | agent  | no      | -              | -                   | -                                |
 //! | worker | no      | -              | -                   | -                                |
+//!
+//! Sign-in is rate limited per client address ([`SignInFailures`]), and a job page shows
+//! the history its record and its attempts' usage rows hold ([`job_history`]).
 
 use std::time::{Duration, SystemTime};
 
-use crate::TenantName;
-use crate::credential::{Principal, Role};
+use serde::Serialize;
+
+use crate::cost::AttemptUsage;
+use crate::credential::Role;
 
 /// How long a console session lives after sign-in.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 60 * 60);
@@ -23,18 +28,21 @@ pub enum ConsoleAction {
     ViewFleet,
     /// Jobs and their logs (which ones: [`job_scope`]).
     ViewJobs,
-    /// Cancel a job.
+    /// Cancel a job (which ones: [`job_scope`]).
     CancelJob,
     /// Terminate a worker.
     TerminateWorker,
+    /// Tenants: quotas, usage, share, burst (which ones: [`job_scope`]; a tenant its own).
+    ViewTenants,
 }
 
 impl ConsoleAction {
-    pub const ALL: [ConsoleAction; 4] = [
+    pub const ALL: [ConsoleAction; 5] = [
         ConsoleAction::ViewFleet,
         ConsoleAction::ViewJobs,
         ConsoleAction::CancelJob,
         ConsoleAction::TerminateWorker,
+        ConsoleAction::ViewTenants,
     ];
 }
 
@@ -47,39 +55,125 @@ pub fn may_sign_in(role: Role) -> bool {
 pub fn console_permits(role: Role, action: ConsoleAction) -> bool {
     match role {
         Role::Admin => true,
-        Role::Tenant => action == ConsoleAction::ViewJobs,
+        Role::Tenant => matches!(
+            action,
+            ConsoleAction::ViewJobs | ConsoleAction::CancelJob | ConsoleAction::ViewTenants
+        ),
         Role::Agent | Role::Worker => false,
     }
 }
 
-/// Which jobs a session sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobScope {
-    All,
-    /// Only this tenant's.
-    Tenant(TenantName),
-    /// None (a role that cannot sign in, or a tenant credential without its tenant).
-    Nothing,
+pub use crate::credential::{JobScope, job_scope};
+
+/// Failed sign-ins allowed per client address per [`SIGN_IN_WINDOW`]; past them every
+/// sign-in from that address is refused (429) until the window ends.
+pub const SIGN_IN_FAILURES: u32 = 10;
+/// The window failed sign-ins are counted in.
+pub const SIGN_IN_WINDOW: Duration = Duration::from_secs(60);
+
+/// Failed sign-ins of one client address in its current window (a fixed window that starts
+/// at the first failure after the previous one ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignInFailures {
+    pub window_start: SystemTime,
+    pub count: u32,
 }
 
-impl JobScope {
-    /// Whether a job of `tenant` is in scope.
-    pub fn covers(&self, tenant: &TenantName) -> bool {
-        match self {
-            Self::All => true,
-            Self::Tenant(own) => own == tenant,
-            Self::Nothing => false,
+impl SignInFailures {
+    fn current(&self, now: SystemTime) -> bool {
+        // A clock that stepped back keeps the window.
+        now.duration_since(self.window_start)
+            .is_ok_and(|age| age < SIGN_IN_WINDOW)
+            || now < self.window_start
+    }
+
+    /// `None` if an attempt at `now` may go on; otherwise how long until it may (429 with
+    /// `Retry-After`).
+    pub fn retry_after(&self, now: SystemTime) -> Option<Duration> {
+        if !self.current(now) || self.count < SIGN_IN_FAILURES {
+            return None;
+        }
+        let age = now.duration_since(self.window_start).unwrap_or_default();
+        Some(
+            SIGN_IN_WINDOW
+                .saturating_sub(age)
+                .max(Duration::from_secs(1)),
+        )
+    }
+
+    /// The record after a failure at `now`.
+    pub fn failed(previous: Option<Self>, now: SystemTime) -> Self {
+        match previous {
+            Some(record) if record.current(now) => Self {
+                count: record.count.saturating_add(1),
+                ..record
+            },
+            _ => Self {
+                window_start: now,
+                count: 1,
+            },
         }
     }
+
+    /// Whether the record can be forgotten (its window is over).
+    pub fn expired(&self, now: SystemTime) -> bool {
+        !self.current(now)
+    }
 }
 
-/// The jobs `principal`'s session sees.
-pub fn job_scope(principal: &Principal) -> JobScope {
-    match (principal.role, &principal.tenant) {
-        (Role::Admin, _) => JobScope::All,
-        (Role::Tenant, Some(tenant)) => JobScope::Tenant(tenant.clone()),
-        _ => JobScope::Nothing,
+/// One line of a job's history on its page.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// `submitted`, `started`, `attempt ended` or the final state.
+    pub what: String,
+    /// Where and how long, for an attempt.
+    pub detail: String,
+}
+
+/// A job's history from what is recorded: submission, first start, each ended attempt
+/// (worker, pool, worker-seconds, from the usage rows) and the end, oldest first, the end
+/// last. Only these moments are stored; states in between are not.
+pub fn job_history(
+    submitted_ms: u64,
+    started_ms: Option<u64>,
+    finished: Option<(u64, &str)>,
+    attempts: &[AttemptUsage],
+) -> Vec<HistoryEvent> {
+    let mut events = vec![HistoryEvent {
+        at_ms: submitted_ms,
+        what: "submitted".into(),
+        detail: String::new(),
+    }];
+    if let Some(at_ms) = started_ms {
+        events.push(HistoryEvent {
+            at_ms,
+            what: "started".into(),
+            detail: String::new(),
+        });
     }
+    for attempt in attempts {
+        events.push(HistoryEvent {
+            at_ms: attempt.ended_at_ms,
+            what: format!("attempt {} ended", attempt.attempt),
+            detail: format!(
+                "on worker {} (pool {}), {:.1} worker-seconds",
+                attempt.worker_id, attempt.pool, attempt.worker_seconds
+            ),
+        });
+    }
+    // Stable: equal times keep the order above.
+    events.sort_by_key(|event| event.at_ms);
+    // The end is last: the last attempt's usage row may be written a moment after it.
+    if let Some((at_ms, state)) = finished {
+        events.push(HistoryEvent {
+            at_ms,
+            what: state.to_owned(),
+            detail: String::new(),
+        });
+    }
+    events
 }
 
 /// Whether a session made at `created` has expired at `now`. A clock that went backwards
@@ -95,6 +189,8 @@ pub fn session_expired(created: SystemTime, now: SystemTime, lifetime: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TenantName;
+    use crate::credential::Principal;
     use proptest::prelude::*;
 
     fn principal(role: Role, tenant: Option<&str>) -> Principal {
@@ -109,15 +205,15 @@ mod tests {
     #[test]
     fn the_console_table() {
         use ConsoleAction::*;
-        let table: [(Role, bool, [bool; 4]); 4] = [
-            (Role::Admin, true, [true, true, true, true]),
-            (Role::Tenant, true, [false, true, false, false]),
-            (Role::Agent, false, [false, false, false, false]),
-            (Role::Worker, false, [false, false, false, false]),
+        let table: [(Role, bool, [bool; 5]); 4] = [
+            (Role::Admin, true, [true, true, true, true, true]),
+            (Role::Tenant, true, [false, true, true, false, true]),
+            (Role::Agent, false, [false, false, false, false, false]),
+            (Role::Worker, false, [false, false, false, false, false]),
         ];
         for (role, sign_in, expected) in table {
             assert_eq!(may_sign_in(role), sign_in, "{role}");
-            for (action, allowed) in [ViewFleet, ViewJobs, CancelJob, TerminateWorker]
+            for (action, allowed) in [ViewFleet, ViewJobs, CancelJob, TerminateWorker, ViewTenants]
                 .into_iter()
                 .zip(expected)
             {
@@ -127,24 +223,65 @@ mod tests {
     }
 
     #[test]
-    fn job_scopes() {
-        let team = TenantName::new("team").unwrap();
-        let other = TenantName::new("other").unwrap();
-        assert_eq!(job_scope(&principal(Role::Admin, None)), JobScope::All);
-        assert_eq!(
-            job_scope(&Principal::configured_admin()),
-            JobScope::All,
-            "the configured admin token"
+    fn ten_failed_sign_ins_a_minute_then_429_until_the_window_ends() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut record: Option<SignInFailures> = None;
+        for i in 0..SIGN_IN_FAILURES {
+            assert_eq!(record.and_then(|r| r.retry_after(t0)), None, "attempt {i}");
+            record = Some(SignInFailures::failed(
+                record,
+                t0 + Duration::from_secs(u64::from(i)),
+            ));
+        }
+        let record = record.unwrap();
+        assert_eq!(record.count, SIGN_IN_FAILURES);
+        let at = t0 + Duration::from_secs(20);
+        assert_eq!(record.retry_after(at), Some(Duration::from_secs(40)));
+        assert!(!record.expired(at));
+        let later = t0 + SIGN_IN_WINDOW;
+        assert_eq!(record.retry_after(later), None, "a new window");
+        assert!(record.expired(later));
+        assert_eq!(SignInFailures::failed(Some(record), later).count, 1);
+        // A clock that stepped back keeps the address refused.
+        assert!(record.retry_after(t0 - Duration::from_secs(5)).is_some());
+    }
+
+    #[test]
+    fn a_job_history_is_ordered_and_names_each_attempt() {
+        let attempt = |n: u32, at: u64| AttemptUsage {
+            job_id: "j".into(),
+            attempt: n,
+            tenant: "t".into(),
+            queue: "q".into(),
+            pool: "default".into(),
+            worker_id: format!("w-{n}"),
+            ended_at_ms: at,
+            worker_seconds: 1.5,
+            cost: 0.0,
+        };
+        let history = job_history(
+            1_000,
+            Some(1_100),
+            Some((3_000, "succeeded")),
+            &[attempt(2, 3_004), attempt(1, 2_000)],
         );
-        let scope = job_scope(&principal(Role::Tenant, Some("team")));
-        assert_eq!(scope, JobScope::Tenant(team.clone()));
-        assert!(scope.covers(&team));
-        assert!(!scope.covers(&other));
-        assert!(!scope.covers(&TenantName::default()));
-        assert_eq!(job_scope(&principal(Role::Tenant, None)), JobScope::Nothing);
-        assert_eq!(job_scope(&principal(Role::Agent, None)), JobScope::Nothing);
-        assert!(!JobScope::Nothing.covers(&team));
-        assert!(JobScope::All.covers(&other));
+        let what: Vec<&str> = history.iter().map(|e| e.what.as_str()).collect();
+        assert_eq!(
+            what,
+            [
+                "submitted",
+                "started",
+                "attempt 1 ended",
+                "attempt 2 ended",
+                "succeeded"
+            ]
+        );
+        assert!(history[2].detail.contains("w-1"), "{:?}", history[2]);
+        assert_eq!(
+            job_history(5, None, None, &[]).len(),
+            1,
+            "queued: submitted only"
+        );
     }
 
     #[test]
@@ -166,7 +303,7 @@ mod tests {
     }
 
     proptest! {
-        /// Only admin sessions act; a role that cannot sign in can do nothing; a session
+        /// Only admin sessions see the fleet and terminate workers; a role that cannot sign in can do nothing; a session
         /// that sees jobs of a tenant other than its own is an admin's.
         #[test]
         fn only_admins_act_and_tenants_see_their_own(
@@ -179,7 +316,7 @@ mod tests {
                 if console_permits(role, action) {
                     prop_assert!(may_sign_in(role));
                 }
-                if matches!(action, ConsoleAction::CancelJob | ConsoleAction::TerminateWorker | ConsoleAction::ViewFleet) && console_permits(role, action) {
+                if matches!(action, ConsoleAction::TerminateWorker | ConsoleAction::ViewFleet) && console_permits(role, action) {
                     prop_assert_eq!(role, Role::Admin);
                 }
             }

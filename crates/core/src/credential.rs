@@ -24,7 +24,8 @@ pub enum Role {
     Agent,
     /// One worker's session; minted by the server for that worker id only.
     Worker,
-    /// One tenant's jobs (the tenancy work grants its operations; today: nothing).
+    /// One tenant's jobs: submit, list, get, follow and cancel them, and read its own
+    /// tenant; nothing else (see [`permits`] and [`JobScope`]).
     Tenant,
 }
 
@@ -90,10 +91,16 @@ impl Principal {
 /// What a request asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
-    /// Read workers, pools, jobs and logs.
+    /// Read the fleet: workers, pools, the tenant list, reports.
     Read,
-    /// Change pools and workers, submit and cancel jobs.
+    /// Change the fleet: pools, workers, tenants.
     Write,
+    /// List and get jobs, read and follow their logs (which jobs: [`JobScope`]).
+    ReadJobs,
+    /// Submit and cancel jobs (which jobs: [`JobScope`]).
+    WriteJobs,
+    /// Read one tenant (which: [`JobScope::may_read_tenant`]).
+    ReadTenant,
     /// Create, list and revoke credentials.
     ManageCredentials,
     /// `RegisterWorker`, `UnregisterWorker` on the scheduler (another Hodei's registration
@@ -103,20 +110,116 @@ pub enum Operation {
     WorkerSession,
 }
 
-/// Whether `role` may perform `operation`. The one table of who may call what.
+impl Operation {
+    pub const ALL: [Operation; 8] = [
+        Operation::Read,
+        Operation::Write,
+        Operation::ReadJobs,
+        Operation::WriteJobs,
+        Operation::ReadTenant,
+        Operation::ManageCredentials,
+        Operation::Register,
+        Operation::WorkerSession,
+    ];
+}
+
+/// Whether `role` may perform `operation`. The one table of who may call what; the job and
+/// tenant operations are then narrowed by [`job_scope`].
 ///
-/// | role   | read | write | credentials | register | worker session |
-/// |--------|------|-------|-------------|----------|----------------|
-/// | admin  | yes  | yes   | yes         | yes      | no             |
-/// | agent  | no   | no    | no          | no       | yes (enrols)   |
-/// | worker | no   | no    | no          | no       | yes (its own)  |
-/// | tenant | no   | no    | no          | no       | no             |
+/// | role   | read | write | jobs (read, write) | one tenant | credentials | register | worker session |
+/// |--------|------|-------|--------------------|------------|-------------|----------|----------------|
+/// | admin  | yes  | yes   | yes, every tenant  | any        | yes         | yes      | no             |
+/// | agent  | no   | no    | no                 | no         | no          | no       | yes (enrols)   |
+/// | worker | no   | no    | no                 | no         | no          | no       | yes (its own)  |
+/// | tenant | no   | no    | yes, its own only  | its own    | no          | no       | no             |
 pub fn permits(role: Role, operation: Operation) -> bool {
     use Operation::*;
     match role {
         Role::Admin => !matches!(operation, WorkerSession),
         Role::Agent | Role::Worker => matches!(operation, WorkerSession),
-        Role::Tenant => false,
+        Role::Tenant => matches!(operation, ReadJobs | WriteJobs | ReadTenant),
+    }
+}
+
+/// Which jobs (and tenant) a principal's job operations reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobScope {
+    All,
+    /// Only this tenant's.
+    Tenant(TenantName),
+    /// None (a role without job operations, or a tenant credential without its tenant).
+    Nothing,
+}
+
+/// Why a scoped request is refused (`PERMISSION_DENIED` / 403), naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ScopeDenied {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl JobScope {
+    /// Whether a job of `tenant` is in scope. One out of scope is answered as if it did not
+    /// exist (`NOT_FOUND`, the same message as a missing job), so its existence is not
+    /// revealed.
+    pub fn covers(&self, tenant: &TenantName) -> bool {
+        match self {
+            Self::All => true,
+            Self::Tenant(own) => own == tenant,
+            Self::Nothing => false,
+        }
+    }
+
+    /// The tenant a submission or a job list names, once scoped: `asked` as it is for
+    /// [`JobScope::All`]; a tenant's own whether it named it or named none; another
+    /// tenant is refused rather than silently replaced, so a client that meant another
+    /// tenant learns it at once.
+    pub fn tenant_named(&self, asked: Option<&str>) -> Result<Option<String>, ScopeDenied> {
+        let asked = asked.filter(|t| !t.is_empty());
+        match self {
+            Self::All => Ok(asked.map(str::to_owned)),
+            Self::Tenant(own) => match asked {
+                None => Ok(Some(own.to_string())),
+                Some(name) if name == own.as_str() => Ok(Some(own.to_string())),
+                Some(name) => Err(ScopeDenied {
+                    field: "tenant",
+                    reason: format!(
+                        "a tenant token of {own} acts only for {own}, not for {name:?}"
+                    ),
+                }),
+            },
+            Self::Nothing => Err(ScopeDenied {
+                field: "tenant",
+                reason: "this credential acts for no tenant".into(),
+            }),
+        }
+    }
+
+    /// Whether one tenant's settings and usage may be read: all of them by an admin, its
+    /// own by a tenant token (another one is refused, known or not).
+    pub fn may_read_tenant(&self, name: &str) -> Result<(), ScopeDenied> {
+        match self {
+            Self::All => Ok(()),
+            Self::Tenant(own) if own.as_str() == name => Ok(()),
+            Self::Tenant(own) => Err(ScopeDenied {
+                field: "name",
+                reason: format!("a tenant token of {own} reads only tenant {own}"),
+            }),
+            Self::Nothing => Err(ScopeDenied {
+                field: "name",
+                reason: "this credential reads no tenant".into(),
+            }),
+        }
+    }
+}
+
+/// The jobs `principal` reaches.
+pub fn job_scope(principal: &Principal) -> JobScope {
+    match (principal.role, &principal.tenant) {
+        (Role::Admin, _) => JobScope::All,
+        (Role::Tenant, Some(tenant)) => JobScope::Tenant(tenant.clone()),
+        _ => JobScope::Nothing,
     }
 }
 
@@ -274,18 +377,92 @@ mod tests {
     #[test]
     fn the_permission_table() {
         use Operation::*;
-        let all = [Read, Write, ManageCredentials, Register, WorkerSession];
-        let table: [(Role, [bool; 5]); 4] = [
-            (Role::Admin, [true, true, true, true, false]),
-            (Role::Agent, [false, false, false, false, true]),
-            (Role::Worker, [false, false, false, false, true]),
-            (Role::Tenant, [false, false, false, false, false]),
+        let all = [
+            Read,
+            Write,
+            ReadJobs,
+            WriteJobs,
+            ReadTenant,
+            ManageCredentials,
+            Register,
+            WorkerSession,
+        ];
+        assert_eq!(all, Operation::ALL, "the table covers every operation");
+        #[rustfmt::skip]
+        let table: [(Role, [bool; 8]); 4] = [
+            //            read   write  r-jobs w-jobs tenant creds  reg    session
+            (Role::Admin,  [true,  true,  true,  true,  true,  true,  true,  false]),
+            (Role::Agent,  [false, false, false, false, false, false, false, true]),
+            (Role::Worker, [false, false, false, false, false, false, false, true]),
+            (Role::Tenant, [false, false, true,  true,  true,  false, false, false]),
         ];
         for (role, expected) in table {
             for (operation, allowed) in all.into_iter().zip(expected) {
                 assert_eq!(permits(role, operation), allowed, "{role} {operation:?}");
             }
         }
+    }
+
+    fn tenant_principal(tenant: Option<&str>) -> Principal {
+        Principal {
+            credential_id: Some("c1".into()),
+            role: Role::Tenant,
+            worker_id: None,
+            tenant: tenant.map(|t| TenantName::new(t).unwrap()),
+        }
+    }
+
+    #[test]
+    fn job_scopes() {
+        let team = TenantName::new("team").unwrap();
+        let other = TenantName::new("other").unwrap();
+        assert_eq!(job_scope(&principal(Role::Admin, None)), JobScope::All);
+        assert_eq!(job_scope(&Principal::configured_admin()), JobScope::All);
+        let scope = job_scope(&tenant_principal(Some("team")));
+        assert_eq!(scope, JobScope::Tenant(team.clone()));
+        assert!(scope.covers(&team));
+        assert!(!scope.covers(&other));
+        assert!(!scope.covers(&TenantName::default()));
+        assert_eq!(job_scope(&tenant_principal(None)), JobScope::Nothing);
+        for role in [Role::Agent, Role::Worker] {
+            assert_eq!(job_scope(&principal(role, None)), JobScope::Nothing);
+        }
+        assert!(!JobScope::Nothing.covers(&team));
+        assert!(JobScope::All.covers(&other));
+    }
+
+    #[test]
+    fn a_tenant_names_only_itself() {
+        let scope = JobScope::Tenant(TenantName::new("team").unwrap());
+        /// What a scope answers: `None` refused, `Some(tenant named)` accepted.
+        type Answer<'a> = Option<Option<&'a str>>;
+        // (asked, admin's answer, tenant's answer)
+        let cases: [(Option<&str>, Answer, Answer); 4] = [
+            (None, Some(None), Some(Some("team"))),
+            (Some(""), Some(None), Some(Some("team"))),
+            (Some("team"), Some(Some("team")), Some(Some("team"))),
+            (Some("other"), Some(Some("other")), None),
+        ];
+        for (asked, admin, tenant) in cases {
+            let owned = |o: Option<Option<&str>>| o.map(|t| t.map(str::to_owned));
+            assert_eq!(
+                JobScope::All.tenant_named(asked).ok(),
+                owned(admin),
+                "{asked:?}"
+            );
+            assert_eq!(scope.tenant_named(asked).ok(), owned(tenant), "{asked:?}");
+        }
+        let refused = scope.tenant_named(Some("other")).unwrap_err();
+        assert_eq!(refused.field, "tenant");
+        assert!(refused.reason.contains("other"), "{refused}");
+        assert_eq!(
+            JobScope::Nothing.tenant_named(None).unwrap_err().field,
+            "tenant"
+        );
+        assert!(scope.may_read_tenant("team").is_ok());
+        assert_eq!(scope.may_read_tenant("other").unwrap_err().field, "name");
+        assert!(JobScope::All.may_read_tenant("other").is_ok());
+        assert!(JobScope::Nothing.may_read_tenant("team").is_err());
     }
 
     #[test]
@@ -433,6 +610,35 @@ mod tests {
                     prop_assert!(bound.is_none_or(|b| b.origin == WorkerOrigin::Enrolled));
                 }
                 SessionDecision::Deny(_) => {}
+            }
+        }
+
+        /// A tenant token reaches its own tenant's jobs and nothing of anyone else: every
+        /// job it can see, and every tenant a submission or list it makes can name, is its
+        /// own; and it may do nothing outside the job and own-tenant operations.
+        #[test]
+        fn a_tenant_token_never_reaches_another_tenant(
+            own in prop::option::of("[a-c]"),
+            job_tenant in "[a-c]",
+            asked in prop::option::of("[a-c]?"),
+        ) {
+            let who = tenant_principal(own.as_deref());
+            let scope = job_scope(&who);
+            let job_tenant = TenantName::new(job_tenant).unwrap();
+            if scope.covers(&job_tenant) {
+                prop_assert_eq!(who.tenant.as_ref(), Some(&job_tenant));
+            }
+            if let Ok(named) = scope.tenant_named(asked.as_deref()) {
+                prop_assert_eq!(named.as_deref(), own.as_deref());
+                prop_assert!(own.is_some());
+            }
+            if let Some(asked) = asked.as_deref().filter(|a| !a.is_empty()) {
+                prop_assert_eq!(scope.may_read_tenant(asked).is_ok(), own.as_deref() == Some(asked));
+            }
+            for operation in Operation::ALL {
+                if permits(Role::Tenant, operation) {
+                    prop_assert!(matches!(operation, Operation::ReadJobs | Operation::WriteJobs | Operation::ReadTenant));
+                }
             }
         }
 

@@ -20,21 +20,26 @@ use std::time::{Duration, SystemTime};
 
 use crate::fence::{self, FencePolicy, InFlight, LostBecause, Millis, Presence, Report, Verdict};
 use crate::job::QueueName;
-use crate::job::{AttemptOutcome, Job, JobId, JobState, TenantName, after_attempt};
+use crate::job::{
+    AttemptOutcome, Job, JobId, JobState, PreemptionRecord, TenantName, after_attempt,
+};
 use crate::matching::{self, IdleWorker};
 use crate::queue::{QueueEntry, QueueError, Queues};
+use crate::sla::{self, Preemption, SlaSettings};
 use crate::tenancy::{
     self, AdmissionError, BurstState, DailyCost, FairShare, StartWindow, Tenants, Usage,
 };
 use crate::worker::{WorkerCapabilities, WorkerId};
 
 /// Timing of the machine's deadlines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DispatchConfig {
     /// The deadlines of attempts in flight: lease and margin (a silent or disconnected
     /// worker's attempt is lost after both), assign timeout, result grace after a reconnect,
     /// timeout grace.
     pub fence: FencePolicy,
+    /// `[sla]`: each class's deadline (stamped at admission) and the preemption grace.
+    pub sla: SlaSettings,
 }
 
 /// A registered worker as the registry sees it now (see [`Input::Presence`]).
@@ -48,6 +53,9 @@ pub struct Seen {
     pub last_heard_ms: u64,
     /// Its liveness is healthy (heartbeats on time).
     pub healthy: bool,
+    /// Drained on request (`hodei worker drain`): it gets no new job while the mark stays
+    /// (it may be undrained; [`Input::Drain`] takes a worker out for good).
+    pub draining: bool,
 }
 
 /// What the machine is told.
@@ -101,6 +109,12 @@ pub enum Input {
     WorkerDead(WorkerId),
     /// Plan starts only (no deadline checks): after each batch of inputs.
     Plan,
+    /// Stop a running job to make room for a waiting one ([`sla::choose_victims`]): the
+    /// preemption is recorded on both jobs, then [`Effect::Preempt`] tells the shell to stop
+    /// the victim with the `[sla]` grace. Its attempt's end (stopped, or its worker lost)
+    /// requeues it as [`AttemptOutcome::Preempted`], without spending a retry, unless a
+    /// user's cancel came first.
+    Preempt(Preemption),
 }
 
 /// Why a submission was refused (nothing is recorded).
@@ -165,6 +179,15 @@ pub enum Effect {
     Drained(Vec<WorkerId>),
     /// The job's start (assigned to running) is recorded.
     Started(JobId),
+    /// A preemption is recorded on both jobs: stop `victim` on `worker`, giving it
+    /// `grace_ms` between SIGTERM and SIGKILL.
+    Preempt {
+        victim: JobId,
+        worker: WorkerId,
+        grace_ms: u64,
+        for_job: JobId,
+        preemption: Preemption,
+    },
     /// An attempt ended and the job's next state is recorded (`queued`: it is tried again).
     /// `held_ms`: how long the attempt held its worker, from the assignment.
     Ended {
@@ -174,6 +197,8 @@ pub enum Effect {
         /// Lost, timed out by the server or otherwise not run to its end on the worker:
         /// it does not count as one of the worker's uses.
         lost: bool,
+        /// The attempt was preempted: requeued without spending a retry.
+        preempted: bool,
     },
     /// An attempt was given up on or taken back (recorded). `stop`: tell the agent, if it
     /// can hear it, to stop whatever it still runs of it.
@@ -210,6 +235,11 @@ enum Change {
         fenced: Option<Fenced>,
     },
     CancelQueued,
+    /// The preemption recorded on the job (the victim's or the one it makes room for).
+    Preempt {
+        victim: bool,
+        preemption: Preemption,
+    },
     Withdraw {
         worker: WorkerId,
         why: Fenced,
@@ -241,9 +271,24 @@ struct Live {
     /// The worker reconnected without it at this instant: its result may still come.
     unconfirmed_since_ms: Option<u64>,
     cancel_requested: bool,
+    /// Told to stop for a preemption: why, in words, and for which job.
+    preempting: Option<(String, JobId)>,
 }
 
 impl Live {
+    /// What the end of an attempt means when the machine preempted it: a user's cancel
+    /// still wins; otherwise its stop (or a loss while stopping) is a preemption.
+    fn outcome(&self, outcome: AttemptOutcome) -> AttemptOutcome {
+        match (&outcome, &self.preempting) {
+            (AttemptOutcome::Cancelled | AttemptOutcome::WorkerLost, Some((reason, _)))
+                if !self.cancel_requested =>
+            {
+                AttemptOutcome::Preempted(reason.clone())
+            }
+            _ => outcome,
+        }
+    }
+
     fn new(job: Job, now_ms: u64) -> Self {
         Self {
             job,
@@ -253,6 +298,7 @@ impl Live {
             },
             unconfirmed_since_ms: None,
             cancel_requested: false,
+            preempting: None,
         }
     }
 }
@@ -268,6 +314,8 @@ struct Slot {
     /// When its session closed (or it was first known without one).
     disconnected_since_ms: u64,
     healthy: bool,
+    /// Marked draining in the registry: no new job while it is.
+    draining: bool,
     dead: bool,
     job: Option<JobId>,
     uses: u32,
@@ -286,6 +334,7 @@ impl Slot {
             last_heard_ms: None,
             disconnected_since_ms: now_ms,
             healthy: true,
+            draining: false,
             dead: false,
             job: None,
             uses: 0,
@@ -652,6 +701,7 @@ impl Dispatch {
                         current = start.job.clone();
                         proposal.writes.push(start);
                     }
+                    let outcome = live.outcome(outcome);
                     let cancel = live.cancel_requested;
                     proposal.writes.push(Self::attempt_end(
                         &current, cancel, outcome, healthy, None, now_ms,
@@ -698,6 +748,7 @@ impl Dispatch {
                 self.plan(now_ms, &mut proposal);
             }
             Input::Plan => self.plan(now_ms, &mut proposal),
+            Input::Preempt(preemption) => self.preempt(preemption, now_ms, &mut proposal),
         }
         proposal
     }
@@ -756,7 +807,10 @@ impl Dispatch {
         // The machine's own copy must be in the expected state and the move legal: anything
         // else is a stale proposal (committed out of order) and is dropped.
         let current = self.jobs.get(&job.id).map(|live| live.job.state);
-        if current != expected || expected.is_some_and(|from| !from.can_transition_to(job.state)) {
+        let records_only = matches!(change, Change::Preempt { .. }) && expected == Some(job.state);
+        if current != expected
+            || (!records_only && expected.is_some_and(|from| !from.can_transition_to(job.state)))
+        {
             return;
         }
         match change {
@@ -799,6 +853,37 @@ impl Dispatch {
                     effects.push(Effect::Started(live.job.id.clone()));
                 }
             }
+            Change::Preempt { victim, preemption } => {
+                // The victim is told to stop only once the record is on both jobs (the one
+                // it makes room for is written first).
+                let on_both = victim
+                    && self
+                        .jobs
+                        .get(&preemption.beneficiary)
+                        .and_then(|live| live.job.preemptions.last())
+                        == job.preemptions.last();
+                let Some(live) = self.jobs.get_mut(&job.id) else {
+                    return;
+                };
+                live.job = job;
+                if on_both && live.preempting.is_none() {
+                    live.preempting = Some((
+                        format!(
+                            "for {} job {}",
+                            preemption.beneficiary_class, preemption.beneficiary
+                        ),
+                        preemption.beneficiary.clone(),
+                    ));
+                    effects.push(Effect::Preempt {
+                        victim: preemption.victim.clone(),
+                        worker: preemption.worker.clone(),
+                        grace_ms: u64::try_from(self.config.sla.preemption_grace.as_millis())
+                            .unwrap_or(u64::MAX),
+                        for_job: preemption.beneficiary.clone(),
+                        preemption,
+                    });
+                }
+            }
             Change::CancelQueued => {
                 self.queues.remove(&job.id);
                 self.jobs.remove(&job.id);
@@ -839,6 +924,10 @@ impl Dispatch {
                     .get(&job.id)
                     .and_then(|live| live.times.assigned_at_ms)
                     .map_or(0, |assigned| now_ms.saturating_sub(assigned));
+                let preempted = self
+                    .jobs
+                    .get(&job.id)
+                    .is_some_and(|live| job.preempted > live.job.preempted);
                 if job.state == JobState::Queued {
                     let _ = self.queues.requeue(QueueEntry::from_job(&job));
                     if let Some(live) = self.jobs.get_mut(&job.id) {
@@ -848,6 +937,7 @@ impl Dispatch {
                             ..Times::default()
                         };
                         live.unconfirmed_since_ms = None;
+                        live.preempting = None;
                     }
                 } else {
                     self.jobs.remove(&job.id);
@@ -874,6 +964,7 @@ impl Dispatch {
                     worker: worker.clone(),
                     held_ms,
                     lost,
+                    preempted,
                 });
                 if let Some(worker) = worker {
                     self.release(&worker, lost, healthy, fenced, now_ms, effects);
@@ -940,6 +1031,13 @@ impl Dispatch {
             if job.submitted_at == SystemTime::UNIX_EPOCH {
                 job.submitted_at = at(now_ms);
             }
+            if job.deadline.is_none() {
+                job.deadline = Some(
+                    self.config
+                        .sla
+                        .deadline_of(job.spec.sla_class, job.submitted_at),
+                );
+            }
             proposal.writes.push(Write {
                 job,
                 expected: None,
@@ -960,6 +1058,7 @@ impl Dispatch {
                         .last_heard_ms
                         .is_none_or(|heard| now_ms.saturating_sub(heard) < lease)
                     && slot.healthy
+                    && !slot.draining
                     && !slot.dead
                     && slot.job.is_none()
                     && !slot.retired
@@ -1019,12 +1118,85 @@ impl Dispatch {
             job.attempts += 1;
             job.worker_id = Some(worker.clone());
             job.started_at = None;
+            job.first_started_at.get_or_insert(at(now_ms));
             proposal.writes.push(Write {
                 job,
                 expected: Some(JobState::Queued),
                 change: Change::Assign { worker },
             });
         }
+    }
+
+    /// Proposes recording a preemption on both jobs: the victim must still run on the
+    /// worker, not already be stopping (nor cancelled), and the job it makes room for must
+    /// still wait and not have another victim stopping for it.
+    fn preempt(&self, preemption: Preemption, now_ms: u64, proposal: &mut Proposal) {
+        let (Some(victim), Some(beneficiary)) = (
+            self.jobs.get(&preemption.victim),
+            self.jobs.get(&preemption.beneficiary),
+        ) else {
+            return;
+        };
+        let stopping_for = |id: &JobId| {
+            self.jobs
+                .values()
+                .any(|live| live.preempting.as_ref().is_some_and(|(_, b)| b == id))
+        };
+        if victim.job.state != JobState::Running
+            || victim.job.worker_id.as_ref() != Some(&preemption.worker)
+            || victim.preempting.is_some()
+            || victim.cancel_requested
+            || beneficiary.job.state != JobState::Queued
+            || stopping_for(&preemption.beneficiary)
+        {
+            return;
+        }
+        let record = PreemptionRecord {
+            at: at(now_ms),
+            victim: preemption.victim.clone(),
+            beneficiary: preemption.beneficiary.clone(),
+            worker_id: preemption.worker.clone(),
+            reason: preemption.reason.clone(),
+        };
+        // The one it makes room for first: the victim's write tells the shell to stop it.
+        for (live, is_victim) in [(beneficiary, false), (victim, true)] {
+            let mut job = live.job.clone();
+            job.record_preemption(record.clone());
+            proposal.writes.push(Write {
+                expected: Some(job.state),
+                job,
+                change: Change::Preempt {
+                    victim: is_victim,
+                    preemption: preemption.clone(),
+                },
+            });
+        }
+    }
+
+    /// The jobs being stopped for a preemption, with the job each makes room for.
+    pub fn preempting(&self) -> impl Iterator<Item = (&JobId, &JobId)> {
+        self.jobs.iter().filter_map(|(id, live)| {
+            live.preempting
+                .as_ref()
+                .map(|(_, beneficiary)| (id, beneficiary))
+        })
+    }
+
+    /// When the next queued job becomes boosted or at risk ([`sla::next_change_ms`]): the
+    /// shell wakes then to plan and preempt at once rather than a tick late.
+    pub fn next_sla_change_ms(&self, now_ms: u64) -> Option<u64> {
+        sla::next_change_ms(&self.queues, now_ms)
+    }
+
+    /// The workers that could take a job now (registered, connected, heard from within the
+    /// lease, healthy, not draining, free).
+    pub fn idle_workers(&self, now_ms: u64) -> Vec<IdleWorker> {
+        self.idle(now_ms)
+    }
+
+    /// The SLA settings the machine stamps deadlines with.
+    pub fn sla(&self) -> &SlaSettings {
+        &self.config.sla
     }
 
     fn in_flight_on(&self, worker: &WorkerId, job: &JobId) -> Option<&Live> {
@@ -1076,6 +1248,9 @@ impl Dispatch {
         let previous = current.state;
         let (next, reason) = after_attempt(current, outcome.clone());
         let mut job = current.clone();
+        if matches!(outcome, AttemptOutcome::Preempted(_)) {
+            job.preempted = job.preempted.saturating_add(1);
+        }
         job.state = next;
         job.reason = reason;
         if let AttemptOutcome::Exited(code) = outcome {
@@ -1155,6 +1330,7 @@ impl Dispatch {
             slot.connected = seen.connected;
             slot.last_heard_ms = Some(seen.last_heard_ms);
             slot.healthy = seen.healthy;
+            slot.draining = seen.draining;
         }
         for (id, slot) in &mut self.workers {
             if slot.registered && !listed.contains(id) {
@@ -1246,7 +1422,7 @@ impl Dispatch {
                 Verdict::Lost(because) => Self::attempt_end(
                     &live.job,
                     live.cancel_requested,
-                    AttemptOutcome::WorkerLost,
+                    live.outcome(AttemptOutcome::WorkerLost),
                     true,
                     Some(Fenced::Lost(because)),
                     now_ms,
@@ -1364,6 +1540,193 @@ mod tests {
         let recorded = vec![true; proposal.writes.len()];
         effects.extend(m.commit(proposal, &recorded, now));
         effects
+    }
+
+    /// A connected worker and a best-effort job (no retries) running on it since 3.
+    fn running_best_effort(m: &mut Dispatch) -> (IdleWorker, JobId) {
+        let w = worker(1, 4);
+        run(
+            m,
+            Input::WorkerUp {
+                worker: w.clone(),
+                pool_max_uses: None,
+            },
+            0,
+        );
+        run(
+            m,
+            Input::Connected {
+                worker: w.id.clone(),
+                running: vec![],
+            },
+            0,
+        );
+        let mut low = job(1, "a", 4);
+        low.spec.sla_class = crate::job::SlaClass::BestEffort;
+        low.spec.max_retries = 0;
+        let effects = run(m, Input::Submit(vec![low]), 1);
+        let [Effect::Admitted { job: admitted, .. }] = &effects[..] else {
+            panic!("{effects:?}");
+        };
+        assert_eq!(
+            admitted.deadline,
+            Some(at(1) + SlaSettings::default().best_effort),
+            "the machine stamps the deadline at admission"
+        );
+        let effects = run(m, Input::Tick, 2);
+        let [Effect::Assign { job: assigned, .. }] = &effects[..] else {
+            panic!("{effects:?}");
+        };
+        assert_eq!(assigned.first_started_at, Some(at(2)));
+        run(
+            m,
+            Input::Accepted {
+                worker: w.id.clone(),
+                job: assigned.id.clone(),
+            },
+            3,
+        );
+        (w, assigned.id.clone())
+    }
+
+    /// A critical job queued at 10 and the preemption of `victim` for it at 11.
+    fn preempt_for_critical(m: &mut Dispatch, w: &IdleWorker, victim: &JobId) -> Vec<Effect> {
+        let mut urgent = job(2, "a", 4);
+        urgent.spec.sla_class = crate::job::SlaClass::Critical;
+        run(m, Input::Submit(vec![urgent]), 10);
+        let preemption = Preemption {
+            victim: victim.clone(),
+            victim_class: crate::job::SlaClass::BestEffort,
+            beneficiary: JobId::new("j2").unwrap(),
+            beneficiary_class: crate::job::SlaClass::Critical,
+            worker: w.id.clone(),
+            reason: "critical job j2 at risk".into(),
+        };
+        run(m, Input::Preempt(preemption), 11)
+    }
+
+    #[test]
+    fn a_preemption_is_recorded_on_both_jobs_then_told_and_requeues_without_spending_a_retry() {
+        let mut m = machine(4);
+        let (w, victim) = running_best_effort(&mut m);
+        let effects = preempt_for_critical(&mut m, &w, &victim);
+        let [
+            Effect::Preempt {
+                victim: stopped,
+                worker,
+                grace_ms: 10_000,
+                for_job,
+                ..
+            },
+        ] = &effects[..]
+        else {
+            panic!("{effects:?}");
+        };
+        assert_eq!((stopped, worker, for_job.as_str()), (&victim, &w.id, "j2"));
+        for id in [&victim, for_job] {
+            assert_eq!(m.job(id).unwrap().preemptions.len(), 1, "{id}");
+        }
+        assert_eq!(m.preempting().count(), 1);
+        // A second preemption of the same victim, or for the same job, is not proposed.
+        let again = m.step(
+            Input::Preempt(Preemption {
+                victim: victim.clone(),
+                victim_class: crate::job::SlaClass::BestEffort,
+                beneficiary: for_job.clone(),
+                beneficiary_class: crate::job::SlaClass::Critical,
+                worker: w.id.clone(),
+                reason: "again".into(),
+            }),
+            12,
+        );
+        assert!(again.writes.is_empty());
+        // The agent stops it: its end is a preemption, requeued with its retry unspent.
+        let effects = run(
+            &mut m,
+            Input::Result {
+                worker: w.id.clone(),
+                job: victim.clone(),
+                outcome: AttemptOutcome::Cancelled,
+                healthy: true,
+            },
+            13,
+        );
+        let Some(Effect::Ended {
+            job: ended,
+            preempted: true,
+            ..
+        }) = effects.iter().find(|e| matches!(e, Effect::Ended { .. }))
+        else {
+            panic!("{effects:?}");
+        };
+        assert_eq!(
+            (ended.state, ended.preempted, ended.attempts),
+            (JobState::Queued, 1, 1)
+        );
+        assert!(
+            ended
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("preempted")
+        );
+        assert_eq!(ended.first_started_at, Some(at(2)), "the first start stays");
+        assert_eq!(m.preempting().count(), 0);
+    }
+
+    #[test]
+    fn a_users_cancel_wins_over_a_preemption_and_a_loss_while_stopping_is_a_preemption() {
+        let mut m = machine(4);
+        let (w, victim) = running_best_effort(&mut m);
+        preempt_for_critical(&mut m, &w, &victim);
+        run(&mut m, Input::Cancel(victim.clone()), 12);
+        let effects = run(
+            &mut m,
+            Input::Result {
+                worker: w.id.clone(),
+                job: victim.clone(),
+                outcome: AttemptOutcome::Cancelled,
+                healthy: true,
+            },
+            13,
+        );
+        assert!(
+            effects.iter().any(|e| matches!(e, Effect::Ended { job, preempted: false, .. } if job.state == JobState::Cancelled)),
+            "{effects:?}"
+        );
+
+        let mut m = machine(4);
+        let (w, victim) = running_best_effort(&mut m);
+        preempt_for_critical(&mut m, &w, &victim);
+        let effects = run(&mut m, Input::WorkerDead(w.id.clone()), 12);
+        assert!(
+            effects.iter().any(|e| matches!(e, Effect::Ended { job, preempted: true, .. } if job.state == JobState::Queued && job.preempted == 1)),
+            "{effects:?}"
+        );
+    }
+
+    #[test]
+    fn a_draining_worker_gets_no_job_until_its_mark_is_gone() {
+        let mut m = machine(4);
+        let w = worker(1, 4);
+        let seen = |draining| Seen {
+            worker: w.clone(),
+            pool_max_uses: None,
+            connected: true,
+            last_heard_ms: 0,
+            healthy: true,
+            draining,
+        };
+        run(&mut m, Input::Presence(vec![seen(true)]), 0);
+        run(&mut m, Input::Submit(vec![job(1, "a", 1)]), 1);
+        assert!(run(&mut m, Input::Tick, 2).is_empty());
+        assert!(m.idle_workers(2).is_empty());
+        run(&mut m, Input::Presence(vec![seen(false)]), 3);
+        let effects = run(&mut m, Input::Tick, 4);
+        assert!(
+            matches!(&effects[..], [Effect::Assign { .. }]),
+            "{effects:?}"
+        );
     }
 
     #[test]
@@ -1662,6 +2025,7 @@ mod tests {
             connected: true,
             last_heard_ms: heard,
             healthy: true,
+            draining: false,
         };
         run(&mut m, Input::Presence(vec![seen(&w1, 0), seen(&w2, 0)]), 0);
         for w in [&w1, &w2] {
@@ -1872,6 +2236,10 @@ mod tests {
         Drain(u8),
         Tick(u16),
         Plan,
+        /// Preempt the job on this worker for the n-th queued job.
+        Preempt(u8, u8),
+        /// The agent reports the job on this worker stopped (cancelled).
+        Stopped(u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1890,6 +2258,8 @@ mod tests {
             1 => (0..5u8).prop_map(Op::Drain),
             4 => (0..20_000u16).prop_map(Op::Tick),
             1 => Just(Op::Plan),
+            2 => ((0..5u8), (0..8u8)).prop_map(|(w, j)| Op::Preempt(w, j)),
+            1 => (0..5u8).prop_map(Op::Stopped),
         ]
     }
 
@@ -1975,6 +2345,7 @@ mod tests {
                                 connected,
                                 last_heard_ms: now.saturating_sub(u64::from(ago)),
                                 healthy: true,
+                                draining: false,
                             });
                         }
                         for (i, model) in model.iter_mut().enumerate() {
@@ -1989,11 +2360,25 @@ mod tests {
                         }
                         Input::Presence(seen.into_values().collect())
                     }
-                    Op::Accept(w) | Op::Finish(w, _, _) | Op::Undeliverable(w) => {
+                    Op::Preempt(w, j) => {
+                        let id = workers[w as usize].id.clone();
+                        let Some(victim) = m.job_on(&id).cloned() else { continue };
+                        let Some(for_job) = m.queues().iter_in_order().nth(usize::from(j)).map(|e| e.job_id.clone()) else { continue };
+                        Input::Preempt(Preemption {
+                            victim,
+                            victim_class: crate::job::SlaClass::BestEffort,
+                            beneficiary: for_job,
+                            beneficiary_class: crate::job::SlaClass::Critical,
+                            worker: id,
+                            reason: "test".into(),
+                        })
+                    }
+                    Op::Accept(w) | Op::Finish(w, _, _) | Op::Undeliverable(w) | Op::Stopped(w) => {
                         let id = workers[w as usize].id.clone();
                         let Some(job) = m.job_on(&id).cloned() else { continue };
                         match op {
                             Op::Accept(_) => Input::Accepted { worker: id, job },
+                            Op::Stopped(_) => Input::Result { worker: id, job, outcome: AttemptOutcome::Cancelled, healthy: true },
                             Op::Finish(_, ok, healthy) => Input::Result { worker: id, job, outcome: AttemptOutcome::Exited(if ok { 0 } else { 1 }), healthy },
                             _ => Input::Undeliverable { worker: id, job },
                         }
@@ -2014,7 +2399,9 @@ mod tests {
                 let mut written: BTreeMap<JobId, Job> = BTreeMap::new();
                 for (i, write) in proposal.writes.iter().enumerate() {
                     if let Some(from) = write.expected {
-                        prop_assert!(from.can_transition_to(write.job.state), "illegal {} -> {}", from, write.job.state);
+                        // A preemption's record changes no state.
+                        let records_only = matches!(write.change, Change::Preempt { .. }) && from == write.job.state;
+                        prop_assert!(records_only || from.can_transition_to(write.job.state), "illegal {} -> {}", from, write.job.state);
                     }
                     let ok = store_ok[i % store_ok.len()] && match write.expected {
                         None => !stored.contains_key(&write.job.id),
@@ -2031,7 +2418,7 @@ mod tests {
                     // Nothing is told unless its write was recorded in this very step.
                     let told = match effect {
                         Effect::Admitted { job, .. } | Effect::Assign { job, .. } | Effect::Ended { job, .. } | Effect::CancelAnswered(job) => Some(job.id.clone()),
-                        Effect::Started(id) | Effect::Fenced { job: id, .. } => Some(id.clone()),
+                        Effect::Started(id) | Effect::Fenced { job: id, .. } | Effect::Preempt { victim: id, .. } => Some(id.clone()),
                         _ => None,
                     };
                     if let Some(id) = &told {
@@ -2052,6 +2439,20 @@ mod tests {
                         Effect::Retire { worker, .. } => {
                             let index = workers.iter().position(|w| &w.id == worker).unwrap();
                             model[index].leaving = true;
+                        }
+                        Effect::Preempt { victim, worker, for_job, .. } => {
+                            // Only a running job is stopped, on its own worker, for a job
+                            // still queued; both carry the record.
+                            let stopped = stored.get(victim);
+                            prop_assert_eq!(stopped.map(|j| j.state), Some(JobState::Running));
+                            prop_assert_eq!(stopped.and_then(|j| j.worker_id.as_ref()), Some(worker));
+                            prop_assert_eq!(stored.get(for_job).map(|j| j.state), Some(JobState::Queued));
+                            prop_assert!(written.contains_key(for_job), "told before the record on {for_job}");
+                        }
+                        Effect::Ended { job, preempted: true, .. } => {
+                            // A preemption requeues and spends no retry.
+                            prop_assert_eq!(job.state, JobState::Queued);
+                            prop_assert!(job.preempted >= 1 && job.preempted + job.withdrawn <= job.attempts);
                         }
                         Effect::Drained(list) => {
                             for worker in list {

@@ -294,8 +294,11 @@ impl From<Priority> for i32 {
     }
 }
 
-/// How urgently a job must finish. Only stored for now; SLA tracking comes later.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// How soon a job must start: each class has a deadline from submission (see
+/// [`crate::sla`]). Declared from most to least urgent, so `Critical < BestEffort`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SlaClass {
     Critical,
@@ -387,6 +390,9 @@ pub struct JobSpec {
     pub max_retries: u32,
     #[serde(default)]
     pub sla_class: SlaClass,
+    /// The job may not be preempted for a more urgent one (`--no-preempt`).
+    #[serde(default)]
+    pub no_preempt: bool,
 }
 
 impl JobSpec {
@@ -403,6 +409,7 @@ impl JobSpec {
             timeout: None,
             max_retries: 0,
             sla_class: SlaClass::default(),
+            no_preempt: false,
         }
     }
 
@@ -640,6 +647,50 @@ pub struct Job {
     /// Global submission order, assigned by the store; ties within a priority go to the
     /// lower sequence.
     pub sequence: u64,
+    /// When the job must have started: submission plus its class's deadline as configured
+    /// when it was submitted. `None` (jobs from before SLA tracking) means the class's
+    /// product default, see [`crate::sla::SlaClock::of_job`].
+    #[serde(default)]
+    pub deadline: Option<SystemTime>,
+    /// When it was first handed to a worker: whether it met its deadline.
+    #[serde(default)]
+    pub first_started_at: Option<SystemTime>,
+    /// Attempts stopped to make room for a more urgent job. Like withdrawn ones they keep
+    /// their numbers in `attempts` but do not spend the retry budget.
+    #[serde(default)]
+    pub preempted: u32,
+    /// Preemptions this job took part in, as victim or beneficiary (the latest
+    /// [`MAX_PREEMPTION_RECORDS`]).
+    #[serde(default)]
+    pub preemptions: Vec<PreemptionRecord>,
+}
+
+/// Most preemption records a job keeps.
+pub const MAX_PREEMPTION_RECORDS: usize = 16;
+
+/// One preemption, recorded on both jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreemptionRecord {
+    pub at: SystemTime,
+    /// The job stopped and requeued.
+    pub victim: JobId,
+    /// The job it made room for.
+    pub beneficiary: JobId,
+    /// The worker taken over.
+    pub worker_id: WorkerId,
+    /// Why, in words (`critical job j-2 at risk of missing its deadline`).
+    pub reason: String,
+}
+
+impl Job {
+    /// Records a preemption on this job, keeping the latest [`MAX_PREEMPTION_RECORDS`].
+    pub fn record_preemption(&mut self, record: PreemptionRecord) {
+        self.preemptions.push(record);
+        if self.preemptions.len() > MAX_PREEMPTION_RECORDS {
+            let extra = self.preemptions.len() - MAX_PREEMPTION_RECORDS;
+            self.preemptions.drain(..extra);
+        }
+    }
 }
 
 impl Job {
@@ -664,6 +715,10 @@ impl Job {
             started_at: None,
             finished_at: None,
             sequence,
+            deadline: None,
+            first_started_at: None,
+            preempted: 0,
+            preemptions: Vec::new(),
         })
     }
 }
@@ -682,6 +737,9 @@ pub enum AttemptOutcome {
     FailedToStart(String),
     /// The worker went away (crashed, disconnected, terminated) during the attempt.
     WorkerLost,
+    /// The attempt was stopped to make room for a more urgent job (see [`crate::sla`]).
+    /// It is requeued without spending a retry.
+    Preempted(String),
 }
 
 /// The state a job moves to after an attempt, and why. The one place retry policy lives.
@@ -699,13 +757,20 @@ pub enum AttemptOutcome {
 /// | `Exited(n≠0)`, `TimedOut`, `FailedToStart` | otherwise (retries used up)      | `DeadLettered` |
 /// | `WorkerLost`                           | `attempts < max_retries + 1 + LOST_GRACE` | `Queued`  |
 /// | `WorkerLost`                           | otherwise                            | `Failed`       |
+/// | `Preempted`                            |                                      | `Queued`       |
 ///
 /// A lost worker is not the job's fault, so it gets [`LOST_GRACE`] extra attempts and never
 /// dead-letters. Because losses share the attempt counter, a loss spends one of the job's
 /// retries when it has any; the grace only guarantees that losses alone cannot fail a job
 /// before `max_retries + 1 + LOST_GRACE` attempts.
+///
+/// Preempted attempts, like withdrawn ones, are not counted: the caller adds the attempt to
+/// `job.preempted` when it records the requeue.
 pub fn after_attempt(job: &Job, outcome: AttemptOutcome) -> (JobState, Option<String>) {
-    let attempts = job.attempts.saturating_sub(job.withdrawn);
+    let attempts = job
+        .attempts
+        .saturating_sub(job.withdrawn)
+        .saturating_sub(job.preempted);
     let max_retries = job.spec.max_retries;
     let (failed_state, what) = match outcome {
         AttemptOutcome::Exited(0) => return (JobState::Succeeded, None),
@@ -720,6 +785,12 @@ pub fn after_attempt(job: &Job, outcome: AttemptOutcome) -> (JobState, Option<St
             } else {
                 (JobState::Failed, Some("worker lost".to_owned()))
             };
+        }
+        AttemptOutcome::Preempted(why) => {
+            return (
+                JobState::Queued,
+                Some(format!("preempted: {why}; requeued, no retry spent")),
+            );
         }
         AttemptOutcome::Exited(code) => (JobState::Failed, format!("exited with code {code}")),
         AttemptOutcome::TimedOut => (JobState::TimedOut, "timed out".to_owned()),
@@ -741,6 +812,96 @@ pub fn after_attempt(job: &Job, outcome: AttemptOutcome) -> (JobState, Option<St
             JobState::DeadLettered,
             Some(format!("{what}, all {max_retries} retries used")),
         )
+    }
+}
+
+/// A job's output beyond this many bytes per attempt is dropped, unless configured
+/// otherwise (`[jobs] max_log_bytes`).
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What becomes of a chunk of output under a per-attempt cap ([`cap_log`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogCap {
+    /// Under the cap: keep the chunk whole.
+    Keep,
+    /// The chunk crosses the cap: keep its first this many bytes, then the truncation
+    /// marker ([`truncation_marker`]).
+    Truncate(usize),
+    /// The cap was reached before: drop the chunk.
+    Drop,
+}
+
+/// Whether a chunk of `len` bytes is kept when `stored` bytes of the attempt's output were
+/// kept before it (the marker included, so more than `cap` once it was cut) and at most
+/// `cap` may be (0: no cap).
+pub fn cap_log(stored: u64, len: usize, cap: u64) -> LogCap {
+    if cap == 0 {
+        return LogCap::Keep;
+    }
+    if stored > cap {
+        return LogCap::Drop;
+    }
+    let room = cap - stored;
+    match u64::try_from(len) {
+        Ok(len) if len <= room => LogCap::Keep,
+        _ => LogCap::Truncate(usize::try_from(room).unwrap_or(usize::MAX)),
+    }
+}
+
+/// The line that ends a truncated output, so a reader sees it was cut and why.
+pub fn truncation_marker(cap: u64) -> String {
+    format!(
+        "\n[hodei: output truncated: this attempt wrote more than {cap} bytes, the log cap ([jobs] max_log_bytes)]\n"
+    )
+}
+
+#[cfg(test)]
+mod log_cap_tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_keeps_then_cuts_once_then_drops() {
+        assert_eq!(cap_log(0, 10, 0), LogCap::Keep);
+        assert_eq!(cap_log(u64::MAX, 10, 0), LogCap::Keep);
+        assert_eq!(cap_log(0, 10, 10), LogCap::Keep);
+        assert_eq!(cap_log(5, 10, 10), LogCap::Truncate(5));
+        // Exactly at the cap: the next byte brings the marker.
+        assert_eq!(cap_log(10, 0, 10), LogCap::Keep);
+        assert_eq!(cap_log(10, 1, 10), LogCap::Truncate(0));
+        // Past it (the marker was counted): dropped.
+        assert_eq!(cap_log(11, 1, 10), LogCap::Drop);
+    }
+
+    proptest::proptest! {
+        /// However the output is chunked, what is kept is its first `cap` bytes and the
+        /// marker comes exactly once, after the cut.
+        #[test]
+        fn kept_output_is_a_prefix_of_at_most_cap_bytes(
+            chunks in proptest::collection::vec(0usize..50, 0..20),
+            cap in 0u64..200,
+        ) {
+            let (mut stored, mut markers) = (0u64, 0u64);
+            let total: usize = chunks.iter().sum();
+            for len in &chunks {
+                match cap_log(stored + markers, *len, cap) {
+                    LogCap::Keep => stored += *len as u64,
+                    LogCap::Truncate(keep) => {
+                        proptest::prop_assert!(keep < *len);
+                        stored += keep as u64;
+                        // The shell counts the marker too (here one byte).
+                        markers += 1;
+                    }
+                    LogCap::Drop => proptest::prop_assert_eq!(markers, 1),
+                }
+            }
+            if cap == 0 || total as u64 <= cap {
+                proptest::prop_assert_eq!(stored, total as u64);
+                proptest::prop_assert_eq!(markers, 0);
+            } else {
+                proptest::prop_assert_eq!(stored, cap);
+                proptest::prop_assert_eq!(markers, 1);
+            }
+        }
     }
 }
 
@@ -1148,6 +1309,43 @@ mod tests {
     }
 
     #[test]
+    fn preempted_attempts_are_requeued_and_spend_no_retry() {
+        use AttemptOutcome as O;
+        // No retries at all: a preemption still requeues.
+        let (next, reason) = after_attempt(&job(0, 1), O::Preempted("for j-9".into()));
+        assert_eq!(next, Queued);
+        assert!(reason.unwrap().contains("no retry spent"));
+        // Attempt 2 of a job without retries, the first preempted: its first real failure
+        // fails it, and success after a preemption is a success.
+        let mut after = job(0, 2);
+        after.preempted = 1;
+        assert_eq!(after_attempt(&after, O::Exited(1)).0, Failed);
+        assert_eq!(after_attempt(&after, O::Exited(0)).0, Succeeded);
+        // One retry, one preemption: a failure on attempt 2 is retried, not dead-lettered.
+        let mut retry = job(1, 2);
+        retry.preempted = 1;
+        assert_eq!(after_attempt(&retry, O::Exited(1)).0, Queued);
+        retry.preempted = 0;
+        assert_eq!(after_attempt(&retry, O::Exited(1)).0, DeadLettered);
+    }
+
+    #[test]
+    fn preemption_records_are_bounded() {
+        let mut j = job(0, 1);
+        for i in 0..(MAX_PREEMPTION_RECORDS + 3) {
+            j.record_preemption(PreemptionRecord {
+                at: SystemTime::UNIX_EPOCH,
+                victim: JobId::new(format!("v-{i}")).unwrap(),
+                beneficiary: JobId::new("b").unwrap(),
+                worker_id: WorkerId::new("w").unwrap(),
+                reason: "test".into(),
+            });
+        }
+        assert_eq!(j.preemptions.len(), MAX_PREEMPTION_RECORDS);
+        assert_eq!(j.preemptions[0].victim.as_str(), "v-3");
+    }
+
+    #[test]
     fn after_attempt_only_picks_states_reachable_from_running() {
         use AttemptOutcome as O;
         for max_retries in [0, 1, 3] {
@@ -1159,6 +1357,7 @@ mod tests {
                     O::Cancelled,
                     O::FailedToStart("x".into()),
                     O::WorkerLost,
+                    O::Preempted("x".into()),
                 ] {
                     let (next, _) = after_attempt(&job(max_retries, attempts), outcome);
                     assert!(Running.can_transition_to(next), "{next}");

@@ -16,8 +16,10 @@ pub mod job;
 pub mod lifecycle;
 pub mod matching;
 pub mod pool;
+pub mod pool_pass;
 pub mod queue;
 pub mod reconcile;
+pub mod sla;
 pub mod tenancy;
 pub mod trace;
 pub mod worker;
@@ -27,7 +29,7 @@ pub use job::{
     AttemptOutcome, Command, Job, JobId, JobSpec, JobState, JobTransitionError, Priority,
     QueueName, Requirements, SlaClass, TenantName,
 };
-pub use lifecycle::{LifecycleEvent, TransitionError, WorkerState};
+pub use lifecycle::{AfterDrain, LifecycleEvent, TransitionError, WorkerState};
 pub use matching::{IdleWorker, Mismatch};
 pub use pool::{PoolKind, PoolSpec};
 pub use queue::{QueueConfig, QueueEntry, QueueError, Queues};

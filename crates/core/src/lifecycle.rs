@@ -112,6 +112,81 @@ pub struct TransitionError {
     pub to: WorkerState,
 }
 
+/// What becomes of a drained worker once its current job is done (`hodei worker drain
+/// --then`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterDrain {
+    /// It is terminated; its pool, if it has one, replaces it.
+    Terminate,
+    /// It stays, taking no new job, until it is undrained.
+    Keep,
+}
+
+impl AfterDrain {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Terminate => "terminate",
+            Self::Keep => "keep",
+        }
+    }
+}
+
+impl fmt::Display for AfterDrain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AfterDrain {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "terminate" => Ok(Self::Terminate),
+            "keep" => Ok(Self::Keep),
+            _ => Err(ValidationError::new(
+                "then",
+                format!("{s:?} is neither \"terminate\" nor \"keep\""),
+            )),
+        }
+    }
+}
+
+/// The draining workers whose drain is complete and who are to go now: those to be
+/// terminated that run no job. A busy one finishes its job first; a kept one stays.
+pub fn drained_to_terminate<'a>(
+    draining: impl IntoIterator<Item = (&'a WorkerId, AfterDrain)>,
+    busy: impl Fn(&WorkerId) -> bool,
+) -> Vec<WorkerId> {
+    draining
+        .into_iter()
+        .filter(|(id, then)| *then == AfterDrain::Terminate && !busy(id))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// The state a worker is shown in (REST, gRPC, CLI, console), composed from what each part
+/// knows: `stored` is the store's lifecycle (`None` for a worker only the scheduler knows, an
+/// agent started by hand), `activity` the dispatcher's per-job state (busy, cleaning), and
+/// from the registry whether its agent is `unhealthy` and whether it is `draining`.
+pub fn shown_state(
+    stored: Option<WorkerState>,
+    activity: Option<WorkerState>,
+    unhealthy: bool,
+    draining: bool,
+) -> WorkerState {
+    use WorkerState::*;
+    let base = stored.unwrap_or(if unhealthy { Unhealthy } else { Idle });
+    match base {
+        Provisioning | Registering | Terminated => base,
+        _ if draining => Draining,
+        Idle => activity
+            .filter(|a| matches!(a, Busy | Cleaning))
+            .unwrap_or(Idle),
+        _ => base,
+    }
+}
+
 /// What happened to a worker, as told to the registration side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LifecycleEvent {
@@ -175,5 +250,79 @@ mod tests {
             assert_eq!(state.as_str().parse::<WorkerState>().unwrap(), state);
         }
         assert!("asleep".parse::<WorkerState>().is_err());
+    }
+
+    #[test]
+    fn after_drain_parses_and_names_the_field() {
+        for then in [AfterDrain::Terminate, AfterDrain::Keep] {
+            assert_eq!(then.as_str().parse::<AfterDrain>(), Ok(then));
+        }
+        assert_eq!("stay".parse::<AfterDrain>().unwrap_err().field, "then");
+    }
+
+    #[test]
+    fn only_idle_workers_drained_to_terminate_go() {
+        let ids: Vec<WorkerId> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|id| WorkerId::new(*id).unwrap())
+            .collect();
+        let draining = [
+            (&ids[0], AfterDrain::Terminate),
+            (&ids[1], AfterDrain::Terminate),
+            (&ids[2], AfterDrain::Keep),
+            (&ids[3], AfterDrain::Keep),
+        ];
+        let busy = |id: &WorkerId| id.as_str() == "b" || id.as_str() == "d";
+        assert_eq!(drained_to_terminate(draining, busy), vec![ids[0].clone()]);
+    }
+
+    #[test]
+    fn the_shown_state_composes_store_activity_and_registry() {
+        // stored, activity, unhealthy, draining -> shown
+        let table = [
+            (Some(Idle), None, false, false, Idle),
+            (Some(Idle), Some(Busy), false, false, Busy),
+            (Some(Idle), Some(Cleaning), false, false, Cleaning),
+            (Some(Idle), Some(Busy), false, true, Draining),
+            (Some(Draining), Some(Busy), false, false, Draining),
+            (Some(Unhealthy), Some(Busy), true, false, Unhealthy),
+            (Some(Registering), None, false, true, Registering),
+            (Some(Terminated), Some(Busy), false, true, Terminated),
+            (None, None, false, false, Idle),
+            (None, Some(Busy), false, false, Busy),
+            (None, None, true, false, Unhealthy),
+            (None, Some(Busy), false, true, Draining),
+        ];
+        for (stored, activity, unhealthy, draining, shown) in table {
+            assert_eq!(
+                shown_state(stored, activity, unhealthy, draining),
+                shown,
+                "{stored:?} {activity:?} unhealthy={unhealthy} draining={draining}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_busy_or_kept_worker_is_never_terminated(
+            workers in proptest::collection::vec((proptest::bool::ANY, proptest::bool::ANY), 0..20)
+        ) {
+            let ids: Vec<WorkerId> = (0..workers.len())
+                .map(|i| WorkerId::new(format!("w-{i}")).unwrap())
+                .collect();
+            let draining: Vec<(&WorkerId, AfterDrain)> = ids
+                .iter()
+                .zip(&workers)
+                .map(|(id, (keep, _))| (id, if *keep { AfterDrain::Keep } else { AfterDrain::Terminate }))
+                .collect();
+            let busy = |id: &WorkerId| ids.iter().position(|i| i == id).is_some_and(|i| workers[i].1);
+            let gone = drained_to_terminate(draining, busy);
+            for id in &gone {
+                let i = ids.iter().position(|x| x == id).unwrap();
+                proptest::prop_assert!(!workers[i].0 && !workers[i].1);
+            }
+            let expected = workers.iter().filter(|(keep, busy)| !keep && !busy).count();
+            proptest::prop_assert_eq!(gone.len(), expected);
+        }
     }
 }

@@ -298,6 +298,247 @@ fn workers_fit(count: usize) -> &'static str {
     }
 }
 
+/// Why a submission is refused because nothing could ever run it, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeverRunnable {
+    /// `pool`, `requirements.cpu_cores`, `requirements.memory_mb`, `requirements.labels`,
+    /// `requirements.features`, or `requirements` when only their combination fits nowhere.
+    pub field: &'static str,
+    pub reason: String,
+}
+
+/// A pool's template, as a shape of worker the pool could provision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolOffer<'a> {
+    pub name: &'a str,
+    pub capabilities: &'a WorkerCapabilities,
+    pub labels: &'a Labels,
+}
+
+/// Whether nothing could ever run a job of these `requirements`: no pool's template (what
+/// its workers will look like) and no connected worker fits it. A job asking for a pool
+/// (`pool=<name>`) no pool and no worker carries is refused as an unknown pool. `None`
+/// when something fits, or when nothing at all is known yet (no pool, no worker: the
+/// first agent may still come).
+pub fn never_runnable(
+    requirements: &Requirements,
+    pools: &[PoolOffer<'_>],
+    connected: &[(&WorkerCapabilities, &Labels)],
+) -> Option<NeverRunnable> {
+    if pools.is_empty() && connected.is_empty() {
+        return None;
+    }
+    let pool_labels: Vec<Labels> = pools
+        .iter()
+        .map(|pool| {
+            let mut labels = pool.labels.clone();
+            labels
+                .entry(POOL_LABEL.to_owned())
+                .or_insert_with(|| pool.name.to_owned());
+            labels
+        })
+        .collect();
+    let shapes: Vec<(&WorkerCapabilities, &Labels)> = pools
+        .iter()
+        .zip(&pool_labels)
+        .map(|(pool, labels)| (pool.capabilities, labels))
+        .chain(connected.iter().copied())
+        .collect();
+    if let Some(pool) = requirements.labels.get(POOL_LABEL)
+        && shapes
+            .iter()
+            .all(|(_, labels)| labels.get(POOL_LABEL) != Some(pool))
+    {
+        let mut names: Vec<&str> = pools.iter().map(|p| p.name).collect();
+        names.sort_unstable();
+        let known = if names.is_empty() {
+            "there are no pools".to_owned()
+        } else {
+            format!("the pools are {}", names.join(", "))
+        };
+        return Some(NeverRunnable {
+            field: "pool",
+            reason: format!("unknown pool {pool}: {known}"),
+        });
+    }
+    if shapes
+        .iter()
+        .any(|(caps, labels)| fits(requirements, caps, labels).is_ok())
+    {
+        return None;
+    }
+    let field = if shapes
+        .iter()
+        .all(|(caps, _)| caps.cpu_cores < requirements.cpu_cores)
+    {
+        "requirements.cpu_cores"
+    } else if shapes
+        .iter()
+        .all(|(caps, _)| caps.memory_mb < requirements.memory_mb)
+    {
+        "requirements.memory_mb"
+    } else if requirements.labels.iter().any(|(key, value)| {
+        shapes
+            .iter()
+            .all(|(_, labels)| labels.get(key) != Some(value))
+    }) {
+        "requirements.labels"
+    } else if requirements
+        .features
+        .iter()
+        .any(|feature| shapes.iter().all(|(caps, _)| !has_feature(caps, feature)))
+    {
+        "requirements.features"
+    } else {
+        "requirements"
+    };
+    let why = nobody_has(requirements, &shapes).unwrap_or_else(|| closest(requirements, &shapes));
+    Some(NeverRunnable {
+        field,
+        reason: format!(
+            "no pool template and no connected worker can run this job: {why} ({} {}, {} connected {})",
+            pools.len(),
+            if pools.len() == 1 { "pool" } else { "pools" },
+            connected.len(),
+            if connected.len() == 1 {
+                "worker"
+            } else {
+                "workers"
+            },
+        ),
+    })
+}
+
+#[cfg(test)]
+mod never_runnable_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn caps(cpu_cores: u32, memory_mb: u64) -> WorkerCapabilities {
+        WorkerCapabilities {
+            cpu_cores,
+            memory_mb,
+            docker_enabled: false,
+            custom_resources: BTreeMap::new(),
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn needs(cpu_cores: u32, pairs: &[(&str, &str)]) -> Requirements {
+        Requirements {
+            cpu_cores,
+            memory_mb: 0,
+            labels: labels(pairs),
+            features: Default::default(),
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_why() {
+        let (small, big) = (caps(2, 2048), caps(16, 65536));
+        let (none, linux, gpu) = (
+            labels(&[]),
+            labels(&[("os", "linux")]),
+            labels(&[("gpu", "a100")]),
+        );
+        let pools = [
+            PoolOffer {
+                name: "default",
+                capabilities: &small,
+                labels: &linux,
+            },
+            PoolOffer {
+                name: "big",
+                capabilities: &big,
+                labels: &none,
+            },
+        ];
+        let connected = [(&small, &gpu)];
+        let refused =
+            |requirements: &Requirements| never_runnable(requirements, &pools, &connected);
+
+        // Something fits: a pool's template, a pool by name, a connected worker.
+        assert_eq!(refused(&needs(1, &[("os", "linux")])), None);
+        assert_eq!(refused(&needs(8, &[("pool", "big")])), None);
+        assert_eq!(refused(&needs(1, &[("gpu", "a100")])), None);
+
+        let unknown = refused(&needs(1, &[("pool", "nosuch")])).unwrap();
+        assert_eq!(unknown.field, "pool");
+        assert_eq!(
+            unknown.reason,
+            "unknown pool nosuch: the pools are big, default"
+        );
+
+        let label = refused(&needs(1, &[("os", "windows")])).unwrap();
+        assert_eq!(label.field, "requirements.labels");
+        assert!(
+            label.reason.contains("needs label os=windows"),
+            "{}",
+            label.reason
+        );
+        assert!(
+            label.reason.contains("2 pools, 1 connected worker"),
+            "{}",
+            label.reason
+        );
+
+        let cpu = refused(&needs(64, &[])).unwrap();
+        assert_eq!(cpu.field, "requirements.cpu_cores");
+
+        // Each requirement is met somewhere, never together.
+        let combined = refused(&needs(8, &[("os", "linux")])).unwrap();
+        assert_eq!(combined.field, "requirements");
+        assert!(
+            combined.reason.contains("no single worker"),
+            "{}",
+            combined.reason
+        );
+    }
+
+    #[test]
+    fn with_nothing_known_a_job_waits_for_the_first_agent() {
+        assert_eq!(
+            never_runnable(&needs(64, &[("os", "plan9")]), &[], &[]),
+            None
+        );
+        let any = caps(1, 1);
+        let none = labels(&[]);
+        let refused = never_runnable(&needs(1, &[("pool", "p")]), &[], &[(&any, &none)]).unwrap();
+        assert_eq!(refused.reason, "unknown pool p: there are no pools");
+    }
+
+    proptest::proptest! {
+        /// A job a shape fits is never refused, and a refusal always comes with a reason.
+        #[test]
+        fn what_a_shape_fits_is_never_refused(
+            cpu in 0u32..8,
+            shape_cpu in proptest::collection::vec(1u32..8, 0..4),
+            os in proptest::option::of(proptest::sample::select(vec!["linux", "mac"])),
+        ) {
+            let capabilities: Vec<WorkerCapabilities> = shape_cpu.iter().map(|c| caps(*c, 1024)).collect();
+            let linux = labels(&[("os", "linux")]);
+            let connected: Vec<(&WorkerCapabilities, &Labels)> =
+                capabilities.iter().map(|c| (c, &linux)).collect();
+            let requirements = needs(cpu, &os.map(|o| vec![("os", o)]).unwrap_or_default());
+            let fits_one = connected
+                .iter()
+                .any(|(c, l)| fits(&requirements, c, l).is_ok());
+            let verdict = never_runnable(&requirements, &[], &connected);
+            if fits_one || connected.is_empty() {
+                proptest::prop_assert_eq!(verdict, None);
+            } else {
+                proptest::prop_assert!(verdict.is_some_and(|v| !v.reason.is_empty()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +587,8 @@ mod tests {
             priority: Priority::DEFAULT,
             sequence: 0,
             requirements,
+            sla_class: crate::job::SlaClass::default(),
+            sla: crate::sla::SlaClock::NEVER,
         }
     }
 

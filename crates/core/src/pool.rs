@@ -295,6 +295,13 @@ pub enum PolicyKind {
     /// Little's law: arrivals per second times the mean run time, or the queue, whichever
     /// asks more.
     ArrivalRate,
+    /// Thresholds to step sizes: with at least `queued` jobs waiting, `add` workers on top
+    /// of the busy and starting ones (the largest step reached applies).
+    Step,
+    /// Queue depth, or what the hour-of-week arrival profile learned from history expects
+    /// `lead_secs` from now (the provider's start latency by default), whichever asks
+    /// more: workers start ahead of a recurring burst instead of after it.
+    Predictive,
 }
 
 impl PolicyKind {
@@ -303,6 +310,8 @@ impl PolicyKind {
             Self::QueueDepth => "queue_depth",
             Self::Utilisation => "utilisation",
             Self::ArrivalRate => "arrival_rate",
+            Self::Step => "step",
+            Self::Predictive => "predictive",
         }
     }
 }
@@ -324,6 +333,19 @@ pub struct ScalingPolicy {
     pub max_decisions_per_minute: u32,
     /// Time-of-day minimums (UTC).
     pub schedule: Vec<ScheduleWindow>,
+    /// `step`: thresholds on the queued jobs and the workers each adds.
+    pub steps: Vec<ScalingStep>,
+    /// `predictive`: how far ahead the profile is read, seconds; the provider's start
+    /// latency ([`ProviderKind::default_start_latency_ms`]) when absent.
+    pub lead_secs: Option<f64>,
+}
+
+/// One step of `step` scaling: at least `queued` jobs waiting adds `add` workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingStep {
+    pub queued: u32,
+    pub add: u32,
 }
 
 impl Default for ScalingPolicy {
@@ -336,6 +358,8 @@ impl Default for ScalingPolicy {
             scale_down_cooldown: DEFAULT_SCALE_DOWN_COOLDOWN_SECS,
             max_decisions_per_minute: DEFAULT_MAX_DECISIONS_PER_MINUTE,
             schedule: Vec::new(),
+            steps: Vec::new(),
+            lead_secs: None,
         }
     }
 }
@@ -358,6 +382,34 @@ impl ScalingPolicy {
             return Err(ValidationError::new(
                 "pool.scaling.max_decisions_per_minute",
                 "must be at least 1",
+            ));
+        }
+        if self.policy == PolicyKind::Step && self.steps.is_empty() {
+            return Err(ValidationError::new(
+                "pool.scaling.steps",
+                "policy \"step\" needs at least one step ({ queued = N, add = M })",
+            ));
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            if step.queued == 0 || step.add == 0 {
+                return Err(ValidationError::new(
+                    format!("pool.scaling.steps[{i}]"),
+                    "queued and add must be at least 1",
+                ));
+            }
+            if step.add > MAX_POOL_SIZE {
+                return Err(ValidationError::new(
+                    format!("pool.scaling.steps[{i}].add"),
+                    format!("is {}, at most {MAX_POOL_SIZE} allowed", step.add),
+                ));
+            }
+        }
+        if let Some(lead) = self.lead_secs
+            && !(lead.is_finite() && (0.0..=86_400.0).contains(&lead))
+        {
+            return Err(ValidationError::new(
+                "pool.scaling.lead_secs",
+                "must be a number of seconds from 0 to 86400",
             ));
         }
         for (i, window) in self.schedule.iter().enumerate() {

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Job, JobId, Priority, QueueName, Requirements, TenantName};
+use crate::job::{Job, JobId, Priority, QueueName, Requirements, SlaClass, TenantName};
+use crate::sla::SlaClock;
 use crate::worker::ValidationError;
 
 /// How many jobs the default queue holds before it refuses more.
@@ -42,6 +43,9 @@ pub struct QueueEntry {
     pub priority: Priority,
     pub sequence: u64,
     pub requirements: Requirements,
+    pub sla_class: SlaClass,
+    /// When the job was submitted and must start by: when it is boosted or at risk.
+    pub sla: SlaClock,
 }
 
 impl QueueEntry {
@@ -54,6 +58,8 @@ impl QueueEntry {
             priority: job.spec.priority,
             sequence: job.sequence,
             requirements: job.spec.requirements.clone(),
+            sla_class: job.spec.sla_class,
+            sla: SlaClock::for_queue(job),
         }
     }
 
@@ -106,6 +112,9 @@ pub struct Queues {
     index: BTreeMap<JobId, OrderKey>,
     /// The same entries grouped by tenant, each group in dispatch order, for fair share.
     by_tenant: BTreeMap<TenantName, BTreeSet<OrderKey>>,
+    /// The same entries by the instant they are boosted (see [`crate::sla`]): the boosted
+    /// ones at any instant are a prefix, found without walking the rest.
+    by_boost: BTreeSet<(u64, OrderKey)>,
 }
 
 impl Default for Queues {
@@ -156,6 +165,7 @@ impl Queues {
             order: BTreeMap::new(),
             index: BTreeMap::new(),
             by_tenant: BTreeMap::new(),
+            by_boost: BTreeSet::new(),
         }
     }
 
@@ -195,6 +205,7 @@ impl Queues {
             .entry(entry.tenant.clone())
             .or_default()
             .insert(key.clone());
+        self.by_boost.insert((entry.sla.boost_at_ms(), key.clone()));
         self.order.insert(key, entry);
         Ok(())
     }
@@ -217,6 +228,8 @@ impl Queues {
 
     /// Updates the per-queue counts for an entry that has left `order` and `index`.
     fn forget(&mut self, entry: &QueueEntry) {
+        self.by_boost
+            .remove(&(entry.sla.boost_at_ms(), entry.order_key()));
         if let Some(keys) = self.by_tenant.get_mut(&entry.tenant) {
             keys.remove(&entry.order_key());
             if keys.is_empty() {
@@ -246,6 +259,23 @@ impl Queues {
     /// Every queued job across all queues: priority descending, then sequence ascending.
     pub fn iter_in_order(&self) -> impl Iterator<Item = &QueueEntry> {
         self.order.values()
+    }
+
+    /// Queued jobs boosted or at risk at `now_ms` (past 70% of their deadline), by the
+    /// instant they were boosted. Costs only the boosted jobs, not the whole queue.
+    pub fn boosted(&self, now_ms: u64) -> impl Iterator<Item = &QueueEntry> {
+        self.by_boost
+            .iter()
+            .take_while(move |(boost_at, _)| *boost_at <= now_ms)
+            .filter_map(|(_, key)| self.order.get(key))
+    }
+
+    /// The earliest instant after `now_ms` at which a queued job is boosted, if any.
+    pub fn first_boost_after(&self, now_ms: u64) -> Option<u64> {
+        self.by_boost
+            .iter()
+            .map(|(boost_at, _)| *boost_at)
+            .find(|boost_at| *boost_at > now_ms)
     }
 
     /// The tenants with queued jobs, sorted by name.
@@ -326,6 +356,8 @@ mod tests {
             priority: Priority::new(priority).unwrap(),
             sequence,
             requirements: Requirements::default(),
+            sla_class: SlaClass::default(),
+            sla: SlaClock::NEVER,
         }
     }
 

@@ -666,6 +666,10 @@ pub struct FairPlan {
 /// Plans starts: which idle worker gets which queued job, in weighted fair order across
 /// tenants and priority-then-FIFO order inside a tenant.
 ///
+/// Deadlines come first, in the bounded way [`crate::sla`] describes: jobs at risk start
+/// before every other job (earliest deadline first, across tenants, quotas still holding),
+/// and within a tenant its boosted jobs go ahead of its others.
+///
 /// First every tenant is held to its limits (soft ones too); then, if workers are still
 /// idle, tenants that may burst get soft limits times the burst factor. So burst only uses
 /// capacity nobody within quota could use, and a bursting tenant is not refilled while
@@ -686,6 +690,46 @@ pub fn plan_fair_dispatch(
         idle.iter().filter(|w| seen.insert(&w.id)).collect()
     };
     let mut taken = std::collections::HashSet::new();
+    // Jobs at risk of missing their deadline first, across tenants, earliest deadline
+    // first; their tenants' quotas still hold, and fair share charges them as usual.
+    for entry in crate::sla::at_risk_first(queues, now_ms) {
+        if free.is_empty() {
+            break;
+        }
+        let Some(tenant) = tenants.get(&entry.tenant) else {
+            continue;
+        };
+        let state = bursts.get(&entry.tenant).copied().unwrap_or_default();
+        let factor = state
+            .may_burst(&tenants.burst, now_ms)
+            .then_some(tenants.burst.factor);
+        let held = usage.entry(entry.tenant.clone()).or_default();
+        let kind = match check_start(&tenant, held, &entry.requirements, None) {
+            Ok(kind) => kind,
+            Err(strict) => match check_start(&tenant, held, &entry.requirements, factor) {
+                Ok(kind) => kind,
+                Err(_) => {
+                    plan.at_quota.insert(entry.tenant.clone(), strict);
+                    continue;
+                }
+            },
+        };
+        let Some(index) = best_fit_index(&entry.requirements, &free) else {
+            continue;
+        };
+        let worker = free.swap_remove(index);
+        held.add_job(&entry.requirements);
+        fair.charge(&entry.tenant, tenant.weight, job_cost(&entry.requirements));
+        taken.insert(entry.job_id.clone());
+        plan.at_quota.remove(&entry.tenant);
+        if kind == StartKind::Burst {
+            plan.bursts.push(entry.job_id.clone());
+        }
+        plan.assignments
+            .push((entry.job_id.clone(), worker.id.clone()));
+    }
+    // Within a tenant, its boosted jobs (past 70% of their deadline) go first.
+    let boosted = crate::sla::boosted_by_tenant(queues, now_ms);
     for bursting in [false, true] {
         if free.is_empty() {
             break;
@@ -715,7 +759,8 @@ pub fn plan_fair_dispatch(
             let held = usage.entry(name.clone()).or_default();
             let mut chosen = None;
             let mut unfit: Vec<&Requirements> = Vec::new();
-            for entry in queues.iter_tenant(name) {
+            let ahead = boosted.get(name).into_iter().flatten().copied();
+            for entry in ahead.chain(queues.iter_tenant(name)) {
                 if taken.contains(&entry.job_id) || unfit.contains(&&entry.requirements) {
                     continue;
                 }
@@ -900,6 +945,8 @@ mod tests {
             priority: Priority::new(priority).unwrap(),
             sequence,
             requirements: ask(cpu, 0),
+            sla_class: crate::job::SlaClass::default(),
+            sla: crate::sla::SlaClock::NEVER,
         }
     }
 
@@ -1364,6 +1411,61 @@ mod tests {
             for (count, weight) in counts.iter().zip(&weights) {
                 let expected = starts as f64 * f64::from(*weight) / f64::from(total);
                 prop_assert!((*count as f64 - expected).abs() <= 1.0 + f64::EPSILON, "{counts:?} for {weights:?}");
+            }
+        }
+
+        /// A job not at risk never passes one at risk: at-risk starts come first in the plan,
+        /// and an at-risk job left waiting fits no worker given to a job not at risk. Within
+        /// a tenant, a boosted job is likewise never passed by one of its tenant's others.
+        #[test]
+        fn a_job_not_at_risk_never_passes_one_at_risk(
+            jobs in proptest::collection::vec((0..3usize, 0..3u32, -1..=1i32, 0u64..2_000), 0..30),
+            workers in proptest::collection::vec(1..4u32, 0..10),
+            weights in proptest::collection::vec(1u32..=5, 3),
+        ) {
+            let names = ["t0", "t1", "t2"];
+            let now = 1_000;
+            let mut q = Queues::default();
+            for (i, (t, cpu, priority, deadline)) in jobs.iter().enumerate() {
+                let mut e = entry(&format!("j{i}"), names[*t], *priority, i as u64, *cpu);
+                e.sla = crate::sla::SlaClock { submitted_ms: 0, deadline_ms: *deadline };
+                q.push(e).unwrap();
+            }
+            let ts = tenants(
+                names.iter().zip(&weights).map(|(n, w)| tenant(n, *w, &[])).collect(),
+                false,
+                BurstPolicy::default(),
+            );
+            let idle: Vec<IdleWorker> = workers.iter().enumerate().map(|(i, cpu)| worker(&format!("w{i}"), *cpu)).collect();
+            let plan = plan_fair_dispatch(&q, &idle, &ts, &mut BTreeMap::new(), &BTreeMap::new(), &mut FairShare::default(), now);
+            use crate::sla::Risk;
+            let risk = |job: &JobId| q.get(job).unwrap().sla.risk(now);
+            let assigned: std::collections::HashSet<&JobId> = plan.assignments.iter().map(|(j, _)| j).collect();
+            let mut seen_calm = false;
+            for (job, _) in &plan.assignments {
+                if risk(job) == Risk::AtRisk {
+                    prop_assert!(!seen_calm, "at-risk job {job} started after one not at risk");
+                } else {
+                    seen_calm = true;
+                }
+            }
+            for (job, w) in &plan.assignments {
+                let given = q.get(job).unwrap();
+                let w = idle.iter().find(|x| &x.id == w).unwrap();
+                for waiting in q.iter_in_order().filter(|e| !assigned.contains(&e.job_id)) {
+                    let fits = crate::matching::fits(&waiting.requirements, &w.capabilities, &w.labels).is_ok();
+                    if !fits {
+                        continue;
+                    }
+                    prop_assert!(
+                        !(waiting.sla.risk(now) == Risk::AtRisk && given.sla.risk(now) != Risk::AtRisk),
+                        "{} (at risk) waits while {} took a worker it fits", waiting.job_id, job
+                    );
+                    prop_assert!(
+                        !(waiting.tenant == given.tenant && waiting.sla.risk(now) > Risk::None && given.sla.risk(now) == Risk::None),
+                        "{} (boosted) waits while {} of its tenant took a worker it fits", waiting.job_id, job
+                    );
+                }
             }
         }
 

@@ -39,6 +39,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::SchedulerRegistry;
 
+mod sla_tracking;
+pub use sla_tracking::SlaMetrics;
+
 /// How the job service behaves.
 #[derive(Debug, Clone)]
 pub struct JobServiceConfig {
@@ -55,6 +58,8 @@ pub struct JobServiceConfig {
     /// Tenants, their weights and quotas, and the burst policy; replaced at runtime with
     /// [`JobService::set_tenants`].
     pub tenants: Tenants,
+    /// `[sla]`: class deadlines and preemption.
+    pub sla: hodei_core::sla::SlaSettings,
 }
 
 /// What the dispatcher needs to know of the pools.
@@ -98,6 +103,7 @@ impl Default for JobServiceConfig {
             tick: Duration::from_millis(250),
             pools: PoolSettings::default(),
             tenants: Tenants::default(),
+            sla: hodei_core::sla::SlaSettings::default(),
         }
     }
 }
@@ -253,6 +259,7 @@ impl JobService {
         let machine = Dispatch::new(
             DispatchConfig {
                 fence: config.fence,
+                sla: config.sla.clone(),
             },
             queues,
             config.tenants.clone(),
@@ -272,6 +279,7 @@ impl JobService {
             arrived: Vec::new(),
             ran: Vec::new(),
             usage,
+            sla: sla_tracking::SlaState::default(),
         };
         dispatcher.recover().await?;
         dispatcher.update_tenant_gauges();
@@ -571,6 +579,8 @@ struct Dispatcher {
     ran: Vec<(String, f64)>,
     /// Ended attempts' usage, to [`write_usage`].
     usage: mpsc::UnboundedSender<AttemptUsage>,
+    /// Missed deadlines counted while queued.
+    sla: sla_tracking::SlaState,
 }
 
 /// How long the usage writer gathers rows before one commit.
@@ -615,6 +625,7 @@ impl Dispatcher {
         let (mut machine, failed) = Dispatch::recover(
             DispatchConfig {
                 fence: self.config.fence,
+                sla: self.config.sla.clone(),
             },
             queues,
             self.config.tenants.clone(),
@@ -645,6 +656,7 @@ impl Dispatcher {
         loop {
             // Every turn plans after its events; a tick that changed nothing already did.
             let mut planned = false;
+            let sla_wake = self.sla_wake();
             tokio::select! {
                 () = cancel.cancelled() => break,
                 event = inbox.recv() => {
@@ -666,9 +678,15 @@ impl Dispatcher {
                     // Planned in the same step as the deadlines, so what they freed or
                     // requeued is planned again below.
                     planned = self.drive(Input::Tick).await.is_empty();
+                    self.sla_tick().await;
                     // Per-tenant gauges once per tick, not per pass: they cost a walk over
                     // the tenants and the jobs in flight.
                     self.update_tenant_gauges();
+                }
+                // A job becomes boosted or at risk: order and preempt at once, not a tick late.
+                () = tokio::time::sleep_until(sla_wake) => {
+                    self.observe_registry();
+                    self.sla_tick().await;
                 }
             }
             self.flush_logs().await;
@@ -701,6 +719,7 @@ impl Dispatcher {
                 last_heard_ms: now_ms
                     .saturating_sub(u64::try_from(silent.as_millis()).unwrap_or(u64::MAX)),
                 healthy: entry.liveness == hodei_core::health::Liveness::Healthy,
+                draining: entry.draining.is_some(),
             })
         });
         // Presence needs no write and proposes none.
@@ -865,6 +884,9 @@ impl Dispatcher {
                         .observe(waited);
                     self.metrics.tenant_started(&job.spec.tenant);
                     self.metrics.dispatched.inc();
+                    if times.assigned_at_ms.map(at) == job.first_started_at {
+                        self.sla_first_start(job);
+                    }
                     if self.machine.uses(worker) > 0 {
                         self.metrics.reused.inc();
                     }
@@ -902,13 +924,34 @@ impl Dispatcher {
                         reason: reason.clone(),
                     });
                 }
+                Effect::Preempt {
+                    victim,
+                    worker,
+                    grace_ms,
+                    preemption,
+                    ..
+                } => {
+                    self.preempting(preemption);
+                    let grace = Duration::from_millis(*grace_ms);
+                    if let Err(error) = self
+                        .link
+                        .stop_with_grace(worker, victim, &preemption.reason, grace)
+                        .await
+                    {
+                        // Its attempt ends when the worker is found lost, and that end is a
+                        // preemption.
+                        tracing::info!(job_id = %victim, %error, "preemption will apply when the worker's attempt ends");
+                    }
+                }
                 Effect::Ended {
                     job,
                     worker,
                     held_ms,
                     lost,
+                    preempted,
                 } => {
-                    if let Some(row) = self.ended(job, worker.as_ref(), *held_ms, *lost) {
+                    if let Some(row) = self.ended(job, worker.as_ref(), *held_ms, *lost, *preempted)
+                    {
                         usage.push(row);
                     }
                 }
@@ -934,10 +977,14 @@ impl Dispatcher {
         worker: Option<&WorkerId>,
         held_ms: u64,
         lost: bool,
+        preempted: bool,
     ) -> Option<AttemptUsage> {
         tracing::debug!(job_id = %job.id, worker_id = ?job.worker_id, state = %job.state, reason = ?job.reason, "attempt ended");
         if job.state == JobState::Queued {
-            self.metrics.retried.inc();
+            // A preemption is not a retry.
+            if !preempted {
+                self.metrics.retried.inc();
+            }
         } else {
             self.metrics.finished(job.state);
         }
@@ -1226,13 +1273,12 @@ impl Dispatcher {
         let now = Instant::now();
         let now_ms = self.clock.now_ms();
         let mut snapshot = JobSnapshot {
-            queued: self
-                .machine
-                .queues()
-                .iter_in_order()
-                .take(MAX_SNAPSHOT_QUEUED)
-                .map(|entry| entry.requirements.clone())
-                .collect(),
+            // At-risk jobs first, so pools grow for them before anything else.
+            queued: hodei_core::sla::demand_order(
+                self.machine.queues(),
+                now_ms,
+                MAX_SNAPSHOT_QUEUED,
+            ),
             arrived: std::mem::take(&mut self.arrived),
             ran: std::mem::take(&mut self.ran),
             ..JobSnapshot::default()
@@ -1585,6 +1631,7 @@ pub struct JobMetrics {
     lost_attempts: Family<KindLabels, Counter>,
     withdrawn: Counter,
     server_timeouts: Counter,
+    sla: SlaMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -1627,6 +1674,7 @@ impl JobMetrics {
             lost_attempts: Family::default(),
             withdrawn: Counter::default(),
             server_timeouts: Counter::default(),
+            sla: SlaMetrics::new(registry),
         };
         registry.register(
             "hodei_tenant_jobs_running",

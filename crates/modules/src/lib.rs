@@ -3,6 +3,7 @@
 //! their own.
 
 pub mod credentials;
+pub mod drain;
 pub mod jobs;
 pub mod pools;
 pub mod scheduler_registry;
@@ -10,6 +11,7 @@ pub mod tenants;
 pub mod worker_management;
 
 pub use credentials::{CredentialError, Credentials, NewCredential, Token};
+pub use drain::{DrainError, WorkerDrains};
 pub use jobs::{
     Clock, JobError, JobMetrics, JobService, JobServiceConfig, JobSnapshot, LogPage, PoolSettings,
     Retired, TenantStatus, TokioClock,

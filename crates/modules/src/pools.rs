@@ -1,25 +1,26 @@
-//! The pool manager: keeps every pool at the size `hodei_core::autoscale::decide` asks for.
+//! The pool manager: keeps every pool at the size `hodei_core::pool_pass::pass` asks for.
 //!
 //! One task runs a pass on a timer and whenever the dispatcher's state changes (at most
 //! every `min_pass_interval`): it takes a [`JobSnapshot`] from the dispatcher, reads the
-//! registry, splits the queue over the pools (`attribute_demand`: cheapest first, overflow
-//! to the next), asks `decide` for each pool, records the decision, and carries it out.
+//! registry and its own list of workers being created, hands them to the pure pass in core
+//! (which splits the queue over the pools, keeps the arrival window, the running-time
+//! average and the arrival profile, decides and logs), and carries the outcome out.
 //! Provisioning runs in background tasks, at most `max_concurrent_provisioning` per pool;
 //! a worker being created counts as starting from the moment its id is chosen, so no pass
 //! provisions for the same demand twice. Scale-in asks the dispatcher to drain idle workers
 //! first ([`JobService::drain`]); only those it confirms idle are terminated, so a busy
 //! worker is never killed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hodei_core::autoscale::{
-    self, Demand, IdleSince, PoolCandidate, PoolView, ScaleAction, ScalingHistory,
-};
+use hodei_core::autoscale::{self, ScaleAction};
 use hodei_core::cost::{self, PoolUsage};
 use hodei_core::health::Liveness;
+pub use hodei_core::pool_pass::PoolCounts;
+use hodei_core::pool_pass::{self, Member, MemberState, PassJobs, PassPool, PoolTrack};
 use hodei_core::{PoolSpec, ProviderKind, ValidationError, WorkerId};
 use hodei_ports::{Store, store};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -92,17 +93,6 @@ pub struct DecisionRecord {
     pub reason: String,
 }
 
-/// A pool's workers by state, as of the last pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolCounts {
-    pub idle: u32,
-    pub busy: u32,
-    pub starting: u32,
-    pub unhealthy: u32,
-    /// Drained or retired, on their way out.
-    pub leaving: u32,
-}
-
 /// A pool as `hodei pool get` shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolStatus {
@@ -122,8 +112,9 @@ pub struct PoolStatus {
 
 struct PoolState {
     spec: PoolSpec,
-    history: ScalingHistory,
-    decisions: VecDeque<DecisionRecord>,
+    /// What the pass carries from one pass to the next (history, decision log, counts,
+    /// arrival window and profile).
+    track: PoolTrack,
     /// Workers the registry does not show yet: being created, or created without a
     /// registration (registration pending or disabled) until their agent connects; with when
     /// they count no more. A registered worker is the registry's to count, so it leaves this
@@ -133,16 +124,9 @@ struct PoolState {
     /// When each starting worker's provisioning began, for the cold-start histogram.
     started_at: HashMap<WorkerId, Instant>,
     provisioning: Arc<Semaphore>,
-    counts: PoolCounts,
-    desired: u32,
     removing: bool,
-    /// Jobs that arrived for this pool per pass, for the arrival rate.
-    arrivals: VecDeque<(Instant, u32)>,
-    mean_run_secs: Option<f64>,
     worker_seconds: f64,
     cost: f64,
-    /// Jobs the autoscaler attributed to this pool at the last pass.
-    queued: u32,
 }
 
 impl PoolState {
@@ -151,18 +135,12 @@ impl PoolState {
         Self {
             provisioning: Arc::new(Semaphore::new(permits.max(1))),
             spec,
-            history: ScalingHistory::default(),
-            decisions: VecDeque::new(),
+            track: PoolTrack::default(),
             starting: HashMap::new(),
             started_at: HashMap::new(),
-            counts: PoolCounts::default(),
-            desired: 0,
             removing: false,
-            arrivals: VecDeque::new(),
-            mean_run_secs: None,
             worker_seconds: 0.0,
             cost: 0.0,
-            queued: 0,
         }
     }
 
@@ -178,30 +156,28 @@ impl PoolState {
     fn status(&self) -> PoolStatus {
         PoolStatus {
             spec: self.spec.clone(),
-            counts: self.counts,
-            desired: self.desired,
-            decisions: self.decisions.iter().rev().cloned().collect(),
+            counts: self.track.counts,
+            desired: self.track.desired,
+            decisions: self
+                .track
+                .decisions
+                .iter()
+                .rev()
+                .map(|d| DecisionRecord {
+                    at: UNIX_EPOCH + Duration::from_millis(d.at_ms),
+                    last_at: UNIX_EPOCH + Duration::from_millis(d.last_at_ms),
+                    repeats: d.repeats,
+                    action: d.action,
+                    count: d.count,
+                    desired: d.desired,
+                    supply: d.supply,
+                    reason: d.reason.clone(),
+                })
+                .collect(),
             worker_seconds: self.worker_seconds,
             cost: self.cost,
             removing: self.removing,
         }
-    }
-
-    fn arrivals_per_sec(&mut self, now: Instant) -> f64 {
-        const WINDOW: Duration = Duration::from_secs(60);
-        while self
-            .arrivals
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > WINDOW)
-        {
-            self.arrivals.pop_front();
-        }
-        let Some((first, _)) = self.arrivals.front() else {
-            return 0.0;
-        };
-        let span = now.duration_since(*first).max(Duration::from_secs(1));
-        let total: u32 = self.arrivals.iter().map(|(_, n)| n).sum();
-        f64::from(total) / span.as_secs_f64()
     }
 }
 
@@ -551,7 +527,7 @@ impl PoolManager {
         self.inner.jobs.set_pools(settings).await;
     }
 
-    /// One pass over every pool.
+    /// One pass over every pool: gathers the inputs, runs `pool_pass::pass`, carries out.
     pub async fn pass(&self) {
         if self.inner.stopping.is_cancelled() {
             return;
@@ -560,8 +536,7 @@ impl PoolManager {
             return;
         };
         let now = Instant::now();
-        let wall = SystemTime::now();
-        let now_ms = unix_ms(wall);
+        let now_ms = unix_ms(SystemTime::now());
         let elapsed = lock(&self.inner.last_pass)
             .replace(now)
             .map_or(Duration::ZERO, |last| now.duration_since(last));
@@ -571,75 +546,75 @@ impl PoolManager {
         let mut usage = Vec::new();
         {
             let mut pools = lock(&self.inner.pools);
-            let mut views: BTreeMap<String, (PoolView, PoolCounts)> = BTreeMap::new();
-            for (name, pool) in pools.iter_mut() {
-                let view = self.view(pool, members.get(name), &snapshot, now);
-                views.insert(name.clone(), view);
-            }
-            let active: Vec<&PoolState> = pools.values().filter(|pool| !pool.removing).collect();
-            let candidates: Vec<PoolCandidate> = active
-                .iter()
+            let gathered: Vec<(Vec<Member>, u32, u32)> = pools
+                .values_mut()
                 .map(|pool| {
-                    let busy = views.get(&pool.spec.name).map_or(0, |(view, _)| view.busy);
-                    PoolCandidate::from_spec(&pool.spec, busy, now_ms)
+                    let name = pool.spec.name.clone();
+                    self.gather(pool, members.get(&name), &snapshot, now)
                 })
                 .collect();
-            let queued: BTreeMap<String, (u32, u32)> = candidates
-                .iter()
-                .zip(autoscale::attribute_demand(&candidates, &snapshot.queued))
-                .zip(autoscale::queued_that_fit(&candidates, &snapshot.queued))
-                .map(|((candidate, share), fitting)| (candidate.name.clone(), (share, fitting)))
+            let mut entries: Vec<PassPool<'_>> = pools
+                .values_mut()
+                .zip(&gathered)
+                .map(|(pool, (members, unregistered, pending))| PassPool {
+                    spec: &pool.spec,
+                    removing: pool.removing,
+                    members,
+                    counted: PoolCounts {
+                        starting: *unregistered,
+                        ..PoolCounts::default()
+                    },
+                    pending_creations: *pending,
+                    track: &mut pool.track,
+                })
                 .collect();
-            let mut arrived: BTreeMap<String, u32> = BTreeMap::new();
-            for job in &snapshot.arrived {
-                if let Some(home) = autoscale::home_pool(&candidates, job) {
-                    *arrived.entry(home.to_owned()).or_default() += 1;
-                }
-            }
+            let queued: Vec<&hodei_core::Requirements> = snapshot.queued.iter().collect();
+            let jobs = PassJobs {
+                queued: &queued,
+                arrived: &snapshot.arrived,
+                ran: &snapshot.ran,
+            };
+            let outcomes =
+                pool_pass::pass(&mut entries, jobs, now_ms, self.inner.config.decisions_kept);
+            drop(entries);
             let mut gone = Vec::new();
-            for (name, pool) in pools.iter_mut() {
-                let Some((view, counts)) = views.remove(name) else {
+            for outcome in outcomes {
+                let Some(pool) = pools.get_mut(&outcome.pool) else {
                     continue;
                 };
-                pool.counts = counts;
-                let used = self.account(pool, &counts, elapsed, now_ms);
+                let used = self.account(pool, &outcome.counts, elapsed, now_ms);
                 if used.worker_seconds > 0.0 {
                     usage.push(used);
                 }
-                for (_, secs) in snapshot.ran.iter().filter(|(p, _)| p == name) {
-                    pool.mean_run_secs = Some(match pool.mean_run_secs {
-                        None => *secs,
-                        Some(mean) => 0.8 * mean + 0.2 * secs,
-                    });
+                if outcome.gone {
+                    gone.push(outcome.pool.clone());
                 }
-                if pool.removing {
-                    let idle: Vec<WorkerId> = view.idle.iter().map(|w| w.id.clone()).collect();
-                    let remaining = view.supply() + counts.unhealthy + counts.leaving;
-                    if !idle.is_empty() {
-                        actions.push((pool.spec.clone(), ScaleAction::Down(idle)));
-                    } else if remaining == 0 && pool.starting.is_empty() {
-                        gone.push(name.clone());
+                if let Some(decision) = &outcome.decision {
+                    self.inner.metrics.observe(
+                        &pool.spec,
+                        &outcome.counts,
+                        decision.desired,
+                        now_ms,
+                    );
+                    if outcome.logged && decision.action != ScaleAction::Hold {
+                        let count = match &decision.action {
+                            ScaleAction::Up(n) => *n,
+                            ScaleAction::Down(w) => u32::try_from(w.len()).unwrap_or(u32::MAX),
+                            ScaleAction::Hold => 0,
+                        };
+                        tracing::info!(pool = %pool.spec.name, action = decision.action.as_str(), count, desired = decision.desired, reason = %decision.reason, "autoscaler decision");
+                        self.inner
+                            .metrics
+                            .decisions
+                            .get_or_create(&DecisionLabels {
+                                pool: pool.spec.name.clone(),
+                                action: decision.action.as_str(),
+                            })
+                            .inc();
                     }
-                    continue;
                 }
-                pool.arrivals
-                    .push_back((now, arrived.get(name).copied().unwrap_or(0)));
-                let (share, fitting) = queued.get(name).copied().unwrap_or((0, 0));
-                pool.queued = share;
-                let demand = Demand {
-                    queued: share,
-                    queued_fitting: fitting,
-                    arrivals_per_sec: pool.arrivals_per_sec(now),
-                    mean_run_secs: pool.mean_run_secs.unwrap_or(0.0),
-                };
-                let decision = autoscale::decide(&pool.spec, &view, &demand, &pool.history, now_ms);
-                pool.desired = decision.desired;
-                self.inner
-                    .metrics
-                    .observe(&pool.spec, &counts, decision.desired, now_ms);
-                self.record(pool, &decision, wall, now_ms);
-                if decision.action != ScaleAction::Hold {
-                    actions.push((pool.spec.clone(), decision.action));
+                if outcome.action != ScaleAction::Hold {
+                    actions.push((pool.spec.clone(), outcome.action));
                 }
             }
             for name in gone {
@@ -682,16 +657,16 @@ impl PoolManager {
         members
     }
 
-    /// What the pool has: registered workers by state, plus those being created.
-    fn view(
+    /// The pool's registered workers by state, the workers being created that the
+    /// registry does not show yet, and all creations pending; keeps the cold-start clocks.
+    fn gather(
         &self,
         pool: &mut PoolState,
         members: Option<&Vec<(WorkerId, Liveness, bool)>>,
         snapshot: &JobSnapshot,
         now: Instant,
-    ) -> (PoolView, PoolCounts) {
-        let mut view = PoolView::default();
-        let mut counts = PoolCounts::default();
+    ) -> (Vec<Member>, u32, u32) {
+        let mut out = Vec::new();
         let mut registered = BTreeSet::new();
         for (id, liveness, heard) in members.into_iter().flatten() {
             registered.insert(id.clone());
@@ -707,23 +682,25 @@ impl PoolManager {
             if *heard {
                 pool.starting.remove(id);
             }
-            if snapshot.leaving.contains(id) {
-                counts.leaving += 1;
+            let state = if snapshot.leaving.contains(id) {
+                MemberState::Leaving
             } else if *liveness != Liveness::Healthy {
-                counts.unhealthy += 1;
+                MemberState::Unhealthy
             } else if !heard {
-                counts.starting += 1;
+                MemberState::Starting
             } else if snapshot.busy.contains(id) {
-                counts.busy += 1;
+                MemberState::Busy
             } else {
-                let idle_for = snapshot.idle_since.get(id).map_or(Duration::ZERO, |since| {
-                    now.saturating_duration_since(*since)
-                });
-                view.idle.push(IdleSince {
-                    id: id.clone(),
-                    idle_for,
-                });
-            }
+                MemberState::Idle {
+                    idle_for: snapshot.idle_since.get(id).map_or(Duration::ZERO, |since| {
+                        now.saturating_duration_since(*since)
+                    }),
+                }
+            };
+            out.push(Member {
+                id: id.clone(),
+                state,
+            });
         }
         // Not (yet) in the registry: starting, until the timeout.
         pool.starting.retain(|_, until| *until > now);
@@ -735,11 +712,11 @@ impl PoolManager {
             .keys()
             .filter(|id| !registered.contains(*id))
             .count();
-        counts.starting += u32::try_from(unregistered).unwrap_or(u32::MAX);
-        counts.idle = u32::try_from(view.idle.len()).unwrap_or(u32::MAX);
-        view.busy = counts.busy;
-        view.starting = counts.starting;
-        (view, counts)
+        (
+            out,
+            u32::try_from(unregistered).unwrap_or(u32::MAX),
+            u32::try_from(pool.starting.len()).unwrap_or(u32::MAX),
+        )
     }
 
     /// Writes the pool usage not yet in the store; the server calls it when it stops.
@@ -779,7 +756,7 @@ impl PoolManager {
         pool.cost += cost;
         // What the last pass decided held until now.
         let (_, max) = autoscale::bounds(&pool.spec, now_ms);
-        let at_max_waiting = pool.queued > 0 && pool.desired >= max && !pool.removing;
+        let at_max_waiting = pool.track.queued > 0 && pool.track.desired >= max && !pool.removing;
         let usage = PoolUsage {
             pool: pool.spec.name.clone(),
             hour_start_ms: now_ms,
@@ -802,58 +779,6 @@ impl PoolManager {
             .inc_by(seconds);
         self.inner.metrics.cost.get_or_create(&labels).inc_by(cost);
         usage
-    }
-
-    fn record(
-        &self,
-        pool: &mut PoolState,
-        decision: &autoscale::Decision,
-        wall: SystemTime,
-        now_ms: u64,
-    ) {
-        let count = match &decision.action {
-            ScaleAction::Hold => 0,
-            ScaleAction::Up(n) => *n,
-            ScaleAction::Down(workers) => u32::try_from(workers.len()).unwrap_or(u32::MAX),
-        };
-        // A hold after a hold is one row with a count, so that a pool holding for hours
-        // does not push its scaling out of the recent decisions.
-        if decision.action == ScaleAction::Hold
-            && let Some(last) = pool.decisions.back_mut()
-            && last.action == "hold"
-        {
-            last.repeats = last.repeats.saturating_add(1);
-            last.last_at = wall;
-            last.desired = decision.desired;
-            last.supply = decision.supply;
-            last.reason.clone_from(&decision.reason);
-            return;
-        }
-        pool.history.record(&decision.action, now_ms);
-        if decision.action != ScaleAction::Hold {
-            tracing::info!(pool = %pool.spec.name, action = decision.action.as_str(), count, desired = decision.desired, reason = %decision.reason, "autoscaler decision");
-            self.inner
-                .metrics
-                .decisions
-                .get_or_create(&DecisionLabels {
-                    pool: pool.spec.name.clone(),
-                    action: decision.action.as_str(),
-                })
-                .inc();
-        }
-        pool.decisions.push_back(DecisionRecord {
-            at: wall,
-            last_at: wall,
-            repeats: 1,
-            action: decision.action.as_str(),
-            count,
-            desired: decision.desired,
-            supply: decision.supply,
-            reason: decision.reason.clone(),
-        });
-        while pool.decisions.len() > self.inner.config.decisions_kept {
-            pool.decisions.pop_front();
-        }
     }
 
     /// Starts `count` workers of `spec` in the background, within the pool's concurrency.

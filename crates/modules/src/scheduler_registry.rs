@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use hodei_core::health::{HeartbeatPolicy, Liveness};
-use hodei_core::{Worker, WorkerId};
+use hodei_core::{AfterDrain, Worker, WorkerId};
 use hodei_ports::{SchedulerError, SchedulerPort};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -43,6 +43,9 @@ pub struct RegisteredWorker {
     pub agent_version: Option<String>,
     /// What the agent's last heartbeat said about its machine.
     pub usage: Option<ResourceUsage>,
+    /// Set while the worker is drained (`hodei worker drain`): the dispatcher gives it no
+    /// new job, and what becomes of it once its job is done.
+    pub draining: Option<AfterDrain>,
 }
 
 /// A worker's machine at one heartbeat.
@@ -97,6 +100,7 @@ impl SchedulerRegistry {
             liveness: Liveness::Healthy,
             agent_version: None,
             usage: None,
+            draining: None,
         }
     }
 
@@ -188,6 +192,20 @@ impl SchedulerRegistry {
             }
         }
         changes
+    }
+
+    /// Drains the worker (`Some`: no new job, then `AfterDrain`) or undrains it (`None`).
+    /// Returns what it was before.
+    pub fn set_draining(
+        &self,
+        worker_id: &WorkerId,
+        draining: Option<AfterDrain>,
+    ) -> Result<Option<AfterDrain>, SchedulerError> {
+        let mut workers = self.write();
+        let entry = workers
+            .get_mut(worker_id)
+            .ok_or_else(|| SchedulerError::WorkerNotFound(worker_id.clone()))?;
+        Ok(std::mem::replace(&mut entry.draining, draining))
     }
 
     pub fn unregister(&self, worker_id: &WorkerId) -> Result<RegisteredWorker, SchedulerError> {
@@ -325,6 +343,24 @@ mod tests {
         different.capabilities.cpu_cores = 99;
         let error = registry.register_worker(different).await.unwrap_err();
         assert_eq!(error, SchedulerError::Conflict(WorkerId::new("a").unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_drain_outlasts_reconnects_and_re_registration_until_undrained() {
+        let registry = SchedulerRegistry::new();
+        let id = WorkerId::new("a").unwrap();
+        assert!(matches!(
+            registry.set_draining(&id, Some(AfterDrain::Keep)),
+            Err(SchedulerError::WorkerNotFound(_))
+        ));
+        registry.register_worker(worker("a")).await.unwrap();
+        assert_eq!(registry.set_draining(&id, Some(AfterDrain::Keep)), Ok(None));
+        registry.disconnect(&id);
+        registry.connect(worker("a"), "0.1.0").unwrap();
+        registry.register_worker(worker("a")).await.unwrap();
+        assert_eq!(registry.get(&id).unwrap().draining, Some(AfterDrain::Keep));
+        assert_eq!(registry.set_draining(&id, None), Ok(Some(AfterDrain::Keep)));
+        assert_eq!(registry.get(&id).unwrap().draining, None);
     }
 
     #[tokio::test]

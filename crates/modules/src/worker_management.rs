@@ -728,26 +728,55 @@ impl WorkerManagementService {
     pub async fn terminate_all(
         &self,
     ) -> Result<Vec<(WorkerId, WorkerManagementError)>, WorkerManagementError> {
-        let ids: Vec<WorkerId> = self
-            .store
-            .list_workers(&WorkerFilter::live())
-            .await?
-            .into_iter()
-            .map(|record| record.worker.id)
-            .collect();
-        let terminations: Vec<_> = ids
-            .iter()
-            .map(|id| async move { (id.clone(), self.terminate_worker(id).await) })
-            .collect();
-        let results: Vec<(WorkerId, Result<(), WorkerManagementError>)> =
-            futures::stream::iter(terminations)
-                .buffer_unordered(self.config.termination_concurrency.max(1))
-                .collect()
-                .await;
-        Ok(results
-            .into_iter()
-            .filter_map(|(id, result)| result.err().map(|e| (id, e)))
-            .collect())
+        let mut failed = match self.store.list_workers(&WorkerFilter::live()).await {
+            Ok(records) => {
+                let ids: Vec<WorkerId> = records.into_iter().map(|r| r.worker.id).collect();
+                let terminations: Vec<_> = ids
+                    .iter()
+                    .map(|id| async move { (id.clone(), self.terminate_worker(id).await) })
+                    .collect();
+                let results: Vec<(WorkerId, Result<(), WorkerManagementError>)> =
+                    futures::stream::iter(terminations)
+                        .buffer_unordered(self.config.termination_concurrency.max(1))
+                        .collect()
+                        .await;
+                results
+                    .into_iter()
+                    .filter_map(|(id, result)| result.err().map(|e| (id, e)))
+                    .collect()
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot read the workers from the store, stopping what the providers run");
+                Vec::new()
+            }
+        };
+        // Whatever a provider still runs (everything, when the store could not be read or
+        // write) is stopped there directly: no agent outlives its server's shutdown.
+        for (kind, provider) in &self.providers {
+            let running = match provider.list_workers().await {
+                Ok(running) => running,
+                Err(error) => {
+                    tracing::error!(provider = %kind, %error, "cannot list the provider's workers to stop them");
+                    continue;
+                }
+            };
+            for id in running {
+                match provider.terminate_worker(&id).await {
+                    Ok(()) => failed.retain(|(gone, _)| gone != &id),
+                    Err(source) => {
+                        failed.retain(|(gone, _)| gone != &id);
+                        failed.push((
+                            id,
+                            WorkerManagementError::Provider {
+                                provider: *kind,
+                                source,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(failed)
     }
 
     /// Compares provider, store and scheduler, and fixes each kind of drift (see

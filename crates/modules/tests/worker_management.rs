@@ -337,6 +337,34 @@ async fn terminate_all_stops_every_live_worker() {
     assert!(s.scheduler.registered_ids().is_empty());
 }
 
+/// A server that lost its store still stops its workers at shutdown: what the provider
+/// runs is stopped there directly (issue 19).
+#[tokio::test]
+async fn terminate_all_stops_what_the_provider_runs_when_the_store_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        hodei_store::SqliteStore::open(&dir.path().join("hodei.db"))
+            .await
+            .unwrap(),
+    );
+    let provider = Arc::new(FakeProvider::new());
+    let mut registry = Registry::default();
+    let service = WorkerManagementService::new(
+        provider.clone(),
+        store.clone(),
+        WorkerManagementConfig::default(),
+        WorkerManagementMetrics::new(&mut registry),
+    );
+    service.create_pool(&pool(3)).await.unwrap();
+    assert_eq!(provider.running().len(), 3);
+    store.close().await;
+
+    let failures = service.terminate_all().await.unwrap();
+
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(provider.running().is_empty());
+}
+
 fn kinds(report: &ReconcileReport) -> Vec<&'static str> {
     report.applied.iter().map(|a| a.kind()).collect()
 }

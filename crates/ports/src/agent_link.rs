@@ -21,4 +21,17 @@ pub trait AgentLink: Send + Sync {
 
     /// Asks `worker` to stop `job`.
     async fn cancel(&self, worker: &WorkerId, job: &JobId, reason: &str) -> Result<(), LinkError>;
+
+    /// Asks `worker` to stop `job` giving it `grace` between SIGTERM and SIGKILL (a
+    /// preemption). Links that cannot say so cancel as [`AgentLink::cancel`] does.
+    async fn stop_with_grace(
+        &self,
+        worker: &WorkerId,
+        job: &JobId,
+        reason: &str,
+        grace: std::time::Duration,
+    ) -> Result<(), LinkError> {
+        let _ = grace;
+        self.cancel(worker, job, reason).await
+    }
 }

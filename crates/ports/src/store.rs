@@ -73,6 +73,8 @@ pub struct JobFilter {
     pub queue: Option<QueueName>,
     /// Only jobs whose current or last attempt ran on this worker.
     pub worker_id: Option<WorkerId>,
+    /// Only jobs of this SLA class.
+    pub sla_class: Option<hodei_core::SlaClass>,
     /// At most this many, newest (highest sequence) first when set; all, oldest first, when
     /// `None`.
     pub limit: Option<usize>,
@@ -93,14 +95,18 @@ impl JobFilter {
 pub enum LogStream {
     Stdout,
     Stderr,
+    /// Standard output and standard error together, in the order the job wrote them (the
+    /// job had one pipe for both).
+    Output,
 }
 
 impl LogStream {
-    /// `stdout` or `stderr`: the name the store and both APIs use.
+    /// `stdout`, `stderr` or `output`: the name the store and both APIs use.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Stdout => "stdout",
             Self::Stderr => "stderr",
+            Self::Output => "output",
         }
     }
 
@@ -109,6 +115,7 @@ impl LogStream {
         match name {
             "stdout" => Some(Self::Stdout),
             "stderr" => Some(Self::Stderr),
+            "output" => Some(Self::Output),
             _ => None,
         }
     }

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use hodei_core::JobState;
 use hodei_core::health::Liveness;
+use hodei_core::sla::{self, SlaClock};
 use hodei_core::{
     Command, Job, JobSpec, PoolSpec, Priority, QueueName, Requirements, TenantName,
     ValidationError, Worker, WorkerCapabilities,
@@ -252,6 +253,12 @@ pub struct SubmitJob {
     pub max_retries: u32,
     /// critical, high, medium (the default), low or best_effort.
     pub sla_class: Option<String>,
+    /// Never preempt this job for a more urgent one.
+    pub no_preempt: bool,
+    /// Queue the job even if no pool and no connected worker could run it now (an unknown
+    /// pool, labels nobody has), for a worker yet to come; refused otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_pending: bool,
 }
 
 impl SubmitJob {
@@ -309,6 +316,7 @@ impl SubmitJob {
                 .map(|class| class.parse())
                 .transpose()?
                 .unwrap_or_default(),
+            no_preempt: self.no_preempt,
         };
         spec.validate()?;
         Ok(spec)
@@ -334,6 +342,8 @@ impl SubmitJob {
                 .map(|t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX)),
             max_retries: spec.max_retries,
             sla_class: Some(spec.sla_class.to_string()),
+            no_preempt: spec.no_preempt,
+            allow_pending: false,
         }
     }
 }
@@ -369,6 +379,79 @@ pub struct JobView {
     #[serde(default)]
     pub cost: f64,
     pub spec: SubmitJob,
+    /// Its SLA: class, deadline, time left, risk, met or missed, preemptions.
+    #[serde(default)]
+    pub sla: SlaView,
+}
+
+/// A job's SLA as the API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SlaView {
+    pub class: String,
+    /// When it must have started (RFC 3339): submission plus its class's deadline.
+    pub deadline: String,
+    /// Seconds from now to the deadline while it has not started; negative once missed.
+    pub time_left_secs: Option<f64>,
+    /// `none`, `boosted` (past 70% of its deadline) or `at_risk` (past 90%), while queued
+    /// before its first start.
+    pub risk: String,
+    /// Whether its first start met the deadline, once it started.
+    pub met: Option<bool>,
+    pub no_preempt: bool,
+    pub preemptions: Vec<PreemptionView>,
+}
+
+/// A preemption the job took part in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreemptionView {
+    /// RFC 3339.
+    pub at: String,
+    /// `victim` (this job was stopped) or `beneficiary` (it was made room for).
+    pub role: String,
+    pub victim: String,
+    pub beneficiary: String,
+    pub worker_id: String,
+    pub reason: String,
+}
+
+impl SlaView {
+    pub fn new(job: &Job, now: SystemTime) -> Self {
+        let clock = SlaClock::of_job(job);
+        let now_ms = sla::unix_ms(now);
+        let waiting = job.first_started_at.is_none() && !job.state.is_terminal();
+        let deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(clock.deadline_ms);
+        Self {
+            class: job.spec.sla_class.to_string(),
+            deadline: rfc3339(deadline),
+            time_left_secs: waiting.then(|| clock.time_left_ms(now_ms) as f64 / 1000.0),
+            risk: if waiting && job.state == JobState::Queued {
+                clock.risk(now_ms).to_string()
+            } else {
+                sla::Risk::None.to_string()
+            },
+            met: job
+                .first_started_at
+                .map(|start| clock.met_by(sla::unix_ms(start))),
+            no_preempt: job.spec.no_preempt,
+            preemptions: job
+                .preemptions
+                .iter()
+                .map(|record| PreemptionView {
+                    at: rfc3339(record.at),
+                    role: if record.victim == job.id {
+                        "victim".to_owned()
+                    } else {
+                        "beneficiary".to_owned()
+                    },
+                    victim: record.victim.to_string(),
+                    beneficiary: record.beneficiary.to_string(),
+                    worker_id: record.worker_id.to_string(),
+                    reason: record.reason.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl JobView {
@@ -396,6 +479,7 @@ impl JobView {
             worker_seconds: 0.0,
             cost: 0.0,
             spec: SubmitJob::from_spec(&job.spec),
+            sla: SlaView::new(job, SystemTime::now()),
         }
     }
 }
@@ -423,6 +507,7 @@ pub fn job_filter<'a>(
         tenant: name(tenant).map(TenantName::new).transpose()?,
         queue: name(queue).map(QueueName::new).transpose()?,
         worker_id: None,
+        sla_class: None,
         limit: Some(limit.unwrap_or(DEFAULT_LIST).clamp(1, MAX_LIST)),
     })
 }
@@ -437,7 +522,7 @@ pub struct JobList {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogChunkView {
     pub attempt: u32,
-    /// `stdout` or `stderr`.
+    /// `output` (stdout and stderr in the order written), or `stdout`/`stderr` from older agents.
     pub stream: String,
     /// The bytes, as UTF-8 with invalid sequences replaced.
     pub text: String,
@@ -500,6 +585,13 @@ impl CreateToken {
             ..hodei_modules::NewCredential::default()
         })
     }
+}
+
+/// `POST /api/v1/tenants/{name}/tokens`: a tenant token; the tenant is the URL's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreateTenantToken {
+    pub description: String,
 }
 
 /// A credential without its secret.

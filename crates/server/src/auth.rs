@@ -20,19 +20,24 @@ pub(crate) enum Refusal {
 }
 
 /// What a REST request asks to do; `None` for what is open to everyone (`/healthz`,
-/// `/readyz`, `/metrics`) or not under `/api/v1`.
+/// `/readyz`, `/metrics`) or not under `/api/v1`. Jobs are [`Operation::ReadJobs`] and
+/// [`Operation::WriteJobs`] and one tenant is [`Operation::ReadTenant`], so that tenant
+/// tokens reach them (narrowed to their tenant by the handlers, `scope.rs`); everything
+/// else is the fleet's or the credentials'.
 pub(crate) fn http_operation(method: &Method, path: &str) -> Option<Operation> {
     let rest = path.strip_prefix("/api/v1")?;
     if !(rest.is_empty() || rest.starts_with('/')) {
         return None;
     }
-    if rest == "/tokens" || rest.starts_with("/tokens/") {
-        return Some(Operation::ManageCredentials);
-    }
-    Some(if method == Method::GET || method == Method::HEAD {
-        Operation::Read
-    } else {
-        Operation::Write
+    let read = method == Method::GET || method == Method::HEAD;
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    Some(match segments.as_slice() {
+        ["tokens", ..] | ["tenants", _, "tokens", ..] => Operation::ManageCredentials,
+        ["jobs", ..] if read => Operation::ReadJobs,
+        ["jobs", ..] => Operation::WriteJobs,
+        ["tenants", name] if read && !name.is_empty() => Operation::ReadTenant,
+        _ if read => Operation::Read,
+        _ => Operation::Write,
     })
 }
 
@@ -43,8 +48,13 @@ pub(crate) fn grpc_operation(path: &str) -> Operation {
         "/hodei.v1.SchedulerService/WorkerSession" => Operation::WorkerSession,
         "/hodei.v1.SchedulerService/RegisterWorker"
         | "/hodei.v1.SchedulerService/UnregisterWorker" => Operation::Register,
-        "/hodei.v1.JobService/SubmitJob"
-        | "/hodei.v1.JobService/CancelJob"
+        "/hodei.v1.JobService/SubmitJob" | "/hodei.v1.JobService/CancelJob" => Operation::WriteJobs,
+        "/hodei.v1.JobService/GetJob"
+        | "/hodei.v1.JobService/ListJobs"
+        | "/hodei.v1.JobService/StreamLogs" => Operation::ReadJobs,
+        "/hodei.v1.TenantService/GetTenant" => Operation::ReadTenant,
+        "/hodei.v1.SchedulerService/DrainWorker"
+        | "/hodei.v1.SchedulerService/UndrainWorker"
         | "/hodei.v1.TenantService/SetTenant"
         | "/hodei.v1.TenantService/DeleteTenant" => Operation::Write,
         _ if path.starts_with("/hodei.v1.TokenService/") => Operation::ManageCredentials,
@@ -94,21 +104,33 @@ mod tests {
 
     #[test]
     fn operations_by_path() {
+        use Operation::*;
         let cases = [
-            (Method::GET, "/api/v1/pools", Some(Operation::Read)),
-            (Method::POST, "/api/v1/pools", Some(Operation::Write)),
-            (Method::DELETE, "/api/v1/workers/w", Some(Operation::Write)),
-            (Method::GET, "/api/v1/no-such-thing", Some(Operation::Read)),
-            (Method::GET, "/api/v1", Some(Operation::Read)),
+            (Method::GET, "/api/v1/pools", Some(Read)),
+            (Method::POST, "/api/v1/pools", Some(Write)),
+            (Method::DELETE, "/api/v1/workers/w", Some(Write)),
+            (Method::GET, "/api/v1/no-such-thing", Some(Read)),
+            (Method::GET, "/api/v1", Some(Read)),
+            (Method::GET, "/api/v1/jobs", Some(ReadJobs)),
+            (Method::POST, "/api/v1/jobs", Some(WriteJobs)),
+            (Method::GET, "/api/v1/jobs/j/logs", Some(ReadJobs)),
+            (Method::POST, "/api/v1/jobs/j/cancel", Some(WriteJobs)),
+            (Method::GET, "/api/v1/tenants", Some(Read)),
+            (Method::GET, "/api/v1/tenants/", Some(Read)),
+            (Method::GET, "/api/v1/tenants/t", Some(ReadTenant)),
+            (Method::PUT, "/api/v1/tenants/t", Some(Write)),
+            (Method::DELETE, "/api/v1/tenants/t", Some(Write)),
             (
-                Method::GET,
-                "/api/v1/tokens",
-                Some(Operation::ManageCredentials),
+                Method::POST,
+                "/api/v1/tenants/t/tokens",
+                Some(ManageCredentials),
             ),
+            (Method::GET, "/api/v1/reports/cost", Some(Read)),
+            (Method::GET, "/api/v1/tokens", Some(ManageCredentials)),
             (
                 Method::DELETE,
                 "/api/v1/tokens/abc",
-                Some(Operation::ManageCredentials),
+                Some(ManageCredentials),
             ),
             (Method::GET, "/api/v10/pools", None),
             (Method::GET, "/healthz", None),
@@ -117,6 +139,18 @@ mod tests {
         for (method, path, expected) in cases {
             assert_eq!(http_operation(&method, path), expected, "{method} {path}");
         }
+        assert_eq!(
+            grpc_operation("/hodei.v1.JobService/StreamLogs"),
+            Operation::ReadJobs
+        );
+        assert_eq!(
+            grpc_operation("/hodei.v1.TenantService/GetTenant"),
+            Operation::ReadTenant
+        );
+        assert_eq!(
+            grpc_operation("/hodei.v1.TenantService/ListTenants"),
+            Operation::Read
+        );
         assert_eq!(
             grpc_operation("/hodei.v1.SchedulerService/WorkerSession"),
             Operation::WorkerSession

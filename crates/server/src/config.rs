@@ -72,6 +72,74 @@ pub struct ServerConfig {
     /// changes made at runtime (`hodei tenant set-quota`) last until the file is read again.
     #[serde(rename = "tenant")]
     pub tenant_list: Vec<TenantSettings>,
+    /// `[sla]`: each class's deadline and the preemption policy.
+    pub sla: SlaSection,
+}
+
+/// `[sla]`: how long after submission each class's jobs must have started, and when running
+/// jobs are preempted for at-risk critical and high ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlaSection {
+    #[serde(with = "humantime_serde")]
+    pub critical: Duration,
+    #[serde(with = "humantime_serde")]
+    pub high: Duration,
+    #[serde(with = "humantime_serde")]
+    pub medium: Duration,
+    #[serde(with = "humantime_serde")]
+    pub low: Duration,
+    #[serde(with = "humantime_serde")]
+    pub best_effort: Duration,
+    /// `never`, `at_risk` (the default) or `always`.
+    pub preemption: hodei_core::sla::PreemptionPolicy,
+    /// Time a preempted job gets between SIGTERM and SIGKILL.
+    #[serde(with = "humantime_serde")]
+    pub preemption_grace: Duration,
+    /// Tenants whose jobs are never preempted.
+    pub non_preemptible_tenants: Vec<String>,
+}
+
+impl Default for SlaSection {
+    fn default() -> Self {
+        let sla = hodei_core::sla::SlaSettings::default();
+        Self {
+            critical: sla.critical,
+            high: sla.high,
+            medium: sla.medium,
+            low: sla.low,
+            best_effort: sla.best_effort,
+            preemption: sla.preemption,
+            preemption_grace: sla.preemption_grace,
+            non_preemptible_tenants: Vec::new(),
+        }
+    }
+}
+
+impl SlaSection {
+    /// The core's settings; fails naming the key of a bad value.
+    pub fn settings(&self) -> Result<hodei_core::sla::SlaSettings, ValidationError> {
+        let non_preemptible_tenants = self
+            .non_preemptible_tenants
+            .iter()
+            .map(|name| {
+                hodei_core::TenantName::new(name.clone())
+                    .map_err(|e| ValidationError::new("sla.non_preemptible_tenants", e.reason))
+            })
+            .collect::<Result<_, _>>()?;
+        let settings = hodei_core::sla::SlaSettings {
+            critical: self.critical,
+            high: self.high,
+            medium: self.medium,
+            low: self.low,
+            best_effort: self.best_effort,
+            preemption: self.preemption,
+            preemption_grace: self.preemption_grace,
+            non_preemptible_tenants,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
 }
 
 /// `[tenants]`: what happens to jobs of unconfigured tenants, and burst.
@@ -243,6 +311,7 @@ impl Default for ServerConfig {
             pools: Vec::new(),
             tenants: TenantsSection::default(),
             tenant_list: Vec::new(),
+            sla: SlaSection::default(),
         }
     }
 }
@@ -701,6 +770,13 @@ pub struct JobsSection {
     /// it ends the attempt as timed out itself.
     #[serde(with = "humantime_serde")]
     pub timeout_grace: Duration,
+    /// Accept jobs nothing could run now (an unknown pool, labels no pool template and no
+    /// connected worker has) and queue them for a worker yet to come, as every submission's
+    /// `allow_pending` does for itself. Off: such jobs are refused, naming why.
+    pub allow_pending: bool,
+    /// Most bytes of output kept per attempt of a job; what comes after is dropped and the
+    /// log ends with a marker saying so. 0: no cap.
+    pub max_log_bytes: u64,
 }
 
 /// One `[[jobs.queue]]`.
@@ -720,6 +796,8 @@ impl Default for JobsSection {
             }],
             assign_timeout: FencePolicy::default().assign_timeout,
             timeout_grace: FencePolicy::default().timeout_grace,
+            allow_pending: false,
+            max_log_bytes: hodei_core::job::DEFAULT_MAX_LOG_BYTES,
         }
     }
 }
@@ -832,6 +910,7 @@ impl ServerConfig {
         self.worker_management().validate()?;
         self.agents.policy().validate()?;
         self.jobs.service_config(&self.agents)?;
+        self.sla.settings()?;
         self.store.postgres_url()?;
         let is_url = |url: &&String| url.starts_with("http://") || url.starts_with("https://");
         if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {
@@ -1053,6 +1132,49 @@ mod tests {
         assert_eq!(config.pools[0].template.capabilities.cpu_cores, 8);
         assert_eq!(config.pools[0].template.capabilities.memory_mb, 4096);
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn the_sla_section_sets_deadlines_and_preemption() {
+        let config = ServerConfig::parse(
+            r#"
+            [sla]
+            critical = "5s"
+            high = "3s"
+            medium = "1h"
+            low = "4h"
+            best_effort = "24h"
+            preemption = "never"
+            preemption_grace = "2s"
+            non_preemptible_tenants = ["release"]
+            "#,
+        )
+        .unwrap();
+        let settings = config.sla.settings().unwrap();
+        assert_eq!(settings.critical, Duration::from_secs(5));
+        assert_eq!(settings.high, Duration::from_secs(3));
+        assert_eq!(
+            settings.preemption,
+            hodei_core::sla::PreemptionPolicy::Never
+        );
+        assert_eq!(settings.preemption_grace, Duration::from_secs(2));
+        assert!(!settings.preemptible(&hodei_core::TenantName::new("release").unwrap(), false));
+        assert_eq!(
+            ServerConfig::default().sla.settings().unwrap(),
+            hodei_core::sla::SlaSettings::default()
+        );
+        let error = ServerConfig::parse("[sla]\npreemption = \"sometimes\"\n").unwrap_err();
+        assert!(error.contains("preemption"), "{error}");
+        let error = ServerConfig::parse("[sla]\nurgent = \"1m\"\n").unwrap_err();
+        assert!(error.contains("urgent"), "{error}");
+        let config = ServerConfig::parse("[sla]\nlow = \"0s\"\n").unwrap();
+        assert_eq!(config.validate().unwrap_err().field, "sla.low");
+        let mut config = ServerConfig::default();
+        config.sla.non_preemptible_tenants = vec!["no spaces".into()];
+        assert_eq!(
+            config.validate().unwrap_err().field,
+            "sla.non_preemptible_tenants"
+        );
     }
 
     #[test]

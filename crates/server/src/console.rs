@@ -11,26 +11,33 @@
 //! CSRF token that every state-changing request carries (`x-csrf-token` header, or the
 //! `csrf` form field for signing out). What a session may see and do is decided by
 //! `hodei_core::console`. These paths are outside `/api/v1`, so the bearer-token check in
-//! `serve.rs` lets them through and this module does its own.
+//! `serve.rs` lets them through and this module does its own; the job and tenant handlers
+//! it calls narrow what they answer to the session's scope themselves (`scope.rs`), as they
+//! do for a tenant token. The cookie is `Secure` when the server speaks TLS, and failed
+//! sign-ins are limited per client address (`hodei_core::console::SignInFailures`: 429
+//! with `Retry-After`).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hodei_core::console::{self, ConsoleAction, JobScope, SESSION_LIFETIME};
+use hodei_core::console::{self, ConsoleAction, JobScope, SESSION_LIFETIME, SignInFailures};
 use hodei_core::credential::Principal;
 use hodei_core::{JobId, TenantName};
 use serde::{Deserialize, Serialize};
 
-use crate::api::JobList;
+use crate::api::{JobList, JobView, TenantList};
 use crate::error::{ApiError, Code};
 use crate::http::{self, AppState, JobQuery, LogsQuery, WorkerQuery};
+use crate::scope::Scope;
+use crate::serve::RemoteAddr;
 
 const COOKIE: &str = "hodei_session";
 const CSRF_HEADER: &str = "x-csrf-token";
@@ -109,10 +116,43 @@ fn random_id() -> String {
     )
 }
 
+/// Failed sign-ins by client address.
+#[derive(Debug, Clone, Default)]
+struct SignInLimits(Arc<Mutex<HashMap<IpAddr, SignInFailures>>>);
+
+/// Addresses remembered at most; past it the expired ones are forgotten first, then all.
+const MAX_LIMITED_ADDRESSES: usize = 100_000;
+
+impl SignInLimits {
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, SignInFailures>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How long `address` must wait before it may try again, if it must.
+    fn retry_after(&self, address: IpAddr, now: SystemTime) -> Option<std::time::Duration> {
+        self.lock().get(&address)?.retry_after(now)
+    }
+
+    fn failed(&self, address: IpAddr, now: SystemTime) {
+        let mut limits = self.lock();
+        if limits.len() >= MAX_LIMITED_ADDRESSES {
+            limits.retain(|_, record| !record.expired(now));
+            if limits.len() >= MAX_LIMITED_ADDRESSES {
+                limits.clear();
+            }
+        }
+        let previous = limits.get(&address).copied();
+        limits.insert(address, SignInFailures::failed(previous, now));
+    }
+}
+
 #[derive(Clone)]
 struct ConsoleState {
     app: AppState,
     sessions: Sessions,
+    limits: SignInLimits,
 }
 
 impl std::fmt::Debug for ConsoleState {
@@ -128,6 +168,7 @@ where
     let state = ConsoleState {
         app,
         sessions: Sessions::default(),
+        limits: SignInLimits::default(),
     };
     Router::new()
         .route("/", get(index))
@@ -146,6 +187,7 @@ where
         .route("/console/api/jobs/{id}", get(job))
         .route("/console/api/jobs/{id}/logs", get(job_logs))
         .route("/console/api/jobs/{id}/cancel", post(cancel_job))
+        .route("/console/api/tenants", get(tenants))
         .with_state(state)
 }
 
@@ -309,9 +351,10 @@ struct SignOutForm {
     csrf: String,
 }
 
-fn session_cookie(id: &str, max_age_secs: u64) -> Option<HeaderValue> {
+fn session_cookie(id: &str, max_age_secs: u64, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}"
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{secure}"
     ))
     .ok()
 }
@@ -324,30 +367,69 @@ fn see_other(cookie: Option<HeaderValue>) -> Response {
     response
 }
 
-async fn sign_in(State(state): State<ConsoleState>, body: Bytes) -> Response {
+async fn sign_in(
+    State(state): State<ConsoleState>,
+    remote: Option<Extension<RemoteAddr>>,
+    body: Bytes,
+) -> Response {
+    let address = remote.map(|Extension(RemoteAddr(addr))| addr.ip());
+    let now = SystemTime::now();
+    if let Some(wait) = address.and_then(|a| state.limits.retry_after(a, now)) {
+        tracing::warn!(address = ?address, "console sign-in refused: too many failed attempts");
+        let mut response = sign_in_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "token: too many failed sign-ins from this address; try again in {} s",
+                wait.as_secs()
+            ),
+        );
+        if let Ok(value) = HeaderValue::from_str(&wait.as_secs().to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
+    let failed = |response: Response| {
+        if let Some(address) = address {
+            state.limits.failed(address, now);
+        }
+        response
+    };
     let Ok(form) = serde_urlencoded::from_bytes::<SignInForm>(&body) else {
-        return sign_in_page(StatusCode::BAD_REQUEST, "token: the form could not be read");
+        return failed(sign_in_page(
+            StatusCode::BAD_REQUEST,
+            "token: the form could not be read",
+        ));
     };
     let token = form.token.trim();
     if token.is_empty() {
-        return sign_in_page(StatusCode::BAD_REQUEST, "token: enter a token");
+        return failed(sign_in_page(
+            StatusCode::BAD_REQUEST,
+            "token: enter a token",
+        ));
     }
     let Some(principal) = state.app.credentials.authenticate(token) else {
         tracing::warn!("console sign-in with an invalid token");
-        return sign_in_page(StatusCode::UNAUTHORIZED, "token: not a valid token");
+        return failed(sign_in_page(
+            StatusCode::UNAUTHORIZED,
+            "token: not a valid token",
+        ));
     };
     if !console::may_sign_in(principal.role) {
-        return sign_in_page(
+        return failed(sign_in_page(
             StatusCode::FORBIDDEN,
             &format!(
                 "token: a {} credential cannot sign in to the console (admin or tenant only)",
                 principal.role
             ),
-        );
+        ));
     }
     tracing::info!(role = %principal.role, credential = ?principal.credential_id, "console sign-in");
-    let id = state.sessions.open(principal, SystemTime::now());
-    see_other(session_cookie(&id, SESSION_LIFETIME.as_secs()))
+    let id = state.sessions.open(principal, now);
+    see_other(session_cookie(
+        &id,
+        SESSION_LIFETIME.as_secs(),
+        state.app.tls,
+    ))
 }
 
 async fn sign_out(State(state): State<ConsoleState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -359,7 +441,7 @@ async fn sign_out(State(state): State<ConsoleState>, headers: HeaderMap, body: B
         }
         state.sessions.close(&id);
     }
-    see_other(session_cookie("", 0))
+    see_other(session_cookie("", 0, state.app.tls))
 }
 
 #[derive(Debug, Serialize)]
@@ -450,11 +532,13 @@ async fn jobs(
     let pool = query.pool.filter(|p| !p.is_empty());
     let Json(mut list) = http::list_jobs(
         State(state.app.clone()),
+        Scope(scope.clone()),
         Query(JobQuery {
             state: query.state,
             tenant,
             queue: query.queue,
             limit: query.limit,
+            sla: None,
         }),
     )
     .await?;
@@ -481,26 +565,43 @@ fn in_scope(scope: &JobScope, tenant: &str) -> bool {
     TenantName::new(tenant).is_ok_and(|tenant| scope.covers(&tenant))
 }
 
-/// The job, if the session may see it; one it may not is "not found", as if absent.
-async fn visible_job(state: &ConsoleState, session: &Session, id: &str) -> Result<(), ApiError> {
-    let scope = console::job_scope(&session.principal);
-    let job_id = JobId::new(id)?;
-    match state.app.jobs.get(&job_id).await? {
-        Some(job) if scope.covers(&job.spec.tenant) => Ok(()),
-        _ => Err(ApiError::not_found(format!("job {id} not found"))),
-    }
+/// A console job page: the job as `GET /api/v1/jobs/{id}` shows it, and its history.
+#[derive(Debug, Serialize)]
+struct ConsoleJob {
+    #[serde(flatten)]
+    job: JobView,
+    history: Vec<console::HistoryEvent>,
 }
 
 async fn job(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ConsoleJob>, ApiError> {
     let session = authorize(&state, &headers, ConsoleAction::ViewJobs)?;
-    visible_job(&state, &session, &id).await?;
-    Ok(http::get_job(State(state.app), Path(id))
+    let scope = Scope(console::job_scope(&session.principal));
+    let Json(view) = http::get_job(State(state.app.clone()), scope, Path(id.clone())).await?;
+    let job = state
+        .app
+        .jobs
+        .get(&JobId::new(id)?)
         .await?
-        .into_response())
+        .ok_or_else(|| ApiError::not_found(format!("job {} not found", view.id)))?;
+    let attempts = state.app.store.job_usage(&job.id).await?;
+    let ms = |t: SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
+    let state_name = job.state.to_string();
+    let history = console::job_history(
+        ms(job.submitted_at),
+        job.started_at.map(ms),
+        job.finished_at
+            .filter(|_| job.state.is_terminal())
+            .map(|t| (ms(t), state_name.as_str())),
+        &attempts,
+    );
+    Ok(Json(ConsoleJob { job: view, history }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -516,27 +617,53 @@ async fn job_logs(
     Query(query): Query<ConsoleLogsQuery>,
 ) -> Result<Response, ApiError> {
     let session = authorize(&state, &headers, ConsoleAction::ViewJobs)?;
-    visible_job(&state, &session, &id).await?;
+    let scope = Scope(console::job_scope(&session.principal));
     // The page polls; a held request would only delay the next poll.
     let query = LogsQuery {
         after: query.after,
         follow: false,
     };
-    Ok(http::job_logs(State(state.app), Path(id), Query(query))
-        .await?
-        .into_response())
+    Ok(
+        http::job_logs(State(state.app), scope, Path(id), Query(query))
+            .await?
+            .into_response(),
+    )
 }
 
+/// Cancels a job in the session's scope (a tenant's own; another tenant's is not found).
 async fn cancel_job(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let session = authorize(&state, &headers, ConsoleAction::CancelJob)?;
-    visible_job(&state, &session, &id).await?;
-    Ok(http::cancel_job(State(state.app), Path(id))
+    let scope = Scope(console::job_scope(&session.principal));
+    Ok(http::cancel_job(State(state.app), scope, Path(id))
         .await?
         .into_response())
+}
+
+/// `GET /console/api/tenants`: every tenant for an admin, its own for a tenant session.
+async fn tenants(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+) -> Result<Json<TenantList>, ApiError> {
+    let session = authorize(&state, &headers, ConsoleAction::ViewTenants)?;
+    match console::job_scope(&session.principal) {
+        JobScope::All => http::list_tenants(State(state.app)).await,
+        JobScope::Tenant(own) => {
+            let scope = Scope(JobScope::Tenant(own.clone()));
+            let Json(view) =
+                http::get_tenant(State(state.app), scope, Path(own.to_string())).await?;
+            Ok(Json(TenantList {
+                tenants: vec![view],
+            }))
+        }
+        JobScope::Nothing => Err(ApiError::new(
+            Code::PermissionDenied,
+            "this session sees no tenant",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! | unknown credential id                           | `NOT_FOUND`          | 404  |
 //! | unknown queue, requirements nothing can satisfy | `INVALID_ARGUMENT`   | 400  |
 //! | unknown worker, pool or job                     | `NOT_FOUND`          | 404  |
-//! | conflicting registration, illegal transition, cancel of an ended job | `ALREADY_EXISTS` / `FAILED_PRECONDITION` | 409 |
+//! | conflicting registration, illegal transition, cancel of an ended job, drain of a worker still provisioning or gone | `ALREADY_EXISTS` / `FAILED_PRECONDITION` | 409 |
 //! | job above its tenant's quota, unknown tenant    | `INVALID_ARGUMENT`   | 400  |
 //! | queue full, tenant's queued cap (retry later)   | `RESOURCE_EXHAUSTED` | 429  |
 //! | store, provider or scheduler unavailable        | `UNAVAILABLE`        | 503  |
@@ -24,7 +24,9 @@ use axum::response::{IntoResponse, Response};
 use hodei_core::QueueError;
 use hodei_core::ValidationError;
 use hodei_core::tenancy::{AdmissionError, Resource};
-use hodei_modules::{CredentialError, JobError, PoolError, TenantError, WorkerManagementError};
+use hodei_modules::{
+    CredentialError, DrainError, JobError, PoolError, TenantError, WorkerManagementError,
+};
 use hodei_ports::{ProviderError, SchedulerError, store};
 
 use crate::api::{ErrorBody, ErrorDetail};
@@ -218,6 +220,18 @@ impl From<JobError> for ApiError {
             JobError::AlreadyEnded { .. } => Self::new(Code::FailedPrecondition, error.to_string()),
             JobError::Store(store) => store.into(),
             JobError::Stopped => Self::new(Code::Unavailable, error.to_string()),
+        }
+    }
+}
+
+impl From<DrainError> for ApiError {
+    fn from(error: DrainError) -> Self {
+        match error {
+            DrainError::NotFound(_) => Self::new(Code::NotFound, error.to_string()),
+            DrainError::NotDrainable { .. } => {
+                Self::new(Code::FailedPrecondition, error.to_string())
+            }
+            DrainError::Store(store) => store.into(),
         }
     }
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use hodei_core::credential::{self, Principal, SessionDecision, WorkerOrigin};
 use hodei_core::health::{HeartbeatPolicy, Liveness};
-use hodei_core::job::AttemptOutcome;
-use hodei_core::{Command, Job, JobId};
+use hodei_core::job::{AttemptOutcome, LogCap, cap_log, truncation_marker};
+use hodei_core::{AfterDrain, Command, Job, JobId, WorkerState};
 use hodei_core::{
     ProviderKind, ValidationError, Worker, WorkerCapabilities, WorkerId, WorkerMetadata, WorkerType,
 };
@@ -210,6 +210,24 @@ impl AgentLink for SessionHub {
         let cancel = v1::CancelJob {
             job_id: job.to_string(),
             reason: reason.to_owned(),
+            grace_ms: 0,
+        };
+        self.send(worker, server_message::Body::CancelJob(cancel))
+            .await
+            .map_err(|_| LinkError::NotConnected(worker.clone()))
+    }
+
+    async fn stop_with_grace(
+        &self,
+        worker: &WorkerId,
+        job: &JobId,
+        reason: &str,
+        grace: std::time::Duration,
+    ) -> Result<(), LinkError> {
+        let cancel = v1::CancelJob {
+            job_id: job.to_string(),
+            reason: reason.to_owned(),
+            grace_ms: u32::try_from(grace.as_millis()).unwrap_or(u32::MAX).max(1),
         };
         self.send(worker, server_message::Body::CancelJob(cancel))
             .await
@@ -267,6 +285,7 @@ async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentE
             };
             let stream = match v1::LogStream::try_from(chunk.stream) {
                 Ok(v1::LogStream::Stderr) => LogStream::Stderr,
+                Ok(v1::LogStream::Output) => LogStream::Output,
                 _ => LogStream::Stdout,
             };
             let chunk = LogChunk {
@@ -294,7 +313,7 @@ async fn forward_to_jobs(jobs: &JobService, worker_id: &WorkerId, event: &AgentE
 }
 
 /// `SchedulerService` over the in-process registry.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SchedulerGrpc {
     pub credentials: Credentials,
     pub registry: Arc<SchedulerRegistry>,
@@ -303,17 +322,36 @@ pub struct SchedulerGrpc {
     /// `agents.lease`, told to agents in the hello answer.
     pub lease: Duration,
     pub jobs: JobService,
+    pub drains: hodei_modules::WorkerDrains,
+    pub store: Arc<dyn hodei_ports::Store>,
+    /// `[jobs] max_log_bytes`: output kept per attempt, 0 for no cap.
+    pub max_log_bytes: u64,
 }
 
 fn worker_id(text: String) -> Result<WorkerId, Status> {
     WorkerId::new(text).map_err(|e| invalid_argument(&e))
 }
 
-fn worker_info(entry: &RegisteredWorker) -> v1::WorkerInfo {
-    let status = match (entry.liveness, entry.last_seen) {
-        (Liveness::Unhealthy | Liveness::Gone, _) => v1::WorkerStatus::Unhealthy,
-        (Liveness::Healthy, None) => v1::WorkerStatus::Starting,
-        (Liveness::Healthy, Some(_)) => v1::WorkerStatus::Available,
+impl std::fmt::Debug for SchedulerGrpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerGrpc")
+            .field("registry", &self.registry)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The gRPC shape of the one worker read model ([`crate::workers`]): a registered worker
+/// and the state every API shows it in.
+fn worker_info(entry: &RegisteredWorker, state: WorkerState) -> v1::WorkerInfo {
+    let status = match state {
+        WorkerState::Draining => v1::WorkerStatus::Draining,
+        WorkerState::Unhealthy | WorkerState::Terminated => v1::WorkerStatus::Unhealthy,
+        WorkerState::Provisioning | WorkerState::Registering => v1::WorkerStatus::Starting,
+        _ if entry.last_seen.is_none() => v1::WorkerStatus::Starting,
+        WorkerState::Idle | WorkerState::Busy | WorkerState::Cleaning => {
+            v1::WorkerStatus::Available
+        }
     };
     v1::WorkerInfo {
         worker_id: entry.worker.id.to_string(),
@@ -324,6 +362,23 @@ fn worker_info(entry: &RegisteredWorker) -> v1::WorkerInfo {
         registered_at_ms: to_millis(entry.registered_at),
         last_seen_ms: entry.last_seen.map(to_millis).unwrap_or(0),
         agent_version: entry.agent_version.clone().unwrap_or_default(),
+    }
+}
+
+impl SchedulerGrpc {
+    /// A registered worker as [`worker_info`] shows it, `NOT_FOUND` if it is not registered.
+    async fn registered_info(&self, id: &WorkerId) -> Result<v1::WorkerInfo, Status> {
+        let reading = crate::workers::get(self.store.as_ref(), &self.registry, &self.jobs, id)
+            .await
+            .map_err(ApiError::from)?;
+        reading
+            .as_ref()
+            .and_then(|r| {
+                r.registration
+                    .as_ref()
+                    .map(|entry| worker_info(entry, r.state))
+            })
+            .ok_or_else(|| Status::not_found(format!("worker {id} is not registered")))
     }
 }
 
@@ -406,7 +461,22 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         &self,
         _request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
-        let workers = self.registry.list().iter().map(worker_info).collect();
+        let readings = crate::workers::list(
+            self.store.as_ref(),
+            &self.registry,
+            &self.jobs,
+            &hodei_ports::WorkerFilter::live(),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        let workers = readings
+            .iter()
+            .filter_map(|r| {
+                r.registration
+                    .as_ref()
+                    .map(|entry| worker_info(entry, r.state))
+            })
+            .collect();
         Ok(Response::new(v1::ListWorkersResponse { workers }))
     }
 
@@ -415,12 +485,41 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         request: Request<v1::GetWorkerRequest>,
     ) -> Result<Response<v1::GetWorkerResponse>, Status> {
         let id = worker_id(request.into_inner().worker_id)?;
-        let entry = self
-            .registry
-            .get(&id)
-            .ok_or_else(|| Status::not_found(format!("worker {id} is not registered")))?;
         Ok(Response::new(v1::GetWorkerResponse {
-            worker: Some(worker_info(&entry)),
+            worker: Some(self.registered_info(&id).await?),
+        }))
+    }
+
+    async fn drain_worker(
+        &self,
+        request: Request<v1::DrainWorkerRequest>,
+    ) -> Result<Response<v1::DrainWorkerResponse>, Status> {
+        let request = request.into_inner();
+        let id = worker_id(request.worker_id)?;
+        let then = match v1::DrainThen::try_from(request.then) {
+            Ok(v1::DrainThen::Unspecified | v1::DrainThen::Terminate) => AfterDrain::Terminate,
+            Ok(v1::DrainThen::Keep) => AfterDrain::Keep,
+            Err(_) => {
+                return Err(invalid_argument(&ValidationError::new(
+                    "then",
+                    format!("unknown value {}", request.then),
+                )));
+            }
+        };
+        self.drains.drain(&id, then).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::DrainWorkerResponse {
+            worker: Some(self.registered_info(&id).await?),
+        }))
+    }
+
+    async fn undrain_worker(
+        &self,
+        request: Request<v1::UndrainWorkerRequest>,
+    ) -> Result<Response<v1::UndrainWorkerResponse>, Status> {
+        let id = worker_id(request.into_inner().worker_id)?;
+        self.drains.undrain(&id).await.map_err(ApiError::from)?;
+        Ok(Response::new(v1::UndrainWorkerResponse {
+            worker: Some(self.registered_info(&id).await?),
         }))
     }
 
@@ -517,7 +616,11 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         let registry = self.registry.clone();
         let hub = self.hub.clone();
         let jobs = self.jobs.clone();
+        let max_log_bytes = self.max_log_bytes;
         tokio::spawn(async move {
+            // Output kept so far per (job, attempt) of this session, for the log cap.
+            let mut logged: std::collections::HashMap<(String, u32), u64> =
+                std::collections::HashMap::new();
             loop {
                 let message = tokio::select! {
                     message = inbound.next() => match message {
@@ -561,8 +664,28 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
                         AgentEvent::Heartbeat(heartbeat)
                     }
                     agent_message::Body::JobAccepted(accepted) => AgentEvent::JobAccepted(accepted),
-                    agent_message::Body::LogChunk(chunk) => AgentEvent::Log(chunk),
-                    agent_message::Body::JobResult(result) => AgentEvent::JobResult(result),
+                    agent_message::Body::LogChunk(mut chunk) => {
+                        let key = (chunk.job_id.clone(), chunk.attempt);
+                        let stored = logged.get(&key).copied().unwrap_or(0);
+                        match cap_log(stored, chunk.data.len(), max_log_bytes) {
+                            LogCap::Keep => {}
+                            LogCap::Truncate(keep) => {
+                                tracing::warn!(worker_id = %id, job_id = %chunk.job_id, max_log_bytes, "job output truncated at the log cap");
+                                chunk.data.truncate(keep);
+                                chunk
+                                    .data
+                                    .extend_from_slice(truncation_marker(max_log_bytes).as_bytes());
+                            }
+                            LogCap::Drop => continue,
+                        }
+                        let len = u64::try_from(chunk.data.len()).unwrap_or(u64::MAX);
+                        logged.insert(key, stored.saturating_add(len));
+                        AgentEvent::Log(chunk)
+                    }
+                    agent_message::Body::JobResult(result) => {
+                        logged.remove(&(result.job_id.clone(), result.attempt));
+                        AgentEvent::JobResult(result)
+                    }
                     agent_message::Body::Hello(_) => {
                         tracing::warn!(worker_id = %id, "ignoring a second hello in one session");
                         continue;

@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::time::SystemTime;
 
+use hodei_core::sla::{self, SlaClock};
 use hodei_core::{Job, JobId, Requirements};
 use hodei_modules::JobService;
 use hodei_proto::convert::to_millis;
@@ -13,11 +14,16 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{SubmitJob, job_filter};
 use crate::error::ApiError;
+use crate::scope::Scope;
 
 /// `JobService` over the job dispatcher.
 #[derive(Debug, Clone)]
 pub struct JobGrpc {
     pub jobs: JobService,
+    pub pools: hodei_modules::PoolManager,
+    pub scheduler: std::sync::Arc<hodei_modules::SchedulerRegistry>,
+    /// `[jobs] allow_pending`.
+    pub allow_pending: bool,
 }
 
 fn status(error: impl Into<ApiError>) -> Status {
@@ -47,6 +53,8 @@ fn submit_request(spec: v1::JobSpec) -> SubmitJob {
         timeout_secs: (spec.timeout_secs > 0).then_some(i64::from(spec.timeout_secs)),
         max_retries: spec.max_retries,
         sla_class: Some(spec.sla_class),
+        no_preempt: spec.no_preempt,
+        allow_pending: false,
     }
 }
 
@@ -69,6 +77,7 @@ fn wire_spec(job: &Job) -> v1::JobSpec {
             .map_or(0, |secs| u32::try_from(secs).unwrap_or(u32::MAX)),
         max_retries: request.max_retries,
         sla_class: request.sla_class.unwrap_or_default(),
+        no_preempt: request.no_preempt,
     }
 }
 
@@ -94,7 +103,35 @@ pub fn job_info(job: &Job) -> v1::JobInfo {
         submitted_at_ms: to_millis(job.submitted_at),
         started_at_ms: millis(job.started_at),
         finished_at_ms: millis(job.finished_at),
+        deadline_ms: i64::try_from(SlaClock::of_job(job).deadline_ms).unwrap_or(i64::MAX),
+        sla_risk: sla_risk(job),
+        deadline: match job.first_started_at {
+            Some(start) if SlaClock::of_job(job).met_by(sla::unix_ms(start)) => "met".into(),
+            Some(_) => "missed".into(),
+            None => String::new(),
+        },
+        preemptions: job
+            .preemptions
+            .iter()
+            .map(|record| v1::Preemption {
+                at_ms: to_millis(record.at),
+                victim: record.victim.to_string(),
+                beneficiary: record.beneficiary.to_string(),
+                worker_id: record.worker_id.to_string(),
+                reason: record.reason.clone(),
+            })
+            .collect(),
     }
+}
+
+/// The risk of a job queued before its first start, empty otherwise.
+fn sla_risk(job: &Job) -> String {
+    if job.state != hodei_core::JobState::Queued || job.first_started_at.is_some() {
+        return String::new();
+    }
+    SlaClock::of_job(job)
+        .risk(sla::unix_ms(SystemTime::now()))
+        .to_string()
 }
 
 type LogStreamResponse = Pin<Box<dyn Stream<Item = Result<v1::StreamLogsResponse, Status>> + Send>>;
@@ -117,11 +154,25 @@ impl v1::job_service_server::JobService for JobGrpc {
             .get("traceparent")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        let scope = Scope::of_grpc(&request);
+        let request = request.into_inner();
+        let allow_pending = request.allow_pending || self.allow_pending;
         let spec = request
-            .into_inner()
             .spec
             .ok_or_else(|| status(hodei_core::ValidationError::new("spec", "is missing")))?;
-        let mut spec = submit_request(spec).into_spec().map_err(status)?;
+        let mut submit = submit_request(spec);
+        submit.tenant = scope
+            .tenant_named(submit.tenant.as_deref())
+            .map_err(status)?;
+        let mut spec = submit.into_spec().map_err(status)?;
+        if !allow_pending {
+            crate::runnable::refuse_never_runnable(
+                &self.pools,
+                &self.scheduler,
+                &spec.requirements,
+            )
+            .map_err(status)?;
+        }
         let applied = hodei_core::trace::apply_traceparent(&mut spec, traceparent.as_deref())
             .map(str::to_owned);
         let job = self.jobs.submit(spec).await.map_err(status)?;
@@ -138,7 +189,9 @@ impl v1::job_service_server::JobService for JobGrpc {
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::GetJobResponse>, Status> {
+        let scope = Scope::of_grpc(&request);
         let id = job_id(request.into_inner().job_id)?;
+        scope.job(&self.jobs, &id).await.map_err(status)?;
         let (job, waiting) = self.jobs.describe(&id).await.map_err(status)?;
         let mut info = job_info(&job);
         if let Some(why) = waiting {
@@ -151,16 +204,20 @@ impl v1::job_service_server::JobService for JobGrpc {
         &self,
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let scope = Scope::of_grpc(&request);
         let request = request.into_inner();
         let limit =
             (request.limit > 0).then(|| usize::try_from(request.limit).unwrap_or(usize::MAX));
-        let filter = job_filter(
+        let mut filter = job_filter(
             request.states.iter().map(String::as_str),
-            Some(request.tenant),
+            scope.tenant_named(Some(&request.tenant)).map_err(status)?,
             Some(request.queue),
             limit,
         )
         .map_err(status)?;
+        if !request.sla_class.is_empty() {
+            filter.sla_class = Some(request.sla_class.parse().map_err(status)?);
+        }
         let jobs = self.jobs.list(&filter).await.map_err(status)?;
         Ok(Response::new(v1::ListJobsResponse {
             jobs: jobs.iter().map(job_info).collect(),
@@ -171,7 +228,9 @@ impl v1::job_service_server::JobService for JobGrpc {
         &self,
         request: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::CancelJobResponse>, Status> {
+        let scope = Scope::of_grpc(&request);
         let id = job_id(request.into_inner().job_id)?;
+        scope.job(&self.jobs, &id).await.map_err(status)?;
         let job = self.jobs.cancel(id).await.map_err(status)?;
         Ok(Response::new(v1::CancelJobResponse {
             job: Some(job_info(&job)),
@@ -184,11 +243,10 @@ impl v1::job_service_server::JobService for JobGrpc {
         &self,
         request: Request<v1::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let scope = Scope::of_grpc(&request);
         let request = request.into_inner();
         let id = job_id(request.job_id)?;
-        if self.jobs.get(&id).await.map_err(status)?.is_none() {
-            return Err(status(ApiError::not_found(format!("job {id} not found"))));
-        }
+        scope.job(&self.jobs, &id).await.map_err(status)?;
         let jobs = self.jobs.clone();
         let mut after = usize::try_from(request.after).unwrap_or(usize::MAX);
         let follow = request.follow;

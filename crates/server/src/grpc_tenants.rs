@@ -130,7 +130,10 @@ impl v1::tenant_service_server::TenantService for TenantGrpc {
         &self,
         request: Request<v1::GetTenantRequest>,
     ) -> Result<Response<v1::GetTenantResponse>, Status> {
-        let name = tenant_name(request.into_inner().name)?;
+        let scope = crate::scope::Scope::of_grpc(&request);
+        let request = request.into_inner();
+        scope.read_tenant(&request.name).map_err(status)?;
+        let name = tenant_name(request.name)?;
         let view = self.tenants.get(&name).await.map_err(status)?;
         Ok(Response::new(v1::GetTenantResponse {
             tenant: Some(tenant_info(&view)),

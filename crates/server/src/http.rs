@@ -2,7 +2,6 @@
 //! routing, in `serve.rs` with `auth.rs`), `/metrics`, `/healthz` and `/readyz` (open, for
 //! Prometheus and load balancers).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,9 +13,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use hodei_core::cost::{self, CostReport, GroupBy};
 use hodei_core::trace;
-use hodei_core::{JobId, PoolSpec, WorkerId, WorkerState};
+use hodei_core::{AfterDrain, JobId, PoolSpec, WorkerId, WorkerState};
 use hodei_modules::{
-    Credentials, JobService, PoolManager, SchedulerRegistry, TenantService, WorkerManagementService,
+    Credentials, JobService, PoolManager, SchedulerRegistry, TenantService, WorkerDrains,
+    WorkerManagementService,
 };
 use hodei_ports::{Store, WorkerFilter};
 use prometheus_client::registry::Registry;
@@ -29,6 +29,7 @@ use crate::api::{
 };
 use crate::error::{ApiError, Code};
 use crate::exposition;
+use crate::scope::Scope;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -38,18 +39,25 @@ pub(crate) struct AppState {
     pub jobs: JobService,
     pub pools: PoolManager,
     pub tenants: TenantService,
+    pub drains: WorkerDrains,
+    /// `[jobs] allow_pending`: accept jobs nothing could run now.
+    pub allow_pending: bool,
     pub metrics: Arc<Registry>,
     pub credentials: Credentials,
     /// Largest request body; larger ones get 413.
     pub max_body_bytes: usize,
     /// Set once start-up (first reconciliation, pool pre-warming) is done.
     pub ready: Arc<AtomicBool>,
+    /// Served over TLS (`[tls]`): the console's cookie is `Secure`.
+    pub tls: bool,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/workers", get(list_workers))
         .route("/workers/{id}", get(get_worker).delete(terminate_worker))
+        .route("/workers/{id}/drain", post(drain_worker))
+        .route("/workers/{id}/undrain", post(undrain_worker))
         .route("/pools", get(list_pools).post(create_pool))
         .route(
             "/pools/{name}",
@@ -65,6 +73,7 @@ pub(crate) fn router(state: AppState) -> Router {
             "/tenants/{name}",
             get(get_tenant).put(set_tenant).delete(remove_tenant),
         )
+        .route("/tenants/{name}/tokens", post(create_tenant_token))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/reports/cost", get(cost_report))
@@ -101,27 +110,25 @@ pub(crate) async fn list_workers(
         pool: query.pool.clone(),
         live_only: !query.all && wanted_state != Some(WorkerState::Terminated),
     };
-    let mut records = state.store.list_workers(&filter).await?;
-    for record in &mut records {
-        record.state = with_activity(&state.jobs, record);
-    }
-    let known: BTreeSet<&WorkerId> = records.iter().map(|r| &r.worker.id).collect();
-    let mut workers: Vec<WorkerView> = records
+    let readings =
+        crate::workers::list(state.store.as_ref(), &state.scheduler, &state.jobs, &filter).await?;
+    let workers = readings
         .iter()
-        .filter(|record| wanted_state.is_none_or(|s| record.state == s))
-        .map(|record| WorkerView::new(record, state.scheduler.get(&record.worker.id).as_ref()))
+        .filter(|reading| wanted_state.is_none_or(|s| reading.state == s))
+        .filter_map(worker_view)
         .collect();
-    let registered = state.scheduler.list();
-    workers.extend(
-        registered
-            .iter()
-            .filter(|entry| !known.contains(&entry.worker.id))
-            .filter(|entry| query.pool.is_none() || entry.worker.metadata.pool == query.pool)
-            .map(|entry| registered_only(&state.jobs, entry))
-            .filter(|view| wanted_state.is_none_or(|s| view.state == s.as_str())),
-    );
-    workers.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Json(WorkerList { workers }))
+}
+
+/// The REST shape of the one worker read model.
+fn worker_view(reading: &crate::workers::WorkerReading) -> Option<WorkerView> {
+    let mut view = match (&reading.record, &reading.registration) {
+        (Some(record), registration) => WorkerView::new(record, registration.as_ref()),
+        (None, Some(entry)) => WorkerView::registered_only(entry),
+        (None, None) => return None,
+    };
+    view.state = reading.state.to_string();
+    Some(view)
 }
 
 pub(crate) async fn get_worker(
@@ -129,15 +136,12 @@ pub(crate) async fn get_worker(
     Path(id): Path<String>,
 ) -> Result<Json<WorkerView>, ApiError> {
     let id = WorkerId::new(id)?;
-    let registration = state.scheduler.get(&id);
-    match (state.store.get_worker(&id).await?, registration) {
-        (Some(mut record), registration) => {
-            record.state = with_activity(&state.jobs, &record);
-            Ok(Json(WorkerView::new(&record, registration.as_ref())))
-        }
-        (None, Some(entry)) => Ok(Json(registered_only(&state.jobs, &entry))),
-        (None, None) => Err(ApiError::not_found(format!("worker {id} not found"))),
-    }
+    crate::workers::get(state.store.as_ref(), &state.scheduler, &state.jobs, &id)
+        .await?
+        .as_ref()
+        .and_then(worker_view)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("worker {id} not found")))
 }
 
 pub(crate) async fn terminate_worker(
@@ -151,21 +155,45 @@ pub(crate) async fn terminate_worker(
 
 /// The worker's state with what the dispatcher knows on top: a worker whose record says
 /// idle may be busy with a job or cleaning after one (those states live in memory).
-fn with_activity(jobs: &JobService, record: &hodei_ports::WorkerRecord) -> WorkerState {
-    match jobs.worker_activity(&record.worker.id) {
-        Some(activity) if record.state == WorkerState::Idle => activity,
-        _ => record.state,
-    }
+/// Body of `POST /api/v1/workers/{id}/drain`; empty means `{"then": "terminate"}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DrainWorker {
+    /// `terminate` (the default) or `keep`.
+    #[serde(default)]
+    pub then: Option<String>,
 }
 
-fn registered_only(jobs: &JobService, entry: &hodei_modules::RegisteredWorker) -> WorkerView {
-    let mut view = WorkerView::registered_only(entry);
-    if let Some(activity) = jobs.worker_activity(&entry.worker.id)
-        && view.state == WorkerState::Idle.as_str()
-    {
-        view.state = activity.to_string();
-    }
-    view
+/// `POST /api/v1/workers/{id}/drain`: no new job for the worker; once its job is done it is
+/// terminated (and its pool replaces it) or, with `then: keep`, stays drained.
+pub(crate) async fn drain_worker(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<WorkerView>, ApiError> {
+    let id = WorkerId::new(id)?;
+    let body: DrainWorker = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainWorker::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|error| hodei_core::ValidationError::new("body", error.to_string()))?
+    };
+    let then = match body.then {
+        Some(then) => then.parse::<AfterDrain>()?,
+        None => AfterDrain::Terminate,
+    };
+    state.drains.drain(&id, then).await?;
+    get_worker(State(state), Path(id.to_string())).await
+}
+
+/// `POST /api/v1/workers/{id}/undrain`: the drained worker takes jobs again.
+pub(crate) async fn undrain_worker(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkerView>, ApiError> {
+    let id = WorkerId::new(id)?;
+    state.drains.undrain(&id).await?;
+    get_worker(State(state), Path(id.to_string())).await
 }
 
 pub(crate) async fn list_pools(State(state): State<AppState>) -> Json<PoolList> {
@@ -221,6 +249,26 @@ async fn create_token(
             token: token.expose().to_owned(),
         }),
     ))
+}
+
+/// `POST /api/v1/tenants/{name}/tokens`: a tenant token for `name` (body: optional
+/// `description`); the same as `POST /api/v1/tokens` with role `tenant`. The tenant needs
+/// not be configured yet (jobs of an unknown tenant follow `tenants.auto_create`).
+async fn create_tenant_token(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<crate::api::CreateTenantToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let request = json_body(body)?;
+    create_token(
+        State(state),
+        Ok(Json(CreateToken {
+            role: "tenant".into(),
+            description: request.description,
+            tenant: Some(name),
+        })),
+    )
+    .await
 }
 
 async fn revoke_token(
@@ -349,11 +397,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// A valid W3C `traceparent` header is given to the job as `TRACEPARENT` and returned.
 async fn submit_job(
     State(state): State<AppState>,
+    scope: Scope,
     headers: HeaderMap,
     body: Result<Json<SubmitJob>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let request = json_body(body)?;
+    let mut request = json_body(body)?;
+    request.tenant = scope.tenant_named(request.tenant.as_deref())?;
+    let allow_pending = request.allow_pending || state.allow_pending;
     let mut spec = request.into_spec()?;
+    if !allow_pending {
+        crate::runnable::refuse_never_runnable(&state.pools, &state.scheduler, &spec.requirements)?;
+    }
     let traceparent = trace::apply_traceparent(
         &mut spec,
         headers
@@ -376,18 +430,26 @@ pub(crate) struct JobQuery {
     pub(crate) tenant: Option<String>,
     pub(crate) queue: Option<String>,
     pub(crate) limit: Option<usize>,
+    /// An SLA class.
+    pub(crate) sla: Option<String>,
 }
 
 pub(crate) async fn list_jobs(
     State(state): State<AppState>,
+    scope: Scope,
     Query(query): Query<JobQuery>,
 ) -> Result<Json<JobList>, ApiError> {
-    let filter = job_filter(
+    let mut filter = job_filter(
         query.state.as_deref().unwrap_or_default().split(','),
-        query.tenant,
+        scope.tenant_named(query.tenant.as_deref())?,
         query.queue,
         query.limit,
     )?;
+    filter.sla_class = query
+        .sla
+        .filter(|class| !class.is_empty())
+        .map(|class| class.parse())
+        .transpose()?;
     let jobs = state.jobs.list(&filter).await?;
     Ok(Json(JobList {
         jobs: jobs.iter().map(JobView::new).collect(),
@@ -396,9 +458,12 @@ pub(crate) async fn list_jobs(
 
 pub(crate) async fn get_job(
     State(state): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let (job, waiting) = state.jobs.describe(&JobId::new(id)?).await?;
+    let id = JobId::new(id)?;
+    scope.job(&state.jobs, &id).await?;
+    let (job, waiting) = state.jobs.describe(&id).await?;
     let mut view = JobView::new(&job);
     view.waiting_reason = waiting;
     for attempt in state.store.job_usage(&job.id).await? {
@@ -410,9 +475,12 @@ pub(crate) async fn get_job(
 
 pub(crate) async fn cancel_job(
     State(state): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = state.jobs.cancel(JobId::new(id)?).await?;
+    let id = JobId::new(id)?;
+    scope.job(&state.jobs, &id).await?;
+    let job = state.jobs.cancel(id).await?;
     Ok(Json(JobView::new(&job)))
 }
 
@@ -431,15 +499,18 @@ const LOG_PAGE: usize = 1000;
 
 pub(crate) async fn job_logs(
     State(state): State<AppState>,
+    scope: Scope,
     Path(id): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Json<LogsView>, ApiError> {
+    let id = JobId::new(id)?;
+    scope.job(&state.jobs, &id).await?;
     let wait_until = query
         .follow
         .then(|| tokio::time::Instant::now() + FOLLOW_WAIT);
     let page = state
         .jobs
-        .logs_page(&JobId::new(id)?, query.after, LOG_PAGE, wait_until)
+        .logs_page(&id, query.after, LOG_PAGE, wait_until)
         .await?;
     Ok(Json(LogsView {
         next: query.after + page.chunks.len(),
@@ -450,7 +521,9 @@ pub(crate) async fn job_logs(
     }))
 }
 
-async fn list_tenants(State(state): State<AppState>) -> Result<Json<TenantList>, ApiError> {
+pub(crate) async fn list_tenants(
+    State(state): State<AppState>,
+) -> Result<Json<TenantList>, ApiError> {
     Ok(Json(TenantList {
         tenants: state
             .tenants
@@ -462,10 +535,12 @@ async fn list_tenants(State(state): State<AppState>) -> Result<Json<TenantList>,
     }))
 }
 
-async fn get_tenant(
+pub(crate) async fn get_tenant(
     State(state): State<AppState>,
+    scope: Scope,
     Path(name): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
+    scope.read_tenant(&name)?;
     let name = hodei_core::TenantName::new(name)?;
     Ok(Json(TenantView::new(&state.tenants.get(&name).await?)))
 }

@@ -13,8 +13,11 @@ pub mod grpc_jobs;
 pub mod grpc_tenants;
 pub mod grpc_tokens;
 mod http;
+mod runnable;
+mod scope;
 mod serve;
 mod tls;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,7 +32,8 @@ use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{ProviderKind, WorkerId, WorkerState};
 use hodei_modules::{
     Credentials, JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
-    TenantService, WorkerManagementMetrics, WorkerManagementService, WorkerUsageMetrics,
+    TenantService, WorkerDrains, WorkerManagementMetrics, WorkerManagementService,
+    WorkerUsageMetrics,
 };
 use hodei_ports::{SchedulerPort, Store};
 use hodei_proto::v1::job_service_server::JobServiceServer;
@@ -316,6 +320,7 @@ impl Server {
         let (jobs, retired) = JobService::start(
             hodei_modules::JobServiceConfig {
                 tenants: config.tenant_config()?,
+                sla: config.sla.settings()?,
                 ..config.jobs.service_config(&config.agents)?
             },
             store.clone(),
@@ -337,8 +342,19 @@ impl Server {
             PoolMetrics::new(&mut registry),
         )
         .await?;
+        let drains = WorkerDrains::new(
+            scheduler.clone(),
+            jobs.clone(),
+            management.clone(),
+            store.clone(),
+            pools.clone(),
+        );
+        tokio::spawn(drains.clone().run(cancel.clone()));
         let ready = Arc::new(AtomicBool::new(false));
         let grpc = SchedulerServiceServer::new(SchedulerGrpc {
+            drains: drains.clone(),
+            store: store.clone(),
+            max_log_bytes: config.jobs.max_log_bytes,
             credentials: credentials.clone(),
             registry: scheduler.clone(),
             hub: sessions.clone(),
@@ -346,7 +362,12 @@ impl Server {
             lease: config.agents.lease,
             jobs: jobs.clone(),
         });
-        let job_grpc = JobServiceServer::new(JobGrpc { jobs: jobs.clone() });
+        let job_grpc = JobServiceServer::new(JobGrpc {
+            jobs: jobs.clone(),
+            pools: pools.clone(),
+            scheduler: scheduler.clone(),
+            allow_pending: config.jobs.allow_pending,
+        });
         let token_grpc = TokenServiceServer::new(TokenGrpc {
             credentials: credentials.clone(),
         });
@@ -365,10 +386,13 @@ impl Server {
             jobs: jobs.clone(),
             pools: pools.clone(),
             tenants: tenants.clone(),
+            drains,
+            allow_pending: config.jobs.allow_pending,
             metrics: Arc::new(registry),
             credentials: credentials.clone(),
             max_body_bytes: config.connections.max_body_bytes,
             ready: ready.clone(),
+            tls: config.tls.enabled(),
         });
         let limits = serve::Limits {
             max_connections,
@@ -515,9 +539,12 @@ impl Server {
         if self.config.shutdown.terminate_workers {
             match self.management.terminate_all().await {
                 Ok(failures) => {
+                    let still_running: std::collections::BTreeSet<WorkerId> =
+                        failures.iter().map(|(id, _)| id.clone()).collect();
                     for (worker_id, error) in failures {
                         tracing::error!(%worker_id, %error, "could not terminate worker at shutdown");
                     }
+                    record_stopped_jobs(self.store.as_ref(), &still_running).await;
                 }
                 Err(error) => tracing::error!(%error, "could not list workers to terminate"),
             }
@@ -637,6 +664,55 @@ async fn confirm_dead_workers(
                 tokio::time::sleep(DEATH_CHECK_INTERVAL).await;
             }
         });
+    }
+}
+
+/// After a shutdown stopped its workers (the dispatcher is stopped already): the attempts
+/// they ran end as lost now, in the store, so a restarted server requeues those jobs at once
+/// (or fails them, per [`hodei_core::job::after_attempt`]) instead of waiting out the lease
+/// for agents that will not come back. Jobs of workers that could not be stopped stay in
+/// flight.
+async fn record_stopped_jobs(
+    store: &dyn Store,
+    still_running: &std::collections::BTreeSet<WorkerId>,
+) {
+    use hodei_core::JobState;
+    use hodei_core::job::{AttemptOutcome, after_attempt};
+    let unfinished = match store.list_jobs(&hodei_ports::JobFilter::unfinished()).await {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            tracing::error!(%error, "cannot record the jobs the shutdown stopped; a restart waits out their lease");
+            return;
+        }
+    };
+    for job in unfinished {
+        let stopped = matches!(job.state, JobState::Assigned | JobState::Running)
+            && job
+                .worker_id
+                .as_ref()
+                .is_some_and(|w| !still_running.contains(w));
+        if !stopped {
+            continue;
+        }
+        let previous = job.state;
+        let (next, reason) = after_attempt(&job, AttemptOutcome::WorkerLost);
+        let mut ended = job;
+        ended.state = next;
+        ended.reason = Some(format!(
+            "{}: the server shut down and stopped its worker",
+            reason.unwrap_or_else(|| "worker lost".to_owned())
+        ));
+        if next.is_terminal() {
+            ended.finished_at = Some(std::time::SystemTime::now());
+        }
+        match store.update_job(&ended, previous).await {
+            Ok(()) => {
+                tracing::info!(job_id = %ended.id, state = %next, "recorded a job the shutdown stopped")
+            }
+            Err(error) => {
+                tracing::warn!(job_id = %ended.id, %error, "cannot record a job the shutdown stopped")
+            }
+        }
     }
 }
 

@@ -40,6 +40,7 @@ fn seeds() -> Vec<Vec<u8>> {
         metadata: None,
     };
     let submit = v1::SubmitJobRequest {
+        allow_pending: false,
         spec: Some(v1::JobSpec {
             script: "echo hi".into(),
             tenant: "team".into(),

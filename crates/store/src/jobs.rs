@@ -104,6 +104,12 @@ pub(crate) async fn list_jobs(pool: &SqlitePool, filter: &JobFilter) -> Result<V
             .push(" AND worker_id = ")
             .push_bind(worker_id.as_str());
     }
+    if let Some(class) = filter.sla_class {
+        // Every stored spec names its class (the field predates SLA tracking).
+        query
+            .push(" AND json_extract(job_json, '$.spec.sla_class') = ")
+            .push_bind(class.as_str());
+    }
     match filter.limit {
         None => {
             query.push(" ORDER BY sequence");
@@ -624,7 +630,7 @@ mod tests {
 
     #[test]
     fn streams_round_trip_through_their_column_names() {
-        for stream in [LogStream::Stdout, LogStream::Stderr] {
+        for stream in [LogStream::Stdout, LogStream::Stderr, LogStream::Output] {
             assert_eq!(LogStream::parse(stream.as_str()), Some(stream));
         }
         assert_eq!(LogStream::parse("stdin"), None);

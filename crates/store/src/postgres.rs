@@ -341,6 +341,11 @@ impl Store for PostgresStore {
                 .push(" AND worker_id = ")
                 .push_bind(worker_id.as_str());
         }
+        if let Some(class) = filter.sla_class {
+            query
+                .push(" AND (job_json::jsonb -> 'spec' ->> 'sla_class') = ")
+                .push_bind(class.as_str());
+        }
         match filter.limit {
             None => {
                 query.push(" ORDER BY sequence");

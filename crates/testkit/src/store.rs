@@ -241,6 +241,7 @@ impl Store for MemoryStore {
             .filter(|job| filter.states.is_empty() || filter.states.contains(&job.state))
             .filter(|job| filter.tenant.as_ref().is_none_or(|t| *t == job.spec.tenant))
             .filter(|job| filter.queue.as_ref().is_none_or(|q| *q == job.spec.queue))
+            .filter(|job| filter.sla_class.is_none_or(|c| c == job.spec.sla_class))
             .filter(|job| {
                 filter
                     .worker_id
@@ -1211,6 +1212,7 @@ fn rich_job(name: &str, command: Command) -> Job {
             timeout: Some(Duration::new(5_400, 250_000_001)),
             max_retries: 3,
             sla_class: SlaClass::BestEffort,
+            no_preempt: true,
         },
         state: JobState::Running,
         attempts: 2,
@@ -1223,6 +1225,16 @@ fn rich_job(name: &str, command: Command) -> Job {
         finished_at: Some(job_time(3)),
         // The store assigns the sequence; this one must be ignored.
         sequence: u64::MAX,
+        deadline: Some(job_time(4)),
+        first_started_at: Some(job_time(2)),
+        preempted: 1,
+        preemptions: vec![hodei_core::job::PreemptionRecord {
+            at: job_time(5),
+            victim: job_id(name),
+            beneficiary: job_id("rich-beneficiary"),
+            worker_id: id("rich-worker"),
+            reason: "critical job rich-beneficiary at risk ☃".to_owned(),
+        }],
     }
 }
 
@@ -1447,6 +1459,9 @@ async fn list_jobs_filters_and_orders(store: &dyn Store) {
         let mut job = plain_job(name);
         job.spec.tenant = tenant.clone();
         job.spec.queue = queue.clone();
+        if name == "list-c" || name == "list-f" {
+            job.spec.sla_class = SlaClass::Critical;
+        }
         let mut job = job_in_state(store, job, Queued).await;
         if let Some(worker) = worker {
             // Set on assignment, as the scheduler does: the filter must follow updates.
@@ -1563,6 +1578,30 @@ async fn list_jobs_filters_and_orders(store: &dyn Store) {
         (
             "unknown tenant",
             filter(Some(&tenant("list-none")), &[]),
+            vec![],
+        ),
+        (
+            "tenant t2, critical",
+            JobFilter {
+                sla_class: Some(SlaClass::Critical),
+                ..filter(Some(&t2), &[])
+            },
+            vec!["list-c"],
+        ),
+        (
+            "tenant t1, critical",
+            JobFilter {
+                sla_class: Some(SlaClass::Critical),
+                ..filter(Some(&t1), &[])
+            },
+            vec!["list-f"],
+        ),
+        (
+            "tenant t1, best effort",
+            JobFilter {
+                sla_class: Some(SlaClass::BestEffort),
+                ..filter(Some(&t1), &[])
+            },
             vec![],
         ),
         (
@@ -1922,7 +1961,7 @@ fn keys(chunks: &[LogChunk]) -> Vec<(u32, u64)> {
 }
 
 async fn logs_are_ordered_and_stored_once(store: &dyn Store) {
-    use LogStream::{Stderr, Stdout};
+    use LogStream::{Output, Stderr, Stdout};
     let job = insert_job(store, &plain_job("logs")).await;
     let other = insert_job(store, &plain_job("logs-other")).await;
     assert_eq!(
@@ -1935,7 +1974,8 @@ async fn logs_are_ordered_and_stored_once(store: &dyn Store) {
     // Out of order, across attempts, with bytes that are not text, and interleaved with
     // another job's output in the same call.
     let first = [
-        chunk(&job, 2, 0, Stdout, b"second attempt\n"),
+        // Current agents send stdout and stderr as one stream, `output`.
+        chunk(&job, 2, 0, Output, b"second attempt\n"),
         chunk(&job, 1, 1, Stderr, b"\xff\xfe not utf-8 \0 nul\n"),
         chunk(&other, 1, 0, Stdout, b"other job\n"),
         chunk(&job, 1, 0, Stdout, b"first line\n"),
@@ -1948,7 +1988,7 @@ async fn logs_are_ordered_and_stored_once(store: &dyn Store) {
     let resent = [
         chunk(&job, 1, 1, Stdout, b"changed when resent\n"),
         chunk(&job, 1, 2, Stdout, b"third line\n"),
-        chunk(&job, 2, 0, Stdout, b"second attempt\n"),
+        chunk(&job, 2, 0, Output, b"second attempt\n"),
     ];
     append_logs(store, &resent).await;
 

@@ -244,6 +244,7 @@ struct Run {
 /// Submits `true` to the pool and follows it to its end.
 async fn run_one(client: &mut Client) -> anyhow::Result<Run> {
     let request = v1::SubmitJobRequest {
+        allow_pending: false,
         spec: Some(JobSpec {
             argv: vec!["true".into()],
             labels: [("pool".to_owned(), POOL.to_owned())].into(),

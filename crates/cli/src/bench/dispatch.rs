@@ -74,6 +74,7 @@ type Client = JobServiceClient<InterceptedService<Channel, BearerToken>>;
 
 fn no_op() -> v1::SubmitJobRequest {
     v1::SubmitJobRequest {
+        allow_pending: false,
         spec: Some(JobSpec {
             argv: vec!["true".into()],
             ..JobSpec::default()

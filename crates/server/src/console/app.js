@@ -5,6 +5,8 @@ const POLL_MS = 1500;
 const ROLE = document.body.dataset.role;
 const TENANT = document.body.dataset.tenant;
 const ADMIN = ROLE === "admin";
+// Admins cancel any job, tenants their own (the server decides which; a tenant sees only its own).
+const MAY_CANCEL = ADMIN || ROLE === "tenant";
 const CSRF = document.querySelector('meta[name="csrf"]').content;
 
 let current = null; // { route, refresh, timer }
@@ -92,7 +94,7 @@ const views = {
       view(`<h1>Overview</h1>
         ${ADMIN ? '<section class="card"><h2>Pools</h2><div id="pools">Loading…</div></section>' : ""}
         <section class="card"><h2>Queues</h2><div id="queues">Loading…</div></section>
-        <section class="card"><h2>Tenants</h2><div id="tenants">Loading…</div></section>
+        <section class="card"><h2>Tenants</h2><div id="tenants">Loading…</div><p>${link("#/tenants", "Quotas, usage, share and burst")}</p></section>
         <section class="card"><h2>Jobs waiting</h2><div id="waiting">Loading…</div></section>`);
     },
     async refresh() {
@@ -194,7 +196,8 @@ const views = {
       this.complete = false;
       view(`<h1>Job <code>${esc(id)}</code></h1>
         <section class="card"><div id="job">Loading…</div><div id="job-actions"></div></section>
-        <section class="card"><h2>Log</h2><pre class="log" id="log" aria-live="off" tabindex="0"></pre></section>`);
+        <section class="card"><h2>Log</h2><pre class="log" id="log" aria-live="off" tabindex="0"></pre></section>
+        <section class="card"><h2>History</h2><div id="history">Loading…</div></section>`);
     },
     async refresh(id) {
       const job = await api("/jobs/" + encodeURIComponent(id));
@@ -211,7 +214,10 @@ const views = {
         <dt>Started</dt><dd>${when(job.started_at)}</dd>
         <dt>Finished</dt><dd>${when(job.finished_at)}</dd></dl>`);
       const actions = document.getElementById("job-actions");
-      if (ADMIN && !job.finished && !actions.querySelector("button")) {
+      fill("history", table([{ label: "When" }, { label: "What" }, { label: "Detail" }],
+        (job.history || []).map((e) => [when(new Date(e.at_ms).toISOString()), esc(e.what), esc(e.detail || "")]),
+        "No history recorded."));
+      if (MAY_CANCEL && !job.finished && !actions.querySelector("button")) {
         actions.innerHTML = '<p><button type="button" class="danger" id="cancel">Cancel job</button> <span id="action-result" role="status"></span></p>';
         document.getElementById("cancel").addEventListener("click", async () => {
           try { await post("/jobs/" + encodeURIComponent(id) + "/cancel"); fill("action-result", "Cancel requested."); }
@@ -239,6 +245,34 @@ const views = {
         if (page.complete) { this.complete = true; log.dataset.complete = "true"; return; }
         if (!page.chunks.length) return;
       }
+    },
+  },
+
+  tenants: {
+    mount() {
+      view(`<h1>${ADMIN ? "Tenants" : "Tenant " + esc(TENANT)}</h1><section class="card"><div id="tenant-list">Loading…</div></section>`);
+    },
+    async refresh() {
+      const { tenants } = await api("/tenants");
+      const QUOTAS = [["running_jobs", "max_running_jobs"], ["cpu", "max_cpu"], ["memory_mb", "max_memory_mb"], ["workers", "max_workers"], ["daily_cost", "max_daily_cost"]];
+      const quotas = (t) => {
+        const soft = t.settings.soft || [];
+        const parts = QUOTAS.map(([name, key]) => {
+          const limit = t.settings[key];
+          const used = name === "daily_cost" ? Number(t.usage[name]).toFixed(4) : t.usage[name];
+          if (limit === undefined || limit === null) return `${esc(name)} ${esc(used)}`;
+          return `${esc(name)} ${esc(used)} / ${esc(limit)} ${soft.includes(name) ? "(soft)" : "(hard)"}`;
+        });
+        return parts.join("<br>");
+      };
+      const burst = (b) => b === "active" ? '<span class="state s-wait" data-icon="⇡">active</span>'
+        : b === "cooldown" ? '<span class="state s-off" data-icon="↓">cooldown</span>' : '<span class="state s-ok" data-icon="○">ready</span>';
+      fill("tenant-list", table(
+        [{ label: "Tenant" }, { label: "Weight", num: true }, { label: "Usage / quota" }, { label: "Queued", num: true }, { label: "Share, last hour", num: true }, { label: "Burst" }],
+        tenants.map((t) => [(ADMIN ? link("#/jobs?tenant=" + encodeURIComponent(t.name), t.name) : esc(t.name)) + (t.configured ? "" : ' <span class="muted">(auto)</span>'),
+          esc(t.settings.tier ? `${t.weight} (${t.settings.tier})` : t.weight), quotas(t), String(t.queued),
+          `${(t.share_last_hour * 100).toFixed(1)}% (${t.started_last_hour} started)`, burst(t.burst)]),
+        "No tenants."));
     },
   },
 
@@ -293,6 +327,7 @@ function route() {
   if (parts[0] === "jobs" && parts[1]) return { view: views.job, arg: parts[1], params };
   if (parts[0] === "jobs") return { view: views.jobs, arg: null, params };
   if (parts[0] === "workers" && ADMIN) return { view: views.workers, arg: null, params };
+  if (parts[0] === "tenants") return { view: views.tenants, arg: null, params };
   return { view: views.overview, arg: null, params };
 }
 

@@ -1,0 +1,201 @@
+//! Draining workers on request (`hodei worker drain ID [--then terminate|keep]`): a drained
+//! worker gets no new job (the registry's `draining` mark, which the dispatcher reads),
+//! finishes the job it runs, then is terminated (its pool replaces it) or stays drained
+//! until it is undrained. The store records the worker as `draining` meanwhile.
+//!
+//! Which drained workers are done is [`hodei_core::lifecycle::drained_to_terminate`]; the
+//! dispatcher's own [`JobService::drain`] takes each out of matching only if it is idle at
+//! that very turn, so a job cannot slip onto a worker as it is terminated.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hodei_core::lifecycle::drained_to_terminate;
+use hodei_core::{AfterDrain, WorkerId, WorkerState};
+use hodei_ports::{SchedulerError, Store, store};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{JobError, JobService, PoolManager, SchedulerRegistry, WorkerManagementService};
+
+/// How often drained workers are looked at, besides right after a drain request.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Why a drain or undrain was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// The scheduler holds no such worker.
+    #[error("worker {0} not found")]
+    NotFound(WorkerId),
+    /// The worker's recorded state cannot become draining (still provisioning, or gone).
+    #[error("worker {id} is {state}: it cannot be drained")]
+    NotDrainable { id: WorkerId, state: WorkerState },
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// See the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct WorkerDrains {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Arc<SchedulerRegistry>,
+    jobs: JobService,
+    management: Arc<WorkerManagementService>,
+    store: Arc<dyn Store>,
+    pools: PoolManager,
+    /// Workers taken out of matching for good whose termination has not succeeded yet.
+    terminating: Mutex<BTreeSet<WorkerId>>,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for WorkerDrains {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerDrains").finish_non_exhaustive()
+    }
+}
+
+impl WorkerDrains {
+    pub fn new(
+        registry: Arc<SchedulerRegistry>,
+        jobs: JobService,
+        management: Arc<WorkerManagementService>,
+        store: Arc<dyn Store>,
+        pools: PoolManager,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                jobs,
+                management,
+                store,
+                pools,
+                terminating: Mutex::default(),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// Drains `id`: no new job from now on, then `then`. Draining again changes `then`.
+    pub async fn drain(&self, id: &WorkerId, then: AfterDrain) -> Result<(), DrainError> {
+        let inner = &self.inner;
+        let before = inner
+            .registry
+            .set_draining(id, Some(then))
+            .map_err(|error| not_found(id, error))?;
+        if let Err(error) = record_state(inner.store.as_ref(), id, WorkerState::Draining).await {
+            // Nothing changed after all.
+            let _ = inner.registry.set_draining(id, before);
+            return Err(error);
+        }
+        tracing::info!(worker_id = %id, %then, "worker drained");
+        inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Undrains `id`: it takes jobs again. Refused once its termination has begun.
+    pub async fn undrain(&self, id: &WorkerId) -> Result<(), DrainError> {
+        let inner = &self.inner;
+        if lock(&inner.terminating).contains(id) {
+            return Err(DrainError::NotDrainable {
+                id: id.clone(),
+                state: WorkerState::Terminated,
+            });
+        }
+        let before = inner
+            .registry
+            .set_draining(id, None)
+            .map_err(|error| not_found(id, error))?;
+        if let Err(error) = record_state(inner.store.as_ref(), id, WorkerState::Idle).await {
+            let _ = inner.registry.set_draining(id, before);
+            return Err(error);
+        }
+        tracing::info!(worker_id = %id, "worker undrained");
+        Ok(())
+    }
+
+    /// Terminates drained workers as they finish their jobs, until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(CHECK_EVERY) => {}
+            }
+            if let Err(error) = self.step().await {
+                tracing::warn!(%error, "could not finish drained workers");
+            }
+        }
+    }
+
+    /// One pass: takes the idle workers drained to terminate out of matching, then
+    /// terminates them (and retries those whose termination failed before).
+    async fn step(&self) -> Result<(), JobError> {
+        let inner = &self.inner;
+        let draining: Vec<(WorkerId, AfterDrain)> = inner
+            .registry
+            .filter_map(|entry| entry.draining.map(|then| (entry.worker.id.clone(), then)));
+        let done = drained_to_terminate(draining.iter().map(|(id, then)| (id, *then)), |id| {
+            inner.jobs.worker_activity(id).is_some()
+        });
+        if !done.is_empty() {
+            // The dispatcher takes out only those still idle at its turn.
+            let retired = inner.jobs.drain(done).await?;
+            if !retired.is_empty() {
+                // The pool manager sees them leave and provisions their replacements.
+                inner.pools.wake();
+            }
+            lock(&inner.terminating).extend(retired);
+        }
+        let terminating: Vec<WorkerId> = lock(&inner.terminating).iter().cloned().collect();
+        for id in terminating {
+            match inner.management.terminate_worker(&id).await {
+                Ok(()) => {
+                    tracing::info!(worker_id = %id, "drained worker terminated");
+                    lock(&inner.terminating).remove(&id);
+                }
+                Err(crate::WorkerManagementError::WorkerNotFound(_)) => {
+                    // Hand-started, never recorded: nothing to stop but its registration.
+                    let _ = inner.registry.unregister(&id);
+                    lock(&inner.terminating).remove(&id);
+                }
+                Err(error) => {
+                    tracing::warn!(worker_id = %id, %error, "could not terminate a drained worker, retrying");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The registry's only refusal of a drain mark is an unknown worker.
+fn not_found(id: &WorkerId, _: SchedulerError) -> DrainError {
+    DrainError::NotFound(id.clone())
+}
+
+/// Records `to` for a worker the store knows (a hand-started agent may have no record).
+async fn record_state(store: &dyn Store, id: &WorkerId, to: WorkerState) -> Result<(), DrainError> {
+    let Some(record) = store.get_worker(id).await? else {
+        return Ok(());
+    };
+    if record.state == to {
+        return Ok(());
+    }
+    if !record.state.can_transition_to(to) {
+        return Err(DrainError::NotDrainable {
+            id: id.clone(),
+            state: record.state,
+        });
+    }
+    store.transition_worker(id, to).await?;
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
