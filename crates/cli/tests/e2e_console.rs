@@ -762,6 +762,20 @@ async fn the_console_in_a_real_browser() {
         .await;
     browser.screenshot(&docs_dir().join("tenants.png")).await;
 
+    // Drain the idle worker from the workers page: it takes no new job and, its job done,
+    // goes; the pool puts a new worker in its place.
+    browser.go(&format!("{}/#/workers", server.url())).await;
+    browser.wait_text(&[worker.as_str(), "Drain"]).await;
+    browser
+        .click(&format!("button[data-drain=\"{worker}\"]"))
+        .await;
+    wait_for("the drained worker to go", LIMIT, || async {
+        server.scheduler().get(&worker).is_none().then_some(())
+    })
+    .await;
+    let replacement = wait_for_registered_workers(&server, 1).await.remove(0);
+    assert_ne!(replacement, worker, "the pool replaced the drained worker");
+
     browser.quit().await;
     server.shutdown().await.unwrap();
 }

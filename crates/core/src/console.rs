@@ -30,8 +30,8 @@ pub enum ConsoleAction {
     ViewJobs,
     /// Cancel a job (which ones: [`job_scope`]).
     CancelJob,
-    /// Terminate a worker.
-    TerminateWorker,
+    /// Drain, undrain or terminate a worker.
+    ManageWorker,
     /// Tenants: quotas, usage, share, burst (which ones: [`job_scope`]; a tenant its own).
     ViewTenants,
 }
@@ -41,7 +41,7 @@ impl ConsoleAction {
         ConsoleAction::ViewFleet,
         ConsoleAction::ViewJobs,
         ConsoleAction::CancelJob,
-        ConsoleAction::TerminateWorker,
+        ConsoleAction::ManageWorker,
         ConsoleAction::ViewTenants,
     ];
 }
@@ -213,7 +213,7 @@ mod tests {
         ];
         for (role, sign_in, expected) in table {
             assert_eq!(may_sign_in(role), sign_in, "{role}");
-            for (action, allowed) in [ViewFleet, ViewJobs, CancelJob, TerminateWorker, ViewTenants]
+            for (action, allowed) in [ViewFleet, ViewJobs, CancelJob, ManageWorker, ViewTenants]
                 .into_iter()
                 .zip(expected)
             {
@@ -316,7 +316,7 @@ mod tests {
                 if console_permits(role, action) {
                     prop_assert!(may_sign_in(role));
                 }
-                if matches!(action, ConsoleAction::TerminateWorker | ConsoleAction::ViewFleet) && console_permits(role, action) {
+                if matches!(action, ConsoleAction::ManageWorker | ConsoleAction::ViewFleet) && console_permits(role, action) {
                     prop_assert_eq!(role, Role::Admin);
                 }
             }

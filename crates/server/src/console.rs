@@ -183,6 +183,8 @@ where
             "/console/api/workers/{id}/terminate",
             post(terminate_worker),
         )
+        .route("/console/api/workers/{id}/drain", post(drain_worker))
+        .route("/console/api/workers/{id}/undrain", post(undrain_worker))
         .route("/console/api/jobs", get(jobs))
         .route("/console/api/jobs/{id}", get(job))
         .route("/console/api/jobs/{id}/logs", get(job_logs))
@@ -239,7 +241,7 @@ fn authorize(
     }
     let changes = matches!(
         action,
-        ConsoleAction::CancelJob | ConsoleAction::TerminateWorker
+        ConsoleAction::CancelJob | ConsoleAction::ManageWorker
     );
     if changes {
         let presented = headers
@@ -492,8 +494,33 @@ async fn terminate_worker(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, ConsoleAction::TerminateWorker)?;
+    authorize(&state, &headers, ConsoleAction::ManageWorker)?;
     Ok(http::terminate_worker(State(state.app), Path(id))
+        .await?
+        .into_response())
+}
+
+/// `POST /console/api/workers/{id}/drain`: the API's drain with its body (`{"then": "keep"}`
+/// or empty for terminate afterwards).
+async fn drain_worker(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, ConsoleAction::ManageWorker)?;
+    Ok(http::drain_worker(State(state.app), Path(id), body)
+        .await?
+        .into_response())
+}
+
+async fn undrain_worker(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, ConsoleAction::ManageWorker)?;
+    Ok(http::undrain_worker(State(state.app), Path(id))
         .await?
         .into_response())
 }

@@ -496,24 +496,25 @@ impl<'a> Sim<'a> {
                     sla_class: traced.sla_class,
                     ..JobSpec::new(Command::Argv(vec!["true".to_owned()]))
                 };
+                let submitted_at = UNIX_EPOCH + Duration::from_millis(now);
                 Job {
                     id: job_id(i),
-                    spec,
                     state: hodei_core::JobState::Queued,
                     attempts: 0,
                     withdrawn: 0,
                     worker_id: None,
                     exit_code: None,
                     reason: None,
-                    submitted_at: UNIX_EPOCH + Duration::from_millis(now),
+                    submitted_at,
                     started_at: None,
                     finished_at: None,
                     sequence: i as u64,
-                    // Stamped by the machine at admission from its `[sla]` settings.
-                    deadline: None,
+                    // Stamped as the server stamps it, so the at-risk boost orders the queue.
+                    deadline: Some(submitted_at + spec.sla_class.deadline()),
                     first_started_at: None,
                     preempted: 0,
                     preemptions: Vec::new(),
+                    spec,
                 }
             })
             .collect();

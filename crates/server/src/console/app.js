@@ -294,6 +294,15 @@ async function runningJobs() {
   return byWorker;
 }
 
+// A drained worker offers undrain; any other live one drain (it finishes its job first, then
+// goes and its pool replaces it).
+function workerActions(w) {
+  const drain = w.state === "draining"
+    ? `<button type="button" data-undrain="${esc(w.id)}">Undrain</button>`
+    : `<button type="button" data-drain="${esc(w.id)}" title="No new job; terminated once its job is done">Drain</button>`;
+  return drain + ` <button type="button" class="danger" data-terminate="${esc(w.id)}">Terminate</button>`;
+}
+
 function workerTable(workers, jobsByWorker) {
   const html = table(
     [{ label: "Worker" }, { label: "State" }, { label: "Pool" }, { label: "Current job" }, { label: "Connected" }, { label: "Heartbeat" }, { label: "Load" }, { label: "Since" }, { label: "Actions" }],
@@ -301,9 +310,18 @@ function workerTable(workers, jobsByWorker) {
       jobsByWorker[w.id] ? link("#/jobs/" + jobsByWorker[w.id], jobsByWorker[w.id]) : "–",
       w.connected ? "yes" : "no", w.last_seen ? when(w.last_seen) : '<span class="muted">never</span>',
       esc(w.labels && w.labels.load ? w.labels.load : "–"), when(w.provisioned_at),
-      ADMIN && w.state !== "terminated" ? `<button type="button" class="danger" data-terminate="${esc(w.id)}">Terminate</button>` : "–"]),
+      ADMIN && w.state !== "terminated" ? workerActions(w) : "–"]),
     "No worker.");
   setTimeout(() => {
+    for (const button of document.querySelectorAll("button[data-drain], button[data-undrain]")) {
+      button.addEventListener("click", async () => {
+        const id = button.dataset.drain || button.dataset.undrain;
+        const what = button.dataset.drain ? "drain" : "undrain";
+        try { await post("/workers/" + encodeURIComponent(id) + "/" + what); }
+        catch (e) { window.alert(e.message); }
+        tick();
+      });
+    }
     for (const button of document.querySelectorAll("button[data-terminate]")) {
       button.addEventListener("click", async () => {
         if (!window.confirm("Terminate worker " + button.dataset.terminate + "?")) return;
