@@ -240,6 +240,8 @@ async fn rest(
             Some(json!({"name": tenant, "weight": 1000})),
         ),
         ("POST", "/api/v1/tenants/{name}/tokens") => (http.post(&url), Some(json!({}))),
+        ("POST", "/api/v1/workers/{id}/drain") => (http.post(&url), Some(json!({"then": "keep"}))),
+        ("POST", "/api/v1/workers/{id}/undrain") => (http.post(&url), None),
         ("POST", "/api/v1/tokens") => (
             http.post(&url),
             Some(json!({"role": "admin", "description": "escalation"})),
@@ -387,7 +389,7 @@ async fn grpc(
                         },
                         ..Default::default()
                     }),
-                    ..Default::default()
+                    allow_pending: false,
                 })
                 .await
                 .map(drop),

@@ -9,9 +9,11 @@
 //! number, so whatever an agent says about an attempt the server already gave up on is
 //! *stale*: recorded as such, never as the job's result.
 //!
-//! Everything here is a pure function of its inputs and a clock reading passed in, so the
-//! dispatcher only applies the verdicts (and a later state machine can own them whole).
+//! Everything here is a pure function of its inputs and a clock reading passed in, so that
+//! the dispatcher's state machine (`dispatch::Dispatch`) judges every attempt in flight on
+//! each tick, on its own clock ([`Millis`]), and the server only applies what it decides.
 
+use std::ops::Add;
 use std::time::{Duration, Instant};
 
 use crate::job::JobState;
@@ -77,32 +79,53 @@ impl FencePolicy {
     }
 }
 
+/// A reading of a clock [`judge`] can compute deadlines on: [`Instant`], or [`Millis`] (what
+/// the dispatcher's state machine is driven by).
+pub trait Moment: Copy + Ord + Add<Duration, Output = Self> {}
+
+impl<T: Copy + Ord + Add<Duration, Output = T>> Moment for T {}
+
+/// Milliseconds on the dispatcher's clock (since the Unix epoch in the server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Millis(pub u64);
+
+impl Add<Duration> for Millis {
+    type Output = Self;
+
+    fn add(self, rhs: Duration) -> Self {
+        Self(
+            self.0
+                .saturating_add(u64::try_from(rhs.as_millis()).unwrap_or(u64::MAX)),
+        )
+    }
+}
+
 /// What the server knows of the worker running an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Presence {
+pub enum Presence<T = Instant> {
     /// Its session is open and it was last heard from (hello or heartbeat) at this instant.
-    Connected { last_heard: Instant },
+    Connected { last_heard: T },
     /// Its session closed (or has not reopened since the server started) at this instant.
-    Disconnected { since: Instant },
+    Disconnected { since: T },
     /// The provider confirmed its agent is dead: nothing of it can still run.
     Dead,
 }
 
 /// One attempt in flight, as [`judge`] needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InFlight {
+pub struct InFlight<T = Instant> {
     /// `Assigned` or `Running`; anything else is never judged.
     pub state: JobState,
     /// When the assignment was recorded.
-    pub assigned_at: Instant,
+    pub assigned_at: T,
     /// When the agent said it started the job.
-    pub started_at: Option<Instant>,
+    pub started_at: Option<T>,
     /// The job's own timeout per attempt.
     pub timeout: Option<Duration>,
-    pub presence: Presence,
+    pub presence: Presence<T>,
     /// The agent reconnected at this instant without listing the job among its running
     /// ones: its result may still be on the way, otherwise the attempt is gone.
-    pub unconfirmed_since: Option<Instant>,
+    pub unconfirmed_since: Option<T>,
 }
 
 /// Why an attempt counts as lost.
@@ -128,9 +151,9 @@ impl LostBecause {
 
 /// What to do with an attempt in flight now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Verdict<T = Instant> {
     /// Nothing yet; judge again at `until` at the latest (`None`: no deadline pending).
-    Wait { until: Option<Instant> },
+    Wait { until: Option<T> },
     /// The assignment was not accepted in time: take it back and queue the job again
     /// without spending an attempt, tell the agent to drop it, and mark the worker unhealthy.
     Withdraw,
@@ -154,12 +177,12 @@ pub enum Verdict {
 ///
 /// A silent worker's attempt is never withdrawn: its agent may have started the job, so only
 /// the lease (after which it has killed it) makes a second attempt safe.
-pub fn judge(job: &InFlight, policy: &FencePolicy, now: Instant) -> Verdict {
+pub fn judge<T: Moment>(job: &InFlight<T>, policy: &FencePolicy, now: T) -> Verdict<T> {
     if !matches!(job.state, JobState::Assigned | JobState::Running) {
         return Verdict::Wait { until: None };
     }
-    let mut next: Option<Instant> = None;
-    let mut pending = |deadline: Instant| {
+    let mut next: Option<T> = None;
+    let mut pending = |deadline: T| {
         next = Some(next.map_or(deadline, |n| n.min(deadline)));
     };
     let heard = match job.presence {

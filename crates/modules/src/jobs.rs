@@ -2,11 +2,11 @@
 //! over the agents' sessions, results, cancellation, and recovery after a restart.
 //!
 //! One task, the dispatcher, owns all of it and applies events one at a time, so no two
-//! code paths can move the same job; every change is written to the store before anyone
-//! (a client, an agent) is told. The decisions come from `hodei_core`: queue order
-//! (`queue`), who runs what (`matching::plan_dispatch`), what an attempt's end means
-//! (`job::after_attempt`), when an attempt in flight is given up on and whether a report is
-//! about the attempt in flight (`fence::judge`, `fence::classify_report`).
+//! code paths can move the same job. It is a thin driver of `hodei_core::dispatch::Dispatch`,
+//! the state machine that makes every decision (admission, fair and quota-checked starts,
+//! retirement, fencing of attempts in flight, reconnects, cancels): the dispatcher gathers
+//! inputs stamped with one [`Clock`], records the writes the machine proposes, commits them,
+//! and only then applies the effects (sends to agents, replies, retirements, metrics).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -14,17 +14,16 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use hodei_core::cost::{self, AttemptTotals, AttemptUsage};
-use hodei_core::fence::{
-    self, CurrentAttempt, FencePolicy, InFlight, LostBecause, Presence, Report, Verdict,
+use hodei_core::dispatch::{
+    Dispatch, DispatchConfig, Effect, Fenced, Input, Proposal, Refusal, Seen, Times, WorkerView,
 };
-use hodei_core::job::{AttemptOutcome, after_attempt};
-use hodei_core::matching::{self, IdleWorker};
-use hodei_core::tenancy::{
-    self, AdmissionError, BurstState, DailyCost, FairShare, Resource, StartWindow, Tenants, Usage,
-};
+use hodei_core::fence::{FencePolicy, LostBecause, Report};
+use hodei_core::job::AttemptOutcome;
+use hodei_core::matching::IdleWorker;
+use hodei_core::tenancy::{AdmissionError, BurstState, Resource, Tenants, Usage};
 use hodei_core::{
-    Job, JobId, JobSpec, JobState, QueueConfig, QueueEntry, QueueError, Queues, Requirements,
-    TenantName, ValidationError, WorkerCapabilities, WorkerId, WorkerState,
+    Job, JobId, JobSpec, JobState, QueueConfig, QueueError, Queues, Requirements, TenantName,
+    ValidationError, WorkerCapabilities, WorkerId, WorkerState,
 };
 use hodei_ports::store::{self, JobFilter, LogChunk};
 use hodei_ports::{AgentLink, Store};
@@ -226,13 +225,28 @@ impl std::fmt::Debug for JobService {
 
 impl JobService {
     /// Loads unfinished jobs from the store and starts the dispatcher, which runs until
-    /// `cancel`. Retired workers are announced on the returned receiver.
+    /// `cancel`, on the server's clock ([`TokioClock`]). Retired workers are announced on
+    /// the returned receiver.
     pub async fn start(
         config: JobServiceConfig,
         store: Arc<dyn Store>,
         registry: Arc<SchedulerRegistry>,
         link: Arc<dyn AgentLink>,
         metrics: JobMetrics,
+        cancel: CancellationToken,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Retired>), JobError> {
+        let clock = Arc::new(TokioClock::new());
+        Self::start_with_clock(config, store, registry, link, metrics, clock, cancel).await
+    }
+
+    /// [`JobService::start`] with the clock every input of the dispatcher is stamped with.
+    pub async fn start_with_clock(
+        config: JobServiceConfig,
+        store: Arc<dyn Store>,
+        registry: Arc<SchedulerRegistry>,
+        link: Arc<dyn AgentLink>,
+        metrics: JobMetrics,
+        clock: Arc<dyn Clock>,
         cancel: CancellationToken,
     ) -> Result<(Self, mpsc::UnboundedReceiver<Retired>), JobError> {
         let queues = Queues::new(config.queues.clone())?;
@@ -242,6 +256,14 @@ impl JobService {
         let activity = Activity::default();
         let (usage, usage_rows) = mpsc::unbounded_channel();
         tokio::spawn(write_usage(store.clone(), usage_rows));
+        let machine = Dispatch::new(
+            DispatchConfig {
+                fence: config.fence,
+                sla: config.sla.clone(),
+            },
+            queues,
+            config.tenants.clone(),
+        );
         let mut dispatcher = Dispatcher {
             activity: activity.clone(),
             changed,
@@ -250,20 +272,12 @@ impl JobService {
             registry,
             link,
             metrics,
-            queues,
-            jobs: HashMap::new(),
-            slots: HashMap::new(),
-            cancel_requested: HashSet::new(),
+            machine,
+            clock,
             logs: Vec::new(),
             retired,
             arrived: Vec::new(),
             ran: Vec::new(),
-            fair: FairShare::default(),
-            bursts: BTreeMap::new(),
-            daily_cost: DailyCost::default(),
-            starts: StartWindow::default(),
-            dead: HashSet::new(),
-            started: Instant::now(),
             usage,
             sla: sla_tracking::SlaState::default(),
         };
@@ -490,17 +504,6 @@ struct ReportedEnd {
     healthy: bool,
 }
 
-/// An attempt's end, decided but not yet recorded.
-#[derive(Debug)]
-struct AttemptEnd {
-    /// The job in its next state.
-    job: Job,
-    /// The state it is recorded in now.
-    previous: JobState,
-    lost: bool,
-    healthy: bool,
-}
-
 /// A page of a job's output, from [`JobService::logs_page`].
 #[derive(Debug, Clone)]
 pub struct LogPage {
@@ -511,53 +514,39 @@ pub struct LogPage {
     pub complete: bool,
 }
 
-/// What the dispatcher knows of one worker beyond the registry.
-#[derive(Debug, Default)]
-struct Slot {
-    job: Option<JobId>,
-    uses: u32,
-    /// Retired (max uses, failed health check) or drained: never matched again.
-    retired: bool,
-    /// When it last became idle; `None` until the dispatcher first sees it.
-    idle_since: Option<Instant>,
-    /// An assignment could not be delivered, or was not accepted in time; cleared when the
-    /// agent connects again.
-    unreachable: bool,
+/// The one clock the dispatcher reads: every input to its state machine is stamped with it.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
 }
 
-/// A job not yet ended, and the bookkeeping the store does not need.
-#[derive(Debug)]
-struct Live {
-    job: Job,
-    /// When it (re-)entered its queue, for the wait-time histogram.
-    queued_at: Instant,
-    /// When it was handed to a worker, for the dispatch-latency histogram and the assign
-    /// timeout.
-    assigned_at: Option<Instant>,
-    /// When its agent said it started, for the job's timeout.
-    started_at: Option<Instant>,
-    /// When its agent reconnected without listing it among its running jobs.
-    unconfirmed_since: Option<Instant>,
+/// The server's clock: the wall clock when it was made, advanced by tokio's monotonic clock
+/// (so it never goes back, and follows tokio's paused time in tests).
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    base_ms: u64,
+    base: Instant,
 }
 
-impl Live {
-    fn new(job: Job, queued_at: Instant) -> Self {
+impl TokioClock {
+    pub fn new() -> Self {
         Self {
-            job,
-            queued_at,
-            assigned_at: None,
-            started_at: None,
-            unconfirmed_since: None,
+            base_ms: crate::pools::unix_ms(SystemTime::now()),
+            base: Instant::now(),
         }
     }
+}
 
-    /// The attempt in flight, for [`fence::classify_report`].
-    fn current(&self) -> CurrentAttempt<'_> {
-        CurrentAttempt {
-            state: self.job.state,
-            worker: self.job.worker_id.as_ref(),
-            attempt: self.job.attempts,
-        }
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.base_ms.saturating_add(elapsed)
     }
 }
 
@@ -570,6 +559,9 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The async shell around [`Dispatch`]: it gathers inputs (events, the registry, the clock),
+/// records the writes the machine proposes, commits them, and applies the effects (sends to
+/// agents, replies, retirements, metrics). It decides nothing itself.
 struct Dispatcher {
     activity: Activity,
     changed: watch::Sender<u64>,
@@ -578,29 +570,16 @@ struct Dispatcher {
     registry: Arc<SchedulerRegistry>,
     link: Arc<dyn AgentLink>,
     metrics: JobMetrics,
-    queues: Queues,
-    jobs: HashMap<JobId, Live>,
-    slots: HashMap<WorkerId, Slot>,
-    cancel_requested: HashSet<JobId>,
+    machine: Dispatch,
+    clock: Arc<dyn Clock>,
     logs: Vec<LogChunk>,
     retired: mpsc::UnboundedSender<Retired>,
     /// Since the previous snapshot: submitted jobs' requirements, and (pool, seconds run).
     arrived: Vec<Requirements>,
     ran: Vec<(String, f64)>,
-    /// Workers the provider confirmed dead, until they connect again.
-    dead: HashSet<WorkerId>,
-    /// When the dispatcher started: the silence of workers it has not seen since counts
-    /// from here.
-    started: Instant,
-    /// Virtual time of weighted fair queuing across tenants.
-    fair: FairShare,
-    /// Tenants bursting or cooling down; absent means ready.
-    bursts: BTreeMap<TenantName, BurstState>,
-    daily_cost: DailyCost,
-    starts: StartWindow,
     /// Ended attempts' usage, to [`write_usage`].
     usage: mpsc::UnboundedSender<AttemptUsage>,
-    /// Preemptions under way and missed deadlines counted.
+    /// Missed deadlines counted while queued.
     sla: sla_tracking::SlaState,
 }
 
@@ -624,13 +603,6 @@ async fn write_usage(store: Arc<dyn Store>, mut rows: mpsc::UnboundedReceiver<At
     }
 }
 
-/// Milliseconds since the Unix epoch: the clock the core's tenancy decisions are given.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn log_store_error<T>(what: &str, job_id: &JobId, result: Result<T, store::Error>) -> Option<T> {
     match result {
         Ok(value) => Some(value),
@@ -641,41 +613,36 @@ fn log_store_error<T>(what: &str, job_id: &JobId, result: Result<T, store::Error
     }
 }
 
+/// What the store said about each write of each proposal, in order.
+type Recorded = Vec<Vec<Result<Job, store::Error>>>;
+
 impl Dispatcher {
-    /// Rebuilds the queues and the jobs in flight from the store.
+    /// Rebuilds the machine from the unfinished jobs in the store.
     async fn recover(&mut self) -> Result<(), JobError> {
-        let now = Instant::now();
         let unfinished = self.store.list_jobs(&JobFilter::unfinished()).await?;
-        let (mut queued, mut in_flight) = (0usize, 0usize);
-        for job in unfinished {
-            let mut live = Live::new(job, now);
-            if live.job.state == JobState::Queued {
-                if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
-                    // A queue removed from the configuration: the job still runs, from the
-                    // default queue, rather than being dropped.
-                    tracing::warn!(job_id = %live.job.id, %error, "queue of a recovered job is gone, moving it to the default queue");
-                    let mut entry = QueueEntry::from_job(&live.job);
-                    entry.queue = hodei_core::QueueName::default();
-                    if let Err(error) = self.queues.requeue(entry) {
-                        tracing::error!(job_id = %live.job.id, %error, "cannot queue a recovered job");
-                    }
-                }
-                queued += 1;
-            } else {
-                // Its agent has its lease (plus the margin) to reconnect and say it still
-                // runs it; the timeouts count from now, as the instants before are unknown.
-                live.assigned_at = Some(now);
-                if live.job.state == JobState::Running {
-                    live.started_at = Some(now);
-                }
-                if let Some(worker) = &live.job.worker_id {
-                    self.slots.entry(worker.clone()).or_default().job = Some(live.job.id.clone());
-                    lock(&self.activity).insert(worker.clone(), WorkerState::Busy);
-                }
-                in_flight += 1;
-            }
-            self.jobs.insert(live.job.id.clone(), live);
+        let queues = Queues::new(self.config.queues.clone())?;
+        let now_ms = self.clock.now_ms();
+        let (mut machine, failed) = Dispatch::recover(
+            DispatchConfig {
+                fence: self.config.fence,
+                sla: self.config.sla.clone(),
+            },
+            queues,
+            self.config.tenants.clone(),
+            unfinished,
+            now_ms,
+        );
+        for (job_id, error) in failed {
+            tracing::error!(%job_id, %error, "cannot queue a recovered job");
         }
+        machine.set_pool_shapes(self.config.pools.pool_shapes.clone());
+        let (queued, in_flight) = machine.counts();
+        for job in machine.in_flight() {
+            if let Some(worker) = &job.worker_id {
+                lock(&self.activity).insert(worker.clone(), WorkerState::Busy);
+            }
+        }
+        self.machine = machine;
         if queued + in_flight > 0 {
             tracing::info!(queued, in_flight, "recovered unfinished jobs");
         }
@@ -687,6 +654,8 @@ impl Dispatcher {
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Every turn plans after its events; a tick that changed nothing already did.
+            let mut planned = false;
             let sla_wake = self.sla_wake();
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -701,18 +670,398 @@ impl Dispatcher {
                             Err(_) => break,
                         }
                     }
+                    self.observe_registry();
                     self.handle_all(events).await;
                 }
-                _ = tick.tick() => self.check_deadlines().await,
+                _ = tick.tick() => {
+                    self.observe_registry();
+                    // Planned in the same step as the deadlines, so what they freed or
+                    // requeued is planned again below.
+                    planned = self.drive(Input::Tick).await.is_empty();
+                    self.sla_tick().await;
+                    // Per-tenant gauges once per tick, not per pass: they cost a walk over
+                    // the tenants and the jobs in flight.
+                    self.update_tenant_gauges();
+                }
                 // A job becomes boosted or at risk: order and preempt at once, not a tick late.
-                () = tokio::time::sleep_until(sla_wake) => self.sla_tick().await,
+                () = tokio::time::sleep_until(sla_wake) => {
+                    self.observe_registry();
+                    self.sla_tick().await;
+                }
             }
             self.flush_logs().await;
-            self.dispatch().await;
+            if !planned && self.machine.counts().0 > 0 {
+                self.drive(Input::Plan).await;
+            }
+            self.update_gauges();
             self.changed.send_modify(|generation| *generation += 1);
         }
         self.flush_logs().await;
         self.changed.send_modify(|generation| *generation += 1);
+    }
+
+    /// Tells the machine what the registry knows of every worker now.
+    fn observe_registry(&mut self) {
+        let now_ms = self.clock.now_ms();
+        let now = Instant::now();
+        let max_uses = &self.config.pools.max_uses;
+        let seen = self.registry.filter_map(|entry| {
+            let silent = now.saturating_duration_since(entry.last_seen_at);
+            Some(Seen {
+                worker: IdleWorker::from(&entry.worker),
+                pool_max_uses: entry
+                    .worker
+                    .metadata
+                    .pool
+                    .as_ref()
+                    .and_then(|pool| max_uses.get(pool).copied()),
+                connected: entry.connected,
+                last_heard_ms: now_ms
+                    .saturating_sub(u64::try_from(silent.as_millis()).unwrap_or(u64::MAX)),
+                healthy: entry.liveness == hodei_core::health::Liveness::Healthy,
+                draining: entry.draining.is_some(),
+            })
+        });
+        // Presence needs no write and proposes none.
+        let _ = self.machine.step(Input::Presence(seen), now_ms);
+    }
+
+    /// Steps the machine with one input, then records, commits and applies.
+    async fn drive(&mut self, input: Input) -> Vec<Effect> {
+        let now_ms = self.clock.now_ms();
+        let proposal = self.machine.step(input, now_ms);
+        self.settle(vec![proposal], now_ms).await.0
+    }
+
+    /// Records the writes of `proposals` (one commit for the inserts, one for the updates),
+    /// commits each proposal with what was recorded, and applies the effects, immediate ones
+    /// first. A job already written by an earlier proposal of the batch is not written again
+    /// (two reports of one result in one batch). Returns the effects and what the store said.
+    async fn settle(&mut self, proposals: Vec<Proposal>, now_ms: u64) -> (Vec<Effect>, Recorded) {
+        let mut effects: Vec<Effect> = proposals
+            .iter()
+            .flat_map(|proposal| proposal.immediate.iter().cloned())
+            .collect();
+        let recorded = self.record(&proposals).await;
+        for (proposal, results) in proposals.into_iter().zip(&recorded) {
+            let stored = results.iter().map(|r| r.as_ref().ok().cloned()).collect();
+            effects.extend(self.machine.commit_stored(proposal, stored, now_ms));
+        }
+        let mut all = effects.clone();
+        loop {
+            let undelivered = self.apply(&effects).await;
+            if undelivered.is_empty() {
+                break;
+            }
+            let proposals: Vec<Proposal> = undelivered
+                .into_iter()
+                .map(|(worker, job)| {
+                    self.machine
+                        .step(Input::Undeliverable { worker, job }, now_ms)
+                })
+                .collect();
+            let recorded = self.record(&proposals).await;
+            effects = Vec::new();
+            for (proposal, results) in proposals.into_iter().zip(&recorded) {
+                let stored = results.iter().map(|r| r.as_ref().ok().cloned()).collect();
+                effects.extend(self.machine.commit_stored(proposal, stored, now_ms));
+            }
+            all.extend(effects.iter().cloned());
+        }
+        (all, recorded)
+    }
+
+    /// Records the proposals' writes: new jobs with one commit, changes with another.
+    async fn record(&self, proposals: &[Proposal]) -> Recorded {
+        let mut results: Recorded = proposals
+            .iter()
+            .map(|p| {
+                p.writes
+                    .iter()
+                    .map(|_| Err(store::Error::Unavailable("not recorded".into())))
+                    .collect()
+            })
+            .collect();
+        let mut inserts = Vec::new();
+        let mut updates = Vec::new();
+        let mut written: HashSet<&JobId> = HashSet::new();
+        for (p, proposal) in proposals.iter().enumerate() {
+            let mut mine: HashSet<&JobId> = HashSet::new();
+            for (w, write) in proposal.writes.iter().enumerate() {
+                if written.contains(&write.job.id) {
+                    results[p][w] = Err(store::Error::Unavailable(
+                        "already written in this batch".into(),
+                    ));
+                    continue;
+                }
+                mine.insert(&write.job.id);
+                match write.expected {
+                    None => inserts.push((p, w)),
+                    Some(_) => updates.push((p, w)),
+                }
+            }
+            written.extend(mine);
+        }
+        if !inserts.is_empty() {
+            let jobs: Vec<Job> = inserts
+                .iter()
+                .map(|&(p, w)| proposals[p].writes[w].job.clone())
+                .collect();
+            match self.store.insert_jobs(&jobs).await {
+                Ok(done) => {
+                    for (&(p, w), result) in inserts.iter().zip(done) {
+                        results[p][w] = result;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, jobs = jobs.len(), "could not record submissions");
+                    for &(p, w) in &inserts {
+                        results[p][w] = Err(store::Error::Unavailable(error.to_string()));
+                    }
+                }
+            }
+        }
+        if !updates.is_empty() {
+            let changes: Vec<(Job, JobState)> = updates
+                .iter()
+                .filter_map(|&(p, w)| {
+                    let write = &proposals[p].writes[w];
+                    write.expected.map(|expected| (write.job.clone(), expected))
+                })
+                .collect();
+            match self.store.update_jobs(&changes).await {
+                Ok(done) => {
+                    for ((&(p, w), result), (job, _)) in updates.iter().zip(done).zip(&changes) {
+                        results[p][w] = log_store_error("a job change", &job.id, result)
+                            .map(|()| job.clone())
+                            .ok_or_else(|| store::Error::Unavailable("refused".into()));
+                    }
+                }
+                Err(error) => {
+                    // Nothing changed in memory: results come again (a reconnecting agent
+                    // resends them) or the deadline check comes back to the jobs.
+                    tracing::error!(%error, jobs = changes.len(), "could not record job changes");
+                    for &(p, w) in &updates {
+                        results[p][w] = Err(store::Error::Unavailable(error.to_string()));
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// Applies recorded effects: sends, retirements, worker activity, metrics. Returns the
+    /// assignments that could not be delivered.
+    async fn apply(&mut self, effects: &[Effect]) -> Vec<(WorkerId, JobId)> {
+        let mut undelivered = Vec::new();
+        let mut usage = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Admitted { job, .. } => {
+                    tracing::debug!(job_id = %job.id, queue = %job.spec.queue, priority = job.spec.priority.get(), "job queued");
+                    self.metrics.submitted.inc();
+                    if self.arrived.len() < MAX_SNAPSHOT_QUEUED {
+                        self.arrived.push(job.spec.requirements.clone());
+                    }
+                }
+                Effect::Refused { .. }
+                | Effect::CancelUnknown(_)
+                | Effect::Drained(_)
+                | Effect::CancelAnswered(_) => {}
+                Effect::Assign { worker, job } => {
+                    let times = self.machine.times(&job.id).unwrap_or_default();
+                    let waited = times
+                        .assigned_at_ms
+                        .unwrap_or(times.queued_at_ms)
+                        .saturating_sub(times.queued_at_ms) as f64
+                        / 1000.0;
+                    self.metrics.queue_wait.observe(waited);
+                    self.metrics
+                        .tenant_queue_wait
+                        .get_or_create(&TenantLabels {
+                            tenant: job.spec.tenant.to_string(),
+                        })
+                        .observe(waited);
+                    self.metrics.tenant_started(&job.spec.tenant);
+                    self.metrics.dispatched.inc();
+                    if times.assigned_at_ms.map(at) == job.first_started_at {
+                        self.sla_first_start(job);
+                    }
+                    if self.machine.uses(worker) > 0 {
+                        self.metrics.reused.inc();
+                    }
+                    self.worker_state(worker, WorkerState::Busy);
+                    if let Err(error) = self.link.assign(worker, job).await {
+                        tracing::info!(job_id = %job.id, worker_id = %worker, %error, "assignment not delivered, queueing the job again");
+                        undelivered.push((worker.clone(), job.id.clone()));
+                    }
+                }
+                Effect::Started(id) => {
+                    if let Some(Times {
+                        assigned_at_ms: Some(assigned),
+                        started_at_ms: Some(started),
+                        ..
+                    }) = self.machine.times(id)
+                    {
+                        self.metrics
+                            .dispatch_latency
+                            .observe(started.saturating_sub(assigned) as f64 / 1000.0);
+                    }
+                }
+                Effect::StopJob { worker, job } => {
+                    if let Err(error) = self.link.cancel(worker, job, "cancelled by a user").await {
+                        // The attempt ends as cancelled when the worker is found lost.
+                        tracing::info!(job_id = %job, %error, "cancel will apply when the worker's attempt ends");
+                    }
+                }
+                Effect::Retire { worker, reason } => {
+                    self.metrics
+                        .uses_at_retirement
+                        .observe(f64::from(self.machine.uses(worker)));
+                    tracing::info!(worker_id = %worker, %reason, "retiring worker");
+                    let _ = self.retired.send(Retired {
+                        worker_id: worker.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                Effect::Preempt {
+                    victim,
+                    worker,
+                    grace_ms,
+                    preemption,
+                    ..
+                } => {
+                    self.preempting(preemption);
+                    let grace = Duration::from_millis(*grace_ms);
+                    if let Err(error) = self
+                        .link
+                        .stop_with_grace(worker, victim, &preemption.reason, grace)
+                        .await
+                    {
+                        // Its attempt ends when the worker is found lost, and that end is a
+                        // preemption.
+                        tracing::info!(job_id = %victim, %error, "preemption will apply when the worker's attempt ends");
+                    }
+                }
+                Effect::Ended {
+                    job,
+                    worker,
+                    held_ms,
+                    lost,
+                    preempted,
+                } => {
+                    if let Some(row) = self.ended(job, worker.as_ref(), *held_ms, *lost, *preempted)
+                    {
+                        usage.push(row);
+                    }
+                }
+                Effect::Fenced {
+                    worker,
+                    job,
+                    why,
+                    stop,
+                } => self.fenced(worker.as_ref(), job, *why, *stop).await,
+            }
+        }
+        for row in usage {
+            // The writer lives as long as the service; a send fails only at shutdown.
+            let _ = self.usage.send(row);
+        }
+        undelivered
+    }
+
+    /// A recorded end of an attempt: cost, metrics and the worker's activity.
+    fn ended(
+        &mut self,
+        job: &Job,
+        worker: Option<&WorkerId>,
+        held_ms: u64,
+        lost: bool,
+        preempted: bool,
+    ) -> Option<AttemptUsage> {
+        tracing::debug!(job_id = %job.id, worker_id = ?job.worker_id, state = %job.state, reason = ?job.reason, "attempt ended");
+        if job.state == JobState::Queued {
+            // A preemption is not a retry.
+            if !preempted {
+                self.metrics.retried.inc();
+            }
+        } else {
+            self.metrics.finished(job.state);
+        }
+        let worker = worker?;
+        if lost {
+            // Nothing ran to the end there; what the worker does next is up to its agent.
+            lock(&self.activity).remove(worker);
+        } else {
+            self.metrics.jobs_per_worker_total.inc();
+            self.worker_state(worker, WorkerState::Cleaning);
+            if !self.machine.is_leaving(worker) {
+                self.worker_state(worker, WorkerState::Idle);
+            }
+        }
+        let pool = self
+            .registry
+            .get(worker)
+            .and_then(|entry| entry.worker.metadata.pool)?;
+        let secs = held_ms as f64 / 1000.0;
+        let rate = self
+            .config
+            .pools
+            .cost_per_hour
+            .get(&pool)
+            .copied()
+            .unwrap_or(0.0);
+        self.metrics
+            .charge(job.spec.tenant.as_str(), &pool, secs, rate);
+        self.machine
+            .charge(&job.spec.tenant, secs * rate / 3600.0, self.clock.now_ms());
+        if self.ran.len() < MAX_SNAPSHOT_QUEUED {
+            self.ran.push((pool.clone(), secs));
+        }
+        Some(AttemptUsage {
+            job_id: job.id.to_string(),
+            attempt: job.attempts,
+            tenant: job.spec.tenant.to_string(),
+            queue: job.spec.queue.to_string(),
+            pool,
+            worker_id: worker.to_string(),
+            ended_at_ms: self.clock.now_ms(),
+            worker_seconds: secs,
+            cost: cost::cost_of(secs, rate),
+        })
+    }
+
+    /// A recorded verdict of the fence: metrics, the worker's activity, and the stop.
+    async fn fenced(&mut self, worker: Option<&WorkerId>, job: &JobId, why: Fenced, stop: bool) {
+        let reason = match why {
+            Fenced::Lost(because) => {
+                tracing::warn!(job_id = %job, worker_id = ?worker, because = because.as_str(), "the attempt is lost");
+                self.metrics.lost(because);
+                "the server gave up on this attempt"
+            }
+            Fenced::TimedOut => {
+                tracing::warn!(job_id = %job, worker_id = ?worker, "the job ran past its timeout and its agent never said so, ending it");
+                self.metrics.server_timeouts.inc();
+                "timed out (enforced by the server)"
+            }
+            Fenced::NotAccepted => {
+                tracing::warn!(job_id = %job, worker_id = ?worker, "assignment not accepted in time, withdrawing it and marking the worker unhealthy");
+                self.metrics.withdrawn.inc();
+                if let Some(worker) = worker {
+                    self.worker_state(worker, WorkerState::Unhealthy);
+                }
+                "assignment withdrawn: not accepted in time"
+            }
+            Fenced::Undelivered => {
+                if let Some(worker) = worker {
+                    lock(&self.activity).remove(worker);
+                }
+                "assignment not delivered"
+            }
+        };
+        if stop && let Some(worker) = worker {
+            let _ = self.link.cancel(worker, job, reason).await;
+        }
     }
 
     /// Applies events in order. Runs of submissions, acceptances and results are applied
@@ -789,27 +1138,53 @@ impl Dispatcher {
                     let _ = reply.send(self.cancel(&id).await);
                 }
                 Event::Explain { id, reply } => {
-                    let _ = reply.send(self.explain(&id));
+                    let now_ms = self.clock.now_ms();
+                    let _ = reply.send(self.machine.why_waiting(&id, now_ms));
                 }
                 Event::Connected { worker_id, running } => {
-                    let started = self.connected(&worker_id, &running);
-                    // Its acceptance of these was lost (a server restart): it runs them.
-                    self.accepted_batch(started).await;
+                    {
+                        // Marked unhealthy for an assignment it never accepted: a new
+                        // session, a new chance.
+                        let mut activity = lock(&self.activity);
+                        if activity.get(&worker_id) == Some(&WorkerState::Unhealthy) {
+                            activity.remove(&worker_id);
+                        }
+                    }
+                    let running = running
+                        .iter()
+                        .filter_map(|id| JobId::new(id.as_str()).ok())
+                        .collect();
+                    self.drive(Input::Connected {
+                        worker: worker_id,
+                        running,
+                    })
+                    .await;
                 }
                 Event::WorkerDead { worker_id } => {
                     tracing::info!(%worker_id, "worker confirmed dead, its attempts are lost now");
-                    self.dead.insert(worker_id);
-                    self.check_deadlines().await;
+                    self.drive(Input::WorkerDead(worker_id)).await;
                 }
                 Event::Snapshot { reply } => {
                     let _ = reply.send(self.snapshot());
                 }
                 Event::Drain { workers, reply } => {
-                    let _ = reply.send(self.drain(&workers));
+                    let drained = self
+                        .drive(Input::Drain(workers))
+                        .await
+                        .into_iter()
+                        .find_map(|effect| match effect {
+                            Effect::Drained(workers) => Some(workers),
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    let _ = reply.send(drained);
                 }
-                Event::Pools(settings) => self.config.pools = settings,
+                Event::Pools(settings) => {
+                    self.machine.set_pool_shapes(settings.pool_shapes.clone());
+                    self.config.pools = settings;
+                }
                 Event::Tenants(tenants) => {
-                    self.config.tenants = *tenants;
+                    self.machine.set_tenants(*tenants);
                     self.update_tenant_gauges();
                 }
                 Event::TenantStatus { reply } => {
@@ -820,274 +1195,145 @@ impl Dispatcher {
         }
     }
 
-    /// The shapes of worker that could ever exist: the pools' templates and every
-    /// registered worker.
-    fn shapes(&self) -> Vec<WorkerCapabilities> {
-        self.config
-            .pools
-            .pool_shapes
-            .iter()
-            .cloned()
-            .chain(
-                self.registry
-                    .filter_map(|entry| Some(entry.worker.capabilities.clone())),
-            )
-            .collect()
-    }
-
-    /// Checks a submission against its queue's capacity (counting `reserved`, the jobs of
-    /// the same batch admitted before it) and the shapes of worker that could hold it, and
-    /// makes the job.
-    fn admit(
-        &self,
-        spec: JobSpec,
-        shapes: &[WorkerCapabilities],
-        reserved: &mut HashMap<hodei_core::QueueName, usize>,
-        tenant_reserved: &mut HashMap<TenantName, usize>,
-    ) -> Result<Job, JobError> {
-        let queue = &spec.queue;
-        let (depth, capacity) = match (self.queues.depth(queue), self.queues.capacity(queue)) {
-            (Some(depth), Some(capacity)) => (depth, capacity),
-            _ => return Err(QueueError::UnknownQueue(queue.clone()).into()),
-        };
-        let pending = reserved.entry(queue.clone()).or_default();
-        if depth + *pending >= capacity {
-            self.metrics.rejected.inc();
-            return Err(QueueError::Full {
-                queue: queue.clone(),
-                capacity,
+    /// Makes the jobs, has the machine admit them, records the admitted ones (one commit)
+    /// and answers each submitter.
+    async fn submit_batch(
+        &mut self,
+        batch: Vec<(JobSpec, oneshot::Sender<Result<Job, JobError>>)>,
+    ) {
+        let now_ms = self.clock.now_ms();
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for (spec, reply) in batch {
+            let made = JobId::new(format!("j-{}", uuid::Uuid::new_v4().simple()))
+                .and_then(|id| Job::new(id, spec, 0, at(now_ms)));
+            match made {
+                Ok(job) => {
+                    jobs.push(job);
+                    replies.push(Some(reply));
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error.into()));
+                }
             }
-            .into());
         }
-        let tenant_pending = tenant_reserved.entry(spec.tenant.clone()).or_default();
-        if let Err(refused) = self.config.tenants.admit(
-            &spec.tenant,
-            &spec.requirements,
-            self.queues.tenant_depth(&spec.tenant) + *tenant_pending,
-        ) {
-            self.metrics.tenant_rejected(&spec.tenant, &refused);
-            return Err(refused.into());
+        if jobs.is_empty() {
+            return;
         }
-        if let Some(why) = matching::exceeds_every_shape(&spec.requirements, shapes) {
-            return Err(JobError::Unsatisfiable(why));
+        let tenants: Vec<TenantName> = jobs.iter().map(|job| job.spec.tenant.clone()).collect();
+        let ids: HashMap<JobId, usize> = jobs
+            .iter()
+            .enumerate()
+            .map(|(index, job)| (job.id.clone(), index))
+            .collect();
+        let proposal = self.machine.step(Input::Submit(jobs), now_ms);
+        let writes: Vec<JobId> = proposal.writes.iter().map(|w| w.job.id.clone()).collect();
+        let (effects, recorded) = self.settle(vec![proposal], now_ms).await;
+        for effect in effects {
+            match effect {
+                Effect::Admitted { index, job } => {
+                    if let Some(reply) = replies.get_mut(index).and_then(Option::take) {
+                        let _ = reply.send(Ok(job));
+                    }
+                }
+                Effect::Refused { index, refusal } => {
+                    let error = match refusal {
+                        Refusal::Queue(error) => {
+                            if matches!(error, QueueError::Full { .. }) {
+                                self.metrics.rejected.inc();
+                            }
+                            JobError::Queue(error)
+                        }
+                        Refusal::Tenant(error) => {
+                            if let Some(tenant) = tenants.get(index) {
+                                self.metrics.tenant_rejected(tenant, &error);
+                            }
+                            JobError::Tenant(error)
+                        }
+                        Refusal::Unsatisfiable(why) => JobError::Unsatisfiable(why),
+                    };
+                    if let Some(reply) = replies.get_mut(index).and_then(Option::take) {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+                _ => {}
+            }
         }
-        let id = JobId::new(format!("j-{}", uuid::Uuid::new_v4().simple()))?;
-        let mut job = Job::new(id, spec, 0, SystemTime::now())?;
-        self.stamp_deadline(&mut job);
-        *pending += 1;
-        *tenant_reserved.entry(job.spec.tenant.clone()).or_default() += 1;
-        Ok(job)
+        // What the store refused: its error, to its submitter.
+        for (id, result) in writes.iter().zip(recorded.into_iter().flatten()) {
+            if let (Err(error), Some(&index)) = (result, ids.get(id))
+                && let Some(reply) = replies.get_mut(index).and_then(Option::take)
+            {
+                let _ = reply.send(Err(error.into()));
+            }
+        }
     }
 
     fn snapshot(&mut self) -> JobSnapshot {
         let now = Instant::now();
-        let registered: HashSet<WorkerId> = self
-            .registry
-            .filter_map(|entry| Some(entry.worker.id.clone()))
-            .into_iter()
-            .collect();
-        // Slots of workers gone from the registry and without a job are forgotten.
-        self.slots
-            .retain(|id, slot| slot.job.is_some() || registered.contains(id));
+        let now_ms = self.clock.now_ms();
         let mut snapshot = JobSnapshot {
             // At-risk jobs first, so pools grow for them before anything else.
-            queued: hodei_core::sla::demand_order(&self.queues, now_ms(), MAX_SNAPSHOT_QUEUED),
+            queued: hodei_core::sla::demand_order(
+                self.machine.queues(),
+                now_ms,
+                MAX_SNAPSHOT_QUEUED,
+            ),
             arrived: std::mem::take(&mut self.arrived),
             ran: std::mem::take(&mut self.ran),
             ..JobSnapshot::default()
         };
-        for id in registered {
-            let slot = self.slots.entry(id.clone()).or_default();
-            if slot.retired {
-                snapshot.leaving.insert(id);
-            } else if slot.job.is_some() {
-                snapshot.busy.insert(id);
-            } else {
-                snapshot
-                    .idle_since
-                    .insert(id, *slot.idle_since.get_or_insert(now));
+        for (id, view) in self.machine.worker_views() {
+            match view {
+                WorkerView::Leaving => {
+                    snapshot.leaving.insert(id);
+                }
+                WorkerView::Busy => {
+                    snapshot.busy.insert(id);
+                }
+                WorkerView::Idle { since_ms } => {
+                    let ago = Duration::from_millis(now_ms.saturating_sub(since_ms));
+                    let since = now.checked_sub(ago).unwrap_or(now);
+                    snapshot.idle_since.insert(id, since);
+                }
             }
         }
         snapshot
     }
 
-    /// Retires the idle workers among `workers` so nothing is assigned to them again.
-    fn drain(&mut self, workers: &[WorkerId]) -> Vec<WorkerId> {
-        let mut drained = Vec::new();
-        for id in workers {
-            let slot = self.slots.entry(id.clone()).or_default();
-            if slot.job.is_none() && !slot.retired {
-                slot.retired = true;
-                drained.push(id.clone());
-            }
-        }
-        drained
-    }
-
-    /// Admits, records (one commit) and queues submissions, then answers each.
-    async fn submit_batch(
-        &mut self,
-        batch: Vec<(JobSpec, oneshot::Sender<Result<Job, JobError>>)>,
-    ) {
-        let shapes = self.shapes();
-        let mut reserved = HashMap::new();
-        let mut tenant_reserved = HashMap::new();
-        let mut admitted = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        for (spec, reply) in batch {
-            match self.admit(spec, &shapes, &mut reserved, &mut tenant_reserved) {
-                Ok(job) => {
-                    admitted.push(job);
-                    replies.push(reply);
-                }
-                Err(error) => {
-                    let _ = reply.send(Err(error));
-                }
-            }
-        }
-        if admitted.is_empty() {
-            return;
-        }
-        let results = match self.store.insert_jobs(&admitted).await {
-            Ok(results) => results,
-            Err(error) => {
-                tracing::error!(%error, jobs = admitted.len(), "could not record submissions");
-                for reply in replies {
-                    let failed = store::Error::Unavailable(error.to_string());
-                    let _ = reply.send(Err(failed.into()));
-                }
-                return;
-            }
-        };
-        for (result, reply) in results.into_iter().zip(replies) {
-            let _ = reply.send(match result {
-                Ok(job) => self.queue_new(job),
-                Err(error) => Err(error.into()),
-            });
-        }
-    }
-
-    /// Queues a job just recorded.
-    fn queue_new(&mut self, job: Job) -> Result<Job, JobError> {
-        // Capacity was checked at admission; an accepted job is never dropped.
-        self.queues.requeue(QueueEntry::from_job(&job))?;
-        tracing::debug!(job_id = %job.id, queue = %job.spec.queue, priority = job.spec.priority.get(), "job queued");
-        self.jobs
-            .insert(job.id.clone(), Live::new(job.clone(), Instant::now()));
-        self.metrics.submitted.inc();
-        if self.arrived.len() < MAX_SNAPSHOT_QUEUED {
-            self.arrived.push(job.spec.requirements.clone());
-        }
-        Ok(job)
-    }
-
     async fn cancel(&mut self, id: &JobId) -> Result<Job, JobError> {
-        let Some(live) = self.jobs.get_mut(id) else {
-            return match self.store.get_job(id).await? {
-                Some(job) => Err(JobError::AlreadyEnded {
-                    id: id.clone(),
-                    state: job.state,
-                }),
-                None => Err(JobError::NotFound(id.clone())),
-            };
-        };
-        match live.job.state {
-            JobState::Queued => {
-                let mut job = live.job.clone();
-                job.state = JobState::Cancelled;
-                job.reason = Some("cancelled while queued".into());
-                job.finished_at = Some(SystemTime::now());
-                self.store.update_job(&job, JobState::Queued).await?;
-                self.queues.remove(id);
-                self.jobs.remove(id);
-                self.metrics.finished(JobState::Cancelled);
-                Ok(job)
-            }
-            _ => {
-                let job = live.job.clone();
-                self.cancel_requested.insert(id.clone());
-                if let Some(worker) = &job.worker_id
-                    && let Err(error) = self.link.cancel(worker, id, "cancelled by a user").await
-                {
-                    // The attempt ends as cancelled when the worker is found lost.
-                    tracing::info!(job_id = %id, %error, "cancel will apply when the worker's attempt ends");
-                }
-                Ok(job)
-            }
-        }
-    }
-
-    fn idle_workers(&self) -> Vec<IdleWorker> {
-        let now = Instant::now();
-        self.registry.filter_map(|entry| {
-            // Not heard from for a lease: its agent has fenced itself, and any job given to
-            // it would only be lost again.
-            let heard = now.saturating_duration_since(entry.last_seen_at) < self.config.fence.lease;
-            let idle = entry.connected
-                && heard
-                && entry.liveness == hodei_core::health::Liveness::Healthy
-                && entry.draining.is_none()
-                && !self.dead.contains(&entry.worker.id)
-                && self
-                    .slots
-                    .get(&entry.worker.id)
-                    .is_none_or(|slot| slot.job.is_none() && !slot.retired && !slot.unreachable);
-            idle.then(|| IdleWorker::from(&entry.worker))
-        })
-    }
-
-    /// What each tenant holds now: jobs assigned or running, and today's cost.
-    fn usage(&mut self, now_ms: u64) -> BTreeMap<TenantName, Usage> {
-        let mut usage: BTreeMap<TenantName, Usage> = BTreeMap::new();
-        for live in self.jobs.values() {
-            if matches!(live.job.state, JobState::Assigned | JobState::Running) {
-                usage
-                    .entry(live.job.spec.tenant.clone())
-                    .or_default()
-                    .add_job(&live.job.spec.requirements);
-            }
-        }
-        let tenants: Vec<TenantName> = self.queues.tenants().chain(usage.keys()).cloned().collect();
-        for tenant in tenants {
-            let spent = self.daily_cost.spent(&tenant, now_ms);
-            usage.entry(tenant).or_default().daily_cost = spent;
-        }
-        usage
-    }
-
-    /// Moves each tenant's burst state on, given what it holds now.
-    fn update_bursts(&mut self, usage: &BTreeMap<TenantName, Usage>, now_ms: u64) {
-        let policy = self.config.tenants.burst;
-        let names: std::collections::BTreeSet<TenantName> =
-            usage.keys().chain(self.bursts.keys()).cloned().collect();
-        for name in names {
-            let over = match (self.config.tenants.get(&name), usage.get(&name)) {
-                (Some(tenant), Some(held)) => held.over_soft(&tenant.quotas),
-                _ => false,
-            };
-            let state = self.bursts.get(&name).copied().unwrap_or_default();
-            match state.next(over, &policy, now_ms) {
-                BurstState::Ready => {
-                    self.bursts.remove(&name);
-                }
-                next => {
-                    if next != state {
-                        tracing::info!(tenant = %name, from = state.as_str(), to = next.as_str(), "tenant burst state changed");
+        for effect in self.drive(Input::Cancel(id.clone())).await {
+            match effect {
+                Effect::CancelAnswered(job) if &job.id == id => {
+                    if job.state == JobState::Cancelled {
+                        self.metrics.finished(JobState::Cancelled);
                     }
-                    self.bursts.insert(name, next);
+                    return Ok(job);
                 }
+                Effect::CancelUnknown(_) => {
+                    return match self.store.get_job(id).await? {
+                        Some(job) => Err(JobError::AlreadyEnded {
+                            id: id.clone(),
+                            state: job.state,
+                        }),
+                        None => Err(JobError::NotFound(id.clone())),
+                    };
+                }
+                _ => {}
             }
         }
+        // The cancel was not recorded: the job stays queued.
+        Err(store::Error::Unavailable(format!("could not record the cancel of job {id}")).into())
     }
 
     fn tenant_status(&mut self) -> Vec<TenantStatus> {
-        let now_ms = now_ms();
-        let mut usage = self.usage(now_ms);
-        let (started, total) = self.starts.counts(now_ms);
+        let now_ms = self.clock.now_ms();
+        let mut usage = self.machine.usage(now_ms);
+        let (started, total) = self.machine.start_counts(now_ms);
         let names: std::collections::BTreeSet<TenantName> = usage
             .keys()
             .chain(started.keys())
-            .chain(self.config.tenants.configured.keys())
+            .chain(self.machine.tenants().configured.keys())
             .cloned()
             .collect();
         names
@@ -1096,8 +1342,8 @@ impl Dispatcher {
                 let count = started.get(&tenant).copied().unwrap_or(0);
                 TenantStatus {
                     usage: usage.remove(&tenant).unwrap_or_default(),
-                    queued: self.queues.tenant_depth(&tenant),
-                    burst: self.bursts.get(&tenant).copied().unwrap_or_default(),
+                    queued: self.machine.queues().tenant_depth(&tenant),
+                    burst: self.machine.burst(&tenant),
                     share_last_hour: if total == 0 {
                         0.0
                     } else {
@@ -1110,329 +1356,59 @@ impl Dispatcher {
             .collect()
     }
 
-    /// Why a queued job waits because of its tenant's quotas, if it does.
-    fn quota_reason(&mut self, job: &Job) -> Option<String> {
-        let now_ms = now_ms();
-        let usage = self
-            .usage(now_ms)
-            .remove(&job.spec.tenant)
-            .unwrap_or_default();
-        let Some(tenant) = self.config.tenants.get(&job.spec.tenant) else {
-            return Some(format!(
-                "tenant {} is not configured (tenants.auto_create is off)",
-                job.spec.tenant
-            ));
-        };
-        let burst = self
-            .bursts
-            .get(&job.spec.tenant)
-            .copied()
-            .unwrap_or_default();
-        let factor = burst
-            .may_burst(&self.config.tenants.burst, now_ms)
-            .then_some(self.config.tenants.burst.factor);
-        // Held to its limits first; past a soft one only while others leave workers idle.
-        match tenancy::check_start(&tenant, &usage, &job.spec.requirements, None) {
-            Ok(_) => None,
-            Err(strict) => {
-                match tenancy::check_start(&tenant, &usage, &job.spec.requirements, factor) {
-                    Ok(_) => Some(format!("{strict}; may burst when workers are idle")),
-                    Err(at_quota) => Some(at_quota.to_string()),
-                }
-            }
-        }
-    }
-
-    fn explain(&mut self, id: &JobId) -> Option<String> {
-        let job = self
-            .jobs
-            .get(id)
-            .filter(|live| live.job.state == JobState::Queued)?
-            .job
-            .clone();
-        if let Some(reason) = self.quota_reason(&job) {
-            return Some(reason);
-        }
-        let live = self.jobs.get(id)?;
-        (live.job.state == JobState::Queued).then(|| {
-            let idle = self.idle_workers();
-            let all = self
-                .registry
-                .filter_map(|entry| Some(IdleWorker::from(&entry.worker)));
-            matching::why_waiting(
-                &live.job.spec.requirements,
-                &idle,
-                all.iter().map(|w| (&w.capabilities, &w.labels)),
-            )
-        })
-    }
-
-    async fn dispatch(&mut self) {
-        if self.queues.is_empty() {
-            return;
-        }
-        let idle = self.idle_workers();
-        if idle.is_empty() {
-            return;
-        }
-        let now_ms = now_ms();
-        let mut usage = self.usage(now_ms);
-        let plan = tenancy::plan_fair_dispatch(
-            &self.queues,
-            &idle,
-            &self.config.tenants,
-            &mut usage,
-            &self.bursts,
-            &mut self.fair,
-            now_ms,
-        );
-        if !plan.bursts.is_empty() {
-            tracing::debug!(jobs = plan.bursts.len(), "starts past soft quotas (burst)");
-        }
-        // Every assignment of the plan is recorded with one commit, then sent.
-        let mut updates = Vec::with_capacity(plan.assignments.len());
-        for (job_id, worker_id) in plan.assignments {
-            let Some(live) = self.jobs.get(&job_id) else {
-                self.queues.remove(&job_id);
-                continue;
-            };
-            let mut job = live.job.clone();
-            job.state = JobState::Assigned;
-            job.attempts += 1;
-            job.worker_id = Some(worker_id);
-            job.first_started_at.get_or_insert_with(SystemTime::now);
-            updates.push((job, JobState::Queued));
-        }
-        let results = match self.store.update_jobs(&updates).await {
-            Ok(results) => results,
-            Err(error) => {
-                tracing::error!(%error, jobs = updates.len(), "could not record assignments, will try again");
-                return;
-            }
-        };
-        for ((job, _), result) in updates.into_iter().zip(results) {
-            if log_store_error("an assignment", &job.id, result).is_some() {
-                if self
-                    .jobs
-                    .get(&job.id)
-                    .is_some_and(|live| live.job.first_started_at.is_none())
-                {
-                    self.sla_first_start(&job);
-                }
-                self.starts.record(&job.spec.tenant, now_ms);
-                self.metrics.tenant_started(&job.spec.tenant);
-                self.assigned(job).await;
-            }
-        }
-        // Burst states follow what tenants hold after this pass's starts (as planned; the
-        // next tick corrects any start that could not be recorded).
-        self.update_bursts(&usage, now_ms);
-        self.update_gauges();
-    }
-
-    /// A recorded assignment: bookkeeping, then the message to the agent.
-    async fn assigned(&mut self, job: Job) {
-        let job_id = job.id.clone();
-        let Some(worker_id) = job.worker_id.clone() else {
-            return;
-        };
-        let Some(live) = self.jobs.get_mut(&job_id) else {
-            return;
-        };
-        self.queues.remove(&job_id);
-        let now = Instant::now();
-        let waited = now.duration_since(live.queued_at).as_secs_f64();
-        self.metrics.queue_wait.observe(waited);
-        self.metrics
-            .tenant_queue_wait
-            .get_or_create(&TenantLabels {
-                tenant: job.spec.tenant.to_string(),
-            })
-            .observe(waited);
-        live.job = job;
-        live.assigned_at = Some(now);
-        live.started_at = None;
-        live.unconfirmed_since = None;
-        let slot = self.slots.entry(worker_id.clone()).or_default();
-        slot.job = Some(job_id.clone());
-        self.metrics.dispatched.inc();
-        if slot.uses > 0 {
-            self.metrics.reused.inc();
-        }
-        let job = live.job.clone();
-        self.worker_state(&worker_id, WorkerState::Busy);
-        if let Err(error) = self.link.assign(&worker_id, &job).await {
-            tracing::info!(%job_id, %worker_id, %error, "assignment not delivered, queueing the job again");
-            self.undeliverable(&job_id, &worker_id).await;
-        }
-    }
-
-    /// The assignment never reached the worker: the job goes back to its queue without
-    /// spending an attempt, and the worker gets no work until its agent connects again.
-    async fn undeliverable(&mut self, job_id: &JobId, worker_id: &WorkerId) {
-        let slot = self.slots.entry(worker_id.clone()).or_default();
-        slot.job = None;
-        slot.unreachable = true;
-        lock(&self.activity).remove(worker_id);
-        let reason = format!("worker {worker_id} was not reachable, requeued");
-        self.withdraw(job_id, reason).await;
-    }
-
-    /// Takes an assignment back before it started: the job goes back to its queue with the
-    /// attempt counted as withdrawn (its number is never reused, its retry is not spent).
-    async fn withdraw(&mut self, job_id: &JobId, reason: String) -> bool {
-        let Some(live) = self.jobs.get_mut(job_id) else {
-            return false;
-        };
-        if live.job.state != JobState::Assigned {
-            return false;
-        }
-        let mut job = live.job.clone();
-        job.state = JobState::Queued;
-        job.withdrawn = job.withdrawn.saturating_add(1);
-        job.reason = Some(reason);
-        if log_store_error(
-            "a requeue",
-            job_id,
-            self.store.update_job(&job, JobState::Assigned).await,
-        )
-        .is_none()
-        {
-            // The attempt stands as recorded; the deadline check comes back to it.
-            return false;
-        }
-        live.job = job;
-        live.assigned_at = None;
-        live.started_at = None;
-        live.unconfirmed_since = None;
-        if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
-            tracing::error!(%job_id, %error, "cannot queue a job again");
-        }
-        true
-    }
-
-    /// An agent (re)connected listing the jobs it runs. Returns those of its jobs still
-    /// recorded as assigned, as acceptances to apply.
-    fn connected(
-        &mut self,
-        worker_id: &WorkerId,
-        running: &[String],
-    ) -> Vec<(WorkerId, String, u32)> {
-        let mut started = Vec::new();
-        let now = Instant::now();
-        self.dead.remove(worker_id);
-        if let Some(slot) = self.slots.get_mut(worker_id) {
-            slot.unreachable = false;
-        }
-        {
-            // Marked unhealthy for an assignment it never accepted: a new session, a new chance.
-            let mut activity = lock(&self.activity);
-            if activity.get(worker_id) == Some(&WorkerState::Unhealthy) {
-                activity.remove(worker_id);
-            }
-        }
-        for live in self.jobs.values_mut() {
-            if live.job.worker_id.as_ref() != Some(worker_id)
-                || !matches!(live.job.state, JobState::Assigned | JobState::Running)
-            {
-                continue;
-            }
-            if running.iter().any(|id| id == live.job.id.as_str()) {
-                live.unconfirmed_since = None;
-                if live.job.state == JobState::Assigned {
-                    started.push((
-                        worker_id.clone(),
-                        live.job.id.to_string(),
-                        live.job.attempts,
-                    ));
-                }
-            } else {
-                // Its result may still be on its way; if not, it is lost.
-                live.unconfirmed_since = Some(now);
-            }
-        }
-        started
-    }
-
-    /// The job `job_id` if `attempt` of it is in flight on `worker_id`
-    /// ([`fence::classify_report`]); `None` for a stale report.
-    fn in_flight_on(
-        &mut self,
-        worker_id: &WorkerId,
-        job_id: &str,
-        attempt: u32,
-    ) -> Option<&mut Live> {
-        let id = JobId::new(job_id).ok()?;
-        let live = self.jobs.get_mut(&id)?;
-        match fence::classify_report(Some(live.current()), worker_id, attempt) {
-            Report::Current => Some(live),
-            Report::Stale => None,
-        }
-    }
-
     /// Agents started these jobs: each moves from assigned to running, with one commit.
-    /// An agent that started a numbered attempt the dispatcher gave up on is told to stop it.
+    /// An agent that started a numbered attempt the machine gave up on is told to stop it.
     async fn accepted_batch(&mut self, batch: Vec<(WorkerId, String, u32)>) {
-        let mut updates: Vec<(Job, JobState)> = Vec::with_capacity(batch.len());
-        for (worker_id, job_id, attempt) in batch {
-            let Some(live) = self.in_flight_on(&worker_id, &job_id, attempt) else {
-                self.metrics.stale("accepted");
-                // Attempt 0: not one of the dispatcher's assignments (or an agent that does
-                // not number them); nothing to stop on its behalf.
-                if attempt == 0 {
-                    tracing::debug!(%worker_id, job_id, "ignoring an acceptance of an unknown attempt");
-                    continue;
+        let now_ms = self.clock.now_ms();
+        let mut proposals = Vec::with_capacity(batch.len());
+        for (worker, job_id, attempt) in batch {
+            let id = JobId::new(job_id.as_str()).ok();
+            let current = id.as_ref().is_some_and(|id| {
+                self.machine.classify_report(&worker, id, attempt) == Report::Current
+            });
+            match id {
+                Some(job) if current => {
+                    proposals.push(self.machine.step(Input::Accepted { worker, job }, now_ms));
                 }
-                tracing::warn!(%worker_id, job_id, attempt, "stale job acceptance, telling the agent to stop it");
-                if let Ok(id) = JobId::new(job_id.clone()) {
-                    let _ = self
-                        .link
-                        .cancel(&worker_id, &id, "this attempt was given up on")
-                        .await;
+                _ => {
+                    self.metrics.stale("accepted");
+                    // Attempt 0: not one of the dispatcher's assignments (or an agent that
+                    // does not number them); nothing to stop on its behalf.
+                    if attempt == 0 {
+                        tracing::debug!(worker_id = %worker, job_id, "ignoring an acceptance of an unknown attempt");
+                        continue;
+                    }
+                    tracing::warn!(worker_id = %worker, job_id, attempt, "stale job acceptance, telling the agent to stop it");
+                    if let Some(id) = id {
+                        let _ = self
+                            .link
+                            .cancel(&worker, &id, "this attempt was given up on")
+                            .await;
+                    }
                 }
-                continue;
-            };
-            if live.job.state != JobState::Assigned
-                || updates.iter().any(|(job, _)| job.id == live.job.id)
-            {
-                continue;
             }
-            let mut job = live.job.clone();
-            job.state = JobState::Running;
-            job.started_at = Some(SystemTime::now());
-            if let Some(assigned_at) = live.assigned_at {
-                self.metrics
-                    .dispatch_latency
-                    .observe(assigned_at.elapsed().as_secs_f64());
-            }
-            updates.push((job, JobState::Assigned));
         }
-        if updates.is_empty() {
-            return;
-        }
-        let results = match self.store.update_jobs(&updates).await {
-            Ok(results) => results,
-            Err(error) => {
-                tracing::error!(%error, jobs = updates.len(), "could not record job starts");
-                return;
-            }
-        };
-        for ((job, _), result) in updates.into_iter().zip(results) {
-            if log_store_error("a job start", &job.id, result).is_some()
-                && let Some(live) = self.jobs.get_mut(&job.id)
-            {
-                live.job = job;
-                live.started_at = Some(Instant::now());
-            }
+        if !proposals.is_empty() {
+            self.settle(proposals, now_ms).await;
         }
     }
 
-    fn log(&mut self, worker_id: &WorkerId, mut chunk: LogChunk) {
-        let Some(live) = self.in_flight_on(worker_id, chunk.job_id.as_str(), chunk.attempt) else {
-            self.metrics.stale("log");
-            return;
+    fn log(&mut self, worker: &WorkerId, mut chunk: LogChunk) {
+        let attempt = match self.machine.job(&chunk.job_id) {
+            Some(job)
+                if self
+                    .machine
+                    .classify_report(worker, &chunk.job_id, chunk.attempt)
+                    == Report::Current =>
+            {
+                job.attempts
+            }
+            _ => {
+                self.metrics.stale("log");
+                return;
+            }
         };
-        chunk.attempt = live.job.attempts;
+        chunk.attempt = attempt;
         self.logs.push(chunk);
     }
 
@@ -1446,10 +1422,11 @@ impl Dispatcher {
         }
     }
 
-    /// Attempts that agents report ended: each job's next state is recorded (one commit for
-    /// all), then workers are freed or retired and jobs with attempts left requeued.
+    /// Attempts that agents report ended: the machine proposes each job's next state, they
+    /// are recorded with one commit, then workers are freed or retired.
     async fn result_batch(&mut self, batch: Vec<ReportedEnd>) {
-        let mut ends = Vec::with_capacity(batch.len());
+        let now_ms = self.clock.now_ms();
+        let mut proposals = Vec::with_capacity(batch.len());
         for ReportedEnd {
             worker_id,
             job_id,
@@ -1458,209 +1435,27 @@ impl Dispatcher {
             healthy,
         } in batch
         {
-            let Some(live) = self.in_flight_on(&worker_id, &job_id, attempt) else {
+            let id = JobId::new(job_id.as_str()).ok().filter(|id| {
+                self.machine.classify_report(&worker_id, id, attempt) == Report::Current
+            });
+            let Some(job) = id else {
                 // Never the job's result: the attempt was given up on (and maybe retried).
                 tracing::warn!(%worker_id, job_id, attempt, ?outcome, "stale job result recorded, not applied");
                 self.metrics.stale("result");
                 continue;
             };
-            let id = live.job.id.clone();
-            if ends.iter().any(|end: &AttemptEnd| end.job.id == id) {
-                continue;
-            }
-            if let Some(end) = self.attempt_end(&id, outcome, healthy) {
-                ends.push(end);
-            }
+            proposals.push(self.machine.step(
+                Input::Result {
+                    worker: worker_id,
+                    job,
+                    outcome,
+                    healthy,
+                },
+                now_ms,
+            ));
         }
-        self.record_ends(ends).await;
-    }
-
-    /// Ends the current attempt of `id` with `outcome` (a lost worker, an undelivered
-    /// assignment): see [`Dispatcher::record_ends`].
-    async fn end_attempt(&mut self, id: &JobId, outcome: AttemptOutcome, healthy: bool) {
-        if let Some(end) = self.attempt_end(id, outcome, healthy) {
-            self.record_ends(vec![end]).await;
-        }
-    }
-
-    /// What the end of the current attempt of `id` means for the job.
-    fn attempt_end(
-        &self,
-        id: &JobId,
-        outcome: AttemptOutcome,
-        healthy: bool,
-    ) -> Option<AttemptEnd> {
-        let live = self.jobs.get(id)?;
-        let lost = outcome == AttemptOutcome::WorkerLost;
-        let outcome = if lost && self.cancel_requested.contains(id) {
-            AttemptOutcome::Cancelled
-        } else {
-            outcome
-        };
-        let outcome = self.preempted_outcome(id, outcome);
-        let previous = live.job.state;
-        let (next, reason) = after_attempt(&live.job, outcome.clone());
-        let mut job = live.job.clone();
-        if matches!(outcome, AttemptOutcome::Preempted(_)) {
-            job.preempted = job.preempted.saturating_add(1);
-        }
-        job.state = next;
-        job.reason = reason;
-        if let AttemptOutcome::Exited(code) = outcome {
-            job.exit_code = Some(code);
-        }
-        if next.is_terminal() {
-            job.finished_at = Some(SystemTime::now());
-        }
-        Some(AttemptEnd {
-            job,
-            previous,
-            lost,
-            healthy,
-        })
-    }
-
-    /// Records the jobs' next states with one commit, then frees (or retires) their workers
-    /// and requeues the jobs that have attempts left.
-    async fn record_ends(&mut self, ends: Vec<AttemptEnd>) {
-        if ends.is_empty() {
-            return;
-        }
-        let updates: Vec<(Job, JobState)> = ends
-            .iter()
-            .map(|end| (end.job.clone(), end.previous))
-            .collect();
-        let results = match self.store.update_jobs(&updates).await {
-            Ok(results) => results,
-            Err(error) => {
-                // Nothing changed in memory: the results come again (a reconnecting agent
-                // resends them) or the deadline check finds the attempts lost.
-                tracing::error!(%error, jobs = ends.len(), "could not record job results");
-                return;
-            }
-        };
-        let mut usage = Vec::new();
-        for (end, result) in ends.into_iter().zip(results) {
-            let id = end.job.id.clone();
-            if log_store_error("a job result", &id, result).is_none() {
-                continue;
-            }
-            let Some(live) = self.jobs.get_mut(&id) else {
-                continue;
-            };
-            let job = end.job;
-            let next = job.state;
-            self.sla.preempting.remove(&id);
-            if let (Some(worker), Some(assigned_at)) = (&job.worker_id, live.assigned_at) {
-                let secs = assigned_at.elapsed().as_secs_f64();
-                if let Some(pool) = self
-                    .registry
-                    .get(worker)
-                    .and_then(|entry| entry.worker.metadata.pool)
-                {
-                    let rate = self
-                        .config
-                        .pools
-                        .cost_per_hour
-                        .get(&pool)
-                        .copied()
-                        .unwrap_or(0.0);
-                    self.metrics
-                        .charge(job.spec.tenant.as_str(), &pool, secs, rate);
-                    usage.push(AttemptUsage {
-                        job_id: id.to_string(),
-                        attempt: job.attempts,
-                        tenant: job.spec.tenant.to_string(),
-                        queue: job.spec.queue.to_string(),
-                        pool: pool.clone(),
-                        worker_id: worker.to_string(),
-                        ended_at_ms: crate::pools::unix_ms(SystemTime::now()),
-                        worker_seconds: secs,
-                        cost: cost::cost_of(secs, rate),
-                    });
-                    self.daily_cost
-                        .charge(&job.spec.tenant, secs * rate / 3600.0, now_ms());
-                    if self.ran.len() < MAX_SNAPSHOT_QUEUED {
-                        self.ran.push((pool, secs));
-                    }
-                }
-            }
-            tracing::debug!(job_id = %id, worker_id = ?job.worker_id, state = %next, reason = ?job.reason, "attempt ended");
-            let worker = job.worker_id.clone();
-            if next == JobState::Queued {
-                // A preemption is not a retry.
-                let retried = job.preempted == live.job.preempted;
-                live.job = job;
-                live.queued_at = Instant::now();
-                live.assigned_at = None;
-                live.started_at = None;
-                live.unconfirmed_since = None;
-                if let Err(error) = self.queues.requeue(QueueEntry::from_job(&live.job)) {
-                    tracing::error!(job_id = %id, %error, "cannot queue a job again");
-                }
-                if retried {
-                    self.metrics.retried.inc();
-                }
-            } else {
-                self.jobs.remove(&id);
-                self.cancel_requested.remove(&id);
-                self.metrics.finished(next);
-            }
-            if let Some(worker) = worker {
-                self.release(&worker, end.lost, end.healthy).await;
-            }
-        }
-        for row in usage {
-            // The writer lives as long as the service; a send fails only at shutdown.
-            let _ = self.usage.send(row);
-        }
-    }
-
-    /// The worker finished an attempt: clean and idle again, or retired.
-    async fn release(&mut self, worker_id: &WorkerId, lost: bool, healthy: bool) {
-        let slot = self.slots.entry(worker_id.clone()).or_default();
-        slot.job = None;
-        if lost {
-            // Nothing ran to the end there; what the worker does next is up to its agent.
-            lock(&self.activity).remove(worker_id);
-            return;
-        }
-        slot.uses += 1;
-        let uses = slot.uses;
-        self.metrics.jobs_per_worker_total.inc();
-        let pool = self
-            .registry
-            .get(worker_id)
-            .and_then(|entry| entry.worker.metadata.pool);
-        let limit = pool
-            .as_ref()
-            .and_then(|pool| self.config.pools.max_uses.get(pool).copied());
-        let retire = if !healthy {
-            Some("failed its health check after a job".to_owned())
-        } else if limit.is_some_and(|limit| uses >= limit) {
-            Some(format!("ran {uses} jobs, its pool's max_uses"))
-        } else {
-            None
-        };
-        self.worker_state(worker_id, WorkerState::Cleaning);
-        match retire {
-            None => {
-                if let Some(slot) = self.slots.get_mut(worker_id) {
-                    slot.idle_since = Some(Instant::now());
-                }
-                self.worker_state(worker_id, WorkerState::Idle);
-            }
-            Some(reason) => {
-                if let Some(slot) = self.slots.get_mut(worker_id) {
-                    slot.retired = true;
-                }
-                self.metrics.uses_at_retirement.observe(f64::from(uses));
-                tracing::info!(%worker_id, %reason, "retiring worker");
-                let _ = self.retired.send(Retired {
-                    worker_id: worker_id.clone(),
-                    reason,
-                });
-            }
+        if !proposals.is_empty() {
+            self.settle(proposals, now_ms).await;
         }
     }
 
@@ -1684,129 +1479,10 @@ impl Dispatcher {
         }
     }
 
-    /// What the dispatcher knows of the worker of an attempt, for [`fence::judge`].
-    fn presence(&self, worker: Option<&WorkerId>) -> Presence {
-        let Some(worker) = worker else {
-            return Presence::Dead;
-        };
-        if self.dead.contains(worker) {
-            return Presence::Dead;
-        }
-        match self.registry.get(worker) {
-            Some(entry) if entry.connected => Presence::Connected {
-                last_heard: entry.last_seen_at.max(self.started).into_std(),
-            },
-            Some(entry) => Presence::Disconnected {
-                since: entry.last_seen_at.max(self.started).into_std(),
-            },
-            None => Presence::Disconnected {
-                since: self.started.into_std(),
-            },
-        }
-    }
-
-    /// Judges every attempt in flight ([`fence::judge`]) and applies the verdicts: lost
-    /// attempts end as worker losses, late assignments are withdrawn, overdue jobs end as
-    /// timed out; the agent is told to stop whatever it might still run of them.
-    async fn check_deadlines(&mut self) {
-        let now_ms = now_ms();
-        let usage = self.usage(now_ms);
-        self.update_bursts(&usage, now_ms);
-        // Per-tenant gauges once per tick, not per dispatch pass: they cost a walk over
-        // the tenants and the jobs in flight.
-        self.update_tenant_gauges();
-        let now = Instant::now();
-        let mut verdicts = Vec::new();
-        for live in self.jobs.values() {
-            if !matches!(live.job.state, JobState::Assigned | JobState::Running) {
-                continue;
-            }
-            let in_flight = InFlight {
-                state: live.job.state,
-                assigned_at: live.assigned_at.unwrap_or(now).into_std(),
-                started_at: live.started_at.map(Instant::into_std),
-                timeout: live.job.spec.timeout,
-                presence: self.presence(live.job.worker_id.as_ref()),
-                unconfirmed_since: live.unconfirmed_since.map(Instant::into_std),
-            };
-            let verdict = fence::judge(&in_flight, &self.config.fence, now.into_std());
-            if !matches!(verdict, Verdict::Wait { .. }) {
-                verdicts.push((live.job.id.clone(), live.job.worker_id.clone(), verdict));
-            }
-        }
-        for (id, worker, verdict) in verdicts {
-            self.apply_verdict(&id, worker, verdict).await;
-        }
-        self.sla_tick().await;
-        self.update_gauges();
-    }
-
-    async fn apply_verdict(&mut self, id: &JobId, worker: Option<WorkerId>, verdict: Verdict) {
-        // Whatever the verdict, the worker (if it is there at all) must not run the attempt
-        // any more.
-        let link = self.link.clone();
-        let stop = |reason: &'static str| {
-            let (link, worker, id) = (link.clone(), worker.clone(), id.clone());
-            async move {
-                if let Some(worker) = worker {
-                    let _ = link.cancel(&worker, &id, reason).await;
-                }
-            }
-        };
-        match verdict {
-            Verdict::Wait { .. } => {}
-            Verdict::Lost(because) => {
-                tracing::warn!(job_id = %id, worker_id = ?worker, because = because.as_str(), "the attempt is lost");
-                self.metrics.lost(because);
-                // A silent agent whose session is still open (frozen, or its network is
-                // gone one way) hears it if it ever comes back; it will have fenced itself.
-                let connected = worker
-                    .as_ref()
-                    .and_then(|w| self.registry.get(w))
-                    .is_some_and(|entry| entry.connected);
-                if because != LostBecause::WorkerDead && connected {
-                    stop("the server gave up on this attempt").await;
-                }
-                self.end_attempt(id, AttemptOutcome::WorkerLost, true).await;
-            }
-            Verdict::TimedOut => {
-                tracing::warn!(job_id = %id, worker_id = ?worker, "the job ran past its timeout and its agent never said so, ending it");
-                stop("timed out (enforced by the server)").await;
-                if let Some(end) = self.attempt_end(id, AttemptOutcome::TimedOut, true) {
-                    // Its agent does not enforce timeouts: no more work for it until it
-                    // reconnects.
-                    let end = AttemptEnd { lost: true, ..end };
-                    self.record_ends(vec![end]).await;
-                }
-                if let Some(worker) = &worker {
-                    self.slots.entry(worker.clone()).or_default().unreachable = true;
-                }
-                self.metrics.server_timeouts.inc();
-            }
-            Verdict::Withdraw => {
-                let Some(worker) = worker.clone() else {
-                    return;
-                };
-                let reason = format!(
-                    "not accepted by worker {worker} within {:?}, requeued",
-                    self.config.fence.assign_timeout
-                );
-                tracing::warn!(job_id = %id, worker_id = %worker, "assignment not accepted in time, withdrawing it and marking the worker unhealthy");
-                if self.withdraw(id, reason).await {
-                    let slot = self.slots.entry(worker.clone()).or_default();
-                    slot.job = None;
-                    slot.unreachable = true;
-                    self.worker_state(&worker, WorkerState::Unhealthy);
-                    self.metrics.withdrawn.inc();
-                    stop("assignment withdrawn: not accepted in time").await;
-                }
-            }
-        }
-    }
-
     fn update_gauges(&mut self) {
+        let queues = self.machine.queues();
         self.metrics.queue_depth.clear();
-        for ((queue, priority), depth) in self.queues.depth_by_priority() {
+        for ((queue, priority), depth) in queues.depth_by_priority() {
             self.metrics
                 .queue_depth
                 .get_or_create(&QueueLabels {
@@ -1815,26 +1491,23 @@ impl Dispatcher {
                 })
                 .set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
-        for queue in self.queues.names() {
+        for queue in queues.names() {
             let _ = self.metrics.queue_depth.get_or_create(&QueueLabels {
                 queue: queue.to_string(),
                 priority: "all".into(),
             });
         }
-        let running = self
-            .jobs
-            .values()
-            .filter(|live| matches!(live.job.state, JobState::Assigned | JobState::Running))
-            .count();
+        let running = self.machine.counts().1;
         self.metrics
             .running
             .set(i64::try_from(running).unwrap_or(i64::MAX));
     }
 
     fn update_tenant_gauges(&mut self) {
-        let now_ms = now_ms();
-        let usage = self.usage(now_ms);
+        let now_ms = self.clock.now_ms();
+        let usage = self.machine.usage(now_ms);
         let metrics = &self.metrics;
+        let machine = &self.machine;
         metrics.tenant_running.clear();
         metrics.tenant_queued.clear();
         metrics.tenant_usage.clear();
@@ -1845,8 +1518,8 @@ impl Dispatcher {
         let default_tenant = TenantName::default();
         let names: std::collections::BTreeSet<&TenantName> = usage
             .keys()
-            .chain(self.config.tenants.configured.keys())
-            .chain(self.queues.tenants())
+            .chain(machine.tenants().configured.keys())
+            .chain(machine.queues().tenants())
             .chain(std::iter::once(&default_tenant))
             .collect();
         for name in names {
@@ -1861,15 +1534,14 @@ impl Dispatcher {
             metrics
                 .tenant_queued
                 .get_or_create(&labels)
-                .set(i64::try_from(self.queues.tenant_depth(name)).unwrap_or(i64::MAX));
-            let bursting = matches!(self.bursts.get(name), Some(BurstState::Active { .. }));
+                .set(i64::try_from(machine.queues().tenant_depth(name)).unwrap_or(i64::MAX));
+            let bursting = matches!(machine.burst(name), BurstState::Active { .. });
             metrics
                 .tenant_burst
                 .get_or_create(&labels)
                 .set(i64::from(bursting));
-            let quotas = self
-                .config
-                .tenants
+            let quotas = machine
+                .tenants()
                 .get(name)
                 .map(|tenant| tenant.quotas.clone())
                 .unwrap_or_default();
@@ -1890,6 +1562,10 @@ impl Dispatcher {
             }
         }
     }
+}
+
+fn at(now_ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

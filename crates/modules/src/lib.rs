@@ -13,8 +13,8 @@ pub mod worker_management;
 pub use credentials::{CredentialError, Credentials, NewCredential, Token};
 pub use drain::{DrainError, WorkerDrains};
 pub use jobs::{
-    JobError, JobMetrics, JobService, JobServiceConfig, JobSnapshot, LogPage, PoolSettings,
-    Retired, TenantStatus,
+    Clock, JobError, JobMetrics, JobService, JobServiceConfig, JobSnapshot, LogPage, PoolSettings,
+    Retired, TenantStatus, TokioClock,
 };
 pub use pools::{
     DecisionRecord, PoolCounts, PoolError, PoolManager, PoolManagerConfig, PoolMetrics, PoolStatus,

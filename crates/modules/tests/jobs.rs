@@ -15,7 +15,7 @@ use hodei_core::{
     Worker, WorkerCapabilities, WorkerId, WorkerSpec,
 };
 use hodei_modules::{
-    JobError, JobMetrics, JobService, JobServiceConfig, Retired, SchedulerRegistry,
+    Clock, JobError, JobMetrics, JobService, JobServiceConfig, Retired, SchedulerRegistry,
 };
 use hodei_ports::{JobFilter, LogChunk, LogStream, Store};
 use hodei_testkit::agents::{FakeAgents, Sent};
@@ -459,6 +459,79 @@ async fn a_lost_worker_requeues_its_job_after_the_grace_period() {
     let done = wait_state(&h, &submitted.id, JobState::Succeeded).await;
     assert_eq!(done.attempts, 2);
     h.stop.cancel();
+}
+
+/// A clock the test moves by hand.
+struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    fn set(&self, ms: u64) {
+        self.0.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn the_dispatcher_stamps_everything_with_the_clock_it_is_given_and_fences_on_it() {
+    let clock = Arc::new(ManualClock(1_000_000.into()));
+    let (agents, mut sent) = FakeAgents::new();
+    let registry = Arc::new(SchedulerRegistry::new());
+    let stop = CancellationToken::new();
+    let (jobs, _retired) = JobService::start_with_clock(
+        config(),
+        Arc::new(MemoryStore::new()),
+        registry.clone(),
+        agents,
+        JobMetrics::new(&mut Registry::default()),
+        clock.clone(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    let w = connect(&registry, worker("w", 2, &[]));
+    let submitted = jobs.submit(argv(&["true"])).await.unwrap();
+    assert_eq!(submitted.submitted_at, at(1_000_000));
+    let Some(Sent::Assign {
+        worker,
+        job: assigned,
+    }) = sent.recv().await
+    else {
+        panic!("expected an assignment");
+    };
+    assert_eq!(worker, w);
+    clock.set(1_000_500);
+    jobs.job_accepted(w.clone(), assigned.id.to_string(), assigned.attempts)
+        .await;
+    let state = |jobs: JobService, id: JobId| async move { jobs.get(&id).await.unwrap().unwrap() };
+    let running = hodei_testkit::wait_for("the start", Duration::from_secs(10), || async {
+        let job = state(jobs.clone(), submitted.id.clone()).await;
+        (job.state == JobState::Running).then_some(job)
+    })
+    .await;
+    assert_eq!(running.started_at, Some(at(1_000_500)));
+    // The worker leaves the registry: its attempt is lost after lease and margin (4 s + 1 s)
+    // on the given clock, however much real time passes.
+    registry.unregister(&w).unwrap();
+    clock.set(1_004_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        state(jobs.clone(), submitted.id.clone()).await.state,
+        JobState::Running
+    );
+    clock.set(1_006_000);
+    let requeued = hodei_testkit::wait_for("the loss", Duration::from_secs(10), || async {
+        let job = state(jobs.clone(), submitted.id.clone()).await;
+        (job.state == JobState::Queued).then_some(job)
+    })
+    .await;
+    assert!(requeued.reason.unwrap().contains("worker lost"));
+    stop.cancel();
 }
 
 async fn next_cancel(h: &mut Harness) -> (WorkerId, JobId) {

@@ -1,17 +1,19 @@
-//! The dispatcher's SLA bookkeeping: deadlines stamped at submission, met and missed
-//! deadlines counted, at-risk jobs gauged, and preemptions decided by
-//! `hodei_core::sla::choose_victims` applied (the victim told to stop with the configured
-//! grace, its end requeued without spending a retry, the preemption recorded on both jobs).
+//! The dispatcher's SLA bookkeeping in the shell: met and missed deadlines counted, at-risk
+//! jobs gauged, and the inputs of `hodei_core::sla::choose_victims` gathered (waiting jobs,
+//! running jobs, idle and starting workers) so that its choice goes to the machine as
+//! `Input::Preempt`.
 //!
-//! The start order itself (at-risk first, boosted within a tenant) is in
-//! `hodei_core::tenancy::plan_fair_dispatch`, which the dispatcher already calls.
+//! The decisions are the machine's (`hodei_core::dispatch`): deadlines stamped at admission,
+//! the first start set on assignment, a preemption recorded on both jobs before the victim is
+//! told to stop (`Effect::Preempt`, with the `[sla]` grace), the victim's end requeued as
+//! `Preempted` without spending a retry, the next boost or risk instant. The start order
+//! (at-risk first, boosted within a tenant) is `hodei_core::tenancy::plan_fair_dispatch`.
 
 use std::collections::{HashMap, HashSet};
-use std::time::SystemTime;
 
-use hodei_core::job::PreemptionRecord;
+use hodei_core::dispatch::Input;
 use hodei_core::sla::{self, Risk, SlaClock};
-use hodei_core::{AttemptOutcome, Job, JobId, JobState, SlaClass};
+use hodei_core::{Job, JobId, JobState, SlaClass};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,26 +22,15 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::time::{Duration, Instant};
 
-use super::{Dispatcher, IdleWorker, log_store_error, now_ms};
+use super::{Dispatcher, IdleWorker};
 
 /// A worker registered but never connected for at most this long counts as starting: a
 /// job that fits it waits for it rather than preempt anyone.
 const STARTING_WINDOW: Duration = Duration::from_secs(60);
 
-/// A preemption under way: the victim was told to stop; its end requeues it.
-#[derive(Debug)]
-pub(super) struct Preempting {
-    /// What the victim's end records as the reason.
-    pub(super) reason: String,
-    /// The job it makes room for: no second victim for it while this one stops.
-    pub(super) beneficiary: JobId,
-}
-
-/// What the dispatcher keeps about SLAs beyond the jobs themselves.
+/// What the shell keeps about SLAs beyond the machine's jobs.
 #[derive(Debug, Default)]
 pub(super) struct SlaState {
-    /// Victims told to stop, by job id.
-    pub(super) preempting: HashMap<JobId, Preempting>,
     /// Queued jobs whose missed deadline was counted already (they count once, not again
     /// when they start).
     pub(super) missed: HashSet<JobId>,
@@ -156,15 +147,6 @@ impl SlaMetrics {
 }
 
 impl Dispatcher {
-    /// Stamps a new job's deadline: submission plus its class's deadline as configured now.
-    pub(super) fn stamp_deadline(&self, job: &mut Job) {
-        job.deadline = Some(
-            self.config
-                .sla
-                .deadline_of(job.spec.sla_class, job.submitted_at),
-        );
-    }
-
     /// A job's first start was recorded: met or missed, and how close.
     pub(super) fn sla_first_start(&mut self, job: &Job) {
         let Some(start) = job.first_started_at else {
@@ -190,39 +172,43 @@ impl Dispatcher {
         }
     }
 
-    /// What the end of an attempt means when the dispatcher preempted it: a user's cancel
-    /// still wins; otherwise its stop (or a loss while stopping) is a preemption.
-    pub(super) fn preempted_outcome(&self, id: &JobId, outcome: AttemptOutcome) -> AttemptOutcome {
-        match (&outcome, self.sla.preempting.get(id)) {
-            (AttemptOutcome::Cancelled | AttemptOutcome::WorkerLost, Some(preempting))
-                if !self.cancel_requested.contains(id) =>
-            {
-                AttemptOutcome::Preempted(preempting.reason.clone())
-            }
-            _ => outcome,
-        }
+    /// A preemption the machine recorded: counted and logged (the stop is sent by the
+    /// caller).
+    pub(super) fn preempting(&self, preemption: &sla::Preemption) {
+        tracing::info!(victim = %preemption.victim, beneficiary = %preemption.beneficiary, worker_id = %preemption.worker, reason = %preemption.reason, "preempting");
+        self.metrics
+            .sla
+            .preemptions
+            .get_or_create(&PreemptionLabels {
+                class: preemption.victim_class.as_str(),
+                for_class: preemption.beneficiary_class.as_str(),
+            })
+            .inc();
     }
 
-    /// When the next queued job becomes boosted or at risk (an hour away when none will).
+    /// When the next queued job becomes boosted or at risk (an hour away when none will),
+    /// as the machine says.
     pub(super) fn sla_wake(&self) -> Instant {
-        let now_ms = now_ms();
+        let now_ms = self.clock.now_ms();
         let after =
-            sla::next_change_ms(&self.queues, now_ms).map_or(Duration::from_secs(3600), |at| {
-                // One millisecond past the instant, so the job is past its threshold then.
-                Duration::from_millis(at.saturating_sub(now_ms).saturating_add(1))
-            });
+            self.machine
+                .next_sla_change_ms(now_ms)
+                .map_or(Duration::from_secs(3600), |at| {
+                    // One millisecond past the instant, so the job is past its threshold then.
+                    Duration::from_millis(at.saturating_sub(now_ms).saturating_add(1))
+                });
         Instant::now() + after
     }
 
-    /// Once a tick: counts deadlines missed by queued jobs, sets the at-risk gauge, and
-    /// preempts for at-risk critical and high jobs as `[sla] preemption` allows.
+    /// Counts deadlines missed by queued jobs, sets the at-risk gauge, and preempts for
+    /// waiting critical and high jobs as `[sla] preemption` allows.
     pub(super) async fn sla_tick(&mut self) {
-        let now_ms = now_ms();
-        let jobs = &self.jobs;
-        self.sla.missed.retain(|id| jobs.contains_key(id));
+        let now_ms = self.clock.now_ms();
+        let machine = &self.machine;
+        self.sla.missed.retain(|id| machine.job(id).is_some());
         let mut at_risk: HashMap<SlaClass, i64> = HashMap::new();
         let mut newly_missed = Vec::new();
-        for entry in sla::at_risk_first(&self.queues, now_ms) {
+        for entry in sla::at_risk_first(self.machine.queues(), now_ms) {
             *at_risk.entry(entry.sla_class).or_default() += 1;
             if entry.sla.time_left_ms(now_ms) < 0 && !self.sla.missed.contains(&entry.job_id) {
                 newly_missed.push(entry.job_id.clone());
@@ -238,39 +224,44 @@ impl Dispatcher {
                 .set(at_risk.get(&class).copied().unwrap_or(0));
         }
         for id in newly_missed {
-            if let Some(live) = self.jobs.get(&id) {
-                tracing::warn!(job_id = %id, class = %live.job.spec.sla_class, "job missed its deadline while queued");
-                self.metrics.sla.counted(&live.job, false);
+            if let Some(job) = self.machine.job(&id) {
+                tracing::warn!(job_id = %id, class = %job.spec.sla_class, "job missed its deadline while queued");
+                self.metrics.sla.counted(job, false);
                 self.sla.missed.insert(id);
             }
         }
-        self.preempt(now_ms).await;
+        for preemption in self.choose_preemptions(now_ms) {
+            self.drive(Input::Preempt(preemption)).await;
+        }
     }
 
-    /// Decides and starts preemptions for waiting critical and high jobs.
-    async fn preempt(&mut self, now_ms: u64) {
+    /// Gathers the waiting, the running and the available workers, and asks
+    /// [`sla::choose_victims`] which running jobs to stop.
+    fn choose_preemptions(&self, now_ms: u64) -> Vec<sla::Preemption> {
         let policy = self.config.sla.preemption;
         if policy == sla::PreemptionPolicy::Never {
-            return;
+            return Vec::new();
         }
-        let candidates: Vec<hodei_core::QueueEntry> = match policy {
-            sla::PreemptionPolicy::Always => self
-                .queues
+        let queues = self.machine.queues();
+        let candidates: Vec<&hodei_core::QueueEntry> = match policy {
+            sla::PreemptionPolicy::Always => queues
                 .iter_in_order()
                 .filter(|e| matches!(e.sla_class, SlaClass::Critical | SlaClass::High))
-                .cloned()
                 .collect(),
-            _ => sla::at_risk_first(&self.queues, now_ms)
+            _ => sla::at_risk_first(queues, now_ms)
                 .into_iter()
                 .filter(|e| e.sla.risk(now_ms) == Risk::AtRisk)
-                .cloned()
                 .collect(),
         };
+        let stopping: HashSet<&JobId> = self
+            .machine
+            .preempting()
+            .map(|(victim, _)| victim)
+            .collect();
         let making_room_for: HashSet<&JobId> = self
-            .sla
-            .preempting
-            .values()
-            .map(|p| &p.beneficiary)
+            .machine
+            .preempting()
+            .map(|(_, for_job)| for_job)
             .collect();
         let waiting: Vec<sla::Waiting<'_>> = candidates
             .iter()
@@ -283,29 +274,33 @@ impl Dispatcher {
             })
             .collect();
         if waiting.is_empty() {
-            return;
+            return Vec::new();
         }
         let now = Instant::now();
-        let mut available = self.idle_workers();
+        let mut available = self.machine.idle_workers(now_ms);
         available.extend(self.registry.filter_map(|entry| {
             let starting = !entry.connected
                 && entry.last_seen.is_none()
-                && now.saturating_duration_since(entry.last_seen_at) < STARTING_WINDOW
-                && !self.dead.contains(&entry.worker.id);
+                && now.saturating_duration_since(entry.last_seen_at) < STARTING_WINDOW;
             starting.then(|| IdleWorker::from(&entry.worker))
         }));
         let running_jobs: Vec<(&Job, IdleWorker, u64)> = self
-            .jobs
-            .values()
-            .filter(|live| live.job.state == JobState::Running)
-            .filter(|live| !self.sla.preempting.contains_key(&live.job.id))
-            .filter_map(|live| {
-                let worker = live.job.worker_id.as_ref()?;
+            .machine
+            .in_flight()
+            .filter(|job| job.state == JobState::Running && !stopping.contains(&job.id))
+            .filter_map(|job| {
+                let worker = job.worker_id.as_ref()?;
                 let entry = self.registry.get(worker)?;
-                let since = live.started_at.or(live.assigned_at).unwrap_or(now);
-                let run_ms = u64::try_from(now.saturating_duration_since(since).as_millis())
-                    .unwrap_or(u64::MAX);
-                Some((&live.job, IdleWorker::from(&entry.worker), run_ms))
+                let times = self.machine.times(&job.id)?;
+                let since = times
+                    .started_at_ms
+                    .or(times.assigned_at_ms)
+                    .unwrap_or(now_ms);
+                Some((
+                    job,
+                    IdleWorker::from(&entry.worker),
+                    now_ms.saturating_sub(since),
+                ))
             })
             .collect();
         let running: Vec<sla::Running<'_>> = running_jobs
@@ -321,78 +316,6 @@ impl Dispatcher {
                     .preemptible(&job.spec.tenant, job.spec.no_preempt),
             })
             .collect();
-        let chosen = sla::choose_victims(policy, &waiting, &running, &available, now_ms);
-        for preemption in chosen {
-            self.start_preemption(preemption).await;
-        }
-    }
-
-    /// Records a preemption on both jobs, then tells the victim's agent to stop it.
-    async fn start_preemption(&mut self, preemption: sla::Preemption) {
-        let record = PreemptionRecord {
-            at: SystemTime::now(),
-            victim: preemption.victim.clone(),
-            beneficiary: preemption.beneficiary.clone(),
-            worker_id: preemption.worker.clone(),
-            reason: preemption.reason.clone(),
-        };
-        let mut updates = Vec::with_capacity(2);
-        for id in [&preemption.victim, &preemption.beneficiary] {
-            if let Some(live) = self.jobs.get(id) {
-                let mut job = live.job.clone();
-                job.record_preemption(record.clone());
-                updates.push((job.clone(), job.state));
-            }
-        }
-        if updates.len() != 2 {
-            return;
-        }
-        let results = match self.store.update_jobs(&updates).await {
-            Ok(results) => results,
-            Err(error) => {
-                tracing::error!(%error, victim = %preemption.victim, "could not record a preemption, not preempting");
-                return;
-            }
-        };
-        for ((job, _), result) in updates.into_iter().zip(results) {
-            if log_store_error("a preemption", &job.id, result).is_some()
-                && let Some(live) = self.jobs.get_mut(&job.id)
-            {
-                live.job = job;
-            }
-        }
-        tracing::info!(victim = %preemption.victim, beneficiary = %preemption.beneficiary, worker_id = %preemption.worker, reason = %preemption.reason, "preempting");
-        self.sla.preempting.insert(
-            preemption.victim.clone(),
-            Preempting {
-                reason: format!(
-                    "for {} job {}",
-                    preemption.beneficiary_class, preemption.beneficiary
-                ),
-                beneficiary: preemption.beneficiary.clone(),
-            },
-        );
-        self.metrics
-            .sla
-            .preemptions
-            .get_or_create(&PreemptionLabels {
-                class: preemption.victim_class.as_str(),
-                for_class: preemption.beneficiary_class.as_str(),
-            })
-            .inc();
-        let grace = self.config.sla.preemption_grace;
-        if let Err(error) = self
-            .link
-            .stop_with_grace(
-                &preemption.worker,
-                &preemption.victim,
-                &preemption.reason,
-                grace,
-            )
-            .await
-        {
-            // Its attempt ends when the worker is found lost, and that end is a preemption.
-            tracing::info!(job_id = %preemption.victim, %error, "preemption will apply when the worker's attempt ends");
-        }
+        sla::choose_victims(policy, &waiting, &running, &available, now_ms)
     }
 }
