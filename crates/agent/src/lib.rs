@@ -198,6 +198,17 @@ impl Jobs {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+    /// Records a newly assigned job; false (and nothing changed) when the job already runs
+    /// here, so a duplicate assignment cannot take the running job's cancel token away.
+    fn claim(&self, job_id: &str, job: RunningJob) -> bool {
+        match self.lock().entry(job_id.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(job);
+                true
+            }
+        }
+    }
     fn ids(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
     }
@@ -506,11 +517,7 @@ fn start_job(
     let job_id = assignment.job_id.clone();
     let cancel = CancellationToken::new();
     let stop_grace_ms = Arc::new(AtomicU64::new(0));
-    if jobs
-        .lock()
-        .insert(job_id.clone(), (cancel.clone(), stop_grace_ms.clone()))
-        .is_some()
-    {
+    if !jobs.claim(&job_id, (cancel.clone(), stop_grace_ms.clone())) {
         tracing::warn!(%job_id, "job assigned twice, keeping the running one");
         return;
     }
@@ -558,6 +565,18 @@ fn usage(running_jobs: usize) -> v1::ResourceUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duplicate_assignment_keeps_the_running_jobs_cancel_token() {
+        let jobs = Jobs::default();
+        let running = CancellationToken::new();
+        assert!(jobs.claim("j-1", (running.clone(), Arc::new(AtomicU64::new(0)))));
+        let duplicate = CancellationToken::new();
+        assert!(!jobs.claim("j-1", (duplicate.clone(), Arc::new(AtomicU64::new(0)))));
+        assert!(jobs.cancel("j-1", 0));
+        assert!(running.is_cancelled(), "the cancel reaches the running job");
+        assert!(!duplicate.is_cancelled());
+    }
 
     #[test]
     fn configuration_is_checked() {
