@@ -328,6 +328,21 @@ pub(crate) fn show_list<T>(
     }
 }
 
+/// One value as JSON, or as `print` writes it for a table.
+pub(crate) fn show_one(
+    output: Output,
+    value: &impl serde::Serialize,
+    print: impl FnOnce(),
+) -> anyhow::Result<()> {
+    match output.shown()? {
+        Shown::Json => print_json(value),
+        Shown::Table => {
+            print();
+            Ok(())
+        }
+    }
+}
+
 pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -501,28 +516,24 @@ pub async fn worker(command: WorkerCommand) -> anyhow::Result<()> {
         WorkerCommand::Get { id, connection } => {
             let client = Client::new(&connection)?;
             let worker: WorkerView = client.get(&format!("/workers/{id}"), &[]).await?;
-            match connection.output.shown()? {
-                Shown::Json => print_json(&worker),
-                Shown::Table => {
-                    print_workers(std::slice::from_ref(&worker));
-                    match (worker.load_average, worker.memory_used_mb) {
-                        (Some(load), Some(memory)) => println!(
-                            "\nlast heartbeat: load {load:.2}, memory used {memory} MiB of {} MiB",
-                            worker.capabilities.memory_mb
-                        ),
-                        _ => println!("\nlast heartbeat: no usage reported yet"),
-                    }
-                    if !worker.labels.is_empty() {
-                        let labels: Vec<_> = worker
-                            .labels
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .collect();
-                        println!("\nlabels: {}", labels.join(", "));
-                    }
-                    Ok(())
+            show_one(connection.output, &worker, || {
+                print_workers(std::slice::from_ref(&worker));
+                match (worker.load_average, worker.memory_used_mb) {
+                    (Some(load), Some(memory)) => println!(
+                        "\nlast heartbeat: load {load:.2}, memory used {memory} MiB of {} MiB",
+                        worker.capabilities.memory_mb
+                    ),
+                    _ => println!("\nlast heartbeat: no usage reported yet"),
                 }
-            }
+                if !worker.labels.is_empty() {
+                    let labels: Vec<_> = worker
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    println!("\nlabels: {}", labels.join(", "));
+                }
+            })
         }
         WorkerCommand::Terminate { id, connection } => {
             let client = Client::new(&connection)?;
@@ -563,13 +574,9 @@ pub async fn worker(command: WorkerCommand) -> anyhow::Result<()> {
             let worker: WorkerView = client
                 .post(&format!("/workers/{id}/undrain"), &serde_json::json!({}))
                 .await?;
-            match connection.output.shown()? {
-                Shown::Json => print_json(&worker),
-                Shown::Table => {
-                    println!("worker {id} undrained: it takes jobs again");
-                    Ok(())
-                }
-            }
+            show_one(connection.output, &worker, || {
+                println!("worker {id} undrained: it takes jobs again");
+            })
         }
     }
 }
@@ -590,18 +597,14 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
         PoolCommand::Get { name, connection } => {
             let client = Client::new(&connection)?;
             let pool: PoolView = client.get(&format!("/pools/{name}"), &[]).await?;
-            match connection.output.shown()? {
-                Shown::Json => print_json(&pool),
-                Shown::Table => {
-                    print_pools(std::slice::from_ref(&pool));
-                    println!(
-                        "\nworker-seconds {:.1}, cost {:.4} at {}/hour",
-                        pool.worker_seconds, pool.cost, pool.spec.cost_per_hour
-                    );
-                    print_decisions(&pool);
-                    Ok(())
-                }
-            }
+            show_one(connection.output, &pool, || {
+                print_pools(std::slice::from_ref(&pool));
+                println!(
+                    "\nworker-seconds {:.1}, cost {:.4} at {}/hour",
+                    pool.worker_seconds, pool.cost, pool.spec.cost_per_hour
+                );
+                print_decisions(&pool);
+            })
         }
         PoolCommand::Apply { file, connection } => {
             // Every pool is checked before the first is sent.
@@ -641,16 +644,12 @@ pub async fn pool(command: PoolCommand) -> anyhow::Result<()> {
                     &hodei_server::api::ScalePool { workers },
                 )
                 .await?;
-            match connection.output.shown()? {
-                Shown::Json => print_json(&pool),
-                Shown::Table => {
-                    println!(
-                        "pool {} now keeps {} to {} workers",
-                        pool.name, pool.min, pool.max
-                    );
-                    Ok(())
-                }
-            }
+            show_one(connection.output, &pool, || {
+                println!(
+                    "pool {} now keeps {} to {} workers",
+                    pool.name, pool.min, pool.max
+                );
+            })
         }
         PoolCommand::Rm { name, connection } => {
             let client = Client::new(&connection)?;

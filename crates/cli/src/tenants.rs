@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use hodei_server::TenantSettings;
 use hodei_server::api::{CreateTenantToken, CreatedToken, TenantList, TenantView};
 
-use crate::client::{Client, Connection, Shown, print_json, show_list, table};
+use crate::client::{Client, Connection, show_list, show_one, table};
 
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
@@ -147,17 +147,13 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
                     &CreateTenantToken { description },
                 )
                 .await?;
-            match connection.output.shown()? {
-                Shown::Json => print_json(&created),
-                Shown::Table => {
-                    println!("{}", created.token);
-                    eprintln!(
-                        "tenant token {} for {name}; the token above is shown only now",
-                        created.info.id
-                    );
-                    Ok(())
-                }
-            }
+            show_one(connection.output, &created, || {
+                println!("{}", created.token);
+                eprintln!(
+                    "tenant token {} for {name}; the token above is shown only now",
+                    created.info.id
+                );
+            })
         }
         TenantCommand::Ls { connection } => {
             let client = Client::new(&connection)?;
@@ -173,13 +169,9 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
         TenantCommand::Get { name, connection } => {
             let client = Client::new(&connection)?;
             let tenant: TenantView = client.get(&format!("/tenants/{name}"), &[]).await?;
-            match connection.output.shown()? {
-                Shown::Json => print_json(&tenant),
-                Shown::Table => {
-                    print_tenant(&tenant);
-                    Ok(())
-                }
-            }
+            show_one(connection.output, &tenant, || {
+                print_tenant(&tenant);
+            })
         }
         TenantCommand::SetQuota(args) => {
             let client = Client::new(&args.connection)?;
@@ -191,13 +183,9 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
                 .map(|view| view.settings)
                 .unwrap_or_default();
             let tenant: TenantView = client.put(&path, &args.apply(current)).await?;
-            match args.connection.output.shown()? {
-                Shown::Json => print_json(&tenant),
-                Shown::Table => {
-                    print_tenant(&tenant);
-                    Ok(())
-                }
-            }
+            show_one(args.connection.output, &tenant, || {
+                print_tenant(&tenant);
+            })
         }
         TenantCommand::Rm { name, connection } => {
             let client = Client::new(&connection)?;

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use hodei_server::api::{CreateToken, CreatedToken, RevokedTokens, TokenList, TokenView};
 
-use crate::client::{Client, Connection, Shown, print_json, show_list, table};
+use crate::client::{Client, Connection, show_list, show_one, table};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -75,17 +75,13 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
                 tenant: None,
             };
             let created: CreatedToken = client.post("/tokens", &request).await?;
-            match connection.output.shown()? {
-                Shown::Json => print_json(&created),
-                Shown::Table => {
-                    println!("{}", created.token);
-                    eprintln!(
-                        "credential {} ({}); the token above is shown only now",
-                        created.info.id, created.info.role
-                    );
-                    Ok(())
-                }
-            }
+            show_one(connection.output, &created, || {
+                println!("{}", created.token);
+                eprintln!(
+                    "credential {} ({}); the token above is shown only now",
+                    created.info.id, created.info.role
+                );
+            })
         }
         TokenCommand::Ls { connection } => {
             let client = Client::new(&connection)?;
@@ -101,17 +97,13 @@ pub async fn token(command: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Revoke { id, connection } => {
             let client = Client::new(&connection)?;
             let revoked: RevokedTokens = client.delete_json(&format!("/tokens/{id}")).await?;
-            match connection.output.shown()? {
-                Shown::Json => print_json(&revoked),
-                Shown::Table => {
-                    if revoked.revoked.is_empty() {
-                        println!("credential {id} was already revoked");
-                    } else {
-                        println!("revoked: {}", revoked.revoked.join(", "));
-                    }
-                    Ok(())
+            show_one(connection.output, &revoked, || {
+                if revoked.revoked.is_empty() {
+                    println!("credential {id} was already revoked");
+                } else {
+                    println!("revoked: {}", revoked.revoked.join(", "));
                 }
-            }
+            })
         }
     }
 }
