@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod fence;
 pub mod health;
 pub mod job;
+pub mod lease;
 pub mod lifecycle;
 pub mod matching;
 pub mod pool;

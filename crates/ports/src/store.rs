@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
 use hodei_core::credential::{Role, WorkerOrigin};
+use hodei_core::lease::Lease;
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
     Job, JobId, JobState, JobTransitionError, PoolSpec, QueueName, TenantName, TransitionError,
@@ -166,6 +167,10 @@ pub enum Error {
     /// A row could not be decoded: a bug or a hand-edited database.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A job write fenced with a leader epoch that is no longer the lease's: another replica
+    /// leads now, and this server must stop dispatching. Nothing was written.
+    #[error("fenced: this server led with epoch {ours}, the leader lease is at epoch {current}")]
+    Fenced { ours: u64, current: u64 },
 }
 
 impl Error {
@@ -304,4 +309,29 @@ pub trait Store: Send + Sync {
 
     /// One job's attempts' usage, in attempt order.
     async fn job_usage(&self, id: &JobId) -> Result<Vec<AttemptUsage>, Error>;
+
+    /// The leader lease `name` (see [`hodei_core::lease`]) and the store's clock now, in
+    /// milliseconds since the Unix epoch: replicas judge expiry on that one clock. Only a
+    /// store that several servers share keeps leases; the others answer
+    /// [`Error::Unavailable`].
+    async fn read_lease(&self, name: &str) -> Result<(Option<Lease>, u64), Error> {
+        let _ = name;
+        Err(Error::Unavailable(
+            "this store keeps no leader lease: replicas need PostgreSQL".into(),
+        ))
+    }
+
+    /// Compare-and-set of the lease `name`: writes `lease` if the stored row is still
+    /// `expected` (`None`: no row yet), atomically. `false` when another replica wrote first.
+    async fn write_lease(
+        &self,
+        name: &str,
+        expected: Option<&Lease>,
+        lease: &Lease,
+    ) -> Result<bool, Error> {
+        let _ = (name, expected, lease);
+        Err(Error::Unavailable(
+            "this store keeps no leader lease: replicas need PostgreSQL".into(),
+        ))
+    }
 }

@@ -120,7 +120,7 @@ impl From<store::Error> for ApiError {
             | store::Error::JobExists(_)
             | store::Error::PoolExists(_)
             | store::Error::CredentialExists(_) => Code::AlreadyExists,
-            store::Error::Unavailable(_) => Code::Unavailable,
+            store::Error::Unavailable(_) | store::Error::Fenced { .. } => Code::Unavailable,
             store::Error::Corrupt(_) => Code::Internal,
         };
         Self::new(code, error.to_string())

@@ -141,7 +141,10 @@ pub(crate) async fn update_job(
 
 /// Whether an error concerns the whole database rather than one job: a batch stops there.
 pub(crate) fn is_database_error(error: &Error) -> bool {
-    matches!(error, Error::Unavailable(_) | Error::Corrupt(_))
+    matches!(
+        error,
+        Error::Unavailable(_) | Error::Corrupt(_) | Error::Fenced { .. }
+    )
 }
 
 /// Several updates in one `BEGIN IMMEDIATE` transaction: one commit for all. Each update

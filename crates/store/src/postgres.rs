@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage, hour_start};
+use hodei_core::lease::Lease;
 use hodei_core::tenancy::Tenant;
 use hodei_core::{Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState};
 use hodei_ports::store::{
@@ -52,6 +53,15 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Set on a leader's store: every job write checks the lease is still at this epoch.
+    fence: Option<Fence>,
+}
+
+/// A leader's claim: the lease it holds and the epoch it holds it with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fence {
+    lease: String,
+    epoch: u64,
 }
 
 impl PostgresStore {
@@ -73,7 +83,35 @@ impl PostgresStore {
             .run(&pool)
             .await
             .map_err(map_migrate_error_pg)?;
-        Ok(Self { pool })
+        Ok(Self { pool, fence: None })
+    }
+
+    /// The same store (same connections) for the leader holding `lease` with `epoch`: each
+    /// job write (insert or update, one or a batch) runs in a transaction that first reads the
+    /// lease row `FOR SHARE` and fails with [`Error::Fenced`], writing nothing, when another
+    /// epoch holds it. The share lock makes a takeover wait for writes in progress, and a write
+    /// that starts after a takeover sees the new epoch, so a paused old leader cannot record
+    /// an assignment once another replica leads.
+    pub fn fenced(&self, lease: &str, epoch: u64) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            fence: Some(Fence {
+                lease: lease.to_owned(),
+                epoch,
+            }),
+        }
+    }
+
+    /// A transaction whose first statement checks the fence, or `None` for an unfenced store.
+    async fn fenced_transaction(
+        &self,
+    ) -> Result<Option<sqlx::Transaction<'static, Postgres>>, Error> {
+        let Some(fence) = &self.fence else {
+            return Ok(None);
+        };
+        let mut transaction = self.pool.begin().await.map_err(map_pg_error)?;
+        check_fence(&mut transaction, fence).await?;
+        Ok(Some(transaction))
     }
 
     /// Waits for running statements to finish and closes every connection. Later calls fail
@@ -304,6 +342,11 @@ impl Store for PostgresStore {
     }
 
     async fn insert_job(&self, job: &Job) -> Result<Job, Error> {
+        if let Some(mut transaction) = self.fenced_transaction().await? {
+            let inserted = insert_job_on(&mut transaction, job).await?;
+            transaction.commit().await.map_err(map_pg_error)?;
+            return Ok(inserted);
+        }
         let mut connection = self.pool.acquire().await.map_err(map_pg_error)?;
         insert_job_on(&mut connection, job).await
     }
@@ -367,6 +410,11 @@ impl Store for PostgresStore {
     }
 
     async fn update_job(&self, job: &Job, expected: JobState) -> Result<(), Error> {
+        if let Some(mut transaction) = self.fenced_transaction().await? {
+            update_job_on(&mut transaction, job, expected).await?;
+            transaction.commit().await.map_err(map_pg_error)?;
+            return Ok(());
+        }
         let mut connection = self.pool.acquire().await.map_err(map_pg_error)?;
         update_job_on(&mut connection, job, expected).await
     }
@@ -377,17 +425,28 @@ impl Store for PostgresStore {
         }
         let columns = JobColumns::new(jobs.iter().map(|job| (job, None)))?;
         // One statement, so nothing to roll back: all rows or none.
-        let inserted: Vec<(String, i64)> = sqlx::query_as(BATCH_INSERT)
+        let statement = sqlx::query_as(BATCH_INSERT)
             .bind(&columns.ids)
             .bind(&columns.states)
             .bind(&columns.tenants)
             .bind(&columns.queues)
             .bind(&columns.worker_ids)
             .bind(&columns.job_jsons)
-            .bind(millis_since_epoch(SystemTime::now()))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_pg_error)?;
+            .bind(millis_since_epoch(SystemTime::now()));
+        let inserted: Vec<(String, i64)> = match self.fenced_transaction().await? {
+            Some(mut transaction) => {
+                let inserted = statement
+                    .fetch_all(&mut *transaction)
+                    .await
+                    .map_err(map_pg_error)?;
+                transaction.commit().await.map_err(map_pg_error)?;
+                inserted
+            }
+            None => statement
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_pg_error)?,
+        };
         let mut sequences: HashMap<String, i64> = inserted.into_iter().collect();
         jobs.iter()
             .map(|job| {
@@ -409,6 +468,9 @@ impl Store for PostgresStore {
         updates: &[(Job, JobState)],
     ) -> Result<Vec<Result<(), Error>>, Error> {
         let mut transaction = self.pool.begin().await.map_err(map_pg_error)?;
+        if let Some(fence) = &self.fence {
+            check_fence(&mut transaction, fence).await?;
+        }
         let mut results: Vec<Option<Result<(), Error>>> = updates.iter().map(|_| None).collect();
         let mut single = Vec::new();
         let mut batched = Vec::with_capacity(updates.len());
@@ -863,6 +925,74 @@ impl Store for PostgresStore {
             )
             .collect())
     }
+
+    async fn read_lease(&self, name: &str) -> Result<(Option<Lease>, u64), Error> {
+        // The database's clock: every replica judges expiry on the same one.
+        let row: LeaseRow = sqlx::query_as(
+            "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT, \
+             l.holder, l.holder_url, l.epoch, l.expires_ms \
+             FROM (SELECT 1) AS one LEFT JOIN leader_lease AS l ON l.name = $1",
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        let (now, holder, holder_url, epoch, expires_ms) = row;
+        let now = u64::try_from(now)
+            .map_err(|_| Error::Corrupt(format!("the database's clock reads {now} ms")))?;
+        let lease = match (holder, holder_url, epoch, expires_ms) {
+            (Some(holder), Some(holder_url), Some(epoch), Some(expires_ms)) => Some(Lease {
+                holder,
+                holder_url,
+                epoch: u64::try_from(epoch)
+                    .map_err(|_| Error::Corrupt(format!("lease {name}: epoch {epoch}")))?,
+                expires_ms: u64::try_from(expires_ms).unwrap_or(0),
+            }),
+            _ => None,
+        };
+        Ok((lease, now))
+    }
+
+    async fn write_lease(
+        &self,
+        name: &str,
+        expected: Option<&Lease>,
+        lease: &Lease,
+    ) -> Result<bool, Error> {
+        let epoch = lease_number(lease.epoch)?;
+        let expires = lease_number(lease.expires_ms)?;
+        let written = match expected {
+            None => sqlx::query(
+                "INSERT INTO leader_lease (name, holder, holder_url, epoch, expires_ms) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(&lease.holder)
+            .bind(&lease.holder_url)
+            .bind(epoch)
+            .bind(expires)
+            .execute(&self.pool)
+            .await
+            .map_err(map_pg_error)?,
+            Some(old) => sqlx::query(
+                "UPDATE leader_lease SET holder = $2, holder_url = $3, epoch = $4, \
+                 expires_ms = $5 \
+                 WHERE name = $1 AND holder = $6 AND epoch = $7 AND expires_ms = $8",
+            )
+            .bind(name)
+            .bind(&lease.holder)
+            .bind(&lease.holder_url)
+            .bind(epoch)
+            .bind(expires)
+            .bind(&old.holder)
+            .bind(lease_number(old.epoch)?)
+            .bind(lease_number(old.expires_ms)?)
+            .execute(&self.pool)
+            .await
+            .map_err(map_pg_error)?,
+        };
+        Ok(written.rows_affected() == 1)
+    }
 }
 
 /// Attempt usage rows as one array per column, for one `INSERT ... SELECT FROM UNNEST(...)`.
@@ -903,6 +1033,41 @@ impl<'a> LogColumns<'a> {
         self.streams.push(chunk.stream.as_str());
         self.data.push(&chunk.data);
         Ok(())
+    }
+}
+
+/// `(now_ms, holder, holder_url, epoch, expires_ms)`: the clock, and the lease if any.
+type LeaseRow = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn lease_number(value: u64) -> Result<i64, Error> {
+    i64::try_from(value).map_err(|_| Error::Corrupt(format!("lease value {value} out of range")))
+}
+
+/// Fails with [`Error::Fenced`] unless the lease is still at the fence's epoch, holding a share
+/// lock on its row until the transaction ends: a takeover waits for this transaction.
+async fn check_fence(connection: &mut PgConnection, fence: &Fence) -> Result<(), Error> {
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT epoch FROM leader_lease WHERE name = $1 FOR SHARE")
+            .bind(&fence.lease)
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(map_pg_error)?;
+    let current = current
+        .and_then(|epoch| u64::try_from(epoch).ok())
+        .unwrap_or(0);
+    if current == fence.epoch {
+        Ok(())
+    } else {
+        Err(Error::Fenced {
+            ours: fence.epoch,
+            current,
+        })
     }
 }
 

@@ -415,6 +415,142 @@ mod postgres {
         assert!(second.sequence > first.sequence);
     }
 
+    fn lease(holder: &str, epoch: u64, expires_ms: u64) -> hodei_core::lease::Lease {
+        hodei_core::lease::Lease {
+            holder: holder.to_owned(),
+            holder_url: format!("http://{holder}.example:50051"),
+            epoch,
+            expires_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_leader_lease_is_a_compare_and_set_on_the_databases_clock() {
+        let Some((_, store)) = fresh("postgres_leader_lease_cas").await else {
+            return;
+        };
+        let (none, now) = store.read_lease("leader").await.unwrap();
+        assert_eq!(none, None);
+        let wall = u64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        // Same machine: the database's clock is this one's, give or take a minute.
+        assert!(now.abs_diff(wall) < 60_000, "db {now} vs local {wall}");
+
+        let a1 = lease("a", 1, now + 5_000);
+        assert!(store.write_lease("leader", None, &a1).await.unwrap());
+        // A second replica that also saw no row loses.
+        assert!(
+            !store
+                .write_lease("leader", None, &lease("b", 1, now + 5_000))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.read_lease("leader").await.unwrap().0,
+            Some(a1.clone())
+        );
+        // Renewal against what was read wins once; a write against the old row loses.
+        let a1_renewed = lease("a", 1, now + 6_000);
+        assert!(
+            store
+                .write_lease("leader", Some(&a1), &a1_renewed)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .write_lease("leader", Some(&a1), &lease("b", 2, now + 9_000))
+                .await
+                .unwrap()
+        );
+        // Leases are per name.
+        assert_eq!(store.read_lease("other").await.unwrap().0, None);
+    }
+
+    #[tokio::test]
+    async fn postgres_a_stale_epoch_cannot_write_jobs() {
+        let Some((_, store)) = fresh("postgres_stale_epoch_fenced").await else {
+            return;
+        };
+        let (_, now) = store.read_lease("leader").await.unwrap();
+        let a = lease("a", 1, now + 5_000);
+        assert!(store.write_lease("leader", None, &a).await.unwrap());
+        let old_leader = store.fenced("leader", 1);
+        let queued = old_leader.insert_job(&job("j-1")).await.unwrap();
+        old_leader.insert_jobs(&[job("j-2")]).await.unwrap()[0]
+            .as_ref()
+            .unwrap();
+
+        // The old leader pauses; its lease runs out and b takes it with epoch 2.
+        let b = lease("b", 2, now + 10_000);
+        assert!(store.write_lease("leader", Some(&a), &b).await.unwrap());
+
+        let mut assigned = queued.clone();
+        assigned.state = JobState::Assigned;
+        assigned.worker_id = Some(WorkerId::new("w-old").unwrap());
+        let fenced = |result: Result<_, Error>| {
+            assert!(
+                matches!(
+                    result,
+                    Err(Error::Fenced {
+                        ours: 1,
+                        current: 2
+                    })
+                ),
+                "{result:?}"
+            );
+        };
+        fenced(old_leader.update_job(&assigned, JobState::Queued).await);
+        fenced(
+            old_leader
+                .update_jobs(&[(assigned.clone(), JobState::Queued)])
+                .await
+                .map(|_| ()),
+        );
+        fenced(old_leader.insert_job(&job("j-3")).await.map(|_| ()));
+        fenced(old_leader.insert_jobs(&[job("j-4")]).await.map(|_| ()));
+        // Nothing of it reached the store.
+        let stored = store.get_job(&queued.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, JobState::Queued);
+        assert_eq!(stored.worker_id, None);
+        assert_eq!(
+            store.get_job(&JobId::new("j-3").unwrap()).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store.get_job(&JobId::new("j-4").unwrap()).await.unwrap(),
+            None
+        );
+
+        // The new leader writes with its epoch.
+        let new_leader = store.fenced("leader", 2);
+        assigned.worker_id = Some(WorkerId::new("w-new").unwrap());
+        new_leader
+            .update_job(&assigned, JobState::Queued)
+            .await
+            .unwrap();
+        let stored = store.get_job(&queued.id).await.unwrap().unwrap();
+        assert_eq!(stored.worker_id, Some(WorkerId::new("w-new").unwrap()));
+        // A fence with no lease row at all (a store never led) refuses too.
+        fenced_without_lease(&store).await;
+    }
+
+    async fn fenced_without_lease(store: &PostgresStore) {
+        let nobody = store.fenced("no-such-lease", 1);
+        assert!(matches!(
+            nobody.insert_job(&job("j-9")).await,
+            Err(Error::Fenced {
+                ours: 1,
+                current: 0
+            })
+        ));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn postgres_concurrent_job_updates_from_many_tasks_have_exactly_one_winner() {
         // Under READ COMMITTED a loser waits for the winner's commit, then finds the state
