@@ -708,3 +708,26 @@ impl TenantView {
 pub struct TenantList {
     pub tenants: Vec<TenantView>,
 }
+
+/// `GET /api/v1/cluster`: who leads, and the replicas this one knows of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// `single` (SQLite: this server leads alone) or `replicas` (PostgreSQL, leader lease).
+    pub mode: String,
+    /// The URL of the replica that answered.
+    pub me: String,
+    /// The leader's URL, when one holds the lease.
+    pub leader: Option<String>,
+    /// The leader's epoch (1 on SQLite).
+    pub epoch: Option<u64>,
+    pub members: Vec<MemberView>,
+}
+
+/// One replica in [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: String,
+    pub url: String,
+    /// `leader` or `follower`.
+    pub role: String,
+}

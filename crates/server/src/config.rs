@@ -74,6 +74,47 @@ pub struct ServerConfig {
     pub tenant_list: Vec<TenantSettings>,
     /// `[sla]`: each class's deadline and the preemption policy.
     pub sla: SlaSection,
+    /// `[cluster]`: the leader lease of replicas on PostgreSQL.
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: how replicas on one PostgreSQL database elect their leader (see
+/// `hodei_core::lease`). Unused on SQLite, where the one server leads alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// How long a lease lasts unrenewed: a follower takes over at most this long after the
+    /// leader died.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the leader renews and followers look at the lease.
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
+    /// How long before its lease runs out (by its own clock) a leader that could not renew
+    /// stops dispatching.
+    #[serde(with = "humantime_serde")]
+    pub step_down_margin: Duration,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(5),
+            renew_interval: Duration::from_secs(1),
+            step_down_margin: Duration::from_secs(2),
+        }
+    }
+}
+
+impl ClusterSection {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        hodei_core::lease::validate_timing(
+            ms(self.lease_ttl),
+            ms(self.renew_interval),
+            ms(self.step_down_margin),
+        )
+    }
 }
 
 /// `[sla]`: how long after submission each class's jobs must have started, and when running
@@ -294,6 +335,7 @@ impl Default for ServerConfig {
             token: None,
             data_dir: PathBuf::from(".hodei"),
             store: StoreSection::default(),
+            cluster: ClusterSection::default(),
             registration: RegistrationSection::default(),
             provisioning: ProvisioningSection::default(),
             reconcile: ReconcileSection::default(),
@@ -912,6 +954,7 @@ impl ServerConfig {
         self.jobs.service_config(&self.agents)?;
         self.sla.settings()?;
         self.store.postgres_url()?;
+        self.cluster.validate()?;
         let is_url = |url: &&String| url.starts_with("http://") || url.starts_with("https://");
         if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {
             return Err(ValidationError::new(

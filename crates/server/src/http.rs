@@ -50,6 +50,14 @@ pub(crate) struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Served over TLS (`[tls]`): the console's cookie is `Secure`.
     pub tls: bool,
+    /// Who leads (`GET /api/v1/cluster`).
+    pub cluster: crate::cluster::ClusterView,
+}
+
+impl axum::extract::FromRef<AppState> for crate::cluster::ClusterView {
+    fn from_ref(state: &AppState) -> Self {
+        state.cluster.clone()
+    }
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -77,6 +85,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/reports/cost", get(cost_report))
+        .route("/cluster", get(crate::cluster::cluster_status))
         .fallback(|| async { ApiError::not_found("no such API path") });
     Router::new()
         .nest("/api/v1", api)

@@ -4,6 +4,7 @@
 
 pub mod api;
 mod auth;
+mod cluster;
 pub mod config;
 mod console;
 pub mod error;
@@ -50,7 +51,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{DockerSection, KubernetesSection, LogFormat, ServerConfig, TenantSettings};
+pub use cluster::LEADER_HEADER;
+pub use config::{ClusterSection, DockerSection, KubernetesSection, LogFormat, ServerConfig, TenantSettings};
 use grpc::{SchedulerGrpc, SessionHub};
 use grpc_jobs::JobGrpc;
 use grpc_tokens::TokenGrpc;
@@ -238,11 +240,47 @@ fn agent_program(config: &ServerConfig) -> Result<PathBuf, Error> {
     }
 }
 
+/// What a replica that took the leader lease hands the server it starts.
+pub(crate) struct Leading {
+    /// The store, fenced with the lease's epoch.
+    pub store: Arc<dyn Store>,
+    pub cluster: cluster::ClusterView,
+}
+
+/// How many connections, and how long each may idle, from the config.
+fn limits(config: &ServerConfig, max_connections: usize) -> serve::Limits {
+    serve::Limits {
+        max_connections,
+        header_read_timeout: config.connections.header_read_timeout,
+        idle_timeout: config.connections.idle_timeout,
+        keepalive_interval: config.connections.keepalive_interval,
+        keepalive_timeout: config.connections.keepalive_timeout,
+    }
+}
+
 impl Server {
     /// Opens the store, wires every component, starts serving on `listener` and starts
     /// the background work: a first reconciliation (adopting workers of an earlier run),
-    /// pre-warming the configured pools, then reconciliation on an interval.
+    /// pre-warming the configured pools, then reconciliation on an interval. The server
+    /// leads alone: [`run`] is the way to run replicas on PostgreSQL.
     pub async fn start(config: ServerConfig, listener: TcpListener) -> Result<Self, Error> {
+        Self::start_with(config, listener, None).await
+    }
+
+    /// The whole server for the replica holding the leader lease.
+    pub(crate) async fn start_leading(
+        config: ServerConfig,
+        listener: TcpListener,
+        leading: Leading,
+    ) -> Result<Self, Error> {
+        Self::start_with(config, listener, Some(leading)).await
+    }
+
+    async fn start_with(
+        config: ServerConfig,
+        listener: TcpListener,
+        leading: Option<Leading>,
+    ) -> Result<Self, Error> {
         config.validate()?;
         let database = prepare_data_dir(&config.data_dir)?;
         let max_connections = connection_limit(config.connections.max, raise_open_file_limit());
@@ -253,9 +291,15 @@ impl Server {
         let tls = tls::acceptor(&config.tls)?;
         let token = load_or_create_token(&config)?;
 
-        let store: Arc<dyn Store> = match config.store.postgres_url()? {
-            Some(url) => Arc::new(PostgresStore::connect(url).await?),
-            None => Arc::new(SqliteStore::open(&database).await?),
+        let (store, cluster): (Arc<dyn Store>, cluster::ClusterView) = match leading {
+            Some(leading) => (leading.store, leading.cluster),
+            None => (
+                match config.store.postgres_url()? {
+                    Some(url) => Arc::new(PostgresStore::connect(url).await?),
+                    None => Arc::new(SqliteStore::open(&database).await?),
+                },
+                cluster::ClusterView::single(&url),
+            ),
         };
         let credentials = Credentials::load(store.clone(), token.clone()).await?;
         let mut registry = Registry::default();
@@ -393,14 +437,9 @@ impl Server {
             max_body_bytes: config.connections.max_body_bytes,
             ready: ready.clone(),
             tls: config.tls.enabled(),
+            cluster,
         });
-        let limits = serve::Limits {
-            max_connections,
-            header_read_timeout: config.connections.header_read_timeout,
-            idle_timeout: config.connections.idle_timeout,
-            keepalive_interval: config.connections.keepalive_interval,
-            keepalive_timeout: config.connections.keepalive_timeout,
-        };
+        let limits = limits(&config, max_connections);
         let http = tokio::spawn(serve::serve(
             listener,
             serve::App {
@@ -522,6 +561,23 @@ impl Server {
     /// The agents' open sessions: send them messages, hear what they say.
     pub fn sessions(&self) -> &Arc<SessionHub> {
         &self.sessions
+    }
+
+    /// Steps down from leading (the lease is lost): stops the dispatcher and the background
+    /// work at once, closes agent sessions (agents reconnect to the new leader) and stops
+    /// serving. Workers keep running: the new leader finds them in the store.
+    pub(crate) async fn step_down(self) {
+        self.cancel.cancel();
+        let _ = self.background.await;
+        let _ = self.monitor.await;
+        let _ = self.retirements.await;
+        let _ = self.dead_watch.await;
+        self.pools.stop().await;
+        self.sessions.close_all();
+        let mut http = self.http;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut http).await.is_err() {
+            http.abort();
+        }
     }
 
     /// Stops background work, terminates every worker (unless configured otherwise), then
@@ -917,6 +973,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    if let Some(url) = config.store.postgres_url()? {
+        let url = url.to_owned();
+        return cluster::run_replica(config, listener, &url, shutdown).await;
+    }
     let server = Server::start(config, listener).await?;
     shutdown.await;
     server.shutdown().await
