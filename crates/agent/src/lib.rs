@@ -39,7 +39,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What the agent needs to know.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The server URL, such as `http://127.0.0.1:50051`, or `https://` for TLS.
+    /// The server URL, such as `http://127.0.0.1:50051`, or `https://` for TLS; or several
+    /// separated by commas (replicas): the agent moves to the next when a server is gone or
+    /// refuses its session (a follower does).
     pub server: String,
     /// PEM CA certificate(s) to trust for an `https://` server instead of the system's roots.
     pub ca_cert: Option<PathBuf>,
@@ -106,10 +108,17 @@ impl AgentConfig {
         worker_id: Option<String>,
         labels: Vec<(String, String)>,
     ) -> Result<Self, ValidationError> {
-        if !(server.starts_with("http://") || server.starts_with("https://")) {
+        let urls = server_urls(&server);
+        if urls.is_empty() {
+            return Err(ValidationError::new("server", "no URL given"));
+        }
+        if let Some(bad) = urls
+            .iter()
+            .find(|url| !(url.starts_with("http://") || url.starts_with("https://")))
+        {
             return Err(ValidationError::new(
                 "server",
-                format!("{server:?} is not an http:// or https:// URL"),
+                format!("{bad:?} is not an http:// or https:// URL"),
             ));
         }
         if token.is_empty() {
@@ -142,6 +151,15 @@ impl AgentConfig {
             job_shim: None,
         })
     }
+}
+
+/// The URLs of a comma-separated server list.
+fn server_urls(servers: &str) -> Vec<&str> {
+    servers
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
 }
 
 /// Reads the credential from `path` and removes the file, so nothing that runs later
@@ -247,13 +265,21 @@ fn message(body: agent_message::Body) -> v1::AgentMessage {
 /// when the server refuses the agent for good.
 pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let mut token = BearerToken::new(&config.token)?;
-    let endpoint = Endpoint::from_shared(config.server.clone())
-        .map_err(|e| ValidationError::new("server", e.to_string()))?;
-    let endpoint = hodei_proto::tls::client_tls(endpoint, config.ca_cert.as_deref())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10));
+    let mut endpoints = Vec::new();
+    for url in server_urls(&config.server) {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| ValidationError::new("server", e.to_string()))?;
+        endpoints.push(
+            hodei_proto::tls::client_tls(endpoint, config.ca_cert.as_deref())?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(10)),
+        );
+    }
+    if endpoints.is_empty() {
+        return Err(ValidationError::new("server", "no URL given").into());
+    }
     let stop = CancellationToken::new();
     let jobs = Jobs::default();
     // Orphans of jobs (a daemonised grandchild) come to this agent rather than to init, so
@@ -273,10 +299,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let watchdog = fence_watchdog(&runner.lease, &jobs);
     let session_loop = async {
         let mut failures = 0u32;
+        let mut current = 0usize;
         loop {
             match session(
                 &config,
-                &endpoint,
+                &endpoints[current],
                 &mut token,
                 &jobs,
                 &runner,
@@ -294,7 +321,11 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                 Err(Some(refused)) => return Err(refused),
                 Err(None) => failures = failures.saturating_add(1),
             }
-            let delay = backoff::exponential(config.reconnect_base, failures, config.reconnect_max);
+            // The next server (replicas: the leader may be another now); the delay grows
+            // only once every server was tried.
+            current = (current + 1) % endpoints.len();
+            let rounds = failures / u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
+            let delay = backoff::exponential(config.reconnect_base, rounds, config.reconnect_max);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = stop.cancelled() => return Ok(()),

@@ -11,12 +11,13 @@ use serde::de::DeserializeOwned;
 /// Where the server is and how to authenticate.
 #[derive(Debug, Args)]
 pub struct Connection {
-    /// Server URL.
+    /// Server URL, or several separated by commas (replicas): requests go to the leader,
+    /// found by trying them in turn and following a follower's pointer to it.
     #[arg(
         long,
         env = "HODEI_SERVER",
         default_value = "http://127.0.0.1:50051",
-        value_name = "URL",
+        value_name = "URL[,URL...]",
         global = true
     )]
     pub(crate) server: String,
@@ -150,8 +151,31 @@ pub enum PoolCommand {
 
 pub(crate) struct Client {
     http: reqwest::Client,
-    base: String,
+    /// Every server URL given, in order.
+    servers: Vec<String>,
+    /// The one that answered last (the leader, among replicas).
+    base: std::sync::Mutex<String>,
     token: String,
+}
+
+/// The server URLs of `--server a,b,c`, without trailing slashes; an error when none is a URL.
+pub(crate) fn server_urls(text: &str) -> anyhow::Result<Vec<String>> {
+    let urls: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| url.trim_end_matches('/').to_owned())
+        .collect();
+    if urls.is_empty() {
+        bail!("--server: no URL given");
+    }
+    if let Some(bad) = urls
+        .iter()
+        .find(|url| !(url.starts_with("http://") || url.starts_with("https://")))
+    {
+        bail!("--server: {bad:?} is not an http:// or https:// URL");
+    }
+    Ok(urls)
 }
 
 impl Client {
@@ -175,27 +199,91 @@ impl Client {
             }
         }
         let http = http.build().context("cannot build the HTTP client")?;
+        let servers = server_urls(&connection.server)?;
         Ok(Self {
             http,
-            base: connection.server.trim_end_matches('/').to_owned(),
+            base: std::sync::Mutex::new(servers[0].clone()),
+            servers,
             token,
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}/api/v1{path}", self.base)
+    fn base(&self) -> String {
+        self.base
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
-    /// Sends with the token; any answer, error statuses included.
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base())
+    }
+
+    /// Sends with the token; any answer, error statuses included. With several servers, a
+    /// server that cannot be reached, or a follower that refuses naming the leader (503 with
+    /// `x-hodei-leader`), sends the request on to the leader or the next server; nothing
+    /// reached a server that was not connected to, and a follower refuses before acting.
     async fn send_raw(
         &self,
         request: reqwest::RequestBuilder,
     ) -> anyhow::Result<reqwest::Response> {
-        request
+        let request = request
             .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the server at {}", self.base))
+            .build()
+            .context("cannot build the request")?;
+        let first = self.base();
+        let rest = request
+            .url()
+            .as_str()
+            .strip_prefix(first.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let mut tried: Vec<String> = Vec::new();
+        let mut next = Some(first);
+        let mut last_error = None;
+        while let Some(base) = next.take() {
+            tried.push(base.clone());
+            let mut attempt = request
+                .try_clone()
+                .context("cannot repeat a streamed request")?;
+            *attempt.url_mut() = reqwest::Url::parse(&format!("{base}{rest}"))
+                .with_context(|| format!("invalid server URL {base}"))?;
+            let untried = |url: &String| !tried.contains(url);
+            match self.http.execute(attempt).await {
+                Ok(response) => {
+                    let leader = response
+                        .headers()
+                        .get(hodei_server::LEADER_HEADER)
+                        .and_then(|value| value.to_str().ok())
+                        .map(|url| url.trim_end_matches('/').to_owned());
+                    let refused = response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE;
+                    next = match leader {
+                        Some(leader) if refused && untried(&leader) => Some(leader),
+                        _ if refused && response
+                                .headers()
+                                .contains_key(hodei_server::FOLLOWER_HEADER) => {
+                            self.servers.iter().find(|url| untried(url)).cloned()
+                        }
+                        _ => None,
+                    };
+                    if next.is_none() {
+                        *self.base.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            base;
+                        return Ok(response);
+                    }
+                }
+                Err(error) if error.is_connect() => {
+                    last_error = Some(anyhow::Error::new(error)
+                        .context(format!("cannot reach the server at {base}")));
+                    next = self.servers.iter().find(|url| untried(url)).cloned();
+                }
+                Err(error) => {
+                    return Err(anyhow::Error::new(error)
+                        .context(format!("cannot reach the server at {base}")));
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no server answered")))
     }
 
     /// Sends with the token; an error status becomes an error naming the server's message.
@@ -754,5 +842,44 @@ mod tests {
                 .to_string();
         assert_eq!(age(&hours), "3h");
         assert_eq!(age("yesterday"), "?");
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Who leads, with which epoch, and the replicas the answering server knows of.
+    Status {
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+pub async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { connection } => {
+            let client = Client::new(&connection)?;
+            let status: hodei_server::api::ClusterStatus = client.get("/cluster", &[]).await?;
+            show_one(connection.output, &status, || {
+                let mut t = table(&["ID", "URL", "ROLE"]);
+                for member in &status.members {
+                    t.add_row(vec![
+                        member.id.clone(),
+                        member.url.clone(),
+                        member.role.clone(),
+                    ]);
+                }
+                println!("{t}");
+                match (&status.leader, status.epoch) {
+                    (Some(leader), Some(epoch)) => println!(
+                        "\nmode {}, leader {leader} (epoch {epoch}), answered by {}",
+                        status.mode, status.me
+                    ),
+                    _ => println!(
+                        "\nmode {}, no leader yet, answered by {}",
+                        status.mode, status.me
+                    ),
+                }
+            })
+        }
     }
 }

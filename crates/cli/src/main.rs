@@ -40,6 +40,9 @@ enum Command {
     /// Inspect pools.
     #[command(subcommand)]
     Pool(client::PoolCommand),
+    /// Replicas: who leads (`hodei cluster status`).
+    #[command(subcommand)]
+    Cluster(client::ClusterCommand),
     /// Tenants: weights, quotas, what they hold, their share of starts.
     #[command(subcommand)]
     Tenant(tenants::TenantCommand),
@@ -103,8 +106,9 @@ struct ServerArgs {
 
 #[derive(Debug, Args)]
 struct AgentArgs {
-    /// Server URL.
-    #[arg(long, env = "HODEI_SERVER", value_name = "URL")]
+    /// Server URL, or several separated by commas (replicas): the agent keeps a session
+    /// with the leader, moving to the next URL when a server is gone or refuses it.
+    #[arg(long, env = "HODEI_SERVER", value_name = "URL[,URL...]")]
     server: String,
     /// A file holding this agent's credential (its worker credential, or an agent
     /// enrollment token from `hodei token create --role agent`). The agent reads it and
@@ -356,6 +360,10 @@ async fn run(command: Command) -> ExitCode {
         Command::Pool(command) => {
             init_logging("warn", format);
             client::pool(command).await
+        }
+        Command::Cluster(command) => {
+            init_logging("warn", format);
+            client::cluster(command).await
         }
         Command::Tenant(command) => {
             init_logging("warn", format);

@@ -176,6 +176,7 @@ fn rest_table() -> Vec<(&'static str, &'static str, u16, Option<u16>)> {
         ("POST", "/api/v1/tokens", 403, None),
         ("DELETE", "/api/v1/tokens/{id}", 403, None),
         ("GET", "/api/v1/reports/cost", 403, None),
+        ("GET", "/api/v1/cluster", 403, None),
     ]
 }
 

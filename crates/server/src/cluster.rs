@@ -41,6 +41,9 @@ pub(crate) const LEASE_NAME: &str = "leader";
 /// The response header naming the leader's URL on a follower's refusal.
 pub const LEADER_HEADER: &str = "x-hodei-leader";
 
+/// The response header marking a follower's refusal (with or without a known leader).
+pub const FOLLOWER_HEADER: &str = "x-hodei-follower";
+
 /// What this replica knows of the cluster; shared by its API and its lease loop.
 #[derive(Debug, Clone)]
 pub(crate) struct ClusterView(Arc<Mutex<ViewState>>);
@@ -299,6 +302,9 @@ fn not_leader(view: &ClusterView) -> (String, Option<String>) {
 fn refuse_http(view: &ClusterView) -> Response {
     let (message, leader) = not_leader(view);
     let mut response = ApiError::new(Code::Unavailable, message).into_response();
+    response
+        .headers_mut()
+        .insert(FOLLOWER_HEADER, HeaderValue::from_static("true"));
     if let Some(value) = leader.and_then(|url| HeaderValue::from_str(&url).ok()) {
         response.headers_mut().insert(LEADER_HEADER, value);
     }
@@ -384,20 +390,23 @@ fn follower_app(store: Arc<dyn Store>, view: ClusterView, credentials: Credentia
             }
         })
         .with_state(state);
-    // Every gRPC call (agent sessions included) is refused the same way: the agent and the
-    // clients move on to the next URL they know.
-    let grpc_view = view;
-    let grpc = tonic::service::Routes::from(Router::new().fallback(move || {
-        let view = grpc_view.clone();
-        async move {
-            let (message, _) = not_leader(&view);
+    // Every gRPC call (agent sessions included) and every write is refused before any
+    // credential check: the agent or client moves on to the leader.
+    let refusing = view;
+    let refuse: crate::serve::Refuse = Arc::new(move |grpc| {
+        if grpc {
+            let (message, _) = not_leader(&refusing);
             tonic::Status::unavailable(message).into_http::<axum::body::Body>()
+        } else {
+            refuse_http(&refusing)
         }
-    }));
+    });
     crate::serve::App {
-        grpc,
+        // Never reached: `refuse_writes` answers every gRPC call.
+        grpc: tonic::service::Routes::from(Router::new()),
         http,
         credentials,
+        refuse_writes: Some(refuse),
     }
 }
 

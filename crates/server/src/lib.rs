@@ -51,7 +51,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use cluster::LEADER_HEADER;
+pub use cluster::{FOLLOWER_HEADER, LEADER_HEADER};
 pub use config::{ClusterSection, DockerSection, KubernetesSection, LogFormat, ServerConfig, TenantSettings};
 use grpc::{SchedulerGrpc, SessionHub};
 use grpc_jobs::JobGrpc;
@@ -446,6 +446,7 @@ impl Server {
                 grpc,
                 http,
                 credentials: credentials.clone(),
+                refuse_writes: None,
             },
             tls,
             limits,

@@ -42,7 +42,14 @@ pub(crate) struct App {
     pub grpc: Grpc,
     pub http: axum::Router,
     pub credentials: Credentials,
+    /// A follower replica's refusal (`true`: for a gRPC call): every gRPC call and every
+    /// HTTP request but a read gets it before any credential check, so a client or agent
+    /// whose credential is newer than the follower's copy is still pointed at the leader.
+    pub refuse_writes: Option<Refuse>,
 }
+
+/// A response for a request this address does not serve.
+pub(crate) type Refuse = Arc<dyn Fn(bool) -> Response<Body> + Send + Sync>;
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -66,6 +73,13 @@ impl App {
         mut request: Request<Guarded<Incoming>>,
     ) -> Result<Response<Body>, Infallible> {
         let grpc = is_grpc(&request);
+        if let Some(refuse) = &self.refuse_writes {
+            let read = request.method() == axum::http::Method::GET
+                || request.method() == axum::http::Method::HEAD;
+            if grpc || !read {
+                return Ok(refuse(grpc));
+            }
+        }
         let operation = if grpc {
             Some(auth::grpc_operation(request.uri().path()))
         } else {
