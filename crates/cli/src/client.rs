@@ -259,22 +259,28 @@ impl Client {
                     let refused = response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE;
                     next = match leader {
                         Some(leader) if refused && untried(&leader) => Some(leader),
-                        _ if refused && response
+                        _ if refused
+                            && response
                                 .headers()
-                                .contains_key(hodei_server::FOLLOWER_HEADER) => {
+                                .contains_key(hodei_server::FOLLOWER_HEADER) =>
+                        {
                             self.servers.iter().find(|url| untried(url)).cloned()
                         }
                         _ => None,
                     };
                     if next.is_none() {
-                        *self.base.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            base;
+                        *self
+                            .base
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = base;
                         return Ok(response);
                     }
                 }
                 Err(error) if error.is_connect() => {
-                    last_error = Some(anyhow::Error::new(error)
-                        .context(format!("cannot reach the server at {base}")));
+                    last_error = Some(
+                        anyhow::Error::new(error)
+                            .context(format!("cannot reach the server at {base}")),
+                    );
                     next = self.servers.iter().find(|url| untried(url)).cloned();
                 }
                 Err(error) => {

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use hodei_core::JobId;
-use hodei_core::lease::{self, Decision, Lease, LeaderClock};
+use hodei_core::lease::{self, Decision, LeaderClock, Lease};
 use hodei_modules::{Credentials, JobError};
 use hodei_ports::Store;
 use hodei_store::PostgresStore;
@@ -34,6 +34,9 @@ use crate::config::ClusterSection;
 use crate::error::{ApiError, Code};
 use crate::scope::Scope;
 use crate::{Error, ServerConfig, io_error};
+
+/// Connections of the lease loop (a follower's reads and the leader's renewals).
+const LEASE_CONNECTIONS: u32 = 2;
 
 /// The one lease replicas compete for.
 pub(crate) const LEASE_NAME: &str = "leader";
@@ -82,7 +85,9 @@ impl ClusterView {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ViewState> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn set_leader(&self, leader: Option<Lease>) {
@@ -137,7 +142,11 @@ async fn look(
     leading: Option<u64>,
 ) -> Result<(Decision, Option<Lease>, u64), hodei_ports::store::Error> {
     let (row, now_ms) = store.read_lease(LEASE_NAME).await?;
-    Ok((lease::decide(row.as_ref(), now_ms, id, leading), row, now_ms))
+    Ok((
+        lease::decide(row.as_ref(), now_ms, id, leading),
+        row,
+        now_ms,
+    ))
 }
 
 /// Follows until this replica takes the lease; returns its epoch and when the winning write
@@ -266,7 +275,9 @@ async fn release(store: &PostgresStore, me: &Member, epoch: u64) {
     match store.write_lease(LEASE_NAME, Some(&row), &released).await {
         Ok(true) => tracing::info!(epoch, "released the leader lease"),
         Ok(false) => {}
-        Err(error) => tracing::warn!(%error, "cannot release the leader lease; it runs out on its own"),
+        Err(error) => {
+            tracing::warn!(%error, "cannot release the leader lease; it runs out on its own")
+        }
     }
 }
 
@@ -354,7 +365,11 @@ async fn follower_list_jobs(
     }))
 }
 
-fn follower_app(store: Arc<dyn Store>, view: ClusterView, credentials: Credentials) -> crate::serve::App {
+fn follower_app(
+    store: Arc<dyn Store>,
+    view: ClusterView,
+    credentials: Credentials,
+) -> crate::serve::App {
     let state = Follower {
         store,
         view: view.clone(),
@@ -425,9 +440,15 @@ pub(crate) async fn run_replica(
         .map_err(io_error("cannot read the listen address"))?;
     let url = crate::advertise_url(&config, addr);
     let token = crate::load_or_create_token(&config)?;
+    // The data, and (on connections of its own) the lease.
     let base = PostgresStore::connect(postgres_url).await?;
+    let leases = PostgresStore::connect_with(postgres_url, LEASE_CONNECTIONS).await?;
     let me = Member {
-        id: format!("{}-{}", addr.port(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        id: format!(
+            "{}-{}",
+            addr.port(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
         url: url.clone(),
     };
     let view = ClusterView::replica(&me.id, &url);
@@ -457,7 +478,7 @@ pub(crate) async fn run_replica(
             cancel.clone(),
         ));
         let won = tokio::select! {
-            won = campaign(&base, &view, &me, &config.cluster) => Some(won),
+            won = campaign(&leases, &view, &me, &config.cluster) => Some(won),
             () = &mut shutdown => None,
         };
         cancel.cancel();
@@ -469,15 +490,15 @@ pub(crate) async fn run_replica(
         tracing::info!(epoch, "took the leader lease, starting the dispatcher");
         let lost = CancellationToken::new();
         let keeper = {
-            let (base, view, me, timing, lost) = (
-                base.clone(),
+            let (leases, view, me, timing, lost) = (
+                leases.clone(),
                 view.clone(),
                 me.clone(),
                 config.cluster.clone(),
                 lost.clone(),
             );
             tokio::spawn(async move {
-                let reason = keep_lease(&base, &view, &me, epoch, acquired_at, &timing).await;
+                let reason = keep_lease(&leases, &view, &me, epoch, acquired_at, &timing).await;
                 lost.cancel();
                 reason
             })
@@ -498,7 +519,7 @@ pub(crate) async fn run_replica(
             Ok(server) => server,
             Err(error) => {
                 keeper.abort();
-                release(&base, &me, epoch).await;
+                release(&leases, &me, epoch).await;
                 return Err(error);
             }
         };
@@ -512,7 +533,7 @@ pub(crate) async fn run_replica(
             () = &mut shutdown => {
                 let result = server.shutdown().await;
                 keeper.abort();
-                release(&base, &me, epoch).await;
+                release(&leases, &me, epoch).await;
                 return result;
             }
         }

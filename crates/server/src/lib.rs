@@ -52,7 +52,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use cluster::{FOLLOWER_HEADER, LEADER_HEADER};
-pub use config::{ClusterSection, DockerSection, KubernetesSection, LogFormat, ServerConfig, TenantSettings};
+pub use config::{
+    ClusterSection, DockerSection, KubernetesSection, LogFormat, ServerConfig, TenantSettings,
+};
 use grpc::{SchedulerGrpc, SessionHub};
 use grpc_jobs::JobGrpc;
 use grpc_tokens::TokenGrpc;
@@ -576,7 +578,10 @@ impl Server {
         self.pools.stop().await;
         self.sessions.close_all();
         let mut http = self.http;
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut http).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut http)
+            .await
+            .is_err()
+        {
             http.abort();
         }
     }

@@ -69,12 +69,19 @@ impl PostgresStore {
     /// libpq's query parameters such as `sslmode`) and brings its schema up to date. The
     /// database must exist; the user needs the right to create tables in it.
     pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, MAX_CONNECTIONS).await
+    }
+
+    /// [`PostgresStore::connect`] with a pool of at most `max_connections` (at least 1): a
+    /// replica's lease loop has connections of its own, so that renewing never waits behind
+    /// the dispatcher's writes for a free one.
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, Error> {
         let options = PgConnectOptions::from_str(url).map_err(|err| {
             // The URL may hold a password: name the problem, not the URL.
             Error::Unavailable(format!("invalid [store] url: {err}"))
         })?;
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
