@@ -225,7 +225,12 @@ async fn the_follower_takes_over_after_kill_9_and_every_job_succeeds_exactly_onc
     let killed = Instant::now();
     leader.0.kill().unwrap();
     let _ = leader.0.wait();
-    wait_for("B to lead", LIMIT, || async {
+    wait_for("B to take the lease", LIMIT, || async {
+        (leader_seen_by(&b).await? == b).then_some(())
+    })
+    .await;
+    let leads = killed.elapsed();
+    wait_for("B to be ready", LIMIT, || async {
         is_ready(&b).await.then_some(())
     })
     .await;
