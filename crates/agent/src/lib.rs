@@ -298,6 +298,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
 
     let watchdog = fence_watchdog(&runner.lease, &jobs);
     let session_loop = async {
+        let mut sent_results = SentResults::default();
         let mut failures = 0u32;
         let mut current = 0usize;
         loop {
@@ -309,6 +310,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                 &runner,
                 &report,
                 &mut reports,
+                &mut sent_results,
                 &stop,
             )
             .await
@@ -364,6 +366,37 @@ async fn fence_watchdog(lease: &Lease, jobs: &Jobs) -> std::convert::Infallible 
     }
 }
 
+/// Results sent in recent sessions. The server does not acknowledge a result, and one sent
+/// just before its server died (or before a leader replica stepped down) may never have been
+/// recorded; each new session sends them again first. A result the server already recorded
+/// is stale to it and ignored, so sending one twice is harmless, while losing one would make
+/// the server give the attempt up and run the job again.
+#[derive(Debug, Default)]
+struct SentResults(VecDeque<(Instant, v1::AgentMessage)>);
+
+impl SentResults {
+    /// How long a sent result is kept: past it, the server has long given up on an attempt
+    /// it did not hear the end of.
+    const WINDOW: Duration = Duration::from_secs(60);
+    const KEEP: usize = 1024;
+
+    fn sent(&mut self, message: &v1::AgentMessage, at: Instant) {
+        if matches!(message.body, Some(agent_message::Body::JobResult(_))) {
+            if self.0.len() == Self::KEEP {
+                self.0.pop_front();
+            }
+            self.0.push_back((at, message.clone()));
+        }
+    }
+
+    /// The results to send again at the start of a session, oldest first.
+    fn again(&mut self, now: Instant) -> Vec<v1::AgentMessage> {
+        self.0
+            .retain(|(at, _)| now.saturating_duration_since(*at) < Self::WINDOW);
+        self.0.iter().map(|(_, message)| message.clone()).collect()
+    }
+}
+
 /// Heartbeats sent and not yet answered: their sequence and when they left.
 #[derive(Debug, Default)]
 struct Unanswered(VecDeque<(u64, Instant)>);
@@ -397,6 +430,7 @@ async fn session(
     runner: &Runner,
     report: &mpsc::Sender<v1::AgentMessage>,
     reports: &mut mpsc::Receiver<v1::AgentMessage>,
+    sent_results: &mut SentResults,
     stop: &CancellationToken,
 ) -> Result<SessionEnd, Option<Error>> {
     let channel = match endpoint.connect().await {
@@ -467,6 +501,11 @@ async fn session(
         Err(status) => return Ok(SessionEnd::Lost(status.to_string())),
     };
     tracing::info!(worker_id = %config.worker_id, heartbeat = ?interval, "session open");
+    for again in sent_results.again(Instant::now()) {
+        if outbound.send(again).await.is_err() {
+            return Ok(SessionEnd::Lost("outbound closed".into()));
+        }
+    }
     let mut heartbeat = tokio::time::interval(interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sequence = 0u64;
@@ -491,6 +530,7 @@ async fn session(
                 }
             }
             Some(reported) = reports.recv() => {
+                sent_results.sent(&reported, Instant::now());
                 if let Err(lost) = outbound.send(reported).await {
                     // Keep it for the next session.
                     let _ = report.try_send(lost.0);
@@ -596,6 +636,33 @@ fn usage(running_jobs: usize) -> v1::ResourceUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_are_sent_again_in_the_next_sessions_for_a_while_and_nothing_else_is() {
+        let result = |id: &str| {
+            message(agent_message::Body::JobResult(v1::JobResult {
+                job_id: id.into(),
+                attempt: 1,
+                ..v1::JobResult::default()
+            }))
+        };
+        let heartbeat = message(agent_message::Body::Heartbeat(v1::Heartbeat::default()));
+        let start = Instant::now();
+        let mut sent = SentResults::default();
+        sent.sent(&result("j-1"), start);
+        sent.sent(&heartbeat, start);
+        sent.sent(&result("j-2"), start + Duration::from_secs(30));
+        assert_eq!(
+            sent.again(start + Duration::from_secs(1)),
+            [result("j-1"), result("j-2")]
+        );
+        // Twice is fine: the server ignores a result it recorded.
+        assert_eq!(sent.again(start + Duration::from_secs(2)).len(), 2);
+        assert_eq!(
+            sent.again(start + SentResults::WINDOW + Duration::from_secs(1)),
+            [result("j-2")]
+        );
+    }
 
     #[test]
     fn a_duplicate_assignment_keeps_the_running_jobs_cancel_token() {

@@ -256,7 +256,12 @@ async fn the_follower_takes_over_after_kill_9_and_every_job_succeeds_exactly_onc
                 .then_some(job)
         })
         .await;
-        assert_eq!(job["state"], "succeeded", "job {i}: {job}");
+        assert_eq!(
+            job["state"],
+            "succeeded",
+            "job {i}: {job}\n{}",
+            mentions(dir.path(), id)
+        );
         let lines = std::fs::read_to_string(runs.join(format!("{i}"))).unwrap();
         assert_eq!(
             lines,

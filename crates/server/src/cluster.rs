@@ -38,6 +38,9 @@ use crate::{Error, ServerConfig, io_error};
 /// Connections of the lease loop (a follower's reads and the leader's renewals).
 const LEASE_CONNECTIONS: u32 = 2;
 
+/// How long after a lease's expiry (database clock) a follower looks at it again.
+const EXPIRY_SLACK: Duration = Duration::from_millis(20);
+
 /// The one lease replicas compete for.
 pub(crate) const LEASE_NAME: &str = "leader";
 
@@ -157,10 +160,10 @@ async fn campaign(
     me: &Member,
     timing: &ClusterSection,
 ) -> (u64, Instant) {
-    let mut interval = tokio::time::interval(timing.renew_interval);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = Duration::ZERO;
     loop {
-        interval.tick().await;
+        tokio::time::sleep(wait).await;
+        wait = timing.renew_interval;
         let sent = Instant::now();
         match look(store, &me.id, None).await {
             Ok((Decision::Acquire { epoch }, row, now_ms)) => {
@@ -179,7 +182,11 @@ async fn campaign(
                     Err(error) => tracing::warn!(%error, "cannot write the leader lease"),
                 }
             }
-            Ok((Decision::Follow { leader }, _, _)) => {
+            Ok((Decision::Follow { leader }, _, now_ms)) => {
+                // Look again just after the lease would run out, if that comes first: a
+                // dead leader is replaced within its lease, not a renewal interval later.
+                let left = Duration::from_millis(leader.expires_ms.saturating_sub(now_ms));
+                wait = wait.min(left + EXPIRY_SLACK);
                 if view.leader_url().as_deref() != Some(leader.holder_url.as_str()) {
                     tracing::info!(leader = %leader.holder_url, epoch = leader.epoch, "following");
                 }
