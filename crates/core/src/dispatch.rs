@@ -364,8 +364,8 @@ pub struct Dispatch {
     queues: Queues,
     /// Every job queued or in flight. Only looked up by id, never walked (walks go through
     /// `flying` or the queues, in their order), so a hash map: its order does not matter and
-    /// its hasher has fixed keys.
-    jobs: HashMap<JobId, Live, BuildHasherDefault<DefaultHasher>>,
+    /// its hasher has fixed keys. Boxed, so growing the table moves pointers, not jobs.
+    jobs: HashMap<JobId, Box<Live>, BuildHasherDefault<DefaultHasher>>,
     /// The jobs of `jobs` in flight (assigned or running) with what they hold, kept by
     /// [`Dispatch::track`] after every change: the deadline checks walk these, not the backlog.
     flying: BTreeMap<JobId, (TenantName, Requirements)>,
@@ -469,7 +469,7 @@ impl Dispatch {
                 _ => continue,
             }
             let id = live.job.id.clone();
-            machine.jobs.insert(id.clone(), live);
+            machine.jobs.insert(id.clone(), Box::new(live));
             machine.track(&id, now_ms);
         }
         (machine, failed)
@@ -519,7 +519,9 @@ impl Dispatch {
     }
 
     fn flying_jobs(&self) -> impl Iterator<Item = &Live> {
-        self.flying.keys().filter_map(|id| self.jobs.get(id))
+        self.flying
+            .keys()
+            .filter_map(|id| self.jobs.get(id).map(|live| &**live))
     }
 
     /// Keeps `flying`, `held` and `deadline_due_ms` true for one job after its entry in
@@ -884,7 +886,7 @@ impl Dispatch {
                     return;
                 }
                 self.jobs
-                    .insert(job.id.clone(), Live::new(job.clone(), now_ms));
+                    .insert(job.id.clone(), Box::new(Live::new(job.clone(), now_ms)));
                 effects.push(Effect::Admitted { index, job });
             }
             Change::Assign { worker } => {
@@ -1270,6 +1272,7 @@ impl Dispatch {
     fn in_flight_on(&self, worker: &WorkerId, job: &JobId) -> Option<&Live> {
         self.jobs
             .get(job)
+            .map(|live| &**live)
             .filter(|live| live.job.worker_id.as_ref() == Some(worker) && in_flight(live.job.state))
     }
 
