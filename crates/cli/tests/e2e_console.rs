@@ -684,7 +684,7 @@ async fn the_console_in_a_real_browser() {
         .go(&format!("{}/#/jobs/{pending}", server.url()))
         .await;
     browser
-        .wait_text(&["Why it waits", "gpu", "high: must start by", "missed"])
+        .wait_text(&["Why it waits", "gpu", "high: start deadline", "missed"])
         .await;
 
     // The pool page: its worker and the autoscaler's decisions.
@@ -812,6 +812,23 @@ async fn the_console_in_a_real_browser() {
     // Its log follows live: the first line shows while it runs.
     browser.go(&format!("{}/#/jobs/{long}", server.url())).await;
     browser.wait_text(&["running", "long job started"]).await;
+    // How far behind the page is: the time between its refreshes (printed, not asserted).
+    let gaps = browser
+        .async_script(
+            "const done = arguments[arguments.length - 1];
+             const footer = document.getElementById('updated');
+             const at = [];
+             const seen = new MutationObserver(() => {
+               at.push(performance.now());
+               if (at.length === 5) {
+                 seen.disconnect();
+                 done(at.slice(1).map((t, i) => Math.round(t - at[i])));
+               }
+             });
+             seen.observe(footer, {childList: true, characterData: true, subtree: true});",
+        )
+        .await;
+    println!("console refreshes of a running job's page, ms apart: {gaps}");
     assert_eq!(
         server
             .jobs()

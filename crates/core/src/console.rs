@@ -430,7 +430,14 @@ pub fn workers_chart(
             _ => columns.push((column, sample.counts)),
         }
     }
-    let peak = columns.iter().map(|(_, c)| c.total()).max().unwrap_or(0);
+    // The most workers at once: from the samples themselves, as a column's largest counts of
+    // each state may come from different moments.
+    let peak = samples
+        .iter()
+        .filter(|s| s.at_ms >= from_ms && s.at_ms <= now_ms)
+        .map(|s| s.counts.total())
+        .max()
+        .unwrap_or(0);
     let top = f64::from(peak.max(1));
     let x = |column: u64| {
         let at = (column * column_ms).min(window_ms);
@@ -837,6 +844,18 @@ mod tests {
             "merged into columns: {}",
             merged.svg.len()
         );
+        // One worker idle, then busy, within one column: one worker at once, not two.
+        let moved = [
+            PoolSample {
+                at_ms: now - 2_000,
+                counts: counts(1, 0, 0),
+            },
+            PoolSample {
+                at_ms: now - 1_000,
+                counts: counts(0, 1, 0),
+            },
+        ];
+        assert_eq!(workers_chart("default", &moved, now, window).peak, 1);
         let empty = workers_chart("<x>", &[], now, window);
         assert_eq!(empty.peak, 0);
         assert!(empty.svg.contains("&lt;x&gt;"), "escaped: {}", empty.svg);

@@ -285,7 +285,7 @@ const views = {
         <dt>Command</dt><dd><code>${esc(job.command_line)}</code></dd>
         <dt>Worker</dt><dd>${esc(job.worker_id || "–")}</dd>
         <dt>Attempts</dt><dd>${job.attempts}${job.sla && job.sla.preemptions.length ? ` (${job.sla.preemptions.length} preemption${job.sla.preemptions.length > 1 ? "s" : ""}, see History)` : ""}</dd>
-        ${job.sla ? `<dt>SLA</dt><dd id="job-sla">${esc(job.sla.class)}: must start by ${until(job.sla.deadline)}${job.sla.time_left_secs !== null && job.sla.time_left_secs !== undefined ? `, time left ${timeLeft(job.sla.time_left_secs)} ${risk(job.sla.risk)}` : ""}${job.sla.met === true ? ' <span class="state s-ok" data-icon="✓">met</span>' : job.sla.met === false ? ' <span class="state s-bad" data-icon="✗">missed</span>' : ""}</dd>` : ""}
+        ${job.sla ? `<dt>SLA</dt><dd id="job-sla">${esc(job.sla.class)}: start deadline ${until(job.sla.deadline)}${job.sla.time_left_secs !== null && job.sla.time_left_secs !== undefined ? `, time left ${timeLeft(job.sla.time_left_secs)} ${risk(job.sla.risk)}` : ""}${job.sla.met === true ? ' <span class="state s-ok" data-icon="✓">met</span>' : job.sla.met === false ? ' <span class="state s-bad" data-icon="✗">missed</span>' : ""}</dd>` : ""}
         <dt>Exit code</dt><dd>${job.exit_code ?? "–"}</dd>
         <dt>Submitted</dt><dd>${when(job.submitted_at)}</dd>
         <dt>Started</dt><dd>${when(job.started_at)}</dd>
