@@ -126,9 +126,10 @@ function quotas(t, limitedOnly) {
 function share(t) {
   return `${(t.share_last_hour * 100).toFixed(1)}% (${t.started_last_hour} started)`;
 }
-function burst(b) {
-  return b === "active" ? '<span class="state s-wait" data-icon="⇡">active</span>'
-    : b === "cooldown" ? '<span class="state s-off" data-icon="↓">cooldown</span>' : '<span class="state s-ok" data-icon="○">ready</span>';
+function burst(t) {
+  if (t.burst === "active") return `<span class="state s-wait" data-icon="⇡">active</span>${t.burst_since ? ` since ${when(t.burst_since)}` : ""}`;
+  if (t.burst === "cooldown") return `<span class="state s-off" data-icon="↓">cooldown</span>${t.burst_until ? ` until ${until(t.burst_until)}` : ""}`;
+  return '<span class="state s-ok" data-icon="○">ready</span>';
 }
 
 // A pool's workers over time: the server's SVG, a legend with each line's pattern, and the
@@ -181,7 +182,7 @@ const views = {
           const t = tenantOf[name];
           const counts = byTenant[name] || { queued: 0, running: 0 };
           return [ADMIN ? link("#/jobs?tenant=" + encodeURIComponent(name), name) : esc(name), String(counts.queued), String(counts.running),
-            t ? quotas(t, true) : "–", t ? share(t) : "–", t ? burst(t.burst) : "–"];
+            t ? quotas(t, true) : "–", t ? share(t) : "–", t ? burst(t) : "–"];
         }),
         "No tenant has a job waiting or running."));
       const risky = jobs.filter((j) => j.sla && j.sla.risk && j.sla.risk !== "none")
@@ -337,7 +338,7 @@ const views = {
         [{ label: "Tenant" }, { label: "Weight", num: true }, { label: "Usage / quota" }, { label: "Queued", num: true }, { label: "Share, last hour", num: true }, { label: "Burst" }],
         tenants.map((t) => [(ADMIN ? link("#/jobs?tenant=" + encodeURIComponent(t.name), t.name) : esc(t.name)) + (t.configured ? "" : ' <span class="muted">(auto)</span>'),
           esc(t.settings.tier ? `${t.weight} (${t.settings.tier})` : t.weight), quotas(t, false), String(t.queued),
-          share(t), burst(t.burst)]),
+          share(t), burst(t)]),
         "No tenants."));
     },
   },
