@@ -144,8 +144,8 @@ pub struct JobTransition {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
     /// The state before; `None` for the submission itself.
-    pub from: Option<String>,
-    pub to: String,
+    pub from: Option<&'static str>,
+    pub to: &'static str,
     /// The attempt in flight (or last) after the change: the job's `attempts`.
     pub attempt: u32,
     /// The worker of that attempt, if any.
@@ -639,11 +639,16 @@ mod tests {
         }
     }
 
-    fn transition(at_ms: u64, from: Option<&str>, to: &str, attempt: u32) -> JobTransition {
+    fn transition(
+        at_ms: u64,
+        from: Option<&'static str>,
+        to: &'static str,
+        attempt: u32,
+    ) -> JobTransition {
         JobTransition {
             at_ms,
-            from: from.map(str::to_owned),
-            to: to.into(),
+            from,
+            to,
             attempt,
             worker: (attempt > 0).then(|| format!("w-{attempt}")),
             reason: None,

@@ -84,8 +84,8 @@ impl TransitionLog {
         log.last_reason.clone_from(&job.reason);
         log.changes.push_back(JobTransition {
             at_ms,
-            from: from.map(|s| s.to_string()),
-            to: job.state.to_string(),
+            from: from.map(JobState::as_str),
+            to: job.state.as_str(),
             attempt: job.attempts,
             worker: job.worker_id.as_ref().map(ToString::to_string),
             reason,
@@ -300,10 +300,8 @@ mod tests {
         log.updated([(&j, JobState::Queued)]);
         let (changes, dropped) = log.of(&j.id);
         assert_eq!(dropped, 0);
-        let seen: Vec<(Option<&str>, &str, u32)> = changes
-            .iter()
-            .map(|c| (c.from.as_deref(), c.to.as_str(), c.attempt))
-            .collect();
+        let seen: Vec<(Option<&str>, &str, u32)> =
+            changes.iter().map(|c| (c.from, c.to, c.attempt)).collect();
         assert_eq!(
             seen,
             [
