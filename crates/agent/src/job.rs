@@ -341,7 +341,10 @@ pub async fn run_with(
     };
     let accepted = trace::Span::start(
         "job.accepted",
-        assignment.env.get(trace::TRACEPARENT_ENV).map(String::as_str),
+        assignment
+            .env
+            .get(trace::TRACEPARENT_ENV)
+            .map(String::as_str),
         &ids(),
     );
     let program: Vec<&str> = if !assignment.argv.is_empty() {
@@ -440,13 +443,9 @@ pub async fn run_with(
         .stderr(stderr)
         .process_group(0)
         .kill_on_drop(true);
-    let mut started = trace::Span::start(
-        "job.started",
-        accepted.traceparent().as_deref(),
-        &ids(),
-    );
-    if let Some(context) = started.traceparent() {
-        command.env(trace::TRACEPARENT_ENV, context);
+    let mut started = trace::Span::start("job.started", accepted.traceparent().as_deref(), &ids());
+    if let Some(parent) = started.traceparent() {
+        command.env(trace::TRACEPARENT_ENV, parent);
     }
     let spawned = {
         let mut active = runner.active();
@@ -475,7 +474,10 @@ pub async fn run_with(
         }
     };
     let pid = child.id();
-    started.set("process.pid", pid.map(|pid| pid.to_string()).unwrap_or_default());
+    started.set(
+        "process.pid",
+        pid.map(|pid| pid.to_string()).unwrap_or_default(),
+    );
     let records = JobRecords::new(&work_root);
     if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok())
         && let Err(error) = records.write(&job_id, pid)
@@ -578,11 +580,8 @@ pub async fn run_with(
         }
     };
     drop(started);
-    let mut finished = trace::Span::start(
-        "job.finished",
-        accepted.traceparent().as_deref(),
-        &ids(),
-    );
+    let mut finished =
+        trace::Span::start("job.finished", accepted.traceparent().as_deref(), &ids());
     finished.set("hodei.outcome", format!("{outcome:?}"));
     finished.set("process.exit_code", exit_code.to_string());
     // Whatever the job left running in its process group ends with it, so no stray process

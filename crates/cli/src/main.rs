@@ -386,7 +386,8 @@ async fn run(command: Command) -> ExitCode {
             hodei_agent::protect_process_memory();
             server(args).await
         }
-        Command::Agent(args) => match start_telemetry(args.otlp_endpoint.as_deref(), "hodei-agent") {
+        Command::Agent(args) => match start_telemetry(args.otlp_endpoint.as_deref(), "hodei-agent")
+        {
             Ok(telemetry) => {
                 init_logging_with("info", format, telemetry.as_ref());
                 let result = agent(args).await;

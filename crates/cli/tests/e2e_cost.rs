@@ -302,7 +302,10 @@ async fn a_tenants_daily_cost_and_budget_advice_survive_a_restart() {
     })
     .await;
     let advice = budget_advice(&report(&server, "tenant"), "acme").unwrap();
-    assert!(close(advice["spent_today"].as_f64().unwrap(), acme), "{advice}");
+    assert!(
+        close(advice["spent_today"].as_f64().unwrap(), acme),
+        "{advice}"
+    );
     assert_eq!(advice["daily_budget"].as_f64().unwrap(), BUDGET);
     // beta spent a tiny share of its budget: no advice.
     assert!(budget_advice(&report(&server, "tenant"), "beta").is_none());
@@ -318,12 +321,15 @@ async fn a_tenants_daily_cost_and_budget_advice_survive_a_restart() {
     // the advice still apply.
     let server = start_anywhere(config).await;
     let after = spent_today(&server, "acme").await.unwrap();
-    assert!(close(after, before), "{before} before the restart, {after} after");
-    assert!(close(
-        spent_today(&server, "beta").await.unwrap(),
-        costs[1]
-    ));
+    assert!(
+        close(after, before),
+        "{before} before the restart, {after} after"
+    );
+    assert!(close(spent_today(&server, "beta").await.unwrap(), costs[1]));
     let advice = budget_advice(&report(&server, "tenant"), "acme").unwrap();
-    assert!(close(advice["spent_today"].as_f64().unwrap(), acme), "{advice}");
+    assert!(
+        close(advice["spent_today"].as_f64().unwrap(), acme),
+        "{advice}"
+    );
     server.shutdown().await.unwrap();
 }

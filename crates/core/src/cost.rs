@@ -580,7 +580,10 @@ mod tests {
             }
         );
         let message = advice[2].message();
-        assert!(message.contains("tenant zeta spent 9.5000 of its daily budget 10 today (95%)"), "{message}");
+        assert!(
+            message.contains("tenant zeta spent 9.5000 of its daily budget 10 today (95%)"),
+            "{message}"
+        );
     }
 
     fn pool(name: &str, price: f64) -> PoolSpec {

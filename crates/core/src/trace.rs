@@ -57,7 +57,11 @@ pub struct Span(Option<Box<dyn OpenSpan>>);
 
 impl Span {
     /// Starts span `name` now, a child of `parent` (a `traceparent`).
-    pub fn start(name: &'static str, parent: Option<&str>, attributes: &[(&'static str, String)]) -> Self {
+    pub fn start(
+        name: &'static str,
+        parent: Option<&str>,
+        attributes: &[(&'static str, String)],
+    ) -> Self {
         Self::start_at(name, parent, SystemTime::now(), attributes)
     }
 
@@ -69,11 +73,9 @@ impl Span {
         start: SystemTime,
         attributes: &[(&'static str, String)],
     ) -> Self {
-        Self(
-            TRACER
-                .get()
-                .map(|tracer| tracer.start(name, parent.and_then(parse_traceparent), start, attributes)),
-        )
+        Self(TRACER.get().map(|tracer| {
+            tracer.start(name, parent.and_then(parse_traceparent), start, attributes)
+        }))
     }
 
     /// Its `traceparent`; `None` without a tracer.

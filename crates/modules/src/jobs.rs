@@ -20,8 +20,8 @@ use hodei_core::dispatch::{
 use hodei_core::fence::{FencePolicy, LostBecause, Report};
 use hodei_core::job::AttemptOutcome;
 use hodei_core::matching::IdleWorker;
-use hodei_core::trace;
 use hodei_core::tenancy::{AdmissionError, BurstState, Resource, Tenants, Usage};
+use hodei_core::trace;
 use hodei_core::{
     Job, JobId, JobSpec, JobState, QueueConfig, QueueError, Queues, Requirements, TenantName,
     ValidationError, WorkerCapabilities, WorkerId, WorkerState,
@@ -653,14 +653,13 @@ impl Dispatcher {
         }
         // Each tenant's cost today, which its daily_cost quota is checked against, starts
         // from what its attempts that ended since 00:00 UTC cost, as stored.
-        let today = self
-            .store
-            .attempt_totals(cost::day_start(now_ms))
-            .await?;
+        let today = self.store.attempt_totals(cost::day_start(now_ms)).await?;
         for (tenant, spent) in cost::cost_by_tenant(&today) {
             match TenantName::new(&tenant) {
                 Ok(name) => self.machine.charge(&name, spent, now_ms),
-                Err(error) => tracing::warn!(%tenant, %error, "stored usage of an invalid tenant name"),
+                Err(error) => {
+                    tracing::warn!(%tenant, %error, "stored usage of an invalid tenant name")
+                }
             }
         }
         self.update_gauges();
@@ -1037,7 +1036,9 @@ impl Dispatcher {
         let context = dispatched.traceparent()?;
         self.attempt_traces.insert(job.id.clone(), context.clone());
         let mut sent = job.clone();
-        sent.spec.env.insert(trace::TRACEPARENT_ENV.to_owned(), context);
+        sent.spec
+            .env
+            .insert(trace::TRACEPARENT_ENV.to_owned(), context);
         Some((sent, dispatched))
     }
 

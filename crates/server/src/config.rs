@@ -934,7 +934,10 @@ impl ServerConfig {
             ));
         }
         if let Some(url) = self.telemetry.otlp_endpoint.as_ref().filter(|url| {
-            !is_url(url) || url.split_once("://").is_none_or(|(_, host)| host.is_empty())
+            !is_url(url)
+                || url
+                    .split_once("://")
+                    .is_none_or(|(_, host)| host.is_empty())
         }) {
             return Err(ValidationError::new(
                 "telemetry.otlp_endpoint",

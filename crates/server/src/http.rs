@@ -392,9 +392,7 @@ async fn cost_report(
             })
         })
         .collect();
-    report
-        .recommendations
-        .extend(cost::budget_advice(&budgets));
+    report.recommendations.extend(cost::budget_advice(&budgets));
     Ok(Json(report))
 }
 

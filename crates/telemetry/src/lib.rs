@@ -173,7 +173,12 @@ mod tests {
         let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let cx = remote_context(Some(value));
         assert_eq!(traceparent_of(&cx.span().span_context().clone()), value);
-        assert!(!remote_context(Some("nonsense")).span().span_context().is_valid());
+        assert!(
+            !remote_context(Some("nonsense"))
+                .span()
+                .span_context()
+                .is_valid()
+        );
         assert!(!remote_context(None).span().span_context().is_valid());
     }
 }
