@@ -1437,6 +1437,11 @@ impl Dispatcher {
             .chain(self.machine.tenants().configured.keys())
             .cloned()
             .collect();
+        // Today's cost of every tenant shown, not only of those holding or queueing jobs.
+        for name in &names {
+            let spent = self.machine.spent_today(name, now_ms);
+            usage.entry(name.clone()).or_default().daily_cost = spent;
+        }
         names
             .into_iter()
             .map(|tenant| {
@@ -1606,7 +1611,15 @@ impl Dispatcher {
 
     fn update_tenant_gauges(&mut self) {
         let now_ms = self.clock.now_ms();
-        let usage = self.machine.usage(now_ms);
+        let mut usage = self.machine.usage(now_ms);
+        // `usage` has today's cost of the tenants holding or queueing jobs only; a tenant
+        // idle now spent its day too.
+        let configured: Vec<TenantName> =
+            self.machine.tenants().configured.keys().cloned().collect();
+        for name in configured {
+            let spent = self.machine.spent_today(&name, now_ms);
+            usage.entry(name).or_default().daily_cost = spent;
+        }
         let metrics = &self.metrics;
         let machine = &self.machine;
         metrics.tenant_running.clear();
