@@ -718,6 +718,7 @@ mod tests {
                 Recommendation::CheaperPoolFits {
                     pool, cheaper_pool, ..
                 } => format!("{pool} -> {cheaper_pool}"),
+                Recommendation::TenantNearBudget { tenant, .. } => format!("budget {tenant}"),
             })
             .collect();
         // "small" held too little for idle advice; its jobs fit the cheaper pools of the
