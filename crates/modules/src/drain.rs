@@ -86,7 +86,7 @@ impl WorkerDrains {
             .registry
             .set_draining(id, Some(then))
             .map_err(|error| not_found(id, error))?;
-        if let Err(error) = record_state(inner.store.as_ref(), id, WorkerState::Draining).await {
+        if let Err(error) = record_drain(inner.store.as_ref(), id, Some(then)).await {
             // Nothing changed after all.
             let _ = inner.registry.set_draining(id, before);
             return Err(error);
@@ -109,12 +109,25 @@ impl WorkerDrains {
             .registry
             .set_draining(id, None)
             .map_err(|error| not_found(id, error))?;
-        if let Err(error) = record_state(inner.store.as_ref(), id, WorkerState::Idle).await {
+        if let Err(error) = record_drain(inner.store.as_ref(), id, None).await {
             let _ = inner.registry.set_draining(id, before);
             return Err(error);
         }
         tracing::info!(worker_id = %id, "worker undrained");
         Ok(())
+    }
+
+    /// Resumes the drains recorded before a restart: each worker the store records as
+    /// draining is marked in the registry now, or the moment it registers again, with what
+    /// it was to do afterwards. Call before serving. Returns how many were resumed.
+    pub async fn restore(&self) -> Result<usize, store::Error> {
+        let drained = self.inner.store.drained_workers().await?;
+        for (id, then) in &drained {
+            self.inner.registry.restore_drain(id, *then);
+            tracing::info!(worker_id = %id, %then, "drain resumed after a restart");
+        }
+        self.inner.wake.notify_one();
+        Ok(drained.len())
     }
 
     /// Terminates drained workers as they finish their jobs, until `shutdown`.
@@ -176,21 +189,37 @@ fn not_found(id: &WorkerId, _: SchedulerError) -> DrainError {
     DrainError::NotFound(id.clone())
 }
 
-/// Records `to` for a worker the store knows (a hand-started agent may have no record).
-async fn record_state(store: &dyn Store, id: &WorkerId, to: WorkerState) -> Result<(), DrainError> {
+/// Records a drain (`Some`: state `draining` and what comes after) or an undrain (`None`:
+/// state `idle`) for a worker the store knows (a hand-started agent may have no record).
+/// What comes after is written first, so a restart in between never finds a drained worker
+/// without it (an undrain's leftover mark is ignored: only draining workers are read back).
+async fn record_drain(
+    store: &dyn Store,
+    id: &WorkerId,
+    then: Option<AfterDrain>,
+) -> Result<(), DrainError> {
+    let to = match then {
+        Some(_) => WorkerState::Draining,
+        None => WorkerState::Idle,
+    };
     let Some(record) = store.get_worker(id).await? else {
         return Ok(());
     };
-    if record.state == to {
-        return Ok(());
-    }
-    if !record.state.can_transition_to(to) {
+    if record.state != to && !record.state.can_transition_to(to) {
         return Err(DrainError::NotDrainable {
             id: id.clone(),
             state: record.state,
         });
     }
-    store.transition_worker(id, to).await?;
+    if then.is_some() {
+        store.set_worker_drain(id, then).await?;
+    }
+    if record.state != to {
+        store.transition_worker(id, to).await?;
+    }
+    if then.is_none() {
+        store.set_worker_drain(id, None).await?;
+    }
     Ok(())
 }
 

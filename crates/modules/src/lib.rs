@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod drain;
 pub mod jobs;
 pub mod pools;
+pub mod retention;
 pub mod scheduler_registry;
 pub mod tenants;
 pub mod worker_management;
@@ -19,6 +20,7 @@ pub use jobs::{
 pub use pools::{
     DecisionRecord, PoolCounts, PoolError, PoolManager, PoolManagerConfig, PoolMetrics, PoolStatus,
 };
+pub use retention::{Retention, RetentionMetrics};
 pub use scheduler_registry::{
     LivenessChange, RegisteredWorker, RegistrationSource, ResourceUsage, SchedulerRegistry,
     WorkerUsageMetrics,

@@ -5,7 +5,9 @@
 //! registry and its own list of workers being created, hands them to the pure pass in core
 //! (which splits the queue over the pools, keeps the arrival window, the running-time
 //! average and the arrival profile, decides and logs), and carries the outcome out.
-//! Provisioning runs in background tasks, at most `max_concurrent_provisioning` per pool;
+//! Provisioning runs in background tasks, at most `max_concurrent_provisioning` per pool
+//! and `[provisioning] max_concurrent_provisioning` across all pools (start-up pre-warm
+//! included);
 //! a worker being created counts as starting from the moment its id is chosen, so no pass
 //! provisions for the same demand twice. Scale-in asks the dispatcher to drain idle workers
 //! first ([`JobService::drain`]); only those it confirms idle are terminated, so a busy
@@ -48,6 +50,9 @@ pub struct PoolManagerConfig {
     pub decisions_kept: usize,
     /// How long a created worker counts as starting while the scheduler has not heard of it.
     pub start_timeout: Duration,
+    /// Workers being created at once across all pools (`[provisioning]
+    /// max_concurrent_provisioning`), on top of each pool's own `max_concurrent_provisioning`.
+    pub max_concurrent_provisioning: usize,
 }
 
 impl Default for PoolManagerConfig {
@@ -57,6 +62,7 @@ impl Default for PoolManagerConfig {
             min_pass_interval: Duration::from_millis(20),
             decisions_kept: 20,
             start_timeout: Duration::from_secs(120),
+            max_concurrent_provisioning: 5,
         }
     }
 }
@@ -209,6 +215,8 @@ struct Inner {
     stopping: CancellationToken,
     /// The background provisioning and termination tasks, so that `stop` can wait for them.
     tasks: TaskTracker,
+    /// Creations at once across all pools (each pool has its own bound too).
+    provisioning: Arc<Semaphore>,
     /// Pool usage not yet in the store, and when it was last written.
     unsaved_usage: Mutex<(UnsavedUsage, Instant)>,
 }
@@ -278,6 +286,7 @@ impl PoolManager {
                 tracing::error!(pool = %spec.name, provider = %spec.provider, "pool's provider is not configured; it will not get workers");
             }
         }
+        let provisioning = Arc::new(Semaphore::new(config.max_concurrent_provisioning.max(1)));
         let manager = Self {
             inner: Arc::new(Inner {
                 management,
@@ -292,6 +301,7 @@ impl PoolManager {
                 last_pass: Mutex::new(None),
                 stopping: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                provisioning,
                 unsaved_usage: Mutex::new((BTreeMap::new(), Instant::now())),
             }),
         };
@@ -803,12 +813,20 @@ impl PoolManager {
             let manager = self.clone();
             let spec = spec.clone();
             let semaphore = semaphore.clone();
+            let everywhere = self.inner.provisioning.clone();
             self.inner.tasks.spawn(async move {
                 let stopping = manager.inner.stopping.clone();
+                // The pool's bound first, then the server's, so a pool waiting on its own
+                // bound holds none of the server's.
+                let permits = async {
+                    let pool = semaphore.acquire_owned().await.ok()?;
+                    let server = everywhere.acquire_owned().await.ok()?;
+                    Some((pool, server))
+                };
                 let permit = tokio::select! {
                     biased;
                     () = stopping.cancelled() => None,
-                    permit = semaphore.acquire_owned() => permit.ok(),
+                    permits = permits => permits,
                 };
                 let Some(_permit) = permit else {
                     if let Some(pool) = lock(&manager.inner.pools).get_mut(&spec.name) {

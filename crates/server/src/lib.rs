@@ -31,9 +31,9 @@ use hodei_adapters::{
 use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{ProviderKind, WorkerId, WorkerState};
 use hodei_modules::{
-    Credentials, JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
-    TenantService, WorkerDrains, WorkerManagementMetrics, WorkerManagementService,
-    WorkerUsageMetrics,
+    Credentials, JobMetrics, JobService, PoolManager, PoolMetrics, Retention, RetentionMetrics,
+    Retired, SchedulerRegistry, TenantService, WorkerDrains, WorkerManagementMetrics,
+    WorkerManagementService, WorkerUsageMetrics,
 };
 use hodei_ports::{SchedulerPort, Store};
 use hodei_proto::v1::job_service_server::JobServiceServer;
@@ -338,7 +338,10 @@ impl Server {
             scheduler.clone(),
             store.clone(),
             &config.pools,
-            config.autoscaler.manager_config(),
+            hodei_modules::PoolManagerConfig {
+                max_concurrent_provisioning: config.provisioning.max_concurrent_provisioning,
+                ..config.autoscaler.manager_config()
+            },
             PoolMetrics::new(&mut registry),
         )
         .await?;
@@ -349,7 +352,16 @@ impl Server {
             store.clone(),
             pools.clone(),
         );
+        // Drains recorded before a restart hold again before any agent can take a job.
+        drains.restore().await?;
         tokio::spawn(drains.clone().run(cancel.clone()));
+        // Old finished jobs and terminated workers leave the store in the background.
+        let retention = Retention::new(
+            store.clone(),
+            config.retention.policy()?,
+            RetentionMetrics::new(&mut registry),
+        );
+        tokio::spawn(retention.run(cancel.clone()));
         let ready = Arc::new(AtomicBool::new(false));
         let grpc = SchedulerServiceServer::new(SchedulerGrpc {
             drains: drains.clone(),
