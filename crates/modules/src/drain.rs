@@ -5,10 +5,10 @@
 //!
 //! Which drained workers are done is [`hodei_core::lifecycle::drained_to_terminate`]; the
 //! dispatcher's own [`JobService::drain`] takes each out of matching only if it is idle at
-//! that very turn, so a job cannot slip onto a worker as it is terminated.
+//! that very turn, so a job cannot slip onto a worker as it is terminated; the termination
+//! itself is asked of [`Terminations`], the one owner.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hodei_core::lifecycle::drained_to_terminate;
@@ -17,7 +17,7 @@ use hodei_ports::{SchedulerError, Store, store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{JobError, JobService, PoolManager, SchedulerRegistry, WorkerManagementService};
+use crate::{JobError, JobService, PoolManager, SchedulerRegistry, Terminations, Why};
 
 /// How often drained workers are looked at, besides right after a drain request.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -44,11 +44,10 @@ pub struct WorkerDrains {
 struct Inner {
     registry: Arc<SchedulerRegistry>,
     jobs: JobService,
-    management: Arc<WorkerManagementService>,
+    /// Drained workers done with their job go through the one owner of termination.
+    terminations: Terminations,
     store: Arc<dyn Store>,
     pools: PoolManager,
-    /// Workers taken out of matching for good whose termination has not succeeded yet.
-    terminating: Mutex<BTreeSet<WorkerId>>,
     wake: Notify,
 }
 
@@ -62,7 +61,7 @@ impl WorkerDrains {
     pub fn new(
         registry: Arc<SchedulerRegistry>,
         jobs: JobService,
-        management: Arc<WorkerManagementService>,
+        terminations: Terminations,
         store: Arc<dyn Store>,
         pools: PoolManager,
     ) -> Self {
@@ -70,10 +69,9 @@ impl WorkerDrains {
             inner: Arc::new(Inner {
                 registry,
                 jobs,
-                management,
+                terminations,
                 store,
                 pools,
-                terminating: Mutex::default(),
                 wake: Notify::new(),
             }),
         }
@@ -99,7 +97,7 @@ impl WorkerDrains {
     /// Undrains `id`: it takes jobs again. Refused once its termination has begun.
     pub async fn undrain(&self, id: &WorkerId) -> Result<(), DrainError> {
         let inner = &self.inner;
-        if lock(&inner.terminating).contains(id) {
+        if inner.terminations.is_pending(id) {
             return Err(DrainError::NotDrainable {
                 id: id.clone(),
                 state: WorkerState::Terminated,
@@ -144,41 +142,24 @@ impl WorkerDrains {
         }
     }
 
-    /// One pass: takes the idle workers drained to terminate out of matching, then
-    /// terminates them (and retries those whose termination failed before).
+    /// One pass: takes the idle workers drained to terminate out of matching and asks for
+    /// their termination.
     async fn step(&self) -> Result<(), JobError> {
         let inner = &self.inner;
         let draining: Vec<(WorkerId, AfterDrain)> = inner
             .registry
             .filter_map(|entry| entry.draining.map(|then| (entry.worker.id.clone(), then)));
         let done = drained_to_terminate(draining.iter().map(|(id, then)| (id, *then)), |id| {
-            inner.jobs.worker_activity(id).is_some()
+            inner.jobs.worker_activity(id).is_some() || inner.terminations.is_pending(id)
         });
         if !done.is_empty() {
             // The dispatcher takes out only those still idle at its turn.
             let retired = inner.jobs.drain(done).await?;
-            if !retired.is_empty() {
-                // The pool manager sees them leave and provisions their replacements.
-                inner.pools.wake();
+            for id in retired {
+                inner.terminations.request(id, Why::Drained);
             }
-            lock(&inner.terminating).extend(retired);
-        }
-        let terminating: Vec<WorkerId> = lock(&inner.terminating).iter().cloned().collect();
-        for id in terminating {
-            match inner.management.terminate_worker(&id).await {
-                Ok(()) => {
-                    tracing::info!(worker_id = %id, "drained worker terminated");
-                    lock(&inner.terminating).remove(&id);
-                }
-                Err(crate::WorkerManagementError::WorkerNotFound(_)) => {
-                    // Hand-started, never recorded: nothing to stop but its registration.
-                    let _ = inner.registry.unregister(&id);
-                    lock(&inner.terminating).remove(&id);
-                }
-                Err(error) => {
-                    tracing::warn!(worker_id = %id, %error, "could not terminate a drained worker, retrying");
-                }
-            }
+            // The pool manager sees them leave and provisions their replacements.
+            inner.pools.wake();
         }
         Ok(())
     }
@@ -221,10 +202,4 @@ async fn record_drain(
         store.set_worker_drain(id, None).await?;
     }
     Ok(())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -9,6 +9,7 @@ pub mod pools;
 pub mod retention;
 pub mod scheduler_registry;
 pub mod tenants;
+pub mod terminations;
 pub mod worker_management;
 
 pub use credentials::{CredentialError, Credentials, NewCredential, Token};
@@ -26,6 +27,7 @@ pub use scheduler_registry::{
     WorkerUsageMetrics,
 };
 pub use tenants::{TenantError, TenantService, TenantView};
+pub use terminations::{Terminations, Why};
 pub use worker_management::{
     PoolCreated, WorkerManagementConfig, WorkerManagementError, WorkerManagementMetrics,
     WorkerManagementService, WorkerProvisioned, WorkerStatus,

@@ -10,8 +10,8 @@
 //! included);
 //! a worker being created counts as starting from the moment its id is chosen, so no pass
 //! provisions for the same demand twice. Scale-in asks the dispatcher to drain idle workers
-//! first ([`JobService::drain`]); only those it confirms idle are terminated, so a busy
-//! worker is never killed.
+//! first ([`JobService::drain`]); only those it confirms idle are terminated (asked of
+//! [`Terminations`], the one owner), so a busy worker is never killed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
@@ -37,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::jobs::{JobSnapshot, PoolSettings};
-use crate::{JobService, SchedulerRegistry, WorkerManagementService, WorkerStatus};
+use crate::{
+    JobService, SchedulerRegistry, Terminations, Why, WorkerManagementService, WorkerStatus,
+};
 
 /// How the pool manager runs.
 #[derive(Debug, Clone)]
@@ -200,6 +202,8 @@ pub(crate) fn unix_ms(now: SystemTime) -> u64 {
 
 struct Inner {
     management: Arc<WorkerManagementService>,
+    /// Scale-in asks the one owner of termination.
+    terminations: Terminations,
     jobs: JobService,
     registry: Arc<SchedulerRegistry>,
     store: Arc<dyn Store>,
@@ -213,7 +217,7 @@ struct Inner {
     last_pass: Mutex<Option<Instant>>,
     /// Cancelled by [`PoolManager::stop`]: no pass and no provisioning starts after it.
     stopping: CancellationToken,
-    /// The background provisioning and termination tasks, so that `stop` can wait for them.
+    /// The background provisioning tasks, so that `stop` can wait for them.
     tasks: TaskTracker,
     /// Creations at once across all pools (each pool has its own bound too).
     provisioning: Arc<Semaphore>,
@@ -255,8 +259,10 @@ impl std::fmt::Debug for PoolManager {
 impl PoolManager {
     /// Loads the pools from the store, applies `configured` ones over them (the
     /// configuration file wins for the pools it names) and tells the dispatcher.
+    #[allow(clippy::too_many_arguments)]
     pub async fn new(
         management: Arc<WorkerManagementService>,
+        terminations: Terminations,
         jobs: JobService,
         registry: Arc<SchedulerRegistry>,
         store: Arc<dyn Store>,
@@ -290,6 +296,7 @@ impl PoolManager {
         let manager = Self {
             inner: Arc::new(Inner {
                 management,
+                terminations,
                 jobs,
                 registry,
                 store,
@@ -312,6 +319,7 @@ impl PoolManager {
     /// Passes until `cancel`: on the timer, when woken, and when the dispatcher changes.
     pub async fn run(self, cancel: CancellationToken) {
         let mut changes = self.inner.jobs.changes();
+        let mut terminated = self.inner.terminations.done();
         let mut tick = tokio::time::interval(self.inner.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -328,6 +336,8 @@ impl PoolManager {
                         return;
                     }
                 }
+                // A worker is gone: replace it now, not at the next tick.
+                _ = terminated.changed() => {}
             }
             // Coalesce bursts of changes into one pass.
             let since = lock(&self.inner.last_pass).map(|at| at.elapsed());
@@ -365,8 +375,9 @@ impl PoolManager {
     }
 
     /// Stops for good: no pass or provisioning starts from now on, and this returns once
-    /// the provisioning and terminations already under way have finished, so that a
-    /// shutdown that then terminates every worker sees them all.
+    /// the provisioning already under way has finished, so that a shutdown that then
+    /// terminates every worker sees them all (scale-in's terminations are the owner's,
+    /// which the shutdown waits for itself).
     pub async fn stop(&self) {
         self.inner.stopping.cancel();
         self.inner.tasks.close();
@@ -868,7 +879,7 @@ impl PoolManager {
         }
     }
 
-    /// Drains the idle workers among `workers` and terminates them in the background.
+    /// Drains the idle workers among `workers` and asks for their termination.
     async fn drain(&self, spec: &PoolSpec, workers: Vec<WorkerId>) {
         let drained = match self.inner.jobs.drain(workers).await {
             Ok(drained) => drained,
@@ -878,15 +889,8 @@ impl PoolManager {
             }
         };
         for id in drained {
-            let manager = self.clone();
-            let pool = spec.name.clone();
-            self.inner.tasks.spawn(async move {
-                tracing::info!(%pool, worker_id = %id, "terminating a drained worker");
-                if let Err(error) = manager.inner.management.terminate_worker(&id).await {
-                    tracing::warn!(%pool, worker_id = %id, %error, "could not terminate a drained worker; the reconciler will");
-                }
-                manager.wake();
-            });
+            tracing::info!(pool = %spec.name, worker_id = %id, "terminating a drained worker");
+            self.inner.terminations.request(id, Why::ScaleIn);
         }
     }
 }

@@ -15,7 +15,8 @@ use hodei_adapters::worker_registration::{
 use hodei_core::{PoolSpec, ProviderKind, Worker, WorkerId, WorkerSpec};
 use hodei_modules::{
     JobMetrics, JobService, JobServiceConfig, PoolManager, PoolManagerConfig, PoolMetrics,
-    SchedulerRegistry, WorkerManagementConfig, WorkerManagementMetrics, WorkerManagementService,
+    SchedulerRegistry, Terminations, WorkerManagementConfig, WorkerManagementMetrics,
+    WorkerManagementService,
 };
 use hodei_ports::{AgentCredential, ProviderError, WorkerProvider};
 use hodei_testkit::agents::FakeAgents;
@@ -103,8 +104,10 @@ async fn prewarm(server_bound: usize) -> usize {
             ..PoolSpec::fixed(name, ProviderKind::Local, 4)
         })
         .collect();
+    let terminations = Terminations::new(management.clone(), registry.clone(), &mut metrics);
     let manager = PoolManager::new(
         management,
+        terminations,
         jobs,
         registry.clone(),
         store,
