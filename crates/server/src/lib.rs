@@ -17,6 +17,7 @@ mod runnable;
 mod scope;
 mod serve;
 mod tls;
+mod transitions;
 mod workers;
 
 use std::future::Future;
@@ -258,6 +259,10 @@ impl Server {
             Some(url) => Arc::new(PostgresStore::connect(url).await?),
             None => Arc::new(SqliteStore::open(&database).await?),
         };
+        // Every job state change passes through the store: noted there for the console.
+        let transitions = transitions::TransitionLog::default();
+        let store: Arc<dyn Store> =
+            Arc::new(transitions::RecordingStore::new(store, transitions.clone()));
         let credentials = Credentials::load(store.clone(), token.clone()).await?;
         let mut registry = Registry::default();
         let scheduler = Arc::new(SchedulerRegistry::new());
@@ -278,6 +283,7 @@ impl Server {
             args: Vec::new(),
             server_url: agent_url.clone(),
             ca_cert: config.tls.ca_cert.clone(),
+            otlp_endpoint: config.telemetry.otlp_endpoint.clone(),
             state_dir: config.data_dir.join("local"),
             stop_grace: config.local.stop_grace,
         })?);
@@ -396,6 +402,12 @@ impl Server {
             .add_service(tenant_grpc)
             .add_service(token_grpc)
             .prepare();
+        let pool_history = console::PoolHistory::default();
+        tokio::spawn(console::sample_pools(
+            pools.clone(),
+            pool_history.clone(),
+            cancel.clone(),
+        ));
         let http = http::router(http::AppState {
             store: store.clone(),
             management: management.clone(),
@@ -410,6 +422,8 @@ impl Server {
             max_body_bytes: config.connections.max_body_bytes,
             ready: ready.clone(),
             tls: config.tls.enabled(),
+            transitions,
+            pool_history,
         });
         let limits = serve::Limits {
             max_connections,
