@@ -164,7 +164,7 @@ impl v1::job_service_server::JobService for JobGrpc {
         submit.tenant = scope
             .tenant_named(submit.tenant.as_deref())
             .map_err(status)?;
-        let mut spec = submit.into_spec().map_err(status)?;
+        let (mut spec, class) = submit.into_submission().map_err(status)?;
         if !allow_pending {
             crate::runnable::refuse_never_runnable(
                 &self.pools,
@@ -175,7 +175,11 @@ impl v1::job_service_server::JobService for JobGrpc {
         }
         let applied = hodei_core::trace::apply_traceparent(&mut spec, traceparent.as_deref())
             .map(str::to_owned);
-        let job = self.jobs.submit(spec).await.map_err(status)?;
+        let job = self
+            .jobs
+            .submit_with_class(spec, class)
+            .await
+            .map_err(status)?;
         let mut response = Response::new(v1::SubmitJobResponse {
             job: Some(job_info(&job)),
         });
