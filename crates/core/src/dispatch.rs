@@ -15,7 +15,7 @@
 //! The server's job service (`hodei_modules::jobs`) is a thin driver of this machine;
 //! `hodei bench schedule` and the property tests below drive it directly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use crate::fence::{self, FencePolicy, InFlight, LostBecause, Millis, Presence, Report, Verdict};
@@ -438,6 +438,30 @@ impl Dispatch {
         let mut machine = Self::new(config, queues, tenants);
         machine.born_ms = now_ms;
         let mut failed = Vec::new();
+        // A victim's stop is honoured when the job it makes room for has the preemption on
+        // record too (or has ended): the victim's record alone means the other write was
+        // lost, and the victim was never told to stop.
+        let unfinished_ids: BTreeSet<&JobId> = unfinished.iter().map(|job| &job.id).collect();
+        // The (victim, beneficiary) pairs on the beneficiaries' own records.
+        let recorded: BTreeSet<(&JobId, &JobId)> = unfinished
+            .iter()
+            .flat_map(|job| {
+                job.preemptions
+                    .iter()
+                    .filter(|record| record.beneficiary == job.id)
+            })
+            .map(|record| (&record.victim, &record.beneficiary))
+            .collect();
+        let honoured: BTreeSet<JobId> = unfinished
+            .iter()
+            .filter(|job| {
+                job.stopping_for.as_ref().is_some_and(|stopping| {
+                    !unfinished_ids.contains(&stopping.job)
+                        || recorded.contains(&(&job.id, &stopping.job))
+                })
+            })
+            .map(|job| job.id.clone())
+            .collect();
         for job in unfinished {
             let mut live = Live::new(job, now_ms);
             match live.job.state {
@@ -462,6 +486,7 @@ impl Dispatch {
                         .job
                         .stopping_for
                         .as_ref()
+                        .filter(|_| honoured.contains(&live.job.id))
                         .map(|stopping| (stopping.reason.clone(), stopping.job.clone()));
                     live.times.assigned_at_ms = Some(now_ms);
                     if state == JobState::Running {
@@ -1820,6 +1845,28 @@ mod tests {
         };
         assert_eq!((ended.state, ended.preempted), (JobState::Queued, 1));
         assert_eq!(ended.stopping_for, None);
+        assert_eq!(m.preempting().count(), 0);
+    }
+
+    #[test]
+    fn a_victims_stop_recorded_without_its_beneficiarys_record_is_not_recovered() {
+        let mut m = machine(4);
+        let (_, victim) = running_best_effort(&mut m);
+        preempt_for_critical(&mut m, &worker(1, 4), &victim);
+        // As if the write on the job it makes room for had been lost.
+        let mut jobs = unfinished(&m);
+        for job in &mut jobs {
+            if job.id.as_str() == "j2" {
+                job.preemptions.clear();
+            }
+        }
+        let (m, _) = Dispatch::recover(
+            DispatchConfig::default(),
+            Queues::default(),
+            Tenants::default(),
+            jobs,
+            20,
+        );
         assert_eq!(m.preempting().count(), 0);
     }
 
