@@ -607,6 +607,14 @@ struct Dispatcher {
     sla: sla_tracking::SlaState,
 }
 
+/// One submission waiting for its batch: the spec, the class asked for (`None`: the
+/// defaults), and where to answer.
+type Submission = (
+    JobSpec,
+    Option<SlaClass>,
+    oneshot::Sender<Result<Job, JobError>>,
+);
+
 /// How long the usage writer gathers rows before one commit.
 const USAGE_BATCH_WINDOW: Duration = Duration::from_millis(250);
 
@@ -1238,14 +1246,7 @@ impl Dispatcher {
 
     /// Makes the jobs, has the machine admit them, records the admitted ones (one commit)
     /// and answers each submitter.
-    async fn submit_batch(
-        &mut self,
-        batch: Vec<(
-            JobSpec,
-            Option<SlaClass>,
-            oneshot::Sender<Result<Job, JobError>>,
-        )>,
-    ) {
+    async fn submit_batch(&mut self, batch: Vec<Submission>) {
         let now_ms = self.clock.now_ms();
         let mut jobs = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
