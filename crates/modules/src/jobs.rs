@@ -197,6 +197,10 @@ enum Event {
     TenantStatus {
         reply: oneshot::Sender<Vec<TenantStatus>>,
     },
+    WorkerUses {
+        workers: Vec<WorkerId>,
+        reply: oneshot::Sender<Vec<u32>>,
+    },
 }
 
 /// What a tenant holds and how it fares now, from [`JobService::tenant_status`].
@@ -366,6 +370,12 @@ impl JobService {
     /// configured one: usage, queue, burst state and share of starts over the last hour.
     pub async fn tenant_status(&self) -> Result<Vec<TenantStatus>, JobError> {
         self.ask(|reply| Event::TenantStatus { reply }).await
+    }
+
+    /// How many attempts each of `workers` ran to their end since this server started (or
+    /// since the worker registered), in the order asked.
+    pub async fn worker_uses(&self, workers: Vec<WorkerId>) -> Result<Vec<u32>, JobError> {
+        self.ask(|reply| Event::WorkerUses { workers, reply }).await
     }
 
     /// Cancels a job: a queued one at once, a running one by telling its agent (the job
@@ -1238,6 +1248,9 @@ impl Dispatcher {
                 }
                 Event::TenantStatus { reply } => {
                     let _ = reply.send(self.tenant_status());
+                }
+                Event::WorkerUses { workers, reply } => {
+                    let _ = reply.send(workers.iter().map(|w| self.machine.uses(w)).collect());
                 }
                 Event::Log { worker_id, chunk } => self.log(&worker_id, chunk),
             }

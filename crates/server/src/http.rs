@@ -50,6 +50,10 @@ pub(crate) struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Served over TLS (`[tls]`): the console's cookie is `Secure`.
     pub tls: bool,
+    /// Job state changes seen, for the console's job page.
+    pub transitions: crate::transitions::TransitionLog,
+    /// Pools' workers by state over the last hour, for the console's pool page.
+    pub pool_history: crate::console::PoolHistory,
 }
 
 pub(crate) fn router(state: AppState) -> Router {

@@ -17,6 +17,7 @@ mod runnable;
 mod scope;
 mod serve;
 mod tls;
+mod transitions;
 mod workers;
 
 use std::future::Future;
@@ -257,6 +258,10 @@ impl Server {
             Some(url) => Arc::new(PostgresStore::connect(url).await?),
             None => Arc::new(SqliteStore::open(&database).await?),
         };
+        // Every job state change passes through the store: noted there for the console.
+        let transitions = transitions::TransitionLog::default();
+        let store: Arc<dyn Store> =
+            Arc::new(transitions::RecordingStore::new(store, transitions.clone()));
         let credentials = Credentials::load(store.clone(), token.clone()).await?;
         let mut registry = Registry::default();
         let scheduler = Arc::new(SchedulerRegistry::new());
@@ -379,6 +384,12 @@ impl Server {
             .add_service(tenant_grpc)
             .add_service(token_grpc)
             .prepare();
+        let pool_history = console::PoolHistory::default();
+        tokio::spawn(console::sample_pools(
+            pools.clone(),
+            pool_history.clone(),
+            cancel.clone(),
+        ));
         let http = http::router(http::AppState {
             store: store.clone(),
             management: management.clone(),
@@ -393,6 +404,8 @@ impl Server {
             max_body_bytes: config.connections.max_body_bytes,
             ready: ready.clone(),
             tls: config.tls.enabled(),
+            transitions,
+            pool_history,
         });
         let limits = serve::Limits {
             max_connections,
