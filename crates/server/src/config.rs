@@ -50,6 +50,7 @@ pub struct ServerConfig {
     pub local: LocalSection,
     pub shutdown: ShutdownSection,
     pub log: LogSection,
+    pub telemetry: TelemetrySection,
     pub agents: AgentsSection,
     pub jobs: JobsSection,
     pub autoscaler: AutoscalerSection,
@@ -319,6 +320,7 @@ impl Default for ServerConfig {
             local: LocalSection::default(),
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),
+            telemetry: TelemetrySection::default(),
             agents: AgentsSection::default(),
             jobs: JobsSection::default(),
             autoscaler: AutoscalerSection::default(),
@@ -689,6 +691,15 @@ impl Default for LocalSection {
     }
 }
 
+/// `[telemetry]`: OpenTelemetry export of the job spans (see the README's Tracing).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySection {
+    /// The OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; spans are exported only when
+    /// set. Local agents get it as `HODEI_OTLP_ENDPOINT`. `HODEI_OTLP_ENDPOINT` overrides it.
+    pub otlp_endpoint: Option<String>,
+}
+
 /// `[log]`: how the server writes its log lines (to stderr).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -904,7 +915,7 @@ impl ServerConfig {
         toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
     }
 
-    /// Applies `HODEI_TOKEN`, `HODEI_CA_CERT`, `HODEI_LOG_FORMAT`, `REGISTRATION_ENABLED`
+    /// Applies `HODEI_TOKEN`, `HODEI_CA_CERT`, `HODEI_LOG_FORMAT`, `HODEI_OTLP_ENDPOINT`, `REGISTRATION_ENABLED`
     /// and `REGISTRATION_MAX_RETRIES`.
     pub fn apply_env(
         &mut self,
@@ -921,6 +932,9 @@ impl ServerConfig {
         }
         if let Some(format) = env("HODEI_LOG_FORMAT").filter(|f| !f.is_empty()) {
             self.log.format = format.parse()?;
+        }
+        if let Some(endpoint) = env("HODEI_OTLP_ENDPOINT").filter(|e| !e.is_empty()) {
+            self.telemetry.otlp_endpoint = Some(endpoint);
         }
         let mut management = self.worker_management();
         management.apply_env(&env)?;
@@ -957,6 +971,17 @@ impl ServerConfig {
         if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {
             return Err(ValidationError::new(
                 "scheduler_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        if let Some(url) = self.telemetry.otlp_endpoint.as_ref().filter(|url| {
+            !is_url(url)
+                || url
+                    .split_once("://")
+                    .is_none_or(|(_, host)| host.is_empty())
+        }) {
+            return Err(ValidationError::new(
+                "telemetry.otlp_endpoint",
                 format!("{url:?} is not an http:// or https:// URL"),
             ));
         }

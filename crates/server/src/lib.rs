@@ -282,6 +282,7 @@ impl Server {
             args: Vec::new(),
             server_url: agent_url.clone(),
             ca_cert: config.tls.ca_cert.clone(),
+            otlp_endpoint: config.telemetry.otlp_endpoint.clone(),
             state_dir: config.data_dir.join("local"),
             stop_grace: config.local.stop_grace,
         })?);
