@@ -75,6 +75,49 @@ pub struct ServerConfig {
     pub tenant_list: Vec<TenantSettings>,
     /// `[sla]`: each class's deadline and the preemption policy.
     pub sla: SlaSection,
+    /// `[retention]`: how long finished jobs and terminated workers are kept.
+    pub retention: RetentionSection,
+}
+
+/// `[retention]`: finished jobs (with their output) and terminated workers are deleted from
+/// the store this long after they finished or were terminated; `"0s"` keeps them forever.
+/// Pruning runs in the background every `interval`, `batch` rows per statement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    #[serde(with = "humantime_serde")]
+    pub jobs: Duration,
+    #[serde(with = "humantime_serde")]
+    pub workers: Duration,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub batch: usize,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        let policy = hodei_core::retention::RetentionPolicy::default();
+        Self {
+            jobs: policy.jobs,
+            workers: policy.workers,
+            interval: policy.interval,
+            batch: policy.batch,
+        }
+    }
+}
+
+impl RetentionSection {
+    /// The core's policy; fails naming the key of a bad value.
+    pub fn policy(&self) -> Result<hodei_core::retention::RetentionPolicy, ValidationError> {
+        let policy = hodei_core::retention::RetentionPolicy {
+            jobs: self.jobs,
+            workers: self.workers,
+            interval: self.interval,
+            batch: self.batch,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
 }
 
 /// `[sla]`: how long after submission each class's jobs must have started, and when running
@@ -333,6 +376,7 @@ impl Default for ServerConfig {
             tenants: TenantsSection::default(),
             tenant_list: Vec::new(),
             sla: SlaSection::default(),
+            retention: RetentionSection::default(),
         }
     }
 }
@@ -966,6 +1010,7 @@ impl ServerConfig {
         self.agents.policy().validate()?;
         self.jobs.service_config(&self.agents)?;
         self.sla_settings()?;
+        self.retention.policy()?;
         self.store.postgres_url()?;
         let is_url = |url: &&String| url.starts_with("http://") || url.starts_with("https://");
         if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {
@@ -1306,6 +1351,30 @@ mod tests {
             config.validate().unwrap_err().field,
             "sla.non_preemptible_tenants"
         );
+    }
+
+    #[test]
+    fn the_retention_section_sets_what_is_kept_and_zero_keeps_forever() {
+        let defaults = ServerConfig::default().retention.policy().unwrap();
+        assert_eq!(defaults, hodei_core::retention::RetentionPolicy::default());
+        assert_eq!(defaults.jobs, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(defaults.workers, Duration::from_secs(24 * 3600));
+        let config = ServerConfig::parse(
+            "[retention]\njobs = \"2h\"\nworkers = \"0s\"\ninterval = \"5s\"\nbatch = 10\n",
+        )
+        .unwrap();
+        let policy = config.retention.policy().unwrap();
+        assert_eq!(policy.jobs, Duration::from_secs(7200));
+        assert_eq!(
+            policy.keep(hodei_core::retention::Pruned::Workers),
+            None,
+            "0s keeps terminated workers forever"
+        );
+        assert_eq!(policy.batch, 10);
+        let config = ServerConfig::parse("[retention]\nbatch = 0\n").unwrap();
+        assert_eq!(config.validate().unwrap_err().field, "retention.batch");
+        let error = ServerConfig::parse("[retention]\nlogs = \"1d\"\n").unwrap_err();
+        assert!(error.contains("logs"), "{error}");
     }
 
     #[test]

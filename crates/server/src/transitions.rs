@@ -151,6 +151,26 @@ impl Store for RecordingStore {
         self.inner.set_registered(id, registered).await
     }
 
+    async fn set_worker_drain(
+        &self,
+        id: &WorkerId,
+        after: Option<hodei_core::AfterDrain>,
+    ) -> Result<(), Error> {
+        self.inner.set_worker_drain(id, after).await
+    }
+
+    async fn drained_workers(&self) -> Result<Vec<(WorkerId, hodei_core::AfterDrain)>, Error> {
+        self.inner.drained_workers().await
+    }
+
+    async fn prune_workers(&self, before_ms: u64, limit: usize) -> Result<usize, Error> {
+        self.inner.prune_workers(before_ms, limit).await
+    }
+
+    async fn prune_jobs(&self, before_ms: u64, limit: usize) -> Result<usize, Error> {
+        self.inner.prune_jobs(before_ms, limit).await
+    }
+
     async fn put_pool(&self, pool: &PoolSpec) -> Result<(), Error> {
         self.inner.put_pool(pool).await
     }
