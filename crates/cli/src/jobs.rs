@@ -40,8 +40,10 @@ pub enum JobCommand {
         /// Retries after a failed or timed-out attempt.
         #[arg(long, default_value_t = 0, value_name = "N")]
         retries: u32,
-        /// SLA class: critical, high, medium (the default), low or best_effort. The class's
-        /// deadline ([sla] in the server's configuration) bounds the wait for a start.
+        /// SLA class: critical, high, medium, low or best_effort. Not given: the queue's
+        /// default ([[jobs.queue]] sla_class), else the tenant's (`hodei tenant set-quota
+        /// T --sla-class C`), else medium. The class's deadline ([sla] in the server's
+        /// configuration) bounds the wait for a start.
         #[arg(long, value_name = "CLASS", value_parser = parse_sla)]
         sla: Option<String>,
         /// Never preempt this job to make room for a more urgent one.
@@ -130,7 +132,7 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 }
 
 /// An SLA class as the API names it; `best-effort` is taken for `best_effort`.
-fn parse_sla(text: &str) -> Result<String, String> {
+pub(crate) fn parse_sla(text: &str) -> Result<String, String> {
     let class: hodei_core::SlaClass = text
         .replace('-', "_")
         .parse()

@@ -23,7 +23,9 @@ pub enum TenantCommand {
     /// Create a tenant or change its weight and quotas. Only what is given changes; the
     /// quotas given are hard unless `--soft` (a soft quota may be passed by the burst
     /// factor, 1.5x by default, for at most an hour while workers would otherwise idle).
-    /// Running jobs are never stopped by a lower quota.
+    /// Running jobs are never stopped by a lower quota. Also sets the tenant's default SLA
+    /// class and whether its jobs may be preempted.
+    #[command(visible_alias = "set")]
     SetQuota(SetQuotaArgs),
     /// Remove a tenant's settings. With tenants.auto_create on (the default), its jobs carry
     /// on as a bronze tenant without quotas.
@@ -88,6 +90,14 @@ pub struct SetQuotaArgs {
     /// The quotas given in this command are soft (may burst) instead of hard.
     #[arg(long)]
     soft: bool,
+    /// The SLA class of its jobs submitted without `--sla` to a queue without a default
+    /// class: critical, high, medium, low or best_effort.
+    #[arg(long, value_name = "CLASS", value_parser = crate::jobs::parse_sla)]
+    sla_class: Option<String>,
+    /// `false`: its running jobs are never preempted for more urgent ones; `true` again
+    /// allows it.
+    #[arg(long, value_name = "true|false")]
+    preemptible: Option<bool>,
     /// Removes a quota (the tenant is no longer limited by it); repeat for several.
     #[arg(long, value_enum, value_name = "QUOTA")]
     remove: Vec<Quota>,
@@ -143,6 +153,13 @@ impl SetQuotaArgs {
         settings.max_workers = self.max_workers.or(settings.max_workers);
         settings.max_daily_cost = self.max_daily_cost.or(settings.max_daily_cost);
         settings.max_queued = self.max_queued.or(settings.max_queued);
+        if let Some(class) = &self.sla_class {
+            settings.sla_class = Some(class.clone());
+        }
+        if let Some(preemptible) = self.preemptible {
+            // Absent means preemptible.
+            settings.preemptible = (!preemptible).then_some(false);
+        }
         for (quota, given) in quotas {
             if !given {
                 continue;
@@ -308,6 +325,15 @@ fn print_tenant(tenant: &TenantView) {
         tenant.share_last_hour * 100.0,
         tenant.started_last_hour,
     );
+    println!(
+        "sla: default class {}, {}",
+        s.sla_class.as_deref().unwrap_or("medium"),
+        if s.preemptible == Some(false) {
+            "never preempted"
+        } else {
+            "preemptible"
+        }
+    );
     let mut t = table(&["QUOTA", "LIMIT", "USED NOW"]);
     let u = &tenant.usage;
     let rows = [
@@ -394,6 +420,16 @@ mod tests {
         assert_eq!(next.max_cpu, Some(8));
         assert_eq!(next.tier.as_deref(), Some("gold"));
         assert_eq!(next.soft, ["cpu", "running_jobs"]);
+
+        let next = set(&["ci", "--sla-class", "best-effort", "--preemptible", "false"])
+            .apply(current.clone());
+        assert_eq!(next.sla_class.as_deref(), Some("best_effort"));
+        assert_eq!(next.preemptible, Some(false));
+        assert_eq!(next.max_running_jobs, Some(4));
+        let next = set(&["ci", "--preemptible", "true"]).apply(next);
+        assert_eq!(next.preemptible, None);
+        assert_eq!(next.sla_class.as_deref(), Some("best_effort"));
+        assert!(Cli::try_parse_from(["x", "set", "ci", "--sla-class", "urgent"]).is_err());
 
         let next = set(&["ci", "--max-cpu", "8", "--weight", "7"]).apply(current);
         assert_eq!((next.tier, next.weight), (None, Some(7)));

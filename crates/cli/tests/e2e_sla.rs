@@ -345,3 +345,128 @@ async fn without_preemption_the_critical_job_waits_and_the_miss_is_counted() {
     server.jobs().cancel(sleepers[1].clone()).await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+/// The class `hodei job get` shows, from its `sla: CLASS, deadline ...` line.
+fn shown_class(server: &Server, id: &JobId) -> String {
+    let get = hodei(server, &["job", "get", id.as_str()]);
+    assert!(get.status.success(), "{}", text(&get.stderr));
+    let shown = text(&get.stdout);
+    shown
+        .lines()
+        .find_map(|line| line.strip_prefix("sla: ")?.split(',').next())
+        .unwrap_or_else(|| panic!("no sla line in {shown}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_a_class_takes_its_queues_then_its_tenants_default() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 2);
+    config.jobs.queues.push(hodei_server::config::QueueSection {
+        name: "release".into(),
+        capacity: 100,
+        sla_class: Some("high".into()),
+    });
+    let server = ready(config).await;
+
+    // A tenant's default class and preemptibility, set at runtime through the CLI.
+    let set = hodei(
+        &server,
+        &[
+            "tenant",
+            "set",
+            "nightly",
+            "--sla-class",
+            "best-effort",
+            "--preemptible",
+            "false",
+        ],
+    );
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let shown = text(&hodei(&server, &["tenant", "get", "nightly"]).stdout);
+    assert!(
+        shown.contains("sla: default class best_effort, never preempted"),
+        "{shown}"
+    );
+    let bad = hodei(
+        &server,
+        &["tenant", "set", "nightly", "--sla-class", "urgent"],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("unknown sla class"),
+        "{}",
+        text(&bad.stderr)
+    );
+
+    // (submit arguments, the class the job gets)
+    let cases: [(&[&str], &str); 5] = [
+        (&[], "medium"),
+        (&["--queue", "release"], "high"),
+        (&["--tenant", "nightly"], "best_effort"),
+        // The queue's default before the tenant's.
+        (&["--tenant", "nightly", "--queue", "release"], "high"),
+        // The job's own class before both.
+        (
+            &["--tenant", "nightly", "--queue", "release", "--sla", "low"],
+            "low",
+        ),
+    ];
+    let mut submitted = Vec::new();
+    for (args, class) in cases {
+        let mut argv = vec!["job", "submit"];
+        argv.extend_from_slice(args);
+        argv.extend(["--script", "echo classed"]);
+        let out = hodei(&server, &argv);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        let id = JobId::new(text(&out.stdout).trim()).unwrap();
+        submitted.push((id, args, class));
+    }
+    for (id, args, class) in &submitted {
+        let done = wait_state(&server, id, "a classed job to end", |j| {
+            j.state.is_terminal()
+        })
+        .await;
+        assert_eq!(
+            done.state,
+            JobState::Succeeded,
+            "{args:?}: {:?}",
+            done.reason
+        );
+        assert_eq!(done.spec.sla_class.as_str(), *class, "{args:?}");
+        assert_eq!(shown_class(&server, id), *class, "{args:?}");
+        // Its deadline is its class's.
+        assert_eq!(
+            done.deadline,
+            Some(done.submitted_at + server_deadline(done.spec.sla_class)),
+            "{args:?}"
+        );
+    }
+    // The REST API takes the same defaults when `sla_class` is absent.
+    let client = reqwest::Client::new();
+    let created: serde_json::Value = client
+        .post(format!("{}/api/v1/jobs", server.url()))
+        .bearer_auth(server.token())
+        .json(&serde_json::json!({"script": "echo rest", "tenant": "nightly"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["sla"]["class"], "best_effort", "{created}");
+    let rest_id = JobId::new(created["id"].as_str().unwrap()).unwrap();
+    wait_state(&server, &rest_id, "the REST job to end", |j| {
+        j.state.is_terminal()
+    })
+    .await;
+    server.shutdown().await.unwrap();
+}
+
+/// The default `[sla]` deadline of a class (the test leaves `[sla]` at its defaults).
+fn server_deadline(class: SlaClass) -> Duration {
+    hodei_core::sla::SlaSettings::default().deadline(class)
+}

@@ -15,14 +15,15 @@
 //! The server's job service (`hodei_modules::jobs`) is a thin driver of this machine;
 //! `hodei bench schedule` and the property tests below drive it directly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::time::{Duration, SystemTime};
 
 use crate::fence::{self, FencePolicy, InFlight, LostBecause, Millis, Presence, Report, Verdict};
 use crate::job::QueueName;
 use crate::job::{
-    AttemptOutcome, Job, JobId, JobState, PreemptionRecord, Requirements, TenantName, after_attempt,
+    AttemptOutcome, Job, JobId, JobState, PreemptionRecord, Requirements, StoppingFor, TenantName,
+    after_attempt,
 };
 use crate::matching::{self, IdleWorker};
 use crate::queue::{QueueEntry, QueueError, Queues};
@@ -57,6 +58,14 @@ pub struct Seen {
     /// Drained on request (`hodei worker drain`): it gets no new job while the mark stays
     /// (it may be undrained; [`Input::Drain`] takes a worker out for good).
     pub draining: bool,
+}
+
+/// Why a victim's attempt is stopped, in words (`for critical job j-2`).
+fn stopping_reason(preemption: &Preemption) -> String {
+    format!(
+        "for {} job {}",
+        preemption.beneficiary_class, preemption.beneficiary
+    )
 }
 
 /// What the machine is told.
@@ -116,6 +125,10 @@ pub enum Input {
     /// requeues it as [`AttemptOutcome::Preempted`], without spending a retry, unless a
     /// user's cancel came first.
     Preempt(Preemption),
+    /// Queued jobs whose deadline has passed (the shell finds them, [`sla::at_risk_first`]):
+    /// that each one's miss is counted is recorded on the job, then [`Effect::Missed`]
+    /// tells the shell to count it, once, across restarts too.
+    DeadlinePassed(Vec<JobId>),
 }
 
 /// Why a submission was refused (nothing is recorded).
@@ -189,6 +202,18 @@ pub enum Effect {
         for_job: JobId,
         preemption: Preemption,
     },
+    /// A job being stopped for a preemption is still running on its worker, whose agent
+    /// connected again (a server restart, a lost session): tell it to stop again, with
+    /// the grace. Stopping is idempotent on the agent.
+    StopAgain {
+        victim: JobId,
+        worker: WorkerId,
+        grace_ms: u64,
+        reason: String,
+    },
+    /// The queued job's missed deadline is recorded as counted ([`Input::DeadlinePassed`]):
+    /// count it now.
+    Missed(Job),
     /// An attempt ended and the job's next state is recorded (`queued`: it is tried again).
     /// `held_ms`: how long the attempt held its worker, from the assignment.
     Ended {
@@ -241,6 +266,8 @@ enum Change {
         victim: bool,
         preemption: Preemption,
     },
+    /// A queued job's missed deadline is counted.
+    MissCounted,
     Withdraw {
         worker: WorkerId,
         why: Fenced,
@@ -429,6 +456,30 @@ impl Dispatch {
         let mut machine = Self::new(config, queues, tenants);
         machine.born_ms = now_ms;
         let mut failed = Vec::new();
+        // A victim's stop is honoured when the job it makes room for has the preemption on
+        // record too (or has ended): the victim's record alone means the other write was
+        // lost, and the victim was never told to stop.
+        let unfinished_ids: BTreeSet<&JobId> = unfinished.iter().map(|job| &job.id).collect();
+        // The (victim, beneficiary) pairs on the beneficiaries' own records.
+        let recorded: BTreeSet<(&JobId, &JobId)> = unfinished
+            .iter()
+            .flat_map(|job| {
+                job.preemptions
+                    .iter()
+                    .filter(|record| record.beneficiary == job.id)
+            })
+            .map(|record| (&record.victim, &record.beneficiary))
+            .collect();
+        let honoured: BTreeSet<JobId> = unfinished
+            .iter()
+            .filter(|job| {
+                job.stopping_for.as_ref().is_some_and(|stopping| {
+                    !unfinished_ids.contains(&stopping.job)
+                        || recorded.contains(&(&job.id, &stopping.job))
+                })
+            })
+            .map(|job| job.id.clone())
+            .collect();
         for job in unfinished {
             let mut live = Live::new(job, now_ms);
             match live.job.state {
@@ -447,6 +498,14 @@ impl Dispatch {
                     }
                 }
                 state if in_flight(state) => {
+                    // A victim being stopped when the server stopped: its end is still a
+                    // preemption.
+                    live.preempting = live
+                        .job
+                        .stopping_for
+                        .as_ref()
+                        .filter(|_| honoured.contains(&live.job.id))
+                        .map(|stopping| (stopping.reason.clone(), stopping.job.clone()));
                     live.times.assigned_at_ms = Some(now_ms);
                     if state == JobState::Running {
                         live.times.started_at_ms = Some(now_ms);
@@ -821,6 +880,23 @@ impl Dispatch {
             }
             Input::Plan => self.plan(now_ms, &mut proposal),
             Input::Preempt(preemption) => self.preempt(preemption, now_ms, &mut proposal),
+            Input::DeadlinePassed(ids) => {
+                for id in ids {
+                    let Some(live) = self.jobs.get(&id) else {
+                        continue;
+                    };
+                    if live.job.state != JobState::Queued || live.job.miss_counted {
+                        continue;
+                    }
+                    let mut job = live.job.clone();
+                    job.miss_counted = true;
+                    proposal.writes.push(Write {
+                        expected: Some(job.state),
+                        job,
+                        change: Change::MissCounted,
+                    });
+                }
+            }
         }
         proposal
     }
@@ -879,7 +955,8 @@ impl Dispatch {
         // The machine's own copy must be in the expected state and the move legal: anything
         // else is a stale proposal (committed out of order) and is dropped.
         let current = self.jobs.get(&job.id).map(|live| live.job.state);
-        let records_only = matches!(change, Change::Preempt { .. }) && expected == Some(job.state);
+        let records_only = matches!(change, Change::Preempt { .. } | Change::MissCounted)
+            && expected == Some(job.state);
         if current != expected
             || (!records_only && expected.is_some_and(|from| !from.can_transition_to(job.state)))
         {
@@ -939,13 +1016,8 @@ impl Dispatch {
                 };
                 live.job = job;
                 if on_both && live.preempting.is_none() {
-                    live.preempting = Some((
-                        format!(
-                            "for {} job {}",
-                            preemption.beneficiary_class, preemption.beneficiary
-                        ),
-                        preemption.beneficiary.clone(),
-                    ));
+                    live.preempting =
+                        Some((stopping_reason(&preemption), preemption.beneficiary.clone()));
                     effects.push(Effect::Preempt {
                         victim: preemption.victim.clone(),
                         worker: preemption.worker.clone(),
@@ -954,6 +1026,12 @@ impl Dispatch {
                         for_job: preemption.beneficiary.clone(),
                         preemption,
                     });
+                }
+            }
+            Change::MissCounted => {
+                if let Some(live) = self.jobs.get_mut(&job.id) {
+                    live.job = job.clone();
+                    effects.push(Effect::Missed(job));
                 }
             }
             Change::CancelQueued => {
@@ -1235,6 +1313,12 @@ impl Dispatch {
         for (live, is_victim) in [(beneficiary, false), (victim, true)] {
             let mut job = live.job.clone();
             job.record_preemption(record.clone());
+            if is_victim {
+                job.stopping_for = Some(StoppingFor {
+                    job: preemption.beneficiary.clone(),
+                    reason: stopping_reason(&preemption),
+                });
+            }
             proposal.writes.push(Write {
                 expected: Some(job.state),
                 job,
@@ -1327,6 +1411,7 @@ impl Dispatch {
         if matches!(outcome, AttemptOutcome::Preempted(_)) {
             job.preempted = job.preempted.saturating_add(1);
         }
+        job.stopping_for = None;
         job.state = next;
         job.reason = reason;
         if let AttemptOutcome::Exited(code) = outcome {
@@ -1457,6 +1542,8 @@ impl Dispatch {
                 slot.last_heard_ms = Some(now_ms);
             }
         }
+        let grace_ms =
+            u64::try_from(self.config.sla.preemption_grace.as_millis()).unwrap_or(u64::MAX);
         for id in self.flying.keys() {
             let Some(live) = self.jobs.get_mut(id) else {
                 continue;
@@ -1466,6 +1553,14 @@ impl Dispatch {
             }
             if running.contains(&live.job.id) {
                 live.unconfirmed_since_ms = None;
+                if let Some((reason, _)) = &live.preempting {
+                    proposal.immediate.push(Effect::StopAgain {
+                        victim: live.job.id.clone(),
+                        worker: worker.clone(),
+                        grace_ms,
+                        reason: reason.clone(),
+                    });
+                }
                 if live.job.state == JobState::Assigned {
                     // Its acceptance was lost (a server restart): it runs the job.
                     proposal.writes.push(Self::start(&live.job, now_ms));
@@ -1785,6 +1880,195 @@ mod tests {
         );
         assert_eq!(ended.first_started_at, Some(at(2)), "the first start stays");
         assert_eq!(m.preempting().count(), 0);
+    }
+
+    /// The machine's unfinished jobs, as a restarted server reads them from the store.
+    fn unfinished(m: &Dispatch) -> Vec<Job> {
+        let mut jobs: Vec<Job> = m.jobs.values().map(|live| live.job.clone()).collect();
+        jobs.sort_by_key(|job| job.sequence);
+        jobs
+    }
+
+    #[test]
+    fn a_victim_stopping_across_a_restart_is_still_requeued_as_preempted() {
+        let mut m = machine(4);
+        let (w, victim) = running_best_effort(&mut m);
+        preempt_for_critical(&mut m, &w, &victim);
+        let stopping = m.job(&victim).unwrap().stopping_for.clone().unwrap();
+        assert_eq!(stopping.job.as_str(), "j2");
+        assert_eq!(stopping.reason, "for critical job j2");
+
+        // The server restarts from what it recorded.
+        let (mut m, failed) = Dispatch::recover(
+            DispatchConfig::default(),
+            Queues::new([crate::queue::QueueConfig {
+                name: QueueName::default(),
+                capacity: 8,
+            }])
+            .unwrap(),
+            Tenants::default(),
+            unfinished(&m),
+            20,
+        );
+        assert!(failed.is_empty());
+        assert_eq!(
+            m.preempting().collect::<Vec<_>>(),
+            vec![(&victim, &JobId::new("j2").unwrap())]
+        );
+        // Its agent connects again, still running it: it is told to stop again.
+        run(
+            &mut m,
+            Input::WorkerUp {
+                worker: w.clone(),
+                pool_max_uses: None,
+            },
+            21,
+        );
+        let effects = run(
+            &mut m,
+            Input::Connected {
+                worker: w.id.clone(),
+                running: vec![victim.clone()],
+            },
+            21,
+        );
+        assert!(
+            effects.iter().any(|e| matches!(e,
+                Effect::StopAgain { victim: v, worker, grace_ms: 10_000, reason }
+                    if v == &victim && worker == &w.id && reason == "for critical job j2")),
+            "{effects:?}"
+        );
+        // Its stop comes in as a cancel: a preemption, no retry spent, mark cleared.
+        let effects = run(
+            &mut m,
+            Input::Result {
+                worker: w.id.clone(),
+                job: victim.clone(),
+                outcome: AttemptOutcome::Cancelled,
+                healthy: true,
+            },
+            22,
+        );
+        let Some(Effect::Ended {
+            job: ended,
+            preempted: true,
+            ..
+        }) = effects.iter().find(|e| matches!(e, Effect::Ended { .. }))
+        else {
+            panic!("{effects:?}");
+        };
+        assert_eq!((ended.state, ended.preempted), (JobState::Queued, 1));
+        assert_eq!(ended.stopping_for, None);
+        assert_eq!(m.preempting().count(), 0);
+    }
+
+    #[test]
+    fn a_victims_stop_recorded_without_its_beneficiarys_record_is_not_recovered() {
+        let mut m = machine(4);
+        let (_, victim) = running_best_effort(&mut m);
+        preempt_for_critical(&mut m, &worker(1, 4), &victim);
+        // As if the write on the job it makes room for had been lost.
+        let mut jobs = unfinished(&m);
+        for job in &mut jobs {
+            if job.id.as_str() == "j2" {
+                job.preemptions.clear();
+            }
+        }
+        let (m, _) = Dispatch::recover(
+            DispatchConfig::default(),
+            Queues::default(),
+            Tenants::default(),
+            jobs,
+            20,
+        );
+        assert_eq!(m.preempting().count(), 0);
+    }
+
+    #[test]
+    fn a_job_running_normally_across_a_restart_is_not_told_to_stop() {
+        let mut m = machine(4);
+        let (w, victim) = running_best_effort(&mut m);
+        let (mut m, _) = Dispatch::recover(
+            DispatchConfig::default(),
+            Queues::default(),
+            Tenants::default(),
+            unfinished(&m),
+            20,
+        );
+        run(
+            &mut m,
+            Input::WorkerUp {
+                worker: w.clone(),
+                pool_max_uses: None,
+            },
+            21,
+        );
+        let effects = run(
+            &mut m,
+            Input::Connected {
+                worker: w.id.clone(),
+                running: vec![victim.clone()],
+            },
+            21,
+        );
+        assert!(
+            !effects
+                .iter()
+                .any(|e| matches!(e, Effect::StopAgain { .. })),
+            "{effects:?}"
+        );
+        // Its stop by a user is a cancel, not a preemption.
+        run(&mut m, Input::Cancel(victim.clone()), 22);
+        let effects = run(
+            &mut m,
+            Input::Result {
+                worker: w.id.clone(),
+                job: victim.clone(),
+                outcome: AttemptOutcome::Cancelled,
+                healthy: true,
+            },
+            23,
+        );
+        assert!(
+            effects.iter().any(|e| matches!(e,
+                Effect::Ended { job, preempted: false, .. } if job.state == JobState::Cancelled)),
+            "{effects:?}"
+        );
+    }
+
+    #[test]
+    fn a_missed_deadline_is_recorded_once_and_kept_across_a_restart() {
+        let mut m = machine(4);
+        let mut urgent = job(1, "a", 4);
+        urgent.spec.sla_class = crate::job::SlaClass::Critical;
+        run(&mut m, Input::Submit(vec![urgent]), 0);
+        let id = JobId::new("j1").unwrap();
+        let effects = run(&mut m, Input::DeadlinePassed(vec![id.clone()]), 400_000);
+        let [Effect::Missed(missed)] = &effects[..] else {
+            panic!("{effects:?}");
+        };
+        assert!(missed.miss_counted);
+        assert!(m.job(&id).unwrap().miss_counted);
+        // Told again (the next tick, or a restarted server): nothing to count.
+        assert!(run(&mut m, Input::DeadlinePassed(vec![id.clone()]), 400_100).is_empty());
+        let (mut m, _) = Dispatch::recover(
+            DispatchConfig::default(),
+            Queues::default(),
+            Tenants::default(),
+            unfinished(&m),
+            500_000,
+        );
+        assert!(m.job(&id).unwrap().miss_counted);
+        assert!(run(&mut m, Input::DeadlinePassed(vec![id.clone()]), 500_100).is_empty());
+        // A job in flight, unknown or not yet late is never recorded by it.
+        assert!(
+            run(
+                &mut m,
+                Input::DeadlinePassed(vec![JobId::new("nope").unwrap()]),
+                500_200
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -2510,8 +2794,9 @@ mod tests {
                 let expected = judging_all.step(input.clone(), now);
                 let proposal = m.step(input, now);
                 prop_assert_eq!(&proposal, &expected, "a skipped deadline check missed a verdict");
+                // A stop told again repeats a preemption recorded before.
                 for effect in &proposal.immediate {
-                    prop_assert!(matches!(effect, Effect::Refused { .. } | Effect::StopJob { .. } | Effect::CancelAnswered(_) | Effect::CancelUnknown(_) | Effect::Drained(_)), "{effect:?} told before any write");
+                    prop_assert!(matches!(effect, Effect::Refused { .. } | Effect::StopJob { .. } | Effect::StopAgain { .. } | Effect::CancelAnswered(_) | Effect::CancelUnknown(_) | Effect::Drained(_)), "{effect:?} told before any write");
                 }
                 // Record: a write applies to the store only if the stored state matches.
                 let mut recorded = Vec::new();
@@ -2519,7 +2804,7 @@ mod tests {
                 for (i, write) in proposal.writes.iter().enumerate() {
                     if let Some(from) = write.expected {
                         // A preemption's record changes no state.
-                        let records_only = matches!(write.change, Change::Preempt { .. }) && from == write.job.state;
+                        let records_only = matches!(write.change, Change::Preempt { .. } | Change::MissCounted) && from == write.job.state;
                         prop_assert!(records_only || from.can_transition_to(write.job.state), "illegal {} -> {}", from, write.job.state);
                     }
                     let ok = store_ok[i % store_ok.len()] && match write.expected {

@@ -663,6 +663,25 @@ pub struct Job {
     /// [`MAX_PREEMPTION_RECORDS`]).
     #[serde(default)]
     pub preemptions: Vec<PreemptionRecord>,
+    /// Its deadline passed while it was still queued and that miss was counted: its start
+    /// (or a restart of the server) does not count it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub miss_counted: bool,
+    /// Its current attempt is being stopped to make room for a more urgent job: why, and
+    /// for which job. Kept with the job so that a restarted server still ends that attempt
+    /// as a preemption (requeued, no retry spent), not as a cancel; cleared when the
+    /// attempt ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping_for: Option<StoppingFor>,
+}
+
+/// A victim's attempt being stopped for a preemption (see [`Job::stopping_for`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoppingFor {
+    /// The job it makes room for.
+    pub job: JobId,
+    /// Why, in words (`for critical job j-2`).
+    pub reason: String,
 }
 
 /// Most preemption records a job keeps.
@@ -719,6 +738,8 @@ impl Job {
             first_started_at: None,
             preempted: 0,
             preemptions: Vec::new(),
+            miss_counted: false,
+            stopping_for: None,
         })
     }
 }

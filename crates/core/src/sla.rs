@@ -17,9 +17,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Job, JobId, Requirements, SlaClass, TenantName};
+use crate::job::{Job, JobId, QueueName, Requirements, SlaClass, TenantName};
 use crate::matching::{IdleWorker, fits};
 use crate::queue::{QueueEntry, Queues};
+use crate::tenancy::Tenant;
 use crate::worker::{ValidationError, WorkerId};
 
 /// Share of its deadline a queued job waits before it is boosted within its tenant.
@@ -90,6 +91,8 @@ pub struct SlaSettings {
     pub preemption_grace: Duration,
     /// Tenants whose jobs are never preempted.
     pub non_preemptible_tenants: BTreeSet<TenantName>,
+    /// The class of jobs submitted to a queue without one (`[[jobs.queue]] sla_class`).
+    pub queue_classes: BTreeMap<QueueName, SlaClass>,
 }
 
 impl Default for SlaSettings {
@@ -105,6 +108,7 @@ impl Default for SlaSettings {
             preemption: PreemptionPolicy::default(),
             preemption_grace: DEFAULT_PREEMPTION_GRACE,
             non_preemptible_tenants: BTreeSet::new(),
+            queue_classes: BTreeMap::new(),
         }
     }
 }
@@ -153,6 +157,35 @@ impl SlaSettings {
     /// Whether jobs of this tenant, with this opt-out, may be preempted.
     pub fn preemptible(&self, tenant: &TenantName, no_preempt: bool) -> bool {
         !no_preempt && !self.non_preemptible_tenants.contains(tenant)
+    }
+
+    /// Whether a job of `tenant` may be preempted: it did not opt out (`--no-preempt`), its
+    /// tenant is not in `[sla] non_preemptible_tenants`, and the tenant's own settings
+    /// (`settings`, when it has any) do not say `preemptible = false`.
+    pub fn job_preemptible(
+        &self,
+        tenant: &TenantName,
+        settings: Option<&Tenant>,
+        no_preempt: bool,
+    ) -> bool {
+        self.preemptible(tenant, no_preempt) && settings.is_none_or(|t| t.preemptible)
+    }
+
+    /// The class of a job: the one it was submitted with (`explicit`), else its queue's
+    /// default (`[[jobs.queue]] sla_class`), else its tenant's (`settings`, the tenant's
+    /// `sla_class`), else `medium`. The queue comes before the tenant because it is the
+    /// narrower choice: a tenant's `release` queue can be `high` while the tenant's other
+    /// jobs keep its default.
+    pub fn class_of(
+        &self,
+        explicit: Option<SlaClass>,
+        queue: &QueueName,
+        settings: Option<&Tenant>,
+    ) -> SlaClass {
+        explicit
+            .or_else(|| self.queue_classes.get(queue).copied())
+            .or_else(|| settings.and_then(|t| t.sla_class))
+            .unwrap_or_default()
     }
 }
 
@@ -594,6 +627,52 @@ mod tests {
         assert!(!s.preemptible(&TenantName::new("release").unwrap(), false));
         assert!(s.preemptible(&TenantName::new("nightly").unwrap(), false));
         assert!(!s.preemptible(&TenantName::new("nightly").unwrap(), true));
+    }
+
+    #[test]
+    fn a_jobs_class_is_its_own_then_its_queues_then_its_tenants_then_medium() {
+        let release = QueueName::new("release").unwrap();
+        let nightly = QueueName::new("nightly").unwrap();
+        let mut s = SlaSettings::default();
+        s.queue_classes.insert(release.clone(), SlaClass::High);
+        let mut tenant = Tenant::new(TenantName::new("ci").unwrap());
+        // Nothing set anywhere: medium.
+        assert_eq!(s.class_of(None, &nightly, None), SlaClass::Medium);
+        assert_eq!(s.class_of(None, &nightly, Some(&tenant)), SlaClass::Medium);
+        // The tenant's default when its queue has none.
+        tenant.sla_class = Some(SlaClass::Low);
+        assert_eq!(s.class_of(None, &nightly, Some(&tenant)), SlaClass::Low);
+        // The queue's default before the tenant's.
+        assert_eq!(s.class_of(None, &release, Some(&tenant)), SlaClass::High);
+        assert_eq!(s.class_of(None, &release, None), SlaClass::High);
+        // The job's own class before both, even when it is the default one.
+        for class in SlaClass::ALL {
+            assert_eq!(s.class_of(Some(class), &release, Some(&tenant)), class);
+            assert_eq!(s.class_of(Some(class), &nightly, Some(&tenant)), class);
+        }
+    }
+
+    #[test]
+    fn a_tenant_is_non_preemptible_by_its_settings_or_by_the_sla_list() {
+        let name = TenantName::new("release").unwrap();
+        let mut tenant = Tenant::new(name.clone());
+        let mut s = SlaSettings::default();
+        assert!(s.job_preemptible(&name, None, false));
+        assert!(s.job_preemptible(&name, Some(&tenant), false));
+        assert!(!s.job_preemptible(&name, Some(&tenant), true));
+        tenant.preemptible = false;
+        assert!(!s.job_preemptible(&name, Some(&tenant), false));
+        tenant.preemptible = true;
+        s.non_preemptible_tenants.insert(name.clone());
+        assert!(!s.job_preemptible(&name, Some(&tenant), false));
+        assert!(!s.job_preemptible(&name, None, false));
+        // Stored tenants from before the setting are preemptible.
+        let old: Tenant = serde_json::from_str(
+            r#"{"name":"old","tier":"bronze","weight":1,"quotas":{},"max_queued":null}"#,
+        )
+        .unwrap();
+        assert!(old.preemptible);
+        assert_eq!(old.sla_class, None);
     }
 
     fn waiting<'a>(

@@ -171,6 +171,18 @@ pub struct Tenant {
     pub quotas: Quotas,
     /// Most jobs it may have queued; a submission beyond is refused as exhausted.
     pub max_queued: Option<u32>,
+    /// The SLA class of its jobs submitted without one, unless their queue has a default
+    /// (see [`crate::sla::SlaSettings::class_of`]); `None`: `medium`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla_class: Option<crate::job::SlaClass>,
+    /// Its running jobs may be stopped to make room for more urgent ones (see
+    /// [`crate::sla`]); `false` keeps them running whatever waits.
+    #[serde(default = "preemptible_by_default")]
+    pub preemptible: bool,
+}
+
+fn preemptible_by_default() -> bool {
+    true
 }
 
 impl Tenant {
@@ -182,6 +194,8 @@ impl Tenant {
             weight: Tier::Bronze.weight(),
             quotas: Quotas::new(),
             max_queued: None,
+            sla_class: None,
+            preemptible: true,
         }
     }
 
@@ -913,6 +927,8 @@ mod tests {
             weight,
             quotas: quotas.iter().copied().collect(),
             max_queued: None,
+            sla_class: None,
+            preemptible: true,
         }
     }
 

@@ -23,8 +23,8 @@ use hodei_core::matching::IdleWorker;
 use hodei_core::tenancy::{AdmissionError, BurstState, Resource, Tenants, Usage};
 use hodei_core::trace;
 use hodei_core::{
-    Job, JobId, JobSpec, JobState, QueueConfig, QueueError, Queues, Requirements, TenantName,
-    ValidationError, WorkerCapabilities, WorkerId, WorkerState,
+    Job, JobId, JobSpec, JobState, QueueConfig, QueueError, Queues, Requirements, SlaClass,
+    TenantName, ValidationError, WorkerCapabilities, WorkerId, WorkerState,
 };
 use hodei_ports::store::{self, JobFilter, LogChunk};
 use hodei_ports::{AgentLink, Store};
@@ -150,6 +150,8 @@ const MAX_BATCH: usize = 512;
 enum Event {
     Submit {
         spec: Box<JobSpec>,
+        /// The class asked for; `None`: the queue's or the tenant's default.
+        class: Option<SlaClass>,
         reply: oneshot::Sender<Result<Job, JobError>>,
     },
     Cancel {
@@ -191,6 +193,7 @@ enum Event {
         reply: oneshot::Sender<Vec<WorkerId>>,
     },
     Pools(PoolSettings),
+    Coming(Vec<IdleWorker>),
     Tenants(Box<Tenants>),
     TenantStatus {
         reply: oneshot::Sender<Vec<TenantStatus>>,
@@ -312,13 +315,34 @@ impl JobService {
 
     /// Validates, records durably and queues a job. Fails without recording anything when
     /// the spec is invalid, the queue is unknown or full, or no worker could ever hold it.
+    /// The job's class is `spec.sla_class`, as given.
     pub async fn submit(&self, spec: JobSpec) -> Result<Job, JobError> {
+        let class = spec.sla_class;
+        self.submit_with_class(spec, Some(class)).await
+    }
+
+    /// [`JobService::submit`] with the SLA class asked for: `None` (no `--sla`) takes the
+    /// default of the job's queue, else of its tenant, else `medium`
+    /// ([`hodei_core::sla::SlaSettings::class_of`]); `spec.sla_class` is then ignored.
+    pub async fn submit_with_class(
+        &self,
+        spec: JobSpec,
+        class: Option<SlaClass>,
+    ) -> Result<Job, JobError> {
         spec.validate()?;
         self.ask(|reply| Event::Submit {
             spec: Box::new(spec),
+            class,
             reply,
         })
         .await?
+    }
+
+    /// The workers the pool manager is creating and that have not registered yet: for the
+    /// preemption rule they are coming, so a job one of them fits waits for it instead of
+    /// stopping a running job. Replaces the previous list.
+    pub async fn set_coming(&self, workers: Vec<IdleWorker>) {
+        self.tell(Event::Coming(workers)).await;
     }
 
     /// What the autoscaler needs: the queue's requirements, who is busy, who is idle since
@@ -597,6 +621,14 @@ struct Dispatcher {
     /// `job.recorded` (lost at a restart, when the job's own span is used instead).
     attempt_traces: HashMap<JobId, String>,
 }
+
+/// One submission waiting for its batch: the spec, the class asked for (`None`: the
+/// defaults), and where to answer.
+type Submission = (
+    JobSpec,
+    Option<SlaClass>,
+    oneshot::Sender<Result<Job, JobError>>,
+);
 
 /// How long the usage writer gathers rows before one commit.
 const USAGE_BATCH_WINDOW: Duration = Duration::from_millis(250);
@@ -963,6 +995,22 @@ impl Dispatcher {
                         reason: reason.clone(),
                     });
                 }
+                Effect::StopAgain {
+                    victim,
+                    worker,
+                    grace_ms,
+                    reason,
+                } => {
+                    let grace = Duration::from_millis(*grace_ms);
+                    if let Err(error) = self
+                        .link
+                        .stop_with_grace(worker, victim, reason, grace)
+                        .await
+                    {
+                        tracing::info!(job_id = %victim, %error, "preemption will apply when the worker's attempt ends");
+                    }
+                }
+                Effect::Missed(job) => self.sla_missed(job),
                 Effect::Preempt {
                     victim,
                     worker,
@@ -1182,11 +1230,11 @@ impl Dispatcher {
         let mut events = events.into_iter().peekable();
         while let Some(event) = events.next() {
             match event {
-                Event::Submit { spec, reply } => {
-                    let mut batch = vec![(*spec, reply)];
+                Event::Submit { spec, class, reply } => {
+                    let mut batch = vec![(*spec, class, reply)];
                     while let Some(Event::Submit { .. }) = events.peek() {
-                        if let Some(Event::Submit { spec, reply }) = events.next() {
-                            batch.push((*spec, reply));
+                        if let Some(Event::Submit { spec, class, reply }) = events.next() {
+                            batch.push((*spec, class, reply));
                         }
                     }
                     self.submit_batch(batch).await;
@@ -1294,6 +1342,7 @@ impl Dispatcher {
                     self.machine.set_pool_shapes(settings.pool_shapes.clone());
                     self.config.pools = settings;
                 }
+                Event::Coming(workers) => self.sla.coming = workers,
                 Event::Tenants(tenants) => {
                     self.machine.set_tenants(*tenants);
                     self.update_tenant_gauges();
@@ -1311,14 +1360,16 @@ impl Dispatcher {
 
     /// Makes the jobs, has the machine admit them, records the admitted ones (one commit)
     /// and answers each submitter.
-    async fn submit_batch(
-        &mut self,
-        batch: Vec<(JobSpec, oneshot::Sender<Result<Job, JobError>>)>,
-    ) {
+    async fn submit_batch(&mut self, batch: Vec<Submission>) {
         let now_ms = self.clock.now_ms();
         let mut jobs = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
-        for (spec, reply) in batch {
+        for (mut spec, class, reply) in batch {
+            spec.sla_class = self.machine.sla().class_of(
+                class,
+                &spec.queue,
+                self.machine.tenants().get(&spec.tenant).as_deref(),
+            );
             let made = JobId::new(format!("j-{}", uuid::Uuid::new_v4().simple()))
                 .and_then(|id| Job::new(id, spec, 0, at(now_ms)));
             match made {

@@ -21,9 +21,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hodei_core::autoscale::{self, ScaleAction};
 use hodei_core::cost::{self, PoolUsage};
 use hodei_core::health::Liveness;
+use hodei_core::matching::IdleWorker;
 pub use hodei_core::pool_pass::PoolCounts;
 use hodei_core::pool_pass::{self, Member, MemberState, PassJobs, PassPool, PoolTrack};
-use hodei_core::{PoolSpec, ProviderKind, ValidationError, WorkerId};
+use hodei_core::{PoolSpec, ProviderKind, ValidationError, Worker, WorkerId};
 use hodei_ports::{Store, store};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -659,6 +660,34 @@ impl PoolManager {
                 ScaleAction::Hold => {}
             }
         }
+        self.inner.jobs.set_coming(self.coming()).await;
+    }
+
+    /// The workers being created that the registry does not show yet, with their pool's
+    /// shape: the dispatcher counts them as starting, so an urgent job one of them fits
+    /// waits for it rather than preempt a running job.
+    fn coming(&self) -> Vec<IdleWorker> {
+        let now = SystemTime::now();
+        let pools = lock(&self.inner.pools);
+        pools
+            .values()
+            .filter(|pool| !pool.removing)
+            .flat_map(|pool| {
+                let spec = pool.spec.worker_spec();
+                pool.starting
+                    .keys()
+                    .filter(|id| self.inner.registry.get(id).is_none())
+                    .map(move |id| {
+                        IdleWorker::from(&Worker::from_spec(
+                            id.clone(),
+                            &spec,
+                            pool.spec.provider,
+                            now,
+                        ))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Registered workers by pool name.

@@ -8,7 +8,7 @@ use hodei_core::JobState;
 use hodei_core::health::Liveness;
 use hodei_core::sla::{self, SlaClock};
 use hodei_core::{
-    Command, Job, JobSpec, PoolSpec, Priority, QueueName, Requirements, TenantName,
+    Command, Job, JobSpec, PoolSpec, Priority, QueueName, Requirements, SlaClass, TenantName,
     ValidationError, Worker, WorkerCapabilities,
 };
 use hodei_modules::{PoolStatus, RegisteredWorker};
@@ -266,8 +266,15 @@ pub struct SubmitJob {
 }
 
 impl SubmitJob {
-    /// The domain spec, or the first invalid field.
+    /// The domain spec, or the first invalid field. Without a class the spec says
+    /// `medium`; [`SubmitJob::into_submission`] tells the two apart.
     pub fn into_spec(self) -> Result<JobSpec, ValidationError> {
+        self.into_submission().map(|(spec, _)| spec)
+    }
+
+    /// The domain spec and the SLA class asked for (`None`: none given, so the job takes
+    /// its queue's or tenant's default), or the first invalid field.
+    pub fn into_submission(self) -> Result<(JobSpec, Option<SlaClass>), ValidationError> {
         let command = match (self.command.is_empty(), self.script) {
             (false, None) => Command::Argv(self.command),
             (true, Some(script)) => Command::Script(script),
@@ -284,6 +291,12 @@ impl SubmitJob {
                 ));
             }
         };
+        let class: Option<SlaClass> = self
+            .sla_class
+            .as_deref()
+            .filter(|class| !class.is_empty())
+            .map(str::parse)
+            .transpose()?;
         let timeout = match self.timeout_secs {
             None => None,
             Some(secs) if secs <= 0 => {
@@ -314,16 +327,11 @@ impl SubmitJob {
             priority: Priority::new(self.priority)?,
             timeout,
             max_retries: self.max_retries,
-            sla_class: self
-                .sla_class
-                .filter(|class| !class.is_empty())
-                .map(|class| class.parse())
-                .transpose()?
-                .unwrap_or_default(),
+            sla_class: class.unwrap_or_default(),
             no_preempt: self.no_preempt,
         };
         spec.validate()?;
-        Ok(spec)
+        Ok((spec, class))
     }
 
     /// The request that submits `spec` (the inverse of [`SubmitJob::into_spec`]).

@@ -221,6 +221,8 @@ impl SlaSection {
             preemption: self.preemption,
             preemption_grace: self.preemption_grace,
             non_preemptible_tenants,
+            // The queues' defaults are `[[jobs.queue]]`'s, see `ServerConfig::sla_settings`.
+            queue_classes: Default::default(),
         };
         settings.validate()?;
         Ok(settings)
@@ -290,6 +292,14 @@ pub struct TenantSettings {
     pub max_queued: Option<u32>,
     /// Quotas that are soft: `running_jobs`, `cpu`, `memory_mb`, `workers`, `daily_cost`.
     pub soft: Vec<String>,
+    /// The SLA class of its jobs submitted without `--sla` to a queue without a default:
+    /// critical, high, medium, low or best_effort (absent: medium).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sla_class: Option<String>,
+    /// `false`: its running jobs are never preempted (as if listed in
+    /// `[sla] non_preemptible_tenants`). Absent: preemptible.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preemptible: Option<bool>,
 }
 
 impl TenantSettings {
@@ -343,6 +353,13 @@ impl TenantSettings {
             }
         }
         tenant.max_queued = self.max_queued;
+        tenant.sla_class = self
+            .sla_class
+            .as_deref()
+            .filter(|class| !class.is_empty())
+            .map(str::parse)
+            .transpose()?;
+        tenant.preemptible = self.preemptible.unwrap_or(true);
         tenant.validate()?;
         Ok(tenant)
     }
@@ -367,6 +384,8 @@ impl TenantSettings {
                 .filter(|(_, limit)| limit.soft)
                 .map(|(resource, _)| resource.as_str().to_owned())
                 .collect(),
+            sla_class: tenant.sla_class.map(|class| class.as_str().to_owned()),
+            preemptible: (!tenant.preemptible).then_some(false),
         }
     }
 }
@@ -882,6 +901,10 @@ pub struct JobsSection {
 pub struct QueueSection {
     pub name: String,
     pub capacity: usize,
+    /// The SLA class of jobs submitted to this queue without `--sla` (before their
+    /// tenant's default): critical, high, medium, low or best_effort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla_class: Option<String>,
 }
 
 impl Default for JobsSection {
@@ -890,6 +913,7 @@ impl Default for JobsSection {
             queues: vec![QueueSection {
                 name: hodei_core::job::DEFAULT_QUEUE.to_owned(),
                 capacity: hodei_core::queue::DEFAULT_QUEUE_CAPACITY,
+                sla_class: None,
             }],
             assign_timeout: FencePolicy::default().assign_timeout,
             timeout_grace: FencePolicy::default().timeout_grace,
@@ -1005,12 +1029,29 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// The `[sla]` settings with the queues' default classes (`[[jobs.queue]] sla_class`);
+    /// errors name the key.
+    pub fn sla_settings(&self) -> Result<hodei_core::sla::SlaSettings, ValidationError> {
+        let mut settings = self.sla.settings()?;
+        for queue in &self.jobs.queues {
+            if let Some(class) = &queue.sla_class {
+                let name = hodei_core::QueueName::new(queue.name.clone())
+                    .map_err(|e| ValidationError::new("jobs.queue.name", e.reason))?;
+                let class = class.parse().map_err(|e: ValidationError| {
+                    ValidationError::new("jobs.queue.sla_class", e.reason)
+                })?;
+                settings.queue_classes.insert(name, class);
+            }
+        }
+        Ok(settings)
+    }
+
     pub fn validate(&self) -> Result<(), ValidationError> {
         self.registration_config().validate()?;
         self.worker_management().validate()?;
         self.agents.policy().validate()?;
         self.jobs.service_config(&self.agents)?;
-        self.sla.settings()?;
+        self.sla_settings()?;
         self.retention.policy()?;
         self.store.postgres_url()?;
         self.cluster.validate()?;
@@ -1245,6 +1286,71 @@ mod tests {
         assert_eq!(config.pools[0].template.capabilities.cpu_cores, 8);
         assert_eq!(config.pools[0].template.capabilities.memory_mb, 4096);
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn queues_and_tenants_set_default_sla_classes_and_tenants_preemptibility() {
+        use hodei_core::{QueueName, SlaClass, TenantName};
+        let config = ServerConfig::parse(
+            r#"
+            [[jobs.queue]]
+            name = "default"
+            capacity = 100
+            [[jobs.queue]]
+            name = "release"
+            capacity = 10
+            sla_class = "high"
+            [[tenant]]
+            name = "nightly"
+            sla_class = "best_effort"
+            [[tenant]]
+            name = "payments"
+            preemptible = false
+            "#,
+        )
+        .unwrap();
+        assert!(config.validate().is_ok());
+        let settings = config.sla_settings().unwrap();
+        assert_eq!(
+            settings
+                .queue_classes
+                .get(&QueueName::new("release").unwrap()),
+            Some(&SlaClass::High)
+        );
+        assert_eq!(settings.queue_classes.len(), 1);
+        let tenants = config.tenant_config().unwrap();
+        let nightly = &tenants.configured[&TenantName::new("nightly").unwrap()];
+        assert_eq!(
+            (nightly.sla_class, nightly.preemptible),
+            (Some(SlaClass::BestEffort), true)
+        );
+        let payments = &tenants.configured[&TenantName::new("payments").unwrap()];
+        assert_eq!((payments.sla_class, payments.preemptible), (None, false));
+        // Both survive the round trip through the API's settings.
+        for tenant in [nightly, payments] {
+            assert_eq!(
+                &TenantSettings::from_tenant(tenant).to_tenant().unwrap(),
+                tenant
+            );
+        }
+        // Bad classes are named.
+        let bad_queue = ServerConfig::parse(
+            "[[jobs.queue]]\nname = \"default\"\ncapacity = 1\nsla_class = \"urgent\"\n",
+        )
+        .unwrap();
+        let error = bad_queue.validate().unwrap_err();
+        assert_eq!(error.field, "jobs.queue.sla_class");
+        assert!(
+            error.reason.contains("unknown sla class"),
+            "{}",
+            error.reason
+        );
+        let bad_tenant = TenantSettings {
+            name: "t".into(),
+            sla_class: Some("urgent".into()),
+            ..TenantSettings::default()
+        };
+        assert_eq!(bad_tenant.to_tenant().unwrap_err().field, "sla_class");
     }
 
     #[test]

@@ -165,7 +165,7 @@ impl v1::job_service_server::JobService for JobGrpc {
         submit.tenant = scope
             .tenant_named(submit.tenant.as_deref())
             .map_err(status)?;
-        let mut spec = submit.into_spec().map_err(status)?;
+        let (mut spec, class) = submit.into_submission().map_err(status)?;
         if !allow_pending {
             crate::runnable::refuse_never_runnable(
                 &self.pools,
@@ -175,7 +175,11 @@ impl v1::job_service_server::JobService for JobGrpc {
             .map_err(status)?;
         }
         let (mut span, applied) = hodei_core::trace::submitted(&mut spec, traceparent.as_deref());
-        let job = self.jobs.submit(spec).await.map_err(status)?;
+        let job = self
+            .jobs
+            .submit_with_class(spec, class)
+            .await
+            .map_err(status)?;
         span.set("hodei.job_id", job.id.to_string());
         let mut response = Response::new(v1::SubmitJobResponse {
             job: Some(job_info(&job)),

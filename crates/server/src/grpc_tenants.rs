@@ -32,6 +32,8 @@ pub fn settings_from_wire(wire: v1::TenantSettings) -> Result<TenantSettings, Va
         tier: (!wire.tier.is_empty()).then_some(wire.tier),
         weight: (wire.weight > 0).then_some(wire.weight),
         max_queued: (wire.max_queued > 0).then_some(wire.max_queued),
+        sla_class: (!wire.sla_class.is_empty()).then_some(wire.sla_class),
+        preemptible: wire.non_preemptible.then_some(false),
         ..TenantSettings::default()
     };
     let whole = |limit: f64, field: &str| -> Result<u64, ValidationError> {
@@ -96,6 +98,11 @@ pub fn tenant_info(view: &TenantView) -> v1::TenantInfo {
                 })
                 .collect(),
             max_queued: tenant.max_queued.unwrap_or(0),
+            sla_class: tenant
+                .sla_class
+                .map(|class| class.as_str().to_owned())
+                .unwrap_or_default(),
+            non_preemptible: !tenant.preemptible,
         }),
         weight: tenant.weight,
         configured: view.configured,

@@ -435,7 +435,7 @@ async fn submit_job(
     let mut request = json_body(body)?;
     request.tenant = scope.tenant_named(request.tenant.as_deref())?;
     let allow_pending = request.allow_pending || state.allow_pending;
-    let mut spec = request.into_spec()?;
+    let (mut spec, class) = request.into_submission()?;
     if !allow_pending {
         crate::runnable::refuse_never_runnable(&state.pools, &state.scheduler, &spec.requirements)?;
     }
@@ -445,7 +445,7 @@ async fn submit_job(
             .get("traceparent")
             .and_then(|value| value.to_str().ok()),
     );
-    let job = state.jobs.submit(spec).await?;
+    let job = state.jobs.submit_with_class(spec, class).await?;
     span.set("hodei.job_id", job.id.to_string());
     let mut response = (StatusCode::CREATED, Json(JobView::new(&job))).into_response();
     if let Some(value) = traceparent.and_then(|v| header::HeaderValue::from_str(&v).ok()) {

@@ -373,7 +373,7 @@ impl Server {
         let (jobs, retired) = JobService::start(
             hodei_modules::JobServiceConfig {
                 tenants: config.tenant_config()?,
-                sla: config.sla.settings()?,
+                sla: config.sla_settings()?,
                 ..config.jobs.service_config(&config.agents)?
             },
             store.clone(),

@@ -514,6 +514,8 @@ impl<'a> Sim<'a> {
                     first_started_at: None,
                     preempted: 0,
                     preemptions: Vec::new(),
+                    miss_counted: false,
+                    stopping_for: None,
                     spec,
                 }
             })

@@ -1328,6 +1328,11 @@ fn rich_job(name: &str, command: Command) -> Job {
             worker_id: id("rich-worker"),
             reason: "critical job rich-beneficiary at risk ☃".to_owned(),
         }],
+        miss_counted: true,
+        stopping_for: Some(hodei_core::job::StoppingFor {
+            job: job_id("rich-beneficiary"),
+            reason: "for critical job rich-beneficiary ☃".to_owned(),
+        }),
     }
 }
 

@@ -31,9 +31,9 @@ const STARTING_WINDOW: Duration = Duration::from_secs(60);
 /// What the shell keeps about SLAs beyond the machine's jobs.
 #[derive(Debug, Default)]
 pub(super) struct SlaState {
-    /// Queued jobs whose missed deadline was counted already (they count once, not again
-    /// when they start).
-    pub(super) missed: HashSet<JobId>,
+    /// Workers the pool manager is creating that have not registered yet
+    /// ([`super::JobService::set_coming`]): starting, for the preemption rule.
+    pub(super) coming: Vec<IdleWorker>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -155,8 +155,9 @@ impl Dispatcher {
         let clock = SlaClock::of_job(job);
         let start_ms = sla::unix_ms(start);
         let met = clock.met_by(start_ms);
-        // A miss counted while it was still queued is not counted again.
-        if !self.sla.missed.remove(&job.id) {
+        // A miss counted while it was still queued (recorded on the job, so also before a
+        // restart) is not counted again.
+        if !job.miss_counted {
             self.metrics.sla.counted(job, met);
         }
         let left = (clock.time_left_ms(start_ms).max(0) as f64) / 1000.0;
@@ -170,6 +171,12 @@ impl Dispatcher {
         if !met {
             tracing::warn!(job_id = %job.id, class = %job.spec.sla_class, late_ms = -clock.time_left_ms(start_ms), "job started after its deadline");
         }
+    }
+
+    /// A queued job's missed deadline, recorded as counted on the job: counted.
+    pub(super) fn sla_missed(&self, job: &Job) {
+        tracing::warn!(job_id = %job.id, class = %job.spec.sla_class, "job missed its deadline while queued");
+        self.metrics.sla.counted(job, false);
     }
 
     /// A preemption the machine recorded: counted and logged (the stop is sent by the
@@ -204,13 +211,16 @@ impl Dispatcher {
     /// waiting critical and high jobs as `[sla] preemption` allows.
     pub(super) async fn sla_tick(&mut self) {
         let now_ms = self.clock.now_ms();
-        let machine = &self.machine;
-        self.sla.missed.retain(|id| machine.job(id).is_some());
         let mut at_risk: HashMap<SlaClass, i64> = HashMap::new();
         let mut newly_missed = Vec::new();
         for entry in sla::at_risk_first(self.machine.queues(), now_ms) {
             *at_risk.entry(entry.sla_class).or_default() += 1;
-            if entry.sla.time_left_ms(now_ms) < 0 && !self.sla.missed.contains(&entry.job_id) {
+            if entry.sla.time_left_ms(now_ms) < 0
+                && self
+                    .machine
+                    .job(&entry.job_id)
+                    .is_some_and(|job| !job.miss_counted)
+            {
                 newly_missed.push(entry.job_id.clone());
             }
         }
@@ -223,12 +233,9 @@ impl Dispatcher {
                 })
                 .set(at_risk.get(&class).copied().unwrap_or(0));
         }
-        for id in newly_missed {
-            if let Some(job) = self.machine.job(&id) {
-                tracing::warn!(job_id = %id, class = %job.spec.sla_class, "job missed its deadline while queued");
-                self.metrics.sla.counted(job, false);
-                self.sla.missed.insert(id);
-            }
+        if !newly_missed.is_empty() {
+            // Recorded on the jobs first, counted on the machine's `Effect::Missed`.
+            self.drive(Input::DeadlinePassed(newly_missed)).await;
         }
         for preemption in self.choose_preemptions(now_ms) {
             self.drive(Input::Preempt(preemption)).await;
@@ -284,6 +291,14 @@ impl Dispatcher {
                 && now.saturating_duration_since(entry.last_seen_at) < STARTING_WINDOW;
             starting.then(|| IdleWorker::from(&entry.worker))
         }));
+        // Workers still being created by the pool manager, not registered yet.
+        available.extend(
+            self.sla
+                .coming
+                .iter()
+                .filter(|worker| self.registry.get(&worker.id).is_none())
+                .cloned(),
+        );
         let running_jobs: Vec<(&Job, IdleWorker, u64)> = self
             .machine
             .in_flight()
@@ -310,10 +325,11 @@ impl Dispatcher {
                 class: job.spec.sla_class,
                 worker,
                 run_ms: *run_ms,
-                preemptible: self
-                    .config
-                    .sla
-                    .preemptible(&job.spec.tenant, job.spec.no_preempt),
+                preemptible: self.machine.sla().job_preemptible(
+                    &job.spec.tenant,
+                    self.machine.tenants().get(&job.spec.tenant).as_deref(),
+                    job.spec.no_preempt,
+                ),
             })
             .collect();
         sla::choose_victims(policy, &waiting, &running, &available, now_ms)
