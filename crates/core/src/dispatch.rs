@@ -1505,11 +1505,10 @@ impl Dispatch {
             slot.healthy = seen.healthy;
             slot.draining = seen.draining;
         }
-        // The registry lists every worker there is: one it does not list is neither
-        // registered nor connected, whatever the machine heard before (a session may have
-        // opened after the worker left the registry).
+        // A registered worker the registry no longer lists is gone (one whose session
+        // opened before its registration is listed stays connected: it is not yet listed).
         for (id, slot) in &mut self.workers {
-            if (slot.registered || slot.connected) && !listed.contains(id) {
+            if slot.registered && !listed.contains(id) {
                 degraded = true;
                 slot.registered = false;
                 if slot.connected {
@@ -2747,8 +2746,14 @@ mod tests {
                         }
                         for (i, model) in model.iter_mut().enumerate() {
                             let listed = seen.get(&(i as u8));
+                            let was_registered = model.registered;
                             model.registered = listed.is_some();
-                            model.connected = listed.is_some_and(|s| s.connected);
+                            // A session that opened while the worker was not registered
+                            // stays open: the registry does not list it yet.
+                            model.connected = match listed {
+                                Some(s) => s.connected,
+                                None => model.connected && !was_registered,
+                            };
                             // A worker that left the registry without a job is forgotten:
                             // its deadness, and its retirement (pools never reuse an id).
                             let holds = m.job_on(&workers[i].id).is_some();
