@@ -156,6 +156,7 @@ struct Sim<'a> {
     saturated_starts: u64,
     tenant_cost: BTreeMap<TenantName, f64>,
     decisions: Vec<(u64, String, &'static str, u32, String)>,
+    start_order: Vec<usize>,
 }
 
 impl<'a> Sim<'a> {
@@ -216,6 +217,7 @@ impl<'a> Sim<'a> {
             saturated_starts: 0,
             tenant_cost: BTreeMap::new(),
             decisions: Vec::new(),
+            start_order: Vec::new(),
         };
         sim.learn_profiles();
         sim
@@ -570,6 +572,7 @@ impl<'a> Sim<'a> {
             }
             let start = self.now + self.config.sim.dispatch_latency_ms;
             self.jobs[j].started_ms = Some(start);
+            self.start_order.push(j);
             self.jobs[j].pool = Some(self.workers[w].pool);
             self.in_flight += 1;
             self.set_state(w, WState::Busy);
@@ -796,6 +799,7 @@ impl<'a> Sim<'a> {
         );
         report.peak_workers = self.peak_workers;
         report.samples.clone_from(&self.samples);
+        report.start_order.clone_from(&self.start_order);
         report.decision_log = self
             .decisions
             .iter()

@@ -178,3 +178,44 @@ fn the_shipped_baselines_load_and_run() {
         assert_eq!(report.unstarted, 0, "{name}");
     }
 }
+
+#[test]
+fn the_html_page_has_two_plots_per_configuration_and_their_names() {
+    let jobs = checked(&generate(Params {
+        profile: Profile::CiDay,
+        tenants: 3,
+        jobs: 500,
+        seed: 5,
+    }));
+    let dynamic = simulate(&config(DYNAMIC), &jobs).unwrap();
+    let fixed = simulate(
+        &config(
+            &DYNAMIC
+                .replace("name = \"dyn\"", "name = \"fixed <&> pool\"")
+                .replace(
+                    "kind = \"dynamic\"\nmax = 50",
+                    "kind = \"static\"\nsize = 20",
+                ),
+        ),
+        &jobs,
+    )
+    .unwrap();
+    assert!(dynamic.samples.len() > 10, "samples for the time plot");
+    let page = hodei_sim::html::page(&[dynamic, fixed]).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    assert!(page.trim_end().ends_with("</html>"));
+    // Two plots per configuration: over time, and the waits.
+    assert_eq!(page.matches("<svg").count(), 4);
+    assert_eq!(page.matches("</svg>").count(), 4);
+    assert_eq!(page.matches("queue depth and workers by state").count(), 2);
+    assert_eq!(page.matches("wait from submission to start").count(), 2);
+    assert!(page.contains("<h2>dyn</h2>"));
+    // Names are escaped, never markup.
+    assert!(page.contains("<h2>fixed &lt;&amp;&gt; pool</h2>"));
+    assert!(!page.contains("fixed <&> pool"));
+    // Self-contained: no script, nothing fetched.
+    assert!(!page.contains("<script"));
+    assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
+    // A line per series: the time plot draws polylines.
+    assert!(page.matches("<polyline").count() >= 8);
+}
