@@ -15,13 +15,14 @@
 //! The server's job service (`hodei_modules::jobs`) is a thin driver of this machine;
 //! `hodei bench schedule` and the property tests below drive it directly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::time::{Duration, SystemTime};
 
 use crate::fence::{self, FencePolicy, InFlight, LostBecause, Millis, Presence, Report, Verdict};
 use crate::job::QueueName;
 use crate::job::{
-    AttemptOutcome, Job, JobId, JobState, PreemptionRecord, TenantName, after_attempt,
+    AttemptOutcome, Job, JobId, JobState, PreemptionRecord, Requirements, TenantName, after_attempt,
 };
 use crate::matching::{self, IdleWorker};
 use crate::queue::{QueueEntry, QueueError, Queues};
@@ -361,7 +362,20 @@ pub enum WorkerView {
 pub struct Dispatch {
     config: DispatchConfig,
     queues: Queues,
-    jobs: BTreeMap<JobId, Live>,
+    /// Every job queued or in flight. Only looked up by id, never walked (walks go through
+    /// `flying` or the queues, in their order), so a hash map: its order does not matter and
+    /// its hasher has fixed keys. Boxed, so growing the table moves pointers, not jobs.
+    jobs: HashMap<JobId, Box<Live>, BuildHasherDefault<DefaultHasher>>,
+    /// The jobs of `jobs` in flight (assigned or running) with what they hold, kept by
+    /// [`Dispatch::track`] after every change: the deadline checks walk these, not the backlog.
+    flying: BTreeMap<JobId, (TenantName, Requirements)>,
+    /// What each tenant's jobs in flight hold (`daily_cost` aside): the sum over `flying`,
+    /// kept as jobs take off and land rather than summed at every planning pass.
+    held: BTreeMap<TenantName, Usage>,
+    /// No attempt in flight can need a verdict ([`fence::judge`]) before this instant: the
+    /// earliest deadline the last full check saw, lowered by every change that could bring
+    /// one closer (a job's write, a worker silent, gone, dead or reconnected without it).
+    deadline_due_ms: u64,
     workers: BTreeMap<WorkerId, Slot>,
     tenants: Tenants,
     pool_shapes: Vec<WorkerCapabilities>,
@@ -386,7 +400,10 @@ impl Dispatch {
         Self {
             config,
             queues,
-            jobs: BTreeMap::new(),
+            jobs: HashMap::default(),
+            flying: BTreeMap::new(),
+            held: BTreeMap::new(),
+            deadline_due_ms: 0,
             workers: BTreeMap::new(),
             tenants,
             pool_shapes: Vec::new(),
@@ -451,7 +468,9 @@ impl Dispatch {
                 }
                 _ => continue,
             }
-            machine.jobs.insert(live.job.id.clone(), live);
+            let id = live.job.id.clone();
+            machine.jobs.insert(id.clone(), Box::new(live));
+            machine.track(&id, now_ms);
         }
         (machine, failed)
     }
@@ -496,10 +515,63 @@ impl Dispatch {
 
     /// The jobs in flight (assigned or running).
     pub fn in_flight(&self) -> impl Iterator<Item = &Job> {
-        self.jobs
-            .values()
-            .map(|live| &live.job)
-            .filter(|job| in_flight(job.state))
+        self.flying_jobs().map(|live| &live.job)
+    }
+
+    fn flying_jobs(&self) -> impl Iterator<Item = &Live> {
+        self.flying
+            .keys()
+            .filter_map(|id| self.jobs.get(id).map(|live| &**live))
+    }
+
+    /// Keeps `flying`, `held` and `deadline_due_ms` true for one job after its entry in
+    /// `jobs` changed (the only way a job's state changes: [`Dispatch::apply`], recovery).
+    fn track(&mut self, id: &JobId, now_ms: u64) {
+        let Some(live) = self.jobs.get(id).filter(|live| in_flight(live.job.state)) else {
+            if let Some((tenant, ask)) = self.flying.remove(id)
+                && let Some(usage) = self.held.get_mut(&tenant)
+            {
+                usage.remove_job(&ask);
+                if usage.running_jobs == 0 {
+                    self.held.remove(&tenant);
+                }
+            }
+            return;
+        };
+        if !self.flying.contains_key(id) {
+            let (tenant, ask) = (&live.job.spec.tenant, &live.job.spec.requirements);
+            self.held.entry(tenant.clone()).or_default().add_job(ask);
+            self.flying
+                .insert(id.clone(), (tenant.clone(), ask.clone()));
+        }
+        // Its deadlines may have moved closer (assigned, started, requeued...).
+        let due = match self.verdict(live, now_ms) {
+            Verdict::Wait { until } => until.map_or(u64::MAX, |until| until.0),
+            _ => now_ms,
+        };
+        self.deadline_due_ms = self.deadline_due_ms.min(due);
+    }
+
+    /// `held` and `flying`'s jobs summed up from every job, in the order of their ids.
+    #[cfg(test)]
+    fn held_from_scratch(&self) -> (BTreeMap<TenantName, Usage>, Vec<JobId>) {
+        let mut held: BTreeMap<TenantName, Usage> = BTreeMap::new();
+        let mut flying: Vec<JobId> = Vec::new();
+        for live in self.jobs.values().filter(|live| in_flight(live.job.state)) {
+            let tenant = live.job.spec.tenant.clone();
+            held.entry(tenant)
+                .or_default()
+                .add_job(&live.job.spec.requirements);
+            flying.push(live.job.id.clone());
+        }
+        flying.sort();
+        (held, flying)
+    }
+
+    /// A change to a worker that can bring its attempt's deadline closer: the next tick
+    /// judges every attempt in flight again.
+    fn deadlines_changed(&mut self) {
+        self.deadline_due_ms = 0;
     }
 
     /// When a tracked job was queued, assigned and started.
@@ -555,15 +627,7 @@ impl Dispatch {
 
     /// What each tenant holds now: jobs assigned or running, and today's cost.
     pub fn usage(&mut self, now_ms: u64) -> BTreeMap<TenantName, Usage> {
-        let mut usage: BTreeMap<TenantName, Usage> = BTreeMap::new();
-        for live in self.jobs.values() {
-            if in_flight(live.job.state) {
-                usage
-                    .entry(live.job.spec.tenant.clone())
-                    .or_default()
-                    .add_job(&live.job.spec.requirements);
-            }
-        }
+        let mut usage = self.held.clone();
         let names: Vec<TenantName> = self.queues.tenants().chain(usage.keys()).cloned().collect();
         for name in names {
             let spent = self.daily_cost.spent(&name, now_ms);
@@ -651,6 +715,7 @@ impl Dispatch {
                 slot.registered = true;
             }
             Input::WorkerGone(id) => {
+                self.deadlines_changed();
                 if let Some(slot) = self.workers.get_mut(&id) {
                     if slot.connected {
                         slot.disconnected_since_ms = now_ms;
@@ -666,12 +731,14 @@ impl Dispatch {
                 if let Some(slot) = self.workers.get_mut(&id) {
                     slot.dead = true;
                 }
+                self.deadlines_changed();
                 self.check_deadlines(now_ms, &mut proposal);
             }
             Input::Connected { worker, running } => {
                 self.connected(&worker, &running, now_ms, &mut proposal);
             }
             Input::Disconnected(worker) => {
+                self.deadlines_changed();
                 if let Some(slot) = self.workers.get_mut(&worker) {
                     if slot.connected {
                         slot.disconnected_since_ms = now_ms;
@@ -756,19 +823,13 @@ impl Dispatch {
     /// Applies the writes of `proposal` whose entry in `recorded` is true (one per write,
     /// in order) and returns what to tell, in order. Writes not recorded change nothing.
     pub fn commit(&mut self, proposal: Proposal, recorded: &[bool], now_ms: u64) -> Vec<Effect> {
-        let stored = proposal
-            .writes
-            .iter()
-            .enumerate()
-            .map(|(index, write)| {
-                recorded
-                    .get(index)
-                    .copied()
-                    .unwrap_or(false)
-                    .then(|| write.job.clone())
-            })
-            .collect();
-        self.commit_stored(proposal, stored, now_ms)
+        let mut effects = Vec::new();
+        for (index, write) in proposal.writes.into_iter().enumerate() {
+            if recorded.get(index).copied().unwrap_or(false) {
+                self.apply(write, now_ms, &mut effects);
+            }
+        }
+        effects
     }
 
     /// [`Dispatch::commit`] with the jobs as the store recorded them (`None`: not recorded),
@@ -799,6 +860,12 @@ impl Dispatch {
     }
 
     fn apply(&mut self, write: Write, now_ms: u64, effects: &mut Vec<Effect>) {
+        let id = write.job.id.clone();
+        self.apply_write(write, now_ms, effects);
+        self.track(&id, now_ms);
+    }
+
+    fn apply_write(&mut self, write: Write, now_ms: u64, effects: &mut Vec<Effect>) {
         let Write {
             job,
             expected,
@@ -819,7 +886,7 @@ impl Dispatch {
                     return;
                 }
                 self.jobs
-                    .insert(job.id.clone(), Live::new(job.clone(), now_ms));
+                    .insert(job.id.clone(), Box::new(Live::new(job.clone(), now_ms)));
                 effects.push(Effect::Admitted { index, job });
             }
             Change::Assign { worker } => {
@@ -905,6 +972,8 @@ impl Dispatch {
                         ..Times::default()
                     };
                     live.unconfirmed_since_ms = None;
+                    // Back in its queue, it is no longer being stopped for anyone.
+                    live.preempting = None;
                 }
                 effects.push(Effect::Fenced {
                     worker: Some(worker),
@@ -1138,8 +1207,7 @@ impl Dispatch {
             return;
         };
         let stopping_for = |id: &JobId| {
-            self.jobs
-                .values()
+            self.flying_jobs()
                 .any(|live| live.preempting.as_ref().is_some_and(|(_, b)| b == id))
         };
         if victim.job.state != JobState::Running
@@ -1175,7 +1243,9 @@ impl Dispatch {
 
     /// The jobs being stopped for a preemption, with the job each makes room for.
     pub fn preempting(&self) -> impl Iterator<Item = (&JobId, &JobId)> {
-        self.jobs.iter().filter_map(|(id, live)| {
+        // A victim runs until it ends: it is in flight.
+        self.flying.keys().filter_map(|id| {
+            let live = self.jobs.get(id)?;
             live.preempting
                 .as_ref()
                 .map(|(_, beneficiary)| (id, beneficiary))
@@ -1202,6 +1272,7 @@ impl Dispatch {
     fn in_flight_on(&self, worker: &WorkerId, job: &JobId) -> Option<&Live> {
         self.jobs
             .get(job)
+            .map(|live| &**live)
             .filter(|live| live.job.worker_id.as_ref() == Some(worker) && in_flight(live.job.state))
     }
 
@@ -1313,6 +1384,7 @@ impl Dispatch {
 
     fn presence(&mut self, seen: Vec<Seen>, now_ms: u64) {
         let mut listed = std::collections::BTreeSet::new();
+        let mut degraded = false;
         for seen in seen {
             listed.insert(seen.worker.id.clone());
             let slot = self
@@ -1324,6 +1396,17 @@ impl Dispatch {
             }
             slot.max_uses = seen.pool_max_uses;
             slot.registered = true;
+            // Heard from earlier than the machine thought, or connected or disconnected
+            // since (a connected worker's attempt is also held to its acceptance and
+            // timeout deadlines): its attempt's deadlines may be closer now.
+            let heard = if slot.connected {
+                slot.last_heard_ms.unwrap_or(u64::MAX)
+            } else {
+                slot.disconnected_since_ms
+            };
+            if slot.connected != seen.connected || seen.last_heard_ms < heard {
+                degraded = true;
+            }
             if !seen.connected {
                 slot.disconnected_since_ms = seen.last_heard_ms;
             }
@@ -1332,8 +1415,12 @@ impl Dispatch {
             slot.healthy = seen.healthy;
             slot.draining = seen.draining;
         }
+        // The registry lists every worker there is: one it does not list is neither
+        // registered nor connected, whatever the machine heard before (a session may have
+        // opened after the worker left the registry).
         for (id, slot) in &mut self.workers {
-            if slot.registered && !listed.contains(id) {
+            if (slot.registered || slot.connected) && !listed.contains(id) {
+                degraded = true;
                 slot.registered = false;
                 if slot.connected {
                     slot.disconnected_since_ms = slot.last_heard_ms.unwrap_or(now_ms);
@@ -1343,6 +1430,9 @@ impl Dispatch {
         }
         self.workers
             .retain(|_, slot| slot.registered || slot.job.is_some());
+        if degraded {
+            self.deadlines_changed();
+        }
     }
 
     fn connected(
@@ -1352,6 +1442,8 @@ impl Dispatch {
         now_ms: u64,
         proposal: &mut Proposal,
     ) {
+        // Connected again, its attempt is held to its acceptance and timeout deadlines.
+        self.deadlines_changed();
         if let Some(slot) = self.workers.get_mut(worker) {
             slot.connected = true;
             slot.unreachable = false;
@@ -1360,8 +1452,11 @@ impl Dispatch {
                 slot.last_heard_ms = Some(now_ms);
             }
         }
-        for live in self.jobs.values_mut() {
-            if live.job.worker_id.as_ref() != Some(worker) || !in_flight(live.job.state) {
+        for id in self.flying.keys() {
+            let Some(live) = self.jobs.get_mut(id) else {
+                continue;
+            };
+            if live.job.worker_id.as_ref() != Some(worker) {
                 continue;
             }
             if running.contains(&live.job.id) {
@@ -1403,21 +1498,20 @@ impl Dispatch {
     /// Judges every attempt in flight ([`fence::judge`]) and proposes what the verdicts
     /// mean: lost attempts end as worker losses (a cancel asked for wins), late assignments
     /// are withdrawn, overdue jobs end as timed out.
-    fn check_deadlines(&self, now_ms: u64, proposal: &mut Proposal) {
-        for live in self.jobs.values() {
-            if !in_flight(live.job.state) {
-                continue;
-            }
-            let assigned = live.times.assigned_at_ms.unwrap_or(now_ms);
-            let judged = InFlight {
-                state: live.job.state,
-                assigned_at: Millis(assigned),
-                started_at: live.times.started_at_ms.map(Millis),
-                timeout: live.job.spec.timeout,
-                presence: self.presence_of(live.job.worker_id.as_ref(), now_ms),
-                unconfirmed_since: live.unconfirmed_since_ms.map(Millis),
-            };
-            let write = match fence::judge(&judged, &self.config.fence, Millis(now_ms)) {
+    fn check_deadlines(&mut self, now_ms: u64, proposal: &mut Proposal) {
+        if now_ms < self.deadline_due_ms {
+            return;
+        }
+        let mut due = u64::MAX;
+        for live in self.flying_jobs() {
+            let verdict = self.verdict(live, now_ms);
+            // A verdict acted on is judged again at the next tick, in case its write is not
+            // recorded; once it is, the job's change is tracked like any other.
+            due = due.min(match verdict {
+                Verdict::Wait { until } => until.map_or(u64::MAX, |until| until.0),
+                _ => now_ms,
+            });
+            let write = match verdict {
                 Verdict::Wait { .. } => continue,
                 Verdict::Lost(because) => Self::attempt_end(
                     &live.job,
@@ -1448,6 +1542,20 @@ impl Dispatch {
             };
             proposal.writes.push(write);
         }
+        self.deadline_due_ms = due;
+    }
+
+    /// [`fence::judge`] on one attempt in flight, from what the machine knows.
+    fn verdict(&self, live: &Live, now_ms: u64) -> Verdict<Millis> {
+        let judged = InFlight {
+            state: live.job.state,
+            assigned_at: Millis(live.times.assigned_at_ms.unwrap_or(now_ms)),
+            started_at: live.times.started_at_ms.map(Millis),
+            timeout: live.job.spec.timeout,
+            presence: self.presence_of(live.job.worker_id.as_ref(), now_ms),
+            unconfirmed_since: live.unconfirmed_since_ms.map(Millis),
+        };
+        fence::judge(&judged, &self.config.fence, Millis(now_ms))
     }
 
     fn cancel(&mut self, id: &JobId, now_ms: u64, proposal: &mut Proposal) {
@@ -2390,7 +2498,13 @@ mod tests {
                 };
                 // Who may take work now, as far as the test can tell.
                 let eligible: Vec<bool> = model.iter().map(|w| w.registered && w.connected && !w.dead && !w.leaving).collect();
+                // The deadline checks skip ticks where nothing can be due: a machine made to
+                // judge every attempt proposes exactly the same.
+                let mut judging_all = m.clone();
+                judging_all.deadline_due_ms = 0;
+                let expected = judging_all.step(input.clone(), now);
                 let proposal = m.step(input, now);
+                prop_assert_eq!(&proposal, &expected, "a skipped deadline check missed a verdict");
                 for effect in &proposal.immediate {
                     prop_assert!(matches!(effect, Effect::Refused { .. } | Effect::StopJob { .. } | Effect::CancelAnswered(_) | Effect::CancelUnknown(_) | Effect::Drained(_)), "{effect:?} told before any write");
                 }
@@ -2414,6 +2528,11 @@ mod tests {
                     recorded.push(ok);
                 }
                 let effects = m.commit(proposal, &recorded, now);
+                // What tenants hold is kept as jobs take off and land: it is the sum over
+                // the jobs in flight.
+                let (held, flying) = m.held_from_scratch();
+                prop_assert_eq!(&m.held, &held);
+                prop_assert_eq!(m.flying.keys().cloned().collect::<Vec<_>>(), flying);
                 for effect in &effects {
                     // Nothing is told unless its write was recorded in this very step.
                     let told = match effect {
@@ -2447,7 +2566,10 @@ mod tests {
                             prop_assert_eq!(stopped.map(|j| j.state), Some(JobState::Running));
                             prop_assert_eq!(stopped.and_then(|j| j.worker_id.as_ref()), Some(worker));
                             prop_assert_eq!(stored.get(for_job).map(|j| j.state), Some(JobState::Queued));
-                            prop_assert!(written.contains_key(for_job), "told before the record on {for_job}");
+                            // The record may be on the job it makes room for since an
+                            // earlier step (that step's write on the victim was lost).
+                            let record = stopped.and_then(|j| j.preemptions.last());
+                            prop_assert!(record.is_some() && stored.get(for_job).and_then(|j| j.preemptions.last()) == record, "told before the record on {for_job}");
                         }
                         Effect::Ended { job, preempted: true, .. } => {
                             // A preemption requeues and spends no retry.
