@@ -35,6 +35,8 @@ pub struct LocalProviderConfig {
     /// The CA certificate agents trust for an `https://` server URL, passed as
     /// `HODEI_CA_CERT`; the system's roots when `None`.
     pub ca_cert: Option<PathBuf>,
+    /// The OTLP collector agents export their spans to, passed as `HODEI_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
     /// Pid files and agent logs live here.
     pub state_dir: PathBuf,
     /// How long an agent gets to stop after SIGTERM before it is killed.
@@ -280,6 +282,9 @@ impl WorkerProvider for LocalProvider {
         }
         if let Some(ca_cert) = &self.config.ca_cert {
             command.env("HODEI_CA_CERT", ca_cert);
+        }
+        if let Some(endpoint) = &self.config.otlp_endpoint {
+            command.env("HODEI_OTLP_ENDPOINT", endpoint);
         }
         let child = command.spawn().map_err(|e| {
             let _ = std::fs::remove_file(&credential_path);

@@ -12,6 +12,7 @@ use hodei_testkit::provider_contract;
 
 fn config(dir: &std::path::Path, script: &str) -> LocalProviderConfig {
     LocalProviderConfig {
+        otlp_endpoint: None,
         program: "/bin/sh".into(),
         // `sh -c SCRIPT NAME ARGS...`: the agent arguments land in $1.. and are ignored.
         args: vec!["-c".into(), script.into(), "fake-agent".into()],

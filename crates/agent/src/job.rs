@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hodei_core::trace;
 use hodei_proto::v1::{self, agent_message};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -327,6 +328,25 @@ pub async fn run_with(
 ) {
     let job_id = assignment.job_id.clone();
     let attempt = assignment.attempt;
+    // With telemetry on: `job.accepted` (this attempt on this agent, a child of the server's
+    // `job.dispatched`, which arrives as the job's TRACEPARENT), `job.started` (the process,
+    // whose context the job gets as its TRACEPARENT) and `job.finished` (clean-up and the
+    // report).
+    let ids = || {
+        [
+            ("hodei.job_id", job_id.clone()),
+            ("hodei.attempt", attempt.to_string()),
+            ("hodei.worker_id", context.worker_id.clone()),
+        ]
+    };
+    let accepted = trace::Span::start(
+        "job.accepted",
+        assignment
+            .env
+            .get(trace::TRACEPARENT_ENV)
+            .map(String::as_str),
+        &ids(),
+    );
     let program: Vec<&str> = if !assignment.argv.is_empty() {
         assignment.argv.iter().map(String::as_str).collect()
     } else {
@@ -423,6 +443,10 @@ pub async fn run_with(
         .stderr(stderr)
         .process_group(0)
         .kill_on_drop(true);
+    let mut started = trace::Span::start("job.started", accepted.traceparent().as_deref(), &ids());
+    if let Some(parent) = started.traceparent() {
+        command.env(trace::TRACEPARENT_ENV, parent);
+    }
     let spawned = {
         let mut active = runner.active();
         let spawned = command.spawn();
@@ -450,6 +474,10 @@ pub async fn run_with(
         }
     };
     let pid = child.id();
+    started.set(
+        "process.pid",
+        pid.map(|pid| pid.to_string()).unwrap_or_default(),
+    );
     let records = JobRecords::new(&work_root);
     if let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok())
         && let Err(error) = records.write(&job_id, pid)
@@ -551,6 +579,11 @@ pub async fn run_with(
             }
         }
     };
+    drop(started);
+    let mut finished =
+        trace::Span::start("job.finished", accepted.traceparent().as_deref(), &ids());
+    finished.set("hodei.outcome", format!("{outcome:?}"));
+    finished.set("process.exit_code", exit_code.to_string());
     // Whatever the job left running in its process group ends with it, so no stray process
     // outlives its job or holds its output open.
     signal_group(pid, Signal::SIGKILL);

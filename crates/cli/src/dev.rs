@@ -70,6 +70,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 config.listen
             )
         })?;
+    // HODEI_OTLP_ENDPOINT: the dev server's spans too, not only its local agents'.
+    let telemetry =
+        crate::start_telemetry(config.telemetry.otlp_endpoint.as_deref(), "hodei-server")?;
     let server = Server::start(config, listener).await?;
     let url = server.url().to_owned();
     println!("Hodei dev server");
@@ -89,6 +92,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("Ctrl-C stops the server and its workers.");
     stop.await;
     println!("stopping workers...");
-    server.shutdown().await?;
+    let stopped = server.shutdown().await;
+    crate::stop_telemetry(telemetry).await;
+    stopped?;
     Ok(())
 }

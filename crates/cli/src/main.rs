@@ -128,6 +128,11 @@ struct AgentArgs {
     /// PEM CA certificate(s) to trust for an https:// server instead of the system's roots.
     #[arg(long, env = "HODEI_CA_CERT", value_name = "FILE")]
     ca_cert: Option<PathBuf>,
+    /// Export the job's spans (accepted, started, finished) to this OpenTelemetry
+    /// collector (OTLP over gRPC, e.g. http://127.0.0.1:4317). Off when unset. Local agents
+    /// get the server's `[telemetry] otlp_endpoint`.
+    #[arg(long, env = "HODEI_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// This worker's id; made up when not given.
     #[arg(long, value_name = "ID")]
     worker_id: Option<String>,
@@ -190,15 +195,48 @@ fn exit_with_parent() -> anyhow::Result<()> {
 /// Log lines to stderr: coloured only when stderr is a terminal (local agents' logs go to
 /// files), JSON when `format` says so.
 fn init_logging(default: &str, format: LogFormat) {
+    init_logging_with(default, format, None);
+}
+
+/// [`init_logging`], with `tracing` spans also exported when telemetry runs.
+fn init_logging_with(
+    default: &str,
+    format: LogFormat,
+    telemetry: Option<&hodei_telemetry::Telemetry>,
+) {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().with_current_span(true).init(),
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => lines.json().with_current_span(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(lines)
+        .with(telemetry.map(|telemetry| telemetry.layer()))
+        .with(filter)
+        .init();
+}
+
+/// Starts OpenTelemetry export when an endpoint is set (see `hodei_telemetry`).
+fn start_telemetry(
+    endpoint: Option<&str>,
+    service: &'static str,
+) -> anyhow::Result<Option<hodei_telemetry::Telemetry>> {
+    endpoint
+        .map(|endpoint| hodei_telemetry::Telemetry::start(endpoint, service))
+        .transpose()
+        .context("cannot start OpenTelemetry export")
+}
+
+/// Sends the last spans; off the runtime's workers, as the export blocks.
+async fn stop_telemetry(telemetry: Option<hodei_telemetry::Telemetry>) {
+    if let Some(telemetry) = telemetry {
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     }
 }
 
@@ -217,14 +255,17 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     // Before anything slow: a stop signal from now on means a clean shutdown.
     let stop = shutdown_signal();
     let mut config = hodei_server::ServerConfig::load(&args.config, |key| std::env::var(key).ok())?;
-    init_logging("info", config.log.format);
+    let telemetry = start_telemetry(config.telemetry.otlp_endpoint.as_deref(), "hodei-server")?;
+    init_logging_with("info", config.log.format, telemetry.as_ref());
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    hodei_server::run(config, listener, stop).await?;
+    let result = hodei_server::run(config, listener, stop).await;
+    stop_telemetry(telemetry).await;
+    result?;
     Ok(())
 }
 
@@ -345,10 +386,16 @@ async fn run(command: Command) -> ExitCode {
             hodei_agent::protect_process_memory();
             server(args).await
         }
-        Command::Agent(args) => {
-            init_logging("info", format);
-            agent(args).await
-        }
+        Command::Agent(args) => match start_telemetry(args.otlp_endpoint.as_deref(), "hodei-agent")
+        {
+            Ok(telemetry) => {
+                init_logging_with("info", format, telemetry.as_ref());
+                let result = agent(args).await;
+                stop_telemetry(telemetry).await;
+                result
+            }
+            Err(error) => Err(error),
+        },
         Command::Worker(command) => {
             init_logging("warn", format);
             client::worker(command).await

@@ -1,6 +1,6 @@
 //! `hodei tenant`: tenants' weights and quotas, what they hold, and their share of starts.
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use hodei_server::TenantSettings;
 use hodei_server::api::{CreateTenantToken, CreatedToken, TenantList, TenantView};
 
@@ -88,11 +88,37 @@ pub struct SetQuotaArgs {
     /// The quotas given in this command are soft (may burst) instead of hard.
     #[arg(long)]
     soft: bool,
+    /// Removes a quota (the tenant is no longer limited by it); repeat for several.
+    #[arg(long, value_enum, value_name = "QUOTA")]
+    remove: Vec<Quota>,
     #[command(flatten)]
     connection: Connection,
 }
 
+/// A quota `set-quota --remove` takes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Quota {
+    RunningJobs,
+    Cpu,
+    MemoryMb,
+    Workers,
+    DailyCost,
+    Queued,
+}
+
 impl SetQuotaArgs {
+    /// A quota both given and removed in one command.
+    fn contradiction(&self) -> Option<Quota> {
+        self.remove.iter().copied().find(|quota| match quota {
+            Quota::RunningJobs => self.max_running_jobs.is_some(),
+            Quota::Cpu => self.max_cpu.is_some(),
+            Quota::MemoryMb => self.max_memory_mb.is_some(),
+            Quota::Workers => self.max_workers.is_some(),
+            Quota::DailyCost => self.max_daily_cost.is_some(),
+            Quota::Queued => self.max_queued.is_some(),
+        })
+    }
+
     /// `current` with this command's changes.
     fn apply(&self, mut settings: TenantSettings) -> TenantSettings {
         settings.name.clone_from(&self.name);
@@ -124,6 +150,19 @@ impl SetQuotaArgs {
             settings.soft.retain(|s| s != quota);
             if self.soft {
                 settings.soft.push(quota.to_owned());
+            }
+        }
+        for quota in &self.remove {
+            let name = match quota {
+                Quota::RunningJobs => settings.max_running_jobs.take().map(|_| "running_jobs"),
+                Quota::Cpu => settings.max_cpu.take().map(|_| "cpu"),
+                Quota::MemoryMb => settings.max_memory_mb.take().map(|_| "memory_mb"),
+                Quota::Workers => settings.max_workers.take().map(|_| "workers"),
+                Quota::DailyCost => settings.max_daily_cost.take().map(|_| "daily_cost"),
+                Quota::Queued => settings.max_queued.take().map(|_| "queued"),
+            };
+            if let Some(name) = name {
+                settings.soft.retain(|s| s != name);
             }
         }
         settings
@@ -174,6 +213,14 @@ pub async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
             })
         }
         TenantCommand::SetQuota(args) => {
+            if let Some(quota) = args.contradiction() {
+                let flag = quota.to_possible_value().map(|v| v.get_name().to_owned());
+                anyhow::bail!(
+                    "--remove {} and --max-{} in one command: give the quota or remove it",
+                    flag.as_deref().unwrap_or("?"),
+                    flag.as_deref().unwrap_or("?"),
+                );
+            }
             let client = Client::new(&args.connection)?;
             let path = format!("/tenants/{}", args.name);
             let current = client
@@ -310,6 +357,26 @@ mod tests {
             TenantCommand::SetQuota(args) => args,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn set_quota_removes_a_quota_and_its_soft_mark() {
+        let current = TenantSettings {
+            name: "ci".into(),
+            max_cpu: Some(8),
+            max_running_jobs: Some(4),
+            soft: vec!["cpu".into()],
+            ..TenantSettings::default()
+        };
+        let next = set(&["ci", "--remove", "cpu"]).apply(current);
+        assert_eq!(next.max_cpu, None);
+        assert_eq!(next.max_running_jobs, Some(4), "only what is named goes");
+        assert!(next.soft.is_empty());
+        assert_eq!(
+            set(&["ci", "--remove", "queued", "--max-queued", "3"]).contradiction(),
+            Some(Quota::Queued)
+        );
+        assert_eq!(set(&["ci", "--remove", "queued"]).contradiction(), None);
     }
 
     #[test]

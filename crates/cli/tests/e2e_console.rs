@@ -31,6 +31,10 @@ fn console_config(dir: &Path) -> hodei_server::ServerConfig {
         soft: vec!["cpu".into()],
         ..hodei_server::TenantSettings::default()
     }];
+    // A `high` job waiting for a worker that never comes is at risk within seconds; nothing
+    // is preempted for it.
+    config.sla.high = std::time::Duration::from_secs(4);
+    config.sla.preemption = hodei_core::sla::PreemptionPolicy::Never;
     config
 }
 
@@ -513,6 +517,22 @@ impl Browser {
             .to_owned()
     }
 
+    /// Waits until `script` returns `expected`.
+    async fn wait_script(&self, script: &str, expected: Value) -> Value {
+        wait_for(
+            &format!("{script} to return {expected}"),
+            LIMIT,
+            move || {
+                let expected = expected.clone();
+                async move {
+                    let value = self.script(script).await;
+                    (value == expected).then_some(value)
+                }
+            },
+        )
+        .await
+    }
+
     /// Waits until the page's text contains every one of `needles`.
     async fn wait_text(&self, needles: &[&str]) -> String {
         wait_for(
@@ -616,17 +636,78 @@ async fn the_console_in_a_real_browser() {
 
     // Sign in; the overview shows the default pool.
     browser.sign_in(&server, ADMIN).await;
-    browser.wait_text(&["Pools", "default", "idle 1"]).await;
+    browser
+        .wait_text(&[
+            "Pools",
+            "default",
+            "idle 1",
+            "At risk of missing their SLA",
+            "No waiting job is near its SLA deadline.",
+        ])
+        .await;
+
+    // A `high` job (deadline 4 s) that no worker fits waits; the overview lists it at risk,
+    // then past its deadline, with its class, and its page says why it waits.
+    let pending = hodei_cli(
+        &server,
+        &[
+            "job",
+            "submit",
+            "--tenant",
+            "team-a",
+            "--sla",
+            "high",
+            "--label",
+            "gpu=yes",
+            "--allow-pending",
+            "--",
+            "true",
+        ],
+    );
+    let text = browser
+        .wait_text(&[&pending, "high", "at risk", "missed by"])
+        .await;
+    assert!(
+        !text.contains("No waiting job is near its SLA deadline."),
+        "{text}"
+    );
+    // Tenants' usage against quota and share, on the overview.
+    browser
+        .wait_text(&[
+            "running_jobs 0 / 4 (hard)",
+            "cpu 0 / 8 (soft)",
+            "Share, last hour",
+        ])
+        .await;
     browser.screenshot(&docs_dir().join("overview.png")).await;
+    browser
+        .go(&format!("{}/#/jobs/{pending}", server.url()))
+        .await;
+    browser
+        .wait_text(&["Why it waits", "gpu", "high: start deadline", "missed"])
+        .await;
 
     // The pool page: its worker and the autoscaler's decisions.
     browser
         .go(&format!("{}/#/pools/default", server.url()))
         .await;
     browser
-        .wait_text(&["Pool default", worker.as_str(), "Recent scaling decisions"])
+        .wait_text(&[
+            "Pool default",
+            worker.as_str(),
+            "Recent scaling decisions",
+            "Workers over the last hour",
+            "idle: now 1",
+            "busy: now 0",
+        ])
         .await;
-    browser.screenshot(&docs_dir().join("pool.png")).await;
+    assert!(
+        browser
+            .find("#workers-chart svg.chart path.series-idle")
+            .await
+            .is_some(),
+        "the chart draws the idle line"
+    );
 
     // A job from the CLI appears in the list, runs, and its page shows its log.
     let job = hodei_cli(
@@ -644,9 +725,49 @@ async fn the_console_in_a_real_browser() {
     browser.wait_text(&[&job]).await;
     browser.go(&format!("{}/#/jobs/{job}", server.url())).await;
     browser
-        .wait_text(&["succeeded", "hello from the console test", "done"])
+        .wait_text(&[
+            "succeeded",
+            "hello from the console test",
+            "done",
+            // Every state change, each attempt, with times after submission.
+            "After submission",
+            "queued → assigned",
+            "assigned → running",
+            "running → succeeded",
+            "attempt 1 ended",
+            &format!("attempt 1 on worker {worker}"),
+        ])
         .await;
+    let last = browser
+        .script(
+            "const rows = document.querySelectorAll('#history tbody tr');
+             return rows[rows.length - 1].innerText;",
+        )
+        .await;
+    assert!(
+        last.as_str().unwrap().contains("running → succeeded"),
+        "the end is last: {last}"
+    );
     browser.screenshot(&docs_dir().join("job.png")).await;
+
+    // The workers page: the worker ran one job; its heartbeat's age and load.
+    browser.go(&format!("{}/#/workers", server.url())).await;
+    browser
+        .wait_text(&[
+            worker.as_str(),
+            "Uses",
+            "Last heartbeat",
+            "load ",
+            "memory ",
+        ])
+        .await;
+    browser
+        .wait_script(
+            "const cell = document.querySelector('td[data-label=\"Uses\"]');
+             return cell ? cell.textContent : null;",
+            json!("1"),
+        )
+        .await;
 
     // Phone width: the narrow layout, and no page wider than the screen.
     browser.resize(390, 844).await;
@@ -672,14 +793,56 @@ async fn the_console_in_a_real_browser() {
     // Cancel a running job from its page.
     let long = hodei_cli(
         &server,
-        &["job", "submit", "--tenant", "team-b", "--", "sleep", "300"],
+        &[
+            "job",
+            "submit",
+            "--tenant",
+            "team-b",
+            "--script",
+            "echo long job started; sleep 300",
+        ],
     );
     wait_state(&server, &long, JobState::Running).await;
+    // The pool's chart and counts follow: one busy worker now.
+    browser
+        .go(&format!("{}/#/pools/default", server.url()))
+        .await;
+    browser.wait_text(&["busy: now 1", "peak 1", &long]).await;
+    browser.screenshot(&docs_dir().join("pool.png")).await;
+    // Its log follows live: the first line shows while it runs.
     browser.go(&format!("{}/#/jobs/{long}", server.url())).await;
-    browser.wait_text(&["running"]).await;
+    browser.wait_text(&["running", "long job started"]).await;
+    // How far behind the page is: the time between its refreshes (printed, not asserted).
+    let gaps = browser
+        .async_script(
+            "const done = arguments[arguments.length - 1];
+             const footer = document.getElementById('updated');
+             const at = [];
+             const seen = new MutationObserver(() => {
+               at.push(performance.now());
+               if (at.length === 5) {
+                 seen.disconnect();
+                 done(at.slice(1).map((t, i) => Math.round(t - at[i])));
+               }
+             });
+             seen.observe(footer, {childList: true, characterData: true, subtree: true});",
+        )
+        .await;
+    println!("console refreshes of a running job's page, ms apart: {gaps}");
+    assert_eq!(
+        server
+            .jobs()
+            .get(&JobId::new(long.as_str()).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        JobState::Running,
+        "the line came while the job ran"
+    );
     browser.click("#cancel").await;
     wait_state(&server, &long, JobState::Cancelled).await;
-    browser.wait_text(&["cancelled"]).await;
+    browser.wait_text(&["cancelled", "→ cancelled"]).await;
 
     // Sign out, then a tenant: only its own jobs, no admin actions, forged ones refused.
     browser.click(".sign-out button").await;

@@ -235,3 +235,106 @@ async fn cost_is_worker_seconds_times_price_on_jobs_reports_and_metrics_across_a
     assert!(close(view["cost"].as_f64().unwrap(), job_costs[0].2));
     server.shutdown().await.unwrap();
 }
+
+/// What tenant `tenant` spent today, as its `hodei_tenant_usage{resource="daily_cost"}`
+/// gauge says (what its daily_cost quota is checked against).
+async fn spent_today(server: &Server, tenant: &str) -> Option<f64> {
+    metric(
+        server,
+        "hodei_tenant_usage",
+        &[("tenant", tenant), ("resource", "daily_cost")],
+    )
+    .await
+}
+
+/// The report's "tenant near its daily budget" advice for `tenant`, if any.
+fn budget_advice(report: &serde_json::Value, tenant: &str) -> Option<serde_json::Value> {
+    report["recommendations"]
+        .as_array()?
+        .iter()
+        .find(|r| r["kind"] == "tenant_near_budget" && r["tenant"] == tenant)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_daily_cost_and_budget_advice_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), 1);
+    config.pools[0].cost_per_hour = PRICE;
+    // A budget one job of 0.3 s (0.003 at 0.01 per second) passes 80% of.
+    const BUDGET: f64 = 0.003;
+    config.tenant_list = vec![
+        hodei_server::TenantSettings {
+            name: "acme".into(),
+            max_daily_cost: Some(BUDGET),
+            ..hodei_server::TenantSettings::default()
+        },
+        hodei_server::TenantSettings {
+            name: "beta".into(),
+            max_daily_cost: Some(1000.0),
+            ..hodei_server::TenantSettings::default()
+        },
+    ];
+    let server = start_anywhere(config.clone()).await;
+    let workers = wait_for_registered_workers(&server, 1).await;
+    wait_for_connected(&server, &workers[0]).await;
+    assert_eq!(spent_today(&server, "acme").await, Some(0.0));
+    assert!(budget_advice(&report(&server, "tenant"), "acme").is_none());
+
+    let mut costs = Vec::new();
+    for tenant in ["acme", "beta"] {
+        let mut spec = JobSpec::new(hodei_core::Command::Script("sleep 0.3".into()));
+        spec.tenant = TenantName::new(tenant).unwrap();
+        let id = server.jobs().submit(spec).await.unwrap().id;
+        let view = wait_for("the job's cost", LIMIT, || async {
+            let view = job_view(&server, &id).await;
+            (view["state"] == "succeeded" && view["cost"].as_f64()? > 0.0).then_some(view)
+        })
+        .await;
+        costs.push(view["cost"].as_f64().unwrap());
+    }
+    let acme = costs[0];
+    assert!(acme >= 0.8 * BUDGET, "{acme}");
+    // Charged when the attempt's end is applied; the gauges follow on the next tick.
+    let before = wait_for("acme's cost today", LIMIT, || async {
+        spent_today(&server, "acme")
+            .await
+            .filter(|spent| *spent > 0.0)
+    })
+    .await;
+    assert!(
+        close(before, acme),
+        "acme spent {before} today, its job cost {acme}"
+    );
+    let advice = budget_advice(&report(&server, "tenant"), "acme").unwrap();
+    assert!(
+        close(advice["spent_today"].as_f64().unwrap(), acme),
+        "{advice}"
+    );
+    assert_eq!(advice["daily_budget"].as_f64().unwrap(), BUDGET);
+    // beta spent a tiny share of its budget: no advice.
+    assert!(budget_advice(&report(&server, "tenant"), "beta").is_none());
+    let table = hodei(&server, &["report", "cost"]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("tenant acme spent") && table.contains("of its daily budget 0.003 today"),
+        "{table}"
+    );
+    server.shutdown().await.unwrap();
+
+    // After a restart: the day's cost is what the store holds, not zero, so the quota and
+    // the advice still apply.
+    let server = start_anywhere(config).await;
+    let after = spent_today(&server, "acme").await.unwrap();
+    assert!(
+        close(after, before),
+        "{before} before the restart, {after} after"
+    );
+    assert!(close(spent_today(&server, "beta").await.unwrap(), costs[1]));
+    let advice = budget_advice(&report(&server, "tenant"), "acme").unwrap();
+    assert!(
+        close(advice["spent_today"].as_f64().unwrap(), acme),
+        "{advice}"
+    );
+    server.shutdown().await.unwrap();
+}

@@ -190,3 +190,80 @@ async fn a_drained_worker_finishes_its_job_then_goes_or_stays_until_undrained() 
     assert_eq!(stored_state(&server, &second).await, WorkerState::Idle);
     server.shutdown().await.unwrap();
 }
+
+/// A drain is recorded in the store, so a restarted server keeps a `--then keep` worker out
+/// of matching and terminates a `--then terminate` one once the job it ran is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_survives_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut keep_workers = config(dir.path(), 2);
+    keep_workers.shutdown.terminate_workers = false;
+    let first = start_anywhere(keep_workers.clone()).await;
+    let workers = wait_for_registered_workers(&first, 2).await;
+    let release = dir.path().join("release");
+    let running = first
+        .jobs()
+        .submit(script(&format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; echo finished",
+            release.display()
+        )))
+        .await
+        .unwrap();
+    let busy = wait_state(&first, &running.id, JobState::Running)
+        .await
+        .worker_id
+        .unwrap();
+    let kept = workers.iter().find(|id| **id != busy).unwrap().clone();
+    let drained = hodei(&first, &["worker", "drain", busy.as_str()]);
+    assert!(drained.status.success(), "{}", text(&drained.stderr));
+    let drained = hodei(
+        &first,
+        &["worker", "drain", kept.as_str(), "--then", "keep"],
+    );
+    assert!(drained.status.success(), "{}", text(&drained.stderr));
+    let address = first.addr();
+    first.shutdown().await.unwrap();
+
+    // The same address, so the agents come back to the new server.
+    keep_workers.listen = address;
+    let second = start(keep_workers).await;
+    wait_for_connected(&second, &kept).await;
+    wait_for_connected(&second, &busy).await;
+    assert_eq!(stored_state(&second, &kept).await, WorkerState::Draining);
+    assert_eq!(
+        second.scheduler().get(&kept).unwrap().draining,
+        Some(hodei_core::AfterDrain::Keep)
+    );
+    assert_eq!(
+        second.scheduler().get(&busy).unwrap().draining,
+        Some(hodei_core::AfterDrain::Terminate)
+    );
+
+    // A new job goes to neither: the busy worker is terminated once its job is done, and
+    // the job runs on its replacement.
+    let next = second.jobs().submit(script("echo next")).await.unwrap();
+    std::fs::write(&release, b"").unwrap();
+    let finished = wait_state(&second, &running.id, JobState::Succeeded).await;
+    assert_eq!(finished.worker_id.as_ref(), Some(&busy));
+    wait_for(
+        "the drained busy worker to be terminated",
+        LIMIT,
+        || async { (stored_state(&second, &busy).await == WorkerState::Terminated).then_some(()) },
+    )
+    .await;
+    let ran_next = wait_state(&second, &next.id, JobState::Succeeded).await;
+    let ran_on = ran_next.worker_id.unwrap();
+    assert_ne!(ran_on, busy, "a worker drained to terminate took a new job");
+    assert_ne!(ran_on, kept, "a worker drained to keep took a new job");
+    assert_eq!(stored_state(&second, &kept).await, WorkerState::Draining);
+    assert!(
+        agent_pid(dir.path(), &kept).is_some(),
+        "a kept worker stays"
+    );
+
+    // Undrained, it takes jobs again.
+    let undrained = hodei(&second, &["worker", "undrain", kept.as_str()]);
+    assert!(undrained.status.success(), "{}", text(&undrained.stderr));
+    assert_eq!(stored_state(&second, &kept).await, WorkerState::Idle);
+    second.shutdown().await.unwrap();
+}

@@ -300,6 +300,17 @@ fn metric(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
 // ---------------------------------------------------------------------------------------
 // AC-2: integration
 
+/// The gRPC client passes the same `SchedulerPort` contract as the in-process registry it
+/// reaches and the fake the unit tests use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_client_passes_the_scheduler_contract() {
+    let (server, _dir) = start_server().await;
+    hodei_testkit::scheduler_contract(&client_for(&server), "grpc").await;
+    // What the client did is what the server's own registry holds.
+    hodei_testkit::scheduler_contract(server.scheduler().as_ref(), "inproc").await;
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provisioned_worker_is_registered_with_a_remote_scheduler_and_listed() {
     let (server, _dir) = start_server().await;

@@ -25,6 +25,61 @@ pub const IDLE_SHARE_ADVICE: f64 = 0.5;
 /// recommendation to raise it.
 pub const AT_MAX_SHARE_ADVICE: f64 = 0.05;
 
+/// Share of its daily budget (its `daily_cost` quota) a tenant may spend before a
+/// recommendation, and the alert `HodeiTenantNearDailyBudget`, say it is near.
+pub const BUDGET_SHARE_ADVICE: f64 = 0.8;
+
+/// Milliseconds in a day; a tenant's day starts at 00:00 UTC.
+pub const DAY_MS: u64 = 86_400_000;
+
+/// The start (00:00 UTC) of the day `unix_ms` falls in.
+pub fn day_start(unix_ms: u64) -> u64 {
+    unix_ms - unix_ms % DAY_MS
+}
+
+/// What each tenant's attempts cost, from the store's totals (of a day, for the daily cost
+/// a restarted server starts from).
+pub fn cost_by_tenant(attempts: &[AttemptTotals]) -> BTreeMap<String, f64> {
+    let mut spent: BTreeMap<String, f64> = BTreeMap::new();
+    for totals in attempts {
+        *spent.entry(totals.tenant.clone()).or_default() += totals.cost;
+    }
+    spent
+}
+
+/// A tenant's spending today against its daily budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantBudget {
+    pub tenant: String,
+    /// Its attempts' cost since 00:00 UTC.
+    pub spent_today: f64,
+    /// Its `daily_cost` quota.
+    pub daily_budget: f64,
+}
+
+/// A recommendation for each tenant that spent at least [`BUDGET_SHARE_ADVICE`] of its
+/// daily budget today, by name. A budget of zero or less is not a budget to be near.
+pub fn budget_advice(budgets: &[TenantBudget]) -> Vec<Recommendation> {
+    let mut advice: Vec<Recommendation> = budgets
+        .iter()
+        .filter(|b| b.daily_budget > 0.0 && b.spent_today >= BUDGET_SHARE_ADVICE * b.daily_budget)
+        .map(|b| Recommendation::TenantNearBudget {
+            tenant: b.tenant.clone(),
+            spent_today: b.spent_today,
+            daily_budget: b.daily_budget,
+            share: b.spent_today / b.daily_budget,
+        })
+        .collect();
+    advice.sort_by(|a, b| match (a, b) {
+        (
+            Recommendation::TenantNearBudget { tenant: x, .. },
+            Recommendation::TenantNearBudget { tenant: y, .. },
+        ) => x.cmp(y),
+        _ => std::cmp::Ordering::Equal,
+    });
+    advice
+}
+
 /// What `worker_seconds` of a worker cost at `cost_per_hour`.
 pub fn cost_of(worker_seconds: f64, cost_per_hour: f64) -> f64 {
     worker_seconds * cost_per_hour / 3600.0
@@ -177,6 +232,14 @@ pub enum Recommendation {
         job_worker_seconds: f64,
         saving: f64,
     },
+    /// The tenant spent most of its daily budget (`daily_cost` quota) today: at the budget,
+    /// its jobs wait until 00:00 UTC.
+    TenantNearBudget {
+        tenant: String,
+        spent_today: f64,
+        daily_budget: f64,
+        share: f64,
+    },
 }
 
 impl Recommendation {
@@ -241,6 +304,15 @@ impl Recommendation {
             } => format!(
                 "pool {cheaper_pool} ({cheaper_cost_per_hour}/h) can run every job of pool {pool} ({cost_per_hour}/h): its {:.3} job worker-hours would have cost {saving:.4} less",
                 job_worker_seconds / 3600.0
+            ),
+            Self::TenantNearBudget {
+                tenant,
+                spent_today,
+                daily_budget,
+                share,
+            } => format!(
+                "tenant {tenant} spent {spent_today:.4} of its daily budget {daily_budget} today ({:.0}%): at the budget its jobs wait until 00:00 UTC; raise its daily_cost quota (`hodei tenant set-quota`) or move its jobs to cheaper pools",
+                share * 100.0
             ),
         }
     }
@@ -460,6 +532,60 @@ mod tests {
     use crate::ProviderKind;
     use proptest::prelude::*;
 
+    #[test]
+    fn days_start_at_midnight_utc_and_costs_add_up_by_tenant() {
+        assert_eq!(day_start(0), 0);
+        assert_eq!(day_start(DAY_MS - 1), 0);
+        assert_eq!(day_start(3 * DAY_MS + 5), 3 * DAY_MS);
+        let totals = [
+            attempts("acme", "default", "default", 2, 3600.0, 0.5),
+            attempts("acme", "default", "large", 1, 1800.0, 0.5),
+            attempts("beta", "default", "default", 1, 900.0, 0.5),
+        ];
+        let spent = cost_by_tenant(&totals);
+        assert_eq!(spent.len(), 2);
+        assert!((spent["acme"] - 0.75).abs() < 1e-12);
+        assert!((spent["beta"] - 0.125).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tenants_at_80_percent_of_their_budget_are_told_with_the_figures() {
+        let budget = |tenant: &str, spent_today: f64, daily_budget: f64| TenantBudget {
+            tenant: tenant.into(),
+            spent_today,
+            daily_budget,
+        };
+        let advice = budget_advice(&[
+            budget("zeta", 9.5, 10.0),
+            budget("under", 7.99, 10.0),
+            budget("at", 8.0, 10.0),
+            budget("none", 5.0, 0.0),
+            budget("over", 12.0, 10.0),
+        ]);
+        let names: Vec<&str> = advice
+            .iter()
+            .map(|a| match a {
+                Recommendation::TenantNearBudget { tenant, .. } => tenant.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(names, ["at", "over", "zeta"]);
+        assert_eq!(
+            advice[0],
+            Recommendation::TenantNearBudget {
+                tenant: "at".into(),
+                spent_today: 8.0,
+                daily_budget: 10.0,
+                share: 0.8,
+            }
+        );
+        let message = advice[2].message();
+        assert!(
+            message.contains("tenant zeta spent 9.5000 of its daily budget 10 today (95%)"),
+            "{message}"
+        );
+    }
+
     fn pool(name: &str, price: f64) -> PoolSpec {
         let mut spec = PoolSpec::fixed(name, ProviderKind::Local, 2);
         spec.cost_per_hour = price;
@@ -592,6 +718,7 @@ mod tests {
                 Recommendation::CheaperPoolFits {
                     pool, cheaper_pool, ..
                 } => format!("{pool} -> {cheaper_pool}"),
+                Recommendation::TenantNearBudget { tenant, .. } => format!("budget {tenant}"),
             })
             .collect();
         // "small" held too little for idle advice; its jobs fit the cheaper pools of the

@@ -625,6 +625,11 @@ impl Dispatch {
         self.daily_cost.charge(tenant, amount, now_ms);
     }
 
+    /// What a tenant's attempts cost today, whether or not it holds or queues anything now.
+    pub fn spent_today(&mut self, tenant: &TenantName, now_ms: u64) -> f64 {
+        self.daily_cost.spent(tenant, now_ms)
+    }
+
     /// What each tenant holds now: jobs assigned or running, and today's cost.
     pub fn usage(&mut self, now_ms: u64) -> BTreeMap<TenantName, Usage> {
         let mut usage = self.held.clone();

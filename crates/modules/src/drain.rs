@@ -5,10 +5,10 @@
 //!
 //! Which drained workers are done is [`hodei_core::lifecycle::drained_to_terminate`]; the
 //! dispatcher's own [`JobService::drain`] takes each out of matching only if it is idle at
-//! that very turn, so a job cannot slip onto a worker as it is terminated.
+//! that very turn, so a job cannot slip onto a worker as it is terminated; the termination
+//! itself is asked of [`Terminations`], the one owner.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hodei_core::lifecycle::drained_to_terminate;
@@ -17,7 +17,7 @@ use hodei_ports::{SchedulerError, Store, store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{JobError, JobService, PoolManager, SchedulerRegistry, WorkerManagementService};
+use crate::{JobError, JobService, PoolManager, SchedulerRegistry, Terminations, Why};
 
 /// How often drained workers are looked at, besides right after a drain request.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -44,11 +44,10 @@ pub struct WorkerDrains {
 struct Inner {
     registry: Arc<SchedulerRegistry>,
     jobs: JobService,
-    management: Arc<WorkerManagementService>,
+    /// Drained workers done with their job go through the one owner of termination.
+    terminations: Terminations,
     store: Arc<dyn Store>,
     pools: PoolManager,
-    /// Workers taken out of matching for good whose termination has not succeeded yet.
-    terminating: Mutex<BTreeSet<WorkerId>>,
     wake: Notify,
 }
 
@@ -62,7 +61,7 @@ impl WorkerDrains {
     pub fn new(
         registry: Arc<SchedulerRegistry>,
         jobs: JobService,
-        management: Arc<WorkerManagementService>,
+        terminations: Terminations,
         store: Arc<dyn Store>,
         pools: PoolManager,
     ) -> Self {
@@ -70,10 +69,9 @@ impl WorkerDrains {
             inner: Arc::new(Inner {
                 registry,
                 jobs,
-                management,
+                terminations,
                 store,
                 pools,
-                terminating: Mutex::default(),
                 wake: Notify::new(),
             }),
         }
@@ -86,7 +84,7 @@ impl WorkerDrains {
             .registry
             .set_draining(id, Some(then))
             .map_err(|error| not_found(id, error))?;
-        if let Err(error) = record_state(inner.store.as_ref(), id, WorkerState::Draining).await {
+        if let Err(error) = record_drain(inner.store.as_ref(), id, Some(then)).await {
             // Nothing changed after all.
             let _ = inner.registry.set_draining(id, before);
             return Err(error);
@@ -99,7 +97,7 @@ impl WorkerDrains {
     /// Undrains `id`: it takes jobs again. Refused once its termination has begun.
     pub async fn undrain(&self, id: &WorkerId) -> Result<(), DrainError> {
         let inner = &self.inner;
-        if lock(&inner.terminating).contains(id) {
+        if inner.terminations.is_pending(id) {
             return Err(DrainError::NotDrainable {
                 id: id.clone(),
                 state: WorkerState::Terminated,
@@ -109,12 +107,25 @@ impl WorkerDrains {
             .registry
             .set_draining(id, None)
             .map_err(|error| not_found(id, error))?;
-        if let Err(error) = record_state(inner.store.as_ref(), id, WorkerState::Idle).await {
+        if let Err(error) = record_drain(inner.store.as_ref(), id, None).await {
             let _ = inner.registry.set_draining(id, before);
             return Err(error);
         }
         tracing::info!(worker_id = %id, "worker undrained");
         Ok(())
+    }
+
+    /// Resumes the drains recorded before a restart: each worker the store records as
+    /// draining is marked in the registry now, or the moment it registers again, with what
+    /// it was to do afterwards. Call before serving. Returns how many were resumed.
+    pub async fn restore(&self) -> Result<usize, store::Error> {
+        let drained = self.inner.store.drained_workers().await?;
+        for (id, then) in &drained {
+            self.inner.registry.restore_drain(id, *then);
+            tracing::info!(worker_id = %id, %then, "drain resumed after a restart");
+        }
+        self.inner.wake.notify_one();
+        Ok(drained.len())
     }
 
     /// Terminates drained workers as they finish their jobs, until `shutdown`.
@@ -131,41 +142,24 @@ impl WorkerDrains {
         }
     }
 
-    /// One pass: takes the idle workers drained to terminate out of matching, then
-    /// terminates them (and retries those whose termination failed before).
+    /// One pass: takes the idle workers drained to terminate out of matching and asks for
+    /// their termination.
     async fn step(&self) -> Result<(), JobError> {
         let inner = &self.inner;
         let draining: Vec<(WorkerId, AfterDrain)> = inner
             .registry
             .filter_map(|entry| entry.draining.map(|then| (entry.worker.id.clone(), then)));
         let done = drained_to_terminate(draining.iter().map(|(id, then)| (id, *then)), |id| {
-            inner.jobs.worker_activity(id).is_some()
+            inner.jobs.worker_activity(id).is_some() || inner.terminations.is_pending(id)
         });
         if !done.is_empty() {
             // The dispatcher takes out only those still idle at its turn.
             let retired = inner.jobs.drain(done).await?;
-            if !retired.is_empty() {
-                // The pool manager sees them leave and provisions their replacements.
-                inner.pools.wake();
+            for id in retired {
+                inner.terminations.request(id, Why::Drained);
             }
-            lock(&inner.terminating).extend(retired);
-        }
-        let terminating: Vec<WorkerId> = lock(&inner.terminating).iter().cloned().collect();
-        for id in terminating {
-            match inner.management.terminate_worker(&id).await {
-                Ok(()) => {
-                    tracing::info!(worker_id = %id, "drained worker terminated");
-                    lock(&inner.terminating).remove(&id);
-                }
-                Err(crate::WorkerManagementError::WorkerNotFound(_)) => {
-                    // Hand-started, never recorded: nothing to stop but its registration.
-                    let _ = inner.registry.unregister(&id);
-                    lock(&inner.terminating).remove(&id);
-                }
-                Err(error) => {
-                    tracing::warn!(worker_id = %id, %error, "could not terminate a drained worker, retrying");
-                }
-            }
+            // The pool manager sees them leave and provisions their replacements.
+            inner.pools.wake();
         }
         Ok(())
     }
@@ -176,26 +170,36 @@ fn not_found(id: &WorkerId, _: SchedulerError) -> DrainError {
     DrainError::NotFound(id.clone())
 }
 
-/// Records `to` for a worker the store knows (a hand-started agent may have no record).
-async fn record_state(store: &dyn Store, id: &WorkerId, to: WorkerState) -> Result<(), DrainError> {
+/// Records a drain (`Some`: state `draining` and what comes after) or an undrain (`None`:
+/// state `idle`) for a worker the store knows (a hand-started agent may have no record).
+/// What comes after is written first, so a restart in between never finds a drained worker
+/// without it (an undrain's leftover mark is ignored: only draining workers are read back).
+async fn record_drain(
+    store: &dyn Store,
+    id: &WorkerId,
+    then: Option<AfterDrain>,
+) -> Result<(), DrainError> {
+    let to = match then {
+        Some(_) => WorkerState::Draining,
+        None => WorkerState::Idle,
+    };
     let Some(record) = store.get_worker(id).await? else {
         return Ok(());
     };
-    if record.state == to {
-        return Ok(());
-    }
-    if !record.state.can_transition_to(to) {
+    if record.state != to && !record.state.can_transition_to(to) {
         return Err(DrainError::NotDrainable {
             id: id.clone(),
             state: record.state,
         });
     }
-    store.transition_worker(id, to).await?;
+    if then.is_some() {
+        store.set_worker_drain(id, then).await?;
+    }
+    if record.state != to {
+        store.transition_worker(id, to).await?;
+    }
+    if then.is_none() {
+        store.set_worker_drain(id, None).await?;
+    }
     Ok(())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

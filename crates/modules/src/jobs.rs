@@ -21,6 +21,7 @@ use hodei_core::fence::{FencePolicy, LostBecause, Report};
 use hodei_core::job::AttemptOutcome;
 use hodei_core::matching::IdleWorker;
 use hodei_core::tenancy::{AdmissionError, BurstState, Resource, Tenants, Usage};
+use hodei_core::trace;
 use hodei_core::{
     Job, JobId, JobSpec, JobState, QueueConfig, QueueError, Queues, Requirements, TenantName,
     ValidationError, WorkerCapabilities, WorkerId, WorkerState,
@@ -194,6 +195,10 @@ enum Event {
     TenantStatus {
         reply: oneshot::Sender<Vec<TenantStatus>>,
     },
+    WorkerUses {
+        workers: Vec<WorkerId>,
+        reply: oneshot::Sender<Vec<u32>>,
+    },
 }
 
 /// What a tenant holds and how it fares now, from [`JobService::tenant_status`].
@@ -280,6 +285,7 @@ impl JobService {
             ran: Vec::new(),
             usage,
             sla: sla_tracking::SlaState::default(),
+            attempt_traces: HashMap::new(),
         };
         dispatcher.recover().await?;
         dispatcher.update_tenant_gauges();
@@ -342,6 +348,12 @@ impl JobService {
     /// configured one: usage, queue, burst state and share of starts over the last hour.
     pub async fn tenant_status(&self) -> Result<Vec<TenantStatus>, JobError> {
         self.ask(|reply| Event::TenantStatus { reply }).await
+    }
+
+    /// How many attempts each of `workers` ran to their end since this server started (or
+    /// since the worker registered), in the order asked.
+    pub async fn worker_uses(&self, workers: Vec<WorkerId>) -> Result<Vec<u32>, JobError> {
+        self.ask(|reply| Event::WorkerUses { workers, reply }).await
     }
 
     /// Cancels a job: a queued one at once, a running one by telling its agent (the job
@@ -581,6 +593,9 @@ struct Dispatcher {
     usage: mpsc::UnboundedSender<AttemptUsage>,
     /// Missed deadlines counted while queued.
     sla: sla_tracking::SlaState,
+    /// With telemetry on: each attempt in flight's `job.dispatched` span, the parent of its
+    /// `job.recorded` (lost at a restart, when the job's own span is used instead).
+    attempt_traces: HashMap<JobId, String>,
 }
 
 /// How long the usage writer gathers rows before one commit.
@@ -645,6 +660,17 @@ impl Dispatcher {
         self.machine = machine;
         if queued + in_flight > 0 {
             tracing::info!(queued, in_flight, "recovered unfinished jobs");
+        }
+        // Each tenant's cost today, which its daily_cost quota is checked against, starts
+        // from what its attempts that ended since 00:00 UTC cost, as stored.
+        let today = self.store.attempt_totals(cost::day_start(now_ms)).await?;
+        for (tenant, spent) in cost::cost_by_tenant(&today) {
+            match TenantName::new(&tenant) {
+                Ok(name) => self.machine.charge(&name, spent, now_ms),
+                Err(error) => {
+                    tracing::warn!(%tenant, %error, "stored usage of an invalid tenant name")
+                }
+            }
         }
         self.update_gauges();
         Ok(())
@@ -859,6 +885,17 @@ impl Dispatcher {
             match effect {
                 Effect::Admitted { job, .. } => {
                     tracing::debug!(job_id = %job.id, queue = %job.spec.queue, priority = job.spec.priority.get(), "job queued");
+                    if trace::enabled() {
+                        drop(trace::Span::start(
+                            "job.admitted",
+                            trace::job_traceparent(&job.spec),
+                            &[
+                                ("hodei.job_id", job.id.to_string()),
+                                ("hodei.queue", job.spec.queue.to_string()),
+                                ("hodei.priority", job.spec.priority.get().to_string()),
+                            ],
+                        ));
+                    }
                     self.metrics.submitted.inc();
                     if self.arrived.len() < MAX_SNAPSHOT_QUEUED {
                         self.arrived.push(job.spec.requirements.clone());
@@ -891,6 +928,8 @@ impl Dispatcher {
                         self.metrics.reused.inc();
                     }
                     self.worker_state(worker, WorkerState::Busy);
+                    let traced = self.trace_dispatch(worker, job, &times);
+                    let job = traced.as_ref().map_or(job, |(job, _)| job);
                     if let Err(error) = self.link.assign(worker, job).await {
                         tracing::info!(job_id = %job.id, worker_id = %worker, %error, "assignment not delivered, queueing the job again");
                         undelivered.push((worker.clone(), job.id.clone()));
@@ -950,6 +989,7 @@ impl Dispatcher {
                     lost,
                     preempted,
                 } => {
+                    self.trace_ended(job, worker.as_ref(), *held_ms);
                     if let Some(row) = self.ended(job, worker.as_ref(), *held_ms, *lost, *preempted)
                     {
                         usage.push(row);
@@ -968,6 +1008,77 @@ impl Dispatcher {
             let _ = self.usage.send(row);
         }
         undelivered
+    }
+
+    /// With telemetry on and a job with a trace: spans `job.queued` (from its queueing to
+    /// now) and `job.dispatched`, whose context goes to the agent as the job's `TRACEPARENT`
+    /// (so the agent's spans are its children). Returns the job as sent, and the span, which
+    /// ends once the assignment is handed over.
+    fn trace_dispatch(
+        &mut self,
+        worker: &WorkerId,
+        job: &Job,
+        times: &Times,
+    ) -> Option<(Job, trace::Span)> {
+        if !trace::enabled() {
+            return None;
+        }
+        let root = trace::job_traceparent(&job.spec)?;
+        let queued = trace::Span::start_at(
+            "job.queued",
+            Some(root),
+            at(times.queued_at_ms),
+            &[
+                ("hodei.job_id", job.id.to_string()),
+                ("hodei.queue", job.spec.queue.to_string()),
+            ],
+        );
+        queued.end_at(at(times.assigned_at_ms.unwrap_or(times.queued_at_ms)));
+        let dispatched = trace::Span::start(
+            "job.dispatched",
+            Some(root),
+            &[
+                ("hodei.job_id", job.id.to_string()),
+                ("hodei.worker_id", worker.to_string()),
+                ("hodei.attempt", job.attempts.to_string()),
+            ],
+        );
+        let context = dispatched.traceparent()?;
+        self.attempt_traces.insert(job.id.clone(), context.clone());
+        let mut sent = job.clone();
+        sent.spec
+            .env
+            .insert(trace::TRACEPARENT_ENV.to_owned(), context);
+        Some((sent, dispatched))
+    }
+
+    /// With telemetry on: span `job.recorded`, an attempt's end as stored, a child of its
+    /// `job.dispatched` (or of the job's span when that is not known).
+    fn trace_ended(&mut self, job: &Job, worker: Option<&WorkerId>, held_ms: u64) {
+        let dispatched = self.attempt_traces.remove(&job.id);
+        if !trace::enabled() {
+            return;
+        }
+        let parent = dispatched
+            .as_deref()
+            .or_else(|| trace::job_traceparent(&job.spec));
+        if parent.is_none() {
+            return;
+        }
+        drop(trace::Span::start(
+            "job.recorded",
+            parent,
+            &[
+                ("hodei.job_id", job.id.to_string()),
+                ("hodei.attempt", job.attempts.to_string()),
+                ("hodei.state", job.state.to_string()),
+                (
+                    "hodei.worker_id",
+                    worker.map(ToString::to_string).unwrap_or_default(),
+                ),
+                ("hodei.held_ms", held_ms.to_string()),
+            ],
+        ));
     }
 
     /// A recorded end of an attempt: cost, metrics and the worker's activity.
@@ -1190,6 +1301,9 @@ impl Dispatcher {
                 Event::TenantStatus { reply } => {
                     let _ = reply.send(self.tenant_status());
                 }
+                Event::WorkerUses { workers, reply } => {
+                    let _ = reply.send(workers.iter().map(|w| self.machine.uses(w)).collect());
+                }
                 Event::Log { worker_id, chunk } => self.log(&worker_id, chunk),
             }
         }
@@ -1336,6 +1450,11 @@ impl Dispatcher {
             .chain(self.machine.tenants().configured.keys())
             .cloned()
             .collect();
+        // Today's cost of every tenant shown, not only of those holding or queueing jobs.
+        for name in &names {
+            let spent = self.machine.spent_today(name, now_ms);
+            usage.entry(name.clone()).or_default().daily_cost = spent;
+        }
         names
             .into_iter()
             .map(|tenant| {
@@ -1505,7 +1624,15 @@ impl Dispatcher {
 
     fn update_tenant_gauges(&mut self) {
         let now_ms = self.clock.now_ms();
-        let usage = self.machine.usage(now_ms);
+        let mut usage = self.machine.usage(now_ms);
+        // `usage` has today's cost of the tenants holding or queueing jobs only; a tenant
+        // idle now spent its day too.
+        let configured: Vec<TenantName> =
+            self.machine.tenants().configured.keys().cloned().collect();
+        for name in configured {
+            let spent = self.machine.spent_today(&name, now_ms);
+            usage.entry(name).or_default().daily_cost = spent;
+        }
         let metrics = &self.metrics;
         let machine = &self.machine;
         metrics.tenant_running.clear();

@@ -6,8 +6,10 @@ pub mod credentials;
 pub mod drain;
 pub mod jobs;
 pub mod pools;
+pub mod retention;
 pub mod scheduler_registry;
 pub mod tenants;
+pub mod terminations;
 pub mod worker_management;
 
 pub use credentials::{CredentialError, Credentials, NewCredential, Token};
@@ -19,11 +21,13 @@ pub use jobs::{
 pub use pools::{
     DecisionRecord, PoolCounts, PoolError, PoolManager, PoolManagerConfig, PoolMetrics, PoolStatus,
 };
+pub use retention::{Retention, RetentionMetrics};
 pub use scheduler_registry::{
     LivenessChange, RegisteredWorker, RegistrationSource, ResourceUsage, SchedulerRegistry,
     WorkerUsageMetrics,
 };
 pub use tenants::{TenantError, TenantService, TenantView};
+pub use terminations::{Terminations, Why};
 pub use worker_management::{
     PoolCreated, WorkerManagementConfig, WorkerManagementError, WorkerManagementMetrics,
     WorkerManagementService, WorkerProvisioned, WorkerStatus,

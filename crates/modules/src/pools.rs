@@ -5,11 +5,13 @@
 //! registry and its own list of workers being created, hands them to the pure pass in core
 //! (which splits the queue over the pools, keeps the arrival window, the running-time
 //! average and the arrival profile, decides and logs), and carries the outcome out.
-//! Provisioning runs in background tasks, at most `max_concurrent_provisioning` per pool;
+//! Provisioning runs in background tasks, at most `max_concurrent_provisioning` per pool
+//! and `[provisioning] max_concurrent_provisioning` across all pools (start-up pre-warm
+//! included);
 //! a worker being created counts as starting from the moment its id is chosen, so no pass
 //! provisions for the same demand twice. Scale-in asks the dispatcher to drain idle workers
-//! first ([`JobService::drain`]); only those it confirms idle are terminated, so a busy
-//! worker is never killed.
+//! first ([`JobService::drain`]); only those it confirms idle are terminated (asked of
+//! [`Terminations`], the one owner), so a busy worker is never killed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
@@ -35,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::jobs::{JobSnapshot, PoolSettings};
-use crate::{JobService, SchedulerRegistry, WorkerManagementService, WorkerStatus};
+use crate::{
+    JobService, SchedulerRegistry, Terminations, Why, WorkerManagementService, WorkerStatus,
+};
 
 /// How the pool manager runs.
 #[derive(Debug, Clone)]
@@ -48,6 +52,9 @@ pub struct PoolManagerConfig {
     pub decisions_kept: usize,
     /// How long a created worker counts as starting while the scheduler has not heard of it.
     pub start_timeout: Duration,
+    /// Workers being created at once across all pools (`[provisioning]
+    /// max_concurrent_provisioning`), on top of each pool's own `max_concurrent_provisioning`.
+    pub max_concurrent_provisioning: usize,
 }
 
 impl Default for PoolManagerConfig {
@@ -57,6 +64,7 @@ impl Default for PoolManagerConfig {
             min_pass_interval: Duration::from_millis(20),
             decisions_kept: 20,
             start_timeout: Duration::from_secs(120),
+            max_concurrent_provisioning: 5,
         }
     }
 }
@@ -194,6 +202,8 @@ pub(crate) fn unix_ms(now: SystemTime) -> u64 {
 
 struct Inner {
     management: Arc<WorkerManagementService>,
+    /// Scale-in asks the one owner of termination.
+    terminations: Terminations,
     jobs: JobService,
     registry: Arc<SchedulerRegistry>,
     store: Arc<dyn Store>,
@@ -207,8 +217,10 @@ struct Inner {
     last_pass: Mutex<Option<Instant>>,
     /// Cancelled by [`PoolManager::stop`]: no pass and no provisioning starts after it.
     stopping: CancellationToken,
-    /// The background provisioning and termination tasks, so that `stop` can wait for them.
+    /// The background provisioning tasks, so that `stop` can wait for them.
     tasks: TaskTracker,
+    /// Creations at once across all pools (each pool has its own bound too).
+    provisioning: Arc<Semaphore>,
     /// Pool usage not yet in the store, and when it was last written.
     unsaved_usage: Mutex<(UnsavedUsage, Instant)>,
 }
@@ -247,8 +259,10 @@ impl std::fmt::Debug for PoolManager {
 impl PoolManager {
     /// Loads the pools from the store, applies `configured` ones over them (the
     /// configuration file wins for the pools it names) and tells the dispatcher.
+    #[allow(clippy::too_many_arguments)]
     pub async fn new(
         management: Arc<WorkerManagementService>,
+        terminations: Terminations,
         jobs: JobService,
         registry: Arc<SchedulerRegistry>,
         store: Arc<dyn Store>,
@@ -278,9 +292,11 @@ impl PoolManager {
                 tracing::error!(pool = %spec.name, provider = %spec.provider, "pool's provider is not configured; it will not get workers");
             }
         }
+        let provisioning = Arc::new(Semaphore::new(config.max_concurrent_provisioning.max(1)));
         let manager = Self {
             inner: Arc::new(Inner {
                 management,
+                terminations,
                 jobs,
                 registry,
                 store,
@@ -292,6 +308,7 @@ impl PoolManager {
                 last_pass: Mutex::new(None),
                 stopping: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                provisioning,
                 unsaved_usage: Mutex::new((BTreeMap::new(), Instant::now())),
             }),
         };
@@ -302,6 +319,7 @@ impl PoolManager {
     /// Passes until `cancel`: on the timer, when woken, and when the dispatcher changes.
     pub async fn run(self, cancel: CancellationToken) {
         let mut changes = self.inner.jobs.changes();
+        let mut terminated = self.inner.terminations.done();
         let mut tick = tokio::time::interval(self.inner.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -318,6 +336,8 @@ impl PoolManager {
                         return;
                     }
                 }
+                // A worker is gone: replace it now, not at the next tick.
+                _ = terminated.changed() => {}
             }
             // Coalesce bursts of changes into one pass.
             let since = lock(&self.inner.last_pass).map(|at| at.elapsed());
@@ -355,8 +375,9 @@ impl PoolManager {
     }
 
     /// Stops for good: no pass or provisioning starts from now on, and this returns once
-    /// the provisioning and terminations already under way have finished, so that a
-    /// shutdown that then terminates every worker sees them all.
+    /// the provisioning already under way has finished, so that a shutdown that then
+    /// terminates every worker sees them all (scale-in's terminations are the owner's,
+    /// which the shutdown waits for itself).
     pub async fn stop(&self) {
         self.inner.stopping.cancel();
         self.inner.tasks.close();
@@ -803,12 +824,20 @@ impl PoolManager {
             let manager = self.clone();
             let spec = spec.clone();
             let semaphore = semaphore.clone();
+            let everywhere = self.inner.provisioning.clone();
             self.inner.tasks.spawn(async move {
                 let stopping = manager.inner.stopping.clone();
+                // The pool's bound first, then the server's, so a pool waiting on its own
+                // bound holds none of the server's.
+                let permits = async {
+                    let pool = semaphore.acquire_owned().await.ok()?;
+                    let server = everywhere.acquire_owned().await.ok()?;
+                    Some((pool, server))
+                };
                 let permit = tokio::select! {
                     biased;
                     () = stopping.cancelled() => None,
-                    permit = semaphore.acquire_owned() => permit.ok(),
+                    permits = permits => permits,
                 };
                 let Some(_permit) = permit else {
                     if let Some(pool) = lock(&manager.inner.pools).get_mut(&spec.name) {
@@ -850,7 +879,7 @@ impl PoolManager {
         }
     }
 
-    /// Drains the idle workers among `workers` and terminates them in the background.
+    /// Drains the idle workers among `workers` and asks for their termination.
     async fn drain(&self, spec: &PoolSpec, workers: Vec<WorkerId>) {
         let drained = match self.inner.jobs.drain(workers).await {
             Ok(drained) => drained,
@@ -860,15 +889,8 @@ impl PoolManager {
             }
         };
         for id in drained {
-            let manager = self.clone();
-            let pool = spec.name.clone();
-            self.inner.tasks.spawn(async move {
-                tracing::info!(%pool, worker_id = %id, "terminating a drained worker");
-                if let Err(error) = manager.inner.management.terminate_worker(&id).await {
-                    tracing::warn!(%pool, worker_id = %id, %error, "could not terminate a drained worker; the reconciler will");
-                }
-                manager.wake();
-            });
+            tracing::info!(pool = %spec.name, worker_id = %id, "terminating a drained worker");
+            self.inner.terminations.request(id, Why::ScaleIn);
         }
     }
 }

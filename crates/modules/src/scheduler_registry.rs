@@ -70,6 +70,10 @@ pub struct LivenessChange {
 #[derive(Debug, Default)]
 pub struct SchedulerRegistry {
     workers: RwLock<BTreeMap<WorkerId, RegisteredWorker>>,
+    /// Drains recorded before a restart for workers not registered again yet: each takes
+    /// its mark the moment it is (see [`SchedulerRegistry::restore_drain`]). Locked only
+    /// while `workers` is write-locked.
+    restored_drains: std::sync::Mutex<BTreeMap<WorkerId, AfterDrain>>,
 }
 
 impl SchedulerRegistry {
@@ -87,6 +91,19 @@ impl SchedulerRegistry {
         self.workers
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new entry, with the drain restored for it if there is one.
+    fn new_entry(&self, worker: Worker, source: RegistrationSource) -> RegisteredWorker {
+        let draining = self
+            .restored_drains
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&worker.id);
+        RegisteredWorker {
+            draining,
+            ..Self::entry(worker, source)
+        }
     }
 
     fn entry(worker: Worker, source: RegistrationSource) -> RegisteredWorker {
@@ -123,10 +140,8 @@ impl SchedulerRegistry {
             }
             Some(_) => Err(SchedulerError::Conflict(worker.id)),
             None => {
-                workers.insert(
-                    worker.id.clone(),
-                    Self::entry(worker, RegistrationSource::Provisioned),
-                );
+                let entry = self.new_entry(worker, RegistrationSource::Provisioned);
+                workers.insert(entry.worker.id.clone(), entry);
                 Ok(true)
             }
         }
@@ -140,7 +155,7 @@ impl SchedulerRegistry {
         let id = worker.id.clone();
         let entry = workers
             .entry(id)
-            .or_insert_with(|| Self::entry(worker, RegistrationSource::Agent));
+            .or_insert_with(|| self.new_entry(worker, RegistrationSource::Agent));
         let before = entry.liveness;
         entry.connected = true;
         entry.last_seen = Some(SystemTime::now());
@@ -206,6 +221,22 @@ impl SchedulerRegistry {
             .get_mut(worker_id)
             .ok_or_else(|| SchedulerError::WorkerNotFound(worker_id.clone()))?;
         Ok(std::mem::replace(&mut entry.draining, draining))
+    }
+
+    /// Drains `worker_id` as a drain recorded before a restart says: at once if it is
+    /// registered, else the moment it registers (by worker management or its agent), so
+    /// no job reaches it in between.
+    pub fn restore_drain(&self, worker_id: &WorkerId, then: AfterDrain) {
+        let mut workers = self.write();
+        match workers.get_mut(worker_id) {
+            Some(entry) => entry.draining = Some(then),
+            None => {
+                self.restored_drains
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(worker_id.clone(), then);
+            }
+        }
     }
 
     pub fn unregister(&self, worker_id: &WorkerId) -> Result<RegisteredWorker, SchedulerError> {
@@ -330,6 +361,37 @@ mod tests {
             ProviderKind::Local,
             SystemTime::UNIX_EPOCH,
         )
+    }
+
+    #[test]
+    fn a_restored_drain_marks_the_worker_when_it_registers_again() {
+        let registry = SchedulerRegistry::new();
+        let present = worker("present");
+        registry.register(present.clone()).unwrap();
+        registry.restore_drain(&present.id, AfterDrain::Keep);
+        assert_eq!(
+            registry.get(&present.id).unwrap().draining,
+            Some(AfterDrain::Keep)
+        );
+        // Not registered yet: the mark waits for it, whoever registers it first.
+        let by_management = worker("later");
+        let by_agent = worker("agent");
+        registry.restore_drain(&by_management.id, AfterDrain::Terminate);
+        registry.restore_drain(&by_agent.id, AfterDrain::Keep);
+        registry.register(by_management.clone()).unwrap();
+        registry.connect(by_agent.clone(), "test").unwrap();
+        assert_eq!(
+            registry.get(&by_management.id).unwrap().draining,
+            Some(AfterDrain::Terminate)
+        );
+        assert_eq!(
+            registry.get(&by_agent.id).unwrap().draining,
+            Some(AfterDrain::Keep)
+        );
+        // Taken once: a later registration after an unregister starts undrained.
+        registry.unregister(&by_agent.id).unwrap();
+        registry.connect(by_agent.clone(), "test").unwrap();
+        assert_eq!(registry.get(&by_agent.id).unwrap().draining, None);
     }
 
     #[tokio::test]

@@ -707,10 +707,25 @@ impl WorkerManagementService {
         {
             tracing::warn!(worker_id = %id, %error, "could not revoke a terminated worker's credential");
         }
-        let record = self
+        let record = match self
             .store
             .transition_worker(id, WorkerState::Terminated)
-            .await?;
+            .await
+        {
+            Ok(record) => record,
+            // Terminated by someone else meanwhile (a user's terminate racing the dead-agent
+            // watch that saw its agent go): termination is idempotent, they did the rest.
+            Err(store::Error::IllegalTransition(_))
+                if self
+                    .store
+                    .get_worker(id)
+                    .await?
+                    .is_some_and(|r| r.state == WorkerState::Terminated) =>
+            {
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        };
         self.store.set_registered(id, false).await?;
         self.metrics
             .terminated

@@ -10,8 +10,8 @@ use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
 use hodei_core::credential::{Role, WorkerOrigin};
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
-    Job, JobId, JobState, JobTransitionError, PoolSpec, QueueName, TenantName, TransitionError,
-    Worker, WorkerId, WorkerState,
+    AfterDrain, Job, JobId, JobState, JobTransitionError, PoolSpec, QueueName, TenantName,
+    TransitionError, Worker, WorkerId, WorkerState,
 };
 
 /// A worker and what we know of its life.
@@ -197,6 +197,25 @@ pub trait Store: Send + Sync {
 
     /// Records whether the scheduler holds a registration for the worker.
     async fn set_registered(&self, id: &WorkerId, registered: bool) -> Result<(), Error>;
+
+    /// Records what a drained worker does once its job is done (`None`: not drained any
+    /// more). [`Error::WorkerNotFound`] for an unknown worker. Does not change its state.
+    async fn set_worker_drain(&self, id: &WorkerId, after: Option<AfterDrain>)
+    -> Result<(), Error>;
+
+    /// Workers recorded as `draining`, ordered by id, with what each does once its job is
+    /// done ([`AfterDrain::Terminate`] when nothing was recorded): the drains a restarted
+    /// server resumes.
+    async fn drained_workers(&self) -> Result<Vec<(WorkerId, AfterDrain)>, Error>;
+
+    /// Deletes at most `limit` terminated workers last changed before `before_ms` (ms since
+    /// the Unix epoch), oldest first. Returns how many went.
+    async fn prune_workers(&self, before_ms: u64, limit: usize) -> Result<usize, Error>;
+
+    /// Deletes at most `limit` finished jobs (in a terminal state) last changed before
+    /// `before_ms`, oldest first, with their output. Their usage rows stay (the cost report
+    /// keeps its history). Returns how many went.
+    async fn prune_jobs(&self, before_ms: u64, limit: usize) -> Result<usize, Error>;
 
     /// Creates or replaces a pool definition.
     async fn put_pool(&self, pool: &PoolSpec) -> Result<(), Error>;

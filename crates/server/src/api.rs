@@ -47,6 +47,10 @@ pub struct WorkerView {
     pub updated_at: String,
 }
 
+fn unix_ms_time(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
 fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
@@ -664,6 +668,12 @@ pub struct TenantView {
     pub queued: usize,
     /// `ready`, `active` (past a soft quota) or `cooldown`.
     pub burst: String,
+    /// When an active burst began (RFC 3339).
+    #[serde(default)]
+    pub burst_since: Option<String>,
+    /// When a cooldown ends (RFC 3339).
+    #[serde(default)]
+    pub burst_until: Option<String>,
     /// Its share (0 to 1) of the jobs started over the last hour, and how many it started.
     pub share_last_hour: f64,
     pub started_last_hour: u64,
@@ -697,6 +707,18 @@ impl TenantView {
             },
             queued: status.map_or(0, |s| s.queued),
             burst: status.map_or("ready", |s| s.burst.as_str()).to_owned(),
+            burst_since: match status.map(|s| s.burst) {
+                Some(hodei_core::tenancy::BurstState::Active { since_ms }) => {
+                    Some(rfc3339(unix_ms_time(since_ms)))
+                }
+                _ => None,
+            },
+            burst_until: match status.map(|s| s.burst) {
+                Some(hodei_core::tenancy::BurstState::Cooldown { until_ms }) => {
+                    Some(rfc3339(unix_ms_time(until_ms)))
+                }
+                _ => None,
+            },
             share_last_hour: status.map_or(0.0, |s| s.share_last_hour),
             started_last_hour: status.map_or(0, |s| s.started_last_hour),
         }
@@ -707,4 +729,48 @@ impl TenantView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantList {
     pub tenants: Vec<TenantView>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hodei_core::TenantName;
+    use hodei_core::tenancy::{BurstState, Tenant};
+
+    fn view(burst: BurstState) -> TenantView {
+        TenantView::new(&hodei_modules::TenantView {
+            tenant: Tenant::new(TenantName::new("team").unwrap()),
+            configured: true,
+            status: Some(hodei_modules::TenantStatus {
+                tenant: TenantName::new("team").unwrap(),
+                usage: Default::default(),
+                queued: 0,
+                burst,
+                share_last_hour: 0.0,
+                started_last_hour: 0,
+            }),
+        })
+    }
+
+    #[test]
+    fn a_tenant_shows_when_its_burst_began_or_its_cooldown_ends() {
+        let ready = view(BurstState::Ready);
+        assert_eq!(
+            (ready.burst.as_str(), ready.burst_since, ready.burst_until),
+            ("ready", None, None)
+        );
+        let active = view(BurstState::Active { since_ms: 1_000 });
+        assert_eq!(active.burst, "active");
+        assert_eq!(
+            active.burst_since.as_deref(),
+            Some("1970-01-01T00:00:01.000Z")
+        );
+        assert_eq!(active.burst_until, None);
+        let cooling = view(BurstState::Cooldown { until_ms: 2_000 });
+        assert_eq!(cooling.burst, "cooldown");
+        assert_eq!(
+            cooling.burst_until.as_deref(),
+            Some("1970-01-01T00:00:02.000Z")
+        );
+    }
 }

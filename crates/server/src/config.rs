@@ -51,6 +51,7 @@ pub struct ServerConfig {
     pub local: LocalSection,
     pub shutdown: ShutdownSection,
     pub log: LogSection,
+    pub telemetry: TelemetrySection,
     pub agents: AgentsSection,
     pub jobs: JobsSection,
     pub autoscaler: AutoscalerSection,
@@ -75,6 +76,49 @@ pub struct ServerConfig {
     pub tenant_list: Vec<TenantSettings>,
     /// `[sla]`: each class's deadline and the preemption policy.
     pub sla: SlaSection,
+    /// `[retention]`: how long finished jobs and terminated workers are kept.
+    pub retention: RetentionSection,
+}
+
+/// `[retention]`: finished jobs (with their output) and terminated workers are deleted from
+/// the store this long after they finished or were terminated; `"0s"` keeps them forever.
+/// Pruning runs in the background every `interval`, `batch` rows per statement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    #[serde(with = "humantime_serde")]
+    pub jobs: Duration,
+    #[serde(with = "humantime_serde")]
+    pub workers: Duration,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub batch: usize,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        let policy = hodei_core::retention::RetentionPolicy::default();
+        Self {
+            jobs: policy.jobs,
+            workers: policy.workers,
+            interval: policy.interval,
+            batch: policy.batch,
+        }
+    }
+}
+
+impl RetentionSection {
+    /// The core's policy; fails naming the key of a bad value.
+    pub fn policy(&self) -> Result<hodei_core::retention::RetentionPolicy, ValidationError> {
+        let policy = hodei_core::retention::RetentionPolicy {
+            jobs: self.jobs,
+            workers: self.workers,
+            interval: self.interval,
+            batch: self.batch,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
 }
 
 impl Default for ServerConfig {
@@ -91,6 +135,7 @@ impl Default for ServerConfig {
             local: LocalSection::default(),
             shutdown: ShutdownSection::default(),
             log: LogSection::default(),
+            telemetry: TelemetrySection::default(),
             agents: AgentsSection::default(),
             jobs: JobsSection::default(),
             autoscaler: AutoscalerSection::default(),
@@ -103,6 +148,7 @@ impl Default for ServerConfig {
             tenants: TenantsSection::default(),
             tenant_list: Vec::new(),
             sla: SlaSection::default(),
+            retention: RetentionSection::default(),
         }
     }
 }
@@ -461,6 +507,15 @@ impl Default for LocalSection {
     }
 }
 
+/// `[telemetry]`: OpenTelemetry export of the job spans (see the README's Tracing).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySection {
+    /// The OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; spans are exported only when
+    /// set. Local agents get it as `HODEI_OTLP_ENDPOINT`. `HODEI_OTLP_ENDPOINT` overrides it.
+    pub otlp_endpoint: Option<String>,
+}
+
 /// `[log]`: how the server writes its log lines (to stderr).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -671,7 +726,7 @@ impl ServerConfig {
         toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
     }
 
-    /// Applies `HODEI_TOKEN`, `HODEI_CA_CERT`, `HODEI_LOG_FORMAT`, `REGISTRATION_ENABLED`
+    /// Applies `HODEI_TOKEN`, `HODEI_CA_CERT`, `HODEI_LOG_FORMAT`, `HODEI_OTLP_ENDPOINT`, `REGISTRATION_ENABLED`
     /// and `REGISTRATION_MAX_RETRIES`.
     pub fn apply_env(
         &mut self,
@@ -689,6 +744,9 @@ impl ServerConfig {
         if let Some(format) = env("HODEI_LOG_FORMAT").filter(|f| !f.is_empty()) {
             self.log.format = format.parse()?;
         }
+        if let Some(endpoint) = env("HODEI_OTLP_ENDPOINT").filter(|e| !e.is_empty()) {
+            self.telemetry.otlp_endpoint = Some(endpoint);
+        }
         let mut management = self.worker_management();
         management.apply_env(&env)?;
         self.registration.enabled = management.registration_enabled;
@@ -702,11 +760,23 @@ impl ServerConfig {
         self.agents.policy().validate()?;
         self.jobs.service_config(&self.agents)?;
         self.sla.settings()?;
+        self.retention.policy()?;
         self.store.postgres_url()?;
         let is_url = |url: &&String| url.starts_with("http://") || url.starts_with("https://");
         if let Some(url) = self.scheduler_url.as_ref().filter(|url| !is_url(url)) {
             return Err(ValidationError::new(
                 "scheduler_url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        if let Some(url) = self.telemetry.otlp_endpoint.as_ref().filter(|url| {
+            !is_url(url)
+                || url
+                    .split_once("://")
+                    .is_none_or(|(_, host)| host.is_empty())
+        }) {
+            return Err(ValidationError::new(
+                "telemetry.otlp_endpoint",
                 format!("{url:?} is not an http:// or https:// URL"),
             ));
         }
@@ -966,6 +1036,30 @@ mod tests {
             config.validate().unwrap_err().field,
             "sla.non_preemptible_tenants"
         );
+    }
+
+    #[test]
+    fn the_retention_section_sets_what_is_kept_and_zero_keeps_forever() {
+        let defaults = ServerConfig::default().retention.policy().unwrap();
+        assert_eq!(defaults, hodei_core::retention::RetentionPolicy::default());
+        assert_eq!(defaults.jobs, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(defaults.workers, Duration::from_secs(24 * 3600));
+        let config = ServerConfig::parse(
+            "[retention]\njobs = \"2h\"\nworkers = \"0s\"\ninterval = \"5s\"\nbatch = 10\n",
+        )
+        .unwrap();
+        let policy = config.retention.policy().unwrap();
+        assert_eq!(policy.jobs, Duration::from_secs(7200));
+        assert_eq!(
+            policy.keep(hodei_core::retention::Pruned::Workers),
+            None,
+            "0s keeps terminated workers forever"
+        );
+        assert_eq!(policy.batch, 10);
+        let config = ServerConfig::parse("[retention]\nbatch = 0\n").unwrap();
+        assert_eq!(config.validate().unwrap_err().field, "retention.batch");
+        let error = ServerConfig::parse("[retention]\nlogs = \"1d\"\n").unwrap_err();
+        assert!(error.contains("logs"), "{error}");
     }
 
     #[test]

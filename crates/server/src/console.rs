@@ -17,7 +17,7 @@
 //! sign-ins are limited per client address (`hodei_core::console::SignInFailures`: 429
 //! with `Retry-After`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -28,16 +28,21 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hodei_core::console::{self, ConsoleAction, JobScope, SESSION_LIFETIME, SignInFailures};
+use hodei_core::console::{
+    self, CHART_WINDOW, ConsoleAction, JobRecord, JobScope, PoolSample, PreemptionEvent,
+    SAMPLE_EVERY, SESSION_LIFETIME, SignInFailures, WorkerCounts, WorkersChart,
+};
 use hodei_core::credential::Principal;
 use hodei_core::{JobId, TenantName};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{JobList, JobView, TenantList};
+use crate::api::{JobList, JobView, PoolList, PoolView, PoolWorkers, TenantList, WorkerView};
 use crate::error::{ApiError, Code};
 use crate::http::{self, AppState, JobQuery, LogsQuery, WorkerQuery};
 use crate::scope::Scope;
 use crate::serve::RemoteAddr;
+use hodei_modules::PoolManager;
+use tokio_util::sync::CancellationToken;
 
 const COOKIE: &str = "hodei_session";
 const CSRF_HEADER: &str = "x-csrf-token";
@@ -114,6 +119,83 @@ fn random_id() -> String {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     )
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn counts(workers: &PoolWorkers) -> WorkerCounts {
+    WorkerCounts {
+        idle: workers.idle,
+        busy: workers.busy,
+        starting: workers.starting,
+        unhealthy: workers.unhealthy,
+        leaving: workers.leaving,
+    }
+}
+
+/// Each pool's workers by state over the last [`CHART_WINDOW`], sampled every
+/// [`SAMPLE_EVERY`] by [`sample_pools`]. In memory: a restart starts it empty.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PoolHistory(Arc<Mutex<HashMap<String, VecDeque<PoolSample>>>>);
+
+impl PoolHistory {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, VecDeque<PoolSample>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a sample of every pool in `pools`; forgets pools no longer there.
+    fn record(&self, pools: &[PoolView], at_ms: u64) {
+        let mut history = self.lock();
+        history.retain(|name, _| pools.iter().any(|p| &p.name == name));
+        for pool in pools {
+            let sample = PoolSample {
+                at_ms,
+                counts: counts(&pool.workers),
+            };
+            console::record_sample(
+                history.entry(pool.name.clone()).or_default(),
+                sample,
+                CHART_WINDOW,
+            );
+        }
+    }
+
+    /// The chart of `pool`: its samples, and `now` as the latest.
+    fn chart(&self, pool: &PoolView, now_ms: u64) -> WorkersChart {
+        let mut samples: Vec<PoolSample> = self
+            .lock()
+            .get(&pool.name)
+            .map(|samples| samples.iter().copied().collect())
+            .unwrap_or_default();
+        samples.push(PoolSample {
+            at_ms: now_ms,
+            counts: counts(&pool.workers),
+        });
+        console::workers_chart(&pool.name, &samples, now_ms, CHART_WINDOW)
+    }
+}
+
+/// Samples every pool's workers by state until `cancel`.
+pub(crate) async fn sample_pools(
+    pools: PoolManager,
+    history: PoolHistory,
+    cancel: CancellationToken,
+) {
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let views: Vec<PoolView> = pools.list().iter().map(PoolView::new).collect();
+        history.record(&views, unix_ms(SystemTime::now()));
+    }
 }
 
 /// Failed sign-ins by client address.
@@ -470,23 +552,72 @@ async fn session_info(
     }))
 }
 
+/// `GET /console/api/pools[?chart=NAME]`: the API's pools, and the named pool's workers
+/// over the last hour.
+#[derive(Debug, Deserialize)]
+struct PoolsQuery {
+    chart: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ConsolePools {
+    #[serde(flatten)]
+    list: PoolList,
+    chart: Option<WorkersChart>,
+}
+
 async fn pools(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+    Query(query): Query<PoolsQuery>,
+) -> Result<Json<ConsolePools>, ApiError> {
     authorize(&state, &headers, ConsoleAction::ViewFleet)?;
-    Ok(http::list_pools(State(state.app)).await.into_response())
+    let history = state.app.pool_history.clone();
+    let Json(list) = http::list_pools(State(state.app)).await;
+    let chart = query.chart.and_then(|name| {
+        list.pools
+            .iter()
+            .find(|pool| pool.name == name)
+            .map(|pool| history.chart(pool, unix_ms(SystemTime::now())))
+    });
+    Ok(Json(ConsolePools { list, chart }))
+}
+
+/// A worker as the API shows it, and how many jobs it ran.
+#[derive(Debug, Serialize)]
+struct ConsoleWorker {
+    #[serde(flatten)]
+    worker: WorkerView,
+    /// Attempts it ran to their end since this server started.
+    uses: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct ConsoleWorkers {
+    workers: Vec<ConsoleWorker>,
 }
 
 async fn workers(
     State(state): State<ConsoleState>,
     headers: HeaderMap,
     Query(query): Query<WorkerQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ConsoleWorkers>, ApiError> {
     authorize(&state, &headers, ConsoleAction::ViewFleet)?;
-    Ok(http::list_workers(State(state.app), Query(query))
-        .await?
-        .into_response())
+    let Json(list) = http::list_workers(State(state.app.clone()), Query(query)).await?;
+    let ids = list
+        .workers
+        .iter()
+        .map(|w| hodei_core::WorkerId::new(w.id.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let uses = state.app.jobs.worker_uses(ids).await?;
+    Ok(Json(ConsoleWorkers {
+        workers: list
+            .workers
+            .into_iter()
+            .zip(uses)
+            .map(|(worker, uses)| ConsoleWorker { worker, uses })
+            .collect(),
+    }))
 }
 
 async fn terminate_worker(
@@ -615,19 +746,34 @@ async fn job(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job {} not found", view.id)))?;
     let attempts = state.app.store.job_usage(&job.id).await?;
-    let ms = |t: SystemTime| {
-        t.duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    };
+    let (transitions, transitions_dropped) = state.app.transitions.of(&job.id);
+    let preemptions: Vec<PreemptionEvent> = job
+        .preemptions
+        .iter()
+        .map(|p| {
+            let victim = p.victim == job.id;
+            PreemptionEvent {
+                at_ms: unix_ms(p.at),
+                victim,
+                other: if victim { &p.beneficiary } else { &p.victim }.to_string(),
+                worker: p.worker_id.to_string(),
+                reason: p.reason.clone(),
+            }
+        })
+        .collect();
     let state_name = job.state.to_string();
-    let history = console::job_history(
-        ms(job.submitted_at),
-        job.started_at.map(ms),
-        job.finished_at
+    let history = console::job_history(JobRecord {
+        submitted_ms: unix_ms(job.submitted_at),
+        started_ms: job.started_at.map(unix_ms),
+        finished: job
+            .finished_at
             .filter(|_| job.state.is_terminal())
-            .map(|t| (ms(t), state_name.as_str())),
-        &attempts,
-    );
+            .map(|t| (unix_ms(t), state_name.as_str())),
+        attempts: &attempts,
+        transitions: &transitions,
+        transitions_dropped,
+        preemptions: &preemptions,
+    });
     Ok(Json(ConsoleJob { job: view, history }))
 }
 

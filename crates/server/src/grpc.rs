@@ -707,3 +707,74 @@ impl v1::scheduler_service_server::SchedulerService for SchedulerGrpc {
         Ok(Response::new(Box::pin(stream)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use hodei_testkit::agents::{AgentLinkProbe, Told, agent_link_contract};
+
+    use super::*;
+
+    /// An open session: its generation and the agent's end of it.
+    type OpenSession = (u64, mpsc::Receiver<Result<v1::ServerMessage, Status>>);
+
+    /// Plays agents over the hub as the session handler does: a channel per session.
+    struct HubProbe<'a> {
+        hub: &'a SessionHub,
+        open: Mutex<HashMap<WorkerId, OpenSession>>,
+    }
+
+    #[async_trait::async_trait]
+    impl AgentLinkProbe for HubProbe<'_> {
+        async fn connect(&self, worker: &WorkerId) {
+            let (sender, receiver) = mpsc::channel(16);
+            let generation = self
+                .hub
+                .attach(worker, sender, None, CancellationToken::new());
+            self.open
+                .lock()
+                .unwrap()
+                .insert(worker.clone(), (generation, receiver));
+        }
+
+        async fn disconnect(&self, worker: &WorkerId) {
+            let (generation, _) = self.open.lock().unwrap().remove(worker).unwrap();
+            assert!(self.hub.detach(worker, generation));
+        }
+
+        async fn received(&self, worker: &WorkerId) -> Vec<Told> {
+            let mut open = self.open.lock().unwrap();
+            let Some((_, receiver)) = open.get_mut(worker) else {
+                return Vec::new();
+            };
+            let mut told = Vec::new();
+            while let Ok(message) = receiver.try_recv() {
+                match message.unwrap().body {
+                    Some(server_message::Body::AssignJob(assignment)) => told.push(Told::Assign {
+                        job: JobId::new(assignment.job_id).unwrap(),
+                        attempt: assignment.attempt,
+                    }),
+                    Some(server_message::Body::CancelJob(cancel)) => told.push(Told::Stop {
+                        job: JobId::new(cancel.job_id).unwrap(),
+                    }),
+                    other => panic!("unexpected message to an agent: {other:?}"),
+                }
+            }
+            told
+        }
+    }
+
+    #[tokio::test]
+    async fn the_session_hub_passes_the_agent_link_contract() {
+        let hub = SessionHub::default();
+        let probe = HubProbe {
+            hub: &hub,
+            open: Mutex::default(),
+        };
+        agent_link_contract(&hub, &probe, "hub").await;
+    }
+}

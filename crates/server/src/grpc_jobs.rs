@@ -148,7 +148,8 @@ impl v1::job_service_server::JobService for JobGrpc {
         request: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::SubmitJobResponse>, Status> {
         // A valid W3C `traceparent` in the metadata goes to the job as `TRACEPARENT` and
-        // comes back in the response's metadata.
+        // comes back in the response's metadata (with telemetry on: the job's trace continues
+        // it and the submission's span comes back).
         let traceparent = request
             .metadata()
             .get("traceparent")
@@ -173,9 +174,9 @@ impl v1::job_service_server::JobService for JobGrpc {
             )
             .map_err(status)?;
         }
-        let applied = hodei_core::trace::apply_traceparent(&mut spec, traceparent.as_deref())
-            .map(str::to_owned);
+        let (mut span, applied) = hodei_core::trace::submitted(&mut spec, traceparent.as_deref());
         let job = self.jobs.submit(spec).await.map_err(status)?;
+        span.set("hodei.job_id", job.id.to_string());
         let mut response = Response::new(v1::SubmitJobResponse {
             job: Some(job_info(&job)),
         });

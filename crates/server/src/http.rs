@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hodei_core::cost::{self, CostReport, GroupBy};
+use hodei_core::tenancy::Resource;
 use hodei_core::trace;
 use hodei_core::{AfterDrain, JobId, PoolSpec, WorkerId, WorkerState};
 use hodei_modules::{
@@ -50,6 +51,10 @@ pub(crate) struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Served over TLS (`[tls]`): the console's cookie is `Secure`.
     pub tls: bool,
+    /// Job state changes seen, for the console's job page.
+    pub transitions: crate::transitions::TransitionLog,
+    /// Pools' workers by state over the last hour, for the console's pool page.
+    pub pool_history: crate::console::PoolHistory,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -374,9 +379,25 @@ async fn cost_report(
     let attempts = state.store.attempt_totals(since_ms).await?;
     let pools = state.store.pool_usage(since_ms).await?;
     let specs = state.store.list_pools().await?;
-    Ok(Json(cost::report(
-        by, since_ms, until_ms, &attempts, &pools, &specs,
-    )))
+    let mut report = cost::report(by, since_ms, until_ms, &attempts, &pools, &specs);
+    // Budgets: each tenant's daily_cost quota against what it spent today (the dispatcher's
+    // figure, which the quota is checked against).
+    let budgets: Vec<cost::TenantBudget> = state
+        .tenants
+        .list()
+        .await?
+        .into_iter()
+        .filter_map(|view| {
+            let budget = view.tenant.quotas.get(&Resource::DailyCost)?;
+            Some(cost::TenantBudget {
+                tenant: view.tenant.name.to_string(),
+                spent_today: view.status.map_or(0.0, |status| status.usage.daily_cost),
+                daily_budget: budget.value,
+            })
+        })
+        .collect();
+    report.recommendations.extend(cost::budget_advice(&budgets));
+    Ok(Json(report))
 }
 
 fn unix_ms(time: std::time::SystemTime) -> u64 {
@@ -394,7 +415,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// A valid W3C `traceparent` header is given to the job as `TRACEPARENT` and returned.
+/// A valid W3C `traceparent` header is given to the job as `TRACEPARENT` and returned; with
+/// telemetry on, the job's trace continues it and the submission's span is returned instead.
 async fn submit_job(
     State(state): State<AppState>,
     scope: Scope,
@@ -408,14 +430,14 @@ async fn submit_job(
     if !allow_pending {
         crate::runnable::refuse_never_runnable(&state.pools, &state.scheduler, &spec.requirements)?;
     }
-    let traceparent = trace::apply_traceparent(
+    let (mut span, traceparent) = trace::submitted(
         &mut spec,
         headers
             .get("traceparent")
             .and_then(|value| value.to_str().ok()),
-    )
-    .map(str::to_owned);
+    );
     let job = state.jobs.submit(spec).await?;
+    span.set("hodei.job_id", job.id.to_string());
     let mut response = (StatusCode::CREATED, Json(JobView::new(&job))).into_response();
     if let Some(value) = traceparent.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
         response.headers_mut().insert("traceparent", value);

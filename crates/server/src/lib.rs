@@ -17,6 +17,7 @@ mod runnable;
 mod scope;
 mod serve;
 mod tls;
+mod transitions;
 mod workers;
 
 use std::future::Future;
@@ -31,9 +32,9 @@ use hodei_adapters::{
 use hodei_core::health::{HeartbeatPolicy, Liveness};
 use hodei_core::{ProviderKind, WorkerId, WorkerState};
 use hodei_modules::{
-    Credentials, JobMetrics, JobService, PoolManager, PoolMetrics, Retired, SchedulerRegistry,
-    TenantService, WorkerDrains, WorkerManagementMetrics, WorkerManagementService,
-    WorkerUsageMetrics,
+    Credentials, JobMetrics, JobService, PoolManager, PoolMetrics, Retention, RetentionMetrics,
+    Retired, SchedulerRegistry, TenantService, Terminations, Why, WorkerDrains,
+    WorkerManagementMetrics, WorkerManagementService, WorkerUsageMetrics,
 };
 use hodei_ports::{SchedulerPort, Store};
 use hodei_proto::v1::job_service_server::JobServiceServer;
@@ -108,6 +109,7 @@ pub struct Server {
     monitor: JoinHandle<()>,
     retirements: JoinHandle<()>,
     dead_watch: JoinHandle<()>,
+    terminator: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -257,6 +259,10 @@ impl Server {
             Some(url) => Arc::new(PostgresStore::connect(url).await?),
             None => Arc::new(SqliteStore::open(&database).await?),
         };
+        // Every job state change passes through the store: noted there for the console.
+        let transitions = transitions::TransitionLog::default();
+        let store: Arc<dyn Store> =
+            Arc::new(transitions::RecordingStore::new(store, transitions.clone()));
         let credentials = Credentials::load(store.clone(), token.clone()).await?;
         let mut registry = Registry::default();
         let scheduler = Arc::new(SchedulerRegistry::new());
@@ -277,6 +283,7 @@ impl Server {
             args: Vec::new(),
             server_url: agent_url.clone(),
             ca_cert: config.tls.ca_cert.clone(),
+            otlp_endpoint: config.telemetry.otlp_endpoint.clone(),
             state_dir: config.data_dir.join("local"),
             stop_grace: config.local.stop_grace,
         })?);
@@ -332,24 +339,40 @@ impl Server {
         .await?;
         let tenants =
             TenantService::start(config.tenant_config()?, store.clone(), jobs.clone()).await?;
+        // The one owner of termination at runtime; the others ask it.
+        let terminations = Terminations::new(management.clone(), scheduler.clone(), &mut registry);
+        let terminator = tokio::spawn(terminations.clone().run(cancel.clone()));
         let pools = PoolManager::new(
             management.clone(),
+            terminations.clone(),
             jobs.clone(),
             scheduler.clone(),
             store.clone(),
             &config.pools,
-            config.autoscaler.manager_config(),
+            hodei_modules::PoolManagerConfig {
+                max_concurrent_provisioning: config.provisioning.max_concurrent_provisioning,
+                ..config.autoscaler.manager_config()
+            },
             PoolMetrics::new(&mut registry),
         )
         .await?;
         let drains = WorkerDrains::new(
             scheduler.clone(),
             jobs.clone(),
-            management.clone(),
+            terminations.clone(),
             store.clone(),
             pools.clone(),
         );
+        // Drains recorded before a restart hold again before any agent can take a job.
+        drains.restore().await?;
         tokio::spawn(drains.clone().run(cancel.clone()));
+        // Old finished jobs and terminated workers leave the store in the background.
+        let retention = Retention::new(
+            store.clone(),
+            config.retention.policy()?,
+            RetentionMetrics::new(&mut registry),
+        );
+        tokio::spawn(retention.run(cancel.clone()));
         let ready = Arc::new(AtomicBool::new(false));
         let grpc = SchedulerServiceServer::new(SchedulerGrpc {
             drains: drains.clone(),
@@ -379,6 +402,12 @@ impl Server {
             .add_service(tenant_grpc)
             .add_service(token_grpc)
             .prepare();
+        let pool_history = console::PoolHistory::default();
+        tokio::spawn(console::sample_pools(
+            pools.clone(),
+            pool_history.clone(),
+            cancel.clone(),
+        ));
         let http = http::router(http::AppState {
             store: store.clone(),
             management: management.clone(),
@@ -393,6 +422,8 @@ impl Server {
             max_body_bytes: config.connections.max_body_bytes,
             ready: ready.clone(),
             tls: config.tls.enabled(),
+            transitions,
+            pool_history,
         });
         let limits = serve::Limits {
             max_connections,
@@ -427,7 +458,7 @@ impl Server {
         ));
         let monitor = tokio::spawn(monitor_liveness(
             scheduler.clone(),
-            management.clone(),
+            terminations.clone(),
             store.clone(),
             config.agents.policy(),
             liveness,
@@ -436,13 +467,14 @@ impl Server {
         let dead_watch = tokio::spawn(confirm_dead_workers(
             sessions.clone(),
             management.clone(),
+            terminations.clone(),
             jobs.clone(),
             pools.clone(),
             cancel.clone(),
         ));
         let retirements = tokio::spawn(terminate_retired(
             retired,
-            management.clone(),
+            terminations.clone(),
             pools.clone(),
             cancel.clone(),
         ));
@@ -463,6 +495,7 @@ impl Server {
             monitor,
             retirements,
             dead_watch,
+            terminator,
             jobs,
             pools,
             tenants,
@@ -533,6 +566,8 @@ impl Server {
         let _ = self.monitor.await;
         let _ = self.retirements.await;
         let _ = self.dead_watch.await;
+        // Terminations under way finish; what is still asked for is stopped below.
+        let _ = self.terminator.await;
         // Before terminating: a pass or a provisioning still under way would start
         // replacements for the workers being terminated.
         self.pools.stop().await;
@@ -613,6 +648,7 @@ const DEATH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_mill
 async fn confirm_dead_workers(
     hub: Arc<SessionHub>,
     management: Arc<WorkerManagementService>,
+    terminations: Terminations,
     jobs: JobService,
     pools: PoolManager,
     cancel: CancellationToken,
@@ -639,9 +675,10 @@ async fn confirm_dead_workers(
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
-        let (hub, management, jobs, pools, cancel) = (
+        let (hub, management, terminations, jobs, pools, cancel) = (
             hub.clone(),
             management.clone(),
+            terminations.clone(),
             jobs.clone(),
             pools.clone(),
             cancel.clone(),
@@ -654,10 +691,7 @@ async fn confirm_dead_workers(
                 if management.confirm_dead(&id).await {
                     tracing::warn!(worker_id = %id, "agent died, its jobs are lost and it is replaced");
                     jobs.worker_dead(id.clone()).await;
-                    pools.wake();
-                    if let Err(error) = management.terminate_worker(&id).await {
-                        tracing::debug!(worker_id = %id, %error, "could not clean up a dead worker");
-                    }
+                    terminations.request(id, Why::Dead);
                     pools.wake();
                     return;
                 }
@@ -720,7 +754,7 @@ async fn record_stopped_jobs(
 /// manager sees them leave and provisions their replacements.
 async fn terminate_retired(
     mut retired: tokio::sync::mpsc::UnboundedReceiver<Retired>,
-    management: Arc<WorkerManagementService>,
+    terminations: Terminations,
     pools: PoolManager,
     cancel: CancellationToken,
 ) {
@@ -732,12 +766,10 @@ async fn terminate_retired(
             },
             () = cancel.cancelled() => return,
         };
-        let id = &retirement.worker_id;
+        let id = retirement.worker_id;
         tracing::info!(worker_id = %id, reason = %retirement.reason, "terminating a retired worker");
+        terminations.request(id, Why::Retired);
         pools.wake();
-        if let Err(error) = management.terminate_worker(id).await {
-            tracing::warn!(worker_id = %id, %error, "could not terminate a retired worker");
-        }
     }
 }
 
@@ -814,7 +846,7 @@ impl LivenessMetrics {
 /// runs it, terminated.
 async fn monitor_liveness(
     scheduler: Arc<SchedulerRegistry>,
-    management: Arc<WorkerManagementService>,
+    terminations: Terminations,
     store: Arc<dyn Store>,
     policy: HeartbeatPolicy,
     metrics: LivenessMetrics,
@@ -858,10 +890,8 @@ async fn monitor_liveness(
                         .get_or_create(&LivenessLabels { outcome: "removed" })
                         .inc();
                     let _ = scheduler.unregister(id);
-                    if record.is_some()
-                        && let Err(error) = management.terminate_worker(id).await
-                    {
-                        tracing::warn!(worker_id = %id, %error, "could not terminate a silent worker");
+                    if record.is_some() {
+                        terminations.request(id.clone(), Why::Silent);
                     }
                 }
                 Liveness::Healthy => {

@@ -8,6 +8,7 @@
 mod credentials;
 mod jobs;
 mod postgres;
+mod retention;
 mod sqlite;
 mod tenants;
 mod usage;

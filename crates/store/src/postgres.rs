@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage, hour_start};
 use hodei_core::tenancy::Tenant;
-use hodei_core::{Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState};
+use hodei_core::{
+    AfterDrain, Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState,
+};
 use hodei_ports::store::{
     CredentialRecord, Error, JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord,
 };
@@ -36,7 +38,12 @@ use crate::sqlite::{
     millis_since_epoch,
 };
 use crate::tenants;
-use crate::{credentials, usage};
+use crate::{credentials, retention, usage};
+
+/// PostgreSQL's numbered placeholder.
+fn pg_placeholder(n: u8) -> String {
+    format!("${n}")
+}
 
 /// Connections per server. Every API call, agent stream and loop uses one only for the length
 /// of a statement or a short transaction, so a few serve many; the contract's sixteen
@@ -255,6 +262,53 @@ impl Store for PostgresStore {
             return Err(Error::WorkerNotFound(id.clone()));
         }
         Ok(())
+    }
+
+    async fn set_worker_drain(
+        &self,
+        id: &WorkerId,
+        after: Option<AfterDrain>,
+    ) -> Result<(), Error> {
+        let updated = sqlx::query("UPDATE workers SET drain_after = $1 WHERE id = $2")
+            .bind(after.map(AfterDrain::as_str))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(map_pg_error)?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::WorkerNotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn drained_workers(&self) -> Result<Vec<(WorkerId, AfterDrain)>, Error> {
+        sqlx::query_as::<_, (String, Option<String>)>(&retention::drained_sql())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_pg_error)?
+            .into_iter()
+            .map(retention::decode_drained)
+            .collect()
+    }
+
+    async fn prune_workers(&self, before_ms: u64, limit: usize) -> Result<usize, Error> {
+        let deleted = sqlx::query(&retention::prune_workers_sql(pg_placeholder))
+            .bind(retention::sql_millis(before_ms))
+            .bind(retention::sql_limit(limit))
+            .execute(&self.pool)
+            .await
+            .map_err(map_pg_error)?;
+        Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
+    }
+
+    async fn prune_jobs(&self, before_ms: u64, limit: usize) -> Result<usize, Error> {
+        let deleted = sqlx::query(&retention::prune_jobs_sql(pg_placeholder))
+            .bind(retention::sql_millis(before_ms))
+            .bind(retention::sql_limit(limit))
+            .execute(&self.pool)
+            .await
+            .map_err(map_pg_error)?;
+        Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
     }
 
     async fn put_pool(&self, pool: &PoolSpec) -> Result<(), Error> {

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
 use hodei_core::tenancy::Tenant;
-use hodei_core::{Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState};
+use hodei_core::{
+    AfterDrain, Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState,
+};
 use hodei_ports::store::{
     CredentialRecord, Error, JobFilter, LogChunk, Store, WorkerFilter, WorkerRecord,
 };
@@ -18,7 +20,12 @@ use sqlx::sqlite::{
 };
 
 use crate::tenants;
-use crate::{credentials, jobs};
+use crate::{credentials, jobs, retention};
+
+/// SQLite's numbered placeholder.
+fn sqlite_placeholder(n: u8) -> String {
+    format!("?{n}")
+}
 
 /// How long a statement waits for another connection's write lock before giving up as
 /// [`Error::Unavailable`].
@@ -225,6 +232,53 @@ impl Store for SqliteStore {
             return Err(Error::WorkerNotFound(id.clone()));
         }
         Ok(())
+    }
+
+    async fn set_worker_drain(
+        &self,
+        id: &WorkerId,
+        after: Option<AfterDrain>,
+    ) -> Result<(), Error> {
+        let updated = sqlx::query("UPDATE workers SET drain_after = ?1 WHERE id = ?2")
+            .bind(after.map(AfterDrain::as_str))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx_error)?;
+        if updated.rows_affected() == 0 {
+            return Err(Error::WorkerNotFound(id.clone()));
+        }
+        Ok(())
+    }
+
+    async fn drained_workers(&self) -> Result<Vec<(WorkerId, AfterDrain)>, Error> {
+        sqlx::query_as::<_, (String, Option<String>)>(&retention::drained_sql())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx_error)?
+            .into_iter()
+            .map(retention::decode_drained)
+            .collect()
+    }
+
+    async fn prune_workers(&self, before_ms: u64, limit: usize) -> Result<usize, Error> {
+        let deleted = sqlx::query(&retention::prune_workers_sql(sqlite_placeholder))
+            .bind(retention::sql_millis(before_ms))
+            .bind(retention::sql_limit(limit))
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx_error)?;
+        Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
+    }
+
+    async fn prune_jobs(&self, before_ms: u64, limit: usize) -> Result<usize, Error> {
+        let deleted = sqlx::query(&retention::prune_jobs_sql(sqlite_placeholder))
+            .bind(retention::sql_millis(before_ms))
+            .bind(retention::sql_limit(limit))
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx_error)?;
+        Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
     }
 
     async fn put_pool(&self, pool: &PoolSpec) -> Result<(), Error> {

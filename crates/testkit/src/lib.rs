@@ -11,6 +11,6 @@ pub mod wait;
 
 pub use metrics::metric_value;
 pub use provider::{FakeProvider, provider_contract};
-pub use scheduler::{FakeScheduler, Step};
+pub use scheduler::{FakeScheduler, Step, scheduler_contract};
 pub use store::{MemoryStore, store_contract};
 pub use wait::wait_for;

@@ -151,3 +151,80 @@ impl SchedulerPort for FakeScheduler {
         Ok(self.registered_ids())
     }
 }
+
+/// The contract every [`SchedulerPort`] passes (the in-process registry, the gRPC client
+/// against a server, [`FakeScheduler`]): registration is idempotent for the same data, a
+/// different worker under a taken id is a [`SchedulerError::Conflict`], an invalid worker is
+/// [`SchedulerError::InvalidWorker`], unregistering an unknown worker is
+/// [`SchedulerError::WorkerNotFound`], and the listing shows exactly what is registered. It
+/// uses ids `{prefix}-1` and `{prefix}-2` and leaves nothing registered under them.
+pub async fn scheduler_contract(port: &dyn SchedulerPort, prefix: &str) {
+    use hodei_core::{ProviderKind, WorkerSpec};
+    let id = |n: u8| WorkerId::new(format!("{prefix}-{n}")).expect("valid id");
+    // Millisecond-precise, as every wire and store keeps it.
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_123_456);
+    let worker = |n: u8, cpu_cores: u32| {
+        let mut spec = WorkerSpec::default();
+        spec.capabilities.cpu_cores = cpu_cores;
+        Worker::from_spec(id(n), &spec, ProviderKind::Local, at)
+    };
+    let listed = || async {
+        let all = port
+            .get_registered_workers()
+            .await
+            .unwrap_or_else(|error| panic!("get_registered_workers failed: {error}"));
+        all.into_iter()
+            .filter(|w| *w == id(1) || *w == id(2))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed().await, [], "ids {prefix}-* are already registered");
+
+    let one = worker(1, 2);
+    port.register_worker(one.clone())
+        .await
+        .unwrap_or_else(|error| panic!("register {}: {error}", one.id));
+    port.register_worker(one.clone())
+        .await
+        .unwrap_or_else(|error| panic!("registering the same worker again is a no-op: {error}"));
+    port.register_worker(worker(2, 4))
+        .await
+        .unwrap_or_else(|error| panic!("register {}: {error}", id(2)));
+    let mut both = listed().await;
+    both.sort();
+    assert_eq!(both, [id(1), id(2)], "each registered worker listed once");
+
+    match port.register_worker(worker(1, 8)).await {
+        Err(SchedulerError::Conflict(got)) => assert_eq!(got, id(1)),
+        other => panic!("a different worker under a taken id: want Conflict, got {other:?}"),
+    }
+    let invalid = worker(3, 0);
+    match port.register_worker(invalid).await {
+        Err(error @ SchedulerError::InvalidWorker(_)) => {
+            assert!(!error.is_retryable(), "an invalid worker is permanent");
+        }
+        other => panic!("a worker with no cpu: want InvalidWorker, got {other:?}"),
+    }
+
+    port.unregister_worker(&id(1))
+        .await
+        .unwrap_or_else(|error| panic!("unregister {}: {error}", id(1)));
+    assert_eq!(
+        listed().await,
+        [id(2)],
+        "an unregistered worker is not listed"
+    );
+    match port.unregister_worker(&id(1)).await {
+        Err(SchedulerError::WorkerNotFound(got)) => assert_eq!(got, id(1)),
+        other => panic!("unregistering twice: want WorkerNotFound, got {other:?}"),
+    }
+    // Gone, the id is free for other data.
+    port.register_worker(worker(1, 8))
+        .await
+        .unwrap_or_else(|error| panic!("re-register {} after unregistering: {error}", id(1)));
+    for n in [1, 2] {
+        port.unregister_worker(&id(n))
+            .await
+            .unwrap_or_else(|error| panic!("unregister {}: {error}", id(n)));
+    }
+    assert_eq!(listed().await, []);
+}

@@ -13,9 +13,9 @@ use hodei_core::cost::{AttemptTotals, AttemptUsage, HOUR_MS, PoolUsage, hour_sta
 use hodei_core::credential::{Role, WorkerOrigin};
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
-    Command, Job, JobId, JobSpec, JobState, PoolSpec, Priority, ProviderKind, QueueName,
-    Requirements, SlaClass, TenantName, TransitionError, Worker, WorkerCapabilities, WorkerId,
-    WorkerMetadata, WorkerSpec, WorkerState, WorkerType,
+    AfterDrain, Command, Job, JobId, JobSpec, JobState, PoolSpec, Priority, ProviderKind,
+    QueueName, Requirements, SlaClass, TenantName, TransitionError, Worker, WorkerCapabilities,
+    WorkerId, WorkerMetadata, WorkerSpec, WorkerState, WorkerType,
 };
 use hodei_ports::store::{
     CredentialRecord, Error, JobFilter, LogChunk, LogStream, Store, WorkerFilter, WorkerRecord,
@@ -45,6 +45,10 @@ struct Contents {
     attempt_usage: BTreeMap<(String, u32, u64, String), AttemptUsage>,
     /// Pool usage by (pool, hour).
     pool_usage: BTreeMap<(String, u64), PoolUsage>,
+    /// When each job was last written (ms since the epoch), which retention goes by.
+    job_updated_ms: BTreeMap<JobId, u64>,
+    /// What each drained worker does once its job is done.
+    drains: BTreeMap<WorkerId, AfterDrain>,
 }
 
 impl MemoryStore {
@@ -74,6 +78,13 @@ fn truncate_to_millis(time: SystemTime) -> SystemTime {
 
 fn now_millis() -> SystemTime {
     truncate_to_millis(SystemTime::now())
+}
+
+/// Milliseconds since the epoch.
+fn ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
 }
 
 #[async_trait]
@@ -139,6 +150,80 @@ impl Store for MemoryStore {
         record.registered = registered;
         record.updated_at = now_millis();
         Ok(())
+    }
+
+    async fn set_worker_drain(
+        &self,
+        id: &WorkerId,
+        after: Option<AfterDrain>,
+    ) -> Result<(), Error> {
+        let mut contents = self.contents();
+        if !contents.workers.contains_key(id) {
+            return Err(Error::WorkerNotFound(id.clone()));
+        }
+        match after {
+            Some(after) => contents.drains.insert(id.clone(), after),
+            None => contents.drains.remove(id),
+        };
+        Ok(())
+    }
+
+    async fn drained_workers(&self) -> Result<Vec<(WorkerId, AfterDrain)>, Error> {
+        let contents = self.contents();
+        Ok(contents
+            .workers
+            .values()
+            .filter(|record| record.state == WorkerState::Draining)
+            .map(|record| {
+                let id = record.worker.id.clone();
+                let after = contents
+                    .drains
+                    .get(&id)
+                    .copied()
+                    .unwrap_or(AfterDrain::Terminate);
+                (id, after)
+            })
+            .collect())
+    }
+
+    async fn prune_workers(&self, before_ms: u64, limit: usize) -> Result<usize, Error> {
+        let mut contents = self.contents();
+        let mut old: Vec<(u64, WorkerId)> = contents
+            .workers
+            .values()
+            .filter(|record| record.state == WorkerState::Terminated)
+            .map(|record| (ms(record.updated_at), record.worker.id.clone()))
+            .filter(|(at, _)| *at < before_ms)
+            .collect();
+        old.sort();
+        old.truncate(limit);
+        for (_, id) in &old {
+            contents.workers.remove(id);
+            contents.drains.remove(id);
+        }
+        Ok(old.len())
+    }
+
+    async fn prune_jobs(&self, before_ms: u64, limit: usize) -> Result<usize, Error> {
+        let mut contents = self.contents();
+        let mut old: Vec<(u64, JobId)> = contents
+            .jobs
+            .values()
+            .filter(|job| job.state.is_terminal())
+            .map(|job| {
+                let at = contents.job_updated_ms.get(&job.id).copied().unwrap_or(0);
+                (at, job.id.clone())
+            })
+            .filter(|(at, _)| *at < before_ms)
+            .collect();
+        old.sort();
+        old.truncate(limit);
+        for (_, id) in &old {
+            contents.jobs.remove(id);
+            contents.logs.remove(id);
+            contents.job_updated_ms.remove(id);
+        }
+        Ok(old.len())
     }
 
     async fn put_pool(&self, pool: &PoolSpec) -> Result<(), Error> {
@@ -226,6 +311,9 @@ impl Store for MemoryStore {
             ..job.clone()
         };
         contents.jobs.insert(job.id.clone(), stored.clone());
+        contents
+            .job_updated_ms
+            .insert(job.id.clone(), ms(now_millis()));
         Ok(stored)
     }
 
@@ -279,6 +367,9 @@ impl Store for MemoryStore {
             sequence: stored.sequence,
             ..job.clone()
         };
+        contents
+            .job_updated_ms
+            .insert(job.id.clone(), ms(now_millis()));
         Ok(())
     }
 
@@ -451,6 +542,8 @@ pub async fn store_contract(store: &dyn Store) {
     batched_job_writes_have_one_result_each(store).await;
     batches_naming_a_job_twice_apply_in_order(store).await;
     usage_adds_up_and_counts_an_attempt_once(store).await;
+    drains_are_recorded(store).await;
+    retention_prunes_old_finished_jobs_and_terminated_workers(store).await;
 }
 
 fn id(name: &str) -> WorkerId {
@@ -2342,4 +2435,148 @@ async fn tenants_round_trip(store: &dyn Store) {
     assert!(!store.delete_tenant(&gold.name).await.expect("delete again"));
     assert!(store.delete_tenant(&plain.name).await.expect("delete"));
     assert!(mine(store.list_tenants().await.expect("list")).is_empty());
+}
+
+async fn drains_are_recorded(store: &dyn Store) {
+    let keep = id("drain-keep");
+    let plain = id("drain-plain");
+    for worker in [&keep, &plain] {
+        insert(
+            store,
+            &plain_worker(worker.clone(), None),
+            WorkerState::Idle,
+        )
+        .await;
+    }
+    let drained = |list: Vec<(WorkerId, AfterDrain)>| -> Vec<(WorkerId, AfterDrain)> {
+        list.into_iter()
+            .filter(|(worker, _)| *worker == keep || *worker == plain)
+            .collect()
+    };
+    let read = || async {
+        match store.drained_workers().await {
+            Ok(list) => list,
+            Err(err) => panic!("drained_workers failed: {err}"),
+        }
+    };
+    assert_eq!(drained(read().await), [], "idle workers are not drained");
+    if let Err(err) = store.set_worker_drain(&keep, Some(AfterDrain::Keep)).await {
+        panic!("set_worker_drain({keep}) failed: {err}");
+    }
+    assert_eq!(
+        drained(read().await),
+        [],
+        "a drain mark alone does not make a worker draining: its state does"
+    );
+    transition(store, &keep, WorkerState::Draining).await;
+    transition(store, &plain, WorkerState::Draining).await;
+    assert_eq!(
+        drained(read().await),
+        [
+            (keep.clone(), AfterDrain::Keep),
+            (plain.clone(), AfterDrain::Terminate)
+        ],
+        "draining workers in id order, terminate when nothing was recorded"
+    );
+    if let Err(err) = store.set_worker_drain(&keep, None).await {
+        panic!("set_worker_drain({keep}, None) failed: {err}");
+    }
+    transition(store, &plain, WorkerState::Idle).await;
+    assert_eq!(
+        drained(read().await),
+        [(keep.clone(), AfterDrain::Terminate)]
+    );
+    match store
+        .set_worker_drain(&id("drain-unknown"), Some(AfterDrain::Keep))
+        .await
+    {
+        Err(Error::WorkerNotFound(got)) => assert_eq!(got, id("drain-unknown")),
+        other => {
+            panic!("set_worker_drain of an unknown worker: want WorkerNotFound, got {other:?}")
+        }
+    }
+}
+
+async fn retention_prunes_old_finished_jobs_and_terminated_workers(store: &dyn Store) {
+    let before_all = now_millis();
+    wait_for_clock_past(before_all).await;
+    let finished = job_in_state(store, plain_job("retention-done"), JobState::Succeeded).await;
+    append_logs(
+        store,
+        &[chunk(&finished, 1, 0, LogStream::Output, b"old output\n")],
+    )
+    .await;
+    let cancelled =
+        job_in_state(store, plain_job("retention-cancelled"), JobState::Cancelled).await;
+    let queued = job_in_state(store, plain_job("retention-queued"), JobState::Queued).await;
+    let running = job_in_state(store, plain_job("retention-running"), JobState::Running).await;
+    let gone = id("retention-gone");
+    let live = id("retention-live");
+    insert(store, &plain_worker(gone.clone(), None), WorkerState::Idle).await;
+    transition(store, &gone, WorkerState::Terminated).await;
+    insert(store, &plain_worker(live.clone(), None), WorkerState::Idle).await;
+    let last_write = now_millis();
+    wait_for_clock_past(last_write).await;
+    // Everything above was written strictly before this instant.
+    let written = now_millis();
+
+    // Nothing written after the cut-off goes (leftovers of earlier checks may).
+    let prune_jobs = |before: SystemTime, limit: usize| async move {
+        match store.prune_jobs(ms(before), limit).await {
+            Ok(count) => count,
+            Err(err) => panic!("prune_jobs failed: {err}"),
+        }
+    };
+    let prune_workers = |before: SystemTime, limit: usize| async move {
+        match store.prune_workers(ms(before), limit).await {
+            Ok(count) => count,
+            Err(err) => panic!("prune_workers failed: {err}"),
+        }
+    };
+    prune_jobs(before_all, 10_000).await;
+    prune_workers(before_all, 10_000).await;
+    for job in [&finished, &cancelled, &queued, &running] {
+        assert!(
+            get_job(store, &job.id).await.is_some(),
+            "{} was written after the cut-off and must stay",
+            job.id
+        );
+    }
+    assert!(get(store, &gone).await.is_some());
+
+    // Past the cut-off: batches of at most `limit`, until none is left.
+    let mut batches = 0;
+    loop {
+        let count = prune_jobs(written, 1).await;
+        assert!(
+            count <= 1,
+            "prune_jobs deleted {count} jobs with a limit of 1"
+        );
+        if count == 0 {
+            break;
+        }
+        batches += 1;
+    }
+    assert!(batches >= 2, "two finished jobs take two batches of one");
+    assert_eq!(get_job(store, &finished.id).await, None);
+    assert_eq!(get_job(store, &cancelled.id).await, None);
+    match store.read_logs(&finished.id, 0, 100).await {
+        Err(Error::JobNotFound(_)) => {}
+        other => panic!("a pruned job's output must go with it, got {other:?}"),
+    }
+    for job in [&queued, &running] {
+        assert!(
+            get_job(store, &job.id).await.is_some(),
+            "{} is not finished and must stay",
+            job.id
+        );
+    }
+    assert!(prune_workers(written, 10_000).await >= 1);
+    assert_eq!(
+        get(store, &gone).await,
+        None,
+        "a terminated worker is pruned"
+    );
+    assert!(get(store, &live).await.is_some(), "a live worker stays");
+    assert_eq!(prune_workers(written, 10_000).await, 0);
 }

@@ -86,6 +86,65 @@ function costRate(pool) {
   return (pool.cost / pool.worker_seconds * live * 3600).toFixed(4) + "/h";
 }
 
+// Time to a deadline: "12s" before it, "missed by 12s" after.
+function timeLeft(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  return seconds >= 0 ? ago(seconds) : `<strong>missed by ${ago(-seconds)}</strong>`;
+}
+// A moment that may be in the future: relative and absolute.
+function until(iso) {
+  if (!iso) return '<span class="muted">–</span>';
+  const t = new Date(iso);
+  const seconds = (t.getTime() - Date.now()) / 1000;
+  const rel = seconds >= 0 ? "in " + ago(seconds) : ago(-seconds) + " ago";
+  return `<time datetime="${esc(iso)}" title="${esc(iso)}">${rel}</time> <span class="abs">${esc(t.toLocaleString())}</span>`;
+}
+function risk(name) {
+  if (name === "at_risk") return '<span class="state s-bad" data-icon="!">at risk</span>';
+  if (name === "boosted") return '<span class="state s-wait" data-icon="⇡">boosted</span>';
+  return '<span class="state s-ok" data-icon="○">on time</span>';
+}
+// Milliseconds after submission: "+1.2s", "+3m 4s".
+function offset(ms) {
+  return ms < 10000 ? "+" + (ms / 1000).toFixed(1) + "s" : "+" + ago(ms / 1000);
+}
+
+// Tenants: each quota with its usage, hard or soft; share of starts; burst state.
+const QUOTAS = [["running_jobs", "max_running_jobs"], ["cpu", "max_cpu"], ["memory_mb", "max_memory_mb"], ["workers", "max_workers"], ["daily_cost", "max_daily_cost"]];
+function quotas(t, limitedOnly) {
+  const soft = t.settings.soft || [];
+  const parts = QUOTAS.map(([name, key]) => {
+    const limit = t.settings[key];
+    const used = name === "daily_cost" ? Number(t.usage[name]).toFixed(4) : t.usage[name];
+    if (limit === undefined || limit === null) return limitedOnly ? null : `${esc(name)} ${esc(used)}`;
+    const full = Number(t.usage[name]) >= Number(limit);
+    return `${esc(name)} ${esc(used)} / ${esc(limit)} ${soft.includes(name) ? "(soft)" : "(hard)"}${full ? ' <strong class="at-quota">at quota</strong>' : ""}`;
+  }).filter((p) => p !== null);
+  if (!parts.length) return `running_jobs ${esc(t.usage.running_jobs)} <span class="muted">(no quota)</span>`;
+  return parts.join("<br>");
+}
+function share(t) {
+  return `${(t.share_last_hour * 100).toFixed(1)}% (${t.started_last_hour} started)`;
+}
+function burst(t) {
+  if (t.burst === "active") return `<span class="state s-wait" data-icon="⇡">active</span>${t.burst_since ? ` since ${when(t.burst_since)}` : ""}`;
+  if (t.burst === "cooldown") return `<span class="state s-off" data-icon="↓">cooldown</span>${t.burst_until ? ` until ${until(t.burst_until)}` : ""}`;
+  return '<span class="state s-ok" data-icon="○">ready</span>';
+}
+
+// A pool's workers over time: the server's SVG, a legend with each line's pattern, and the
+// time axis in words.
+function chart(c) {
+  if (!c) return '<p class="muted">No samples yet.</p>';
+  const legend = c.series.map((s) => `<li><svg class="swatch" viewBox="0 0 30 8" aria-hidden="true"><line class="series series-${esc(s.state)}" x1="0" y1="4" x2="30" y2="4" stroke-width="2.5"${s.dash ? ` stroke-dasharray="${esc(s.dash)}"` : ""}/></svg> ${esc(s.state)}: now ${s.now}, peak ${s.peak}</li>`).join("");
+  const minutes = Math.round((c.to_ms - c.from_ms) / 60000);
+  return `<figure class="chart-box" id="workers-chart" data-samples="${c.samples}" data-peak="${c.peak}">
+    <div class="chart-frame"><span class="y-top">${c.peak} workers</span>${c.svg}<span class="y-bottom">0</span></div>
+    <div class="x-axis"><span>${minutes} min ago · ${esc(new Date(c.from_ms).toLocaleTimeString())}</span><span>now · ${esc(new Date(c.to_ms).toLocaleTimeString())}</span></div>
+    <figcaption><ul class="legend">${legend}</ul><p class="muted">Sampled every 5 s since the server started (${c.samples} samples); each column shows the most workers of each state within it.</p></figcaption>
+  </figure>`;
+}
+
 // ---- Views -----------------------------------------------------------------------------
 
 const views = {
@@ -93,6 +152,7 @@ const views = {
     mount() {
       view(`<h1>Overview</h1>
         ${ADMIN ? '<section class="card"><h2>Pools</h2><div id="pools">Loading…</div></section>' : ""}
+        <section class="card"><h2>At risk of missing their SLA</h2><div id="at-risk">Loading…</div></section>
         <section class="card"><h2>Queues</h2><div id="queues">Loading…</div></section>
         <section class="card"><h2>Tenants</h2><div id="tenants">Loading…</div><p>${link("#/tenants", "Quotas, usage, share and burst")}</p></section>
         <section class="card"><h2>Jobs waiting</h2><div id="waiting">Loading…</div></section>`);
@@ -113,9 +173,24 @@ const views = {
         const t = byTenant[job.tenant] || (byTenant[job.tenant] = { queued: 0, running: 0 });
         if (job.state === "queued") t.queued += 1; else t.running += 1;
       }
-      fill("tenants", table([{ label: "Tenant" }, { label: "Waiting", num: true }, { label: "Assigned or running", num: true }],
-        Object.keys(byTenant).sort().map((t) => [ADMIN ? link("#/jobs?tenant=" + encodeURIComponent(t), t) : esc(t), String(byTenant[t].queued), String(byTenant[t].running)]),
+      const { tenants } = await api("/tenants");
+      const tenantOf = {};
+      for (const t of tenants) tenantOf[t.name] = t;
+      const names = [...new Set([...Object.keys(byTenant), ...tenants.filter((t) => t.configured || t.usage.running_jobs || t.queued || t.started_last_hour).map((t) => t.name)])].sort();
+      fill("tenants", table([{ label: "Tenant" }, { label: "Waiting", num: true }, { label: "Assigned or running", num: true }, { label: "Usage / quota" }, { label: "Share, last hour", num: true }, { label: "Burst" }],
+        names.map((name) => {
+          const t = tenantOf[name];
+          const counts = byTenant[name] || { queued: 0, running: 0 };
+          return [ADMIN ? link("#/jobs?tenant=" + encodeURIComponent(name), name) : esc(name), String(counts.queued), String(counts.running),
+            t ? quotas(t, true) : "–", t ? share(t) : "–", t ? burst(t) : "–"];
+        }),
         "No tenant has a job waiting or running."));
+      const risky = jobs.filter((j) => j.sla && j.sla.risk && j.sla.risk !== "none")
+        .sort((a, b) => (a.sla.time_left_secs ?? 0) - (b.sla.time_left_secs ?? 0));
+      fill("at-risk", table([{ label: "Job" }, { label: "Tenant" }, { label: "Class" }, { label: "Risk" }, { label: "Deadline" }, { label: "Time left", num: true }],
+        risky.slice(0, 50).map((j) => [link("#/jobs/" + j.id, j.id), esc(j.tenant), esc(j.sla.class), risk(j.sla.risk),
+          until(j.sla.deadline), timeLeft(j.sla.time_left_secs)]),
+        "No waiting job is near its SLA deadline."));
       const byQueue = {};
       for (const job of jobs) {
         const q = byQueue[job.queue] || (byQueue[job.queue] = { depth: 0, oldest: job.submitted_at });
@@ -135,13 +210,15 @@ const views = {
     mount(name) {
       view(`<h1>Pool ${esc(name)}</h1>
         <section class="card"><div id="pool">Loading…</div></section>
+        <section class="card"><h2>Workers over the last hour</h2><div id="pool-chart">Loading…</div></section>
         <section class="card"><h2>Workers</h2><div id="pool-workers">Loading…</div></section>
         <section class="card"><h2>Recent scaling decisions</h2><div id="decisions">Loading…</div></section>`);
     },
     async refresh(name) {
-      const { pools } = await api("/pools");
+      const { pools, chart: workersChart } = await api("/pools?chart=" + encodeURIComponent(name));
       const pool = pools.find((p) => p.name === name);
       if (!pool) { fill("pool", `<p class="error">No pool named ${esc(name)}.</p>`); return; }
+      fill("pool-chart", chart(workersChart));
       fill("pool", `<dl class="facts">
         <dt>Provider</dt><dd>${esc(pool.provider)} · ${esc(pool.kind)}</dd>
         <dt>Workers</dt><dd>${workersByState(pool.workers)}</dd>
@@ -208,14 +285,17 @@ const views = {
         <dt>Tenant / queue</dt><dd>${esc(job.tenant)} / ${esc(job.queue)}</dd>
         <dt>Command</dt><dd><code>${esc(job.command_line)}</code></dd>
         <dt>Worker</dt><dd>${esc(job.worker_id || "–")}</dd>
-        <dt>Attempts</dt><dd>${job.attempts}</dd>
+        <dt>Attempts</dt><dd>${job.attempts}${job.sla && job.sla.preemptions.length ? ` (${job.sla.preemptions.length} preemption${job.sla.preemptions.length > 1 ? "s" : ""}, see History)` : ""}</dd>
+        ${job.sla ? `<dt>SLA</dt><dd id="job-sla">${esc(job.sla.class)}: start deadline ${until(job.sla.deadline)}${job.sla.time_left_secs !== null && job.sla.time_left_secs !== undefined ? `, time left ${timeLeft(job.sla.time_left_secs)} ${risk(job.sla.risk)}` : ""}${job.sla.met === true ? ' <span class="state s-ok" data-icon="✓">met</span>' : job.sla.met === false ? ' <span class="state s-bad" data-icon="✗">missed</span>' : ""}</dd>` : ""}
         <dt>Exit code</dt><dd>${job.exit_code ?? "–"}</dd>
         <dt>Submitted</dt><dd>${when(job.submitted_at)}</dd>
         <dt>Started</dt><dd>${when(job.started_at)}</dd>
         <dt>Finished</dt><dd>${when(job.finished_at)}</dd></dl>`);
       const actions = document.getElementById("job-actions");
-      fill("history", table([{ label: "When" }, { label: "What" }, { label: "Detail" }],
-        (job.history || []).map((e) => [when(new Date(e.at_ms).toISOString()), esc(e.what), esc(e.detail || "")]),
+      const KINDS = { state: "→", attempt: "■", preemption: "⇵", note: "…" };
+      fill("history", table([{ label: "When" }, { label: "After submission", num: true }, { label: "What" }, { label: "Detail" }],
+        (job.history || []).map((e) => [when(new Date(e.at_ms).toISOString()), esc(offset(e.after_submit_ms)),
+          `<span class="event event-${esc(e.kind)}" data-icon="${KINDS[e.kind] || "•"}">${esc(e.what)}</span>`, esc(e.detail || "")]),
         "No history recorded."));
       if (MAY_CANCEL && !job.finished && !actions.querySelector("button")) {
         actions.innerHTML = '<p><button type="button" class="danger" id="cancel">Cancel job</button> <span id="action-result" role="status"></span></p>';
@@ -254,24 +334,11 @@ const views = {
     },
     async refresh() {
       const { tenants } = await api("/tenants");
-      const QUOTAS = [["running_jobs", "max_running_jobs"], ["cpu", "max_cpu"], ["memory_mb", "max_memory_mb"], ["workers", "max_workers"], ["daily_cost", "max_daily_cost"]];
-      const quotas = (t) => {
-        const soft = t.settings.soft || [];
-        const parts = QUOTAS.map(([name, key]) => {
-          const limit = t.settings[key];
-          const used = name === "daily_cost" ? Number(t.usage[name]).toFixed(4) : t.usage[name];
-          if (limit === undefined || limit === null) return `${esc(name)} ${esc(used)}`;
-          return `${esc(name)} ${esc(used)} / ${esc(limit)} ${soft.includes(name) ? "(soft)" : "(hard)"}`;
-        });
-        return parts.join("<br>");
-      };
-      const burst = (b) => b === "active" ? '<span class="state s-wait" data-icon="⇡">active</span>'
-        : b === "cooldown" ? '<span class="state s-off" data-icon="↓">cooldown</span>' : '<span class="state s-ok" data-icon="○">ready</span>';
       fill("tenant-list", table(
         [{ label: "Tenant" }, { label: "Weight", num: true }, { label: "Usage / quota" }, { label: "Queued", num: true }, { label: "Share, last hour", num: true }, { label: "Burst" }],
         tenants.map((t) => [(ADMIN ? link("#/jobs?tenant=" + encodeURIComponent(t.name), t.name) : esc(t.name)) + (t.configured ? "" : ' <span class="muted">(auto)</span>'),
-          esc(t.settings.tier ? `${t.weight} (${t.settings.tier})` : t.weight), quotas(t), String(t.queued),
-          `${(t.share_last_hour * 100).toFixed(1)}% (${t.started_last_hour} started)`, burst(t.burst)]),
+          esc(t.settings.tier ? `${t.weight} (${t.settings.tier})` : t.weight), quotas(t, false), String(t.queued),
+          share(t), burst(t)]),
         "No tenants."));
     },
   },
@@ -303,13 +370,22 @@ function workerActions(w) {
   return drain + ` <button type="button" class="danger" data-terminate="${esc(w.id)}">Terminate</button>`;
 }
 
+// The machine's load at the last heartbeat: one-minute load average against its cores, and
+// memory used against what it offers.
+function load(w) {
+  if (w.load_average === null || w.load_average === undefined) return '<span class="muted">not reported</span>';
+  const cores = w.capabilities && w.capabilities.cpu_cores;
+  const memory = w.capabilities && w.capabilities.memory_mb;
+  return `load ${Number(w.load_average).toFixed(2)}${cores ? ` / ${cores} cores` : ""}<br>memory ${esc(w.memory_used_mb)} MiB${memory ? ` / ${memory} MiB` : ""}`;
+}
+
 function workerTable(workers, jobsByWorker) {
   const html = table(
-    [{ label: "Worker" }, { label: "State" }, { label: "Pool" }, { label: "Current job" }, { label: "Connected" }, { label: "Heartbeat" }, { label: "Load" }, { label: "Since" }, { label: "Actions" }],
+    [{ label: "Worker" }, { label: "State" }, { label: "Pool" }, { label: "Current job" }, { label: "Uses", num: true }, { label: "Connected" }, { label: "Last heartbeat" }, { label: "Load" }, { label: "Since" }, { label: "Actions" }],
     workers.map((w) => [esc(w.id), state(w.state), w.pool ? link("#/pools/" + encodeURIComponent(w.pool), w.pool) : "–",
-      jobsByWorker[w.id] ? link("#/jobs/" + jobsByWorker[w.id], jobsByWorker[w.id]) : "–",
+      jobsByWorker[w.id] ? link("#/jobs/" + jobsByWorker[w.id], jobsByWorker[w.id]) : "–", String(w.uses ?? 0),
       w.connected ? "yes" : "no", w.last_seen ? when(w.last_seen) : '<span class="muted">never</span>',
-      esc(w.labels && w.labels.load ? w.labels.load : "–"), when(w.provisioned_at),
+      load(w), when(w.provisioned_at),
       ADMIN && w.state !== "terminated" ? workerActions(w) : "–"]),
     "No worker.");
   setTimeout(() => {
