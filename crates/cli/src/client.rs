@@ -33,7 +33,8 @@ pub struct Connection {
     /// PEM CA certificate(s) to trust for an https:// server instead of the system's roots.
     #[arg(long, env = "HODEI_CA_CERT", value_name = "FILE", global = true)]
     ca_cert: Option<std::path::PathBuf>,
-    /// Output format (csv: `hodei report cost` only).
+    /// Output format (csv: `hodei report cost` and `hodei job export`; jsonl: `hodei job
+    /// export` only).
     #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
     pub(crate) output: Output,
 }
@@ -43,6 +44,7 @@ pub enum Output {
     Table,
     Json,
     Csv,
+    Jsonl,
 }
 
 /// The formats of every command but the report: a table or JSON.
@@ -57,8 +59,10 @@ impl Output {
         match self {
             Output::Table => Ok(Shown::Table),
             Output::Json => Ok(Shown::Json),
-            Output::Csv => {
-                bail!("-o csv is supported by `hodei report cost` only; use table or json")
+            Output::Csv | Output::Jsonl => {
+                bail!(
+                    "-o csv and -o jsonl are for `hodei report cost` and `hodei job export`; use table or json"
+                )
             }
         }
     }

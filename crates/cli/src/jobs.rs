@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use hodei_server::api::{JobList, JobView, LogsView, SubmitJob};
 
-use crate::client::{Client, Connection, Shown, age, print_json, table};
+use crate::client::{Client, Connection, Output, Shown, age, print_json, table};
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
@@ -101,6 +101,24 @@ pub enum JobCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Write the jobs that ran and ended as a trace for `hodei simulate --trace` (CSV, or
+    /// JSON Lines with -o jsonl or a --file ending in .jsonl), oldest first.
+    ///
+    /// Offsets count from 00:00 UTC of the first job's day. At most the newest 10,000 jobs
+    /// are read.
+    Export {
+        /// Only jobs submitted this recently (a duration such as 30m, 24h or 7d).
+        #[arg(long, default_value = "24h", value_name = "DURATION")]
+        since: String,
+        /// Only this tenant's jobs.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Where to write it; stdout when absent.
+        #[arg(long, value_name = "FILE")]
+        file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Show one job, and why it still waits if it is queued.
     Get {
         id: String,
@@ -122,6 +140,103 @@ pub enum JobCommand {
         #[command(flatten)]
         connection: Connection,
     },
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 time the API wrote.
+fn epoch_ms(field: &str, rfc3339: &str) -> anyhow::Result<u64> {
+    let at = humantime::parse_rfc3339_weak(rfc3339)
+        .with_context(|| format!("{field}: {rfc3339:?} is not an RFC 3339 time"))?;
+    let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Ok(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A listed job as the history `hodei_sim::export` turns into a trace record.
+fn history_job(job: &JobView) -> anyhow::Result<hodei_sim::export::HistoryJob> {
+    let named = |field: &str| format!("job {}: {field}", job.id);
+    let time =
+        |field: &str, value: Option<&String>| value.map(|v| epoch_ms(&named(field), v)).transpose();
+    Ok(hodei_sim::export::HistoryJob {
+        submitted_ms: epoch_ms(&named("submitted_at"), &job.submitted_at)?,
+        started_ms: time("started_at", job.started_at.as_ref())?,
+        finished_ms: if job.finished {
+            time("finished_at", job.finished_at.as_ref())?
+        } else {
+            None
+        },
+        tenant: job.tenant.clone(),
+        queue: job.queue.clone(),
+        priority: job.priority,
+        sla_class: if job.sla.class.is_empty() {
+            job.spec
+                .sla_class
+                .clone()
+                .unwrap_or_else(|| "medium".to_owned())
+        } else {
+            job.sla.class.clone()
+        },
+        cpu: job.spec.requirements.cpu_cores,
+        memory_mb: job.spec.requirements.memory_mb,
+        labels: job.spec.requirements.labels.clone(),
+        exit_code: job.exit_code,
+    })
+}
+
+/// `hodei job export`: the job listing (newest 10,000 at most) as a simulator trace.
+async fn export(
+    since: &str,
+    tenant: Option<String>,
+    file: Option<&std::path::Path>,
+    connection: &Connection,
+) -> anyhow::Result<u8> {
+    use hodei_sim::trace::Format;
+    let window = humantime::parse_duration(since).map_err(|error| {
+        anyhow::anyhow!("--since: {since:?} is not a duration such as 24h or 7d: {error}")
+    })?;
+    let format = match connection.output {
+        Output::Jsonl => Format::JsonLines,
+        Output::Csv => Format::Csv,
+        Output::Table => file.map_or(Format::Csv, Format::of),
+        Output::Json => anyhow::bail!(
+            "-o json: a trace is csv or jsonl (one JSON object per line); use -o jsonl"
+        ),
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let since_ms = now_ms.saturating_sub(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
+    let client = Client::new(connection)?;
+    let mut query = vec![("limit", hodei_server::api::MAX_LIST.to_string())];
+    query.extend(tenant.map(|t| ("tenant", t)));
+    let list: JobList = client.get("/jobs", &query).await?;
+    let history = list
+        .jobs
+        .iter()
+        .map(history_job)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if history.len() >= hodei_server::api::MAX_LIST
+        && history.iter().all(|job| job.submitted_ms >= since_ms)
+    {
+        eprintln!(
+            "warning: the server lists at most the newest {} jobs; older jobs of the last {since} are not in the trace",
+            hodei_server::api::MAX_LIST
+        );
+    }
+    let (trace, skipped) = hodei_sim::export::trace_of(&history, since_ms);
+    match file {
+        Some(path) => {
+            let out = std::fs::File::create(path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            hodei_sim::trace::write(&trace, format, out)?;
+        }
+        None => hodei_sim::trace::write(&trace, format, std::io::stdout().lock())?,
+    }
+    eprintln!(
+        "{} jobs exported; left out: {} not ended yet, {} ended without starting",
+        trace.len(),
+        skipped.unfinished,
+        skipped.never_ran
+    );
+    Ok(0)
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -471,6 +586,12 @@ pub async fn job(command: JobCommand) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        JobCommand::Export {
+            since,
+            tenant,
+            file,
+            connection,
+        } => export(&since, tenant, file.as_deref(), &connection).await,
         JobCommand::Get { id, connection } => {
             let client = Client::new(&connection)?;
             let job: JobView = client.get(&format!("/jobs/{id}"), &[]).await?;

@@ -52,6 +52,9 @@ pub async fn report(command: ReportCommand) -> anyhow::Result<()> {
             match connection.output {
                 Output::Json => print_json(&report),
                 Output::Csv => print_csv(&report),
+                Output::Jsonl => {
+                    anyhow::bail!("-o jsonl is for `hodei job export`; use table, json or csv")
+                }
                 Output::Table => {
                     print_table(&report, &since);
                     Ok(())

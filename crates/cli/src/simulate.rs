@@ -23,7 +23,8 @@ pub struct SimulateArgs {
     #[arg(long = "config", short = 'c', value_name = "FILE")]
     configs: Vec<PathBuf>,
     /// table: the figures side by side; json: an array, one object per configuration in
-    /// the order given.
+    /// the order given; html: one self-contained page with the table and, per
+    /// configuration, plots of queue depth and workers by state over time and of the waits.
     #[arg(long, short, value_enum, default_value_t = SimOutput::Table)]
     output: SimOutput,
 }
@@ -32,6 +33,7 @@ pub struct SimulateArgs {
 pub enum SimOutput {
     Table,
     Json,
+    Html,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +102,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             serde_json::to_writer_pretty(&mut out, &reports)?;
             out.write_all(b"\n")?;
         }
+        SimOutput::Html => out.write_all(hodei_sim::html::page(&reports)?.as_bytes())?,
     }
     Ok(())
 }

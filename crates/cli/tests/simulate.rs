@@ -94,6 +94,30 @@ fn a_generated_trace_replays_against_two_configurations_side_by_side() {
         table.contains("idle-count") && table.contains("wait p95 (s)"),
         "{table}"
     );
+
+    // -o html: one page, two inline plots per configuration, no script.
+    let out = hodei(&[
+        "simulate",
+        "--trace",
+        trace,
+        "--config",
+        idle.to_str().unwrap(),
+        "--config",
+        hodei_config.to_str().unwrap(),
+        "-o",
+        "html",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    assert_eq!(page.matches("<svg").count(), 4);
+    assert!(page.contains("<h2>idle-count</h2>") && page.contains("<h2>hodei</h2>"));
+    assert!(page.contains("wait p95 (s)"), "the side-by-side table");
+    assert!(!page.contains("<script"));
 }
 
 #[test]

@@ -21,6 +21,7 @@ pub mod pool_pass;
 pub mod queue;
 pub mod reconcile;
 pub mod retention;
+pub mod settings;
 pub mod sla;
 pub mod tenancy;
 pub mod trace;

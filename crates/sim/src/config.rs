@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use hodei_core::queue::{DEFAULT_QUEUE_CAPACITY, QueueConfig};
-use hodei_core::tenancy::{Tenant, Tenants, Tier};
-use hodei_core::{PoolSpec, ProviderKind, QueueName, TenantName, ValidationError};
+use hodei_core::settings::{SlaSection, TenantSettings, TenantsSection};
+use hodei_core::sla::SlaSettings;
+use hodei_core::tenancy::Tenants;
+use hodei_core::{PoolSpec, ProviderKind, QueueName, ValidationError};
 use serde::Deserialize;
 
 /// One configuration.
@@ -19,21 +21,20 @@ pub struct SimConfig {
     pub name: Option<String>,
     #[serde(rename = "pool", default)]
     pub pools: Vec<PoolSpec>,
+    /// `[[tenant]]`: the server's tenant tables (tier or weight, quotas, `soft`).
     #[serde(rename = "tenant", default)]
-    pub tenants: Vec<TenantEntry>,
+    pub tenants: Vec<TenantSettings>,
+    /// `[tenants]`: burst (`burst_factor`, `burst_max`, `burst_cooldown`) and `auto_create`,
+    /// as in the server.
+    #[serde(rename = "tenants", default)]
+    pub tenant_policy: TenantsSection,
+    /// `[sla]`: each class's deadline, as in the server (preemption is not simulated).
+    #[serde(default)]
+    pub sla: SlaSection,
     #[serde(rename = "queue", default)]
     pub queues: Vec<QueueEntry>,
     #[serde(default)]
     pub sim: SimSettings,
-}
-
-/// `[[tenant]]`: a tier or a weight (quotas are not simulated yet).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantEntry {
-    pub name: String,
-    pub tier: Option<String>,
-    pub weight: Option<u32>,
 }
 
 /// `[[queue]]`.
@@ -171,40 +172,31 @@ impl SimConfig {
             ));
         }
         self.tenants()?;
+        self.sla_settings()?;
         self.queue_configs()?;
         Ok(())
     }
 
-    /// The tenants as the dispatcher takes them; unknown tenants are auto-created bronze.
+    /// The tenants as the dispatcher takes them, built as the server builds them: weights,
+    /// quotas, burst; unknown tenants are auto-created bronze unless `[tenants]
+    /// auto_create = false`.
     pub fn tenants(&self) -> Result<Tenants, ValidationError> {
-        let mut tenants = Tenants::default();
+        let mut tenants = Tenants {
+            burst: self.tenant_policy.burst_policy()?,
+            ..Tenants::default()
+        };
+        if !self.tenant_policy.auto_create {
+            tenants.auto_create = None;
+        }
         for entry in &self.tenants {
-            let name = TenantName::new(entry.name.clone())?;
-            let mut tenant = Tenant::new(name.clone());
-            match (&entry.tier, entry.weight) {
-                (Some(_), Some(_)) => {
-                    return Err(ValidationError::new(
-                        format!("tenant[{}].weight", entry.name),
-                        "give a tier or a weight, not both",
-                    ));
-                }
-                (Some(tier), None) => {
-                    let tier: Tier = tier.parse().map_err(|e: ValidationError| {
-                        ValidationError::new(format!("tenant[{}].tier", entry.name), e.reason)
-                    })?;
-                    tenant.tier = Some(tier);
-                    tenant.weight = tier.weight();
-                }
-                (None, Some(weight)) => {
-                    tenant.tier = None;
-                    tenant.weight = weight;
-                }
-                (None, None) => {}
-            }
-            tenant.validate().map_err(|e| {
+            let tenant = entry.to_tenant().map_err(|e| {
                 ValidationError::new(format!("tenant[{}].{}", entry.name, e.field), e.reason)
             })?;
-            if tenants.configured.insert(name, tenant).is_some() {
+            if tenants
+                .configured
+                .insert(tenant.name.clone(), tenant)
+                .is_some()
+            {
                 return Err(ValidationError::new(
                     "tenant.name",
                     format!("tenant {:?} is defined twice", entry.name),
@@ -212,6 +204,11 @@ impl SimConfig {
             }
         }
         Ok(tenants)
+    }
+
+    /// The `[sla]` deadlines and settings.
+    pub fn sla_settings(&self) -> Result<SlaSettings, ValidationError> {
+        self.sla.settings()
     }
 
     /// The queues; `default` is always there. A simulation should not refuse jobs for a

@@ -12,10 +12,11 @@ use hodei_core::autoscale::{self, PoolCandidate, ScaleAction};
 use hodei_core::dispatch::{Dispatch, DispatchConfig, Effect, Input};
 use hodei_core::pool_pass::{self, Member, MemberState, PassJobs, PassPool, PoolCounts, PoolTrack};
 use hodei_core::queue::Queues;
+use hodei_core::sla::SlaSettings;
 use hodei_core::tenancy::{self, Tenants};
 use hodei_core::{
     AttemptOutcome, Command, IdleWorker, Job, JobId, JobSpec, PoolSpec, Priority, Requirements,
-    SlaClass, TenantName, WorkerId,
+    TenantName, WorkerId,
 };
 
 use crate::config::SimConfig;
@@ -117,7 +118,8 @@ fn job_index(id: &JobId) -> Option<usize> {
 pub fn simulate(config: &SimConfig, trace: &[Checked]) -> Result<RunReport, SimError> {
     let tenants: Tenants = config.tenants()?;
     let queues = Queues::new(config.queue_configs()?)?;
-    let mut sim = Sim::new(config, tenants, queues, trace);
+    let sla = config.sla_settings()?;
+    let mut sim = Sim::new(config, tenants, sla, queues, trace);
     sim.run();
     Ok(sim.report())
 }
@@ -126,6 +128,7 @@ struct Sim<'a> {
     config: &'a SimConfig,
     trace: &'a [Checked],
     tenants: Tenants,
+    sla: SlaSettings,
     dispatch: Dispatch,
     pools: Vec<SimPool>,
     workers: Vec<SimWorker>,
@@ -156,10 +159,17 @@ struct Sim<'a> {
     saturated_starts: u64,
     tenant_cost: BTreeMap<TenantName, f64>,
     decisions: Vec<(u64, String, &'static str, u32, String)>,
+    start_order: Vec<usize>,
 }
 
 impl<'a> Sim<'a> {
-    fn new(config: &'a SimConfig, tenants: Tenants, queues: Queues, trace: &'a [Checked]) -> Self {
+    fn new(
+        config: &'a SimConfig,
+        tenants: Tenants,
+        sla: SlaSettings,
+        queues: Queues,
+        trace: &'a [Checked],
+    ) -> Self {
         let pools: Vec<SimPool> = config
             .pools
             .iter()
@@ -189,6 +199,7 @@ impl<'a> Sim<'a> {
             trace,
             dispatch: Dispatch::new(DispatchConfig::default(), queues, tenants.clone()),
             tenants,
+            sla,
             pools,
             workers: Vec::new(),
             worker_index: HashMap::new(),
@@ -216,6 +227,7 @@ impl<'a> Sim<'a> {
             saturated_starts: 0,
             tenant_cost: BTreeMap::new(),
             decisions: Vec::new(),
+            start_order: Vec::new(),
         };
         sim.learn_profiles();
         sim
@@ -380,10 +392,10 @@ impl<'a> Sim<'a> {
                 let spec = &self.pools[pool].spec;
                 self.ran.push((spec.name.clone(), ran));
                 let cost = hodei_core::cost::cost_of(ran, spec.cost_per_hour);
-                *self
-                    .tenant_cost
-                    .entry(self.trace[j].tenant.clone())
-                    .or_default() += cost;
+                let tenant = &self.trace[j].tenant;
+                *self.tenant_cost.entry(tenant.clone()).or_default() += cost;
+                // Today's cost, for `max_daily_cost` quotas, as the server charges it.
+                self.dispatch.charge(tenant, cost, self.now);
                 let input = Input::Result {
                     worker: self.workers[w].id.clone(),
                     job: job_id(j),
@@ -509,8 +521,9 @@ impl<'a> Sim<'a> {
                     started_at: None,
                     finished_at: None,
                     sequence: i as u64,
-                    // Stamped as the server stamps it, so the at-risk boost orders the queue.
-                    deadline: Some(submitted_at + spec.sla_class.deadline()),
+                    // Stamped as the server stamps it ([sla]), so the at-risk boost orders
+                    // the queue.
+                    deadline: Some(self.sla.deadline_of(spec.sla_class, submitted_at)),
                     first_started_at: None,
                     preempted: 0,
                     preemptions: Vec::new(),
@@ -572,6 +585,7 @@ impl<'a> Sim<'a> {
             }
             let start = self.now + self.config.sim.dispatch_latency_ms;
             self.jobs[j].started_ms = Some(start);
+            self.start_order.push(j);
             self.jobs[j].pool = Some(self.workers[w].pool);
             self.in_flight += 1;
             self.set_state(w, WState::Busy);
@@ -759,7 +773,7 @@ impl<'a> Sim<'a> {
                 traced.sla_class,
                 wait,
                 started,
-                secs(u64::try_from(traced.sla_class.deadline().as_millis()).unwrap_or(u64::MAX)),
+                self.sla.deadline(traced.sla_class).as_secs_f64(),
             );
         }
         for pool in &self.pools {
@@ -798,6 +812,7 @@ impl<'a> Sim<'a> {
         );
         report.peak_workers = self.peak_workers;
         report.samples.clone_from(&self.samples);
+        report.start_order.clone_from(&self.start_order);
         report.decision_log = self
             .decisions
             .iter()
@@ -819,8 +834,3 @@ impl<'a> Sim<'a> {
 
 /// The most queued jobs a pass looks at, as in the server's dispatcher snapshot.
 const SNAPSHOT_QUEUED: usize = 10_000;
-
-/// The SLA class deadlines used (the core's defaults).
-pub fn deadline_seconds(class: SlaClass) -> f64 {
-    class.deadline().as_secs_f64()
-}

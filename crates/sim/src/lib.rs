@@ -8,7 +8,9 @@
 
 pub mod config;
 pub mod engine;
+pub mod export;
 pub mod generate;
+pub mod html;
 pub mod report;
 pub mod trace;
 

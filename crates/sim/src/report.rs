@@ -138,6 +138,10 @@ pub struct RunReport {
     pub decision_log: Vec<LoggedScaling>,
     #[serde(skip)]
     pub samples: Vec<Sample>,
+    /// The trace's jobs (their index, sorted by submission) in the order the dispatcher
+    /// assigned them.
+    #[serde(skip)]
+    pub start_order: Vec<usize>,
     #[serde(skip)]
     waits: Vec<f64>,
     #[serde(skip)]

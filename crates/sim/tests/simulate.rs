@@ -178,3 +178,104 @@ fn the_shipped_baselines_load_and_run() {
         assert_eq!(report.unstarted, 0, "{name}");
     }
 }
+
+#[test]
+fn the_html_page_has_two_plots_per_configuration_and_their_names() {
+    let jobs = checked(&generate(Params {
+        profile: Profile::CiDay,
+        tenants: 3,
+        jobs: 500,
+        seed: 5,
+    }));
+    let dynamic = simulate(&config(DYNAMIC), &jobs).unwrap();
+    let fixed = simulate(
+        &config(
+            &DYNAMIC
+                .replace("name = \"dyn\"", "name = \"fixed <&> pool\"")
+                .replace(
+                    "kind = \"dynamic\"\nmax = 50",
+                    "kind = \"static\"\nsize = 20",
+                ),
+        ),
+        &jobs,
+    )
+    .unwrap();
+    assert!(dynamic.samples.len() > 10, "samples for the time plot");
+    let page = hodei_sim::html::page(&[dynamic, fixed]).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    assert!(page.trim_end().ends_with("</html>"));
+    // Two plots per configuration: over time, and the waits.
+    assert_eq!(page.matches("<svg").count(), 4);
+    assert_eq!(page.matches("</svg>").count(), 4);
+    assert_eq!(page.matches("queue depth and workers by state").count(), 2);
+    assert_eq!(page.matches("wait from submission to start").count(), 2);
+    assert!(page.contains("<h2>dyn</h2>"));
+    // Names are escaped, never markup.
+    assert!(page.contains("<h2>fixed &lt;&amp;&gt; pool</h2>"));
+    assert!(!page.contains("fixed <&> pool"));
+    // Self-contained: no script, nothing fetched.
+    assert!(!page.contains("<script"));
+    assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
+    // A line per series: the time plot draws polylines.
+    assert!(page.matches("<polyline").count() >= 8);
+}
+
+/// Twenty 10 s jobs of one tenant at once on 10 idle workers, under `tenant_extra` and
+/// `rest` (a `[tenants]` or `[sla]` table).
+fn quota_run(tenant_extra: &str, rest: &str) -> hodei_sim::RunReport {
+    let jobs: Vec<hodei_sim::trace::TraceJob> = (0..20)
+        .map(|_| hodei_sim::trace::TraceJob {
+            submit_offset_s: 60.0,
+            tenant: "capped".into(),
+            queue: "default".into(),
+            priority: 0,
+            sla_class: "medium".into(),
+            cpu: 1,
+            memory_mb: 0,
+            labels: Default::default(),
+            run_s: 10.0,
+            exit_code: 0,
+        })
+        .collect();
+    let text = format!(
+        "name = \"q\"\n[[pool]]\nname = \"p\"\nprovider = \"local\"\nkind = \"static\"\nsize = 10\n\
+         [pool.template.capabilities]\ncpu_cores = 4\nmemory_mb = 8192\n\n\
+         [[tenant]]\nname = \"capped\"\n{tenant_extra}\n{rest}\n"
+    );
+    simulate(&config(&text), &checked(&jobs)).unwrap()
+}
+
+#[test]
+fn tenant_quotas_burst_and_sla_deadlines_are_the_servers() {
+    // No quota: all ten workers at once, two rounds.
+    let free = quota_run("", "");
+    assert!(free.wait_seconds.max < 11.0, "{:?}", free.wait_seconds);
+    // A hard quota of 2 running jobs: ten rounds, the last starts 90 s after submission.
+    let hard = quota_run("max_running_jobs = 2", "");
+    assert!(hard.wait_seconds.max >= 90.0, "{:?}", hard.wait_seconds);
+    // Soft, with nobody else waiting: it bursts to 2 x 2 = 4 at once, five rounds.
+    let soft = quota_run(
+        "max_running_jobs = 2\nsoft = [\"running_jobs\"]",
+        "[tenants]\nburst_factor = 2.0",
+    );
+    assert!(
+        (40.0..50.0).contains(&soft.wait_seconds.max),
+        "{:?}",
+        soft.wait_seconds
+    );
+    // [sla]: a 30 s deadline for medium jobs, missed by the quota's later rounds.
+    let late = quota_run("max_running_jobs = 2", "[sla]\nmedium = \"30s\"");
+    let medium = &late.sla_met_by_class["medium"];
+    assert_eq!(medium.deadline_seconds, 30.0);
+    // Rounds start at 0, 10, 20, 30 s (+ dispatch latency): the first three meet it.
+    assert_eq!((medium.jobs, medium.met), (20, 6));
+    assert_eq!(hard.sla_met_by_class["medium"].met, 20, "the default hour");
+    // Bad values name the key.
+    let bad: SimConfig = toml::from_str(
+        "[[pool]]\nname = \"p\"\nprovider = \"local\"\nkind = \"static\"\nsize = 1\n\
+         [[tenant]]\nname = \"x\"\nsoft = [\"cpu\"]\n",
+    )
+    .unwrap();
+    let err = bad.check().unwrap_err();
+    assert_eq!(err.field, "tenant[x].soft", "{err:?}");
+}
