@@ -1750,6 +1750,29 @@ mod tests {
     }
 
     /// A connected worker and a best-effort job (no retries) running on it since 3.
+    /// The victim's agent reports it stopped (a cancel) at `now`: the job that ended, which
+    /// must be a preemption.
+    fn stopped_as_preempted(m: &mut Dispatch, worker: &WorkerId, victim: &JobId, now: u64) -> Job {
+        let effects = run(
+            m,
+            Input::Result {
+                worker: worker.clone(),
+                job: victim.clone(),
+                outcome: AttemptOutcome::Cancelled,
+                healthy: true,
+            },
+            now,
+        );
+        match effects.iter().find(|e| matches!(e, Effect::Ended { .. })) {
+            Some(Effect::Ended {
+                job,
+                preempted: true,
+                ..
+            }) => job.clone(),
+            _ => panic!("{effects:?}"),
+        }
+    }
+
     fn running_best_effort(m: &mut Dispatch) -> (IdleWorker, JobId) {
         let w = worker(1, 4);
         run(
@@ -1848,24 +1871,7 @@ mod tests {
         );
         assert!(again.writes.is_empty());
         // The agent stops it: its end is a preemption, requeued with its retry unspent.
-        let effects = run(
-            &mut m,
-            Input::Result {
-                worker: w.id.clone(),
-                job: victim.clone(),
-                outcome: AttemptOutcome::Cancelled,
-                healthy: true,
-            },
-            13,
-        );
-        let Some(Effect::Ended {
-            job: ended,
-            preempted: true,
-            ..
-        }) = effects.iter().find(|e| matches!(e, Effect::Ended { .. }))
-        else {
-            panic!("{effects:?}");
-        };
+        let ended = stopped_as_preempted(&mut m, &w.id, &victim, 13);
         assert_eq!(
             (ended.state, ended.preempted, ended.attempts),
             (JobState::Queued, 1, 1)
@@ -1938,24 +1944,7 @@ mod tests {
             "{effects:?}"
         );
         // Its stop comes in as a cancel: a preemption, no retry spent, mark cleared.
-        let effects = run(
-            &mut m,
-            Input::Result {
-                worker: w.id.clone(),
-                job: victim.clone(),
-                outcome: AttemptOutcome::Cancelled,
-                healthy: true,
-            },
-            22,
-        );
-        let Some(Effect::Ended {
-            job: ended,
-            preempted: true,
-            ..
-        }) = effects.iter().find(|e| matches!(e, Effect::Ended { .. }))
-        else {
-            panic!("{effects:?}");
-        };
+        let ended = stopped_as_preempted(&mut m, &w.id, &victim, 22);
         assert_eq!((ended.state, ended.preempted), (JobState::Queued, 1));
         assert_eq!(ended.stopping_for, None);
         assert_eq!(m.preempting().count(), 0);
