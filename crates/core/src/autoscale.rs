@@ -27,13 +27,18 @@ pub struct IdleSince {
     pub idle_for: Duration,
 }
 
-/// What a pool has now. Unhealthy and draining workers are not in it: they are not supply.
+/// What a pool has now. Unhealthy and draining workers are not supply, but they still
+/// exist: they count against the pool's maximum.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolView {
     pub idle: Vec<IdleSince>,
     pub busy: u32,
     /// Being created, or created and not yet connected.
     pub starting: u32,
+    /// Registered but not healthy (missed heartbeats): dead, or only slow.
+    pub unhealthy: u32,
+    /// Drained or retired, on their way out.
+    pub leaving: u32,
 }
 
 impl PoolView {
@@ -292,6 +297,25 @@ pub fn decide(
         >= usize::try_from(policy.max_decisions_per_minute).unwrap_or(usize::MAX);
 
     if supply < desired {
+        // The maximum bounds every worker that exists, not only supply: a slow worker that
+        // recovers or one still leaving would otherwise take the pool past it. Below the
+        // minimum an unhealthy worker is presumed dead and replaced; if it comes back, the
+        // pool's excess idle workers above the maximum go at once.
+        let room = max.saturating_sub(supply + view.unhealthy + view.leaving);
+        let repair = min
+            .saturating_sub(supply)
+            .min(max.saturating_sub(supply + view.leaving));
+        let add = (desired - supply).min(room.max(repair));
+        if add == 0 {
+            return decision(
+                ScaleAction::Hold,
+                format!(
+                    "{have}, {desired} needed, waiting: {} unhealthy and {} leaving count \
+                     against the maximum of {max}",
+                    view.unhealthy, view.leaving
+                ),
+            );
+        }
         let up_cooldown = cooldown_left(history.last_scale_up_ms, policy.scale_up_cooldown, now_ms);
         let blocked = match (up_cooldown, rate_capped) {
             (Some(left), _) => Some(format!("scale-up cooldown, {left} s left")),
@@ -302,13 +326,20 @@ pub fn decide(
             (None, false) => None,
         };
         return match blocked {
-            None => decision(
-                ScaleAction::Up(desired - supply),
-                format!("{have}, {desired} needed: {why}"),
-            ),
+            None => decision(ScaleAction::Up(add), {
+                let held = view.unhealthy + view.leaving;
+                if add < desired - supply {
+                    format!(
+                        "{have}, {desired} needed: {why}; {add} added, {held} unhealthy or \
+                         leaving count against the maximum of {max}"
+                    )
+                } else {
+                    format!("{have}, {desired} needed: {why}")
+                }
+            }),
             // Below the minimum is a repair (a worker died): no cooldown applies.
-            Some(_) if supply < min => decision(
-                ScaleAction::Up(min - supply),
+            Some(_) if repair > 0 => decision(
+                ScaleAction::Up(repair),
                 format!("{have}, below the minimum of {min}"),
             ),
             Some(blocked) => decision(
@@ -488,6 +519,7 @@ mod tests {
             idle: idle(idle_n, idle_secs),
             busy,
             starting,
+            ..PoolView::default()
         }
     }
 
@@ -500,6 +532,45 @@ mod tests {
 
     fn up(n: u32) -> ScaleAction {
         ScaleAction::Up(n)
+    }
+
+    #[test]
+    fn unhealthy_and_leaving_workers_count_against_the_maximum() {
+        let spec = dynamic(0, 8);
+        let history = ScalingHistory::default();
+        // 6 busy, 1 unhealthy (slow, or dead), 1 leaving, 20 queued: the pool is at 8.
+        let full = PoolView {
+            unhealthy: 1,
+            leaving: 1,
+            ..view(0, 0, 6, 0)
+        };
+        let decision = decide(&spec, &full, &queued(20), &history, NOW);
+        assert_eq!(decision.action, ScaleAction::Hold, "{decision:?}");
+        assert!(
+            decision.reason.contains("1 unhealthy and 1 leaving"),
+            "{}",
+            decision.reason
+        );
+        // With one of them gone there is room for exactly one more.
+        let room = PoolView { leaving: 0, ..full };
+        let decision = decide(&spec, &room, &queued(20), &history, NOW);
+        assert_eq!(decision.action, up(1), "{decision:?}");
+        assert!(decision.reason.contains("1 added"), "{}", decision.reason);
+        // Below the minimum an unhealthy worker is replaced (presumed dead), a leaving one
+        // still counts.
+        let spec = dynamic(4, 4);
+        let decision = decide(
+            &spec,
+            &PoolView {
+                unhealthy: 1,
+                leaving: 1,
+                ..view(2, 0, 0, 0)
+            },
+            &queued(0),
+            &history,
+            NOW,
+        );
+        assert_eq!(decision.action, up(1), "{decision:?}");
     }
 
     #[test]
@@ -876,6 +947,7 @@ mod tests {
             0u32..60,
             0u32..4,
             arb_history(),
+            (0u32..4, 0u32..4),
         )
             .prop_map(
                 |(
@@ -889,6 +961,7 @@ mod tests {
                     queued_n,
                     buffer,
                     history,
+                    (unhealthy, leaving),
                 )| {
                     let mut spec = if is_static {
                         PoolSpec::fixed("p", ProviderKind::Local, size)
@@ -898,7 +971,11 @@ mod tests {
                     spec.idle_buffer = if is_static { 0 } else { buffer };
                     (
                         spec,
-                        view(idle_n, idle_secs, busy, starting),
+                        PoolView {
+                            unhealthy,
+                            leaving,
+                            ..view(idle_n, idle_secs, busy, starting)
+                        },
                         queued(queued_n),
                         history,
                     )
@@ -923,8 +1000,14 @@ mod tests {
             match &decision.action {
                 ScaleAction::Up(n) => {
                     prop_assert!(*n > 0);
-                    // Never above max; never while starting workers already cover the need.
-                    prop_assert!(supply + n <= max);
+                    // Never above max, counting workers that are leaving, nor (unless
+                    // below the minimum) unhealthy ones; never while starting workers
+                    // already cover the need.
+                    prop_assert!(supply + n + view.leaving <= max);
+                    prop_assert!(
+                        supply + n + view.unhealthy + view.leaving <= max || supply + n <= min,
+                        "only a repair replaces an unhealthy worker"
+                    );
                     prop_assert!(supply + n <= decision.desired);
                     prop_assert!(supply < decision.desired);
                     if up_cooling {

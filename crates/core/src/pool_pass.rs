@@ -317,6 +317,8 @@ pub fn view_of(members: &[Member], counted: PoolCounts) -> (PoolView, PoolCounts
     counts.idle = u32::try_from(view.idle.len()).unwrap_or(u32::MAX);
     view.busy = counts.busy;
     view.starting = counts.starting;
+    view.unhealthy = counts.unhealthy;
+    view.leaving = counts.leaving;
     (view, counts)
 }
 
