@@ -44,6 +44,43 @@ macro_rules! say {
     }};
 }
 
+/// A shim's command line, as the agent writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShimCall {
+    /// `__job-supervise --lease-ms MS -- CMD...`
+    Supervise {
+        lease: Duration,
+        command: Vec<OsString>,
+    },
+    /// `__job-exec --parent PID -- CMD...`
+    Exec { parent: i32, command: Vec<OsString> },
+}
+
+/// Reads a shim's arguments (those after the program's name) in exactly the form the agent
+/// writes them; `None` for anything else, which is left to the full command-line parser and
+/// its errors. The shims start twice per job: building the parser of every `hodei` command
+/// for them cost more than the rest of their start.
+pub fn parse_shim_call(args: &[OsString]) -> Option<ShimCall> {
+    let [name, flag, value, dashes, command @ ..] = args else {
+        return None;
+    };
+    if dashes.to_str() != Some("--") || command.is_empty() {
+        return None;
+    }
+    let value = value.to_str()?;
+    match (name.to_str()?, flag.to_str()?) {
+        (SUPERVISE, "--lease-ms") => Some(ShimCall::Supervise {
+            lease: Duration::from_millis(value.parse().ok()?),
+            command: command.to_vec(),
+        }),
+        (EXEC, "--parent") => Some(ShimCall::Exec {
+            parent: value.parse().ok()?,
+            command: command.to_vec(),
+        }),
+        _ => None,
+    }
+}
+
 /// Exit code of the shims when they cannot do their work at all.
 const SHIM_FAILED: i32 = 127;
 
@@ -252,8 +289,48 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
     read_stat(pid)?.start_time
 }
 
-/// The processes whose parent is `parent` (from `/proc`).
+/// The processes whose parent is `parent`: from the kernel's list of each of its threads'
+/// children (`/proc/<pid>/task/<tid>/children`), or, where the kernel has no such list, by
+/// reading every process's `/proc/<pid>/stat`. The agent asks after every job: the walk read a
+/// few hundred files each time on a busy machine, the lists one per thread.
 pub fn children_of(parent: i32) -> Vec<i32> {
+    if let Some(children) = children_of_threads(parent) {
+        return children;
+    }
+    children_by_walk(parent)
+}
+
+/// `None` when the kernel keeps no children lists (built without `CONFIG_PROC_CHILDREN`) or
+/// `parent`'s main thread cannot be read.
+fn children_of_threads(parent: i32) -> Option<Vec<i32>> {
+    let task = PathBuf::from(format!("/proc/{parent}/task"));
+    // The main thread's list: its absence says the kernel keeps none.
+    let mut text = std::fs::read_to_string(task.join(parent.to_string()).join("children")).ok()?;
+    for entry in std::fs::read_dir(&task).ok()?.flatten() {
+        if entry.file_name().to_str() == Some(&parent.to_string()) {
+            continue;
+        }
+        // A thread that ended meanwhile handed its children to another thread.
+        if let Ok(more) = std::fs::read_to_string(entry.path().join("children")) {
+            text.push(' ');
+            text.push_str(&more);
+        }
+    }
+    Some(parse_children(&text))
+}
+
+/// The pids of a `children` list (separated by spaces), each once.
+fn parse_children(text: &str) -> Vec<i32> {
+    let mut pids: Vec<i32> = text
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+fn children_by_walk(parent: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -321,6 +398,66 @@ pub fn kill_leftovers(work_root: &Path) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn shim_calls_parse_as_the_agent_writes_them() {
+        assert_eq!(
+            parse_shim_call(&args(&[SUPERVISE, "--lease-ms", "1500", "--", "make", "-j"])),
+            Some(ShimCall::Supervise {
+                lease: Duration::from_millis(1500),
+                command: args(&["make", "-j"]),
+            })
+        );
+        assert_eq!(
+            parse_shim_call(&args(&[EXEC, "--parent", "42", "--", "true"])),
+            Some(ShimCall::Exec {
+                parent: 42,
+                command: args(&["true"]),
+            })
+        );
+    }
+
+    #[test]
+    fn anything_else_is_left_to_the_full_parser() {
+        for words in [
+            &[SUPERVISE, "--lease-ms", "soon", "--", "true"][..],
+            &[SUPERVISE, "--lease-ms", "10", "--"],
+            &[SUPERVISE, "--lease-ms", "10", "true"],
+            &[EXEC, "--lease-ms", "10", "--", "true"],
+            &[EXEC, "--parent", "-", "--", "true"],
+            &["job", "--parent", "1", "--", "true"],
+            &["server", "--config", "x.toml"],
+            &[],
+        ] {
+            assert_eq!(parse_shim_call(&args(words)), None, "{words:?}");
+        }
+    }
+
+    #[test]
+    fn children_lists_parse_to_distinct_pids() {
+        assert_eq!(parse_children("12 7 \n 12 x 9"), vec![7, 9, 12]);
+        assert_eq!(parse_children(""), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn children_are_found_the_same_way_with_or_without_the_walk() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = i32::try_from(std::process::id()).unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let listed = children_of(me);
+        let walked = children_by_walk(me);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(listed.contains(&pid), "{listed:?} lacks {pid}");
+        assert!(walked.contains(&pid), "{walked:?} lacks {pid}");
+    }
 
     #[test]
     fn renewals_parse() {

@@ -626,25 +626,36 @@ pub async fn run_with(
 }
 
 /// After a job: removes the job's fresh working directory, then checks the worker can take
-/// another job (its work root is writable). Returns what failed, if anything.
+/// another job (its work root is writable). Returns what failed, if anything. The file system
+/// calls run together on one blocking thread (one hand-off per job, not one per call).
 pub async fn clean_and_check(
     fresh_directory: Option<&std::path::Path>,
     work_root: &std::path::Path,
 ) -> Option<String> {
+    let fresh_directory = fresh_directory.map(std::path::Path::to_path_buf);
+    let work_root = work_root.to_path_buf();
+    tokio::task::spawn_blocking(move || clean_and_check_now(fresh_directory.as_deref(), &work_root))
+        .await
+        .unwrap_or_else(|error| Some(format!("the clean-up after the job failed: {error}")))
+}
+
+fn clean_and_check_now(
+    fresh_directory: Option<&std::path::Path>,
+    work_root: &std::path::Path,
+) -> Option<String> {
     if let Some(directory) = fresh_directory
-        && let Err(error) = tokio::fs::remove_dir_all(directory).await
+        && let Err(error) = std::fs::remove_dir_all(directory)
         && error.kind() != std::io::ErrorKind::NotFound
     {
         return Some(format!("cannot remove {}: {error}", directory.display()));
     }
     let probe = work_root.join(".hodei-health");
-    let check = async {
-        tokio::fs::create_dir_all(work_root).await?;
-        tokio::fs::write(&probe, b"ok").await?;
-        tokio::fs::remove_file(&probe).await
+    let check = || {
+        std::fs::create_dir_all(work_root)?;
+        std::fs::write(&probe, b"ok")?;
+        std::fs::remove_file(&probe)
     };
-    check
-        .await
+    check()
         .err()
         .map(|error| format!("work root {} is not writable: {error}", work_root.display()))
 }

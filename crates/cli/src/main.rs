@@ -314,8 +314,20 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // The job shims run before any runtime or thread exists: they are on every job's path,
+    // so their arguments (always written by the agent) are read by hand; the clap commands
+    // below take what does not read.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    match hodei_agent::exec::parse_shim_call(&args) {
+        Some(hodei_agent::exec::ShimCall::Supervise { lease, command }) => {
+            return exit_code(hodei_agent::exec::supervise(lease, command));
+        }
+        Some(hodei_agent::exec::ShimCall::Exec { parent, command }) => {
+            return exit_code(hodei_agent::exec::exec(parent, command));
+        }
+        None => {}
+    }
     let cli = Cli::parse();
-    // The job shims run before any runtime or thread exists: they are on every job's path.
     match cli.command {
         Command::JobSupervise(args) => {
             let lease = std::time::Duration::from_millis(args.lease_ms);

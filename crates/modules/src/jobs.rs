@@ -630,6 +630,81 @@ type Submission = (
     oneshot::Sender<Result<Job, JobError>>,
 );
 
+/// Submissions and agents' reports taken from the inbox together, each kind in arrival order.
+#[derive(Default)]
+struct Reports {
+    submits: Vec<Submission>,
+    accepted: Vec<(WorkerId, String, u32)>,
+    logs: Vec<(WorkerId, LogChunk)>,
+    results: Vec<ReportedEnd>,
+}
+
+impl Reports {
+    /// Adds a submission or report to the run; any other event comes back.
+    fn take(&mut self, event: Event) -> Option<Event> {
+        match event {
+            Event::Submit { spec, class, reply } => self.submits.push((*spec, class, reply)),
+            Event::Accepted {
+                worker_id,
+                job_id,
+                attempt,
+            } => self.accepted.push((worker_id, job_id, attempt)),
+            Event::Log { worker_id, chunk } => self.logs.push((worker_id, chunk)),
+            Event::Result {
+                worker_id,
+                job_id,
+                attempt,
+                outcome,
+                healthy,
+            } => self.results.push(ReportedEnd {
+                worker_id,
+                job_id,
+                attempt,
+                outcome,
+                healthy,
+            }),
+            other => return Some(other),
+        }
+        None
+    }
+
+    fn is_empty(&self) -> bool {
+        self.submits.is_empty()
+            && self.accepted.is_empty()
+            && self.logs.is_empty()
+            && self.results.is_empty()
+    }
+}
+
+/// A step of [`Dispatcher::handle_all`]: a run of submissions and reports, or another event.
+enum Part {
+    Reports(Reports),
+    Other(Event),
+}
+
+/// Splits a batch of events into runs of submissions and agents' reports, which are recorded
+/// kind by kind (acceptances, then output, then results: one commit per kind, not per change
+/// of kind in the inbox), and the other events, each on its own in its place. An agent sends
+/// a job's acceptance, output and result in that order, so handling the kinds in that order
+/// keeps each job's order; any other event ends a run, so what it sees or changes comes
+/// after everything that arrived before it.
+fn batch_by_kind(events: Vec<Event>) -> Vec<Part> {
+    let mut parts = Vec::new();
+    let mut run = Reports::default();
+    for event in events {
+        if let Some(other) = run.take(event) {
+            if !run.is_empty() {
+                parts.push(Part::Reports(std::mem::take(&mut run)));
+            }
+            parts.push(Part::Other(other));
+        }
+    }
+    if !run.is_empty() {
+        parts.push(Part::Reports(run));
+    }
+    parts
+}
+
 /// How long the usage writer gathers rows before one commit.
 const USAGE_BATCH_WINDOW: Duration = Duration::from_millis(250);
 
@@ -1227,71 +1302,23 @@ impl Dispatcher {
     /// together, each run with one store commit: with SQLite's fsync per commit, that is what
     /// lets a burst through at thousands of jobs per second.
     async fn handle_all(&mut self, events: Vec<Event>) {
-        let mut events = events.into_iter().peekable();
-        while let Some(event) = events.next() {
+        for part in batch_by_kind(events) {
+            let event = match part {
+                Part::Reports(reports) => {
+                    self.handle_reports(reports).await;
+                    continue;
+                }
+                Part::Other(event) => event,
+            };
             match event {
-                Event::Submit { spec, class, reply } => {
-                    let mut batch = vec![(*spec, class, reply)];
-                    while let Some(Event::Submit { .. }) = events.peek() {
-                        if let Some(Event::Submit { spec, class, reply }) = events.next() {
-                            batch.push((*spec, class, reply));
-                        }
-                    }
-                    self.submit_batch(batch).await;
-                }
-                Event::Accepted {
-                    worker_id,
-                    job_id,
-                    attempt,
-                } => {
-                    let mut batch = vec![(worker_id, job_id, attempt)];
-                    while let Some(Event::Accepted { .. }) = events.peek() {
-                        if let Some(Event::Accepted {
-                            worker_id,
-                            job_id,
-                            attempt,
-                        }) = events.next()
-                        {
-                            batch.push((worker_id, job_id, attempt));
-                        }
-                    }
-                    self.accepted_batch(batch).await;
-                }
-                Event::Result {
-                    worker_id,
-                    job_id,
-                    attempt,
-                    outcome,
-                    healthy,
-                } => {
-                    let mut batch = vec![ReportedEnd {
-                        worker_id,
-                        job_id,
-                        attempt,
-                        outcome,
-                        healthy,
-                    }];
-                    while let Some(Event::Result { .. }) = events.peek() {
-                        if let Some(Event::Result {
-                            worker_id,
-                            job_id,
-                            attempt,
-                            outcome,
-                            healthy,
-                        }) = events.next()
-                        {
-                            batch.push(ReportedEnd {
-                                worker_id,
-                                job_id,
-                                attempt,
-                                outcome,
-                                healthy,
-                            });
-                        }
-                    }
-                    // Output first: whoever sees the job ended finds all of it stored.
-                    self.flush_logs().await;
-                    self.result_batch(batch).await;
+                report @ (Event::Submit { .. }
+                | Event::Accepted { .. }
+                | Event::Result { .. }
+                | Event::Log { .. }) => {
+                    // `batch_by_kind` puts these in runs; handled the same way all the same.
+                    let mut run = Reports::default();
+                    let _ = run.take(report);
+                    self.handle_reports(run).await;
                 }
                 Event::Cancel { id, reply } => {
                     let _ = reply.send(self.cancel(&id).await);
@@ -1353,8 +1380,32 @@ impl Dispatcher {
                 Event::WorkerUses { workers, reply } => {
                     let _ = reply.send(workers.iter().map(|w| self.machine.uses(w)).collect());
                 }
-                Event::Log { worker_id, chunk } => self.log(&worker_id, chunk),
             }
+        }
+    }
+
+    /// A run of submissions and agents' reports, by kind: one commit for the submissions,
+    /// one for the acceptances, one for the results (after the output, so whoever sees a job
+    /// ended finds all of it stored), however the kinds interleaved in the inbox.
+    async fn handle_reports(&mut self, reports: Reports) {
+        let Reports {
+            submits,
+            accepted,
+            logs,
+            results,
+        } = reports;
+        if !submits.is_empty() {
+            self.submit_batch(submits).await;
+        }
+        if !accepted.is_empty() {
+            self.accepted_batch(accepted).await;
+        }
+        for (worker_id, chunk) in logs {
+            self.log(&worker_id, chunk);
+        }
+        if !results.is_empty() {
+            self.flush_logs().await;
+            self.result_batch(results).await;
         }
     }
 
@@ -2067,5 +2118,70 @@ impl JobMetrics {
                 state: state.as_str(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(name: &str) -> WorkerId {
+        WorkerId::new(name).unwrap()
+    }
+
+    fn accepted(job: &str) -> Event {
+        Event::Accepted {
+            worker_id: worker("w"),
+            job_id: job.into(),
+            attempt: 1,
+        }
+    }
+
+    fn result(job: &str) -> Event {
+        Event::Result {
+            worker_id: worker("w"),
+            job_id: job.into(),
+            attempt: 1,
+            outcome: AttemptOutcome::Exited(0),
+            healthy: true,
+        }
+    }
+
+    /// Each part as (accepted jobs, result jobs), or `None` for another event.
+    fn shape(parts: &[Part]) -> Vec<Option<(Vec<&str>, Vec<&str>)>> {
+        parts
+            .iter()
+            .map(|part| match part {
+                Part::Reports(run) => Some((
+                    run.accepted.iter().map(|(_, job, _)| job.as_str()).collect(),
+                    run.results.iter().map(|end| end.job_id.as_str()).collect(),
+                )),
+                Part::Other(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn interleaved_reports_are_gathered_by_kind_up_to_another_event() {
+        let (reply, _answer) = oneshot::channel();
+        let events = vec![
+            accepted("a"),
+            result("b"),
+            accepted("c"),
+            result("a"),
+            Event::Cancel {
+                id: JobId::new("j").unwrap(),
+                reply,
+            },
+            result("c"),
+        ];
+        assert_eq!(
+            shape(&batch_by_kind(events)),
+            vec![
+                Some((vec!["a", "c"], vec!["b", "a"])),
+                None,
+                Some((vec![], vec!["c"])),
+            ]
+        );
     }
 }

@@ -31,9 +31,8 @@ fn sqlite_placeholder(n: u8) -> String {
 /// [`Error::Unavailable`].
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connections to a database file. WAL lets readers run beside the one writer; more than a few
-/// only wait on the write lock.
-const MAX_CONNECTIONS: u32 = 4;
+/// Connections for reads from a database file. WAL lets readers run beside the one writer.
+const MAX_READERS: u32 = 4;
 
 /// How often a transition re-reads and retries after losing a race before reporting the store
 /// as unavailable. Every lost race means another transition won, so this is only reached under
@@ -47,9 +46,15 @@ pub(crate) const MAX_TRANSITION_ATTEMPTS: usize = 64;
 /// table `jobs` the same way (the [`Job`] as JSON beside `state`, `tenant`, `queue`,
 /// `worker_id`, with `sequence` as the rowid), their output in `job_logs`. Timestamps are
 /// kept in milliseconds since the Unix epoch. Cloning is cheap and shares the connections.
+///
+/// Every write goes through one connection (`writer`): writers queue for it in the async
+/// pool instead of contending for SQLite's write lock, whose busy handler sleeps (1 ms, then
+/// 2, 5, 10 ... ms) and so added milliseconds to commits that met another writer's. Reads
+/// use the other connections (`pool`).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -74,12 +79,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(map_sqlx_error)?;
         let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(MAX_READERS)
             .connect_with(options)
             .await
             .map_err(map_sqlx_error)?;
-        Self::migrated(pool).await
+        Self::migrated(pool, writer).await
     }
 
     /// A private in-memory database, for tests. It lives in a single connection that is never
@@ -97,20 +107,21 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(map_sqlx_error)?;
-        Self::migrated(pool).await
+        Self::migrated(pool.clone(), pool).await
     }
 
-    async fn migrated(pool: SqlitePool) -> Result<Self, Error> {
+    async fn migrated(pool: SqlitePool, writer: SqlitePool) -> Result<Self, Error> {
         sqlx::migrate!("./migrations")
-            .run(&pool)
+            .run(&writer)
             .await
             .map_err(map_migrate_error)?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer })
     }
 
     /// Waits for running statements to finish and closes every connection. Later calls fail
     /// with [`Error::Unavailable`].
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -142,7 +153,7 @@ impl Store for SqliteStore {
         .bind(state.as_str())
         .bind(worker_json)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|err| match &err {
             sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => {
@@ -207,7 +218,7 @@ impl Store for SqliteStore {
             .bind(millis_since_epoch(SystemTime::now()))
             .bind(id.as_str())
             .bind(current.state.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await
             .map_err(map_sqlx_error)?;
             if let Some(row) = updated {
@@ -225,7 +236,7 @@ impl Store for SqliteStore {
                 .bind(registered)
                 .bind(millis_since_epoch(SystemTime::now()))
                 .bind(id.as_str())
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(map_sqlx_error)?;
         if updated.rows_affected() == 0 {
@@ -242,7 +253,7 @@ impl Store for SqliteStore {
         let updated = sqlx::query("UPDATE workers SET drain_after = ?1 WHERE id = ?2")
             .bind(after.map(AfterDrain::as_str))
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(map_sqlx_error)?;
         if updated.rows_affected() == 0 {
@@ -265,7 +276,7 @@ impl Store for SqliteStore {
         let deleted = sqlx::query(&retention::prune_workers_sql(sqlite_placeholder))
             .bind(retention::sql_millis(before_ms))
             .bind(retention::sql_limit(limit))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(map_sqlx_error)?;
         Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
@@ -275,7 +286,7 @@ impl Store for SqliteStore {
         let deleted = sqlx::query(&retention::prune_jobs_sql(sqlite_placeholder))
             .bind(retention::sql_millis(before_ms))
             .bind(retention::sql_limit(limit))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(map_sqlx_error)?;
         Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
@@ -292,7 +303,7 @@ impl Store for SqliteStore {
         .bind(&pool.name)
         .bind(spec_json)
         .bind(millis_since_epoch(SystemTime::now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_sqlx_error)?;
         Ok(())
@@ -305,7 +316,7 @@ impl Store for SqliteStore {
             .bind(&pool.name)
             .bind(spec_json)
             .bind(millis_since_epoch(SystemTime::now()))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(|err| match &err {
                 sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => {
@@ -339,7 +350,7 @@ impl Store for SqliteStore {
     async fn delete_pool(&self, name: &str) -> Result<bool, Error> {
         let deleted = sqlx::query("DELETE FROM pools WHERE name = ?1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(map_sqlx_error)?;
         Ok(deleted.rows_affected() > 0)
@@ -355,7 +366,7 @@ impl Store for SqliteStore {
         .bind(tenant.name.as_str())
         .bind(json)
         .bind(millis_since_epoch(SystemTime::now()))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_sqlx_error)?;
         Ok(())
@@ -374,14 +385,14 @@ impl Store for SqliteStore {
     async fn delete_tenant(&self, name: &TenantName) -> Result<bool, Error> {
         let deleted = sqlx::query("DELETE FROM tenants WHERE name = ?1")
             .bind(name.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(map_sqlx_error)?;
         Ok(deleted.rows_affected() > 0)
     }
 
     async fn insert_credential(&self, credential: &CredentialRecord) -> Result<(), Error> {
-        credentials::insert(&self.pool, credential).await
+        credentials::insert(&self.writer, credential).await
     }
 
     async fn list_credentials(&self) -> Result<Vec<CredentialRecord>, Error> {
@@ -389,11 +400,11 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_credential(&self, id: &str, at: SystemTime) -> Result<Vec<String>, Error> {
-        credentials::revoke(&self.pool, id, at).await
+        credentials::revoke(&self.writer, id, at).await
     }
 
     async fn insert_job(&self, job: &Job) -> Result<Job, Error> {
-        jobs::insert_job(&self.pool, job).await
+        jobs::insert_job(&self.writer, job).await
     }
 
     async fn get_job(&self, id: &JobId) -> Result<Option<Job>, Error> {
@@ -405,22 +416,22 @@ impl Store for SqliteStore {
     }
 
     async fn update_job(&self, job: &Job, expected: JobState) -> Result<(), Error> {
-        jobs::update_job(&self.pool, job, expected).await
+        jobs::update_job(&self.writer, job, expected).await
     }
 
     async fn insert_jobs(&self, new: &[Job]) -> Result<Vec<Result<Job, Error>>, Error> {
-        jobs::insert_jobs(&self.pool, new).await
+        jobs::insert_jobs(&self.writer, new).await
     }
 
     async fn update_jobs(
         &self,
         updates: &[(Job, JobState)],
     ) -> Result<Vec<Result<(), Error>>, Error> {
-        jobs::update_jobs(&self.pool, updates).await
+        jobs::update_jobs(&self.writer, updates).await
     }
 
     async fn append_logs(&self, chunks: &[LogChunk]) -> Result<(), Error> {
-        jobs::append_logs(&self.pool, chunks).await
+        jobs::append_logs(&self.writer, chunks).await
     }
 
     async fn read_logs(
@@ -433,11 +444,11 @@ impl Store for SqliteStore {
     }
 
     async fn record_attempt_usage(&self, usage: &[AttemptUsage]) -> Result<(), Error> {
-        crate::usage::record_attempt_usage(&self.pool, usage).await
+        crate::usage::record_attempt_usage(&self.writer, usage).await
     }
 
     async fn add_pool_usage(&self, usage: &[PoolUsage]) -> Result<(), Error> {
-        crate::usage::add_pool_usage(&self.pool, usage).await
+        crate::usage::add_pool_usage(&self.writer, usage).await
     }
 
     async fn attempt_totals(&self, since_ms: u64) -> Result<Vec<AttemptTotals>, Error> {
@@ -574,8 +585,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(journal_mode, "wal");
-        // 2 is FULL; the pragma is per connection, so ask each one the pool may hand out.
-        for _ in 0..MAX_CONNECTIONS {
+        // 2 is FULL; the pragma is per connection: the writer's is what makes commits
+        // durable, and every reader the pool may hand out is opened the same way.
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(synchronous, 2);
+        for _ in 0..MAX_READERS {
             let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
                 .fetch_one(&store.pool)
                 .await

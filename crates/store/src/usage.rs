@@ -16,6 +16,21 @@ pub(crate) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// Attempts' usage rows per `INSERT` statement: each statement is one round trip to sqlx's
+/// SQLite thread, so a batch of ended attempts costs a few, not one per attempt. 100 rows of
+/// 9 values stay far below SQLite's limit of 32,766 bound values.
+const USAGE_ROWS_PER_STATEMENT: usize = 100;
+
+/// The `INSERT` of `rows` attempts' usage; a row already there is skipped.
+fn insert_attempt_usage_sql(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT INTO attempt_usage (job_id, attempt, tenant, queue, pool, worker_id, \
+         ended_at_ms, worker_seconds, cost) VALUES {values} \
+         ON CONFLICT (job_id, attempt, worker_id, ended_at_ms) DO NOTHING"
+    )
+}
+
 pub(crate) async fn record_attempt_usage(
     pool: &SqlitePool,
     usage: &[AttemptUsage],
@@ -27,24 +42,25 @@ pub(crate) async fn record_attempt_usage(
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(map_sqlx_error)?;
-    for row in usage {
-        sqlx::query(
-            "INSERT INTO attempt_usage (job_id, attempt, tenant, queue, pool, worker_id, \
-             ended_at_ms, worker_seconds, cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (job_id, attempt, worker_id, ended_at_ms) DO NOTHING",
-        )
-        .bind(&row.job_id)
-        .bind(i64::from(row.attempt))
-        .bind(&row.tenant)
-        .bind(&row.queue)
-        .bind(&row.pool)
-        .bind(&row.worker_id)
-        .bind(to_i64(row.ended_at_ms))
-        .bind(row.worker_seconds)
-        .bind(row.cost)
-        .execute(&mut *transaction)
-        .await
-        .map_err(map_sqlx_error)?;
+    for chunk in usage.chunks(USAGE_ROWS_PER_STATEMENT) {
+        let sql = insert_attempt_usage_sql(chunk.len());
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            query = query
+                .bind(&row.job_id)
+                .bind(i64::from(row.attempt))
+                .bind(&row.tenant)
+                .bind(&row.queue)
+                .bind(&row.pool)
+                .bind(&row.worker_id)
+                .bind(to_i64(row.ended_at_ms))
+                .bind(row.worker_seconds)
+                .bind(row.cost);
+        }
+        query
+            .execute(&mut *transaction)
+            .await
+            .map_err(map_sqlx_error)?;
     }
     transaction.commit().await.map_err(map_sqlx_error)
 }
@@ -159,4 +175,16 @@ pub(crate) async fn job_usage(pool: &SqlitePool, id: &JobId) -> Result<Vec<Attem
             },
         )
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_inserts_have_one_placeholder_per_column_of_every_row() {
+        let sql = insert_attempt_usage_sql(3);
+        assert_eq!(sql.matches('?').count(), 27);
+        assert!(sql.ends_with("DO NOTHING"));
+    }
 }
