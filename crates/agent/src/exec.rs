@@ -406,7 +406,14 @@ mod tests {
     #[test]
     fn shim_calls_parse_as_the_agent_writes_them() {
         assert_eq!(
-            parse_shim_call(&args(&[SUPERVISE, "--lease-ms", "1500", "--", "make", "-j"])),
+            parse_shim_call(&args(&[
+                SUPERVISE,
+                "--lease-ms",
+                "1500",
+                "--",
+                "make",
+                "-j"
+            ])),
             Some(ShimCall::Supervise {
                 lease: Duration::from_millis(1500),
                 command: args(&["make", "-j"]),

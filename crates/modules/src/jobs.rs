@@ -2153,7 +2153,10 @@ mod tests {
             .iter()
             .map(|part| match part {
                 Part::Reports(run) => Some((
-                    run.accepted.iter().map(|(_, job, _)| job.as_str()).collect(),
+                    run.accepted
+                        .iter()
+                        .map(|(_, job, _)| job.as_str())
+                        .collect(),
                     run.results.iter().map(|end| end.job_id.as_str()).collect(),
                 )),
                 Part::Other(_) => None,
