@@ -178,7 +178,7 @@ async fn an_orphan_recorded_meanwhile_is_left_running() {
 
     s.terminations.step().await;
 
-    assert_eq!(s.provider.running(), [orphan.clone()]);
+    assert_eq!(s.provider.running(), std::slice::from_ref(&orphan));
     assert!(!s.terminations.is_pending(&orphan));
 }
 
