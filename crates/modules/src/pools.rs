@@ -868,10 +868,14 @@ impl PoolManager {
             let done = |id: &WorkerId, outcome: Provisioning| {
                 manager.provisioned(&spec.name, id, outcome);
             };
+            // A worker the scheduler refuses goes through the one owner of termination.
+            let refused = |id: WorkerId| {
+                manager.inner.terminations.request(id, Why::Refused);
+            };
             manager
                 .inner
                 .management
-                .provision_many(&spec, &ids, &bounds, &stopping, &done)
+                .provision_many(&spec, &ids, &bounds, &stopping, &done, Some(&refused))
                 .await;
         });
     }

@@ -1,6 +1,7 @@
 //! The one owner of worker termination. Whoever decides a worker must go (the dispatcher's
 //! retirements, the liveness monitor, the dead-agent watch, scale-in, drains, the
-//! reconciler's orphans, shutdown) asks [`Terminations`]; it carries the requests out
+//! reconciler's orphans, the pool manager's workers the scheduler refused, shutdown) asks
+//! [`Terminations`]; it carries the requests out
 //! through worker management ([`WorkerManagementService::terminate_worker`] for recorded
 //! workers, [`WorkerManagementService::terminate_orphan`] for workers no record owns,
 //! [`WorkerManagementService::stop_at_provider`] for shutdown's last sweep), at most
@@ -44,18 +45,21 @@ pub enum Why {
     ScaleIn,
     /// The reconciler found a provider running it with no record owning it.
     Orphan,
+    /// The scheduler refused its registration for good while it was being provisioned.
+    Refused,
     /// The server is shutting down with `shutdown.terminate_workers`.
     Shutdown,
 }
 
 impl Why {
-    pub const ALL: [Why; 7] = [
+    pub const ALL: [Why; 8] = [
         Self::Retired,
         Self::Silent,
         Self::Dead,
         Self::Drained,
         Self::ScaleIn,
         Self::Orphan,
+        Self::Refused,
         Self::Shutdown,
     ];
 
@@ -67,6 +71,7 @@ impl Why {
             Self::Drained => "drained",
             Self::ScaleIn => "scale_in",
             Self::Orphan => "orphan",
+            Self::Refused => "refused",
             Self::Shutdown => "shutdown",
         }
     }

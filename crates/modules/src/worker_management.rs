@@ -147,8 +147,10 @@ pub enum WorkerManagementError {
     },
     #[error("store failed: {0}")]
     Store(#[from] store::Error),
-    /// The scheduler refused the worker for good; the worker was torn down.
-    #[error("scheduler refused worker {worker_id}, it was terminated: {source}")]
+    /// The scheduler refused the worker for good; the worker was torn down (or, through
+    /// [`WorkerManagementService::provision_many`] with a hand-over, its termination was
+    /// asked for).
+    #[error("scheduler refused worker {worker_id}, it is terminated: {source}")]
     RegistrationRejected {
         worker_id: WorkerId,
         #[source]
@@ -463,7 +465,7 @@ impl WorkerManagementService {
             Some(registration) => Some(registration.register_worker(&worker).await),
             None => None,
         };
-        self.finish_registration(worker, outcome).await
+        self.finish_registration(worker, outcome, None).await
     }
 
     /// Saves `pool` and pre-warms it: provisions the workers it lacks (counting live ones
@@ -493,6 +495,7 @@ impl WorkerManagementService {
             &[bound],
             &CancellationToken::new(),
             &|_, outcome| lock(&outcomes).push(outcome),
+            None,
         )
         .await;
         let mut provisioned = Vec::new();
@@ -523,7 +526,8 @@ impl WorkerManagementService {
     /// creation; a failure is its worker's alone. `done` hears of each worker once, as
     /// soon as its outcome is known: `None` when its creation had not begun when `cancel`
     /// came (nothing was created), else what [`Self::provision_for_pool`] would have
-    /// returned.
+    /// returned. A worker the scheduler refuses for good is handed to `refused` (the one
+    /// owner of termination, in the server) when given, else stopped here at once.
     pub async fn provision_many(
         &self,
         pool: &PoolSpec,
@@ -531,6 +535,7 @@ impl WorkerManagementService {
         bounds: &[Arc<Semaphore>],
         cancel: &CancellationToken,
         done: &(dyn Fn(&WorkerId, Provisioning) + Send + Sync),
+        refused: Option<&(dyn Fn(WorkerId) + Send + Sync)>,
     ) {
         let spec = pool.worker_spec();
         let _guards: Vec<_> = ids.iter().map(|id| self.begin(id)).collect();
@@ -576,7 +581,7 @@ impl WorkerManagementService {
                 while let Ok(more) = created_rx.try_recv() {
                     batch.push(more);
                 }
-                self.register_batch(batch, done).await;
+                self.register_batch(batch, done, refused).await;
             }
         };
         tokio::join!(futures::future::join_all(creations), registering);
@@ -587,6 +592,7 @@ impl WorkerManagementService {
         &self,
         workers: Vec<Worker>,
         done: &(dyn Fn(&WorkerId, Provisioning) + Send + Sync),
+        refused: Option<&(dyn Fn(WorkerId) + Send + Sync)>,
     ) {
         let mut outcomes: Vec<Option<Result<(), RegistrationError>>> = match &self.registration {
             Some(registration) => registration
@@ -606,7 +612,7 @@ impl WorkerManagementService {
         });
         for (worker, outcome) in workers.into_iter().zip(outcomes) {
             let id = worker.id.clone();
-            let result = self.finish_registration(worker, outcome).await;
+            let result = self.finish_registration(worker, outcome, refused).await;
             done(&id, Some(result));
         }
     }
@@ -657,10 +663,13 @@ impl WorkerManagementService {
     }
 
     /// Acts on a registration outcome (`None`: registration disabled).
+    /// A worker the scheduler refuses for good is handed to `refused` when given, else
+    /// stopped here.
     async fn finish_registration(
         &self,
         worker: Worker,
         outcome: Option<Result<(), RegistrationError>>,
+        refused: Option<&(dyn Fn(WorkerId) + Send + Sync)>,
     ) -> Result<WorkerProvisioned, WorkerManagementError> {
         let status = match outcome {
             None => {
@@ -685,8 +694,14 @@ impl WorkerManagementService {
                     .inc();
                 if error.is_permanent_rejection() {
                     tracing::error!(worker_id = %worker.id, error_type = error.error_type(), %error, "scheduler refused the worker, terminating it");
-                    if let Err(stop) = self.stop(&worker.id, worker.metadata.provider).await {
-                        tracing::error!(worker_id = %worker.id, error = %stop, "could not terminate refused worker, the reconciler will");
+                    match refused {
+                        Some(hand_over) => hand_over(worker.id.clone()),
+                        None => {
+                            if let Err(stop) = self.stop(&worker.id, worker.metadata.provider).await
+                            {
+                                tracing::error!(worker_id = %worker.id, error = %stop, "could not terminate refused worker");
+                            }
+                        }
                     }
                     return Err(WorkerManagementError::RegistrationRejected {
                         worker_id: worker.id,

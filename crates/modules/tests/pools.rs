@@ -19,7 +19,8 @@ use hodei_modules::{
     WorkerManagementService,
 };
 use hodei_ports::{
-    AgentCredential, ProviderError, RegistrationError, WorkerProvider, WorkerRegistrationPort,
+    AgentCredential, ProviderError, RegistrationError, SchedulerError, WorkerProvider,
+    WorkerRegistrationPort,
 };
 use hodei_testkit::agents::FakeAgents;
 use hodei_testkit::{FakeProvider, MemoryStore, metric_value};
@@ -70,6 +71,8 @@ struct Watching {
     inner: WorkerRegistrationAdapter,
     singles: AtomicUsize,
     batches: Mutex<Vec<usize>>,
+    /// Refuse every worker for good, as a scheduler that finds them conflicting would.
+    refuse: bool,
 }
 
 #[async_trait]
@@ -84,6 +87,16 @@ impl WorkerRegistrationPort for Watching {
         workers: &[Worker],
     ) -> Vec<Result<(), RegistrationError>> {
         self.batches.lock().unwrap().push(workers.len());
+        if self.refuse {
+            return workers
+                .iter()
+                .map(|w| {
+                    Err(RegistrationError::Rejected(SchedulerError::Conflict(
+                        w.id.clone(),
+                    )))
+                })
+                .collect();
+        }
         self.inner.register_workers_batch(workers).await
     }
 
@@ -106,7 +119,7 @@ async fn prewarm(server_bound: usize) -> usize {
             ..PoolSpec::fixed(name, ProviderKind::Local, 4)
         })
         .collect();
-    let warmed = prewarm_pools(&pools, server_bound, 0).await;
+    let warmed = prewarm_pools(&pools, server_bound, 0, false).await;
     assert_eq!(warmed.registered, 8, "every pool got its workers");
     warmed.most
 }
@@ -123,11 +136,21 @@ struct Warmed {
     batches: Vec<usize>,
     /// `hodei_pool_provisioning_failures_total` summed over the pools.
     failures: f64,
+    /// Workers the provider still runs after one round of terminations.
+    running: usize,
+    /// `hodei_workers_terminations_total{reason="refused"}` after it.
+    refused: f64,
 }
 
 /// Pre-warms `pools` under a server-wide bound of `server_bound`, the first `failing`
-/// creations failing.
-async fn prewarm_pools(pools: &[PoolSpec], server_bound: usize, failing: usize) -> Warmed {
+/// creations failing, every registration refused when `refuse`; then runs one round of
+/// terminations.
+async fn prewarm_pools(
+    pools: &[PoolSpec],
+    server_bound: usize,
+    failing: usize,
+    refuse: bool,
+) -> Warmed {
     let provider = Arc::new(Counting {
         inner: FakeProvider::new(),
         creating: AtomicUsize::new(0),
@@ -149,6 +172,7 @@ async fn prewarm_pools(pools: &[PoolSpec], server_bound: usize, failing: usize) 
         ),
         singles: AtomicUsize::new(0),
         batches: Mutex::new(Vec::new()),
+        refuse,
     });
     let management = Arc::new(WorkerManagementService::new_with_registration(
         provider.clone(),
@@ -172,7 +196,7 @@ async fn prewarm_pools(pools: &[PoolSpec], server_bound: usize, failing: usize) 
     let terminations = Terminations::new(management.clone(), registry.clone(), &mut metrics);
     let manager = PoolManager::new(
         management,
-        terminations,
+        terminations.clone(),
         jobs,
         registry.clone(),
         store,
@@ -187,6 +211,13 @@ async fn prewarm_pools(pools: &[PoolSpec], server_bound: usize, failing: usize) 
     .unwrap();
     manager.prewarm().await;
     stop.cancel();
+    terminations.step().await;
+    let refused = metric_value(
+        &metrics,
+        "hodei_workers_terminations_total",
+        &[("reason", "refused")],
+    )
+    .unwrap();
     let failures = pools
         .iter()
         .map(|pool| {
@@ -205,6 +236,8 @@ async fn prewarm_pools(pools: &[PoolSpec], server_bound: usize, failing: usize) 
         singles: registration.singles.load(Ordering::SeqCst),
         batches,
         failures,
+        running: provider.inner.running().len(),
+        refused,
     }
 }
 
@@ -229,7 +262,7 @@ async fn a_scale_up_registers_through_the_batch_path_and_a_failure_stays_its_own
         ..PoolSpec::fixed("warm", ProviderKind::Local, 6)
     }];
 
-    let warmed = prewarm_pools(&pools, 100, 1).await;
+    let warmed = prewarm_pools(&pools, 100, 1, false).await;
 
     assert_eq!(warmed.singles, 0, "nothing registered one by one");
     assert_eq!(
@@ -242,4 +275,18 @@ async fn a_scale_up_registers_through_the_batch_path_and_a_failure_stays_its_own
     assert_eq!(warmed.failures, 1.0);
     assert!(warmed.most <= 2, "the pool's bound holds: {}", warmed.most);
     println!("batches: {:?}", warmed.batches);
+}
+
+/// A worker the scheduler refuses for good while the pool manager creates it is terminated
+/// by the one owner of termination, counted under `refused`.
+#[tokio::test]
+async fn a_refused_worker_is_terminated_through_the_owner() {
+    let pools = [PoolSpec::fixed("warm", ProviderKind::Local, 3)];
+
+    let warmed = prewarm_pools(&pools, 100, 0, true).await;
+
+    assert_eq!(warmed.registered, 0);
+    assert_eq!(warmed.failures, 3.0, "each refusal is a failed creation");
+    assert_eq!(warmed.refused, 3.0);
+    assert_eq!(warmed.running, 0, "none left running");
 }
