@@ -41,6 +41,9 @@ const LEASE_CONNECTIONS: u32 = 2;
 /// How long after a lease's expiry (database clock) a follower looks at it again.
 const EXPIRY_SLACK: Duration = Duration::from_millis(20);
 
+/// How long a stopping leader tries to give its lease up.
+const RELEASE_LIMIT: Duration = Duration::from_secs(2);
+
 /// The one lease replicas compete for.
 pub(crate) const LEASE_NAME: &str = "leader";
 
@@ -165,7 +168,17 @@ async fn campaign(
         tokio::time::sleep(wait).await;
         wait = timing.renew_interval;
         let sent = Instant::now();
-        match look(store, &me.id, None).await {
+        // Bounded: a connection that went silent (the database unreachable, packets dropped)
+        // must not keep this replica from looking again once it answers.
+        let looked = match tokio::time::timeout(timing.lease_ttl, look(store, &me.id, None)).await
+        {
+            Ok(looked) => looked,
+            Err(_) => {
+                tracing::warn!("the leader lease could not be read in time");
+                continue;
+            }
+        };
+        match looked {
             Ok((Decision::Acquire { epoch }, row, now_ms)) => {
                 let lease = Lease {
                     holder: me.id.clone(),
@@ -173,13 +186,19 @@ async fn campaign(
                     epoch,
                     expires_ms: now_ms.saturating_add(millis(timing.lease_ttl)),
                 };
-                match store.write_lease(LEASE_NAME, row.as_ref(), &lease).await {
-                    Ok(true) => {
+                let written = tokio::time::timeout(
+                    timing.lease_ttl,
+                    store.write_lease(LEASE_NAME, row.as_ref(), &lease),
+                )
+                .await;
+                match written {
+                    Ok(Ok(true)) => {
                         view.set_leader(Some(lease));
                         return (epoch, sent);
                     }
-                    Ok(false) => tracing::debug!("another replica took the lease first"),
-                    Err(error) => tracing::warn!(%error, "cannot write the leader lease"),
+                    Ok(Ok(false)) => tracing::debug!("another replica took the lease first"),
+                    Ok(Err(error)) => tracing::warn!(%error, "cannot write the leader lease"),
+                    Err(_) => tracing::warn!("the leader lease could not be written in time"),
                 }
             }
             Ok((Decision::Follow { leader }, _, now_ms)) => {
@@ -221,6 +240,9 @@ async fn keep_lease(
         let next = Instant::now() + timing.renew_interval;
         tokio::time::sleep_until(next.min(step_down_at(&clock))).await;
         if clock.must_step_down(millis(Instant::now() - origin)) {
+            // Who leads next is not known yet: pointing clients at ourselves would send them
+            // round in a circle.
+            view.set_leader(None);
             return "could not renew the lease in time".into();
         }
         let sent = Instant::now();
@@ -269,6 +291,17 @@ async fn keep_lease(
 /// Gives the lease up (a clean shutdown): a follower takes over at its next look instead of
 /// waiting for the lease to run out.
 async fn release(store: &PostgresStore, me: &Member, epoch: u64) {
+    // Bounded: a database out of reach would hold the shutdown open, and the lease runs out
+    // on its own anyway.
+    if tokio::time::timeout(RELEASE_LIMIT, release_now(store, me, epoch))
+        .await
+        .is_err()
+    {
+        tracing::warn!("cannot release the leader lease in time; it runs out on its own");
+    }
+}
+
+async fn release_now(store: &PostgresStore, me: &Member, epoch: u64) {
     let Ok((Some(row), _)) = store.read_lease(LEASE_NAME).await else {
         return;
     };
@@ -447,9 +480,22 @@ pub(crate) async fn run_replica(
         .map_err(io_error("cannot read the listen address"))?;
     let url = crate::advertise_url(&config, addr);
     let token = crate::load_or_create_token(&config)?;
-    // The data, and (on connections of its own) the lease.
-    let base = PostgresStore::connect(postgres_url).await?;
-    let leases = PostgresStore::connect_with(postgres_url, LEASE_CONNECTIONS).await?;
+    // The data, and (on connections of its own) the lease. A transaction left open and
+    // silent longer than the leader may go without renewing is rolled back by the database:
+    // the leader is stalled or cut off, and its share lock on the lease row must not hold
+    // the next leader back.
+    let stalled = config
+        .cluster
+        .lease_ttl
+        .saturating_sub(config.cluster.step_down_margin);
+    let base = PostgresStore::connect_replica(
+        postgres_url,
+        hodei_store::POSTGRES_MAX_CONNECTIONS,
+        Some(stalled),
+    )
+    .await?;
+    let leases =
+        PostgresStore::connect_replica(postgres_url, LEASE_CONNECTIONS, Some(stalled)).await?;
     let me = Member {
         id: format!(
             "{}-{}",
@@ -470,10 +516,32 @@ pub(crate) async fn run_replica(
     };
     tracing::info!(%addr, %url, member = %me.id, "hodei replica listening, following until it leads");
     tokio::pin!(shutdown);
+    let mut known_credentials: Option<Credentials> = None;
     loop {
-        // Follow.
+        // Follow. After a step-down the database may be out of reach (the very reason for
+        // it): serve the credentials known so far rather than wait, so that clients and
+        // agents are pointed on at once instead of hanging on an address that does not answer.
         let store: Arc<dyn Store> = Arc::new(base.clone());
-        let credentials = Credentials::load(store.clone(), token.clone()).await?;
+        let credentials = match known_credentials.take() {
+            None => Credentials::load(store.clone(), token.clone()).await?,
+            Some(known) => match tokio::time::timeout(
+                config.cluster.renew_interval,
+                Credentials::load(store.clone(), token.clone()),
+            )
+            .await
+            {
+                Ok(Ok(loaded)) => loaded,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "cannot reload the credentials, following with those known");
+                    known
+                }
+                Err(_) => {
+                    tracing::warn!("the credentials could not be reloaded in time, following with those known");
+                    known
+                }
+            },
+        };
+        known_credentials = Some(credentials.clone());
         let cancel = CancellationToken::new();
         let max_connections =
             crate::connection_limit(config.connections.max, crate::raise_open_file_limit());
@@ -538,10 +606,15 @@ pub(crate) async fn run_replica(
                 tracing::info!(epoch, "stepped down, following again");
             }
             () = &mut shutdown => {
-                let result = server.shutdown().await;
+                // A replica that stops hands over: it stops dispatching, then gives the lease
+                // up so that a follower leads at its next look. Workers are not terminated
+                // (`[shutdown] terminate_workers` is for a single server): the next leader
+                // goes on with them, and agents reconnect to it.
+                tracing::info!(epoch, "shutting down, handing the lead over");
+                server.step_down().await;
                 keeper.abort();
                 release(&leases, &me, epoch).await;
-                return result;
+                return Ok(());
             }
         }
     }

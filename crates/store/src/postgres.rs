@@ -49,7 +49,7 @@ fn pg_placeholder(n: u8) -> String {
 /// Connections per server. Every API call, agent stream and loop uses one only for the length
 /// of a statement or a short transaction, so a few serve many; the contract's sixteen
 /// concurrent writers fit without waiting.
-const MAX_CONNECTIONS: u32 = 16;
+pub const MAX_CONNECTIONS: u32 = 16;
 
 /// How long a call waits for a free connection (or a new one to connect) before failing as
 /// [`Error::Unavailable`].
@@ -83,10 +83,30 @@ impl PostgresStore {
     /// replica's lease loop has connections of its own, so that renewing never waits behind
     /// the dispatcher's writes for a free one.
     pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, Error> {
-        let options = PgConnectOptions::from_str(url).map_err(|err| {
+        Self::connect_replica(url, max_connections, None).await
+    }
+
+    /// [`PostgresStore::connect_with`] for a replica: with `idle_in_transaction`, the database
+    /// ends a session of this pool that leaves a transaction open and silent that long
+    /// (`idle_in_transaction_session_timeout`), rolling it back. A leader cut off from the
+    /// database mid-transaction would otherwise hold its share lock on the lease row (taken by
+    /// every fenced write) for as long as the connection looks alive, and no other replica
+    /// could take the lease.
+    pub async fn connect_replica(
+        url: &str,
+        max_connections: u32,
+        idle_in_transaction: Option<Duration>,
+    ) -> Result<Self, Error> {
+        let mut options = PgConnectOptions::from_str(url).map_err(|err| {
             // The URL may hold a password: name the problem, not the URL.
             Error::Unavailable(format!("invalid [store] url: {err}"))
         })?;
+        if let Some(limit) = idle_in_transaction {
+            options = options.options([(
+                "idle_in_transaction_session_timeout",
+                limit.as_millis().max(1),
+            )]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
