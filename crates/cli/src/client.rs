@@ -304,6 +304,10 @@ impl Client {
             .strip_prefix(first.as_str())
             .unwrap_or_default()
             .to_owned();
+        let safe = matches!(
+            *request.method(),
+            reqwest::Method::GET | reqwest::Method::HEAD
+        );
         let mut tried: Vec<String> = Vec::new();
         let mut next = Some(first);
         let mut last_error = None;
@@ -345,7 +349,9 @@ impl Client {
                         Err(_) => format!("{base}: 503 {text}"),
                     });
                 }
-                Err(error) if error.is_connect() => {
+                // A request that reached no server, or a read (safe to repeat) whose
+                // connection broke: a server stopping or killed mid-way.
+                Err(error) if error.is_connect() || (safe && !error.is_timeout()) => {
                     last_error = Some(
                         anyhow::Error::new(error)
                             .context(format!("cannot reach the server at {base}")),

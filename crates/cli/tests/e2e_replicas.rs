@@ -544,13 +544,35 @@ async fn a_leader_cut_off_from_postgresql_steps_down_before_the_other_replica_le
     assert!(output.status.success(), "{output:?}");
     let (_, cluster) = get_json(&format!("{a}/api/v1/cluster")).await.unwrap();
     assert_ne!(cluster["leader"], a.as_str(), "A does not call itself the leader: {cluster}");
+
+    // Given A alone, which knows no leader now, the CLI waits as long as it is told to,
+    // saying so, then fails naming the server.
+    let output = hodei(&[
+        "job",
+        "submit",
+        "--server",
+        &a,
+        "--leader-wait",
+        "1s",
+        "--script",
+        "true",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{output:?}");
+    assert!(stderr.contains("hodei: no leader yet"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no leader among {a} after waiting")),
+        "{stderr}"
+    );
 }
 
-/// Stops a replica as an operator does (SIGTERM) and waits for it to exit.
-fn stop(replica: &mut KillOnDrop) {
+/// Stops a replica as an operator does (SIGTERM); `wait` for it to exit.
+fn stop(replica: &mut KillOnDrop, wait: bool) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(replica.0.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let _ = replica.0.wait();
+    if wait {
+        let _ = replica.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -596,16 +618,20 @@ async fn a_rolling_restart_of_every_replica_loses_and_fails_no_job() {
         let (servers, scripts) = (both.clone(), scripts.clone());
         std::thread::spawn(move || {
             let mut ids = Vec::new();
+            let mut waited = 0;
             for script in &scripts {
                 let output = hodei(&[
                     "job", "submit", "--server", &servers, "-o", "json", "--script", script,
                 ]);
                 assert!(output.status.success(), "{output:?}");
+                if String::from_utf8_lossy(&output.stderr).contains("no leader yet") {
+                    waited += 1;
+                }
                 let job: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
                 ids.push(job["id"].as_str().unwrap().to_owned());
                 std::thread::sleep(Duration::from_millis(50));
             }
-            ids
+            (ids, waited)
         })
     };
     wait_for("a few jobs done", LIMIT, || async {
@@ -614,19 +640,20 @@ async fn a_rolling_restart_of_every_replica_loses_and_fails_no_job() {
     .await;
 
     // The follower first, then the leader, which hands over to B on SIGTERM.
-    stop(&mut replica_b);
+    stop(&mut replica_b, true);
     replica_b = replica(&b_config, &b_listen);
     wait_for("B back, following A", LIMIT, || async {
         (leader_seen_by(&b).await? == a).then_some(())
     })
     .await;
     let stopped = Instant::now();
-    stop(&mut replica_a);
+    stop(&mut replica_a, false);
     wait_for("B to lead", LIMIT, || async {
         is_ready(&b).await.then_some(())
     })
     .await;
     let handed_over = stopped.elapsed();
+    let _ = replica_a.0.wait();
     replica_a = replica(&a_config, &a_listen);
     wait_for("A back, following B", LIMIT, || async {
         (leader_seen_by(&a).await? == b).then_some(())
@@ -637,7 +664,8 @@ async fn a_rolling_restart_of_every_replica_loses_and_fails_no_job() {
         handed_over.as_secs_f64()
     );
 
-    let ids = submitter.join().unwrap();
+    let (ids, waited) = submitter.join().unwrap();
+    eprintln!("rolling restart: {waited} of {total} submissions waited for a leader");
     check_each_succeeded_once(dir.path(), &runs, &b, &ids).await;
     wait_for("the three agents on B", LIMIT, || async {
         (connected_workers(&b).await? == 3).then_some(())

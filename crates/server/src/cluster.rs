@@ -41,6 +41,10 @@ const LEASE_CONNECTIONS: u32 = 2;
 /// How long after a lease's expiry (database clock) a follower looks at it again.
 const EXPIRY_SLACK: Duration = Duration::from_millis(20);
 
+/// How long a stopping leader goes on refusing requests as a follower once it has handed
+/// over: a follower looks at the released lease within `renew_interval` (1 s by default).
+const LAME_DUCK: Duration = Duration::from_secs(2);
+
 /// How long a stopping leader tries to give its lease up.
 const RELEASE_LIMIT: Duration = Duration::from_secs(2);
 
@@ -614,6 +618,26 @@ pub(crate) async fn run_replica(
                 server.step_down().await;
                 keeper.abort();
                 release(&leases, &me, epoch).await;
+                view.set_leader(None);
+                let Some(credentials) = known_credentials.clone() else {
+                    return Ok(());
+                };
+                // Lame duck: while the next leader takes over, requests that reach this
+                // address (queued while stepping down, or sent since) are refused as by a
+                // follower, which clients retry elsewhere, rather than reset when the
+                // process exits, which they cannot tell from a request lost mid-way.
+                let cancel = CancellationToken::new();
+                let lame_duck = tokio::spawn(crate::serve::serve(
+                    dup()?,
+                    follower_app(Arc::new(base.clone()), view.clone(), credentials),
+                    crate::tls::acceptor(&config.tls)?,
+                    crate::limits(&config, max_connections),
+                    cancel.clone(),
+                ));
+                tokio::time::sleep(LAME_DUCK).await;
+                cancel.cancel();
+                let _ = lame_duck.await;
+                tracing::info!("stopped");
                 return Ok(());
             }
         }
