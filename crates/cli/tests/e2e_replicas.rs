@@ -218,6 +218,22 @@ async fn check_each_succeeded_once(dir: &Path, runs: &Path, leader: &str, ids: &
     eprintln!("{} jobs succeeded, each started once; jobs by attempts: {attempts:?}", ids.len());
 }
 
+/// The members a replica lists, as (URL, role), leader first.
+async fn members_seen_by(url: &str) -> Option<Vec<(String, &'static str)>> {
+    let (status, body) = get_json(&format!("{url}/api/v1/cluster")).await?;
+    (status == 200).then_some(())?;
+    let mut members: Vec<(String, &'static str)> = body["members"]
+        .as_array()?
+        .iter()
+        .map(|m| {
+            let role = if m["role"] == "leader" { "leader" } else { "follower" };
+            (m["url"].as_str().unwrap_or_default().to_owned(), role)
+        })
+        .collect();
+    members.sort_by_key(|(url, role)| (*role != "leader", url.clone()));
+    Some(members)
+}
+
 fn hodei(args: &[&str]) -> std::process::Output {
     Command::new(HODEI)
         .args(args)
@@ -265,6 +281,14 @@ async fn the_follower_takes_over_after_kill_9_and_every_job_succeeds_exactly_onc
     assert_eq!(cluster["leader"], a.as_str());
     assert_eq!(cluster["epoch"], 1);
     assert_eq!(cluster["mode"], "replicas");
+    // Every member is listed, by the leader and the follower alike, from the members table.
+    for asked in [&a, &b] {
+        wait_for("both members listed", LIMIT, || async {
+            (members_seen_by(asked).await? == [(a.clone(), "leader"), (b.clone(), "follower")])
+                .then_some(())
+        })
+        .await;
+    }
 
     // A write sent to the follower is refused, naming the leader; the CLI given the
     // follower first ends up at the leader.
@@ -355,6 +379,11 @@ async fn the_follower_takes_over_after_kill_9_and_every_job_succeeds_exactly_onc
     check_each_succeeded_once(dir.path(), &runs, &b, &ids).await;
     let shown = hodei(&["job", "get", &ids[0], "--server", &both, "-o", "json"]);
     assert!(shown.status.success(), "{shown:?}");
+    // The dead leader drops out of the members a few leases after its last heartbeat.
+    wait_for("A to drop out of the members", LIMIT, || async {
+        (members_seen_by(&b).await? == [(b.clone(), "leader")]).then_some(())
+    })
+    .await;
     // B kept the lease all along: it never stepped down and took it again.
     let status = hodei(&["cluster", "status", "--server", &both]);
     let shown = String::from_utf8_lossy(&status.stdout);

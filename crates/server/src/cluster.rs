@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use hodei_core::JobId;
-use hodei_core::lease::{self, Decision, LeaderClock, Lease};
+use hodei_core::lease::{self, Decision, LeaderClock, Lease, Member as MemberRow};
 use hodei_modules::{Credentials, JobError};
 use hodei_ports::Store;
 use hodei_store::PostgresStore;
@@ -48,6 +48,28 @@ const LAME_DUCK: Duration = Duration::from_secs(2);
 /// How long a stopping leader tries to give its lease up.
 const RELEASE_LIMIT: Duration = Duration::from_secs(2);
 
+/// Every `renew_interval` for the replica's whole life: heartbeats its row in the members
+/// table and keeps the listing in `view` (each attempt bounded, so that a database out of
+/// reach never stops the next).
+async fn heartbeat(store: PostgresStore, view: ClusterView, me: Member, timing: ClusterSection) {
+    let forget = millis(timing.lease_ttl).saturating_mul(lease::FORGET_LEASES);
+    let mut interval = tokio::time::interval(timing.renew_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match tokio::time::timeout(
+            timing.renew_interval,
+            store.heartbeat_member(&me.id, &me.url, forget),
+        )
+        .await
+        {
+            Ok(Ok((members, now_ms))) => view.set_members(members, now_ms),
+            Ok(Err(error)) => tracing::debug!(%error, "cannot heartbeat the members table"),
+            Err(_) => tracing::debug!("the members table did not answer in time"),
+        }
+    }
+}
+
 /// The one lease replicas compete for.
 pub(crate) const LEASE_NAME: &str = "leader";
 
@@ -67,6 +89,11 @@ struct ViewState {
     id: String,
     url: String,
     leader: Option<Lease>,
+    /// The members table as last read (replicas), with the store's clock then, and how long
+    /// a member may go unseen and stay listed.
+    members: Vec<MemberRow>,
+    members_read_ms: u64,
+    member_window_ms: u64,
 }
 
 impl ClusterView {
@@ -82,16 +109,28 @@ impl ClusterView {
                 epoch: 1,
                 expires_ms: u64::MAX,
             }),
+            members: Vec::new(),
+            members_read_ms: 0,
+            member_window_ms: 0,
         })))
     }
 
-    fn replica(id: &str, url: &str) -> Self {
+    fn replica(id: &str, url: &str, member_window: Duration) -> Self {
         Self(Arc::new(Mutex::new(ViewState {
             replicas: true,
             id: id.to_owned(),
             url: url.to_owned(),
             leader: None,
+            members: Vec::new(),
+            members_read_ms: 0,
+            member_window_ms: millis(member_window),
         })))
+    }
+
+    fn set_members(&self, members: Vec<MemberRow>, now_ms: u64) {
+        let mut state = self.lock();
+        state.members = members;
+        state.members_read_ms = now_ms;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ViewState> {
@@ -125,6 +164,18 @@ impl ClusterView {
                 url: state.url.clone(),
                 role: "follower".into(),
             });
+        }
+        // Every other replica that heartbeats (leader first, then by id).
+        for member in
+            lease::live_members(&state.members, state.members_read_ms, state.member_window_ms)
+        {
+            if members.iter().all(|listed| listed.id != member.id) {
+                members.push(MemberView {
+                    id: member.id,
+                    url: member.url,
+                    role: "follower".into(),
+                });
+            }
         }
         ClusterStatus {
             mode: if state.replicas { "replicas" } else { "single" }.into(),
@@ -325,6 +376,15 @@ async fn release_now(store: &PostgresStore, me: &Member, epoch: u64) {
     }
 }
 
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Member {
     id: String,
@@ -508,7 +568,21 @@ pub(crate) async fn run_replica(
         ),
         url: url.clone(),
     };
-    let view = ClusterView::replica(&me.id, &url);
+    let view = ClusterView::replica(
+        &me.id,
+        &url,
+        config
+            .cluster
+            .lease_ttl
+            .saturating_mul(u32::try_from(lease::MEMBER_LEASES).unwrap_or(u32::MAX)),
+    );
+    // Aborted when this function returns, however it does.
+    let _membership = AbortOnDrop(tokio::spawn(heartbeat(
+        base.clone(),
+        view.clone(),
+        me.clone(),
+        config.cluster.clone(),
+    )));
     let listener = listener
         .into_std()
         .map_err(io_error("cannot take the listener"))?;

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage, hour_start};
-use hodei_core::lease::Lease;
+use hodei_core::lease::{Lease, Member};
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
     AfterDrain, Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState,
@@ -1005,6 +1005,44 @@ impl Store for PostgresStore {
                 },
             )
             .collect())
+    }
+
+    async fn heartbeat_member(
+        &self,
+        id: &str,
+        url: &str,
+        forget_ms: u64,
+    ) -> Result<(Vec<Member>, u64), Error> {
+        let now: i64 = sqlx::query_scalar(
+            "INSERT INTO cluster_members (id, url, seen_ms) \
+             VALUES ($1, $2, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT) \
+             ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, seen_ms = EXCLUDED.seen_ms \
+             RETURNING seen_ms",
+        )
+        .bind(id)
+        .bind(url)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        sqlx::query("DELETE FROM cluster_members WHERE seen_ms < $1")
+            .bind(now.saturating_sub(i64::try_from(forget_ms).unwrap_or(i64::MAX)))
+            .execute(&self.pool)
+            .await
+            .map_err(map_pg_error)?;
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT id, url, seen_ms FROM cluster_members ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_pg_error)?;
+        let members = rows
+            .into_iter()
+            .map(|(id, url, seen_ms)| Member {
+                id,
+                url,
+                seen_ms: u64::try_from(seen_ms).unwrap_or(0),
+            })
+            .collect();
+        Ok((members, u64::try_from(now).unwrap_or(0)))
     }
 
     async fn read_lease(&self, name: &str) -> Result<(Option<Lease>, u64), Error> {
