@@ -107,9 +107,13 @@ fn agents(dir: &Path, servers: &str, token: &str, count: usize) -> Vec<KillOnDro
         .map(|n| {
             let log = std::fs::File::create(dir.join(format!("agent-{n}.log"))).unwrap();
             KillOnDrop(
+                // A work directory of its own: an agent that starts kills the jobs it
+                // finds recorded in its work directory, left by an earlier agent.
                 Command::new(HODEI)
                     .args(["agent", "--server", servers, "--worker-id"])
                     .arg(format!("replica-agent-{n}"))
+                    .arg("--work-dir")
+                    .arg(dir.join(format!("agent-{n}")))
                     .env("HODEI_TOKEN", token)
                     .stdout(Stdio::null())
                     .stderr(log)
