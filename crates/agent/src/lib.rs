@@ -342,7 +342,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
             // The next server (replicas: the leader may be another now); the delay grows
             // only once every server was tried, and stays short during a takeover.
             current = (current + 1) % endpoints.len();
-            let answered_lately = usize::try_from(since_follower).is_ok_and(|n| n < endpoints.len());
+            let answered_lately =
+                usize::try_from(since_follower).is_ok_and(|n| n < endpoints.len());
             let delay = backoff::next_server(
                 config.reconnect_base,
                 config.reconnect_max,

@@ -202,7 +202,9 @@ async fn check_each_succeeded_once(dir: &Path, runs: &Path, leader: &str, ids: &
     .await;
     let mut attempts = std::collections::BTreeMap::<u64, usize>::new();
     for (i, id) in ids.iter().enumerate() {
-        let (status, job) = get_json(&format!("{leader}/api/v1/jobs/{id}")).await.unwrap();
+        let (status, job) = get_json(&format!("{leader}/api/v1/jobs/{id}"))
+            .await
+            .unwrap();
         assert_eq!(status, 200, "job {i}: {job}");
         assert_eq!(
             job["state"],
@@ -210,7 +212,9 @@ async fn check_each_succeeded_once(dir: &Path, runs: &Path, leader: &str, ids: &
             "job {i}: {job}\n{}",
             mentions(dir, id)
         );
-        *attempts.entry(job["attempts"].as_u64().unwrap_or(0)).or_default() += 1;
+        *attempts
+            .entry(job["attempts"].as_u64().unwrap_or(0))
+            .or_default() += 1;
         let lines = std::fs::read_to_string(runs.join(i.to_string())).unwrap_or_default();
         assert_eq!(
             lines,
@@ -219,7 +223,10 @@ async fn check_each_succeeded_once(dir: &Path, runs: &Path, leader: &str, ids: &
             mentions(dir, id)
         );
     }
-    eprintln!("{} jobs succeeded, each started once; jobs by attempts: {attempts:?}", ids.len());
+    eprintln!(
+        "{} jobs succeeded, each started once; jobs by attempts: {attempts:?}",
+        ids.len()
+    );
 }
 
 /// The members a replica lists, as (URL, role), leader first.
@@ -230,7 +237,11 @@ async fn members_seen_by(url: &str) -> Option<Vec<(String, &'static str)>> {
         .as_array()?
         .iter()
         .map(|m| {
-            let role = if m["role"] == "leader" { "leader" } else { "follower" };
+            let role = if m["role"] == "leader" {
+                "leader"
+            } else {
+                "follower"
+            };
             (m["url"].as_str().unwrap_or_default().to_owned(), role)
         })
         .collect();
@@ -547,7 +558,11 @@ async fn a_leader_cut_off_from_postgresql_steps_down_before_the_other_replica_le
         if leader_seen_by(&b).await.as_deref() == Some(b.as_str()) {
             break cut.elapsed();
         }
-        assert!(cut.elapsed() < LIMIT, "timed out waiting for B to lead\n{}", lease_log(dir.path()));
+        assert!(
+            cut.elapsed() < LIMIT,
+            "timed out waiting for B to lead\n{}",
+            lease_log(dir.path())
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(
@@ -576,7 +591,11 @@ async fn a_leader_cut_off_from_postgresql_steps_down_before_the_other_replica_le
     ]);
     assert!(output.status.success(), "{output:?}");
     let (_, cluster) = get_json(&format!("{a}/api/v1/cluster")).await.unwrap();
-    assert_ne!(cluster["leader"], a.as_str(), "A does not call itself the leader: {cluster}");
+    assert_ne!(
+        cluster["leader"],
+        a.as_str(),
+        "A does not call itself the leader: {cluster}"
+    );
 
     // Given A alone, which knows no leader now, the CLI waits as long as it is told to,
     // saying so, then fails naming the server.

@@ -166,9 +166,11 @@ impl ClusterView {
             });
         }
         // Every other replica that heartbeats (leader first, then by id).
-        for member in
-            lease::live_members(&state.members, state.members_read_ms, state.member_window_ms)
-        {
+        for member in lease::live_members(
+            &state.members,
+            state.members_read_ms,
+            state.member_window_ms,
+        ) {
             if members.iter().all(|listed| listed.id != member.id) {
                 members.push(MemberView {
                     id: member.id,
@@ -225,8 +227,7 @@ async fn campaign(
         let sent = Instant::now();
         // Bounded: a connection that went silent (the database unreachable, packets dropped)
         // must not keep this replica from looking again once it answers.
-        let looked = match tokio::time::timeout(timing.lease_ttl, look(store, &me.id, None)).await
-        {
+        let looked = match tokio::time::timeout(timing.lease_ttl, look(store, &me.id, None)).await {
             Ok(looked) => looked,
             Err(_) => {
                 tracing::warn!("the leader lease could not be read in time");
@@ -614,7 +615,9 @@ pub(crate) async fn run_replica(
                     known
                 }
                 Err(_) => {
-                    tracing::warn!("the credentials could not be reloaded in time, following with those known");
+                    tracing::warn!(
+                        "the credentials could not be reloaded in time, following with those known"
+                    );
                     known
                 }
             },
