@@ -103,9 +103,12 @@ pub struct ClusterSection {
 impl Default for ClusterSection {
     fn default() -> Self {
         Self {
-            lease_ttl: Duration::from_secs(5),
+            // A dead leader is replaced about 4.2 s after its death at worst (the lease, the
+            // follower's look at its expiry, the recovery): under 5 s. A healthy leader has
+            // two tries to renew before it steps down, 3 s after its last renewal.
+            lease_ttl: Duration::from_secs(4),
             renew_interval: Duration::from_secs(1),
-            step_down_margin: Duration::from_secs(2),
+            step_down_margin: Duration::from_secs(1),
         }
     }
 }
@@ -797,7 +800,9 @@ impl ServerConfig {
         let mut management = self.worker_management();
         management.apply_env(&env)?;
         self.registration.enabled = management.registration_enabled;
-        self.registration.max_retries = management.registration_max_retries;
+        let mut registration = self.registration_config();
+        registration.apply_env(&env)?;
+        self.registration.max_retries = registration.max_retries;
         Ok(())
     }
 
@@ -974,8 +979,6 @@ impl ServerConfig {
     pub fn worker_management(&self) -> WorkerManagementConfig {
         WorkerManagementConfig {
             registration_enabled: self.registration.enabled,
-            registration_max_retries: self.registration.max_retries,
-            registration_timeout: self.registration.timeout,
             provisioning_concurrency: self.provisioning.max_concurrent_provisioning,
             termination_concurrency: self.provisioning.termination_concurrency,
         }

@@ -88,6 +88,17 @@ pub enum Error {
 /// How long shutdown waits for in-flight requests before closing connections.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a replica stepping down waits for its loops to stop before aborting them.
+const STEP_DOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits for `task` until `deadline`, then aborts it.
+async fn join_or_abort(mut task: JoinHandle<()>, deadline: tokio::time::Instant) {
+    if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+        tracing::warn!("a loop did not stop in time, aborting it");
+        task.abort();
+    }
+}
+
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
@@ -114,6 +125,7 @@ pub struct Server {
     retirements: JoinHandle<()>,
     dead_watch: JoinHandle<()>,
     terminator: JoinHandle<()>,
+    terminations: Terminations,
 }
 
 impl std::fmt::Debug for Server {
@@ -492,7 +504,7 @@ impl Server {
             cancel.clone(),
         ));
         let background = tokio::spawn(background(
-            management.clone(),
+            terminations.clone(),
             pools.clone(),
             config.clone(),
             ready,
@@ -538,6 +550,7 @@ impl Server {
             retirements,
             dead_watch,
             terminator,
+            terminations,
             jobs,
             pools,
             tenants,
@@ -604,14 +617,31 @@ impl Server {
     /// serving. Workers keep running: the new leader finds them in the store.
     pub(crate) async fn step_down(self) {
         self.cancel.cancel();
-        let _ = self.background.await;
-        let _ = self.monitor.await;
-        let _ = self.retirements.await;
-        let _ = self.dead_watch.await;
-        self.pools.stop().await;
+        // Bounded: a leader cut off from the database may have loops stuck in a statement
+        // that never answers. They are aborted (their writes are fenced, and a transaction
+        // left open is rolled back by the database), and the agents' sessions are closed so
+        // that they go to the next leader now rather than when their lease runs out.
+        let deadline = tokio::time::Instant::now() + STEP_DOWN_GRACE;
+        for task in [
+            self.background,
+            self.monitor,
+            self.retirements,
+            self.dead_watch,
+        ] {
+            join_or_abort(task, deadline).await;
+        }
+        if tokio::time::timeout_at(deadline, self.pools.stop())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the pool manager did not stop in time, leaving it");
+        }
         self.sessions.close_all();
+        // Requests still in flight (one waiting on a database out of reach) are cut short:
+        // until this returns, the address answers nobody, and the follower that takes over
+        // it points clients and agents at the next leader.
         let mut http = self.http;
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut http)
+        if tokio::time::timeout(STEP_DOWN_GRACE, &mut http)
             .await
             .is_err()
         {
@@ -634,17 +664,14 @@ impl Server {
         // replacements for the workers being terminated.
         self.pools.stop().await;
         if self.config.shutdown.terminate_workers {
-            match self.management.terminate_all().await {
-                Ok(failures) => {
-                    let still_running: std::collections::BTreeSet<WorkerId> =
-                        failures.iter().map(|(id, _)| id.clone()).collect();
-                    for (worker_id, error) in failures {
-                        tracing::error!(%worker_id, %error, "could not terminate worker at shutdown");
-                    }
-                    record_stopped_jobs(self.store.as_ref(), &still_running).await;
-                }
-                Err(error) => tracing::error!(%error, "could not list workers to terminate"),
+            // Through the one owner of termination, counted under `shutdown`.
+            let failures = self.terminations.terminate_all().await;
+            let still_running: std::collections::BTreeSet<WorkerId> =
+                failures.iter().map(|(id, _)| id.clone()).collect();
+            for (worker_id, error) in failures {
+                tracing::error!(%worker_id, %error, "could not terminate worker at shutdown");
             }
+            record_stopped_jobs(self.store.as_ref(), &still_running).await;
         }
         // Long-lived agent sessions would hold graceful shutdown open forever.
         self.sessions.close_all();
@@ -836,14 +863,14 @@ async fn terminate_retired(
 }
 
 async fn background(
-    management: Arc<WorkerManagementService>,
+    terminations: Terminations,
     pools: PoolManager,
     config: ServerConfig,
     ready: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
     let startup = async {
-        reconcile_once(&management).await;
+        reconcile_once(&terminations).await;
         // Pre-warm: every pool gets its minimum, in parallel, before the server says ready.
         pools.prewarm().await;
         for status in pools.list() {
@@ -863,7 +890,7 @@ async fn background(
         interval.tick().await;
         loop {
             interval.tick().await;
-            reconcile_once(&management).await;
+            reconcile_once(&terminations).await;
         }
     };
     tokio::select! {
@@ -979,8 +1006,8 @@ fn log_store_error<T>(worker_id: &WorkerId, result: Result<T, hodei_ports::store
     }
 }
 
-async fn reconcile_once(management: &WorkerManagementService) {
-    match management.reconcile().await {
+async fn reconcile_once(terminations: &Terminations) {
+    match terminations.reconcile().await {
         Ok(report) => {
             if !report.applied.is_empty() || !report.failed.is_empty() {
                 tracing::info!(
