@@ -349,13 +349,10 @@ pub fn decide(
         };
     }
     if supply > desired {
-        // Longest idle first; the id breaks ties so the choice is deterministic.
-        let mut idle: Vec<&IdleSince> = view.idle.iter().collect();
-        idle.sort_by(|a, b| b.idle_for.cmp(&a.idle_for).then_with(|| a.id.cmp(&b.id)));
         let excess = usize::try_from(supply - desired).unwrap_or(usize::MAX);
         let above_max = usize::try_from(supply.saturating_sub(max)).unwrap_or(usize::MAX);
         // Above the maximum (the pool was made smaller): idle workers go now.
-        let now = above_max.min(idle.len());
+        let now = above_max.min(view.idle.len());
         let timeout = Duration::from_secs(spec.idle_timeout);
         let down_cooldown = cooldown_left(
             history.last_scale_down_ms.max(history.last_scale_up_ms),
@@ -366,18 +363,17 @@ pub fn decide(
             (Some(left), _) => (0, Some(format!("scale-down cooldown, {left} s left"))),
             (None, true) => (0, Some("decision cap reached".to_owned())),
             (None, false) => {
-                let expired = idle[now..]
+                // Longest idle first, so the expired ones past the first `now` are those
+                // beyond `now` among all the expired.
+                let expired = view
+                    .idle
                     .iter()
-                    .take_while(|worker| worker.idle_for >= timeout)
-                    .count()
-                    .min(excess - now);
-                (expired, None)
+                    .filter(|worker| worker.idle_for >= timeout)
+                    .count();
+                (expired.saturating_sub(now).min(excess - now), None)
             }
         };
-        let drained: Vec<WorkerId> = idle[..now + later]
-            .iter()
-            .map(|worker| worker.id.clone())
-            .collect();
+        let drained = longest_idle(&view.idle, now + later);
         if drained.is_empty() {
             let because = waiting.unwrap_or_else(|| {
                 if view.idle.is_empty() {
@@ -403,6 +399,26 @@ pub fn decide(
         return decision(ScaleAction::Down(drained), reason);
     }
     decision(ScaleAction::Hold, format!("{have} as needed: {why}"))
+}
+
+/// The `count` workers idle longest, longest first; the id breaks ties so the choice is
+/// deterministic. Only those are ordered: a pass over hundreds of idle workers that drains
+/// a few sorts a few.
+fn longest_idle(idle: &[IdleSince], count: usize) -> Vec<WorkerId> {
+    let order = |a: &&IdleSince, b: &&IdleSince| {
+        b.idle_for.cmp(&a.idle_for).then_with(|| a.id.cmp(&b.id))
+    };
+    let count = count.min(idle.len());
+    if count == 0 {
+        return Vec::new();
+    }
+    let mut idle: Vec<&IdleSince> = idle.iter().collect();
+    if count < idle.len() {
+        idle.select_nth_unstable_by(count - 1, order);
+        idle.truncate(count);
+    }
+    idle.sort_unstable_by(order);
+    idle.into_iter().map(|worker| worker.id.clone()).collect()
 }
 
 /// A pool as a home for queued jobs.

@@ -1200,6 +1200,11 @@ impl Dispatch {
 
     /// Registered, connected, heard from within the lease, healthy, and free.
     fn idle(&self, now_ms: u64) -> Vec<IdleWorker> {
+        self.idle_refs(now_ms).into_iter().cloned().collect()
+    }
+
+    /// [`Self::idle`], borrowed: one per id, in id order.
+    fn idle_refs(&self, now_ms: u64) -> Vec<&IdleWorker> {
         let lease = u64::try_from(self.config.fence.lease.as_millis()).unwrap_or(u64::MAX);
         self.workers
             .values()
@@ -1216,7 +1221,7 @@ impl Dispatch {
                     && !slot.retired
                     && !slot.unreachable
             })
-            .map(|slot| slot.worker.clone())
+            .map(|slot| &slot.worker)
             .collect()
     }
 
@@ -1241,7 +1246,7 @@ impl Dispatch {
         if self.queues.is_empty() {
             return;
         }
-        let idle = self.idle(now_ms);
+        let idle = self.idle_refs(now_ms);
         if idle.is_empty() {
             return;
         }
@@ -1249,9 +1254,9 @@ impl Dispatch {
         let moving: Vec<JobId> = proposal.writes.iter().map(|w| w.job.id.clone()).collect();
         // Tags are charged at commit, on a copy here, so an unrecorded plan costs nothing.
         let mut fair = self.fair.clone();
-        let plan = tenancy::plan_fair_dispatch(
+        let plan = tenancy::plan_fair_dispatch_among(
             &self.queues,
-            &idle,
+            idle,
             &self.tenants,
             &mut usage,
             &self.bursts,

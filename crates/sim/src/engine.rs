@@ -131,6 +131,8 @@ struct Sim<'a> {
     sla: SlaSettings,
     dispatch: Dispatch,
     pools: Vec<SimPool>,
+    /// Every pool's shape, for [`autoscale::home_pool`] (fixed for the run).
+    shapes: Vec<PoolCandidate>,
     workers: Vec<SimWorker>,
     worker_index: HashMap<WorkerId, usize>,
     live_workers: BTreeSet<usize>,
@@ -200,6 +202,7 @@ impl<'a> Sim<'a> {
             dispatch: Dispatch::new(DispatchConfig::default(), queues, tenants.clone()),
             tenants,
             sla,
+            shapes: pools.iter().map(|p| p.candidate.clone()).collect(),
             pools,
             workers: Vec::new(),
             worker_index: HashMap::new(),
@@ -238,8 +241,7 @@ impl<'a> Sim<'a> {
         if !self.config.sim.profile_from_trace {
             return;
         }
-        let candidates: Vec<PoolCandidate> =
-            self.pools.iter().map(|p| p.candidate.clone()).collect();
+        let candidates = &self.shapes;
         for (i, pool) in self.pools.iter_mut().enumerate() {
             if pool.spec.scaling.policy != hodei_core::pool::PolicyKind::Predictive {
                 continue;
@@ -488,11 +490,11 @@ impl<'a> Sim<'a> {
     fn submit(&mut self, batch: &[usize]) {
         let now = self.now;
         // As the server: a job no pool could ever hold is refused at submission.
-        let shapes: Vec<PoolCandidate> = self.pools.iter().map(|p| p.candidate.clone()).collect();
         let jobs: Vec<Job> = batch
             .iter()
             .filter(|&&i| {
-                let fits = autoscale::home_pool(&shapes, &self.trace[i].requirements).is_some();
+                let fits =
+                    autoscale::home_pool(&self.shapes, &self.trace[i].requirements).is_some();
                 if !fits {
                     self.refused_unfit += 1;
                 }
