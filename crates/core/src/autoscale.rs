@@ -32,6 +32,9 @@ pub struct IdleSince {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolView {
     pub idle: Vec<IdleSince>,
+    /// Idle workers known only by count: supply, never drained. The simulator names only
+    /// the idle workers a decision could drain (see [`drainable_idle`]).
+    pub idle_counted: u32,
     pub busy: u32,
     /// Being created, or created and not yet connected.
     pub starting: u32,
@@ -47,17 +50,38 @@ impl PoolView {
         format!(
             "{} workers ({} idle, {} busy, {} starting)",
             self.supply(),
-            self.idle.len(),
+            self.idle_count(),
             self.busy,
             self.starting
         )
     }
 
     pub fn supply(&self) -> u32 {
-        u32::try_from(self.idle.len())
-            .unwrap_or(u32::MAX)
+        self.idle_count()
             .saturating_add(self.busy)
             .saturating_add(self.starting)
+    }
+
+    /// Idle workers, named or counted.
+    pub fn idle_count(&self) -> u32 {
+        u32::try_from(self.idle.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.idle_counted)
+    }
+}
+
+/// Which idle workers [`decide`] could drain at `now_ms`, given the pool's supply: none at or
+/// below the minimum (it never wants fewer), every one above the maximum, else those idle
+/// at least `idle_timeout`. A caller that names these and counts the others
+/// ([`PoolView::idle_counted`]) gets the same decision as one naming them all.
+pub fn drainable_idle(spec: &PoolSpec, supply: u32, now_ms: u64) -> Option<Duration> {
+    let (min, max) = bounds(spec, now_ms);
+    if supply <= min {
+        None
+    } else if supply > max {
+        Some(Duration::ZERO)
+    } else {
+        Some(Duration::from_secs(spec.idle_timeout))
     }
 }
 
@@ -376,7 +400,7 @@ pub fn decide(
         let drained = longest_idle(&view.idle, now + later);
         if drained.is_empty() {
             let because = waiting.unwrap_or_else(|| {
-                if view.idle.is_empty() {
+                if view.idle_count() == 0 {
                     "no idle worker to drain (busy workers are never drained)".to_owned()
                 } else {
                     format!("idle workers wait {} s (idle_timeout)", spec.idle_timeout)
