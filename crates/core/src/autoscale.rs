@@ -1024,6 +1024,63 @@ mod tests {
     }
 
     proptest! {
+        /// Naming only the idle workers `drainable_idle` picks, and counting the others,
+        /// decides exactly as naming them all (the simulator relies on it).
+        #[test]
+        fn counting_undrainable_idle_workers_decides_the_same(
+            (mut spec, view, demand, history) in arb_case(),
+            idle_secs in proptest::collection::vec(0u64..120, 0..12),
+            timeout in 0u64..100,
+        ) {
+            spec.idle_timeout = timeout;
+            let named = PoolView {
+                idle: idle_secs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, secs)| IdleSince {
+                        id: WorkerId::new(format!("w-{i}")).unwrap(),
+                        idle_for: Duration::from_secs(*secs),
+                    })
+                    .collect(),
+                ..view
+            };
+            let (drainable, counted): (Vec<IdleSince>, Vec<IdleSince>) =
+                match drainable_idle(&spec, named.supply(), NOW) {
+                    None => (Vec::new(), named.idle.clone()),
+                    Some(past) => named.idle.iter().cloned().partition(|w| w.idle_for >= past),
+                };
+            let partly = PoolView {
+                idle: drainable,
+                idle_counted: u32::try_from(counted.len()).unwrap(),
+                ..named.clone()
+            };
+            prop_assert_eq!(partly.supply(), named.supply());
+            prop_assert_eq!(
+                decide(&spec, &partly, &demand, &history, NOW),
+                decide(&spec, &named, &demand, &history, NOW)
+            );
+        }
+
+        #[test]
+        fn the_longest_idle_are_those_a_full_sort_puts_first(
+            idle_secs in proptest::collection::vec(0u64..20, 0..40),
+            count in 0usize..45,
+        ) {
+            let idle: Vec<IdleSince> = idle_secs
+                .iter()
+                .enumerate()
+                .map(|(i, secs)| IdleSince {
+                    id: WorkerId::new(format!("w-{i:02}")).unwrap(),
+                    idle_for: Duration::from_secs(*secs),
+                })
+                .collect();
+            let mut sorted = idle.clone();
+            sorted.sort_by(|a, b| b.idle_for.cmp(&a.idle_for).then_with(|| a.id.cmp(&b.id)));
+            let expected: Vec<WorkerId> =
+                sorted.into_iter().take(count).map(|w| w.id).collect();
+            prop_assert_eq!(longest_idle(&idle, count), expected);
+        }
+
         #[test]
         fn decisions_keep_their_rules((spec, view, demand, history) in arb_case()) {
             let (min, max) = bounds(&spec, NOW);

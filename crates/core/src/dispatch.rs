@@ -633,6 +633,19 @@ impl Dispatch {
         self.deadline_due_ms = 0;
     }
 
+    /// [`Self::deadlines_changed`] for a change to one worker: only an attempt on it can
+    /// be judged differently, and a worker with an attempt in flight holds it in its slot,
+    /// so a worker without one (an ephemeral worker coming and going) changes no deadline.
+    fn worker_changed(&mut self, worker: &WorkerId) {
+        if self
+            .workers
+            .get(worker)
+            .is_some_and(|slot| slot.job.is_some())
+        {
+            self.deadlines_changed();
+        }
+    }
+
     /// When a tracked job was queued, assigned and started.
     pub fn times(&self, id: &JobId) -> Option<Times> {
         self.jobs.get(id).map(|live| live.times)
@@ -779,7 +792,7 @@ impl Dispatch {
                 slot.registered = true;
             }
             Input::WorkerGone(id) => {
-                self.deadlines_changed();
+                self.worker_changed(&id);
                 if let Some(slot) = self.workers.get_mut(&id) {
                     if slot.connected {
                         slot.disconnected_since_ms = now_ms;
@@ -795,14 +808,14 @@ impl Dispatch {
                 if let Some(slot) = self.workers.get_mut(&id) {
                     slot.dead = true;
                 }
-                self.deadlines_changed();
+                self.worker_changed(&id);
                 self.check_deadlines(now_ms, &mut proposal);
             }
             Input::Connected { worker, running } => {
                 self.connected(&worker, &running, now_ms, &mut proposal);
             }
             Input::Disconnected(worker) => {
-                self.deadlines_changed();
+                self.worker_changed(&worker);
                 if let Some(slot) = self.workers.get_mut(&worker) {
                     if slot.connected {
                         slot.disconnected_since_ms = now_ms;
@@ -1537,7 +1550,11 @@ impl Dispatch {
         proposal: &mut Proposal,
     ) {
         // Connected again, its attempt is held to its acceptance and timeout deadlines.
-        self.deadlines_changed();
+        if running.is_empty() {
+            self.worker_changed(worker);
+        } else {
+            self.deadlines_changed();
+        }
         if let Some(slot) = self.workers.get_mut(worker) {
             slot.connected = true;
             slot.unreachable = false;
