@@ -52,6 +52,31 @@ impl Default for RegistrationConfig {
 }
 
 impl RegistrationConfig {
+    /// Applies `REGISTRATION_MAX_RETRIES` (0 to [`MAX_RETRIES_LIMIT`]) from `lookup`; a bad
+    /// value is an error naming the variable.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ValidationError> {
+        let Some(value) = lookup("REGISTRATION_MAX_RETRIES") else {
+            return Ok(());
+        };
+        let retries: u32 = value.trim().parse().map_err(|_| {
+            ValidationError::new(
+                "REGISTRATION_MAX_RETRIES",
+                format!("is {value:?}, expected a whole number from 0 to {MAX_RETRIES_LIMIT}"),
+            )
+        })?;
+        if retries > MAX_RETRIES_LIMIT {
+            return Err(ValidationError::new(
+                "REGISTRATION_MAX_RETRIES",
+                format!("is {value}, at most {MAX_RETRIES_LIMIT} allowed"),
+            ));
+        }
+        self.max_retries = retries;
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ValidationError> {
         if self.max_retries > MAX_RETRIES_LIMIT {
             return Err(ValidationError::new(
@@ -226,7 +251,7 @@ impl WorkerRegistrationAdapter {
     pub fn calculate_backoff(&self, attempt: u32) -> Duration {
         let nominal = self.config.backoff(attempt);
         if self.config.jitter {
-            nominal.mul_f64(0.5 + fastrand::f64() / 2.0)
+            backoff::jittered(nominal, fastrand::f64())
         } else {
             nominal
         }

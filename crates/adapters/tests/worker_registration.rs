@@ -548,3 +548,23 @@ fn config_validation_names_the_field() {
         "registration.timeout"
     );
 }
+
+/// `REGISTRATION_MAX_RETRIES` sets the retry budget of the adapter, the one that retries
+/// (worker management keeps no copy of it any more).
+#[test]
+fn the_environment_sets_the_retry_budget_and_bad_values_name_the_variable() {
+    let env = |value: &'static str| {
+        move |key: &str| (key == "REGISTRATION_MAX_RETRIES").then(|| value.to_owned())
+    };
+    let mut config = RegistrationConfig::default();
+    config.apply_env(env("5")).unwrap();
+    assert_eq!(config.max_retries, 5);
+    config.apply_env(|_| None).unwrap();
+    assert_eq!(config.max_retries, 5, "unset leaves it alone");
+    for bad in ["-1", "999", "many"] {
+        let error = RegistrationConfig::default()
+            .apply_env(env(bad))
+            .unwrap_err();
+        assert_eq!(error.field, "REGISTRATION_MAX_RETRIES");
+    }
+}

@@ -5,9 +5,11 @@
 //! registry and its own list of workers being created, hands them to the pure pass in core
 //! (which splits the queue over the pools, keeps the arrival window, the running-time
 //! average and the arrival profile, decides and logs), and carries the outcome out.
-//! Provisioning runs in background tasks, at most `max_concurrent_provisioning` per pool
-//! and `[provisioning] max_concurrent_provisioning` across all pools (start-up pre-warm
-//! included);
+//! Provisioning runs in background tasks, one per scale-up, at most
+//! `max_concurrent_provisioning` creations per pool and `[provisioning]
+//! max_concurrent_provisioning` across all pools (start-up pre-warm included); a
+//! scale-up's workers are registered through the batch registration, those created while
+//! a batch registers making up the next one;
 //! a worker being created counts as starting from the moment its id is chosen, so no pass
 //! provisions for the same demand twice. Scale-in asks the dispatcher to drain idle workers
 //! first ([`JobService::drain`]); only those it confirms idle are terminated (asked of
@@ -40,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::jobs::{JobSnapshot, PoolSettings};
+use crate::worker_management::Provisioning;
 use crate::{
     JobService, SchedulerRegistry, Terminations, Why, WorkerManagementService, WorkerStatus,
 };
@@ -884,7 +887,10 @@ impl PoolManager {
         usage
     }
 
-    /// Starts `count` workers of `spec` in the background, within the pool's concurrency.
+    /// Starts `count` workers of `spec` in one background task, within the pool's and the
+    /// server's concurrency: worker management creates each as soon as both bounds allow
+    /// and registers them through the batch registration
+    /// ([`WorkerManagementService::provision_many`]).
     fn provision(&self, spec: &PoolSpec, count: u32, now: Instant) {
         let worker_spec = spec.worker_spec();
         let until = now + self.inner.config.start_timeout;
@@ -902,63 +908,64 @@ impl PoolManager {
             }
             (ids, pool.provisioning.clone())
         };
-        for id in ids {
-            let manager = self.clone();
-            let spec = spec.clone();
-            let semaphore = semaphore.clone();
-            let everywhere = self.inner.provisioning.clone();
-            self.inner.tasks.spawn(async move {
-                let stopping = manager.inner.stopping.clone();
-                // The pool's bound first, then the server's, so a pool waiting on its own
-                // bound holds none of the server's.
-                let permits = async {
-                    let pool = semaphore.acquire_owned().await.ok()?;
-                    let server = everywhere.acquire_owned().await.ok()?;
-                    Some((pool, server))
-                };
-                let permit = tokio::select! {
-                    biased;
-                    () = stopping.cancelled() => None,
-                    permits = permits => permits,
-                };
-                let Some(_permit) = permit else {
-                    if let Some(pool) = lock(&manager.inner.pools).get_mut(&spec.name) {
-                        pool.starting.remove(&id);
-                        pool.started_at.remove(&id);
-                    }
-                    return;
-                };
-                let result = manager
-                    .inner
-                    .management
-                    .provision_for_pool(&spec, &id)
-                    .await;
-                let registered = match &result {
-                    Ok(provisioned) => provisioned.status == WorkerStatus::Registered,
-                    Err(error) => {
-                        tracing::error!(pool = %spec.name, worker_id = %id, %error, "could not provision a worker");
-                        manager
-                            .inner
-                            .metrics
-                            .provisioning_failures
-                            .get_or_create(&PoolLabels {
-                                pool: spec.name.clone(),
-                            })
-                            .inc();
-                        false
-                    }
-                };
-                if let Some(pool) = lock(&manager.inner.pools).get_mut(&spec.name) {
-                    if result.is_err() {
-                        pool.started_at.remove(&id);
-                    }
-                    if result.is_err() || registered {
-                        pool.starting.remove(&id);
-                    }
-                }
-                manager.wake();
-            });
+        if ids.is_empty() {
+            return;
         }
+        let manager = self.clone();
+        let spec = spec.clone();
+        // The pool's bound first, then the server's, so a pool waiting on its own bound
+        // holds none of the server's.
+        let bounds = [semaphore, self.inner.provisioning.clone()];
+        self.inner.tasks.spawn(async move {
+            let stopping = manager.inner.stopping.clone();
+            let done = |id: &WorkerId, outcome: Provisioning| {
+                manager.provisioned(&spec.name, id, outcome);
+            };
+            // A worker the scheduler refuses goes through the one owner of termination.
+            let refused = |id: WorkerId| {
+                manager.inner.terminations.request(id, Why::Refused);
+            };
+            manager
+                .inner
+                .management
+                .provision_many(&spec, &ids, &bounds, &stopping, &done, Some(&refused))
+                .await;
+        });
+    }
+
+    /// Takes note of what became of one worker being created.
+    fn provisioned(&self, pool_name: &str, id: &WorkerId, outcome: Provisioning) {
+        let Some(result) = outcome else {
+            // Never begun (stopping): nothing was created.
+            if let Some(pool) = lock(&self.inner.pools).get_mut(pool_name) {
+                pool.starting.remove(id);
+                pool.started_at.remove(id);
+            }
+            return;
+        };
+        let registered = match &result {
+            Ok(provisioned) => provisioned.status == WorkerStatus::Registered,
+            Err(error) => {
+                tracing::error!(pool = %pool_name, worker_id = %id, %error, "could not provision a worker");
+                self.inner
+                    .metrics
+                    .provisioning_failures
+                    .get_or_create(&PoolLabels {
+                        pool: pool_name.to_owned(),
+                    })
+                    .inc();
+                false
+            }
+        };
+        if let Some(pool) = lock(&self.inner.pools).get_mut(pool_name) {
+            if result.is_err() {
+                pool.started_at.remove(id);
+            }
+            if result.is_err() || registered {
+                pool.starting.remove(id);
+            }
+        }
+        self.wake();
     }
 
     /// Drains the idle workers among `workers` and asks for their termination.

@@ -12,9 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use futures::StreamExt;
 use hodei_core::credential::WorkerOrigin;
 use hodei_core::reconcile::{self, Action, Views};
 use hodei_core::{
@@ -30,23 +29,23 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
-/// Largest accepted `REGISTRATION_MAX_RETRIES`.
-pub const MAX_REGISTRATION_RETRIES: u32 = 20;
-
-/// How worker management behaves. Read from the config file, then overridden by the
-/// `REGISTRATION_ENABLED` and `REGISTRATION_MAX_RETRIES` environment variables.
+/// How worker management behaves. Read from the config file, then `REGISTRATION_ENABLED`
+/// from the environment. How a registration is retried and bounded (`[registration]
+/// max_retries`, `timeout`, `REGISTRATION_MAX_RETRIES`) is the registration adapter's
+/// (`hodei_adapters::worker_registration::RegistrationConfig`), the one that retries: the
+/// seed's copies of those two here were never read, so they are gone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerManagementConfig {
     /// Register provisioned workers with the scheduler.
     pub registration_enabled: bool,
-    /// Retries after the first registration attempt.
-    pub registration_max_retries: u32,
-    /// Time one registration attempt may take.
-    pub registration_timeout: Duration,
-    /// Workers created at the provider at once when a pool is pre-warmed.
+    /// Workers created at the provider at once by [`WorkerManagementService::create_pool`]
+    /// (the pool manager passes its own bounds to
+    /// [`WorkerManagementService::provision_many`]).
     pub provisioning_concurrency: usize,
-    /// Terminations at once when everything is stopped.
+    /// Terminations at once (`hodei_modules::Terminations`, shutdown included).
     pub termination_concurrency: usize,
 }
 
@@ -54,8 +53,6 @@ impl Default for WorkerManagementConfig {
     fn default() -> Self {
         Self {
             registration_enabled: true,
-            registration_max_retries: 3,
-            registration_timeout: Duration::from_secs(30),
             provisioning_concurrency: 5,
             termination_concurrency: 10,
         }
@@ -63,9 +60,8 @@ impl Default for WorkerManagementConfig {
 }
 
 impl WorkerManagementConfig {
-    /// Applies `REGISTRATION_ENABLED` (`true`/`false`/`1`/`0`) and
-    /// `REGISTRATION_MAX_RETRIES` (0 to 20) from `lookup`; an unparsable value is an error
-    /// naming the variable.
+    /// Applies `REGISTRATION_ENABLED` (`true`/`false`/`1`/`0`) from `lookup`; an
+    /// unparsable value is an error naming the variable.
     pub fn apply_env(
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
@@ -82,38 +78,10 @@ impl WorkerManagementConfig {
                 }
             };
         }
-        if let Some(value) = lookup("REGISTRATION_MAX_RETRIES") {
-            self.registration_max_retries = value.trim().parse().map_err(|_| {
-                ValidationError::new(
-                    "REGISTRATION_MAX_RETRIES",
-                    format!(
-                        "is {value:?}, expected a whole number from 0 to {MAX_REGISTRATION_RETRIES}"
-                    ),
-                )
-            })?;
-            if self.registration_max_retries > MAX_REGISTRATION_RETRIES {
-                return Err(ValidationError::new(
-                    "REGISTRATION_MAX_RETRIES",
-                    format!("is {value}, at most {MAX_REGISTRATION_RETRIES} allowed"),
-                ));
-            }
-        }
         Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ValidationError> {
-        if self.registration_max_retries > MAX_REGISTRATION_RETRIES {
-            return Err(ValidationError::new(
-                "registration.max_retries",
-                format!("at most {MAX_REGISTRATION_RETRIES} allowed"),
-            ));
-        }
-        if self.registration_timeout.is_zero() {
-            return Err(ValidationError::new(
-                "registration.timeout",
-                "must be above zero",
-            ));
-        }
         if self.provisioning_concurrency == 0 {
             return Err(ValidationError::new(
                 "provisioning.max_concurrent_provisioning",
@@ -152,6 +120,10 @@ pub struct WorkerProvisioned {
     pub metadata: WorkerMetadata,
 }
 
+/// What became of one worker of [`WorkerManagementService::provision_many`]: `None` when
+/// its creation never began.
+pub type Provisioning = Option<Result<WorkerProvisioned, WorkerManagementError>>;
+
 /// What pre-warming a pool did.
 #[derive(Debug)]
 pub struct PoolCreated {
@@ -175,8 +147,10 @@ pub enum WorkerManagementError {
     },
     #[error("store failed: {0}")]
     Store(#[from] store::Error),
-    /// The scheduler refused the worker for good; the worker was torn down.
-    #[error("scheduler refused worker {worker_id}, it was terminated: {source}")]
+    /// The scheduler refused the worker for good; the worker was torn down (or, through
+    /// [`WorkerManagementService::provision_many`] with a hand-over, its termination was
+    /// asked for).
+    #[error("scheduler refused worker {worker_id}, it is terminated: {source}")]
     RegistrationRejected {
         worker_id: WorkerId,
         #[source]
@@ -491,12 +465,12 @@ impl WorkerManagementService {
             Some(registration) => Some(registration.register_worker(&worker).await),
             None => None,
         };
-        self.finish_registration(worker, outcome).await
+        self.finish_registration(worker, outcome, None).await
     }
 
     /// Saves `pool` and pre-warms it: provisions the workers it lacks (counting live ones
-    /// from earlier runs), `provisioning_concurrency` at a time, then registers them all
-    /// with one batch call.
+    /// from earlier runs) through [`Self::provision_many`], `provisioning_concurrency` at a
+    /// time, registering them with the batch registration.
     pub async fn create_pool(&self, pool: &PoolSpec) -> Result<PoolCreated, WorkerManagementError> {
         pool.validate()?;
         self.store.put_pool(pool).await?;
@@ -513,40 +487,24 @@ impl WorkerManagementService {
         tracing::info!(pool = %pool.name, size, existing, missing, "pre-warming pool");
 
         let ids: Vec<WorkerId> = (0..missing).map(|_| Self::new_worker_id(&spec)).collect();
-        let _guards: Vec<_> = ids.iter().map(|id| self.begin(id)).collect();
-        // Futures are built first and then driven by the stream: a closure inside the
-        // stream would make the future not `Send` (rust-lang/rust#102211).
-        let creations: Vec<_> = ids
-            .iter()
-            .map(|id| self.create(id, &spec, pool.provider))
-            .collect();
-        let created: Vec<Result<Worker, WorkerManagementError>> = futures::stream::iter(creations)
-            .buffer_unordered(self.config.provisioning_concurrency.max(1))
-            .collect()
-            .await;
-
-        let mut failures = Vec::new();
-        let mut workers = Vec::new();
-        for result in created {
-            match result {
-                Ok(worker) => workers.push(worker),
-                Err(error) => failures.push(error),
-            }
-        }
-        let outcomes: Vec<Option<Result<(), RegistrationError>>> = match &self.registration {
-            Some(registration) => registration
-                .register_workers_batch(&workers)
-                .await
-                .into_iter()
-                .map(Some)
-                .collect(),
-            None => workers.iter().map(|_| None).collect(),
-        };
+        let bound = Arc::new(Semaphore::new(self.config.provisioning_concurrency.max(1)));
+        let outcomes = Mutex::new(Vec::new());
+        self.provision_many(
+            pool,
+            &ids,
+            &[bound],
+            &CancellationToken::new(),
+            &|_, outcome| lock(&outcomes).push(outcome),
+            None,
+        )
+        .await;
         let mut provisioned = Vec::new();
-        for (worker, outcome) in workers.into_iter().zip(outcomes) {
-            match self.finish_registration(worker, outcome).await {
-                Ok(done) => provisioned.push(done),
-                Err(error) => failures.push(error),
+        let mut failures = Vec::new();
+        for outcome in outcomes.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            match outcome {
+                Some(Ok(done)) => provisioned.push(done),
+                Some(Err(error)) => failures.push(error),
+                None => {}
             }
         }
         tracing::info!(pool = %pool.name, provisioned = provisioned.len(), failed = failures.len(), "pool pre-warmed");
@@ -556,6 +514,107 @@ impl WorkerManagementService {
             provisioned,
             failures,
         })
+    }
+
+    /// Creates the workers `ids` of `pool` (ids from [`Self::new_worker_id`], so that the
+    /// caller can count them as starting before they exist) and registers them through the
+    /// batch registration ([`WorkerRegistrationPort::register_workers_batch`]).
+    ///
+    /// Each creation first takes a permit of every semaphore in `bounds`, in order, and
+    /// gives them back once its worker exists at the provider. The workers created while a
+    /// batch is being registered make up the next batch, so none waits for a sibling's
+    /// creation; a failure is its worker's alone. `done` hears of each worker once, as
+    /// soon as its outcome is known: `None` when its creation had not begun when `cancel`
+    /// came (nothing was created), else what [`Self::provision_for_pool`] would have
+    /// returned. A worker the scheduler refuses for good is handed to `refused` (the one
+    /// owner of termination, in the server) when given, else stopped here at once.
+    pub async fn provision_many(
+        &self,
+        pool: &PoolSpec,
+        ids: &[WorkerId],
+        bounds: &[Arc<Semaphore>],
+        cancel: &CancellationToken,
+        done: &(dyn Fn(&WorkerId, Provisioning) + Send + Sync),
+        refused: Option<&(dyn Fn(WorkerId) + Send + Sync)>,
+    ) {
+        let spec = pool.worker_spec();
+        let _guards: Vec<_> = ids.iter().map(|id| self.begin(id)).collect();
+        let (created_tx, mut created_rx) = tokio::sync::mpsc::unbounded_channel::<Worker>();
+        // Futures are built first and then driven together: a closure inside a stream
+        // would make the future not `Send` (rust-lang/rust#102211).
+        let creations: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let created_tx = created_tx.clone();
+                let spec = &spec;
+                async move {
+                    let permits = async {
+                        let mut held = Vec::with_capacity(bounds.len());
+                        for bound in bounds {
+                            held.push(bound.acquire().await.ok()?);
+                        }
+                        Some(held)
+                    };
+                    let permits = tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => None,
+                        permits = permits => permits,
+                    };
+                    let Some(_permits) = permits else {
+                        done(id, None);
+                        return;
+                    };
+                    match self.create(id, spec, pool.provider).await {
+                        Ok(worker) => {
+                            // The receiver lives until every creation has ended.
+                            let _ = created_tx.send(worker);
+                        }
+                        Err(error) => done(id, Some(Err(error))),
+                    }
+                }
+            })
+            .collect();
+        drop(created_tx);
+        let registering = async {
+            while let Some(first) = created_rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = created_rx.try_recv() {
+                    batch.push(more);
+                }
+                self.register_batch(batch, done, refused).await;
+            }
+        };
+        tokio::join!(futures::future::join_all(creations), registering);
+    }
+
+    /// Registers `workers` with one batch call and records each outcome.
+    async fn register_batch(
+        &self,
+        workers: Vec<Worker>,
+        done: &(dyn Fn(&WorkerId, Provisioning) + Send + Sync),
+        refused: Option<&(dyn Fn(WorkerId) + Send + Sync)>,
+    ) {
+        let mut outcomes: Vec<Option<Result<(), RegistrationError>>> = match &self.registration {
+            Some(registration) => registration
+                .register_workers_batch(&workers)
+                .await
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => workers.iter().map(|_| None).collect(),
+        };
+        // The port promises one result per worker; one missing is a retryable failure
+        // (the reconciler registers the worker), never a worker forgotten.
+        outcomes.resize_with(workers.len(), || {
+            Some(Err(RegistrationError::Unexpected(
+                "the batch registration returned no result for this worker".into(),
+            )))
+        });
+        for (worker, outcome) in workers.into_iter().zip(outcomes) {
+            let id = worker.id.clone();
+            let result = self.finish_registration(worker, outcome, refused).await;
+            done(&id, Some(result));
+        }
     }
 
     /// Records the worker, creates it at the provider and moves it to `registering`.
@@ -604,10 +663,13 @@ impl WorkerManagementService {
     }
 
     /// Acts on a registration outcome (`None`: registration disabled).
+    /// A worker the scheduler refuses for good is handed to `refused` when given, else
+    /// stopped here.
     async fn finish_registration(
         &self,
         worker: Worker,
         outcome: Option<Result<(), RegistrationError>>,
+        refused: Option<&(dyn Fn(WorkerId) + Send + Sync)>,
     ) -> Result<WorkerProvisioned, WorkerManagementError> {
         let status = match outcome {
             None => {
@@ -632,8 +694,14 @@ impl WorkerManagementService {
                     .inc();
                 if error.is_permanent_rejection() {
                     tracing::error!(worker_id = %worker.id, error_type = error.error_type(), %error, "scheduler refused the worker, terminating it");
-                    if let Err(stop) = self.stop(&worker.id, worker.metadata.provider).await {
-                        tracing::error!(worker_id = %worker.id, error = %stop, "could not terminate refused worker, the reconciler will");
+                    match refused {
+                        Some(hand_over) => hand_over(worker.id.clone()),
+                        None => {
+                            if let Err(stop) = self.stop(&worker.id, worker.metadata.provider).await
+                            {
+                                tracing::error!(worker_id = %worker.id, error = %stop, "could not terminate refused worker");
+                            }
+                        }
                     }
                     return Err(WorkerManagementError::RegistrationRejected {
                         worker_id: worker.id,
@@ -697,10 +765,7 @@ impl WorkerManagementService {
     /// Stops the worker at the provider and records it as terminated.
     async fn stop(&self, id: &WorkerId, kind: ProviderKind) -> Result<(), WorkerManagementError> {
         let provider = kind;
-        self.provider(kind)?
-            .terminate_worker(id)
-            .await
-            .map_err(|source| WorkerManagementError::Provider { provider, source })?;
+        self.stop_at_provider(id, kind).await?;
         // A terminated worker's credential opens nothing any more, open session included.
         if let Some(credentials) = &self.credentials
             && let Err(error) = credentials.revoke_worker(id).await
@@ -738,68 +803,95 @@ impl WorkerManagementService {
         Ok(())
     }
 
-    /// Terminates every live worker, `termination_concurrency` at a time. Used at shutdown.
-    /// Returns the workers that could not be terminated.
-    pub async fn terminate_all(
+    /// Stops a worker no live record owns (an orphan) at `kind`'s provider, after checking
+    /// again that none does: it may have been recorded since the reconciler looked.
+    /// `Ok(false)` when a live record owns it now (nothing was stopped).
+    pub async fn terminate_orphan(
         &self,
-    ) -> Result<Vec<(WorkerId, WorkerManagementError)>, WorkerManagementError> {
-        let mut failed = match self.store.list_workers(&WorkerFilter::live()).await {
-            Ok(records) => {
-                let ids: Vec<WorkerId> = records.into_iter().map(|r| r.worker.id).collect();
-                let terminations: Vec<_> = ids
-                    .iter()
-                    .map(|id| async move { (id.clone(), self.terminate_worker(id).await) })
-                    .collect();
-                let results: Vec<(WorkerId, Result<(), WorkerManagementError>)> =
-                    futures::stream::iter(terminations)
-                        .buffer_unordered(self.config.termination_concurrency.max(1))
-                        .collect()
-                        .await;
-                results
-                    .into_iter()
-                    .filter_map(|(id, result)| result.err().map(|e| (id, e)))
-                    .collect()
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot read the workers from the store, stopping what the providers run");
-                Vec::new()
-            }
-        };
-        // Whatever a provider still runs (everything, when the store could not be read or
-        // write) is stopped there directly: no agent outlives its server's shutdown.
+        id: &WorkerId,
+        kind: ProviderKind,
+    ) -> Result<bool, WorkerManagementError> {
+        let _guard = self.begin(id);
+        if self
+            .store
+            .get_worker(id)
+            .await?
+            .is_some_and(|r| r.state.is_live())
+        {
+            return Ok(false);
+        }
+        self.stop_at_provider(id, kind).await?;
+        Ok(true)
+    }
+
+    /// Stops a worker at `kind`'s provider only, whatever the store says (shutdown's last
+    /// sweep, when the store may be gone).
+    pub async fn stop_at_provider(
+        &self,
+        id: &WorkerId,
+        kind: ProviderKind,
+    ) -> Result<(), WorkerManagementError> {
+        self.provider(kind)?
+            .terminate_worker(id)
+            .await
+            .map_err(|source| WorkerManagementError::Provider {
+                provider: kind,
+                source,
+            })
+    }
+
+    /// The ids of every live recorded worker.
+    pub async fn live_worker_ids(&self) -> Result<Vec<WorkerId>, WorkerManagementError> {
+        Ok(self
+            .store
+            .list_workers(&WorkerFilter::live())
+            .await?
+            .into_iter()
+            .map(|r| r.worker.id)
+            .collect())
+    }
+
+    /// What each provider runs now; a provider that cannot list is logged and skipped.
+    pub async fn running_at_providers(&self) -> Vec<(ProviderKind, WorkerId)> {
+        let mut running = Vec::new();
         for (kind, provider) in &self.providers {
-            let running = match provider.list_workers().await {
-                Ok(running) => running,
+            match provider.list_workers().await {
+                Ok(ids) => running.extend(ids.into_iter().map(|id| (*kind, id))),
                 Err(error) => {
-                    tracing::error!(provider = %kind, %error, "cannot list the provider's workers to stop them");
-                    continue;
-                }
-            };
-            for id in running {
-                match provider.terminate_worker(&id).await {
-                    Ok(()) => failed.retain(|(gone, _)| gone != &id),
-                    Err(source) => {
-                        failed.retain(|(gone, _)| gone != &id);
-                        failed.push((
-                            id,
-                            WorkerManagementError::Provider {
-                                provider: *kind,
-                                source,
-                            },
-                        ));
-                    }
+                    tracing::error!(provider = %kind, %error, "cannot list the provider's workers");
                 }
             }
         }
-        Ok(failed)
+        running
+    }
+
+    /// Terminations carried out at once (`[provisioning] termination_concurrency`).
+    pub fn termination_concurrency(&self) -> usize {
+        self.config.termination_concurrency.max(1)
     }
 
     /// Compares provider, store and scheduler, and fixes each kind of drift (see
     /// [`hodei_core::reconcile`]).
+    ///
+    /// Orphans are stopped here, at once: this is the seed's stand-alone service. The
+    /// server reconciles through `hodei_modules::Terminations::reconcile`, which hands
+    /// them to the one owner of termination instead ([`Self::reconcile_with`]).
     pub async fn reconcile(&self) -> Result<ReconcileReport, WorkerManagementError> {
+        self.reconcile_with(None).await
+    }
+
+    /// [`Self::reconcile`], handing each orphan (a worker a provider runs that no live
+    /// record owns) to `orphans` instead of stopping it, when given: the fix then counts
+    /// as applied once handed over.
+    pub async fn reconcile_with(
+        &self,
+        orphans: Option<&(dyn Fn(WorkerId, ProviderKind) + Send + Sync)>,
+    ) -> Result<ReconcileReport, WorkerManagementError> {
         let mut report = ReconcileReport::default();
         for (kind, provider) in &self.providers {
-            let one = self.reconcile_provider(*kind, provider.as_ref()).await?;
+            let one = self
+                .reconcile_provider(*kind, provider.as_ref(), orphans)
+                .await?;
             report.applied.extend(one.applied);
             report.failed.extend(one.failed);
         }
@@ -810,6 +902,7 @@ impl WorkerManagementService {
         &self,
         provider: ProviderKind,
         backend: &dyn WorkerProvider,
+        orphans: Option<&(dyn Fn(WorkerId, ProviderKind) + Send + Sync)>,
     ) -> Result<ReconcileReport, WorkerManagementError> {
         let in_flight_before = lock(&self.in_flight).clone();
         // Order matters: registered, then store, then provider. A worker is registered only
@@ -874,7 +967,7 @@ impl WorkerManagementService {
 
         let mut report = ReconcileReport::default();
         for action in reconcile::plan(&views) {
-            let result = self.apply(&action, &records, backend).await;
+            let result = self.apply(&action, &records, backend, orphans).await;
             let outcome = if result.is_ok() { "success" } else { "failure" };
             self.metrics
                 .reconcile_actions
@@ -904,6 +997,7 @@ impl WorkerManagementService {
         action: &Action,
         records: &BTreeMap<WorkerId, Worker>,
         backend: &dyn WorkerProvider,
+        orphans: Option<&(dyn Fn(WorkerId, ProviderKind) + Send + Sync)>,
     ) -> Result<bool, WorkerManagementError> {
         match action {
             Action::Register(id) => {
@@ -935,23 +1029,22 @@ impl WorkerManagementService {
                     Err(source) => Err(WorkerManagementError::Registration(source)),
                 }
             }
-            Action::TerminateOrphan(id) => {
-                // Re-check: the worker may have been recorded since the store was read.
-                if self
-                    .store
-                    .get_worker(id)
-                    .await?
-                    .is_some_and(|r| r.state.is_live())
-                {
-                    return Ok(false);
+            Action::TerminateOrphan(id) => match orphans {
+                Some(hand_over) => {
+                    // Re-check: the worker may have been recorded since the store was read.
+                    if self
+                        .store
+                        .get_worker(id)
+                        .await?
+                        .is_some_and(|r| r.state.is_live())
+                    {
+                        return Ok(false);
+                    }
+                    hand_over(id.clone(), backend.kind());
+                    Ok(true)
                 }
-                let provider = backend.kind();
-                backend
-                    .terminate_worker(id)
-                    .await
-                    .map_err(|source| WorkerManagementError::Provider { provider, source })?;
-                Ok(true)
-            }
+                None => self.terminate_orphan(id, backend.kind()).await,
+            },
             Action::MarkTerminated(id) => {
                 self.store
                     .transition_worker(id, WorkerState::Terminated)

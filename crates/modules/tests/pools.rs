@@ -5,8 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use hodei_adapters::worker_registration::{
@@ -20,9 +20,12 @@ use hodei_modules::{
     SchedulerRegistry, Terminations, WorkerManagementConfig, WorkerManagementMetrics,
     WorkerManagementService,
 };
-use hodei_ports::{AgentCredential, ProviderError, WorkerProvider};
+use hodei_ports::{
+    AgentCredential, ProviderError, RegistrationError, SchedulerError, WorkerProvider,
+    WorkerRegistrationPort,
+};
 use hodei_testkit::agents::FakeAgents;
-use hodei_testkit::{FakeProvider, MemoryStore};
+use hodei_testkit::{FakeProvider, MemoryStore, metric_value};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -64,25 +67,118 @@ impl WorkerProvider for Counting {
     }
 }
 
+/// The registration adapter, with the calls made to it counted: single registrations,
+/// and the size of each batch.
+struct Watching {
+    inner: WorkerRegistrationAdapter,
+    singles: AtomicUsize,
+    batches: Mutex<Vec<usize>>,
+    /// Refuse every worker for good, as a scheduler that finds them conflicting would.
+    refuse: bool,
+}
+
+#[async_trait]
+impl WorkerRegistrationPort for Watching {
+    async fn register_worker(&self, worker: &Worker) -> Result<(), RegistrationError> {
+        self.singles.fetch_add(1, Ordering::SeqCst);
+        self.inner.register_worker(worker).await
+    }
+
+    async fn register_workers_batch(
+        &self,
+        workers: &[Worker],
+    ) -> Vec<Result<(), RegistrationError>> {
+        self.batches.lock().unwrap().push(workers.len());
+        if self.refuse {
+            return workers
+                .iter()
+                .map(|w| {
+                    Err(RegistrationError::Rejected(SchedulerError::Conflict(
+                        w.id.clone(),
+                    )))
+                })
+                .collect();
+        }
+        self.inner.register_workers_batch(workers).await
+    }
+
+    async fn unregister_worker(&self, worker_id: &WorkerId) -> Result<(), RegistrationError> {
+        self.inner.unregister_worker(worker_id).await
+    }
+
+    async fn registered_workers(&self) -> Result<Vec<WorkerId>, RegistrationError> {
+        self.inner.registered_workers().await
+    }
+}
+
 /// Pre-warms two pools of four workers, each allowed four creations at once, under a
 /// server-wide bound of `server_bound`; returns the most creations seen at once.
 async fn prewarm(server_bound: usize) -> usize {
+    let pools: Vec<PoolSpec> = ["a", "b"]
+        .into_iter()
+        .map(|name| PoolSpec {
+            max_concurrent_provisioning: 4,
+            ..PoolSpec::fixed(name, ProviderKind::Local, 4)
+        })
+        .collect();
+    let warmed = prewarm_pools(&pools, server_bound, 0, false).await;
+    assert_eq!(warmed.registered, 8, "every pool got its workers");
+    warmed.most
+}
+
+/// What [`prewarm_pools`] saw.
+struct Warmed {
+    /// Most creations at once.
+    most: usize,
+    /// Workers in the registry afterwards.
+    registered: usize,
+    /// Calls to `register_worker` made directly, not through a batch.
+    singles: usize,
+    /// The size of each batch registration.
+    batches: Vec<usize>,
+    /// `hodei_pool_provisioning_failures_total` summed over the pools.
+    failures: f64,
+    /// Workers the provider still runs after one round of terminations.
+    running: usize,
+    /// `hodei_workers_terminations_total{reason="refused"}` after it.
+    refused: f64,
+}
+
+/// Pre-warms `pools` under a server-wide bound of `server_bound`, the first `failing`
+/// creations failing, every registration refused when `refuse`; then runs one round of
+/// terminations.
+async fn prewarm_pools(
+    pools: &[PoolSpec],
+    server_bound: usize,
+    failing: usize,
+    refuse: bool,
+) -> Warmed {
     let provider = Arc::new(Counting {
         inner: FakeProvider::new(),
         creating: AtomicUsize::new(0),
         most: AtomicUsize::new(0),
     });
+    for _ in 0..failing {
+        provider
+            .inner
+            .fail_next_create(ProviderError::Failed("no room (test)".into()));
+    }
     let store = Arc::new(MemoryStore::new());
     let registry = Arc::new(SchedulerRegistry::new());
     let mut metrics = Registry::default();
-    let registration = Arc::new(WorkerRegistrationAdapter::new(
-        registry.clone(),
-        RegistrationConfig::default(),
-        RegistrationMetrics::new(&mut metrics),
-    ));
+    let registration = Arc::new(Watching {
+        inner: WorkerRegistrationAdapter::new(
+            registry.clone(),
+            RegistrationConfig::default(),
+            RegistrationMetrics::new(&mut metrics),
+        ),
+        singles: AtomicUsize::new(0),
+        batches: Mutex::new(Vec::new()),
+        refuse,
+    });
     let management = Arc::new(WorkerManagementService::new_with_registration(
         provider.clone(),
-        registration,
+        registration.clone(),
         store.clone(),
         WorkerManagementConfig::default(),
         WorkerManagementMetrics::new(&mut metrics),
@@ -99,21 +195,14 @@ async fn prewarm(server_bound: usize) -> usize {
     )
     .await
     .unwrap();
-    let pools: Vec<PoolSpec> = ["a", "b"]
-        .into_iter()
-        .map(|name| PoolSpec {
-            max_concurrent_provisioning: 4,
-            ..PoolSpec::fixed(name, ProviderKind::Local, 4)
-        })
-        .collect();
     let terminations = Terminations::new(management.clone(), registry.clone(), &mut metrics);
     let manager = PoolManager::new(
         management,
-        terminations,
+        terminations.clone(),
         jobs,
         registry.clone(),
         store,
-        &pools,
+        pools,
         PoolManagerConfig {
             max_concurrent_provisioning: server_bound,
             ..PoolManagerConfig::default()
@@ -123,9 +212,35 @@ async fn prewarm(server_bound: usize) -> usize {
     .await
     .unwrap();
     manager.prewarm().await;
-    assert_eq!(registry.len(), 8, "every pool got its workers");
     stop.cancel();
-    provider.most.load(Ordering::SeqCst)
+    terminations.step().await;
+    let refused = metric_value(
+        &metrics,
+        "hodei_workers_terminations_total",
+        &[("reason", "refused")],
+    )
+    .unwrap();
+    let failures = pools
+        .iter()
+        .map(|pool| {
+            metric_value(
+                &metrics,
+                "hodei_pool_provisioning_failures_total",
+                &[("pool", pool.name.as_str())],
+            )
+            .unwrap_or(0.0)
+        })
+        .sum();
+    let batches = registration.batches.lock().unwrap().clone();
+    Warmed {
+        most: provider.most.load(Ordering::SeqCst),
+        registered: registry.len(),
+        singles: registration.singles.load(Ordering::SeqCst),
+        batches,
+        failures,
+        running: provider.inner.running().len(),
+        refused,
+    }
 }
 
 #[tokio::test]
@@ -234,4 +349,43 @@ async fn the_arrival_profile_survives_a_restart() {
     }
     stop.cancel();
     drop(jobs);
+}
+
+/// The running server's pool manager registers what it creates through the seed's batch
+/// registration (none one by one), within the pool's bound, and one failed creation fails
+/// none of its siblings (issue 19).
+#[tokio::test]
+async fn a_scale_up_registers_through_the_batch_path_and_a_failure_stays_its_own() {
+    let pools = [PoolSpec {
+        max_concurrent_provisioning: 2,
+        ..PoolSpec::fixed("warm", ProviderKind::Local, 6)
+    }];
+
+    let warmed = prewarm_pools(&pools, 100, 1, false).await;
+
+    assert_eq!(warmed.singles, 0, "nothing registered one by one");
+    assert_eq!(
+        warmed.batches.iter().sum::<usize>(),
+        5,
+        "{:?}",
+        warmed.batches
+    );
+    assert_eq!(warmed.registered, 5, "the five created are registered");
+    assert_eq!(warmed.failures, 1.0);
+    assert!(warmed.most <= 2, "the pool's bound holds: {}", warmed.most);
+    println!("batches: {:?}", warmed.batches);
+}
+
+/// A worker the scheduler refuses for good while the pool manager creates it is terminated
+/// by the one owner of termination, counted under `refused`.
+#[tokio::test]
+async fn a_refused_worker_is_terminated_through_the_owner() {
+    let pools = [PoolSpec::fixed("warm", ProviderKind::Local, 3)];
+
+    let warmed = prewarm_pools(&pools, 100, 0, true).await;
+
+    assert_eq!(warmed.registered, 0);
+    assert_eq!(warmed.failures, 3.0, "each refusal is a failed creation");
+    assert_eq!(warmed.refused, 3.0);
+    assert_eq!(warmed.running, 0, "none left running");
 }

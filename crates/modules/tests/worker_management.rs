@@ -28,17 +28,21 @@ struct Setup {
 }
 
 fn setup_with(config: WorkerManagementConfig, with_registration: bool) -> Setup {
+    setup_full(config, RegistrationConfig::default(), with_registration)
+}
+
+fn setup_full(
+    config: WorkerManagementConfig,
+    registration: RegistrationConfig,
+    with_registration: bool,
+) -> Setup {
     let provider = Arc::new(FakeProvider::new());
     let scheduler = Arc::new(FakeScheduler::new());
     let store = Arc::new(MemoryStore::new());
     let mut registry = Registry::default();
     let registration = Arc::new(WorkerRegistrationAdapter::new(
         scheduler.clone(),
-        RegistrationConfig {
-            max_retries: config.registration_max_retries,
-            registration_timeout: config.registration_timeout,
-            ..RegistrationConfig::default()
-        },
+        registration,
         RegistrationMetrics::new(&mut registry),
     ));
     let metrics = WorkerManagementMetrics::new(&mut registry);
@@ -238,7 +242,7 @@ fn pool(size: u32) -> PoolSpec {
 }
 
 #[tokio::test(start_paused = true)]
-async fn create_pool_pre_warms_and_registers_every_worker_in_one_batch() {
+async fn create_pool_pre_warms_and_registers_every_worker_through_the_batch_registration() {
     let s = setup();
     s.scheduler.set_latency(Duration::from_millis(10));
 
@@ -274,10 +278,11 @@ async fn create_pool_pre_warms_and_registers_every_worker_in_one_batch() {
 
 #[tokio::test(start_paused = true)]
 async fn create_pool_keeps_workers_whose_registration_failed() {
-    let s = setup_with(
-        WorkerManagementConfig {
-            registration_max_retries: 0,
-            ..Default::default()
+    let s = setup_full(
+        WorkerManagementConfig::default(),
+        RegistrationConfig {
+            max_retries: 0,
+            ..RegistrationConfig::default()
         },
         true,
     );
@@ -323,46 +328,6 @@ async fn terminating_a_worker_unregisters_it() {
         s.service.terminate_worker(&unknown).await,
         Err(WorkerManagementError::WorkerNotFound(_))
     ));
-}
-
-#[tokio::test(start_paused = true)]
-async fn terminate_all_stops_every_live_worker() {
-    let s = setup();
-    s.service.create_pool(&pool(6)).await.unwrap();
-
-    let failures = s.service.terminate_all().await.unwrap();
-
-    assert!(failures.is_empty());
-    assert!(s.provider.running().is_empty());
-    assert!(s.scheduler.registered_ids().is_empty());
-}
-
-/// A server that lost its store still stops its workers at shutdown: what the provider
-/// runs is stopped there directly (issue 19).
-#[tokio::test]
-async fn terminate_all_stops_what_the_provider_runs_when_the_store_is_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        hodei_store::SqliteStore::open(&dir.path().join("hodei.db"))
-            .await
-            .unwrap(),
-    );
-    let provider = Arc::new(FakeProvider::new());
-    let mut registry = Registry::default();
-    let service = WorkerManagementService::new(
-        provider.clone(),
-        store.clone(),
-        WorkerManagementConfig::default(),
-        WorkerManagementMetrics::new(&mut registry),
-    );
-    service.create_pool(&pool(3)).await.unwrap();
-    assert_eq!(provider.running().len(), 3);
-    store.close().await;
-
-    let failures = service.terminate_all().await.unwrap();
-
-    assert!(failures.is_empty(), "{failures:?}");
-    assert!(provider.running().is_empty());
 }
 
 fn kinds(report: &ReconcileReport) -> Vec<&'static str> {
@@ -433,43 +398,20 @@ async fn reconciler_terminates_a_worker_nobody_owns() {
 
 #[test]
 fn environment_overrides_the_config_and_bad_values_name_the_variable() {
-    let env = |pairs: &'static [(&'static str, &'static str)]| {
-        move |key: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.to_string())
-        }
-    };
     let mut config = WorkerManagementConfig::default();
     config
-        .apply_env(env(&[
-            ("REGISTRATION_ENABLED", "false"),
-            ("REGISTRATION_MAX_RETRIES", "5"),
-        ]))
+        .apply_env(|key: &str| (key == "REGISTRATION_ENABLED").then(|| "false".to_owned()))
         .unwrap();
     assert!(!config.registration_enabled);
-    assert_eq!(config.registration_max_retries, 5);
 
-    for (pairs, name) in [
-        (
-            &[("REGISTRATION_ENABLED", "maybe")][..],
-            "REGISTRATION_ENABLED",
-        ),
-        (
-            &[("REGISTRATION_MAX_RETRIES", "-1")][..],
-            "REGISTRATION_MAX_RETRIES",
-        ),
-        (
-            &[("REGISTRATION_MAX_RETRIES", "999")][..],
-            "REGISTRATION_MAX_RETRIES",
-        ),
-    ] {
-        let error = WorkerManagementConfig::default()
-            .apply_env(env(pairs))
-            .unwrap_err();
-        assert_eq!(error.field, name);
-    }
+    let error = WorkerManagementConfig::default()
+        .apply_env(|key: &str| (key == "REGISTRATION_ENABLED").then(|| "maybe".to_owned()))
+        .unwrap_err();
+    assert_eq!(error.field, "REGISTRATION_ENABLED");
+    // The retry budget is the registration adapter's (`RegistrationConfig::apply_env`).
+    WorkerManagementConfig::default()
+        .apply_env(|key: &str| (key == "REGISTRATION_MAX_RETRIES").then(|| "lots".to_owned()))
+        .unwrap();
 }
 
 #[tokio::test]

@@ -797,7 +797,9 @@ impl ServerConfig {
         let mut management = self.worker_management();
         management.apply_env(&env)?;
         self.registration.enabled = management.registration_enabled;
-        self.registration.max_retries = management.registration_max_retries;
+        let mut registration = self.registration_config();
+        registration.apply_env(&env)?;
+        self.registration.max_retries = registration.max_retries;
         Ok(())
     }
 
@@ -974,8 +976,6 @@ impl ServerConfig {
     pub fn worker_management(&self) -> WorkerManagementConfig {
         WorkerManagementConfig {
             registration_enabled: self.registration.enabled,
-            registration_max_retries: self.registration.max_retries,
-            registration_timeout: self.registration.timeout,
             provisioning_concurrency: self.provisioning.max_concurrent_provisioning,
             termination_concurrency: self.provisioning.termination_concurrency,
         }

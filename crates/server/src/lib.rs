@@ -114,6 +114,7 @@ pub struct Server {
     retirements: JoinHandle<()>,
     dead_watch: JoinHandle<()>,
     terminator: JoinHandle<()>,
+    terminations: Terminations,
 }
 
 impl std::fmt::Debug for Server {
@@ -492,7 +493,7 @@ impl Server {
             cancel.clone(),
         ));
         let background = tokio::spawn(background(
-            management.clone(),
+            terminations.clone(),
             pools.clone(),
             config.clone(),
             ready,
@@ -538,6 +539,7 @@ impl Server {
             retirements,
             dead_watch,
             terminator,
+            terminations,
             jobs,
             pools,
             tenants,
@@ -634,17 +636,14 @@ impl Server {
         // replacements for the workers being terminated.
         self.pools.stop().await;
         if self.config.shutdown.terminate_workers {
-            match self.management.terminate_all().await {
-                Ok(failures) => {
-                    let still_running: std::collections::BTreeSet<WorkerId> =
-                        failures.iter().map(|(id, _)| id.clone()).collect();
-                    for (worker_id, error) in failures {
-                        tracing::error!(%worker_id, %error, "could not terminate worker at shutdown");
-                    }
-                    record_stopped_jobs(self.store.as_ref(), &still_running).await;
-                }
-                Err(error) => tracing::error!(%error, "could not list workers to terminate"),
+            // Through the one owner of termination, counted under `shutdown`.
+            let failures = self.terminations.terminate_all().await;
+            let still_running: std::collections::BTreeSet<WorkerId> =
+                failures.iter().map(|(id, _)| id.clone()).collect();
+            for (worker_id, error) in failures {
+                tracing::error!(%worker_id, %error, "could not terminate worker at shutdown");
             }
+            record_stopped_jobs(self.store.as_ref(), &still_running).await;
         }
         // Long-lived agent sessions would hold graceful shutdown open forever.
         self.sessions.close_all();
@@ -836,14 +835,14 @@ async fn terminate_retired(
 }
 
 async fn background(
-    management: Arc<WorkerManagementService>,
+    terminations: Terminations,
     pools: PoolManager,
     config: ServerConfig,
     ready: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
     let startup = async {
-        reconcile_once(&management).await;
+        reconcile_once(&terminations).await;
         // Pre-warm: every pool gets its minimum, in parallel, before the server says ready.
         pools.prewarm().await;
         for status in pools.list() {
@@ -863,7 +862,7 @@ async fn background(
         interval.tick().await;
         loop {
             interval.tick().await;
-            reconcile_once(&management).await;
+            reconcile_once(&terminations).await;
         }
     };
     tokio::select! {
@@ -979,8 +978,8 @@ fn log_store_error<T>(worker_id: &WorkerId, result: Result<T, hodei_ports::store
     }
 }
 
-async fn reconcile_once(management: &WorkerManagementService) {
-    match management.reconcile().await {
+async fn reconcile_once(terminations: &Terminations) {
+    match terminations.reconcile().await {
         Ok(report) => {
             if !report.applied.is_empty() || !report.failed.is_empty() {
                 tracing::info!(

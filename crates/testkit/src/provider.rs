@@ -13,6 +13,9 @@ use hodei_ports::{AgentCredential, ProviderError, WorkerProvider};
 struct State {
     running: BTreeSet<WorkerId>,
     create_failures: VecDeque<ProviderError>,
+    /// `terminate_worker` calls still to fail.
+    terminate_failures: u32,
+    terminate_attempts: usize,
     created: usize,
     terminated: Vec<WorkerId>,
     credentials: BTreeMap<WorkerId, AgentCredential>,
@@ -38,6 +41,16 @@ impl FakeProvider {
     /// The next `create_worker` call fails with `error`.
     pub fn fail_next_create(&self, error: ProviderError) {
         self.state().create_failures.push_back(error);
+    }
+
+    /// The next `count` `terminate_worker` calls fail (the worker keeps running).
+    pub fn fail_next_terminations(&self, count: u32) {
+        self.state().terminate_failures = count;
+    }
+
+    /// `terminate_worker` calls so far, failed ones included.
+    pub fn terminate_attempts(&self) -> usize {
+        self.state().terminate_attempts
     }
 
     /// A worker nobody asked for appears, as after a crash between create and record.
@@ -98,6 +111,13 @@ impl WorkerProvider for FakeProvider {
 
     async fn terminate_worker(&self, id: &WorkerId) -> Result<(), ProviderError> {
         let mut state = self.state();
+        state.terminate_attempts += 1;
+        if state.terminate_failures > 0 {
+            state.terminate_failures -= 1;
+            return Err(ProviderError::Unavailable(
+                "terminations fail (test)".into(),
+            ));
+        }
         state.running.remove(id);
         state.terminated.push(id.clone());
         Ok(())
