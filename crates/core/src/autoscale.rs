@@ -429,9 +429,8 @@ pub fn decide(
 /// deterministic. Only those are ordered: a pass over hundreds of idle workers that drains
 /// a few sorts a few.
 fn longest_idle(idle: &[IdleSince], count: usize) -> Vec<WorkerId> {
-    let order = |a: &&IdleSince, b: &&IdleSince| {
-        b.idle_for.cmp(&a.idle_for).then_with(|| a.id.cmp(&b.id))
-    };
+    let order =
+        |a: &&IdleSince, b: &&IdleSince| b.idle_for.cmp(&a.idle_for).then_with(|| a.id.cmp(&b.id));
     let count = count.min(idle.len());
     if count == 0 {
         return Vec::new();

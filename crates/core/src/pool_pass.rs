@@ -260,7 +260,6 @@ pub struct PassPool<'a> {
     pub track: &'a mut PoolTrack,
 }
 
-
 /// What the dispatcher says about jobs since the last pass.
 #[derive(Debug, Clone, Copy)]
 pub struct PassJobs<'a> {

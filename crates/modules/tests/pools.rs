@@ -321,11 +321,18 @@ async fn the_arrival_profile_survives_a_restart() {
             .unwrap();
     }
     manager.pass().await;
-    assert_eq!(stored(&*store).await, None, "not written before the interval");
+    assert_eq!(
+        stored(&*store).await,
+        None,
+        "not written before the interval"
+    );
     manager.stop().await;
     manager.flush().await;
     let Some((hour, _, 3)) = stored(&*store).await.and_then(|p| p.current) else {
-        panic!("the shutdown did not write p's profile with 3 arrivals: {:?}", stored(&*store).await);
+        panic!(
+            "the shutdown did not write p's profile with 3 arrivals: {:?}",
+            stored(&*store).await
+        );
     };
     stop.cancel();
     drop((manager, jobs, store));
@@ -341,7 +348,10 @@ async fn the_arrival_profile_survives_a_restart() {
     let profile = stored(&*store).await.unwrap();
     match profile.current {
         Some((now, _, count)) if now == hour => {
-            assert_eq!(count, 3, "the restarted manager forgot the arrivals: {profile:?}");
+            assert_eq!(
+                count, 3,
+                "the restarted manager forgot the arrivals: {profile:?}"
+            );
         }
         // The hour turned between the two lives (a test run across it): the three went
         // into a slot, unless the first life saw under ten minutes of its hour.

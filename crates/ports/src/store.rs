@@ -241,8 +241,7 @@ pub trait Store: Send + Sync {
     /// Creates or replaces the arrival profile learned for the pool named `pool` (the
     /// predictive policy's hour-of-week rates). Kept apart from the pool's definition: it
     /// stays when the pool is deleted, for a pool of that name that comes back.
-    async fn put_arrival_profile(&self, pool: &str, profile: &ArrivalProfile)
-    -> Result<(), Error>;
+    async fn put_arrival_profile(&self, pool: &str, profile: &ArrivalProfile) -> Result<(), Error>;
 
     /// Every stored arrival profile, ordered by pool name.
     async fn arrival_profiles(&self) -> Result<Vec<(String, ArrivalProfile)>, Error>;

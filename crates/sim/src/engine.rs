@@ -254,7 +254,7 @@ impl<'a> Sim<'a> {
             while t <= end {
                 let mut came = 0;
                 while let Some(job) = jobs.next_if(|job| job.submit_ms < t + 60_000) {
-                    if autoscale::home_pool(&candidates, &job.requirements)
+                    if autoscale::home_pool(candidates, &job.requirements)
                         == Some(candidates[i].name.as_str())
                     {
                         came += 1;

@@ -17,9 +17,9 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use hodei_core::pool_pass::ArrivalProfile;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage, hour_start};
 use hodei_core::lease::Lease;
+use hodei_core::pool_pass::ArrivalProfile;
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
     AfterDrain, Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState,
@@ -39,8 +39,8 @@ use crate::sqlite::{
     MAX_TRANSITION_ATTEMPTS, PoolRow, WorkerRow, decode_pool, decode_worker, map_migrate_error,
     millis_since_epoch,
 };
-use crate::{profiles, tenants};
 use crate::{credentials, retention, usage};
+use crate::{profiles, tenants};
 
 /// PostgreSQL's numbered placeholder.
 fn pg_placeholder(n: u8) -> String {
@@ -725,11 +725,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn put_arrival_profile(
-        &self,
-        pool: &str,
-        profile: &ArrivalProfile,
-    ) -> Result<(), Error> {
+    async fn put_arrival_profile(&self, pool: &str, profile: &ArrivalProfile) -> Result<(), Error> {
         let json = profiles::encode(pool, profile)?;
         sqlx::query(
             "INSERT INTO pool_arrival_profiles (pool, profile_json, updated_at_ms) \

@@ -22,14 +22,15 @@ pub(crate) fn encode(pool: &str, profile: &ArrivalProfile) -> Result<String, Err
         current: profile.current,
     };
     serde_json::to_string(&stored).map_err(|err| {
-        Error::Corrupt(format!("cannot encode the arrival profile of pool {pool}: {err}"))
+        Error::Corrupt(format!(
+            "cannot encode the arrival profile of pool {pool}: {err}"
+        ))
     })
 }
 
 /// A stored row back to its pool and profile.
 pub(crate) fn decode((pool, json): (String, String)) -> Result<(String, ArrivalProfile), Error> {
-    let corrupt =
-        |what: String| Error::Corrupt(format!("arrival profile of pool {pool}: {what}"));
+    let corrupt = |what: String| Error::Corrupt(format!("arrival profile of pool {pool}: {what}"));
     let stored: Stored =
         serde_json::from_str(&json).map_err(|err| corrupt(format!("invalid json: {err}")))?;
     let rates = stored
@@ -62,13 +63,19 @@ mod tests {
         profile.seen[3] = 2;
         profile.current = Some((1, 2, 3));
         let json = encode("p", &profile).unwrap();
-        assert_eq!(decode(("p".to_owned(), json)).unwrap(), ("p".to_owned(), profile));
+        assert_eq!(
+            decode(("p".to_owned(), json)).unwrap(),
+            ("p".to_owned(), profile)
+        );
     }
 
     #[test]
     fn a_bad_rate_is_corrupt_not_a_panic() {
         let json = r#"{"rates":["x"],"seen":[],"current":null}"#.to_owned();
         let err = decode(("p".to_owned(), json)).unwrap_err();
-        assert!(err.to_string().contains("arrival profile of pool p"), "{err}");
+        assert!(
+            err.to_string().contains("arrival profile of pool p"),
+            "{err}"
+        );
     }
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use hodei_core::pool_pass::ArrivalProfile;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
+use hodei_core::pool_pass::ArrivalProfile;
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
     AfterDrain, Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState,
@@ -20,8 +20,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::{profiles, tenants};
 use crate::{credentials, jobs, retention};
+use crate::{profiles, tenants};
 
 /// SQLite's numbered placeholder.
 fn sqlite_placeholder(n: u8) -> String {
@@ -346,11 +346,7 @@ impl Store for SqliteStore {
         Ok(deleted.rows_affected() > 0)
     }
 
-    async fn put_arrival_profile(
-        &self,
-        pool: &str,
-        profile: &ArrivalProfile,
-    ) -> Result<(), Error> {
+    async fn put_arrival_profile(&self, pool: &str, profile: &ArrivalProfile) -> Result<(), Error> {
         let json = profiles::encode(pool, profile)?;
         sqlx::query(
             "INSERT INTO pool_arrival_profiles (pool, profile_json, updated_at_ms) \

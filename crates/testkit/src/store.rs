@@ -287,11 +287,7 @@ impl Store for MemoryStore {
         Ok(self.contents().pools.remove(name).is_some())
     }
 
-    async fn put_arrival_profile(
-        &self,
-        pool: &str,
-        profile: &ArrivalProfile,
-    ) -> Result<(), Error> {
+    async fn put_arrival_profile(&self, pool: &str, profile: &ArrivalProfile) -> Result<(), Error> {
         self.contents()
             .profiles
             .insert(pool.to_owned(), profile.clone());
