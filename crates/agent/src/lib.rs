@@ -255,7 +255,13 @@ enum SessionEnd {
     Lost(String),
     /// Told to stop (shutdown, or a drain that finished).
     Stopped,
+    /// Refused as `UNAVAILABLE` by a server that is up (a replica that does not lead).
+    NotLeader(String),
 }
+
+/// How often an agent tries its servers while a replica says it does not lead: a takeover
+/// is under way, and the new leader is found within this of taking over.
+const TAKEOVER_POLL: Duration = Duration::from_millis(250);
 
 fn message(body: agent_message::Body) -> v1::AgentMessage {
     v1::AgentMessage { body: Some(body) }
@@ -300,6 +306,8 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     let session_loop = async {
         let mut sent_results = SentResults::default();
         let mut failures = 0u32;
+        // Attempts since a server answered that it does not lead (none yet: never).
+        let mut since_follower = u32::MAX;
         let mut current = 0usize;
         loop {
             match session(
@@ -318,16 +326,32 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                 Ok(SessionEnd::Stopped) => return Ok(()),
                 Ok(SessionEnd::Lost(reason)) => {
                     failures = 0;
+                    since_follower = u32::MAX;
                     tracing::warn!(worker_id = %config.worker_id, %reason, "session lost, reconnecting");
                 }
+                Ok(SessionEnd::NotLeader(reason)) => {
+                    since_follower = 0;
+                    tracing::debug!(worker_id = %config.worker_id, %reason, "not the leader, trying the next server");
+                }
                 Err(Some(refused)) => return Err(refused),
-                Err(None) => failures = failures.saturating_add(1),
+                Err(None) => {
+                    failures = failures.saturating_add(1);
+                    since_follower = since_follower.saturating_add(1);
+                }
             }
             // The next server (replicas: the leader may be another now); the delay grows
-            // only once every server was tried.
+            // only once every server was tried, and stays short during a takeover.
             current = (current + 1) % endpoints.len();
-            let rounds = failures / u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
-            let delay = backoff::exponential(config.reconnect_base, rounds, config.reconnect_max);
+            let answered_lately =
+                usize::try_from(since_follower).is_ok_and(|n| n < endpoints.len());
+            let delay = backoff::next_server(
+                config.reconnect_base,
+                config.reconnect_max,
+                failures,
+                endpoints.len(),
+                answered_lately,
+                TAKEOVER_POLL,
+            );
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = stop.cancelled() => return Ok(()),
@@ -464,6 +488,7 @@ async fn session(
                 Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied => {
                     Err(Some(Error::Refused(status.message().to_owned())))
                 }
+                Code::Unavailable => Ok(SessionEnd::NotLeader(status.message().to_owned())),
                 _ => {
                     tracing::debug!(%status, "session refused, retrying");
                     Err(None)

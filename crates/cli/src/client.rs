@@ -30,6 +30,17 @@ pub struct Connection {
         global = true
     )]
     token: Option<String>,
+    /// With several servers: how long a request waits for a leader while the replicas that
+    /// answer say they do not lead (a takeover under way), trying them again with backoff.
+    #[arg(
+        long,
+        env = "HODEI_LEADER_WAIT",
+        default_value = "15s",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION",
+        global = true
+    )]
+    leader_wait: Duration,
     /// PEM CA certificate(s) to trust for an https:// server instead of the system's roots.
     #[arg(long, env = "HODEI_CA_CERT", value_name = "FILE", global = true)]
     ca_cert: Option<std::path::PathBuf>,
@@ -160,6 +171,22 @@ pub(crate) struct Client {
     /// The one that answered last (the leader, among replicas).
     base: std::sync::Mutex<String>,
     token: String,
+    /// See [`Connection::leader_wait`].
+    leader_wait: Duration,
+}
+
+/// What one round over the servers came to.
+enum Round {
+    /// A server answered as itself (the leader, or a single server): any status.
+    Answered(reqwest::Response),
+    /// Servers answered that they do not lead, and none that does was reached: the last
+    /// refusal's message.
+    NoLeader(String),
+}
+
+/// The delays between rounds while waiting for a leader: 250 ms doubling up to 2 s.
+fn leader_retry_delay(round: u32) -> Duration {
+    hodei_core::backoff::exponential(Duration::from_millis(250), round, Duration::from_secs(2))
 }
 
 /// The server URLs of `--server a,b,c`, without trailing slashes; an error when none is a URL.
@@ -209,6 +236,7 @@ impl Client {
             base: std::sync::Mutex::new(servers[0].clone()),
             servers,
             token,
+            leader_wait: connection.leader_wait,
         })
     }
 
@@ -227,6 +255,10 @@ impl Client {
     /// server that cannot be reached, or a follower that refuses naming the leader (503 with
     /// `x-hodei-leader`), sends the request on to the leader or the next server; nothing
     /// reached a server that was not connected to, and a follower refuses before acting.
+    ///
+    /// When the servers that answer all say they do not lead (a takeover under way), the
+    /// request is tried again with backoff for up to `--leader-wait`, saying so on stderr,
+    /// then fails naming the servers.
     async fn send_raw(
         &self,
         request: reqwest::RequestBuilder,
@@ -235,6 +267,36 @@ impl Client {
             .bearer_auth(&self.token)
             .build()
             .context("cannot build the request")?;
+        let started = std::time::Instant::now();
+        let mut round = 0u32;
+        loop {
+            let refusal = match self.send_round(&request).await? {
+                Round::Answered(response) => return Ok(response),
+                Round::NoLeader(refusal) => refusal,
+            };
+            let delay = leader_retry_delay(round);
+            let waited = started.elapsed();
+            if waited + delay > self.leader_wait {
+                bail!(
+                    "no leader among {} after waiting {:.1} s: {refusal}",
+                    self.servers.join(", "),
+                    waited.as_secs_f64()
+                );
+            }
+            eprintln!(
+                "hodei: no leader yet ({refusal}); trying again in {} ms ({:.1} s of {} s waited)",
+                delay.as_millis(),
+                waited.as_secs_f64(),
+                self.leader_wait.as_secs()
+            );
+            tokio::time::sleep(delay).await;
+            round = round.saturating_add(1);
+        }
+    }
+
+    /// One round: the last server that answered, then a follower's pointer to the leader or
+    /// the next server, until one answers as itself or all were tried.
+    async fn send_round(&self, request: &reqwest::Request) -> anyhow::Result<Round> {
         let first = self.base();
         let rest = request
             .url()
@@ -242,9 +304,14 @@ impl Client {
             .strip_prefix(first.as_str())
             .unwrap_or_default()
             .to_owned();
+        let safe = matches!(
+            *request.method(),
+            reqwest::Method::GET | reqwest::Method::HEAD
+        );
         let mut tried: Vec<String> = Vec::new();
         let mut next = Some(first);
         let mut last_error = None;
+        let mut refusal = None;
         while let Some(base) = next.take() {
             tried.push(base.clone());
             let mut attempt = request
@@ -260,27 +327,31 @@ impl Client {
                         .get(hodei_server::LEADER_HEADER)
                         .and_then(|value| value.to_str().ok())
                         .map(|url| url.trim_end_matches('/').to_owned());
-                    let refused = response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE;
-                    next = match leader {
-                        Some(leader) if refused && untried(&leader) => Some(leader),
-                        _ if refused
-                            && response
+                    let refused = response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        && (leader.is_some()
+                            || response
                                 .headers()
-                                .contains_key(hodei_server::FOLLOWER_HEADER) =>
-                        {
-                            self.servers.iter().find(|url| untried(url)).cloned()
-                        }
-                        _ => None,
-                    };
-                    if next.is_none() {
+                                .contains_key(hodei_server::FOLLOWER_HEADER));
+                    if !refused {
                         *self
                             .base
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner) = base;
-                        return Ok(response);
+                        return Ok(Round::Answered(response));
                     }
+                    next = match leader {
+                        Some(leader) if untried(&leader) => Some(leader),
+                        _ => self.servers.iter().find(|url| untried(url)).cloned(),
+                    };
+                    let text = response.text().await.unwrap_or_default();
+                    refusal = Some(match serde_json::from_str::<ErrorBody>(&text) {
+                        Ok(body) => format!("{base}: {}", body.error.message),
+                        Err(_) => format!("{base}: 503 {text}"),
+                    });
                 }
-                Err(error) if error.is_connect() => {
+                // A request that reached no server, or a read (safe to repeat) whose
+                // connection broke: a server stopping or killed mid-way.
+                Err(error) if error.is_connect() || (safe && !error.is_timeout()) => {
                     last_error = Some(
                         anyhow::Error::new(error)
                             .context(format!("cannot reach the server at {base}")),
@@ -293,7 +364,10 @@ impl Client {
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no server answered")))
+        match refusal {
+            Some(refusal) => Ok(Round::NoLeader(refusal)),
+            None => Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no server answered"))),
+        }
     }
 
     /// Sends with the token; an error status becomes an error naming the server's message.

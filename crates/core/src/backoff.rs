@@ -12,6 +12,28 @@ pub fn exponential(base: Duration, attempt: u32, max: Duration) -> Duration {
     base.checked_mul(factor).unwrap_or(max).min(max)
 }
 
+/// How long a client of several servers (an agent) waits before trying the next one.
+///
+/// `unreachable` counts the attempts in a row that reached no server: the delay doubles only
+/// once every one of the `servers` was tried. But while a replica answered within the last
+/// round of attempts (`answered_lately`: it is up, it does not lead, a takeover is under
+/// way), the next server is tried after `takeover_poll` whatever came before, so that the
+/// new leader is found within that of taking over instead of a grown backoff later.
+pub fn next_server(
+    base: Duration,
+    max: Duration,
+    unreachable: u32,
+    servers: usize,
+    answered_lately: bool,
+    takeover_poll: Duration,
+) -> Duration {
+    if answered_lately {
+        return takeover_poll.min(max);
+    }
+    let rounds = unreachable / u32::try_from(servers.max(1)).unwrap_or(u32::MAX);
+    exponential(base, rounds, max)
+}
+
 /// `nominal` jittered to between half and all of it, `unit` being a random number in
 /// `[0, 1]` (clamped; NaN counts as 0): many retries that failed together then spread out
 /// instead of retrying together, and none waits longer than `nominal`.
@@ -28,6 +50,25 @@ pub fn jittered(nominal: Duration, unit: f64) -> Duration {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn servers_are_tried_in_turn_and_a_takeover_is_polled() {
+        let delay = |unreachable, answered| {
+            next_server(MS(100), MS(5_000), unreachable, 2, answered, MS(250))
+        };
+        // Two servers: the delay grows once per round of both.
+        assert_eq!(
+            [0, 1, 2, 3, 4, 20].map(|n| delay(n, false)),
+            [MS(100), MS(100), MS(200), MS(200), MS(400), MS(5_000)]
+        );
+        // A follower answered lately: poll for the new leader, however long it has been.
+        assert_eq!(delay(20, true), MS(250));
+        assert_eq!(
+            next_server(MS(100), MS(100), 0, 0, true, MS(250)),
+            MS(100),
+            "never above the cap, and no server is not a division by zero"
+        );
+    }
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
 

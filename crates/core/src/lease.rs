@@ -93,6 +93,35 @@ impl LeaderClock {
     }
 }
 
+/// A replica as the membership table holds it: every replica heartbeats its row each
+/// `renew_interval`, stamped with the store's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    /// The URL clients and agents reach it at.
+    pub url: String,
+    /// When it was last seen, in milliseconds since the Unix epoch on the store's clock.
+    pub seen_ms: u64,
+}
+
+/// How many lease periods a member may go unseen before it drops out of the listing: a
+/// replica that missed one or two heartbeats on a busy machine stays listed.
+pub const MEMBER_LEASES: u64 = 3;
+
+/// How many lease periods after its last heartbeat a member's row is deleted.
+pub const FORGET_LEASES: u64 = 100;
+
+/// The members to list at `now_ms` (store clock): those seen within `window_ms`, by id.
+pub fn live_members(members: &[Member], now_ms: u64, window_ms: u64) -> Vec<Member> {
+    let mut live: Vec<Member> = members
+        .iter()
+        .filter(|member| now_ms.saturating_sub(member.seen_ms) <= window_ms)
+        .cloned()
+        .collect();
+    live.sort_by(|a, b| a.id.cmp(&b.id));
+    live
+}
+
 /// Checks lease timing: a renewal interval shorter than the lease minus the margin, so that a
 /// healthy leader renews before it would step down, and a margin shorter than the lease.
 pub fn validate_timing(
@@ -217,6 +246,23 @@ mod tests {
         assert!(clock.must_step_down(20_000));
         // A clock that reads earlier than the renewal (it cannot, monotonic) never panics.
         assert!(!clock.must_step_down(0));
+    }
+
+    #[test]
+    fn members_unseen_for_the_window_drop_out() {
+        let member = |id: &str, seen_ms| Member {
+            id: id.into(),
+            url: format!("http://{id}"),
+            seen_ms,
+        };
+        let members = [member("c", 1_000), member("a", 9_000), member("b", 3_000)];
+        assert_eq!(
+            live_members(&members, 10_000, 7_000),
+            [member("a", 9_000), member("b", 3_000)]
+        );
+        assert_eq!(live_members(&members, 10_000, 9_000).len(), 3);
+        // A member seen "after" now (the store's clock read earlier) stays listed.
+        assert_eq!(live_members(&members, 500, 0).len(), 3);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
 use hodei_core::credential::{Role, WorkerOrigin};
-use hodei_core::lease::Lease;
+use hodei_core::lease::{Lease, Member};
 use hodei_core::pool_pass::ArrivalProfile;
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
@@ -337,6 +337,22 @@ pub trait Store: Send + Sync {
 
     /// One job's attempts' usage, in attempt order.
     async fn job_usage(&self, id: &JobId) -> Result<Vec<AttemptUsage>, Error>;
+
+    /// Records that replica `id`, reached at `url`, is alive now (store clock), deletes the
+    /// members unseen for `forget_ms`, and returns every member left with the store's clock
+    /// now. Only a store that several servers share keeps members; the others answer
+    /// [`Error::Unavailable`].
+    async fn heartbeat_member(
+        &self,
+        id: &str,
+        url: &str,
+        forget_ms: u64,
+    ) -> Result<(Vec<Member>, u64), Error> {
+        let _ = (id, url, forget_ms);
+        Err(Error::Unavailable(
+            "this store keeps no members: replicas need PostgreSQL".into(),
+        ))
+    }
 
     /// The leader lease `name` (see [`hodei_core::lease`]) and the store's clock now, in
     /// milliseconds since the Unix epoch: replicas judge expiry on that one clock. Only a

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use hodei_core::JobId;
-use hodei_core::lease::{self, Decision, LeaderClock, Lease};
+use hodei_core::lease::{self, Decision, LeaderClock, Lease, Member as MemberRow};
 use hodei_modules::{Credentials, JobError};
 use hodei_ports::Store;
 use hodei_store::PostgresStore;
@@ -40,6 +40,35 @@ const LEASE_CONNECTIONS: u32 = 2;
 
 /// How long after a lease's expiry (database clock) a follower looks at it again.
 const EXPIRY_SLACK: Duration = Duration::from_millis(20);
+
+/// How long a stopping leader goes on refusing requests as a follower once it has handed
+/// over: a follower looks at the released lease within `renew_interval` (1 s by default).
+const LAME_DUCK: Duration = Duration::from_secs(2);
+
+/// How long a stopping leader tries to give its lease up.
+const RELEASE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Every `renew_interval` for the replica's whole life: heartbeats its row in the members
+/// table and keeps the listing in `view` (each attempt bounded, so that a database out of
+/// reach never stops the next).
+async fn heartbeat(store: PostgresStore, view: ClusterView, me: Member, timing: ClusterSection) {
+    let forget = millis(timing.lease_ttl).saturating_mul(lease::FORGET_LEASES);
+    let mut interval = tokio::time::interval(timing.renew_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match tokio::time::timeout(
+            timing.renew_interval,
+            store.heartbeat_member(&me.id, &me.url, forget),
+        )
+        .await
+        {
+            Ok(Ok((members, now_ms))) => view.set_members(members, now_ms),
+            Ok(Err(error)) => tracing::debug!(%error, "cannot heartbeat the members table"),
+            Err(_) => tracing::debug!("the members table did not answer in time"),
+        }
+    }
+}
 
 /// The one lease replicas compete for.
 pub(crate) const LEASE_NAME: &str = "leader";
@@ -60,6 +89,11 @@ struct ViewState {
     id: String,
     url: String,
     leader: Option<Lease>,
+    /// The members table as last read (replicas), with the store's clock then, and how long
+    /// a member may go unseen and stay listed.
+    members: Vec<MemberRow>,
+    members_read_ms: u64,
+    member_window_ms: u64,
 }
 
 impl ClusterView {
@@ -75,16 +109,28 @@ impl ClusterView {
                 epoch: 1,
                 expires_ms: u64::MAX,
             }),
+            members: Vec::new(),
+            members_read_ms: 0,
+            member_window_ms: 0,
         })))
     }
 
-    fn replica(id: &str, url: &str) -> Self {
+    fn replica(id: &str, url: &str, member_window: Duration) -> Self {
         Self(Arc::new(Mutex::new(ViewState {
             replicas: true,
             id: id.to_owned(),
             url: url.to_owned(),
             leader: None,
+            members: Vec::new(),
+            members_read_ms: 0,
+            member_window_ms: millis(member_window),
         })))
+    }
+
+    fn set_members(&self, members: Vec<MemberRow>, now_ms: u64) {
+        let mut state = self.lock();
+        state.members = members;
+        state.members_read_ms = now_ms;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ViewState> {
@@ -118,6 +164,20 @@ impl ClusterView {
                 url: state.url.clone(),
                 role: "follower".into(),
             });
+        }
+        // Every other replica that heartbeats (leader first, then by id).
+        for member in lease::live_members(
+            &state.members,
+            state.members_read_ms,
+            state.member_window_ms,
+        ) {
+            if members.iter().all(|listed| listed.id != member.id) {
+                members.push(MemberView {
+                    id: member.id,
+                    url: member.url,
+                    role: "follower".into(),
+                });
+            }
         }
         ClusterStatus {
             mode: if state.replicas { "replicas" } else { "single" }.into(),
@@ -165,7 +225,16 @@ async fn campaign(
         tokio::time::sleep(wait).await;
         wait = timing.renew_interval;
         let sent = Instant::now();
-        match look(store, &me.id, None).await {
+        // Bounded: a connection that went silent (the database unreachable, packets dropped)
+        // must not keep this replica from looking again once it answers.
+        let looked = match tokio::time::timeout(timing.lease_ttl, look(store, &me.id, None)).await {
+            Ok(looked) => looked,
+            Err(_) => {
+                tracing::warn!("the leader lease could not be read in time");
+                continue;
+            }
+        };
+        match looked {
             Ok((Decision::Acquire { epoch }, row, now_ms)) => {
                 let lease = Lease {
                     holder: me.id.clone(),
@@ -173,13 +242,19 @@ async fn campaign(
                     epoch,
                     expires_ms: now_ms.saturating_add(millis(timing.lease_ttl)),
                 };
-                match store.write_lease(LEASE_NAME, row.as_ref(), &lease).await {
-                    Ok(true) => {
+                let written = tokio::time::timeout(
+                    timing.lease_ttl,
+                    store.write_lease(LEASE_NAME, row.as_ref(), &lease),
+                )
+                .await;
+                match written {
+                    Ok(Ok(true)) => {
                         view.set_leader(Some(lease));
                         return (epoch, sent);
                     }
-                    Ok(false) => tracing::debug!("another replica took the lease first"),
-                    Err(error) => tracing::warn!(%error, "cannot write the leader lease"),
+                    Ok(Ok(false)) => tracing::debug!("another replica took the lease first"),
+                    Ok(Err(error)) => tracing::warn!(%error, "cannot write the leader lease"),
+                    Err(_) => tracing::warn!("the leader lease could not be written in time"),
                 }
             }
             Ok((Decision::Follow { leader }, _, now_ms)) => {
@@ -221,6 +296,9 @@ async fn keep_lease(
         let next = Instant::now() + timing.renew_interval;
         tokio::time::sleep_until(next.min(step_down_at(&clock))).await;
         if clock.must_step_down(millis(Instant::now() - origin)) {
+            // Who leads next is not known yet: pointing clients at ourselves would send them
+            // round in a circle.
+            view.set_leader(None);
             return "could not renew the lease in time".into();
         }
         let sent = Instant::now();
@@ -269,6 +347,17 @@ async fn keep_lease(
 /// Gives the lease up (a clean shutdown): a follower takes over at its next look instead of
 /// waiting for the lease to run out.
 async fn release(store: &PostgresStore, me: &Member, epoch: u64) {
+    // Bounded: a database out of reach would hold the shutdown open, and the lease runs out
+    // on its own anyway.
+    if tokio::time::timeout(RELEASE_LIMIT, release_now(store, me, epoch))
+        .await
+        .is_err()
+    {
+        tracing::warn!("cannot release the leader lease in time; it runs out on its own");
+    }
+}
+
+async fn release_now(store: &PostgresStore, me: &Member, epoch: u64) {
     let Ok((Some(row), _)) = store.read_lease(LEASE_NAME).await else {
         return;
     };
@@ -285,6 +374,15 @@ async fn release(store: &PostgresStore, me: &Member, epoch: u64) {
         Err(error) => {
             tracing::warn!(%error, "cannot release the leader lease; it runs out on its own")
         }
+    }
+}
+
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -447,9 +545,22 @@ pub(crate) async fn run_replica(
         .map_err(io_error("cannot read the listen address"))?;
     let url = crate::advertise_url(&config, addr);
     let token = crate::load_or_create_token(&config)?;
-    // The data, and (on connections of its own) the lease.
-    let base = PostgresStore::connect(postgres_url).await?;
-    let leases = PostgresStore::connect_with(postgres_url, LEASE_CONNECTIONS).await?;
+    // The data, and (on connections of its own) the lease. A transaction left open and
+    // silent longer than the leader may go without renewing is rolled back by the database:
+    // the leader is stalled or cut off, and its share lock on the lease row must not hold
+    // the next leader back.
+    let stalled = config
+        .cluster
+        .lease_ttl
+        .saturating_sub(config.cluster.step_down_margin);
+    let base = PostgresStore::connect_replica(
+        postgres_url,
+        hodei_store::POSTGRES_MAX_CONNECTIONS,
+        Some(stalled),
+    )
+    .await?;
+    let leases =
+        PostgresStore::connect_replica(postgres_url, LEASE_CONNECTIONS, Some(stalled)).await?;
     let me = Member {
         id: format!(
             "{}-{}",
@@ -458,7 +569,21 @@ pub(crate) async fn run_replica(
         ),
         url: url.clone(),
     };
-    let view = ClusterView::replica(&me.id, &url);
+    let view = ClusterView::replica(
+        &me.id,
+        &url,
+        config
+            .cluster
+            .lease_ttl
+            .saturating_mul(u32::try_from(lease::MEMBER_LEASES).unwrap_or(u32::MAX)),
+    );
+    // Aborted when this function returns, however it does.
+    let _membership = AbortOnDrop(tokio::spawn(heartbeat(
+        base.clone(),
+        view.clone(),
+        me.clone(),
+        config.cluster.clone(),
+    )));
     let listener = listener
         .into_std()
         .map_err(io_error("cannot take the listener"))?;
@@ -470,10 +595,34 @@ pub(crate) async fn run_replica(
     };
     tracing::info!(%addr, %url, member = %me.id, "hodei replica listening, following until it leads");
     tokio::pin!(shutdown);
+    let mut known_credentials: Option<Credentials> = None;
     loop {
-        // Follow.
+        // Follow. After a step-down the database may be out of reach (the very reason for
+        // it): serve the credentials known so far rather than wait, so that clients and
+        // agents are pointed on at once instead of hanging on an address that does not answer.
         let store: Arc<dyn Store> = Arc::new(base.clone());
-        let credentials = Credentials::load(store.clone(), token.clone()).await?;
+        let credentials = match known_credentials.take() {
+            None => Credentials::load(store.clone(), token.clone()).await?,
+            Some(known) => match tokio::time::timeout(
+                config.cluster.renew_interval,
+                Credentials::load(store.clone(), token.clone()),
+            )
+            .await
+            {
+                Ok(Ok(loaded)) => loaded,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "cannot reload the credentials, following with those known");
+                    known
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "the credentials could not be reloaded in time, following with those known"
+                    );
+                    known
+                }
+            },
+        };
+        known_credentials = Some(credentials.clone());
         let cancel = CancellationToken::new();
         let max_connections =
             crate::connection_limit(config.connections.max, crate::raise_open_file_limit());
@@ -538,10 +687,35 @@ pub(crate) async fn run_replica(
                 tracing::info!(epoch, "stepped down, following again");
             }
             () = &mut shutdown => {
-                let result = server.shutdown().await;
+                // A replica that stops hands over: it stops dispatching, then gives the lease
+                // up so that a follower leads at its next look. Workers are not terminated
+                // (`[shutdown] terminate_workers` is for a single server): the next leader
+                // goes on with them, and agents reconnect to it.
+                tracing::info!(epoch, "shutting down, handing the lead over");
+                server.step_down().await;
                 keeper.abort();
                 release(&leases, &me, epoch).await;
-                return result;
+                view.set_leader(None);
+                let Some(credentials) = known_credentials.clone() else {
+                    return Ok(());
+                };
+                // Lame duck: while the next leader takes over, requests that reach this
+                // address (queued while stepping down, or sent since) are refused as by a
+                // follower, which clients retry elsewhere, rather than reset when the
+                // process exits, which they cannot tell from a request lost mid-way.
+                let cancel = CancellationToken::new();
+                let lame_duck = tokio::spawn(crate::serve::serve(
+                    dup()?,
+                    follower_app(Arc::new(base.clone()), view.clone(), credentials),
+                    crate::tls::acceptor(&config.tls)?,
+                    crate::limits(&config, max_connections),
+                    cancel.clone(),
+                ));
+                tokio::time::sleep(LAME_DUCK).await;
+                cancel.cancel();
+                let _ = lame_duck.await;
+                tracing::info!("stopped");
+                return Ok(());
             }
         }
     }

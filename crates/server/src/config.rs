@@ -103,9 +103,12 @@ pub struct ClusterSection {
 impl Default for ClusterSection {
     fn default() -> Self {
         Self {
-            lease_ttl: Duration::from_secs(5),
+            // A dead leader is replaced about 4.2 s after its death at worst (the lease, the
+            // follower's look at its expiry, the recovery): under 5 s. A healthy leader has
+            // two tries to renew before it steps down, 3 s after its last renewal.
+            lease_ttl: Duration::from_secs(4),
             renew_interval: Duration::from_secs(1),
-            step_down_margin: Duration::from_secs(2),
+            step_down_margin: Duration::from_secs(1),
         }
     }
 }

@@ -88,6 +88,17 @@ pub enum Error {
 /// How long shutdown waits for in-flight requests before closing connections.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a replica stepping down waits for its loops to stop before aborting them.
+const STEP_DOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits for `task` until `deadline`, then aborts it.
+async fn join_or_abort(mut task: JoinHandle<()>, deadline: tokio::time::Instant) {
+    if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+        tracing::warn!("a loop did not stop in time, aborting it");
+        task.abort();
+    }
+}
+
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
@@ -606,14 +617,31 @@ impl Server {
     /// serving. Workers keep running: the new leader finds them in the store.
     pub(crate) async fn step_down(self) {
         self.cancel.cancel();
-        let _ = self.background.await;
-        let _ = self.monitor.await;
-        let _ = self.retirements.await;
-        let _ = self.dead_watch.await;
-        self.pools.stop().await;
+        // Bounded: a leader cut off from the database may have loops stuck in a statement
+        // that never answers. They are aborted (their writes are fenced, and a transaction
+        // left open is rolled back by the database), and the agents' sessions are closed so
+        // that they go to the next leader now rather than when their lease runs out.
+        let deadline = tokio::time::Instant::now() + STEP_DOWN_GRACE;
+        for task in [
+            self.background,
+            self.monitor,
+            self.retirements,
+            self.dead_watch,
+        ] {
+            join_or_abort(task, deadline).await;
+        }
+        if tokio::time::timeout_at(deadline, self.pools.stop())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the pool manager did not stop in time, leaving it");
+        }
         self.sessions.close_all();
+        // Requests still in flight (one waiting on a database out of reach) are cut short:
+        // until this returns, the address answers nobody, and the follower that takes over
+        // it points clients and agents at the next leader.
         let mut http = self.http;
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut http)
+        if tokio::time::timeout(STEP_DOWN_GRACE, &mut http)
             .await
             .is_err()
         {

@@ -14,5 +14,5 @@ mod sqlite;
 mod tenants;
 mod usage;
 
-pub use postgres::PostgresStore;
+pub use postgres::{MAX_CONNECTIONS as POSTGRES_MAX_CONNECTIONS, PostgresStore};
 pub use sqlite::SqliteStore;

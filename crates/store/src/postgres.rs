@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage, hour_start};
-use hodei_core::lease::Lease;
+use hodei_core::lease::{Lease, Member};
 use hodei_core::pool_pass::ArrivalProfile;
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
@@ -50,7 +50,7 @@ fn pg_placeholder(n: u8) -> String {
 /// Connections per server. Every API call, agent stream and loop uses one only for the length
 /// of a statement or a short transaction, so a few serve many; the contract's sixteen
 /// concurrent writers fit without waiting.
-const MAX_CONNECTIONS: u32 = 16;
+pub const MAX_CONNECTIONS: u32 = 16;
 
 /// How long a call waits for a free connection (or a new one to connect) before failing as
 /// [`Error::Unavailable`].
@@ -84,10 +84,30 @@ impl PostgresStore {
     /// replica's lease loop has connections of its own, so that renewing never waits behind
     /// the dispatcher's writes for a free one.
     pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, Error> {
-        let options = PgConnectOptions::from_str(url).map_err(|err| {
+        Self::connect_replica(url, max_connections, None).await
+    }
+
+    /// [`PostgresStore::connect_with`] for a replica: with `idle_in_transaction`, the database
+    /// ends a session of this pool that leaves a transaction open and silent that long
+    /// (`idle_in_transaction_session_timeout`), rolling it back. A leader cut off from the
+    /// database mid-transaction would otherwise hold its share lock on the lease row (taken by
+    /// every fenced write) for as long as the connection looks alive, and no other replica
+    /// could take the lease.
+    pub async fn connect_replica(
+        url: &str,
+        max_connections: u32,
+        idle_in_transaction: Option<Duration>,
+    ) -> Result<Self, Error> {
+        let mut options = PgConnectOptions::from_str(url).map_err(|err| {
             // The URL may hold a password: name the problem, not the URL.
             Error::Unavailable(format!("invalid [store] url: {err}"))
         })?;
+        if let Some(limit) = idle_in_transaction {
+            options = options.options([(
+                "idle_in_transaction_session_timeout",
+                limit.as_millis().max(1),
+            )]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -1014,6 +1034,44 @@ impl Store for PostgresStore {
                 },
             )
             .collect())
+    }
+
+    async fn heartbeat_member(
+        &self,
+        id: &str,
+        url: &str,
+        forget_ms: u64,
+    ) -> Result<(Vec<Member>, u64), Error> {
+        let now: i64 = sqlx::query_scalar(
+            "INSERT INTO cluster_members (id, url, seen_ms) \
+             VALUES ($1, $2, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT) \
+             ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, seen_ms = EXCLUDED.seen_ms \
+             RETURNING seen_ms",
+        )
+        .bind(id)
+        .bind(url)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        sqlx::query("DELETE FROM cluster_members WHERE seen_ms < $1")
+            .bind(now.saturating_sub(i64::try_from(forget_ms).unwrap_or(i64::MAX)))
+            .execute(&self.pool)
+            .await
+            .map_err(map_pg_error)?;
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT id, url, seen_ms FROM cluster_members ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_pg_error)?;
+        let members = rows
+            .into_iter()
+            .map(|(id, url, seen_ms)| Member {
+                id,
+                url,
+                seen_ms: u64::try_from(seen_ms).unwrap_or(0),
+            })
+            .collect();
+        Ok((members, u64::try_from(now).unwrap_or(0)))
     }
 
     async fn read_lease(&self, name: &str) -> Result<(Option<Lease>, u64), Error> {

@@ -425,6 +425,43 @@ mod postgres {
     }
 
     #[tokio::test]
+    async fn postgres_members_heartbeat_on_the_databases_clock_and_are_forgotten() {
+        let Some((_, store)) = fresh("postgres_members").await else {
+            return;
+        };
+        let (members, first) = store
+            .heartbeat_member("a", "http://a:1", 60_000)
+            .await
+            .unwrap();
+        assert_eq!(members.len(), 1);
+        assert_eq!(
+            (members[0].id.as_str(), members[0].url.as_str()),
+            ("a", "http://a:1")
+        );
+        assert_eq!(members[0].seen_ms, first);
+        // Another member, and a again at a new URL: one row each, in id order.
+        store
+            .heartbeat_member("b", "http://b:1", 60_000)
+            .await
+            .unwrap();
+        let (members, now) = store
+            .heartbeat_member("a", "http://a:2", 60_000)
+            .await
+            .unwrap();
+        let listed: Vec<(&str, &str)> = members
+            .iter()
+            .map(|m| (m.id.as_str(), m.url.as_str()))
+            .collect();
+        assert_eq!(listed, [("a", "http://a:2"), ("b", "http://b:1")]);
+        assert!(now >= first);
+        // Forgetting everything not seen this very moment leaves the one that heartbeats.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let (members, _) = store.heartbeat_member("c", "http://c:1", 1).await.unwrap();
+        let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["c"]);
+    }
+
+    #[tokio::test]
     async fn postgres_leader_lease_is_a_compare_and_set_on_the_databases_clock() {
         let Some((_, store)) = fresh("postgres_leader_lease_cas").await else {
             return;
