@@ -32,6 +32,9 @@ pub struct IdleSince {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolView {
     pub idle: Vec<IdleSince>,
+    /// Idle workers known only by count: supply, never drained. The simulator names only
+    /// the idle workers a decision could drain (see [`drainable_idle`]).
+    pub idle_counted: u32,
     pub busy: u32,
     /// Being created, or created and not yet connected.
     pub starting: u32,
@@ -47,17 +50,38 @@ impl PoolView {
         format!(
             "{} workers ({} idle, {} busy, {} starting)",
             self.supply(),
-            self.idle.len(),
+            self.idle_count(),
             self.busy,
             self.starting
         )
     }
 
     pub fn supply(&self) -> u32 {
-        u32::try_from(self.idle.len())
-            .unwrap_or(u32::MAX)
+        self.idle_count()
             .saturating_add(self.busy)
             .saturating_add(self.starting)
+    }
+
+    /// Idle workers, named or counted.
+    pub fn idle_count(&self) -> u32 {
+        u32::try_from(self.idle.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.idle_counted)
+    }
+}
+
+/// Which idle workers [`decide`] could drain at `now_ms`, given the pool's supply: none at or
+/// below the minimum (it never wants fewer), every one above the maximum, else those idle
+/// at least `idle_timeout`. A caller that names these and counts the others
+/// ([`PoolView::idle_counted`]) gets the same decision as one naming them all.
+pub fn drainable_idle(spec: &PoolSpec, supply: u32, now_ms: u64) -> Option<Duration> {
+    let (min, max) = bounds(spec, now_ms);
+    if supply <= min {
+        None
+    } else if supply > max {
+        Some(Duration::ZERO)
+    } else {
+        Some(Duration::from_secs(spec.idle_timeout))
     }
 }
 
@@ -349,13 +373,10 @@ pub fn decide(
         };
     }
     if supply > desired {
-        // Longest idle first; the id breaks ties so the choice is deterministic.
-        let mut idle: Vec<&IdleSince> = view.idle.iter().collect();
-        idle.sort_by(|a, b| b.idle_for.cmp(&a.idle_for).then_with(|| a.id.cmp(&b.id)));
         let excess = usize::try_from(supply - desired).unwrap_or(usize::MAX);
         let above_max = usize::try_from(supply.saturating_sub(max)).unwrap_or(usize::MAX);
         // Above the maximum (the pool was made smaller): idle workers go now.
-        let now = above_max.min(idle.len());
+        let now = above_max.min(view.idle.len());
         let timeout = Duration::from_secs(spec.idle_timeout);
         let down_cooldown = cooldown_left(
             history.last_scale_down_ms.max(history.last_scale_up_ms),
@@ -366,21 +387,20 @@ pub fn decide(
             (Some(left), _) => (0, Some(format!("scale-down cooldown, {left} s left"))),
             (None, true) => (0, Some("decision cap reached".to_owned())),
             (None, false) => {
-                let expired = idle[now..]
+                // Longest idle first, so the expired ones past the first `now` are those
+                // beyond `now` among all the expired.
+                let expired = view
+                    .idle
                     .iter()
-                    .take_while(|worker| worker.idle_for >= timeout)
-                    .count()
-                    .min(excess - now);
-                (expired, None)
+                    .filter(|worker| worker.idle_for >= timeout)
+                    .count();
+                (expired.saturating_sub(now).min(excess - now), None)
             }
         };
-        let drained: Vec<WorkerId> = idle[..now + later]
-            .iter()
-            .map(|worker| worker.id.clone())
-            .collect();
+        let drained = longest_idle(&view.idle, now + later);
         if drained.is_empty() {
             let because = waiting.unwrap_or_else(|| {
-                if view.idle.is_empty() {
+                if view.idle_count() == 0 {
                     "no idle worker to drain (busy workers are never drained)".to_owned()
                 } else {
                     format!("idle workers wait {} s (idle_timeout)", spec.idle_timeout)
@@ -403,6 +423,25 @@ pub fn decide(
         return decision(ScaleAction::Down(drained), reason);
     }
     decision(ScaleAction::Hold, format!("{have} as needed: {why}"))
+}
+
+/// The `count` workers idle longest, longest first; the id breaks ties so the choice is
+/// deterministic. Only those are ordered: a pass over hundreds of idle workers that drains
+/// a few sorts a few.
+fn longest_idle(idle: &[IdleSince], count: usize) -> Vec<WorkerId> {
+    let order =
+        |a: &&IdleSince, b: &&IdleSince| b.idle_for.cmp(&a.idle_for).then_with(|| a.id.cmp(&b.id));
+    let count = count.min(idle.len());
+    if count == 0 {
+        return Vec::new();
+    }
+    let mut idle: Vec<&IdleSince> = idle.iter().collect();
+    if count < idle.len() {
+        idle.select_nth_unstable_by(count - 1, order);
+        idle.truncate(count);
+    }
+    idle.sort_unstable_by(order);
+    idle.into_iter().map(|worker| worker.id.clone()).collect()
 }
 
 /// A pool as a home for queued jobs.
@@ -984,6 +1023,63 @@ mod tests {
     }
 
     proptest! {
+        /// Naming only the idle workers `drainable_idle` picks, and counting the others,
+        /// decides exactly as naming them all (the simulator relies on it).
+        #[test]
+        fn counting_undrainable_idle_workers_decides_the_same(
+            (mut spec, view, demand, history) in arb_case(),
+            idle_secs in proptest::collection::vec(0u64..120, 0..12),
+            timeout in 0u64..100,
+        ) {
+            spec.idle_timeout = timeout;
+            let named = PoolView {
+                idle: idle_secs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, secs)| IdleSince {
+                        id: WorkerId::new(format!("w-{i}")).unwrap(),
+                        idle_for: Duration::from_secs(*secs),
+                    })
+                    .collect(),
+                ..view
+            };
+            let (drainable, counted): (Vec<IdleSince>, Vec<IdleSince>) =
+                match drainable_idle(&spec, named.supply(), NOW) {
+                    None => (Vec::new(), named.idle.clone()),
+                    Some(past) => named.idle.iter().cloned().partition(|w| w.idle_for >= past),
+                };
+            let partly = PoolView {
+                idle: drainable,
+                idle_counted: u32::try_from(counted.len()).unwrap(),
+                ..named.clone()
+            };
+            prop_assert_eq!(partly.supply(), named.supply());
+            prop_assert_eq!(
+                decide(&spec, &partly, &demand, &history, NOW),
+                decide(&spec, &named, &demand, &history, NOW)
+            );
+        }
+
+        #[test]
+        fn the_longest_idle_are_those_a_full_sort_puts_first(
+            idle_secs in proptest::collection::vec(0u64..20, 0..40),
+            count in 0usize..45,
+        ) {
+            let idle: Vec<IdleSince> = idle_secs
+                .iter()
+                .enumerate()
+                .map(|(i, secs)| IdleSince {
+                    id: WorkerId::new(format!("w-{i:02}")).unwrap(),
+                    idle_for: Duration::from_secs(*secs),
+                })
+                .collect();
+            let mut sorted = idle.clone();
+            sorted.sort_by(|a, b| b.idle_for.cmp(&a.idle_for).then_with(|| a.id.cmp(&b.id)));
+            let expected: Vec<WorkerId> =
+                sorted.into_iter().take(count).map(|w| w.id).collect();
+            prop_assert_eq!(longest_idle(&idle, count), expected);
+        }
+
         #[test]
         fn decisions_keep_their_rules((spec, view, demand, history) in arb_case()) {
             let (min, max) = bounds(&spec, NOW);

@@ -633,6 +633,19 @@ impl Dispatch {
         self.deadline_due_ms = 0;
     }
 
+    /// [`Self::deadlines_changed`] for a change to one worker: only an attempt on it can
+    /// be judged differently, and a worker with an attempt in flight holds it in its slot,
+    /// so a worker without one (an ephemeral worker coming and going) changes no deadline.
+    fn worker_changed(&mut self, worker: &WorkerId) {
+        if self
+            .workers
+            .get(worker)
+            .is_some_and(|slot| slot.job.is_some())
+        {
+            self.deadlines_changed();
+        }
+    }
+
     /// When a tracked job was queued, assigned and started.
     pub fn times(&self, id: &JobId) -> Option<Times> {
         self.jobs.get(id).map(|live| live.times)
@@ -779,7 +792,7 @@ impl Dispatch {
                 slot.registered = true;
             }
             Input::WorkerGone(id) => {
-                self.deadlines_changed();
+                self.worker_changed(&id);
                 if let Some(slot) = self.workers.get_mut(&id) {
                     if slot.connected {
                         slot.disconnected_since_ms = now_ms;
@@ -795,14 +808,14 @@ impl Dispatch {
                 if let Some(slot) = self.workers.get_mut(&id) {
                     slot.dead = true;
                 }
-                self.deadlines_changed();
+                self.worker_changed(&id);
                 self.check_deadlines(now_ms, &mut proposal);
             }
             Input::Connected { worker, running } => {
                 self.connected(&worker, &running, now_ms, &mut proposal);
             }
             Input::Disconnected(worker) => {
-                self.deadlines_changed();
+                self.worker_changed(&worker);
                 if let Some(slot) = self.workers.get_mut(&worker) {
                     if slot.connected {
                         slot.disconnected_since_ms = now_ms;
@@ -1200,6 +1213,11 @@ impl Dispatch {
 
     /// Registered, connected, heard from within the lease, healthy, and free.
     fn idle(&self, now_ms: u64) -> Vec<IdleWorker> {
+        self.idle_refs(now_ms).into_iter().cloned().collect()
+    }
+
+    /// [`Self::idle`], borrowed: one per id, in id order.
+    fn idle_refs(&self, now_ms: u64) -> Vec<&IdleWorker> {
         let lease = u64::try_from(self.config.fence.lease.as_millis()).unwrap_or(u64::MAX);
         self.workers
             .values()
@@ -1216,7 +1234,7 @@ impl Dispatch {
                     && !slot.retired
                     && !slot.unreachable
             })
-            .map(|slot| slot.worker.clone())
+            .map(|slot| &slot.worker)
             .collect()
     }
 
@@ -1241,7 +1259,7 @@ impl Dispatch {
         if self.queues.is_empty() {
             return;
         }
-        let idle = self.idle(now_ms);
+        let idle = self.idle_refs(now_ms);
         if idle.is_empty() {
             return;
         }
@@ -1249,9 +1267,9 @@ impl Dispatch {
         let moving: Vec<JobId> = proposal.writes.iter().map(|w| w.job.id.clone()).collect();
         // Tags are charged at commit, on a copy here, so an unrecorded plan costs nothing.
         let mut fair = self.fair.clone();
-        let plan = tenancy::plan_fair_dispatch(
+        let plan = tenancy::plan_fair_dispatch_among(
             &self.queues,
-            &idle,
+            idle,
             &self.tenants,
             &mut usage,
             &self.bursts,
@@ -1532,7 +1550,11 @@ impl Dispatch {
         proposal: &mut Proposal,
     ) {
         // Connected again, its attempt is held to its acceptance and timeout deadlines.
-        self.deadlines_changed();
+        if running.is_empty() {
+            self.worker_changed(worker);
+        } else {
+            self.deadlines_changed();
+        }
         if let Some(slot) = self.workers.get_mut(worker) {
             slot.connected = true;
             slot.unreachable = false;

@@ -252,20 +252,12 @@ pub struct PassPool<'a> {
     pub members: &'a [Member],
     /// Workers known only by count, added to the members': the server's workers being
     /// created that the registry does not show yet (starting), the simulator's busy and
-    /// starting ones. Their `idle` is ignored.
+    /// starting ones, and its idle ones no decision could drain now (see
+    /// [`autoscale::drainable_idle`]): idle workers counted are supply but never drained.
     pub counted: PoolCounts,
     /// Creations still pending of any kind (a removed pool waits for them before it goes).
     pub pending_creations: u32,
     pub track: &'a mut PoolTrack,
-}
-
-impl PassPool<'_> {
-    fn queue_free_counted(&self) -> PoolCounts {
-        PoolCounts {
-            idle: 0,
-            ..self.counted
-        }
-    }
 }
 
 /// What the dispatcher says about jobs since the last pass.
@@ -314,7 +306,8 @@ pub fn view_of(members: &[Member], counted: PoolCounts) -> (PoolView, PoolCounts
     counts.busy = counts.busy.saturating_add(counted.busy);
     counts.unhealthy = counts.unhealthy.saturating_add(counted.unhealthy);
     counts.leaving = counts.leaving.saturating_add(counted.leaving);
-    counts.idle = u32::try_from(view.idle.len()).unwrap_or(u32::MAX);
+    view.idle_counted = counted.idle;
+    counts.idle = view.idle_count();
     view.busy = counts.busy;
     view.starting = counts.starting;
     view.unhealthy = counts.unhealthy;
@@ -341,7 +334,7 @@ pub fn pass(
 ) -> Vec<PoolOutcome> {
     let views: Vec<(PoolView, PoolCounts)> = pools
         .iter()
-        .map(|pool| view_of(pool.members, pool.queue_free_counted()))
+        .map(|pool| view_of(pool.members, pool.counted))
         .collect();
     let live: Vec<usize> = (0..pools.len()).filter(|i| !pools[*i].removing).collect();
     let candidates: Vec<PoolCandidate> = live

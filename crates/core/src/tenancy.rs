@@ -698,11 +698,26 @@ pub fn plan_fair_dispatch(
     fair: &mut FairShare,
     now_ms: u64,
 ) -> FairPlan {
-    let mut plan = FairPlan::default();
-    let mut free: Vec<&IdleWorker> = {
+    let free: Vec<&IdleWorker> = {
         let mut seen = std::collections::BTreeSet::new();
         idle.iter().filter(|w| seen.insert(&w.id)).collect()
     };
+    plan_fair_dispatch_among(queues, free, tenants, usage, bursts, fair, now_ms)
+}
+
+/// [`plan_fair_dispatch`] over idle workers already known to be distinct (the dispatcher's,
+/// one per id), borrowed rather than copied: a tick with hundreds of idle workers copies
+/// none of them.
+pub fn plan_fair_dispatch_among(
+    queues: &Queues,
+    mut free: Vec<&IdleWorker>,
+    tenants: &Tenants,
+    usage: &mut BTreeMap<TenantName, Usage>,
+    bursts: &BTreeMap<TenantName, BurstState>,
+    fair: &mut FairShare,
+    now_ms: u64,
+) -> FairPlan {
+    let mut plan = FairPlan::default();
     let mut taken = std::collections::HashSet::new();
     // Jobs at risk of missing their deadline first, across tenants, earliest deadline
     // first; their tenants' quotas still hold, and fair share charges them as usual.

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -46,14 +47,16 @@ impl ValidationError {
 /// A worker's identity: 1 to 63 characters of `[A-Za-z0-9._-]`, starting with a letter or digit.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct WorkerId(String);
+// Shared, not copied: the dispatcher, the pool pass and the simulator clone ids on every
+// decision, and a clone is then a reference count, not an allocation.
+pub struct WorkerId(Arc<str>);
 
 impl WorkerId {
     /// Validates and wraps an id.
     pub fn new(id: impl Into<String>) -> Result<Self, ValidationError> {
         let id = id.into();
         validate_name("worker_id", &id, MAX_WORKER_ID_LEN)?;
-        Ok(Self(id))
+        Ok(Self(Arc::from(id)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -83,7 +86,7 @@ impl TryFrom<String> for WorkerId {
 
 impl From<WorkerId> for String {
     fn from(id: WorkerId) -> Self {
-        id.0
+        id.0.to_string()
     }
 }
 

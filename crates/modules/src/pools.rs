@@ -25,7 +25,9 @@ use hodei_core::cost::{self, PoolUsage};
 use hodei_core::health::Liveness;
 use hodei_core::matching::IdleWorker;
 pub use hodei_core::pool_pass::PoolCounts;
-use hodei_core::pool_pass::{self, Member, MemberState, PassJobs, PassPool, PoolTrack};
+use hodei_core::pool_pass::{
+    self, ArrivalProfile, Member, MemberState, PassJobs, PassPool, PoolTrack,
+};
 use hodei_core::{PoolSpec, ProviderKind, ValidationError, Worker, WorkerId};
 use hodei_ports::{Store, store};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -59,6 +61,9 @@ pub struct PoolManagerConfig {
     /// Workers being created at once across all pools (`[provisioning]
     /// max_concurrent_provisioning`), on top of each pool's own `max_concurrent_provisioning`.
     pub max_concurrent_provisioning: usize,
+    /// How often the pools' arrival profiles are written to the store (and at shutdown,
+    /// [`PoolManager::flush`]), so that the predictive policy survives a restart.
+    pub profile_save_interval: Duration,
 }
 
 impl Default for PoolManagerConfig {
@@ -69,6 +74,7 @@ impl Default for PoolManagerConfig {
             decisions_kept: 20,
             start_timeout: Duration::from_secs(120),
             max_concurrent_provisioning: 5,
+            profile_save_interval: Duration::from_secs(60),
         }
     }
 }
@@ -227,6 +233,8 @@ struct Inner {
     provisioning: Arc<Semaphore>,
     /// Pool usage not yet in the store, and when it was last written.
     unsaved_usage: Mutex<(UnsavedUsage, Instant)>,
+    /// When the arrival profiles were last written to the store.
+    profiles_saved: Mutex<Instant>,
 }
 
 /// Holds a name in [`Inner::creating`] until dropped.
@@ -283,6 +291,12 @@ impl PoolManager {
             store.put_pool(spec).await?;
             pools.insert(spec.name.clone(), PoolState::new(spec.clone()));
         }
+        // What the pools learned of their arrivals before the restart.
+        for (name, profile) in store.arrival_profiles().await? {
+            if let Some(pool) = pools.get_mut(&name) {
+                pool.track.profile = profile;
+            }
+        }
         // Totals survive restarts: the pools' and the counters' start where the store is.
         for usage in store.pool_usage(0).await? {
             if let Some(pool) = pools.get_mut(&usage.pool) {
@@ -314,6 +328,7 @@ impl PoolManager {
                 tasks: TaskTracker::new(),
                 provisioning,
                 unsaved_usage: Mutex::new((BTreeMap::new(), Instant::now())),
+                profiles_saved: Mutex::new(Instant::now()),
             }),
         };
         manager.publish_settings().await;
@@ -449,12 +464,25 @@ impl PoolManager {
             }
             Err(error) => return Err(error.into()),
         }
+        // A pool of this name that existed before finds what it learned of its arrivals.
+        let learned = match self.inner.store.arrival_profiles().await {
+            Ok(all) => all.into_iter().find(|(name, _)| *name == spec.name),
+            Err(error) => {
+                tracing::warn!(pool = %spec.name, %error, "could not read the pool's stored arrival profile; it starts empty");
+                None
+            }
+        };
         let status = {
             let mut pools = lock(&self.inner.pools);
             let pool = pools
                 .entry(spec.name.clone())
                 .or_insert_with(|| PoolState::new(spec.clone()));
             pool.replace_spec(spec);
+            if let Some((_, profile)) = learned
+                && !over_removed
+            {
+                pool.track.profile = profile;
+            }
             pool.status()
         };
         tracing::info!(pool = %status.spec.name, "pool created");
@@ -656,6 +684,7 @@ impl PoolManager {
             }
         }
         self.save_usage(false).await;
+        self.save_profiles(false).await;
         for (spec, action) in actions {
             match action {
                 ScaleAction::Up(count) => self.provision(&spec, count, now),
@@ -772,9 +801,33 @@ impl PoolManager {
         )
     }
 
-    /// Writes the pool usage not yet in the store; the server calls it when it stops.
-    pub async fn flush_usage(&self) {
+    /// Writes the pool usage not yet in the store and every pool's arrival profile; the
+    /// server calls it when it stops.
+    pub async fn flush(&self) {
         self.save_usage(true).await;
+        self.save_profiles(true).await;
+    }
+
+    /// Writes every pool's arrival profile, at most every
+    /// [`PoolManagerConfig::profile_save_interval`] unless `now`.
+    async fn save_profiles(&self, now: bool) {
+        {
+            let mut saved = lock(&self.inner.profiles_saved);
+            if !now && saved.elapsed() < self.inner.config.profile_save_interval {
+                return;
+            }
+            *saved = Instant::now();
+        }
+        let profiles: Vec<(String, ArrivalProfile)> = lock(&self.inner.pools)
+            .values()
+            .filter(|pool| !pool.removing)
+            .map(|pool| (pool.spec.name.clone(), pool.track.profile.clone()))
+            .collect();
+        for (pool, profile) in profiles {
+            if let Err(error) = self.inner.store.put_arrival_profile(&pool, &profile).await {
+                tracing::error!(%pool, %error, "could not record the pool's arrival profile");
+            }
+        }
     }
 
     /// Writes the pool usage gathered since the last write, at most every

@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use hodei_adapters::worker_registration::{
     RegistrationConfig, RegistrationMetrics, WorkerRegistrationAdapter,
 };
-use hodei_core::{PoolSpec, ProviderKind, Worker, WorkerId, WorkerSpec};
+use hodei_core::pool::PolicyKind;
+use hodei_core::pool_pass::ArrivalProfile;
+use hodei_core::{Command, JobSpec, PoolSpec, ProviderKind, Worker, WorkerId, WorkerSpec};
 use hodei_modules::{
     JobMetrics, JobService, JobServiceConfig, PoolManager, PoolManagerConfig, PoolMetrics,
     SchedulerRegistry, Terminations, WorkerManagementConfig, WorkerManagementMetrics,
@@ -250,6 +252,113 @@ async fn the_server_wide_bound_holds_across_pools() {
 #[tokio::test]
 async fn each_pool_keeps_its_own_bound_beneath_a_larger_server_bound() {
     assert_eq!(prewarm(100).await, 8, "two pools of four creations at once");
+}
+
+/// A pool manager over `store` with one predictive pool `p`, as a server starting on it.
+async fn predictive_manager(
+    store: Arc<dyn hodei_ports::Store>,
+    stop: &CancellationToken,
+) -> (PoolManager, JobService) {
+    let registry = Arc::new(SchedulerRegistry::new());
+    let mut metrics = Registry::default();
+    let management = Arc::new(WorkerManagementService::new(
+        Arc::new(FakeProvider::new()),
+        store.clone(),
+        WorkerManagementConfig::default(),
+        WorkerManagementMetrics::new(&mut metrics),
+    ));
+    let (agents, _sent) = FakeAgents::new();
+    let (jobs, _retired) = JobService::start(
+        JobServiceConfig::default(),
+        store.clone(),
+        registry.clone(),
+        agents,
+        JobMetrics::new(&mut metrics),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let mut pool = PoolSpec::autoscaled("p", ProviderKind::Local, 0, 2);
+    pool.scaling.policy = PolicyKind::Predictive;
+    let terminations = Terminations::new(management.clone(), registry.clone(), &mut metrics);
+    let manager = PoolManager::new(
+        management,
+        terminations,
+        jobs.clone(),
+        registry,
+        store,
+        &[pool],
+        PoolManagerConfig::default(),
+        PoolMetrics::new(&mut metrics),
+    )
+    .await
+    .unwrap();
+    (manager, jobs)
+}
+
+/// `p`'s stored profile.
+async fn stored(store: &dyn hodei_ports::Store) -> Option<ArrivalProfile> {
+    let profiles = store.arrival_profiles().await.unwrap();
+    profiles
+        .into_iter()
+        .find(|(pool, _)| pool == "p")
+        .map(|(_, profile)| profile)
+}
+
+#[tokio::test]
+async fn the_arrival_profile_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hodei.db");
+
+    // First life: three jobs arrive, a pass counts them, the shutdown writes the profile.
+    let store: Arc<dyn hodei_ports::Store> =
+        Arc::new(hodei_store::SqliteStore::open(&path).await.unwrap());
+    let stop = CancellationToken::new();
+    let (manager, jobs) = predictive_manager(store.clone(), &stop).await;
+    for _ in 0..3 {
+        jobs.submit(JobSpec::new(Command::Argv(vec!["true".to_owned()])))
+            .await
+            .unwrap();
+    }
+    manager.pass().await;
+    assert_eq!(
+        stored(&*store).await,
+        None,
+        "not written before the interval"
+    );
+    manager.stop().await;
+    manager.flush().await;
+    let Some((hour, _, 3)) = stored(&*store).await.and_then(|p| p.current) else {
+        panic!(
+            "the shutdown did not write p's profile with 3 arrivals: {:?}",
+            stored(&*store).await
+        );
+    };
+    stop.cancel();
+    drop((manager, jobs, store));
+
+    // Second life on the same file: nothing arrives; what it writes still counts the three.
+    let store: Arc<dyn hodei_ports::Store> =
+        Arc::new(hodei_store::SqliteStore::open(&path).await.unwrap());
+    let stop = CancellationToken::new();
+    let (manager, jobs) = predictive_manager(store.clone(), &stop).await;
+    manager.pass().await;
+    manager.stop().await;
+    manager.flush().await;
+    let profile = stored(&*store).await.unwrap();
+    match profile.current {
+        Some((now, _, count)) if now == hour => {
+            assert_eq!(
+                count, 3,
+                "the restarted manager forgot the arrivals: {profile:?}"
+            );
+        }
+        // The hour turned between the two lives (a test run across it): the three went
+        // into a slot, unless the first life saw under ten minutes of its hour.
+        _ => eprintln!("the hour turned during the test; counts not compared"),
+    }
+    stop.cancel();
+    drop(jobs);
 }
 
 /// The running server's pool manager registers what it creates through the seed's batch

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
 use hodei_core::credential::{Role, WorkerOrigin};
 use hodei_core::lease::{Lease, Member};
+use hodei_core::pool_pass::ArrivalProfile;
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
     AfterDrain, Job, JobId, JobState, JobTransitionError, PoolSpec, QueueName, TenantName,
@@ -236,6 +237,14 @@ pub trait Store: Send + Sync {
 
     /// Removes a pool definition; returns whether it existed.
     async fn delete_pool(&self, name: &str) -> Result<bool, Error>;
+
+    /// Creates or replaces the arrival profile learned for the pool named `pool` (the
+    /// predictive policy's hour-of-week rates). Kept apart from the pool's definition: it
+    /// stays when the pool is deleted, for a pool of that name that comes back.
+    async fn put_arrival_profile(&self, pool: &str, profile: &ArrivalProfile) -> Result<(), Error>;
+
+    /// Every stored arrival profile, ordered by pool name.
+    async fn arrival_profiles(&self) -> Result<Vec<(String, ArrivalProfile)>, Error>;
 
     /// Creates or replaces a tenant.
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error>;

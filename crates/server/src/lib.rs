@@ -898,7 +898,7 @@ async fn background(
         () = cancel.cancelled() => {}
     }
     // Held time since the last write, so that totals carry over a restart.
-    pools.flush_usage().await;
+    pools.flush().await;
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

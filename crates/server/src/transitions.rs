@@ -191,6 +191,20 @@ impl Store for RecordingStore {
         self.inner.delete_pool(name).await
     }
 
+    async fn put_arrival_profile(
+        &self,
+        pool: &str,
+        profile: &hodei_core::pool_pass::ArrivalProfile,
+    ) -> Result<(), Error> {
+        self.inner.put_arrival_profile(pool, profile).await
+    }
+
+    async fn arrival_profiles(
+        &self,
+    ) -> Result<Vec<(String, hodei_core::pool_pass::ArrivalProfile)>, Error> {
+        self.inner.arrival_profiles().await
+    }
+
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
         self.inner.put_tenant(tenant).await
     }

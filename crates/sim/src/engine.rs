@@ -91,6 +91,9 @@ struct SimPool {
     ups: u32,
     downs: u32,
     candidate: PoolCandidate,
+    /// Its idle workers by (idle since, worker): those idle longest first, which are the
+    /// ones a pass may drain.
+    idle_workers: BTreeSet<(u64, usize)>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -131,9 +134,10 @@ struct Sim<'a> {
     sla: SlaSettings,
     dispatch: Dispatch,
     pools: Vec<SimPool>,
+    /// Every pool's shape, for [`autoscale::home_pool`] (fixed for the run).
+    shapes: Vec<PoolCandidate>,
     workers: Vec<SimWorker>,
     worker_index: HashMap<WorkerId, usize>,
-    live_workers: BTreeSet<usize>,
     events: BinaryHeap<Reverse<(u64, u64, Event)>>,
     seq: u64,
     now: u64,
@@ -191,6 +195,7 @@ impl<'a> Sim<'a> {
                     ups: 0,
                     downs: 0,
                     candidate: PoolCandidate::from_spec(spec, 0, START_MS),
+                    idle_workers: BTreeSet::new(),
                 }
             })
             .collect();
@@ -200,10 +205,10 @@ impl<'a> Sim<'a> {
             dispatch: Dispatch::new(DispatchConfig::default(), queues, tenants.clone()),
             tenants,
             sla,
+            shapes: pools.iter().map(|p| p.candidate.clone()).collect(),
             pools,
             workers: Vec::new(),
             worker_index: HashMap::new(),
-            live_workers: BTreeSet::new(),
             events: BinaryHeap::new(),
             seq: 0,
             now: START_MS,
@@ -238,8 +243,7 @@ impl<'a> Sim<'a> {
         if !self.config.sim.profile_from_trace {
             return;
         }
-        let candidates: Vec<PoolCandidate> =
-            self.pools.iter().map(|p| p.candidate.clone()).collect();
+        let candidates = &self.shapes;
         for (i, pool) in self.pools.iter_mut().enumerate() {
             if pool.spec.scaling.policy != hodei_core::pool::PolicyKind::Predictive {
                 continue;
@@ -250,7 +254,7 @@ impl<'a> Sim<'a> {
             while t <= end {
                 let mut came = 0;
                 while let Some(job) = jobs.next_if(|job| job.submit_ms < t + 60_000) {
-                    if autoscale::home_pool(&candidates, &job.requirements)
+                    if autoscale::home_pool(candidates, &job.requirements)
                         == Some(candidates[i].name.as_str())
                     {
                         came += 1;
@@ -463,20 +467,23 @@ impl<'a> Sim<'a> {
         let pool = &mut self.pools[self.workers[w].pool];
         match self.workers[w].state {
             WState::Starting => pool.starting -= 1,
-            WState::Idle { .. } => pool.idle -= 1,
+            WState::Idle { since_ms } => {
+                pool.idle -= 1;
+                pool.idle_workers.remove(&(since_ms, w));
+            }
             WState::Busy => pool.busy -= 1,
             WState::Gone => {}
         }
         match state {
             WState::Starting => pool.starting += 1,
-            WState::Idle { .. } => pool.idle += 1,
+            WState::Idle { since_ms } => {
+                pool.idle += 1;
+                pool.idle_workers.insert((since_ms, w));
+            }
             WState::Busy => pool.busy += 1,
             WState::Gone => {}
         }
         self.workers[w].state = state;
-        if state == WState::Gone {
-            self.live_workers.remove(&w);
-        }
     }
 
     fn terminate(&mut self, w: usize) {
@@ -488,11 +495,11 @@ impl<'a> Sim<'a> {
     fn submit(&mut self, batch: &[usize]) {
         let now = self.now;
         // As the server: a job no pool could ever hold is refused at submission.
-        let shapes: Vec<PoolCandidate> = self.pools.iter().map(|p| p.candidate.clone()).collect();
         let jobs: Vec<Job> = batch
             .iter()
             .filter(|&&i| {
-                let fits = autoscale::home_pool(&shapes, &self.trace[i].requirements).is_some();
+                let fits =
+                    autoscale::home_pool(&self.shapes, &self.trace[i].requirements).is_some();
                 if !fits {
                     self.refused_unfit += 1;
                 }
@@ -626,18 +633,31 @@ impl<'a> Sim<'a> {
         self.last_pass = self.now;
         let now = self.now;
         // Idle workers by id (they may be drained); busy and starting ones by count.
-        let mut members: Vec<Vec<Member>> = vec![Vec::new(); self.pools.len()];
-        for &w in &self.live_workers {
-            let worker = &self.workers[w];
-            if let WState::Idle { since_ms } = worker.state {
-                members[worker.pool].push(Member {
-                    id: worker.id.clone(),
-                    state: MemberState::Idle {
-                        idle_for: Duration::from_millis(now.saturating_sub(since_ms)),
-                    },
-                });
-            }
-        }
+        // Idle workers by id only where the pass could drain them (idle past the timeout,
+        // or all above the maximum), the others by count: the same decisions, without
+        // naming hundreds of idle workers on every pass.
+        let workers = &self.workers;
+        let members: Vec<Vec<Member>> = self
+            .pools
+            .iter()
+            .map(|pool| {
+                let supply = pool.idle + pool.busy + pool.starting;
+                let Some(past) = autoscale::drainable_idle(&pool.spec, supply, now) else {
+                    return Vec::new();
+                };
+                let past = u64::try_from(past.as_millis()).unwrap_or(u64::MAX);
+                let since = now.saturating_sub(past);
+                pool.idle_workers
+                    .range(..=(since, usize::MAX))
+                    .map(|&(since_ms, w)| Member {
+                        id: workers[w].id.clone(),
+                        state: MemberState::Idle {
+                            idle_for: Duration::from_millis(now.saturating_sub(since_ms)),
+                        },
+                    })
+                    .collect()
+            })
+            .collect();
         let trace = self.trace;
         let queued: Vec<&'a Requirements> = self
             .queued
@@ -656,6 +676,7 @@ impl<'a> Sim<'a> {
                 removing: false,
                 members,
                 counted: PoolCounts {
+                    idle: pool.idle - u32::try_from(members.len()).unwrap_or(pool.idle),
                     busy: pool.busy,
                     starting: pool.starting,
                     ..PoolCounts::default()
@@ -747,7 +768,6 @@ impl<'a> Sim<'a> {
             state: WState::Gone,
         });
         self.worker_index.insert(id, w);
-        self.live_workers.insert(w);
         self.set_state(w, WState::Starting);
         self.at(slot, Event::Ready(w));
     }

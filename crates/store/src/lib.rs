@@ -8,6 +8,7 @@
 mod credentials;
 mod jobs;
 mod postgres;
+mod profiles;
 mod retention;
 mod sqlite;
 mod tenants;

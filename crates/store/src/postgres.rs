@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage, hour_start};
 use hodei_core::lease::{Lease, Member};
+use hodei_core::pool_pass::ArrivalProfile;
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
     AfterDrain, Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState,
@@ -38,8 +39,8 @@ use crate::sqlite::{
     MAX_TRANSITION_ATTEMPTS, PoolRow, WorkerRow, decode_pool, decode_worker, map_migrate_error,
     millis_since_epoch,
 };
-use crate::tenants;
 use crate::{credentials, retention, usage};
+use crate::{profiles, tenants};
 
 /// PostgreSQL's numbered placeholder.
 fn pg_placeholder(n: u8) -> String {
@@ -742,6 +743,34 @@ impl Store for PostgresStore {
             return Err(Error::PoolExists(pool.name.clone()));
         }
         Ok(())
+    }
+
+    async fn put_arrival_profile(&self, pool: &str, profile: &ArrivalProfile) -> Result<(), Error> {
+        let json = profiles::encode(pool, profile)?;
+        sqlx::query(
+            "INSERT INTO pool_arrival_profiles (pool, profile_json, updated_at_ms) \
+             VALUES ($1, $2, $3) ON CONFLICT (pool) DO UPDATE \
+             SET profile_json = excluded.profile_json, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(pool)
+        .bind(json)
+        .bind(millis_since_epoch(SystemTime::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(map_pg_error)?;
+        Ok(())
+    }
+
+    async fn arrival_profiles(&self) -> Result<Vec<(String, ArrivalProfile)>, Error> {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT pool, profile_json FROM pool_arrival_profiles ORDER BY pool",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_pg_error)?
+        .into_iter()
+        .map(profiles::decode)
+        .collect()
     }
 
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error> {

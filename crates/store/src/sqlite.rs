@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, PoolUsage};
+use hodei_core::pool_pass::ArrivalProfile;
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
     AfterDrain, Job, JobId, JobState, PoolSpec, TenantName, Worker, WorkerId, WorkerState,
@@ -19,8 +20,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::tenants;
 use crate::{credentials, jobs, retention};
+use crate::{profiles, tenants};
 
 /// SQLite's numbered placeholder.
 fn sqlite_placeholder(n: u8) -> String {
@@ -354,6 +355,34 @@ impl Store for SqliteStore {
             .await
             .map_err(map_sqlx_error)?;
         Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn put_arrival_profile(&self, pool: &str, profile: &ArrivalProfile) -> Result<(), Error> {
+        let json = profiles::encode(pool, profile)?;
+        sqlx::query(
+            "INSERT INTO pool_arrival_profiles (pool, profile_json, updated_at_ms) \
+             VALUES (?1, ?2, ?3) ON CONFLICT (pool) DO UPDATE \
+             SET profile_json = excluded.profile_json, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(pool)
+        .bind(json)
+        .bind(millis_since_epoch(SystemTime::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(map_sqlx_error)?;
+        Ok(())
+    }
+
+    async fn arrival_profiles(&self) -> Result<Vec<(String, ArrivalProfile)>, Error> {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT pool, profile_json FROM pool_arrival_profiles ORDER BY pool",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx_error)?
+        .into_iter()
+        .map(profiles::decode)
+        .collect()
     }
 
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error> {

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use hodei_core::cost::{AttemptTotals, AttemptUsage, HOUR_MS, PoolUsage, hour_start};
 use hodei_core::credential::{Role, WorkerOrigin};
+use hodei_core::pool_pass::ArrivalProfile;
 use hodei_core::tenancy::Tenant;
 use hodei_core::{
     AfterDrain, Command, Job, JobId, JobSpec, JobState, PoolSpec, Priority, ProviderKind,
@@ -34,6 +35,7 @@ pub struct MemoryStore {
 struct Contents {
     workers: BTreeMap<WorkerId, WorkerRecord>,
     pools: BTreeMap<String, PoolSpec>,
+    profiles: BTreeMap<String, ArrivalProfile>,
     tenants: BTreeMap<TenantName, Tenant>,
     credentials: Vec<CredentialRecord>,
     jobs: BTreeMap<JobId, Job>,
@@ -285,6 +287,22 @@ impl Store for MemoryStore {
         Ok(self.contents().pools.remove(name).is_some())
     }
 
+    async fn put_arrival_profile(&self, pool: &str, profile: &ArrivalProfile) -> Result<(), Error> {
+        self.contents()
+            .profiles
+            .insert(pool.to_owned(), profile.clone());
+        Ok(())
+    }
+
+    async fn arrival_profiles(&self) -> Result<Vec<(String, ArrivalProfile)>, Error> {
+        Ok(self
+            .contents()
+            .profiles
+            .iter()
+            .map(|(pool, profile)| (pool.clone(), profile.clone()))
+            .collect())
+    }
+
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
         self.contents()
             .tenants
@@ -525,6 +543,7 @@ pub async fn store_contract(store: &dyn Store) {
     concurrent_transitions_have_one_winner(store).await;
     registration_round_trips(store).await;
     pools_round_trip(store).await;
+    arrival_profiles_round_trip(store).await;
     tenants_round_trip(store).await;
     pool_insert_is_unique(store).await;
     credentials_round_trip_and_revoke(store).await;
@@ -1165,6 +1184,51 @@ async fn credentials_round_trip_and_revoke(store: &dyn Store) {
     let listed = store.list_credentials().await.unwrap_or_default();
     let revoked_at: Vec<Option<SystemTime>> = listed.iter().map(|c| c.revoked_at).collect();
     assert_eq!(revoked_at, vec![Some(at(10)), Some(at(10)), None]);
+}
+
+async fn arrival_profiles_round_trip(store: &dyn Store) {
+    let (a, b) = (format!("{PREFIX}profile-a"), format!("{PREFIX}profile-b"));
+    let mut learned = ArrivalProfile::default();
+    // Rates that only survive exactly (no rounding through text), an hour being counted.
+    learned.rates[0] = 0.1;
+    learned.rates[9] = 1.0 / 3.0;
+    learned.rates[167] = 12_345.678_9e-7;
+    learned.seen[9] = 4;
+    learned.current = Some((493_720, 1_777_392_000_123, 17));
+    let empty = ArrivalProfile::default();
+    for (pool, profile) in [(&b, &empty), (&a, &learned)] {
+        if let Err(err) = store.put_arrival_profile(pool, profile).await {
+            panic!("put_arrival_profile({pool}) failed: {err}");
+        }
+    }
+    let stored = contract_profiles(store).await;
+    assert_eq!(
+        stored,
+        [(a.clone(), learned.clone()), (b.clone(), empty.clone())],
+        "arrival profiles round trip exactly, ordered by pool"
+    );
+    let mut newer = learned.clone();
+    newer.rates[9] = 0.5;
+    newer.seen[9] = 5;
+    newer.current = None;
+    if let Err(err) = store.put_arrival_profile(&a, &newer).await {
+        panic!("put_arrival_profile({a}) again failed: {err}");
+    }
+    assert_eq!(
+        contract_profiles(store).await,
+        [(a, newer), (b, empty)],
+        "put_arrival_profile replaces the pool's profile"
+    );
+}
+
+async fn contract_profiles(store: &dyn Store) -> Vec<(String, ArrivalProfile)> {
+    match store.arrival_profiles().await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|(pool, _)| pool.starts_with(PREFIX))
+            .collect(),
+        Err(err) => panic!("arrival_profiles failed: {err}"),
+    }
 }
 
 async fn pools_round_trip(store: &dyn Store) {
