@@ -73,6 +73,17 @@ struct Fence {
 }
 
 impl PostgresStore {
+    /// Runs one of retention's deletes (`before_ms`, then `limit`); the rows deleted.
+    async fn prune(&self, sql: &str, before_ms: u64, limit: usize) -> Result<usize, Error> {
+        let deleted = sqlx::query(sql)
+            .bind(retention::sql_millis(before_ms))
+            .bind(retention::sql_limit(limit))
+            .execute(&self.pool)
+            .await
+            .map_err(map_pg_error)?;
+        Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
+    }
+
     /// Connects to the database named by `url` (`postgres://user:password@host:port/db`, with
     /// libpq's query parameters such as `sslmode`) and brings its schema up to date. The
     /// database must exist; the user needs the right to create tables in it.
@@ -358,23 +369,17 @@ impl Store for PostgresStore {
     }
 
     async fn prune_workers(&self, before_ms: u64, limit: usize) -> Result<usize, Error> {
-        let deleted = sqlx::query(&retention::prune_workers_sql(pg_placeholder))
-            .bind(retention::sql_millis(before_ms))
-            .bind(retention::sql_limit(limit))
-            .execute(&self.pool)
-            .await
-            .map_err(map_pg_error)?;
-        Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
+        self.prune(
+            &retention::prune_workers_sql(pg_placeholder),
+            before_ms,
+            limit,
+        )
+        .await
     }
 
     async fn prune_jobs(&self, before_ms: u64, limit: usize) -> Result<usize, Error> {
-        let deleted = sqlx::query(&retention::prune_jobs_sql(pg_placeholder))
-            .bind(retention::sql_millis(before_ms))
-            .bind(retention::sql_limit(limit))
-            .execute(&self.pool)
+        self.prune(&retention::prune_jobs_sql(pg_placeholder), before_ms, limit)
             .await
-            .map_err(map_pg_error)?;
-        Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
     }
 
     async fn put_pool(&self, pool: &PoolSpec) -> Result<(), Error> {

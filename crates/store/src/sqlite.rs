@@ -130,6 +130,18 @@ impl SqliteStore {
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// Runs one of retention's deletes (`before_ms`, then `limit`) on the writer; the rows
+    /// deleted.
+    async fn prune(&self, sql: &str, before_ms: u64, limit: usize) -> Result<usize, Error> {
+        let deleted = sqlx::query(sql)
+            .bind(retention::sql_millis(before_ms))
+            .bind(retention::sql_limit(limit))
+            .execute(&self.writer)
+            .await
+            .map_err(map_sqlx_error)?;
+        Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
+    }
 }
 
 /// `(id, state, registered, worker_json, updated_at_ms)`, in that order in every `SELECT`.
@@ -274,23 +286,21 @@ impl Store for SqliteStore {
     }
 
     async fn prune_workers(&self, before_ms: u64, limit: usize) -> Result<usize, Error> {
-        let deleted = sqlx::query(&retention::prune_workers_sql(sqlite_placeholder))
-            .bind(retention::sql_millis(before_ms))
-            .bind(retention::sql_limit(limit))
-            .execute(&self.writer)
-            .await
-            .map_err(map_sqlx_error)?;
-        Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
+        self.prune(
+            &retention::prune_workers_sql(sqlite_placeholder),
+            before_ms,
+            limit,
+        )
+        .await
     }
 
     async fn prune_jobs(&self, before_ms: u64, limit: usize) -> Result<usize, Error> {
-        let deleted = sqlx::query(&retention::prune_jobs_sql(sqlite_placeholder))
-            .bind(retention::sql_millis(before_ms))
-            .bind(retention::sql_limit(limit))
-            .execute(&self.writer)
-            .await
-            .map_err(map_sqlx_error)?;
-        Ok(usize::try_from(deleted.rows_affected()).unwrap_or(usize::MAX))
+        self.prune(
+            &retention::prune_jobs_sql(sqlite_placeholder),
+            before_ms,
+            limit,
+        )
+        .await
     }
 
     async fn put_pool(&self, pool: &PoolSpec) -> Result<(), Error> {
