@@ -1771,6 +1771,33 @@ mod tests {
         effects
     }
 
+    /// The worker comes up (with `max_uses`) and its agent connects, running `running`, at
+    /// `now`: the effects of the connection.
+    fn come_up_connected(
+        m: &mut Dispatch,
+        worker: &IdleWorker,
+        pool_max_uses: Option<u32>,
+        running: Vec<JobId>,
+        now: u64,
+    ) -> Vec<Effect> {
+        run(
+            m,
+            Input::WorkerUp {
+                worker: worker.clone(),
+                pool_max_uses,
+            },
+            now,
+        );
+        run(
+            m,
+            Input::Connected {
+                worker: worker.id.clone(),
+                running,
+            },
+            now,
+        )
+    }
+
     /// A connected worker and a best-effort job (no retries) running on it since 3.
     /// The victim's agent reports it stopped (a cancel) at `now`: the job that ended, which
     /// must be a preemption.
@@ -1797,22 +1824,7 @@ mod tests {
 
     fn running_best_effort(m: &mut Dispatch) -> (IdleWorker, JobId) {
         let w = worker(1, 4);
-        run(
-            m,
-            Input::WorkerUp {
-                worker: w.clone(),
-                pool_max_uses: None,
-            },
-            0,
-        );
-        run(
-            m,
-            Input::Connected {
-                worker: w.id.clone(),
-                running: vec![],
-            },
-            0,
-        );
+        up_and_connected(m, &w, 0);
         let mut low = job(1, "a", 4);
         low.spec.sla_class = crate::job::SlaClass::BestEffort;
         low.spec.max_retries = 0;
@@ -1943,22 +1955,7 @@ mod tests {
             vec![(&victim, &JobId::new("j2").unwrap())]
         );
         // Its agent connects again, still running it: it is told to stop again.
-        run(
-            &mut m,
-            Input::WorkerUp {
-                worker: w.clone(),
-                pool_max_uses: None,
-            },
-            21,
-        );
-        let effects = run(
-            &mut m,
-            Input::Connected {
-                worker: w.id.clone(),
-                running: vec![victim.clone()],
-            },
-            21,
-        );
+        let effects = come_up_connected(&mut m, &w, None, vec![victim.clone()], 21);
         assert!(
             effects.iter().any(|e| matches!(e,
                 Effect::StopAgain { victim: v, worker, grace_ms: 10_000, reason }
@@ -2005,22 +2002,7 @@ mod tests {
             unfinished(&m),
             20,
         );
-        run(
-            &mut m,
-            Input::WorkerUp {
-                worker: w.clone(),
-                pool_max_uses: None,
-            },
-            21,
-        );
-        let effects = run(
-            &mut m,
-            Input::Connected {
-                worker: w.id.clone(),
-                running: vec![victim.clone()],
-            },
-            21,
-        );
+        let effects = come_up_connected(&mut m, &w, None, vec![victim.clone()], 21);
         assert!(
             !effects
                 .iter()
@@ -2140,22 +2122,7 @@ mod tests {
     fn a_job_runs_through_submit_assign_start_and_result_and_the_worker_retires_at_max_uses() {
         let mut m = machine(4);
         let w = worker(1, 4);
-        run(
-            &mut m,
-            Input::WorkerUp {
-                worker: w.clone(),
-                pool_max_uses: Some(1),
-            },
-            0,
-        );
-        run(
-            &mut m,
-            Input::Connected {
-                worker: w.id.clone(),
-                running: vec![],
-            },
-            0,
-        );
+        come_up_connected(&mut m, &w, Some(1), vec![], 0);
         let effects = run(&mut m, Input::Submit(vec![job(1, "a", 1)]), 1);
         assert!(matches!(&effects[..], [Effect::Admitted { index: 0, .. }]));
         let effects = run(&mut m, Input::Tick, 2);
@@ -2251,22 +2218,7 @@ mod tests {
     fn a_vanished_worker_loses_its_job_after_the_grace_and_a_cancel_wins() {
         let mut m = machine(4);
         let w = worker(1, 4);
-        run(
-            &mut m,
-            Input::WorkerUp {
-                worker: w.clone(),
-                pool_max_uses: None,
-            },
-            0,
-        );
-        run(
-            &mut m,
-            Input::Connected {
-                worker: w.id.clone(),
-                running: vec![],
-            },
-            0,
-        );
+        up_and_connected(&mut m, &w, 0);
         run(&mut m, Input::Submit(vec![job(1, "a", 1)]), 0);
         run(&mut m, Input::Tick, 0);
         let id = JobId::new("j1").unwrap();
@@ -2284,22 +2236,7 @@ mod tests {
     fn a_reconnect_without_the_job_gives_its_result_a_short_grace() {
         let mut m = machine(4);
         let w = worker(1, 4);
-        run(
-            &mut m,
-            Input::WorkerUp {
-                worker: w.clone(),
-                pool_max_uses: None,
-            },
-            0,
-        );
-        run(
-            &mut m,
-            Input::Connected {
-                worker: w.id.clone(),
-                running: vec![],
-            },
-            0,
-        );
+        up_and_connected(&mut m, &w, 0);
         run(&mut m, Input::Submit(vec![job(1, "a", 1)]), 0);
         run(&mut m, Input::Tick, 0);
         run(
@@ -2320,22 +2257,7 @@ mod tests {
     }
 
     fn up_and_connected(m: &mut Dispatch, w: &IdleWorker, now: u64) {
-        run(
-            m,
-            Input::WorkerUp {
-                worker: w.clone(),
-                pool_max_uses: None,
-            },
-            now,
-        );
-        run(
-            m,
-            Input::Connected {
-                worker: w.id.clone(),
-                running: vec![],
-            },
-            now,
-        );
+        come_up_connected(m, w, None, vec![], now);
     }
 
     #[test]
